@@ -1,0 +1,1 @@
+//! The Connectivity Hub: a relay both sites dial out to. Not built yet (issue: hub link).

@@ -1,0 +1,199 @@
+//! The device API: writing points (one device, or many at once for gateways) and reading a
+//! series back in pages.
+//!
+//! A write answers `{"accepted": N}` only after the store has committed every point of the
+//! request; a request with any bad point is refused whole and stores nothing.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use proto::model::{ConnectorId, Identity, ResourceName};
+use serde::Deserialize;
+use serde_json::{Value as Json_, json};
+use store::{Order, PointsIn, RangeQuery};
+
+use super::{QueryPairs, connector_id, identity, parse_json, resource_name};
+use crate::auth::{User, Writer};
+use crate::error::ApiError;
+use crate::state::{AppState, now_micros};
+
+const ONLY_OWN: &str = "a device token may write only its own device's data";
+const DEFAULT_PAGE: i64 = 1000;
+const MAX_PAGE: i64 = 10_000;
+
+/// Values one device reports at one time; `t` defaults to the time of arrival.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PointBody {
+    t: Option<i64>,
+    values: BTreeMap<String, Json_>,
+}
+
+/// One entry of the bulk endpoint: a `PointBody` naming its device.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BulkBody {
+    device: String,
+    t: Option<i64>,
+    values: BTreeMap<String, Json_>,
+}
+
+fn points_in(
+    identity: Identity,
+    t: Option<i64>,
+    values: BTreeMap<String, Json_>,
+    now: i64,
+) -> Result<PointsIn, ApiError> {
+    if values.is_empty() {
+        return Err(ApiError::InvalidValue(
+            "values must name at least one resource".into(),
+        ));
+    }
+    let values = values
+        .into_iter()
+        .map(|(k, v)| Ok((ResourceName::parse(&k)?, v)))
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    Ok(PointsIn {
+        identity,
+        t: t.unwrap_or(now),
+        values,
+    })
+}
+
+/// Whether a body is a JSON array, judged by its first significant byte.
+fn is_array(body: &[u8]) -> bool {
+    body.iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| *b == b'[')
+}
+
+pub async fn ingest_device(
+    State(state): State<AppState>,
+    writer: Writer,
+    Path((cid, id)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<Json_>, ApiError> {
+    let started = Instant::now();
+    let (cid, id) = (connector_id(&cid)?, identity(&id)?);
+    if !writer.may_write(&cid, &id) {
+        return Err(ApiError::Forbidden(ONLY_OWN.into()));
+    }
+    let now = now_micros();
+    let bodies: Vec<PointBody> = if is_array(&body) {
+        parse_json(&body)?
+    } else {
+        vec![parse_json(&body)?]
+    };
+    let points = bodies
+        .into_iter()
+        .map(|b| points_in(id.clone(), b.t, b.values, now))
+        .collect::<Result<Vec<_>, _>>();
+    store_points(&state, &cid, points, started).await
+}
+
+pub async fn ingest_bulk(
+    State(state): State<AppState>,
+    writer: Writer,
+    Path(cid): Path<String>,
+    body: Bytes,
+) -> Result<Json<Json_>, ApiError> {
+    let started = Instant::now();
+    let cid = connector_id(&cid)?;
+    let now = now_micros();
+    let bodies: Vec<BulkBody> = parse_json(&body)?;
+    let points = bodies
+        .into_iter()
+        .map(|b| {
+            let id = Identity::parse(&b.device)?;
+            if !writer.may_write(&cid, &id) {
+                return Err(ApiError::Forbidden(ONLY_OWN.into()));
+            }
+            points_in(id, b.t, b.values, now)
+        })
+        .collect::<Result<Vec<_>, _>>();
+    store_points(&state, &cid, points, started).await
+}
+
+async fn store_points(
+    state: &AppState,
+    cid: &ConnectorId,
+    points: Result<Vec<PointsIn>, ApiError>,
+    started: Instant,
+) -> Result<Json<Json_>, ApiError> {
+    let result = match points {
+        Ok(points) => state
+            .store
+            .ingest(cid, points)
+            .await
+            .map_err(ApiError::from),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(n) => {
+            state.metrics.ingest_points.increment(n as u64);
+            state
+                .metrics
+                .ingest_seconds
+                .record(started.elapsed().as_secs_f64());
+            Ok(Json(json!({ "accepted": n })))
+        }
+        Err(e) => {
+            state.metrics.ingest_refused.increment(1);
+            Err(e)
+        }
+    }
+}
+
+pub async fn read(
+    State(state): State<AppState>,
+    _: User,
+    Path((cid, id, name)): Path<(String, String, String)>,
+    q: QueryPairs,
+) -> Result<Json<Json_>, ApiError> {
+    let (cid, id, name) = (connector_id(&cid)?, identity(&id)?, resource_name(&name)?);
+    let since = q.number("since", 0, 0..=i64::MAX)?;
+    let until = q.number("until", i64::MAX, 0..=i64::MAX)?;
+    let limit = q.number("limit", DEFAULT_PAGE, 1..=MAX_PAGE)?;
+    let order = match q.get("order") {
+        None | Some("asc") => Order::Asc,
+        Some("desc") => Order::Desc,
+        Some(other) => {
+            return Err(ApiError::InvalidQuery(format!(
+                "order must be asc or desc, not {other:?}"
+            )));
+        }
+    };
+    let after =
+        match q.get("cursor") {
+            None => None,
+            Some(c) => Some(c.parse::<i64>().map_err(|_| {
+                ApiError::InvalidQuery("cursor is not one this site gave out".into())
+            })?),
+        };
+    let want = usize::try_from(limit).unwrap_or(usize::MAX);
+    let query = RangeQuery {
+        since,
+        until,
+        after,
+        limit: want + 1,
+        order,
+    };
+    let mut points = state.store.points(&cid, &id, &name, query).await?;
+    let mut page = json!({});
+    if points.len() > want {
+        points.truncate(want);
+        if let Some(last) = points.last() {
+            page["next"] = json!(last.t.to_string());
+        }
+    }
+    page["points"] = Json_::Array(
+        points
+            .iter()
+            .map(|p| json!({ "t": p.t, "v": p.v.to_json() }))
+            .collect(),
+    );
+    Ok(Json(page))
+}

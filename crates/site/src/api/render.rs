@@ -1,0 +1,82 @@
+//! The JSON shapes of API.md's answers, in one place so that the API, the UI's live parts and
+//! (later) the peer lookup render a connector or a device the same way.
+
+use serde_json::{Map, Value as Json, json};
+use store::{Connector, Device, Resource};
+
+use crate::state::{AppState, rfc3339};
+
+/// `RemoteSync` of API.md.
+pub fn remote_sync_json(state: &AppState, c: &Connector) -> Json {
+    let mut rs = Map::new();
+    rs.insert("role".into(), json!(c.role.as_str()));
+    rs.insert("state".into(), json!(c.state.as_str()));
+    if let Some(at) = c.pairing_expires_at {
+        rs.insert("expires_at".into(), json!(rfc3339(at)));
+    }
+    if let Some(peer) = &c.peer {
+        rs.insert(
+            "peer".into(),
+            json!({ "site": peer.site, "connector_id": peer.connector_id }),
+        );
+    }
+    if let Some(at) = c.paired_at {
+        rs.insert("paired_at".into(), json!(rfc3339(at)));
+    }
+    if c.state == proto::model::SyncState::Paired {
+        rs.insert(
+            "link".into(),
+            json!({ "connected": state.link.state().connected(), "lag_seconds": 0, "backlog_points": 0 }),
+        );
+    }
+    Json::Object(rs)
+}
+
+/// `Connector` of API.md, with the list's counts as extra fields.
+pub fn connector_json(state: &AppState, c: &Connector) -> Json {
+    json!({
+        "id": c.id,
+        "name": c.name,
+        "description": c.description,
+        "created_at": rfc3339(c.created_at),
+        "remote_sync": remote_sync_json(state, c),
+        "device_count": c.device_count,
+        "resource_count": c.resource_count,
+    })
+}
+
+pub fn resource_json(r: &Resource) -> Json {
+    json!({
+        "name": r.name,
+        "format": r.format,
+        "unit": r.unit,
+        "settable": r.settable,
+        "remote_sync": r.remote_sync,
+        "created_at": rfc3339(r.created_at),
+    })
+}
+
+/// `Device` of API.md.
+pub fn device_json(d: &Device) -> Json {
+    let config: Map<String, Json> = d
+        .config
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_json()))
+        .collect();
+    let values: Map<String, Json> = d
+        .values
+        .iter()
+        .map(|(k, p)| (k.to_string(), json!({ "t": p.t, "v": p.v.to_json() })))
+        .collect();
+    json!({
+        "identity": d.identity,
+        "tags": d.tags,
+        "permissions": d.permissions,
+        "state": d.state,
+        "config": config,
+        "values": values,
+        "created_at": rfc3339(d.created_at),
+        "last_seen": d.last_seen(),
+        "sync": { "pending": false },
+    })
+}

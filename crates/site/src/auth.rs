@@ -1,0 +1,172 @@
+//! Who is calling: admin bootstrap, password hashing (argon2), bearer and cookie tokens for
+//! users, and device tokens for the device API.
+//!
+//! Tokens are 32 random bytes in base64url. The store only ever sees their SHA-256, so a copy
+//! of the database lets nobody sign in. Password checks run on the blocking pool: argon2 is
+//! slow on purpose and must not stall the async workers.
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use axum::extract::FromRequestParts;
+use axum::http::header::{AUTHORIZATION, COOKIE};
+use axum::http::request::Parts;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use proto::model::{ConnectorId, Identity};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use store::TokenHash;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Name of the web UI's session cookie.
+pub const SESSION_COOKIE: &str = "west_session";
+/// Lifetime of a login token: 30 days.
+pub const TOKEN_LIFETIME_MICROS: i64 = 30 * 24 * 3600 * 1_000_000;
+/// The user created on first start.
+pub const ADMIN: &str = "admin";
+
+pub fn hash_password(password: &str) -> anyhow::Result<String> {
+    let mut salt = [0u8; 16];
+    rand::rng().fill_bytes(&mut salt);
+    let salt = SaltString::encode_b64(&salt).map_err(|e| anyhow::anyhow!("salt: {e}"))?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| anyhow::anyhow!("hashing a password: {e}"))
+}
+
+pub fn verify_password(password: &str, hash: &str) -> bool {
+    PasswordHash::new(hash)
+        .map(|parsed| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+/// A fresh random secret (token or generated password) and the hash the store keeps.
+pub fn new_token() -> (String, TokenHash) {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let token = URL_SAFE_NO_PAD.encode(bytes);
+    let hash = token_hash(&token);
+    (token, hash)
+}
+
+pub fn token_hash(token: &str) -> TokenHash {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// A generated password: 20 characters that survive being read aloud and copied.
+pub fn generate_password() -> String {
+    const ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut bytes = [0u8; 20];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes
+        .iter()
+        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+        .collect()
+}
+
+/// The bearer token of a request: `Authorization: Bearer …` or the session cookie.
+pub fn request_token(parts: &Parts) -> Option<String> {
+    if let Some(v) = parts
+        .headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        return v.strip_prefix("Bearer ").map(|t| t.trim().to_owned());
+    }
+    parts
+        .headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == SESSION_COOKIE)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// A signed-in user, from a login token.
+#[derive(Debug, Clone)]
+pub struct User(pub String);
+
+impl FromRequestParts<AppState> for User {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = request_token(parts).ok_or(ApiError::Unauthorized(
+            "sign in first: POST /api/v1/login, then send Authorization: Bearer TOKEN",
+        ))?;
+        state
+            .user_for_token(&token)
+            .await?
+            .map(User)
+            .ok_or(ApiError::Unauthorized(
+                "the token is unknown or has expired; sign in again",
+            ))
+    }
+}
+
+/// Who may write data: a user, or a device with its own token.
+#[derive(Debug, Clone)]
+pub enum Writer {
+    User(String),
+    Device(ConnectorId, Identity),
+}
+
+impl Writer {
+    /// Whether this caller may write as `identity` of connector `cid`.
+    pub fn may_write(&self, cid: &ConnectorId, identity: &Identity) -> bool {
+        match self {
+            Writer::User(_) => true,
+            Writer::Device(c, i) => c == cid && i == identity,
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Writer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = request_token(parts).ok_or(ApiError::Unauthorized(
+            "send Authorization: Bearer with a user token or the device's own token",
+        ))?;
+        if let Some(user) = state.user_for_token(&token).await? {
+            return Ok(Writer::User(user));
+        }
+        match state.store.device_by_token(token_hash(&token)).await? {
+            Some((cid, identity)) => Ok(Writer::Device(cid, identity)),
+            None => Err(ApiError::Unauthorized(
+                "the token is unknown or has expired",
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_verify_only_themselves() {
+        let hash = hash_password("correct horse").unwrap();
+        assert!(verify_password("correct horse", &hash));
+        assert!(!verify_password("correct hors", &hash));
+        assert!(!verify_password("correct horse", "not a hash"));
+    }
+
+    #[test]
+    fn tokens_are_distinct_and_hash_stably() {
+        let (a, ha) = new_token();
+        let (b, hb) = new_token();
+        assert_ne!(a, b);
+        assert_ne!(ha, hb);
+        assert_eq!(token_hash(&a), ha);
+        assert_eq!(generate_password().len(), 20);
+    }
+}

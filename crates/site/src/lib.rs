@@ -1,0 +1,132 @@
+//! One West Connectivity deployment ("site"): the REST API of API.md, the web UI of UI.md,
+//! the device API, and (as the product grows) the sync driver that feeds `proto`'s state
+//! machines from the store and the hub link.
+//!
+//! The library never binds sockets, reads the environment or prints: the binary hands
+//! [`serve`] a bound listener, a [`SiteConfig`] and a shutdown future, and prints what
+//! [`prepare`] returns (the generated admin password).
+//!
+//! Only `api` and `ui` know HTTP; only `store` knows SQL.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod link;
+pub mod metrics;
+pub mod state;
+pub mod ui;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use store::{SqliteConfig, SqliteStore, Store, Synchronous};
+use tokio::net::TcpListener;
+
+pub use link::LinkConfig;
+pub use state::AppState;
+
+/// Everything a site needs to start. Built by the binary from flags, environment and file.
+#[derive(Debug, Clone)]
+pub struct SiteConfig {
+    /// The site's name, unique on its hub. Default: `site`.
+    pub name: String,
+    /// Where the database lives (`site.db`). Created if missing.
+    pub data_dir: PathBuf,
+    /// Password of `admin` on first start; generated (and returned by [`prepare`]) if `None`.
+    pub admin_password: Option<String>,
+    /// The hub to join; `None` runs standalone.
+    pub hub: Option<LinkConfig>,
+    /// Whether `/metrics` answers without a token. Default: false.
+    pub metrics_public: bool,
+    /// Largest accepted request body in bytes. Default: 8 MiB (about 100,000 points).
+    pub body_limit: usize,
+    /// Durability of each commit. Default: `Normal` (survives a crash of the process).
+    pub synchronous: Synchronous,
+}
+
+impl SiteConfig {
+    pub fn new(name: impl Into<String>, data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            name: name.into(),
+            data_dir: data_dir.into(),
+            admin_password: None,
+            hub: None,
+            metrics_public: false,
+            body_limit: 8 * 1024 * 1024,
+            synchronous: Synchronous::Normal,
+        }
+    }
+}
+
+/// A site that has opened its store and is ready to serve.
+pub struct Prepared {
+    pub state: AppState,
+    /// The admin password generated on first start, to be shown to the operator once.
+    pub generated_admin_password: Option<String>,
+}
+
+/// Opens the store, runs migrations and creates the admin user on first start.
+pub async fn prepare(config: &SiteConfig) -> anyhow::Result<Prepared> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let mut db = SqliteConfig::new(config.data_dir.join("site.db"));
+    db.synchronous = config.synchronous;
+    let store = SqliteStore::open(db)
+        .with_context(|| format!("opening the database in {}", config.data_dir.display()))?;
+    let store: Arc<dyn Store> = Arc::new(store);
+
+    let mut generated = None;
+    if store.user_count().await? == 0 {
+        let password = match &config.admin_password {
+            Some(p) => p.clone(),
+            None => {
+                let p = auth::generate_password();
+                generated = Some(p.clone());
+                p
+            }
+        };
+        let hash = auth::hash_password(&password)?;
+        store.create_user(auth::ADMIN, &hash).await?;
+        tracing::info!(user = auth::ADMIN, "created the admin user");
+    }
+
+    let state = AppState::new(state::Inner {
+        store,
+        site_name: config.name.clone(),
+        metrics: metrics::SiteMetrics::new(),
+        link: link::Link::disabled(),
+        metrics_public: config.metrics_public,
+        body_limit: config.body_limit,
+    });
+    Ok(Prepared {
+        state,
+        generated_admin_password: generated,
+    })
+}
+
+/// Serves the site on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    prepared: Prepared,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let app = router(prepared.state);
+    let addr = listener
+        .local_addr()
+        .context("reading the listener's address")?;
+    tracing::info!(%addr, "site listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving HTTP")
+}
+
+/// The whole HTTP surface: API, UI, health and metrics.
+pub fn router(state: AppState) -> axum::Router {
+    api::routes(state.clone())
+        .merge(ui::routes(state.clone()))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+}

@@ -1,0 +1,112 @@
+//! Persistence of one site: users and tokens, connectors, resources, devices and their time
+//! series, behind the [`Store`] trait.
+//!
+//! [`SqliteStore`] is the embedded default (one file per site, WAL). Nothing outside this
+//! crate may assume SQLite: the trait speaks only domain types from `proto`, and a
+//! PostgreSQL implementation is meant to sit beside the SQLite one.
+//!
+//! Invariants every implementation keeps:
+//! - A call that returns `Ok` has made its effect durable against a crash of the process
+//!   (`kill -9`); a call that returns `Err` has changed nothing.
+//! - `ingest` checks every value against its resource's format and refuses the whole
+//!   request on the first bad one.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod sqlite;
+mod types;
+
+pub use sqlite::{SqliteConfig, SqliteStore, Synchronous};
+pub use types::*;
+
+use async_trait::async_trait;
+use proto::model::{ConnectorId, Identity, ModelError, ResourceName};
+
+/// What can go wrong in the store. Not-found and conflict variants are expected outcomes that
+/// the API maps to 404 and 409; `Backend` is a fault of the storage itself.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("connector {0} does not exist")]
+    ConnectorNotFound(ConnectorId),
+    #[error("device {0} does not exist in this connector")]
+    DeviceNotFound(Identity),
+    #[error("resource {0} does not exist in this connector")]
+    ResourceNotFound(ResourceName),
+    #[error("a resource named {0} already exists in this connector")]
+    ResourceExists(ResourceName),
+    #[error("a device with identity {0} already exists in this connector")]
+    DeviceExists(Identity),
+    #[error("device {0} is locked; unlock it to accept its data")]
+    DeviceLocked(Identity),
+    #[error("user {0} already exists")]
+    UserExists(String),
+    #[error("resource {0} is not settable, so a device has no configuration for it")]
+    NotSettable(ResourceName),
+    #[error(transparent)]
+    Invalid(#[from] ModelError),
+    #[error("storage failed while {op}: {source}")]
+    Backend {
+        op: &'static str,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("the store is shut down")]
+    Closed,
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Everything a site persists. Methods are async so that a networked database fits behind
+/// the same trait as the embedded one.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // Users and tokens.
+    async fn user_count(&self) -> Result<u64>;
+    async fn create_user(&self, username: &str, password_hash: &str) -> Result<()>;
+    async fn set_password(&self, username: &str, password_hash: &str) -> Result<()>;
+    async fn password_hash(&self, username: &str) -> Result<Option<String>>;
+    async fn create_token(&self, token: TokenHash, username: &str, expires_at: i64) -> Result<()>;
+    /// The user a login token belongs to, if it exists and has not expired at `now`.
+    async fn token_user(&self, token: TokenHash, now: i64) -> Result<Option<String>>;
+    async fn delete_token(&self, token: TokenHash) -> Result<()>;
+
+    // Connectors.
+    async fn create_connector(&self, new: NewConnector) -> Result<Connector>;
+    async fn list_connectors(&self) -> Result<Vec<Connector>>;
+    async fn connector(&self, id: &ConnectorId) -> Result<Connector>;
+    async fn delete_connector(&self, id: &ConnectorId) -> Result<()>;
+
+    // Resources.
+    async fn create_resource(&self, cid: &ConnectorId, new: NewResource) -> Result<Resource>;
+    async fn resources(&self, cid: &ConnectorId) -> Result<Vec<Resource>>;
+    async fn update_resource(
+        &self,
+        cid: &ConnectorId,
+        name: &ResourceName,
+        patch: ResourcePatch,
+    ) -> Result<Resource>;
+
+    // Devices.
+    async fn create_device(&self, cid: &ConnectorId, new: NewDevice) -> Result<Device>;
+    async fn devices(&self, cid: &ConnectorId, query: DeviceQuery) -> Result<Vec<Device>>;
+    async fn device(&self, cid: &ConnectorId, identity: &Identity) -> Result<Device>;
+    async fn update_device(
+        &self,
+        cid: &ConnectorId,
+        identity: &Identity,
+        patch: DevicePatch,
+    ) -> Result<Device>;
+    async fn delete_device(&self, cid: &ConnectorId, identity: &Identity) -> Result<()>;
+    /// The device a device token belongs to.
+    async fn device_by_token(&self, token: TokenHash) -> Result<Option<(ConnectorId, Identity)>>;
+
+    // Time series.
+    /// Checks and stores every point of `points` in one atomic step; returns how many values
+    /// were stored.
+    async fn ingest(&self, cid: &ConnectorId, points: Vec<PointsIn>) -> Result<usize>;
+    async fn points(
+        &self,
+        cid: &ConnectorId,
+        identity: &Identity,
+        resource: &ResourceName,
+        query: RangeQuery,
+    ) -> Result<Vec<Point>>;
+}

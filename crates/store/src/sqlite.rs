@@ -1,0 +1,1419 @@
+//! The embedded SQLite implementation of [`Store`].
+//!
+//! ```text
+//!  async callers ──job──▶ mpsc ──▶ writer thread: BEGIN; SAVEPOINT/job…; COMMIT ──▶ replies
+//!  async callers ──spawn_blocking──▶ pooled read connection (WAL: readers never block writer)
+//! ```
+//!
+//! All writes go through one thread that owns the only write connection. It takes every job
+//! waiting in its queue and runs them in one transaction (group commit), each job inside its
+//! own savepoint so that a refused request rolls back alone; a job's caller hears back only
+//! after the commit. Under load this turns many small ingest requests into one large
+//! transaction, which is what SQLite needs to be fast (see LIMITS.md), at no cost in latency
+//! when the queue is short.
+//!
+//! Durability: WAL with `synchronous = NORMAL` survives `kill -9` of the process (the WAL is
+//! in the OS page cache); `Synchronous::Full` also survives a power cut, at the price of an
+//! fsync per commit.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use proto::model::{
+    self, ConnectorId, DeviceState, Format, Identity, ResourceName, Role, SyncState, Value,
+};
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::*;
+
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+
+/// Most jobs the writer folds into one transaction.
+const MAX_JOBS_PER_COMMIT: usize = 256;
+/// Read connections kept open between reads.
+const READ_POOL: usize = 4;
+
+/// How hard SQLite works to make a commit durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// Survives a crash of the process; the last commits may be lost on a power cut.
+    #[default]
+    Normal,
+    /// Survives a power cut too: one fsync per commit.
+    Full,
+}
+
+/// Where and how to open the database.
+#[derive(Debug, Clone)]
+pub struct SqliteConfig {
+    /// The database file; created with its directory's permission if missing.
+    pub path: PathBuf,
+    /// Default: `Normal`.
+    pub synchronous: Synchronous,
+    /// Page cache of the write connection in MiB. Default: 64, enough to keep the hot pages
+    /// of a few thousand series in memory between commits.
+    pub cache_mib: u32,
+}
+
+impl SqliteConfig {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            synchronous: Synchronous::Normal,
+            cache_mib: 64,
+        }
+    }
+}
+
+/// What a job leaves for the writer: whether to keep its savepoint, and how to answer its
+/// caller once the commit is known.
+struct Done {
+    ok: bool,
+    reply: Box<dyn FnOnce(Option<&str>) + Send>,
+}
+
+type Job = Box<dyn FnOnce(&Connection) -> Done + Send>;
+
+/// A SQLite store: one writer thread and a small pool of read connections.
+pub struct SqliteStore {
+    jobs: mpsc::Sender<Job>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    config: SqliteConfig,
+}
+
+fn backend(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |e| StoreError::Backend {
+        op,
+        source: Box::new(e),
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database and runs pending migrations.
+    pub fn open(config: SqliteConfig) -> Result<Self> {
+        let conn = open_connection(&config, config.cache_mib)?;
+        migrate(&conn)?;
+        let (tx, rx) = mpsc::channel::<Job>(1024);
+        std::thread::Builder::new()
+            .name("west-store-writer".into())
+            .spawn(move || writer(conn, rx))
+            .map_err(|e| StoreError::Backend {
+                op: "starting the writer thread",
+                source: Box::new(e),
+            })?;
+        Ok(Self {
+            jobs: tx,
+            readers: Arc::new(Mutex::new(Vec::new())),
+            config,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.config.path
+    }
+
+    /// Runs `f` in the writer's current transaction and answers after the commit.
+    async fn write<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let result = f(conn);
+            Done {
+                ok: result.is_ok(),
+                reply: Box::new(move |commit_error| {
+                    let answer = match commit_error {
+                        None => result,
+                        Some(message) => Err(StoreError::Backend {
+                            op: "committing",
+                            source: message.into(),
+                        }),
+                    };
+                    let _ = tx.send(answer);
+                }),
+            }
+        });
+        self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `f` on a pooled read connection on the blocking thread pool.
+    async fn read<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+    {
+        let readers = Arc::clone(&self.readers);
+        let config = self.config.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = readers.lock().map_err(|_| StoreError::Closed)?.pop();
+            let conn = match pooled {
+                Some(c) => c,
+                None => open_connection(&config, 8)?,
+            };
+            let result = f(&conn);
+            if let Ok(mut pool) = readers.lock() {
+                if pool.len() < READ_POOL {
+                    pool.push(conn);
+                }
+            }
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Backend {
+            op: "running a read",
+            source: Box::new(e),
+        })?
+    }
+}
+
+fn open_connection(config: &SqliteConfig, cache_mib: u32) -> Result<Connection> {
+    let conn = Connection::open(&config.path).map_err(backend("opening the database"))?;
+    let sync = match config.synchronous {
+        Synchronous::Normal => "NORMAL",
+        Synchronous::Full => "FULL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = {sync};
+         PRAGMA foreign_keys = ON;
+         PRAGMA busy_timeout = 5000;
+         PRAGMA temp_store = MEMORY;
+         PRAGMA cache_size = -{};",
+        u64::from(cache_mib) * 1024
+    ))
+    .map_err(backend("configuring the database"))?;
+    Ok(conn)
+}
+
+/// Applies every migration newer than the database, each in its own transaction.
+fn migrate(conn: &Connection) -> Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+    )
+    .map_err(backend("creating the migration table"))?;
+    let current: i64 = conn
+        .query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(backend("reading the schema version"))?;
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        let script = format!(
+            "BEGIN; {sql}\nINSERT INTO schema_migrations VALUES ({version}, {}); COMMIT;",
+            now_micros()
+        );
+        conn.execute_batch(&script).map_err(|e| {
+            let _ = conn.execute_batch("ROLLBACK");
+            StoreError::Backend {
+                op: "migrating the schema",
+                source: Box::new(e),
+            }
+        })?;
+        tracing::info!(version, "applied schema migration");
+    }
+    Ok(())
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The writer thread: group commit of whatever is queued.
+fn writer(conn: Connection, mut rx: mpsc::Receiver<Job>) {
+    let mut batch = Vec::with_capacity(MAX_JOBS_PER_COMMIT);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_JOBS_PER_COMMIT {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut replies = Vec::with_capacity(batch.len());
+        let begin = conn.execute_batch("BEGIN IMMEDIATE");
+        if let Err(e) = begin {
+            let message = e.to_string();
+            tracing::error!(error = %message, "cannot begin a write transaction");
+            // Answer every caller with the error; nothing of theirs ran.
+            for job in batch.drain(..) {
+                drop(job);
+            }
+            continue;
+        }
+        for job in batch.drain(..) {
+            let savepoint = conn.execute_batch("SAVEPOINT job");
+            let done = job(&conn);
+            if savepoint.is_ok() {
+                let end = if done.ok {
+                    "RELEASE job"
+                } else {
+                    "ROLLBACK TO job; RELEASE job"
+                };
+                if let Err(e) = conn.execute_batch(end) {
+                    tracing::error!(error = %e, "cannot close a savepoint");
+                }
+            }
+            replies.push(done.reply);
+        }
+        let commit = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+        if let Err(message) = &commit {
+            tracing::error!(error = %message, "commit failed; rolling back");
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        let error = commit.as_ref().err().map(String::as_str);
+        for reply in replies {
+            reply(error);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Row mapping helpers.
+
+fn value_to_sql(v: &Value) -> ToSqlOutput<'_> {
+    match v {
+        Value::Number(x) => ToSqlOutput::from(*x),
+        Value::Integer(i) => ToSqlOutput::from(*i),
+        Value::Boolean(b) => ToSqlOutput::from(i64::from(*b)),
+        Value::String(s) | Value::Json(s) => ToSqlOutput::from(s.as_str()),
+    }
+}
+
+fn value_from_sql(format: Format, v: ValueRef<'_>) -> Value {
+    match (format, v) {
+        (Format::Number, ValueRef::Real(x)) => Value::Number(x),
+        (Format::Number, ValueRef::Integer(i)) => Value::Number(i as f64),
+        (Format::Integer, ValueRef::Integer(i)) => Value::Integer(i),
+        (Format::Boolean, ValueRef::Integer(i)) => Value::Boolean(i != 0),
+        (Format::String, ValueRef::Text(t)) => Value::String(String::from_utf8_lossy(t).into()),
+        (Format::Json, ValueRef::Text(t)) => Value::Json(String::from_utf8_lossy(t).into()),
+        // A value stored under another format cannot happen through this store; show it
+        // as JSON text rather than failing the whole read.
+        (_, other) => Value::Json(match other {
+            ValueRef::Null => "null".into(),
+            ValueRef::Integer(i) => i.to_string(),
+            ValueRef::Real(x) => x.to_string(),
+            ValueRef::Text(t) | ValueRef::Blob(t) => {
+                serde_json::Value::from(String::from_utf8_lossy(t)).to_string()
+            }
+        }),
+    }
+}
+
+fn parse_col<T>(s: String, parse: impl FnOnce(&str) -> Option<T>, what: &'static str) -> Result<T> {
+    parse(&s).ok_or_else(|| StoreError::Backend {
+        op: what,
+        source: format!("unexpected stored value {s:?}").into(),
+    })
+}
+
+fn connector_exists(conn: &Connection, cid: &ConnectorId) -> Result<()> {
+    let found = conn
+        .prepare_cached("SELECT 1 FROM connectors WHERE id = ?1")
+        .and_then(|mut s| s.exists([cid.as_str()]))
+        .map_err(backend("looking up a connector"))?;
+    if found {
+        Ok(())
+    } else {
+        Err(StoreError::ConnectorNotFound(cid.clone()))
+    }
+}
+
+/// A resource's row id, format and settable flag.
+struct ResourceRow {
+    id: i64,
+    format: Format,
+    settable: bool,
+}
+
+fn resource_rows(
+    conn: &Connection,
+    cid: &ConnectorId,
+) -> Result<HashMap<ResourceName, ResourceRow>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT id, name, format, settable FROM resources WHERE connector = ?1")
+        .map_err(backend("listing resources"))?;
+    let rows = stmt
+        .query_map([cid.as_str()], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, bool>(3)?,
+            ))
+        })
+        .map_err(backend("listing resources"))?;
+    let mut out = HashMap::new();
+    for row in rows {
+        let (id, name, format, settable) = row.map_err(backend("listing resources"))?;
+        let name = parse_col(
+            name,
+            |s| ResourceName::parse(s).ok(),
+            "reading a resource name",
+        )?;
+        let format = parse_col(
+            format,
+            |s| Format::parse(s).ok(),
+            "reading a resource format",
+        )?;
+        out.insert(
+            name,
+            ResourceRow {
+                id,
+                format,
+                settable,
+            },
+        );
+    }
+    Ok(out)
+}
+
+fn device_id(conn: &Connection, cid: &ConnectorId, identity: &Identity) -> Result<i64> {
+    conn.prepare_cached("SELECT id FROM devices WHERE connector = ?1 AND identity = ?2")
+        .and_then(|mut s| {
+            s.query_row([cid.as_str(), identity.as_str()], |r| r.get(0))
+                .optional()
+        })
+        .map_err(backend("looking up a device"))?
+        .ok_or_else(|| StoreError::DeviceNotFound(identity.clone()))
+}
+
+/// A device's row id, refused when the device is locked.
+fn writable_device_id(conn: &Connection, cid: &ConnectorId, identity: &Identity) -> Result<i64> {
+    let (id, state) = conn
+        .prepare_cached("SELECT id, state FROM devices WHERE connector = ?1 AND identity = ?2")
+        .and_then(|mut s| {
+            s.query_row([cid.as_str(), identity.as_str()], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })
+            .optional()
+        })
+        .map_err(backend("looking up a device"))?
+        .ok_or_else(|| StoreError::DeviceNotFound(identity.clone()))?;
+    if state == DeviceState::Locked.as_str() {
+        return Err(StoreError::DeviceLocked(identity.clone()));
+    }
+    Ok(id)
+}
+
+const CONNECTOR_COLUMNS: &str = "c.id, c.name, c.description, c.created_at, c.role, c.sync_state,
+    c.pairing_expires_at, c.peer_site, c.peer_connector, c.paired_at,
+    (SELECT COUNT(*) FROM devices d WHERE d.connector = c.id),
+    (SELECT COUNT(*) FROM resources r WHERE r.connector = c.id)";
+
+type ConnectorRow = (
+    String,
+    String,
+    String,
+    i64,
+    String,
+    String,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    i64,
+    i64,
+);
+
+fn connector_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ConnectorRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+        r.get(9)?,
+        r.get(10)?,
+        r.get(11)?,
+    ))
+}
+
+fn connector_from(row: ConnectorRow) -> Result<Connector> {
+    let (
+        id,
+        name,
+        description,
+        created_at,
+        role,
+        state,
+        expires,
+        peer_site,
+        peer_cid,
+        paired_at,
+        devices,
+        resources,
+    ) = row;
+    let peer = match (peer_site, peer_cid) {
+        (Some(site), Some(cid)) => Some(Peer {
+            site,
+            connector_id: parse_col(cid, |s| ConnectorId::parse(s).ok(), "reading a peer id")?,
+        }),
+        _ => None,
+    };
+    Ok(Connector {
+        id: parse_col(id, |s| ConnectorId::parse(s).ok(), "reading a connector id")?,
+        name,
+        description,
+        created_at,
+        role: parse_col(role, Role::parse, "reading a role")?,
+        state: parse_col(state, SyncState::parse, "reading a sync state")?,
+        pairing_expires_at: expires,
+        peer,
+        paired_at,
+        device_count: u64::try_from(devices).unwrap_or(0),
+        resource_count: u64::try_from(resources).unwrap_or(0),
+    })
+}
+
+fn get_connector(conn: &Connection, cid: &ConnectorId) -> Result<Connector> {
+    let sql = format!("SELECT {CONNECTOR_COLUMNS} FROM connectors c WHERE c.id = ?1");
+    let row = conn
+        .prepare_cached(&sql)
+        .and_then(|mut s| s.query_row([cid.as_str()], connector_row).optional())
+        .map_err(backend("reading a connector"))?
+        .ok_or_else(|| StoreError::ConnectorNotFound(cid.clone()))?;
+    connector_from(row)
+}
+
+fn get_resource(conn: &Connection, cid: &ConnectorId, name: &ResourceName) -> Result<Resource> {
+    let row = conn
+        .prepare_cached(
+            "SELECT format, unit, settable, remote_sync, created_at FROM resources
+             WHERE connector = ?1 AND name = ?2",
+        )
+        .and_then(|mut s| {
+            s.query_row([cid.as_str(), name.as_str()], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Option<String>>(1)?,
+                    r.get::<_, bool>(2)?,
+                    r.get::<_, bool>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })
+            .optional()
+        })
+        .map_err(backend("reading a resource"))?
+        .ok_or_else(|| StoreError::ResourceNotFound(name.clone()))?;
+    let (format, unit, settable, remote_sync, created_at) = row;
+    Ok(Resource {
+        name: name.clone(),
+        format: parse_col(
+            format,
+            |s| Format::parse(s).ok(),
+            "reading a resource format",
+        )?,
+        unit,
+        settable,
+        remote_sync,
+        created_at,
+    })
+}
+
+/// Reads one device with its configuration and latest values.
+fn load_device(
+    conn: &Connection,
+    resources: &HashMap<i64, (ResourceName, Format)>,
+    row: DeviceRow,
+) -> Result<Device> {
+    let (id, identity, tags, permissions, state, created_at) = row;
+    let mut config = BTreeMap::new();
+    let mut stmt = conn
+        .prepare_cached("SELECT resource, v FROM config WHERE device = ?1")
+        .map_err(backend("reading configuration"))?;
+    let mut rows = stmt.query([id]).map_err(backend("reading configuration"))?;
+    while let Some(r) = rows.next().map_err(backend("reading configuration"))? {
+        let rid: i64 = r.get(0).map_err(backend("reading configuration"))?;
+        if let Some((name, format)) = resources.get(&rid) {
+            let v = r.get_ref(1).map_err(backend("reading configuration"))?;
+            config.insert(name.clone(), value_from_sql(*format, v));
+        }
+    }
+    let mut values = BTreeMap::new();
+    let mut stmt = conn
+        .prepare_cached("SELECT resource, t, v FROM latest WHERE device = ?1")
+        .map_err(backend("reading latest values"))?;
+    let mut rows = stmt.query([id]).map_err(backend("reading latest values"))?;
+    while let Some(r) = rows.next().map_err(backend("reading latest values"))? {
+        let rid: i64 = r.get(0).map_err(backend("reading latest values"))?;
+        if let Some((name, format)) = resources.get(&rid) {
+            let t: i64 = r.get(1).map_err(backend("reading latest values"))?;
+            let v = r.get_ref(2).map_err(backend("reading latest values"))?;
+            values.insert(
+                name.clone(),
+                Point {
+                    t,
+                    v: value_from_sql(*format, v),
+                },
+            );
+        }
+    }
+    Ok(Device {
+        identity: parse_col(identity, |s| Identity::parse(s).ok(), "reading an identity")?,
+        tags: serde_json::from_str(&tags).map_err(|e| StoreError::Backend {
+            op: "reading tags",
+            source: Box::new(e),
+        })?,
+        permissions: serde_json::from_str(&permissions).map_err(|e| StoreError::Backend {
+            op: "reading permissions",
+            source: Box::new(e),
+        })?,
+        state: parse_col(state, DeviceState::parse, "reading a device state")?,
+        config,
+        values,
+        created_at,
+    })
+}
+
+type DeviceRow = (i64, String, String, String, String, i64);
+
+const DEVICE_COLUMNS: &str = "id, identity, tags, permissions, state, created_at";
+
+fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+    ))
+}
+
+fn resources_by_id(
+    conn: &Connection,
+    cid: &ConnectorId,
+) -> Result<HashMap<i64, (ResourceName, Format)>> {
+    Ok(resource_rows(conn, cid)?
+        .into_iter()
+        .map(|(name, row)| (row.id, (name, row.format)))
+        .collect())
+}
+
+fn get_device(conn: &Connection, cid: &ConnectorId, identity: &Identity) -> Result<Device> {
+    let sql =
+        format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE connector = ?1 AND identity = ?2");
+    let row = conn
+        .prepare_cached(&sql)
+        .and_then(|mut s| {
+            s.query_row([cid.as_str(), identity.as_str()], device_row)
+                .optional()
+        })
+        .map_err(backend("reading a device"))?
+        .ok_or_else(|| StoreError::DeviceNotFound(identity.clone()))?;
+    load_device(conn, &resources_by_id(conn, cid)?, row)
+}
+
+fn to_json_text<T: serde::Serialize>(v: &T, op: &'static str) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| StoreError::Backend {
+        op,
+        source: Box::new(e),
+    })
+}
+
+/// Stores a set of points; the caller's savepoint undoes everything if this fails.
+fn ingest_points(conn: &Connection, cid: &ConnectorId, batch: &[PointsIn]) -> Result<usize> {
+    connector_exists(conn, cid)?;
+    let resources = resource_rows(conn, cid)?;
+    let mut devices: HashMap<&Identity, i64> = HashMap::new();
+    // Newest point per series in this request, so `latest` is written once per series.
+    let mut newest: HashMap<(i64, i64), (i64, Value)> = HashMap::new();
+    let mut insert = conn
+        .prepare_cached(
+            "INSERT INTO points (device, resource, t, v) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (device, resource, t) DO UPDATE SET v = excluded.v",
+        )
+        .map_err(backend("storing points"))?;
+    let mut stored = 0;
+    for p in batch {
+        model::check_timestamp(p.t)?;
+        let device = match devices.get(&p.identity) {
+            Some(id) => *id,
+            None => {
+                let id = writable_device_id(conn, cid, &p.identity)?;
+                devices.insert(&p.identity, id);
+                id
+            }
+        };
+        for (name, raw) in &p.values {
+            let res = resources
+                .get(name)
+                .ok_or_else(|| StoreError::ResourceNotFound(name.clone()))?;
+            let value = res.format.check(name, raw)?;
+            insert
+                .execute(params![device, res.id, p.t, value_to_sql(&value)])
+                .map_err(backend("storing points"))?;
+            stored += 1;
+            let key = (device, res.id);
+            match newest.get(&key) {
+                Some((t, _)) if *t > p.t => {}
+                _ => {
+                    newest.insert(key, (p.t, value));
+                }
+            }
+        }
+    }
+    let mut latest = conn
+        .prepare_cached(
+            "INSERT INTO latest (device, resource, t, v) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (device, resource) DO UPDATE SET t = excluded.t, v = excluded.v
+             WHERE excluded.t >= latest.t",
+        )
+        .map_err(backend("updating latest values"))?;
+    for ((device, resource), (t, v)) in &newest {
+        latest
+            .execute(params![device, resource, t, value_to_sql(v)])
+            .map_err(backend("updating latest values"))?;
+    }
+    Ok(stored)
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation
+    )
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn user_count(&self) -> Result<u64> {
+        self.read(|conn| {
+            conn.query_row("SELECT COUNT(*) FROM users", [], |r| r.get::<_, i64>(0))
+                .map(|n| u64::try_from(n).unwrap_or(0))
+                .map_err(backend("counting users"))
+        })
+        .await
+    }
+
+    async fn create_user(&self, username: &str, password_hash: &str) -> Result<()> {
+        let (username, hash) = (username.to_owned(), password_hash.to_owned());
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO users (username, password_hash, created_at) VALUES (?1, ?2, ?3)",
+                params![username, hash, now_micros()],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::UserExists(username.clone())
+                } else {
+                    backend("creating a user")(e)
+                }
+            })?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn set_password(&self, username: &str, password_hash: &str) -> Result<()> {
+        let (username, hash) = (username.to_owned(), password_hash.to_owned());
+        self.write(move |conn| {
+            conn.execute(
+                "UPDATE users SET password_hash = ?2 WHERE username = ?1",
+                params![username, hash],
+            )
+            .map_err(backend("setting a password"))?;
+            conn.execute("DELETE FROM tokens WHERE username = ?1", [&username])
+                .map_err(backend("revoking tokens"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn password_hash(&self, username: &str) -> Result<Option<String>> {
+        let username = username.to_owned();
+        self.read(move |conn| {
+            conn.query_row(
+                "SELECT password_hash FROM users WHERE username = ?1",
+                [&username],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(backend("reading a password hash"))
+        })
+        .await
+    }
+
+    async fn create_token(&self, token: TokenHash, username: &str, expires_at: i64) -> Result<()> {
+        let username = username.to_owned();
+        self.write(move |conn| {
+            let now = now_micros();
+            conn.execute("DELETE FROM tokens WHERE expires_at < ?1", [now])
+                .map_err(backend("expiring tokens"))?;
+            conn.execute(
+                "INSERT INTO tokens (hash, username, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                params![&token[..], username, now, expires_at],
+            )
+            .map_err(backend("creating a token"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn token_user(&self, token: TokenHash, now: i64) -> Result<Option<String>> {
+        self.read(move |conn| {
+            conn.prepare_cached("SELECT username FROM tokens WHERE hash = ?1 AND expires_at > ?2")
+                .and_then(|mut s| {
+                    s.query_row(params![&token[..], now], |r| r.get(0))
+                        .optional()
+                })
+                .map_err(backend("checking a token"))
+        })
+        .await
+    }
+
+    async fn delete_token(&self, token: TokenHash) -> Result<()> {
+        self.write(move |conn| {
+            conn.execute("DELETE FROM tokens WHERE hash = ?1", [&token[..]])
+                .map_err(backend("deleting a token"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn create_connector(&self, new: NewConnector) -> Result<Connector> {
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO connectors (id, name, description, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![new.id.as_str(), new.name, new.description, new.created_at],
+            )
+            .map_err(backend("creating a connector"))?;
+            get_connector(conn, &new.id)
+        })
+        .await
+    }
+
+    async fn list_connectors(&self) -> Result<Vec<Connector>> {
+        self.read(|conn| {
+            let sql = format!("SELECT {CONNECTOR_COLUMNS} FROM connectors c ORDER BY c.name, c.id");
+            let mut stmt = conn
+                .prepare_cached(&sql)
+                .map_err(backend("listing connectors"))?;
+            let rows = stmt
+                .query_map([], connector_row)
+                .map_err(backend("listing connectors"))?;
+            rows.map(|r| connector_from(r.map_err(backend("listing connectors"))?))
+                .collect()
+        })
+        .await
+    }
+
+    async fn connector(&self, id: &ConnectorId) -> Result<Connector> {
+        let id = id.clone();
+        self.read(move |conn| get_connector(conn, &id)).await
+    }
+
+    async fn delete_connector(&self, id: &ConnectorId) -> Result<()> {
+        let id = id.clone();
+        self.write(move |conn| {
+            connector_exists(conn, &id)?;
+            for sql in [
+                "DELETE FROM points WHERE device IN (SELECT id FROM devices WHERE connector = ?1)",
+                "DELETE FROM latest WHERE device IN (SELECT id FROM devices WHERE connector = ?1)",
+                "DELETE FROM connectors WHERE id = ?1",
+            ] {
+                conn.execute(sql, [id.as_str()])
+                    .map_err(backend("deleting a connector"))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn create_resource(&self, cid: &ConnectorId, new: NewResource) -> Result<Resource> {
+        let cid = cid.clone();
+        self.write(move |conn| {
+            connector_exists(conn, &cid)?;
+            conn.execute(
+                "INSERT INTO resources (connector, name, format, unit, settable, remote_sync, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    cid.as_str(),
+                    new.name.as_str(),
+                    new.format.as_str(),
+                    new.unit,
+                    new.settable,
+                    new.remote_sync,
+                    new.created_at
+                ],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::ResourceExists(new.name.clone())
+                } else {
+                    backend("creating a resource")(e)
+                }
+            })?;
+            get_resource(conn, &cid, &new.name)
+        })
+        .await
+    }
+
+    async fn resources(&self, cid: &ConnectorId) -> Result<Vec<Resource>> {
+        let cid = cid.clone();
+        self.read(move |conn| {
+            connector_exists(conn, &cid)?;
+            let mut stmt = conn
+                .prepare_cached("SELECT name FROM resources WHERE connector = ?1 ORDER BY name")
+                .map_err(backend("listing resources"))?;
+            let names = stmt
+                .query_map([cid.as_str()], |r| r.get::<_, String>(0))
+                .map_err(backend("listing resources"))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(backend("listing resources"))?;
+            names
+                .into_iter()
+                .map(|n| {
+                    let name = parse_col(
+                        n,
+                        |s| ResourceName::parse(s).ok(),
+                        "reading a resource name",
+                    )?;
+                    get_resource(conn, &cid, &name)
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn update_resource(
+        &self,
+        cid: &ConnectorId,
+        name: &ResourceName,
+        patch: ResourcePatch,
+    ) -> Result<Resource> {
+        let (cid, name) = (cid.clone(), name.clone());
+        self.write(move |conn| {
+            connector_exists(conn, &cid)?;
+            let current = get_resource(conn, &cid, &name)?;
+            let unit = patch.unit.unwrap_or(current.unit);
+            let settable = patch.settable.unwrap_or(current.settable);
+            let remote_sync = patch.remote_sync.unwrap_or(current.remote_sync);
+            conn.execute(
+                "UPDATE resources SET unit = ?3, settable = ?4, remote_sync = ?5
+                 WHERE connector = ?1 AND name = ?2",
+                params![cid.as_str(), name.as_str(), unit, settable, remote_sync],
+            )
+            .map_err(backend("updating a resource"))?;
+            get_resource(conn, &cid, &name)
+        })
+        .await
+    }
+
+    async fn create_device(&self, cid: &ConnectorId, new: NewDevice) -> Result<Device> {
+        let cid = cid.clone();
+        self.write(move |conn| {
+            connector_exists(conn, &cid)?;
+            model::check_tags(&new.tags)?;
+            model::check_permissions(&new.permissions)?;
+            conn.execute(
+                "INSERT INTO devices (connector, identity, tags, permissions, state, token_hash, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    cid.as_str(),
+                    new.identity.as_str(),
+                    to_json_text(&new.tags, "writing tags")?,
+                    to_json_text(&new.permissions, "writing permissions")?,
+                    new.state.as_str(),
+                    &new.token[..],
+                    new.created_at
+                ],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::DeviceExists(new.identity.clone())
+                } else {
+                    backend("creating a device")(e)
+                }
+            })?;
+            get_device(conn, &cid, &new.identity)
+        })
+        .await
+    }
+
+    async fn devices(&self, cid: &ConnectorId, query: DeviceQuery) -> Result<Vec<Device>> {
+        let cid = cid.clone();
+        self.read(move |conn| {
+            connector_exists(conn, &cid)?;
+            let mut sql = format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE connector = ?1");
+            let mut args: Vec<String> = vec![cid.as_str().to_owned()];
+            if let Some(after) = &query.after {
+                args.push(after.as_str().to_owned());
+                sql.push_str(&format!(" AND identity > ?{}", args.len()));
+            }
+            for (k, v) in &query.tags {
+                args.push(k.clone());
+                args.push(v.clone());
+                sql.push_str(&format!(
+                    " AND EXISTS (SELECT 1 FROM json_each(devices.tags) j
+                       WHERE j.key = ?{} AND j.value = ?{})",
+                    args.len() - 1,
+                    args.len()
+                ));
+            }
+            sql.push_str(&format!(" ORDER BY identity LIMIT {}", query.limit));
+            let resources = resources_by_id(conn, &cid)?;
+            let mut stmt = conn.prepare(&sql).map_err(backend("listing devices"))?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(args.iter()), device_row)
+                .map_err(backend("listing devices"))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(backend("listing devices"))?;
+            rows.into_iter()
+                .map(|row| load_device(conn, &resources, row))
+                .collect()
+        })
+        .await
+    }
+
+    async fn device(&self, cid: &ConnectorId, identity: &Identity) -> Result<Device> {
+        let (cid, identity) = (cid.clone(), identity.clone());
+        self.read(move |conn| {
+            connector_exists(conn, &cid)?;
+            get_device(conn, &cid, &identity)
+        })
+        .await
+    }
+
+    async fn update_device(
+        &self,
+        cid: &ConnectorId,
+        identity: &Identity,
+        patch: DevicePatch,
+    ) -> Result<Device> {
+        let (cid, identity) = (cid.clone(), identity.clone());
+        self.write(move |conn| {
+            connector_exists(conn, &cid)?;
+            let id = device_id(conn, &cid, &identity)?;
+            if let Some(tags) = &patch.tags {
+                model::check_tags(tags)?;
+                conn.execute(
+                    "UPDATE devices SET tags = ?2 WHERE id = ?1",
+                    params![id, to_json_text(tags, "writing tags")?],
+                )
+                .map_err(backend("updating tags"))?;
+            }
+            if let Some(perms) = &patch.permissions {
+                model::check_permissions(perms)?;
+                conn.execute(
+                    "UPDATE devices SET permissions = ?2 WHERE id = ?1",
+                    params![id, to_json_text(perms, "writing permissions")?],
+                )
+                .map_err(backend("updating permissions"))?;
+            }
+            if let Some(state) = patch.state {
+                conn.execute(
+                    "UPDATE devices SET state = ?2 WHERE id = ?1",
+                    params![id, state.as_str()],
+                )
+                .map_err(backend("updating the state"))?;
+            }
+            if let Some(config) = &patch.config {
+                let resources = resource_rows(conn, &cid)?;
+                for (name, raw) in config {
+                    let res = resources
+                        .get(name)
+                        .ok_or_else(|| StoreError::ResourceNotFound(name.clone()))?;
+                    if !res.settable {
+                        return Err(StoreError::NotSettable(name.clone()));
+                    }
+                    match raw {
+                        None => conn.execute(
+                            "DELETE FROM config WHERE device = ?1 AND resource = ?2",
+                            params![id, res.id],
+                        ),
+                        Some(raw) => {
+                            let value = res.format.check(name, raw)?;
+                            conn.execute(
+                                "INSERT INTO config (device, resource, v) VALUES (?1, ?2, ?3)
+                                 ON CONFLICT (device, resource) DO UPDATE SET v = excluded.v",
+                                params![id, res.id, value_to_sql(&value)],
+                            )
+                        }
+                    }
+                    .map_err(backend("updating configuration"))?;
+                }
+            }
+            get_device(conn, &cid, &identity)
+        })
+        .await
+    }
+
+    async fn delete_device(&self, cid: &ConnectorId, identity: &Identity) -> Result<()> {
+        let (cid, identity) = (cid.clone(), identity.clone());
+        self.write(move |conn| {
+            connector_exists(conn, &cid)?;
+            let id = device_id(conn, &cid, &identity)?;
+            for sql in [
+                "DELETE FROM points WHERE device = ?1",
+                "DELETE FROM latest WHERE device = ?1",
+                "DELETE FROM devices WHERE id = ?1",
+            ] {
+                conn.execute(sql, [id])
+                    .map_err(backend("deleting a device"))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn device_by_token(&self, token: TokenHash) -> Result<Option<(ConnectorId, Identity)>> {
+        self.read(move |conn| {
+            let row = conn
+                .prepare_cached("SELECT connector, identity FROM devices WHERE token_hash = ?1")
+                .and_then(|mut s| {
+                    s.query_row([&token[..]], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                    })
+                    .optional()
+                })
+                .map_err(backend("checking a device token"))?;
+            row.map(|(c, i)| {
+                Ok((
+                    parse_col(c, |s| ConnectorId::parse(s).ok(), "reading a connector id")?,
+                    parse_col(i, |s| Identity::parse(s).ok(), "reading an identity")?,
+                ))
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn ingest(&self, cid: &ConnectorId, points: Vec<PointsIn>) -> Result<usize> {
+        let cid = cid.clone();
+        self.write(move |conn| ingest_points(conn, &cid, &points))
+            .await
+    }
+
+    async fn points(
+        &self,
+        cid: &ConnectorId,
+        identity: &Identity,
+        resource: &ResourceName,
+        query: RangeQuery,
+    ) -> Result<Vec<Point>> {
+        let (cid, identity, resource) = (cid.clone(), identity.clone(), resource.clone());
+        self.read(move |conn| {
+            connector_exists(conn, &cid)?;
+            let device = device_id(conn, &cid, &identity)?;
+            let resources = resource_rows(conn, &cid)?;
+            let res = resources
+                .get(&resource)
+                .ok_or_else(|| StoreError::ResourceNotFound(resource.clone()))?;
+            let (since, until) = match (query.order, query.after) {
+                (Order::Asc, Some(after)) => (query.since.max(after.saturating_add(1)), query.until),
+                (Order::Desc, Some(after)) => (query.since, query.until.min(after)),
+                (_, None) => (query.since, query.until),
+            };
+            let sql = match query.order {
+                Order::Asc => {
+                    "SELECT t, v FROM points WHERE device = ?1 AND resource = ?2 AND t >= ?3 AND t < ?4
+                     ORDER BY t ASC LIMIT ?5"
+                }
+                Order::Desc => {
+                    "SELECT t, v FROM points WHERE device = ?1 AND resource = ?2 AND t >= ?3 AND t < ?4
+                     ORDER BY t DESC LIMIT ?5"
+                }
+            };
+            let mut stmt = conn.prepare_cached(sql).map_err(backend("reading points"))?;
+            let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+            let mut rows = stmt
+                .query(params![device, res.id, since, until, limit])
+                .map_err(backend("reading points"))?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next().map_err(backend("reading points"))? {
+                let t: i64 = r.get(0).map_err(backend("reading points"))?;
+                let v = r.get_ref(1).map_err(backend("reading points"))?;
+                out.push(Point {
+                    t,
+                    v: value_from_sql(res.format, v),
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cid() -> ConnectorId {
+        ConnectorId::parse("09iolmnn8090ol").unwrap()
+    }
+
+    async fn fixture() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(SqliteConfig::new(dir.path().join("site.db"))).unwrap();
+        store
+            .create_connector(NewConnector {
+                id: cid(),
+                name: "plant".into(),
+                description: String::new(),
+                created_at: 1,
+            })
+            .await
+            .unwrap();
+        for (name, format, settable) in [
+            ("temp", Format::Number, false),
+            ("mode", Format::String, true),
+        ] {
+            store
+                .create_resource(
+                    &cid(),
+                    NewResource {
+                        name: ResourceName::parse(name).unwrap(),
+                        format,
+                        unit: None,
+                        settable,
+                        remote_sync: false,
+                        created_at: 1,
+                    },
+                )
+                .await
+                .unwrap();
+        }
+        store
+            .create_device(
+                &cid(),
+                NewDevice {
+                    identity: Identity::parse("dev1").unwrap(),
+                    tags: [("zone".to_string(), "north".to_string())].into(),
+                    permissions: vec![],
+                    state: DeviceState::Provisioned,
+                    token: [7; 32],
+                    created_at: 1,
+                },
+            )
+            .await
+            .unwrap();
+        (dir, store)
+    }
+
+    fn points(t: i64, temp: serde_json::Value) -> PointsIn {
+        PointsIn {
+            identity: Identity::parse("dev1").unwrap(),
+            t,
+            values: vec![(ResourceName::parse("temp").unwrap(), temp)],
+        }
+    }
+
+    fn all() -> RangeQuery {
+        RangeQuery {
+            since: 0,
+            until: i64::MAX,
+            after: None,
+            limit: 1000,
+            order: Order::Asc,
+        }
+    }
+
+    #[tokio::test]
+    async fn ingest_and_read_back() {
+        let (_dir, store) = fixture().await;
+        let n = store
+            .ingest(&cid(), vec![points(10, json!(1.5)), points(20, json!(2.5))])
+            .await
+            .unwrap();
+        assert_eq!(n, 2);
+        let dev = Identity::parse("dev1").unwrap();
+        let temp = ResourceName::parse("temp").unwrap();
+        let got = store.points(&cid(), &dev, &temp, all()).await.unwrap();
+        assert_eq!(
+            got,
+            vec![
+                Point {
+                    t: 10,
+                    v: Value::Number(1.5)
+                },
+                Point {
+                    t: 20,
+                    v: Value::Number(2.5)
+                }
+            ]
+        );
+        let device = store.device(&cid(), &dev).await.unwrap();
+        assert_eq!(
+            device.values[&temp],
+            Point {
+                t: 20,
+                v: Value::Number(2.5)
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_bad_value_stores_nothing_of_its_request() {
+        let (_dir, store) = fixture().await;
+        let err = store
+            .ingest(
+                &cid(),
+                vec![points(10, json!(1.5)), points(20, json!("hot"))],
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+        let dev = Identity::parse("dev1").unwrap();
+        let temp = ResourceName::parse("temp").unwrap();
+        assert!(
+            store
+                .points(&cid(), &dev, &temp, all())
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // A good request right after is not affected by the refused one.
+        store
+            .ingest(&cid(), vec![points(30, json!(3))])
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .points(&cid(), &dev, &temp, all())
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_share_commits_but_not_failures() {
+        let (_dir, store) = fixture().await;
+        let store = Arc::new(store);
+        let mut tasks = Vec::new();
+        for i in 0..100 {
+            let store = Arc::clone(&store);
+            tasks.push(tokio::spawn(async move {
+                let v = if i % 10 == 0 { json!("bad") } else { json!(i) };
+                store.ingest(&cid(), vec![points(i, v)]).await
+            }));
+        }
+        let mut ok = 0;
+        for t in tasks {
+            if t.await.unwrap().is_ok() {
+                ok += 1;
+            }
+        }
+        assert_eq!(ok, 90);
+        let dev = Identity::parse("dev1").unwrap();
+        let temp = ResourceName::parse("temp").unwrap();
+        let got = store.points(&cid(), &dev, &temp, all()).await.unwrap();
+        assert_eq!(got.len(), 90);
+        assert!(got.iter().all(|p| p.t % 10 != 0));
+    }
+
+    #[tokio::test]
+    async fn pages_in_both_orders() {
+        let (_dir, store) = fixture().await;
+        let batch = (0..10).map(|t| points(t, json!(t))).collect();
+        store.ingest(&cid(), batch).await.unwrap();
+        let dev = Identity::parse("dev1").unwrap();
+        let temp = ResourceName::parse("temp").unwrap();
+        for order in [Order::Asc, Order::Desc] {
+            let mut seen = Vec::new();
+            let mut after = None;
+            loop {
+                let q = RangeQuery {
+                    after,
+                    limit: 3,
+                    order,
+                    ..all()
+                };
+                let page = store.points(&cid(), &dev, &temp, q).await.unwrap();
+                if page.is_empty() {
+                    break;
+                }
+                after = page.last().map(|p| p.t);
+                seen.extend(page.into_iter().map(|p| p.t));
+            }
+            let mut expected: Vec<i64> = (0..10).collect();
+            if order == Order::Desc {
+                expected.reverse();
+            }
+            assert_eq!(seen, expected, "{order:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn device_filters_and_config() {
+        let (_dir, store) = fixture().await;
+        let q = |k: &str, v: &str| DeviceQuery {
+            tags: vec![(k.into(), v.into())],
+            after: None,
+            limit: 10,
+        };
+        assert_eq!(
+            store
+                .devices(&cid(), q("zone", "north"))
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            store
+                .devices(&cid(), q("zone", "south"))
+                .await
+                .unwrap()
+                .len(),
+            0
+        );
+        let dev = Identity::parse("dev1").unwrap();
+        let mode = ResourceName::parse("mode").unwrap();
+        let patch = DevicePatch {
+            config: Some([(mode.clone(), Some(json!("eco")))].into()),
+            ..Default::default()
+        };
+        let d = store.update_device(&cid(), &dev, patch).await.unwrap();
+        assert_eq!(d.config[&mode], Value::String("eco".into()));
+        let temp = ResourceName::parse("temp").unwrap();
+        let patch = DevicePatch {
+            config: Some([(temp.clone(), Some(json!(1)))].into()),
+            ..Default::default()
+        };
+        let err = store.update_device(&cid(), &dev, patch).await.unwrap_err();
+        assert!(matches!(err, StoreError::NotSettable(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_everything() {
+        let (dir, store) = fixture().await;
+        store
+            .ingest(&cid(), vec![points(5, json!(1))])
+            .await
+            .unwrap();
+        drop(store);
+        let store = SqliteStore::open(SqliteConfig::new(dir.path().join("site.db"))).unwrap();
+        assert_eq!(store.list_connectors().await.unwrap().len(), 1);
+        let dev = Identity::parse("dev1").unwrap();
+        let temp = ResourceName::parse("temp").unwrap();
+        assert_eq!(
+            store
+                .points(&cid(), &dev, &temp, all())
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+}

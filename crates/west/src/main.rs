@@ -1,0 +1,107 @@
+//! `west`: the only binary. Parses flags, environment and the optional TOML file (in that
+//! order of precedence), sets up logging, binds sockets, and hands over to the library
+//! crates. Exits non-zero with a one-line reason on any startup failure.
+
+mod config;
+mod hub_cmd;
+mod site_cmd;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "west",
+    version,
+    about = "West Connectivity Platform Remote Sync"
+)]
+struct Cli {
+    /// Log format: human-readable text or one JSON object per line.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "WEST_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+    /// Log filter in tracing's env-filter syntax, e.g. `info,west_site=debug`.
+    #[arg(long, global = true, default_value = "info", env = "WEST_LOG")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one deployment: web UI, REST API, device API and sync engine.
+    Site(site_cmd::SiteArgs),
+    /// Run the Connectivity Hub, or manage its site registry.
+    Hub(hub_cmd::HubArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, &cli.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => fail(&anyhow::anyhow!(e).context("starting the async runtime")),
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Site(args) => site_cmd::run(args).await,
+            Command::Hub(args) => hub_cmd::run(args).await,
+        }
+    });
+    if let Err(e) = result {
+        fail(&e);
+    }
+}
+
+fn fail(e: &anyhow::Error) -> ! {
+    eprintln!("west: {e:#}");
+    std::process::exit(1);
+}
+
+fn init_logging(format: LogFormat, filter: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}
