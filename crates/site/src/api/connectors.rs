@@ -66,15 +66,11 @@ pub async fn create_connector(
     if let Some(target) = &body.remote_sync_target {
         // Pairing needs the hub link; until this site has one, say so plainly and create
         // nothing.
-        if !state.link.state().connected() {
-            return Err(ApiError::PeerOffline(format!(
-                "this site is not connected to a hub, so it cannot reach site {:?} to pair",
-                target.remote_site
-            )));
-        }
-        return Err(ApiError::PeerOffline(
-            "pairing through the hub is not available in this version".into(),
-        ));
+        let _code = &target.pairing_code;
+        return Err(ApiError::PeerOffline(format!(
+            "this site cannot reach site {:?} to pair with connector {}: it has no hub link",
+            target.remote_site, target.remote_connector_id
+        )));
     }
     let mut bytes = [0u8; proto::model::CONNECTOR_ID_LEN];
     rand::rng().fill_bytes(&mut bytes);
