@@ -6,4 +6,8 @@
 //! seeded simulation.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod channel;
 pub mod model;
+pub mod pairing;
+pub mod sync;
+pub mod wire;
