@@ -73,8 +73,11 @@ impl SqliteConfig {
 /// caller once the commit is known.
 struct Done {
     ok: bool,
-    reply: Box<dyn FnOnce(Option<&str>) + Send>,
+    reply: Reply,
 }
+
+/// Answers a job's caller, given the commit's error message if the commit failed.
+type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
 
 type Job = Box<dyn FnOnce(&Connection) -> Done + Send>;
 
@@ -158,10 +161,10 @@ impl SqliteStore {
                 None => open_connection(&config, 8)?,
             };
             let result = f(&conn);
-            if let Ok(mut pool) = readers.lock() {
-                if pool.len() < READ_POOL {
-                    pool.push(conn);
-                }
+            if let Ok(mut pool) = readers.lock()
+                && pool.len() < READ_POOL
+            {
+                pool.push(conn);
             }
             result
         })

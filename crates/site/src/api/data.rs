@@ -8,14 +8,13 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use proto::model::{ConnectorId, Identity, ResourceName};
 use serde::Deserialize;
 use serde_json::{Value as Json_, json};
 use store::{Order, PointsIn, RangeQuery};
 
-use super::{QueryPairs, connector_id, identity, parse_json, resource_name};
+use super::{ApiBytes, QueryPairs, connector_id, identity, parse_json, resource_name};
 use crate::auth::{User, Writer};
 use crate::error::ApiError;
 use crate::state::{AppState, now_micros};
@@ -74,7 +73,7 @@ pub async fn ingest_device(
     State(state): State<AppState>,
     writer: Writer,
     Path((cid, id)): Path<(String, String)>,
-    body: Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> Result<Json<Json_>, ApiError> {
     let started = Instant::now();
     let (cid, id) = (connector_id(&cid)?, identity(&id)?);
@@ -98,7 +97,7 @@ pub async fn ingest_bulk(
     State(state): State<AppState>,
     writer: Writer,
     Path(cid): Path<String>,
-    body: Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> Result<Json<Json_>, ApiError> {
     let started = Instant::now();
     let cid = connector_id(&cid)?;

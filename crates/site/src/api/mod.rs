@@ -2,11 +2,11 @@
 //! JSON shapes of answers. Handlers are thin: parse and check input into `proto::model`
 //! values, call the store, render the answer.
 
-mod connectors;
+pub(crate) mod connectors;
 mod data;
-mod devices;
-mod render;
-mod resources;
+pub(crate) mod devices;
+pub(crate) mod render;
+pub(crate) mod resources;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
@@ -83,6 +83,28 @@ async fn api_not_found() -> ApiError {
     ApiError::NotFound("no such API call; see API.md".into())
 }
 
+/// A request body as bytes, refused with `payload_too_large` over the body limit.
+pub struct ApiBytes(pub Bytes);
+
+impl FromRequest<AppState> for ApiBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        Bytes::from_request(req, state)
+            .await
+            .map(ApiBytes)
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::TooLarge {
+                        limit: state.body_limit,
+                    }
+                } else {
+                    ApiError::InvalidJson(format!("could not read the request body: {e}"))
+                }
+            })
+    }
+}
+
 /// A JSON body, refused with API.md's codes: `invalid_json` for bytes that are not JSON,
 /// `invalid_value` for JSON of the wrong shape, `payload_too_large` over the body limit.
 pub struct ApiJson<T>(pub T);
@@ -91,15 +113,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::TooLarge {
-                    limit: state.body_limit,
-                }
-            } else {
-                ApiError::InvalidJson(format!("could not read the request body: {e}"))
-            }
-        })?;
+        let ApiBytes(bytes) = ApiBytes::from_request(req, state).await?;
         parse_json(&bytes).map(ApiJson)
     }
 }
