@@ -2,6 +2,7 @@
 //! order of precedence), sets up logging, binds sockets, and hands over to the library
 //! crates. Exits non-zero with a one-line reason on any startup failure.
 
+mod bench;
 mod config;
 mod hub_cmd;
 mod site_cmd;
@@ -43,6 +44,8 @@ enum Command {
     Site(site_cmd::SiteArgs),
     /// Run the Connectivity Hub, or manage its site registry.
     Hub(hub_cmd::HubArgs),
+    /// Measure throughput and latency against real processes on loopback.
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
@@ -59,6 +62,7 @@ fn main() {
         match cli.command {
             Command::Site(args) => site_cmd::run(args).await,
             Command::Hub(args) => hub_cmd::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
         }
     });
     if let Err(e) = result {
