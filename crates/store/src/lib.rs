@@ -37,6 +37,11 @@ pub enum StoreError {
     DeviceExists(Identity),
     #[error("device {0} is locked; unlock it to accept its data")]
     DeviceLocked(Identity),
+    #[error("connector {connector} cannot do that in its Remote-Sync state: {reason}")]
+    SyncState {
+        connector: ConnectorId,
+        reason: &'static str,
+    },
     #[error("user {0} already exists")]
     UserExists(String),
     #[error("resource {0} is not settable, so a device has no configuration for it")]
@@ -73,6 +78,41 @@ pub trait Store: Send + Sync + 'static {
     async fn list_connectors(&self) -> Result<Vec<Connector>>;
     async fn connector(&self, id: &ConnectorId) -> Result<Connector>;
     async fn delete_connector(&self, id: &ConnectorId) -> Result<()>;
+
+    // Pairing (SPEC §4).
+    /// Opens (or reopens with a fresh code) the pairing window of a standalone or
+    /// previously expired connector: role `source`, state `pairing`.
+    async fn open_pairing(
+        &self,
+        cid: &ConnectorId,
+        code: &str,
+        expires_at: i64,
+    ) -> Result<Connector>;
+    /// The open pairing window, if the connector is in state `pairing`.
+    async fn pairing_window(&self, cid: &ConnectorId) -> Result<Option<PairingWindowRow>>;
+    /// Counts one wrong code; returns the number of failures so far.
+    async fn record_failed_attempt(&self, cid: &ConnectorId) -> Result<u32>;
+    /// Closes a pairing window without pairing (cancelled, expired, too many attempts):
+    /// back to role `none`, state `disabled`.
+    async fn close_pairing(&self, cid: &ConnectorId) -> Result<Connector>;
+    /// Completes pairing on the Source: state `paired`, the peer and keys pinned, the code
+    /// forgotten.
+    async fn complete_pairing(
+        &self,
+        cid: &ConnectorId,
+        peer: Peer,
+        keys: ConnectorKeys,
+        paired_at: i64,
+    ) -> Result<Connector>;
+    /// Creates a Target connector already paired with its Source, in one step.
+    async fn create_target_connector(
+        &self,
+        new: NewConnector,
+        peer: Peer,
+        keys: ConnectorKeys,
+    ) -> Result<Connector>;
+    /// The keys of a paired connector.
+    async fn connector_keys(&self, cid: &ConnectorId) -> Result<Option<ConnectorKeys>>;
 
     // Resources.
     async fn create_resource(&self, cid: &ConnectorId, new: NewResource) -> Result<Resource>;

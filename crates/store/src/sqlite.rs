@@ -30,7 +30,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::*;
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/0001_init.sql")),
+    (2, include_str!("../migrations/0002_pairing.sql")),
+];
 
 /// Most jobs the writer folds into one transaction.
 const MAX_JOBS_PER_COMMIT: usize = 256;
@@ -840,6 +843,216 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn open_pairing(
+        &self,
+        cid: &ConnectorId,
+        code: &str,
+        expires_at: i64,
+    ) -> Result<Connector> {
+        let (cid, code) = (cid.clone(), code.to_owned());
+        self.write(move |conn| {
+            let c = get_connector(conn, &cid)?;
+            match (c.role, c.state) {
+                (_, SyncState::Paired) => {
+                    return Err(StoreError::SyncState {
+                        connector: cid,
+                        reason: "it is already paired",
+                    });
+                }
+                (Role::Target, _) => {
+                    return Err(StoreError::SyncState {
+                        connector: cid,
+                        reason: "it is a Remote-Sync target",
+                    });
+                }
+                _ => {}
+            }
+            conn.execute(
+                "UPDATE connectors SET role = 'source', sync_state = 'pairing', pairing_code = ?2,
+                     pairing_expires_at = ?3, pairing_failed_attempts = 0
+                 WHERE id = ?1",
+                params![cid.as_str(), code, expires_at],
+            )
+            .map_err(backend("opening a pairing window"))?;
+            get_connector(conn, &cid)
+        })
+        .await
+    }
+
+    async fn pairing_window(&self, cid: &ConnectorId) -> Result<Option<PairingWindowRow>> {
+        let cid = cid.clone();
+        self.read(move |conn| {
+            connector_exists(conn, &cid)?;
+            let row = conn
+                .query_row(
+                    "SELECT pairing_code, pairing_expires_at, pairing_failed_attempts
+                     FROM connectors WHERE id = ?1 AND sync_state = 'pairing'",
+                    [cid.as_str()],
+                    |r| {
+                        Ok((
+                            r.get::<_, Option<String>>(0)?,
+                            r.get::<_, Option<i64>>(1)?,
+                            r.get::<_, i64>(2)?,
+                        ))
+                    },
+                )
+                .optional()
+                .map_err(backend("reading a pairing window"))?;
+            Ok(match row {
+                Some((Some(code), Some(expires_at), failed)) => Some(PairingWindowRow {
+                    code,
+                    expires_at,
+                    failed_attempts: u32::try_from(failed).unwrap_or(u32::MAX),
+                }),
+                _ => None,
+            })
+        })
+        .await
+    }
+
+    async fn record_failed_attempt(&self, cid: &ConnectorId) -> Result<u32> {
+        let cid = cid.clone();
+        self.write(move |conn| {
+            connector_exists(conn, &cid)?;
+            let n: i64 = conn
+                .query_row(
+                    "UPDATE connectors SET pairing_failed_attempts = pairing_failed_attempts + 1
+                     WHERE id = ?1 RETURNING pairing_failed_attempts",
+                    [cid.as_str()],
+                    |r| r.get(0),
+                )
+                .map_err(backend("counting a failed pairing attempt"))?;
+            Ok(u32::try_from(n).unwrap_or(u32::MAX))
+        })
+        .await
+    }
+
+    async fn close_pairing(&self, cid: &ConnectorId) -> Result<Connector> {
+        let cid = cid.clone();
+        self.write(move |conn| {
+            let c = get_connector(conn, &cid)?;
+            if c.state == SyncState::Paired {
+                return Err(StoreError::SyncState {
+                    connector: cid,
+                    reason: "it is paired, and a pairing cannot be undone",
+                });
+            }
+            conn.execute(
+                "UPDATE connectors SET role = 'none', sync_state = 'disabled', pairing_code = NULL,
+                     pairing_expires_at = NULL, pairing_failed_attempts = 0
+                 WHERE id = ?1 AND sync_state = 'pairing'",
+                [cid.as_str()],
+            )
+            .map_err(backend("closing a pairing window"))?;
+            get_connector(conn, &cid)
+        })
+        .await
+    }
+
+    async fn complete_pairing(
+        &self,
+        cid: &ConnectorId,
+        peer: Peer,
+        keys: ConnectorKeys,
+        paired_at: i64,
+    ) -> Result<Connector> {
+        let cid = cid.clone();
+        self.write(move |conn| {
+            let c = get_connector(conn, &cid)?;
+            if c.state != SyncState::Pairing {
+                return Err(StoreError::SyncState {
+                    connector: cid,
+                    reason: "it has no open pairing window",
+                });
+            }
+            conn.execute(
+                "UPDATE connectors SET role = 'source', sync_state = 'paired', pairing_code = NULL,
+                     pairing_expires_at = NULL, pairing_failed_attempts = 0,
+                     peer_site = ?2, peer_connector = ?3, paired_at = ?4,
+                     static_private = ?5, static_public = ?6, peer_static_public = ?7
+                 WHERE id = ?1",
+                params![
+                    cid.as_str(),
+                    peer.site,
+                    peer.connector_id.as_str(),
+                    paired_at,
+                    &keys.static_private[..],
+                    &keys.static_public[..],
+                    &keys.peer_static_public[..]
+                ],
+            )
+            .map_err(backend("completing a pairing"))?;
+            get_connector(conn, &cid)
+        })
+        .await
+    }
+
+    async fn create_target_connector(
+        &self,
+        new: NewConnector,
+        peer: Peer,
+        keys: ConnectorKeys,
+    ) -> Result<Connector> {
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO connectors (id, name, description, created_at, role, sync_state,
+                     peer_site, peer_connector, paired_at, static_private, static_public,
+                     peer_static_public)
+                 VALUES (?1, ?2, ?3, ?4, 'target', 'paired', ?5, ?6, ?4, ?7, ?8, ?9)",
+                params![
+                    new.id.as_str(),
+                    new.name,
+                    new.description,
+                    new.created_at,
+                    peer.site,
+                    peer.connector_id.as_str(),
+                    &keys.static_private[..],
+                    &keys.static_public[..],
+                    &keys.peer_static_public[..]
+                ],
+            )
+            .map_err(backend("creating a target connector"))?;
+            get_connector(conn, &new.id)
+        })
+        .await
+    }
+
+    async fn connector_keys(&self, cid: &ConnectorId) -> Result<Option<ConnectorKeys>> {
+        let cid = cid.clone();
+        self.read(move |conn| {
+            connector_exists(conn, &cid)?;
+            let row = conn
+                .query_row(
+                    "SELECT static_private, static_public, peer_static_public FROM connectors
+                     WHERE id = ?1",
+                    [cid.as_str()],
+                    |r| {
+                        Ok((
+                            r.get::<_, Option<Vec<u8>>>(0)?,
+                            r.get::<_, Option<Vec<u8>>>(1)?,
+                            r.get::<_, Option<Vec<u8>>>(2)?,
+                        ))
+                    },
+                )
+                .map_err(backend("reading connector keys"))?;
+            let key = |v: Vec<u8>| <[u8; 32]>::try_from(v.as_slice()).ok();
+            Ok(match row {
+                (Some(a), Some(b), Some(c)) => match (key(a), key(b), key(c)) {
+                    (Some(static_private), Some(static_public), Some(peer_static_public)) => {
+                        Some(ConnectorKeys {
+                            static_private,
+                            static_public,
+                            peer_static_public,
+                        })
+                    }
+                    _ => None,
+                },
+                _ => None,
+            })
+        })
+        .await
+    }
+
     async fn create_resource(&self, cid: &ConnectorId, new: NewResource) -> Result<Resource> {
         let cid = cid.clone();
         self.write(move |conn| {
@@ -1396,6 +1609,68 @@ mod tests {
         };
         let err = store.update_device(&cid(), &dev, patch).await.unwrap_err();
         assert!(matches!(err, StoreError::NotSettable(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn pairing_lifecycle() {
+        let (_dir, store) = fixture().await;
+        let c = store
+            .open_pairing(&cid(), "ABCD-EFGH-JK", 100)
+            .await
+            .unwrap();
+        assert_eq!((c.role, c.state), (Role::Source, SyncState::Pairing));
+        let w = store.pairing_window(&cid()).await.unwrap().unwrap();
+        assert_eq!(
+            (w.code.as_str(), w.expires_at, w.failed_attempts),
+            ("ABCD-EFGH-JK", 100, 0)
+        );
+        assert_eq!(store.record_failed_attempt(&cid()).await.unwrap(), 1);
+        let c = store.close_pairing(&cid()).await.unwrap();
+        assert_eq!((c.role, c.state), (Role::None, SyncState::Disabled));
+        assert!(store.pairing_window(&cid()).await.unwrap().is_none());
+
+        // A fresh window, then completion pins the keys and forgets the code.
+        store
+            .open_pairing(&cid(), "ZZZZ-ZZZZ-ZZ", 200)
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .pairing_window(&cid())
+                .await
+                .unwrap()
+                .unwrap()
+                .failed_attempts,
+            0
+        );
+        let keys = ConnectorKeys {
+            static_private: [1; 32],
+            static_public: [2; 32],
+            peer_static_public: [3; 32],
+        };
+        let peer = Peer {
+            site: "site-b".into(),
+            connector_id: ConnectorId::parse("abcdefghijklmn").unwrap(),
+        };
+        let c = store
+            .complete_pairing(&cid(), peer.clone(), keys.clone(), 150)
+            .await
+            .unwrap();
+        assert_eq!(
+            (c.state, c.peer.as_ref(), c.paired_at),
+            (SyncState::Paired, Some(&peer), Some(150))
+        );
+        assert_eq!(store.connector_keys(&cid()).await.unwrap(), Some(keys));
+        assert!(store.pairing_window(&cid()).await.unwrap().is_none());
+        // Paired is final: no new window, no closing.
+        assert!(matches!(
+            store.open_pairing(&cid(), "X", 1).await,
+            Err(StoreError::SyncState { .. })
+        ));
+        assert!(matches!(
+            store.close_pairing(&cid()).await,
+            Err(StoreError::SyncState { .. })
+        ));
     }
 
     #[tokio::test]

@@ -154,3 +154,29 @@ pub struct RangeQuery {
     pub limit: usize,
     pub order: Order,
 }
+
+/// The Source's open pairing window, as stored while the countdown runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairingWindowRow {
+    /// The one-time code; SPAKE2 needs it in clear on the Source.
+    pub code: String,
+    pub expires_at: i64,
+    pub failed_attempts: u32,
+}
+
+/// A paired connector's long-term static key and the peer's pinned public key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConnectorKeys {
+    pub static_private: [u8; 32],
+    pub static_public: [u8; 32],
+    pub peer_static_public: [u8; 32],
+}
+
+impl std::fmt::Debug for ConnectorKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectorKeys")
+            .field("static_public", &self.static_public)
+            .field("peer_static_public", &self.peer_static_public)
+            .finish_non_exhaustive()
+    }
+}
