@@ -1,0 +1,324 @@
+//! The sync messages one site sends the other inside the end-to-end channel, and their
+//! encoding: a version byte, then the postcard encoding of [`Message`].
+//!
+//! ```text
+//!  receiver                                   sender
+//!    |-- Resume{session, applied} --------------->|   on link up, and to resync
+//!    |<------------------- Resumed{session, head} |
+//!    |<-- Batch{session, first..=last, head, payload}
+//!    |<-- Gap{session, span, head} ----------------|  retention dropped span
+//!    |-- Ack{session, applied} ------------------->|  after each durable apply
+//! ```
+//!
+//! Invariants:
+//! - The first byte is [`SYNC_VERSION`]; a later version may add variants at the end of
+//!   [`Message`] and must bump the byte when it changes an existing one.
+//! - [`decode`] accepts exactly one message and nothing after it, never panics, and checks
+//!   every field a receiver relies on (`1 <= first_seq <= last_seq`, payload size).
+//! - `applied` in `Resume` and `Ack` is always the receiver's *durable* cursor, so a sender
+//!   may trust it as a lower bound of what is applied, whatever session it came from.
+
+use serde::{Deserialize, Serialize};
+
+use super::record::LostSpan;
+
+/// Version byte in front of every sync message.
+pub const SYNC_VERSION: u8 = 1;
+/// The largest encoded message: room for the channel's and the hub frame's overhead below
+/// [`crate::wire::MAX_PAYLOAD_LEN`].
+pub const MAX_MESSAGE_LEN: usize = 768 * 1024;
+
+/// One sync message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Receiver → sender: start (or restart) a session and continue after `applied`.
+    Resume { session: u64, applied: u64 },
+    /// Sender → receiver: the session is accepted; `head` is the sender's outbox head.
+    Resumed { session: u64, head: u64 },
+    /// Sender → receiver: records `first_seq..=last_seq`, encoded by the batch codec.
+    Batch {
+        session: u64,
+        first_seq: u64,
+        last_seq: u64,
+        /// The sender's outbox head when it sent this, so the receiver can show lag.
+        head: u64,
+        #[serde(with = "bytes_field")]
+        payload: Vec<u8>,
+    },
+    /// Receiver → sender: every record up to `applied` is durably applied.
+    Ack { session: u64, applied: u64 },
+    /// Sender → receiver: the records of `span` are gone (retention); record the loss and
+    /// move the cursor to `span.last_seq`.
+    Gap {
+        session: u64,
+        span: LostSpan,
+        head: u64,
+    },
+}
+
+/// Which state machine of a site a message is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Addressee {
+    Sender,
+    Receiver,
+}
+
+impl Message {
+    /// Where the driver hands this message: a site runs one [`super::Sender`] and one
+    /// [`super::Receiver`] per pairing, and each message type goes to exactly one of them.
+    pub fn addressee(&self) -> Addressee {
+        match self {
+            Message::Resume { .. } | Message::Ack { .. } => Addressee::Sender,
+            Message::Resumed { .. } | Message::Batch { .. } | Message::Gap { .. } => {
+                Addressee::Receiver
+            }
+        }
+    }
+
+    pub fn session(&self) -> u64 {
+        match self {
+            Message::Resume { session, .. }
+            | Message::Resumed { session, .. }
+            | Message::Batch { session, .. }
+            | Message::Ack { session, .. }
+            | Message::Gap { session, .. } => *session,
+        }
+    }
+}
+
+/// Why a sync message could not be encoded or decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessageError {
+    #[error("sync message of {len} bytes exceeds the limit of {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("sync message is empty")]
+    Empty,
+    #[error("sync protocol version {0} is not supported (this build speaks {SYNC_VERSION})")]
+    Version(u8),
+    #[error("sync message is not valid: {0}")]
+    Malformed(String),
+    #[error("sync message has {0} bytes after its end")]
+    TrailingBytes(usize),
+    #[error("sequence range {first}..={last} is not valid")]
+    BadRange { first: u64, last: u64 },
+}
+
+/// Encodes a message after checking what [`decode`] will check.
+pub fn encode(msg: &Message) -> Result<Vec<u8>, MessageError> {
+    validate(msg)?;
+    let out = postcard::to_extend(msg, vec![SYNC_VERSION])
+        .map_err(|e| MessageError::Malformed(e.to_string()))?;
+    if out.len() > MAX_MESSAGE_LEN {
+        return Err(MessageError::TooLarge {
+            len: out.len(),
+            max: MAX_MESSAGE_LEN,
+        });
+    }
+    Ok(out)
+}
+
+/// Decodes one message: all of `bytes`, within the limits.
+pub fn decode(bytes: &[u8]) -> Result<Message, MessageError> {
+    if bytes.len() > MAX_MESSAGE_LEN {
+        return Err(MessageError::TooLarge {
+            len: bytes.len(),
+            max: MAX_MESSAGE_LEN,
+        });
+    }
+    let (&version, body) = bytes.split_first().ok_or(MessageError::Empty)?;
+    if version != SYNC_VERSION {
+        return Err(MessageError::Version(version));
+    }
+    let (msg, rest) = postcard::take_from_bytes::<Message>(body)
+        .map_err(|e| MessageError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(MessageError::TrailingBytes(rest.len()));
+    }
+    validate(&msg)?;
+    Ok(msg)
+}
+
+fn validate(msg: &Message) -> Result<(), MessageError> {
+    let range = |first: u64, last: u64| {
+        if first == 0 || first > last {
+            Err(MessageError::BadRange { first, last })
+        } else {
+            Ok(())
+        }
+    };
+    match msg {
+        Message::Batch {
+            first_seq,
+            last_seq,
+            ..
+        } => range(*first_seq, *last_seq),
+        Message::Gap { span, .. } => range(span.first_seq, span.last_seq),
+        Message::Resume { .. } | Message::Resumed { .. } | Message::Ack { .. } => Ok(()),
+    }
+}
+
+/// Serde glue that writes a payload as one length-prefixed byte string rather than a
+/// sequence of individually encoded bytes.
+mod bytes_field {
+    use serde::de::{Deserializer, Error, SeqAccess, Visitor};
+    use serde::ser::Serializer;
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+                let mut out = Vec::new();
+                while let Some(b) = seq.next_element()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ResourceName;
+    use crate::sync::record::ResourceLoss;
+    use proptest::prelude::*;
+
+    fn arb_span() -> impl Strategy<Value = LostSpan> {
+        (
+            1u64..1 << 40,
+            0u64..1000,
+            prop::collection::vec(
+                (
+                    "[a-z]{1,8}",
+                    any::<u64>(),
+                    any::<u64>(),
+                    any::<i64>(),
+                    any::<i64>(),
+                ),
+                0..3,
+            ),
+            any::<u64>(),
+        )
+            .prop_map(|(first, len, res, device_changes)| LostSpan {
+                first_seq: first,
+                last_seq: first + len,
+                resources: res
+                    .into_iter()
+                    .map(|(r, points, devices, from_us, until_us)| ResourceLoss {
+                        resource: ResourceName::parse(&r).unwrap(),
+                        points,
+                        devices,
+                        from_us,
+                        until_us,
+                    })
+                    .collect(),
+                device_changes,
+            })
+    }
+
+    fn arb_message() -> impl Strategy<Value = Message> {
+        prop_oneof![
+            (any::<u64>(), any::<u64>())
+                .prop_map(|(session, applied)| Message::Resume { session, applied }),
+            (any::<u64>(), any::<u64>())
+                .prop_map(|(session, head)| Message::Resumed { session, head }),
+            (
+                any::<u64>(),
+                1u64..u64::MAX / 2,
+                0u64..10_000,
+                any::<u64>(),
+                prop::collection::vec(any::<u8>(), 0..300)
+            )
+                .prop_map(|(session, first_seq, n, head, payload)| Message::Batch {
+                    session,
+                    first_seq,
+                    last_seq: first_seq + n,
+                    head,
+                    payload
+                }),
+            (any::<u64>(), any::<u64>())
+                .prop_map(|(session, applied)| Message::Ack { session, applied }),
+            (any::<u64>(), arb_span(), any::<u64>()).prop_map(|(session, span, head)| {
+                Message::Gap {
+                    session,
+                    span,
+                    head,
+                }
+            }),
+        ]
+    }
+
+    #[test]
+    fn malformed_messages_are_errors() {
+        assert_eq!(decode(&[]), Err(MessageError::Empty));
+        assert_eq!(decode(&[2, 0, 0, 0]), Err(MessageError::Version(2)));
+        assert!(matches!(
+            decode(&[SYNC_VERSION, 99]),
+            Err(MessageError::Malformed(_))
+        ));
+        let mut ok = encode(&Message::Ack {
+            session: 1,
+            applied: 2,
+        })
+        .unwrap();
+        ok.push(0);
+        assert_eq!(decode(&ok), Err(MessageError::TrailingBytes(1)));
+        let bad = Message::Batch {
+            session: 1,
+            first_seq: 5,
+            last_seq: 4,
+            head: 5,
+            payload: vec![],
+        };
+        assert_eq!(
+            encode(&bad),
+            Err(MessageError::BadRange { first: 5, last: 4 })
+        );
+        assert_eq!(
+            decode(&[&[SYNC_VERSION][..], &postcard::to_allocvec(&bad).unwrap()].concat()),
+            Err(MessageError::BadRange { first: 5, last: 4 })
+        );
+        assert_eq!(
+            Message::Ack {
+                session: 1,
+                applied: 0
+            }
+            .addressee(),
+            Addressee::Sender
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        #[test]
+        fn every_message_round_trips(msg in arb_message()) {
+            let bytes = encode(&msg).unwrap();
+            prop_assert_eq!(decode(&bytes).unwrap(), msg);
+        }
+
+        #[test]
+        fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..120)) {
+            let _ = decode(&bytes);
+            let mut v = vec![SYNC_VERSION];
+            v.extend_from_slice(&bytes);
+            let _ = decode(&v);
+        }
+    }
+}

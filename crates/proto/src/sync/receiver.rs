@@ -1,0 +1,476 @@
+//! The receiving end of one sync stream: opens a session with `Resume`, accepts exactly the
+//! batch or gap that starts right after what it has handed to the driver, recognises
+//! duplicates, asks for a resync on a hole, and acknowledges what the driver made durable.
+//!
+//! ```text
+//!  peer Sender                    Receiver                          driver
+//!    |<-- Resume{s, applied} ---------|<-- link_up(now, s) ------------|
+//!    |-- Resumed{s, head} ----------->|                                 |
+//!    |-- Batch{s, first..last} ------>|-- Apply{first..last, records} ->|  one transaction:
+//!    |                                |<-- on_applied(last) ------------|  records + cursor
+//!    |<-- Ack{s, applied=last} -------|                                 |
+//!    |-- Gap{s, span} --------------->|-- RecordGap{span} ------------->|  one transaction:
+//!    |                                |<-- on_applied(span.last) -------|  gap + cursor
+//!    |-- Batch{s, hole} ------------->|  (not applied)                  |
+//!    |<-- Resume{s, applied} ---------|  once applies settle, rate-limited
+//! ```
+//!
+//! Invariants:
+//! - An `Apply`/`RecordGap` output always starts at one past the previous one's end (or the
+//!   durable cursor): the driver's store can check `cursor == first - 1` in the transaction.
+//! - A batch whose records were already handed out is never handed out again; a batch that
+//!   does not start right after them is never handed out.
+//! - `Resume` and `Ack` carry only the durable cursor (what the driver confirmed with
+//!   [`Receiver::on_applied`]), never a position that a crash could take back.
+//!
+//! Deliberately absent: storage, sockets, clocks; the session id is chosen by the driver.
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+use super::codec;
+use super::message::{self, Message};
+use super::record::{LostSpan, Record};
+use super::{ReconnectReason, SyncError};
+
+/// Tuning of a [`Receiver`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReceiverConfig {
+    /// How long to wait before repeating an unanswered `Resume`, and the least time between
+    /// two resync requests. Default 2 s.
+    pub resume_interval_us: u64,
+    /// How long the link may stay up with the sender ahead and nothing arriving before the
+    /// driver is asked to reconnect. Default 60 s.
+    pub stall_timeout_us: u64,
+}
+
+impl Default for ReceiverConfig {
+    fn default() -> Self {
+        Self {
+            resume_interval_us: 2_000_000,
+            stall_timeout_us: 60_000_000,
+        }
+    }
+}
+
+/// Records to apply, in one transaction that also sets the cursor to `last_seq`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Apply {
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// In apply order: device changes and points in stream order between kinds, points of
+    /// one series by timestamp.
+    pub records: Vec<Record>,
+}
+
+/// A loss to record durably, in one transaction that also sets the cursor to `last_seq`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GapRecord {
+    /// One past the cursor: where the loss starts for this receiver.
+    pub first_seq: u64,
+    /// Where the cursor moves.
+    pub last_seq: u64,
+    /// What the sender's store recorded about the dropped span.
+    pub span: LostSpan,
+    /// Whether `span` covers exactly `first_seq..=last_seq`. Always true when the sending
+    /// store honours the send lease; false would mean the counts include records this
+    /// receiver had already applied.
+    pub exact: bool,
+}
+
+/// What the driver must do for a [`Receiver`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReceiverOutput {
+    /// Send these bytes (an encoded [`Message`]) to the peer over the channel.
+    Send(Vec<u8>),
+    /// Apply, then call [`Receiver::on_applied`] with `last_seq`.
+    Apply(Apply),
+    /// Record the gap, then call [`Receiver::on_applied`] with `last_seq`.
+    RecordGap(GapRecord),
+    /// The link looks stuck or the peer sent garbage: drop it and connect again.
+    Reconnect { reason: ReconnectReason },
+}
+
+/// Counters and gauges for the site's lag/backlog/ETA display and metrics. Rates are the
+/// driver's: differences of these counters over its own clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReceiverStats {
+    /// Durable cursor: highest contiguous sequence number applied.
+    pub applied: u64,
+    /// Highest sequence number handed to the driver (applied or being applied).
+    pub handed: u64,
+    /// The sender's outbox head as last reported.
+    pub remote_head: u64,
+    /// `remote_head - applied`: records still to come.
+    pub lag_records: u64,
+    pub session_up: bool,
+    pub records_applied: u64,
+    pub batches_applied: u64,
+    pub gaps_recorded: u64,
+    pub points_lost: u64,
+    pub bytes_received: u64,
+    pub duplicates: u64,
+    pub resyncs: u64,
+    pub stale: u64,
+}
+
+/// One output handed to the driver, for [`Receiver::on_applied`] to check and count.
+#[derive(Debug)]
+struct Pending {
+    last_seq: u64,
+    records: u64,
+    points_lost: Option<u64>,
+}
+
+#[derive(Debug)]
+struct Link {
+    session: u64,
+    up_at: u64,
+    resumed: bool,
+    resume_sent_at: u64,
+    /// A hole was seen; ask for a resync once applies settle and the rate limit allows.
+    resync_wanted: bool,
+    last_resync_at: Option<u64>,
+}
+
+/// The receiving end of one sync stream (see the module docs).
+#[derive(Debug)]
+pub struct Receiver {
+    cfg: ReceiverConfig,
+    cursor: u64,
+    handed: u64,
+    /// Outputs handed to the driver and not yet confirmed, in order.
+    pending: VecDeque<Pending>,
+    remote_head: u64,
+    progress_at: u64,
+    link: Option<Link>,
+    out: VecDeque<ReceiverOutput>,
+    stats: ReceiverStats,
+}
+
+impl Receiver {
+    /// Rebuilds the receiver from its durable cursor.
+    pub fn new(cfg: ReceiverConfig, applied: u64, now: u64) -> Self {
+        Self {
+            cfg,
+            cursor: applied,
+            handed: applied,
+            pending: VecDeque::new(),
+            remote_head: applied,
+            progress_at: now,
+            link: None,
+            out: VecDeque::new(),
+            stats: ReceiverStats::default(),
+        }
+    }
+
+    pub fn poll_output(&mut self) -> Option<ReceiverOutput> {
+        self.out.pop_front()
+    }
+
+    /// The channel is up: start session `session` (a fresh random or counter value from the
+    /// driver, different from the previous one) by sending `Resume`.
+    pub fn link_up(&mut self, now: u64, session: u64) {
+        self.link = Some(Link {
+            session,
+            up_at: now,
+            resumed: false,
+            resume_sent_at: now,
+            resync_wanted: false,
+            last_resync_at: None,
+        });
+        self.progress_at = now;
+        self.send(&Message::Resume {
+            session,
+            applied: self.cursor,
+        });
+    }
+
+    pub fn link_down(&mut self, _now: u64) {
+        self.link = None;
+    }
+
+    /// A message for the receiver (`Resumed`, `Batch` or `Gap`) arrived from the peer.
+    pub fn on_message(&mut self, now: u64, msg: Message) -> Result<(), SyncError> {
+        let Some(link) = &mut self.link else {
+            self.stats.stale += 1;
+            return Ok(());
+        };
+        if msg.session() != link.session {
+            self.stats.stale += 1;
+            return Ok(());
+        }
+        match msg {
+            Message::Resumed { head, .. } => {
+                if !link.resumed {
+                    link.resumed = true;
+                    self.progress_at = now;
+                }
+                self.remote_head = self.remote_head.max(head);
+            }
+            Message::Batch {
+                first_seq,
+                last_seq,
+                head,
+                payload,
+                ..
+            } => {
+                link.resumed = true;
+                self.remote_head = self.remote_head.max(head);
+                self.stats.bytes_received += payload.len() as u64;
+                if last_seq <= self.handed {
+                    self.duplicate();
+                } else if first_seq == self.handed + 1 {
+                    let records = match codec::decode(&payload) {
+                        Ok(r) if r.len() as u64 == last_seq - first_seq + 1 => r,
+                        Ok(r) => {
+                            return Err(self.malformed(format!(
+                                "batch {first_seq}..={last_seq} holds {} records",
+                                r.len()
+                            )));
+                        }
+                        Err(e) => {
+                            return Err(
+                                self.malformed(format!("batch {first_seq}..={last_seq}: {e}"))
+                            );
+                        }
+                    };
+                    self.hand(now, last_seq, records.len() as u64, None);
+                    self.out.push_back(ReceiverOutput::Apply(Apply {
+                        first_seq,
+                        last_seq,
+                        records,
+                    }));
+                } else {
+                    self.want_resync(now);
+                }
+            }
+            Message::Gap { span, head, .. } => {
+                link.resumed = true;
+                self.remote_head = self.remote_head.max(head);
+                let first = self.handed + 1;
+                if span.last_seq <= self.handed {
+                    self.duplicate();
+                } else if span.first_seq <= first {
+                    let exact = span.first_seq == first;
+                    let last_seq = span.last_seq;
+                    self.hand(now, last_seq, 0, Some(span.points()));
+                    self.out.push_back(ReceiverOutput::RecordGap(GapRecord {
+                        first_seq: first,
+                        last_seq,
+                        span,
+                        exact,
+                    }));
+                } else {
+                    self.want_resync(now);
+                }
+            }
+            other => return Err(SyncError::Misrouted(other.addressee())),
+        }
+        Ok(())
+    }
+
+    /// The driver committed the output ending at `last_seq` (records or gap, with the
+    /// cursor, in one transaction).
+    pub fn on_applied(&mut self, now: u64, last_seq: u64) -> Result<(), SyncError> {
+        if last_seq <= self.cursor {
+            return Ok(());
+        }
+        let expected = self.pending.front().map(|p| p.last_seq);
+        let Some(p) = self.pending.pop_front().filter(|p| p.last_seq == last_seq) else {
+            self.pending.clear();
+            self.handed = self.cursor;
+            self.want_resync(now);
+            return Err(SyncError::AppliedOutOfOrder { last_seq, expected });
+        };
+        match p.points_lost {
+            Some(lost) => {
+                self.stats.gaps_recorded += 1;
+                self.stats.points_lost += lost;
+            }
+            None => {
+                self.stats.batches_applied += 1;
+                self.stats.records_applied += p.records;
+            }
+        }
+        self.cursor = last_seq;
+        self.progress_at = now;
+        if let Some(link) = &self.link {
+            let session = link.session;
+            self.send(&Message::Ack {
+                session,
+                applied: last_seq,
+            });
+        }
+        self.maybe_resync(now);
+        Ok(())
+    }
+
+    /// The driver could not apply the oldest pending output (and drops the later ones):
+    /// forget them and ask the sender to resend from the durable cursor.
+    pub fn on_apply_failed(&mut self, now: u64) {
+        self.pending.clear();
+        self.handed = self.cursor;
+        self.want_resync(now);
+    }
+
+    /// Timers: repeat an unanswered `Resume`, pending resyncs, stall detection.
+    pub fn tick(&mut self, now: u64) {
+        let Some(link) = &mut self.link else {
+            return;
+        };
+        let interval = self.cfg.resume_interval_us;
+        let stall = self.cfg.stall_timeout_us;
+        if !link.resumed {
+            if now >= link.up_at.saturating_add(stall) {
+                let waited_us = now - link.up_at;
+                self.link = None;
+                self.out.push_back(ReceiverOutput::Reconnect {
+                    reason: ReconnectReason::NoResumed { waited_us },
+                });
+                return;
+            }
+            if now >= link.resume_sent_at.saturating_add(interval) {
+                link.resume_sent_at = now;
+                let msg = Message::Resume {
+                    session: link.session,
+                    applied: self.cursor,
+                };
+                self.send(&msg);
+            }
+            return;
+        }
+        if self.pending.is_empty()
+            && self.remote_head > self.cursor
+            && now >= self.progress_at.saturating_add(stall)
+        {
+            let reason = ReconnectReason::NoData {
+                applied: self.cursor,
+                remote_head: self.remote_head,
+                waited_us: now - self.progress_at,
+            };
+            self.link = None;
+            self.out.push_back(ReceiverOutput::Reconnect { reason });
+            return;
+        }
+        self.maybe_resync(now);
+    }
+
+    /// When the driver should call [`Receiver::tick`] next, if anything waits on time.
+    pub fn next_timeout(&self) -> Option<u64> {
+        let link = self.link.as_ref()?;
+        let interval = self.cfg.resume_interval_us;
+        if !link.resumed {
+            return Some(link.resume_sent_at.saturating_add(interval));
+        }
+        let mut t = self.progress_at.saturating_add(self.cfg.stall_timeout_us);
+        if link.resync_wanted {
+            let at = link
+                .last_resync_at
+                .map_or(0, |l| l.saturating_add(interval));
+            t = t.min(at);
+        }
+        Some(t)
+    }
+
+    pub fn stats(&self) -> ReceiverStats {
+        let mut st = self.stats;
+        st.applied = self.cursor;
+        st.handed = self.handed;
+        st.remote_head = self.remote_head;
+        st.lag_records = self.remote_head.saturating_sub(self.cursor);
+        st.session_up = self.link.as_ref().is_some_and(|l| l.resumed);
+        st
+    }
+
+    /// The durable cursor.
+    pub fn applied(&self) -> u64 {
+        self.cursor
+    }
+
+    fn hand(&mut self, now: u64, last_seq: u64, records: u64, points_lost: Option<u64>) {
+        self.handed = last_seq;
+        self.pending.push_back(Pending {
+            last_seq,
+            records,
+            points_lost,
+        });
+        self.progress_at = now;
+        if let Some(l) = &mut self.link {
+            l.resync_wanted = false;
+        }
+    }
+
+    fn duplicate(&mut self) {
+        self.stats.duplicates += 1;
+        // Repeat the acknowledgement the sender may have missed, unless one is coming.
+        if self.pending.is_empty()
+            && let Some(link) = &self.link
+        {
+            let msg = Message::Ack {
+                session: link.session,
+                applied: self.cursor,
+            };
+            self.send(&msg);
+        }
+    }
+
+    fn want_resync(&mut self, now: u64) {
+        if let Some(l) = &mut self.link {
+            l.resync_wanted = true;
+        }
+        self.maybe_resync(now);
+    }
+
+    fn maybe_resync(&mut self, now: u64) {
+        let interval = self.cfg.resume_interval_us;
+        let Some(link) = &mut self.link else {
+            return;
+        };
+        if !link.resync_wanted
+            || !self.pending.is_empty()
+            || link
+                .last_resync_at
+                .is_some_and(|l| now < l.saturating_add(interval))
+        {
+            return;
+        }
+        link.resync_wanted = false;
+        link.last_resync_at = Some(now);
+        self.stats.resyncs += 1;
+        let msg = Message::Resume {
+            session: link.session,
+            applied: self.cursor,
+        };
+        self.send(&msg);
+    }
+
+    fn malformed(&mut self, detail: String) -> SyncError {
+        self.link = None;
+        self.out.push_back(ReceiverOutput::Reconnect {
+            reason: ReconnectReason::Malformed {
+                detail: detail.clone(),
+            },
+        });
+        SyncError::MalformedBatch(detail)
+    }
+
+    fn send(&mut self, msg: &Message) {
+        // Control messages are small and always valid; encoding cannot fail.
+        if let Ok(bytes) = message::encode(msg) {
+            self.out.push_back(ReceiverOutput::Send(bytes));
+        }
+    }
+}
+
+impl ReceiverOutput {
+    /// The records of an `Apply`, for drivers and tests that only count.
+    pub fn records(&self) -> Option<&[Record]> {
+        match self {
+            ReceiverOutput::Apply(a) => Some(&a.records),
+            _ => None,
+        }
+    }
+}
