@@ -1,1 +1,331 @@
-//! The Connectivity Hub: a relay both sites dial out to. Not built yet (issue: hub link).
+//! The Connectivity Hub: a relay both sites dial out to, so that two deployments behind
+//! firewalls can talk (SPEC §1–§2). One TLS port serves the WebSocket link of every site at
+//! `/link` (frames of `proto::wire`), plus `/health` and `/metrics`.
+//!
+//! ```text
+//!  site A ══wss══▶ ┌──────────── hub ─────────────┐ ◀══wss══ site B
+//!                  │ TlsListener → axum → conn     │
+//!                  │ registry (hub.db): who may    │
+//!                  │ routing: site → live conn     │
+//!                  │ stats: frames/bytes per site  │
+//!                  └───────────────────────────────┘
+//! ```
+//!
+//! The library never binds sockets or reads the environment: the binary hands [`serve`] a
+//! bound listener, a [`HubConfig`] and a shutdown future (as `site::serve` does).
+//!
+//! Invariants:
+//! - The hub never stores, decodes or alters payloads; it reads only the addresses of a
+//!   routed frame and forwards the very bytes it received. It persists only its registry.
+//! - Nothing is forwarded for a connection that has not been authenticated, nor a frame whose
+//!   sender is not that connection's site.
+//! - Every task belongs to something that stops it: connection tasks to a `TaskTracker`
+//!   awaited on shutdown, the accept loop and the registry watcher to `JoinSet`s.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod conn;
+pub mod registry;
+pub mod routing;
+pub mod stats;
+pub mod tls;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use proto::wire::{self, Refusal, RefusalCode};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use registry::{Registry, RegistryError, SiteEntry};
+pub use routing::{AllowAll, LocalRouting, RoutePolicy, Routing};
+pub use tls::{TlsMaterial, TlsSource};
+
+use crate::stats::Stats;
+use crate::tls::{PeerAddr, TlsListener};
+
+/// Everything the hub needs to start. Built by the binary from flags, environment and file.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Where `hub.db` and the self-signed certificate live. Created if missing.
+    pub data_dir: PathBuf,
+    /// Default: a self-signed certificate made on first start.
+    pub tls: TlsSource,
+    /// How often sites should ping (sent to them in the Welcome). Default: 2 s.
+    pub heartbeat: Duration,
+    /// A connection that sends nothing for this long is closed as dead. Default: 6 s, three
+    /// heartbeats.
+    pub silent_after: Duration,
+    /// How long a new connection may take to say hello. Default: 10 s.
+    pub hello_timeout: Duration,
+    /// How long a TLS handshake may take. Default: 10 s.
+    pub handshake_timeout: Duration,
+    /// How often the registry is checked for sites removed by `west hub remove-site`.
+    /// Default: 500 ms.
+    pub registry_poll: Duration,
+    /// Frames queued for one site before its senders wait. Default: 256.
+    pub queue_frames: usize,
+    /// How long a sender waits for room in a slow site's queue before the frame is answered
+    /// with "peer offline". Default: 5 s.
+    pub delivery_patience: Duration,
+    /// Whether `/metrics` and the per-site part of `/health` answer clients that are not on
+    /// loopback. Default: false (site names stay private to the hub's operator).
+    pub status_public: bool,
+}
+
+impl HubConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            tls: TlsSource::SelfSigned { names: Vec::new() },
+            heartbeat: Duration::from_secs(2),
+            silent_after: Duration::from_secs(6),
+            hello_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            registry_poll: Duration::from_millis(500),
+            queue_frames: 256,
+            delivery_patience: Duration::from_secs(5),
+            status_public: false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("creating data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("reading the listener's address: {0}")]
+    Listener(std::io::Error),
+    #[error("serving: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A hub that has opened its registry and loaded its certificate, ready to serve.
+#[derive(Debug)]
+pub struct Prepared {
+    pub tls: TlsMaterial,
+    registry: Arc<Registry>,
+    config: HubConfig,
+}
+
+/// Opens the registry (creating the data dir) and loads or creates the certificate.
+pub fn prepare(config: HubConfig) -> Result<Prepared, HubError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| HubError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let registry = Arc::new(Registry::open(&config.data_dir)?);
+    let tls = tls::load(&config.data_dir, &config.tls)?;
+    Ok(Prepared {
+        tls,
+        registry,
+        config,
+    })
+}
+
+/// State shared by every connection and HTTP handler.
+pub(crate) struct Shared {
+    config: HubConfig,
+    registry: Arc<Registry>,
+    routing: Arc<dyn Routing>,
+    policy: Arc<dyn RoutePolicy>,
+    stats: Stats,
+    /// Cancelled when the hub shuts down: connections say goodbye and end.
+    shutdown: CancellationToken,
+    /// Every upgraded connection's task, awaited on shutdown.
+    tracker: TaskTracker,
+    next_conn_id: AtomicU64,
+}
+
+/// Opens, loads and serves until `shutdown` completes.
+pub async fn run(
+    listener: TcpListener,
+    config: HubConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), HubError> {
+    serve(listener, prepare(config)?, shutdown).await
+}
+
+/// Serves sites on `listener` until `shutdown` completes; then tells every site the hub is
+/// going away and waits (briefly) for their connections to end.
+pub async fn serve(
+    listener: TcpListener,
+    prepared: Prepared,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), HubError> {
+    let token = CancellationToken::new();
+    let shared = Arc::new(Shared {
+        registry: prepared.registry,
+        routing: Arc::new(LocalRouting::default()),
+        policy: Arc::new(AllowAll),
+        stats: Stats::default(),
+        shutdown: token.clone(),
+        tracker: TaskTracker::new(),
+        next_conn_id: AtomicU64::new(1),
+        config: prepared.config,
+    });
+    let addr = listener.local_addr().map_err(HubError::Listener)?;
+    let tls_listener = TlsListener::new(
+        listener,
+        Arc::clone(&prepared.tls.config),
+        shared.config.handshake_timeout,
+        token.clone(),
+    )
+    .map_err(HubError::Listener)?;
+
+    let mut background = JoinSet::new();
+    background.spawn(watch_registry(Arc::clone(&shared)));
+
+    let app = axum::Router::new()
+        .route("/link", get(link))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .with_state(Arc::clone(&shared));
+    tracing::info!(%addr, cert = %prepared.tls.cert_path.display(), "hub listening");
+    let stop = token.clone();
+    let result = axum::serve(
+        tls_listener,
+        app.into_make_service_with_connect_info::<PeerAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        stop.cancel();
+    })
+    .await
+    .map_err(HubError::Serve);
+
+    token.cancel();
+    for peer in shared.routing.attached() {
+        peer.kick(Refusal::new(
+            RefusalCode::Shutdown,
+            "the hub is shutting down",
+        ));
+    }
+    shared.tracker.close();
+    if tokio::time::timeout(Duration::from_secs(5), shared.tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some site connections did not end within 5 s of shutdown");
+    }
+    background.shutdown().await;
+    tracing::info!("hub stopped");
+    result
+}
+
+/// Cuts off connected sites whose credential was removed or replaced in the registry, within
+/// one poll of the change.
+async fn watch_registry(hub: Arc<Shared>) {
+    let mut last = None;
+    let mut tick = tokio::time::interval(hub.config.registry_poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = hub.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let h = Arc::clone(&hub);
+        let seen = last;
+        let check = tokio::task::spawn_blocking(move || -> Result<_, RegistryError> {
+            let version = h.registry.changed()?;
+            let mut stale = Vec::new();
+            if seen != Some(version) {
+                for peer in h.routing.attached() {
+                    if h.registry.current_generation(&peer.site)? != Some(peer.generation) {
+                        stale.push(peer);
+                    }
+                }
+            }
+            Ok((version, stale))
+        })
+        .await;
+        let Ok(Ok((version, stale))) = check else {
+            tracing::warn!("could not read the registry; will retry");
+            continue;
+        };
+        last = Some(version);
+        for peer in stale {
+            tracing::warn!(site = %peer.site, remote = %peer.remote, "site was removed from the registry; cutting it off");
+            peer.kick(Refusal::new(
+                RefusalCode::Revoked,
+                format!("site {} was removed from this hub", peer.site),
+            ));
+        }
+    }
+}
+
+async fn link(
+    ws: WebSocketUpgrade,
+    ConnectInfo(PeerAddr(remote)): ConnectInfo<PeerAddr>,
+    State(hub): State<Arc<Shared>>,
+) -> Response {
+    if hub.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "the hub is shutting down").into_response();
+    }
+    let tracker = hub.tracker.clone();
+    ws.max_message_size(wire::MAX_FRAME_LEN)
+        .max_frame_size(wire::MAX_FRAME_LEN)
+        .on_upgrade(move |socket| tracker.track_future(conn::serve(socket, remote, hub)))
+}
+
+fn may_see_detail(hub: &Shared, remote: std::net::SocketAddr) -> bool {
+    hub.config.status_public || remote.ip().is_loopback()
+}
+
+async fn health(
+    ConnectInfo(PeerAddr(remote)): ConnectInfo<PeerAddr>,
+    State(hub): State<Arc<Shared>>,
+) -> Json<serde_json::Value> {
+    let attached = hub.routing.attached();
+    let mut body = json!({
+        "status": "ok",
+        "protocol": { "min": wire::MIN_VERSION, "max": wire::MAX_VERSION },
+        "sites_connected": attached.len(),
+    });
+    if may_see_detail(&hub, remote) {
+        let registry = Arc::clone(&hub.registry);
+        let list = tokio::task::spawn_blocking(move || registry.list_sites())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        body["sites"] = hub.stats.sites_json(&list, &attached);
+    }
+    Json(body)
+}
+
+async fn metrics(
+    ConnectInfo(PeerAddr(remote)): ConnectInfo<PeerAddr>,
+    State(hub): State<Arc<Shared>>,
+) -> Response {
+    if !may_see_detail(&hub, remote) {
+        return (
+            StatusCode::FORBIDDEN,
+            "metrics answer loopback clients only (west hub --metrics-public)",
+        )
+            .into_response();
+    }
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        hub.stats.prometheus(&hub.routing.attached()),
+    )
+        .into_response()
+}

@@ -328,8 +328,7 @@ pub fn negotiate(theirs: (u16, u16), ours: (u16, u16)) -> Option<u16> {
 pub fn is_valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_NAME_LEN
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
@@ -556,7 +555,10 @@ mod tests {
         for c in RefusalCode::ALL {
             assert_eq!(RefusalCode::parse(c.as_str()), Some(c));
         }
-        assert_eq!(Refusal::new(RefusalCode::Forged, "x").known_code(), Some(RefusalCode::Forged));
+        assert_eq!(
+            Refusal::new(RefusalCode::Forged, "x").known_code(),
+            Some(RefusalCode::Forged)
+        );
         let long = Refusal::new(RefusalCode::Malformed, "é".repeat(MAX_MESSAGE_LEN));
         assert!(long.message.len() <= MAX_MESSAGE_LEN);
     }
@@ -597,9 +599,8 @@ mod tests {
                     max_frame_len: m,
                 })
             }),
-            ("[a-z_]{0,64}", "\\PC{0,100}").prop_map(|(code, message)| {
-                Frame::Refused(Refusal { code, message })
-            }),
+            ("[a-z_]{0,64}", "\\PC{0,100}")
+                .prop_map(|(code, message)| { Frame::Refused(Refusal { code, message }) }),
             (
                 address(),
                 address(),

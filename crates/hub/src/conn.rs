@@ -1,0 +1,447 @@
+//! One site's connection to the hub, after the WebSocket upgrade.
+//!
+//! ```text
+//!  site ── Hello ──▶ check version, then credential (registry) ── Refused ──▶ close
+//!                    │ accepted: attach route (the older connection of that name is closed)
+//!  site ◀─ Welcome ──┘
+//!  reader: Route ─▶ from.site == this site? ─▶ policy ─▶ lookup(to.site) ─▶ peer's queue
+//!                                                         └ none / stalled ─▶ PeerOffline back
+//!          Ping ─▶ Pong back; silence past the deadline, bad or oversized frame ─▶ Refused, close
+//!  writer: own queue ─▶ socket (batched); a kick (superseded, removed, shutdown) ─▶ Refused, close
+//! ```
+//!
+//! Deliberately absent: decoding or storing payloads (a routed frame is forwarded as the very
+//! bytes that arrived), and any retry: an undeliverable frame is answered at once.
+//!
+//! Invariants: no frame is forwarded before the connection's Hello was accepted; no frame is
+//! forwarded whose sender is not the connection's authenticated site; a connection that sends
+//! one bad frame is closed and nothing of that frame is forwarded.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket};
+use bytes::Bytes;
+use futures::stream::{SplitSink, SplitStream};
+use futures::{SinkExt, StreamExt};
+use proto::wire::{self, Frame, Refusal, RefusalCode, Undeliverable, Welcome};
+use tokio::sync::mpsc;
+
+use crate::Shared;
+use crate::registry::Verdict;
+use crate::routing::{Kick, PeerHandle};
+use crate::stats::SiteCounters;
+
+type Sink = SplitSink<WebSocket, Message>;
+type Stream = SplitStream<WebSocket>;
+
+/// Frames written to the socket before one flush.
+const WRITE_BATCH: usize = 64;
+
+/// How a connection ended, for the log.
+enum Exit {
+    /// The site closed the connection (or it broke).
+    Closed(String),
+    /// The hub closed it, telling the site why.
+    Refused(Refusal),
+}
+
+/// Serves one upgraded connection until it ends.
+pub(crate) async fn serve(socket: WebSocket, remote: SocketAddr, hub: Arc<Shared>) {
+    let (mut sink, mut stream) = socket.split();
+    let hello = tokio::select! {
+        biased;
+        () = hub.shutdown.cancelled() => return,
+        r = tokio::time::timeout(hub.config.hello_timeout, next_frame(&mut stream)) => r,
+    };
+    let hello = match hello {
+        Err(_) => {
+            tracing::info!(%remote, "no hello in time; closing");
+            return refuse(
+                &mut sink,
+                Refusal::new(RefusalCode::Malformed, "no hello in time"),
+            )
+            .await;
+        }
+        Ok(Err(refusal)) => {
+            tracing::info!(%remote, code = refusal.code, "bad first frame: {}", refusal.message);
+            hub.stats.refused(&refusal.code);
+            return refuse(&mut sink, refusal).await;
+        }
+        Ok(Ok(None)) => return,
+        Ok(Ok(Some((Frame::Hello(h), _)))) => h,
+        Ok(Ok(Some((other, _)))) => {
+            let refusal = Refusal::new(
+                RefusalCode::Malformed,
+                format!(
+                    "the first frame must be a hello, not {}",
+                    frame_name(&other)
+                ),
+            );
+            tracing::warn!(%remote, "refused a connection: {}", refusal.message);
+            hub.stats.refused(&refusal.code);
+            return refuse(&mut sink, refusal).await;
+        }
+    };
+
+    let site = hello.site.clone();
+    let Some(version) = wire::negotiate(
+        (hello.min_version, hello.max_version),
+        (wire::MIN_VERSION, wire::MAX_VERSION),
+    ) else {
+        let refusal = Refusal::new(
+            RefusalCode::UnsupportedVersion,
+            format!(
+                "the hub speaks protocol versions {}..={}, the site {}..={}",
+                wire::MIN_VERSION,
+                wire::MAX_VERSION,
+                hello.min_version,
+                hello.max_version
+            ),
+        );
+        tracing::warn!(site, %remote, "refused a site: {}", refusal.message);
+        hub.stats.refused(&refusal.code);
+        return refuse(&mut sink, refusal).await;
+    };
+
+    let registry = Arc::clone(&hub.registry);
+    let (name, credential) = (site.clone(), hello.credential);
+    let verdict = tokio::task::spawn_blocking(move || registry.verify(&name, &credential)).await;
+    let generation = match verdict {
+        Ok(Ok(Verdict::Accepted { generation })) => generation,
+        Ok(Ok(v)) => {
+            let refusal = match v {
+                Verdict::UnknownSite => Refusal::new(
+                    RefusalCode::UnknownSite,
+                    format!("site {site} is not registered on this hub (west hub add-site {site})"),
+                ),
+                Verdict::Removed => Refusal::new(
+                    RefusalCode::Revoked,
+                    format!("site {site} was removed from this hub"),
+                ),
+                _ => Refusal::new(
+                    RefusalCode::WrongCredential,
+                    format!("the credential is not the current one of site {site}"),
+                ),
+            };
+            tracing::warn!(site, %remote, code = refusal.code, "refused a site: {}", refusal.message);
+            hub.stats.refused(&refusal.code);
+            return refuse(&mut sink, refusal).await;
+        }
+        Ok(Err(e)) => {
+            tracing::error!(site, %remote, error = %e, "could not check a credential");
+            return refuse(
+                &mut sink,
+                Refusal::new(RefusalCode::Shutdown, "the hub could not read its registry"),
+            )
+            .await;
+        }
+        Err(e) => {
+            tracing::error!(site, %remote, error = %e, "credential check panicked");
+            return;
+        }
+    };
+
+    let counters = hub.stats.site(&site);
+    let id = hub.next_conn_id.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = mpsc::channel::<Bytes>(hub.config.queue_frames);
+    let kick = Arc::new(Kick::default());
+    let me = PeerHandle::new(
+        id,
+        Arc::from(site.as_str()),
+        generation,
+        remote,
+        tx.clone(),
+        Arc::clone(&kick),
+    );
+    let welcome = Frame::Welcome(Welcome {
+        version,
+        site: site.clone(),
+        heartbeat_ms: u32::try_from(hub.config.heartbeat.as_millis()).unwrap_or(u32::MAX),
+        max_frame_len: wire::MAX_FRAME_LEN as u32,
+    });
+    if send_frame(&mut sink, &welcome).await.is_err() {
+        return;
+    }
+    if let Some(older) = hub.routing.attach(me) {
+        tracing::warn!(
+            site,
+            %remote,
+            older = %older.remote,
+            "site connected again; closing its older connection"
+        );
+        older.kick(Refusal::new(
+            RefusalCode::Superseded,
+            format!("a newer connection of site {site} from {remote} replaced this one"),
+        ));
+    }
+    // Shutdown may have begun between the check above and the attach: honour it.
+    if hub.shutdown.is_cancelled() {
+        kick.kick(shutdown_refusal());
+    }
+    // So may a `remove-site` that the registry watcher checked before this route existed.
+    let (registry, name) = (Arc::clone(&hub.registry), site.clone());
+    let current = tokio::task::spawn_blocking(move || registry.current_generation(&name)).await;
+    if !matches!(current, Ok(Ok(Some(g))) if g == generation) {
+        kick.kick(Refusal::new(
+            RefusalCode::Revoked,
+            format!("site {site} was removed from this hub"),
+        ));
+    }
+    counters.connects.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(site, %remote, version, conn = id, "site connected");
+
+    let exit = {
+        let reader = read_loop(&mut stream, &site, &tx, &hub, &counters, &kick);
+        let writer = write_loop(&mut sink, rx, &kick, &counters);
+        tokio::pin!(writer);
+        tokio::select! {
+            exit = reader => {
+                if let Exit::Refused(r) = &exit {
+                    kick.kick(r.clone());
+                } else {
+                    kick.stop();
+                }
+                // Let the writer send the refusal and close; a dead socket gets no more time.
+                let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
+                exit
+            }
+            () = &mut writer => match kick.reason() {
+                Some(r) => Exit::Refused(r),
+                None => Exit::Closed("the socket broke while writing".into()),
+            },
+        }
+    };
+    hub.routing.detach(&site, id);
+    counters.disconnects.fetch_add(1, Ordering::Relaxed);
+    match exit {
+        Exit::Closed(why) => tracing::info!(site, %remote, conn = id, "site disconnected: {why}"),
+        Exit::Refused(r) => {
+            if r.code != RefusalCode::Superseded.as_str()
+                && r.code != RefusalCode::Shutdown.as_str()
+            {
+                hub.stats.refused(&r.code);
+            }
+            tracing::warn!(site, %remote, conn = id, code = r.code, "closed a site's connection: {}", r.message);
+        }
+    }
+}
+
+fn shutdown_refusal() -> Refusal {
+    Refusal::new(RefusalCode::Shutdown, "the hub is shutting down")
+}
+
+/// Reads frames until the connection ends or must be closed.
+async fn read_loop(
+    stream: &mut Stream,
+    site: &str,
+    own: &mpsc::Sender<Bytes>,
+    hub: &Shared,
+    counters: &SiteCounters,
+    kick: &Kick,
+) -> Exit {
+    loop {
+        let next = tokio::select! {
+            biased;
+            () = kick.kicked() => return Exit::Refused(kick.reason().unwrap_or_else(shutdown_refusal)),
+            () = hub.shutdown.cancelled() => return Exit::Refused(shutdown_refusal()),
+            r = tokio::time::timeout(hub.config.silent_after, stream.next()) => r,
+        };
+        let bytes = match next {
+            Err(_) => {
+                return Exit::Refused(Refusal::new(
+                    RefusalCode::Silent,
+                    format!("nothing received for {:?}", hub.config.silent_after),
+                ));
+            }
+            Ok(None) => return Exit::Closed("the site closed the connection".into()),
+            Ok(Some(Err(e))) => match ws_error(&e) {
+                Some(refusal) => return Exit::Refused(refusal),
+                None => return Exit::Closed(format!("the connection broke: {e}")),
+            },
+            Ok(Some(Ok(Message::Binary(bytes)))) => bytes,
+            Ok(Some(Ok(Message::Close(_)))) => {
+                return Exit::Closed("the site closed the connection".into());
+            }
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            Ok(Some(Ok(Message::Text(_)))) => {
+                return Exit::Refused(Refusal::new(
+                    RefusalCode::Malformed,
+                    "text messages are not part of the protocol",
+                ));
+            }
+        };
+        counters.received(bytes.len());
+        let frame = match wire::decode(&bytes) {
+            Ok(f) => f,
+            Err(e) => return Exit::Refused(e.refusal()),
+        };
+        match frame {
+            Frame::Route(r) => {
+                if r.from.site != site {
+                    return Exit::Refused(Refusal::new(
+                        RefusalCode::Forged,
+                        format!(
+                            "a frame claimed to come from site {} on the connection of site {site}",
+                            r.from.site
+                        ),
+                    ));
+                }
+                let delivered = if !hub.policy.allows(&r.from, &r.to) {
+                    tracing::info!(from = %r.from, to = %r.to, "route not allowed by policy");
+                    false
+                } else if let Some(peer) = hub.routing.lookup(&r.to.site) {
+                    match peer.deliver(bytes, hub.config.delivery_patience).await {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::warn!(from = %r.from, to = %r.to, error = %e, "frame not delivered");
+                            hub.stats
+                                .site(&r.to.site)
+                                .stalled
+                                .fetch_add(1, Ordering::Relaxed);
+                            false
+                        }
+                    }
+                } else {
+                    false
+                };
+                if !delivered {
+                    counters.peer_offline.fetch_add(1, Ordering::Relaxed);
+                    let answer = Frame::PeerOffline(Undeliverable {
+                        to: r.to,
+                        from_connector: r.from.connector,
+                        kind: r.kind,
+                        id: r.id,
+                    });
+                    if !queue(own, &answer).await {
+                        return Exit::Closed("own queue closed".into());
+                    }
+                }
+            }
+            Frame::Ping(n) => {
+                if !queue(own, &Frame::Pong(n)).await {
+                    return Exit::Closed("own queue closed".into());
+                }
+            }
+            Frame::Pong(_) => {}
+            other => {
+                return Exit::Refused(Refusal::new(
+                    RefusalCode::Malformed,
+                    format!("a site may not send a {} frame", frame_name(&other)),
+                ));
+            }
+        }
+    }
+}
+
+/// Writes queued frames until kicked (then sends the reason and closes) or the queue ends.
+async fn write_loop(
+    sink: &mut Sink,
+    mut rx: mpsc::Receiver<Bytes>,
+    kick: &Kick,
+    counters: &SiteCounters,
+) {
+    loop {
+        let first = tokio::select! {
+            biased;
+            () = kick.kicked() => {
+                if let Some(r) = kick.reason() {
+                    refuse(sink, r).await;
+                }
+                return;
+            }
+            f = rx.recv() => f,
+        };
+        let Some(first) = first else { return };
+        let mut batch = vec![first];
+        while batch.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(b) => batch.push(b),
+                Err(_) => break,
+            }
+        }
+        for b in batch {
+            let len = b.len();
+            if sink.feed(Message::Binary(b)).await.is_err() {
+                return;
+            }
+            counters.sent(len);
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The next frame of a connection that has not said hello yet.
+async fn next_frame(stream: &mut Stream) -> Result<Option<(Frame, Bytes)>, Refusal> {
+    loop {
+        match stream.next().await {
+            None | Some(Ok(Message::Close(_))) => return Ok(None),
+            Some(Ok(Message::Binary(b))) => {
+                return wire::decode(&b)
+                    .map(|f| Some((f, b)))
+                    .map_err(|e| e.refusal());
+            }
+            Some(Ok(Message::Text(_))) => {
+                return Err(Refusal::new(
+                    RefusalCode::Malformed,
+                    "text messages are not part of the protocol",
+                ));
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return ws_error(&e).map_or(Ok(None), Err),
+        }
+    }
+}
+
+/// A WebSocket error that is the peer's fault (a message over the size limit).
+fn ws_error(e: &axum::Error) -> Option<Refusal> {
+    let text = e.to_string();
+    (text.contains("Space limit exceeded") || text.contains("too long")).then(|| {
+        Refusal::new(
+            RefusalCode::TooLarge,
+            format!("a frame exceeded {} bytes", wire::MAX_FRAME_LEN),
+        )
+    })
+}
+
+async fn queue(own: &mpsc::Sender<Bytes>, frame: &Frame) -> bool {
+    match wire::encode(frame) {
+        Ok(bytes) => own.send(Bytes::from(bytes)).await.is_ok(),
+        Err(e) => {
+            tracing::error!(error = %e, "could not encode a frame of the hub's own");
+            true
+        }
+    }
+}
+
+async fn send_frame(sink: &mut Sink, frame: &Frame) -> Result<(), ()> {
+    let bytes = wire::encode(frame).map_err(|e| {
+        tracing::error!(error = %e, "could not encode a frame of the hub's own");
+    })?;
+    sink.send(Message::Binary(Bytes::from(bytes)))
+        .await
+        .map_err(|_| ())
+}
+
+/// Sends the reason and closes; errors are moot, the connection ends either way.
+async fn refuse(sink: &mut Sink, refusal: Refusal) {
+    let _ = send_frame(sink, &Frame::Refused(refusal)).await;
+    let _ = sink.send(Message::Close(None)).await;
+    let _ = sink.close().await;
+}
+
+fn frame_name(f: &Frame) -> &'static str {
+    match f {
+        Frame::Hello(_) => "hello",
+        Frame::Welcome(_) => "welcome",
+        Frame::Refused(_) => "refused",
+        Frame::Route(_) => "route",
+        Frame::PeerOffline(_) => "peer-offline",
+        Frame::Ping(_) => "ping",
+        Frame::Pong(_) => "pong",
+    }
+}
