@@ -195,7 +195,6 @@ pub enum InitiatorStep {
 }
 
 /// The Target's side of one pairing attempt.
-#[derive(Debug)]
 pub struct PairingInitiator {
     /// Routes the Source's answers and is bound into the handshake.
     attempt: AttemptId,
@@ -217,6 +216,18 @@ enum InitiatorState {
     AwaitingChallenge(Box<Spake2<Ed25519Group>>),
     AwaitingConfirm(Box<HandshakeState>),
     Ended,
+}
+
+impl std::fmt::Debug for PairingInitiator {
+    /// Leaves out the Noise seed, which would let a log reader recompute our ephemeral key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PairingInitiator")
+            .field("attempt", &self.attempt)
+            .field("local", &self.local)
+            .field("remote", &self.remote)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PairingInitiator {
@@ -992,6 +1003,26 @@ mod tests {
         // That attempt was counted as failed, and the Target's run cannot finish.
         let step = init.on_message(&challenge).expect("the code is right");
         assert!(matches!(step, InitiatorStep::Send(_)));
+    }
+
+    #[test]
+    fn debug_output_holds_no_secret() {
+        let fx = fixture(1);
+        let code = window(2).code().clone();
+        let mut rng = TestRng::new(3);
+        let (init, _) = PairingInitiator::start(
+            fx.target.clone(),
+            fx.target_key.clone(),
+            fx.source.clone(),
+            &code,
+            &mut rng,
+        );
+        let shown = format!("{init:?}");
+        let seed = format!("{:?}", &init.noise_seed[..4]);
+        let seed = seed.trim_start_matches('[').trim_end_matches(']');
+        assert!(!shown.contains("noise_seed"), "{shown}");
+        assert!(!shown.contains(seed), "{shown}");
+        assert!(!shown.contains(code.as_str()), "{shown}");
     }
 
     #[test]
