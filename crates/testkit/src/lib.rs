@@ -5,10 +5,14 @@
 //! Children are killed when their handle drops, so a failing test leaves no process behind.
 
 pub mod api;
+pub mod hub;
 pub mod process;
+pub mod proxy;
 
 pub use api::Api;
+pub use hub::{HubProc, RawClient};
 pub use process::{SiteOpts, SiteProc, WestProc};
+pub use proxy::FaultProxy;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

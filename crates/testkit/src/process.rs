@@ -150,6 +150,16 @@ impl WestProc {
         Ok(status.code())
     }
 
+    /// Replaces the value after `flag` in the command line, for later restarts (e.g. the
+    /// real port once `127.0.0.1:0` has been bound).
+    pub fn set_arg(&mut self, flag: &str, value: &str) {
+        if let Some(i) = self.args.iter().position(|a| a == flag)
+            && i + 1 < self.args.len()
+        {
+            self.args[i + 1] = value.to_owned();
+        }
+    }
+
     /// Starts the same command line again (after [`kill9`](Self::kill9)).
     pub fn restart(&mut self) -> anyhow::Result<()> {
         if self.child.is_some() {
