@@ -1000,7 +1000,11 @@ mod tests {
             .on_message(&mut w, NOW, &challenge)
             .expect_err("not a Response");
         assert!(matches!(f.error, PairingError::Unexpected { .. }));
-        // That attempt was counted as failed, and the Target's run cannot finish.
+        assert!(matches!(
+            w.status(NOW),
+            WindowStatus::Open { attempts_left, .. } if attempts_left == MAX_ATTEMPTS - 1
+        ));
+        // The Source dropped that attempt; the Target, unaware, would still answer.
         let step = init.on_message(&challenge).expect("the code is right");
         assert!(matches!(step, InitiatorStep::Send(_)));
     }
