@@ -87,7 +87,8 @@ impl From<StoreError> for ApiError {
             | StoreError::ResourceNotFound(_) => ApiError::NotFound(e.to_string()),
             StoreError::ResourceExists(_)
             | StoreError::DeviceExists(_)
-            | StoreError::UserExists(_) => ApiError::Conflict(e.to_string()),
+            | StoreError::UserExists(_)
+            | StoreError::SyncState { .. } => ApiError::Conflict(e.to_string()),
             StoreError::DeviceLocked(_) => ApiError::Forbidden(e.to_string()),
             StoreError::NotSettable(_) | StoreError::Invalid(_) => {
                 ApiError::InvalidValue(e.to_string())
