@@ -31,8 +31,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::*;
 
 const MIGRATIONS: &[(i64, &str)] = &[
-    (1, include_str!("../migrations/0001_init.sql")),
-    (2, include_str!("../migrations/0002_pairing.sql")),
+    (1, include_str!("../../migrations/0001_init.sql")),
+    (2, include_str!("../../migrations/0002_pairing.sql")),
 ];
 
 /// Most jobs the writer folds into one transaction.
