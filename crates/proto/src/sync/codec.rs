@@ -76,51 +76,117 @@ pub enum CodecError {
     TrailingBytes(usize),
 }
 
-/// Encodes records (in sequence order) into a compressed payload.
-pub fn encode(records: &[Record]) -> Result<Vec<u8>, CodecError> {
-    let mut body = Vec::with_capacity(64 + records.len() * 8);
-    body.push(CODEC_VERSION);
-    let segments = split_segments(records);
-    put_varint(&mut body, segments.len() as u64);
-    for seg in segments {
-        match seg {
-            Segment::Points(points) => {
-                body.push(SEG_POINTS);
-                encode_points(&mut body, &points);
-            }
-            Segment::Devices(devices) => {
-                body.push(SEG_DEVICES);
-                let bytes = postcard::to_allocvec(&devices)
-                    .map_err(|_| CodecError::Invalid("device record"))?;
-                put_varint(&mut body, bytes.len() as u64);
-                body.extend_from_slice(&bytes);
-            }
-        }
-    }
-    if body.len() > MAX_BODY_LEN {
-        return Err(CodecError::TooLarge {
-            len: body.len(),
-            max: MAX_BODY_LEN,
-        });
-    }
-    zstd::bulk::compress(&body, ZSTD_LEVEL).map_err(|e| CodecError::Compression(e.to_string()))
+/// Encodes batches, reusing its zstd context and buffers from one batch to the next (a
+/// fresh zstd context costs more than compressing a small batch).
+#[derive(Default)]
+pub struct Encoder {
+    zstd: Option<zstd::bulk::Compressor<'static>>,
+    body: Vec<u8>,
 }
 
-/// Decodes a payload into records in apply order (see the module docs).
-pub fn decode(payload: &[u8]) -> Result<Vec<Record>, CodecError> {
-    let size = zstd::zstd_safe::get_frame_content_size(payload)
-        .ok()
-        .flatten()
-        .ok_or(CodecError::BadFrame)?;
-    let size = usize::try_from(size).map_err(|_| CodecError::BadFrame)?;
-    if size > MAX_BODY_LEN {
-        return Err(CodecError::TooLarge {
-            len: size,
-            max: MAX_BODY_LEN,
-        });
+impl std::fmt::Debug for Encoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encoder").finish_non_exhaustive()
     }
-    let body = zstd::bulk::decompress(payload, size).map_err(|_| CodecError::BadFrame)?;
-    decode_body(&body)
+}
+
+impl Encoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Encodes records (in sequence order) into a compressed payload.
+    pub fn encode(&mut self, records: &[Record]) -> Result<Vec<u8>, CodecError> {
+        let body = &mut self.body;
+        body.clear();
+        body.push(CODEC_VERSION);
+        let segments = split_segments(records);
+        put_varint(body, segments.len() as u64);
+        for seg in segments {
+            match seg {
+                Segment::Points(points) => {
+                    body.push(SEG_POINTS);
+                    encode_points(body, &points);
+                }
+                Segment::Devices(devices) => {
+                    body.push(SEG_DEVICES);
+                    let bytes = postcard::to_allocvec(&devices)
+                        .map_err(|_| CodecError::Invalid("device record"))?;
+                    put_varint(body, bytes.len() as u64);
+                    body.extend_from_slice(&bytes);
+                }
+            }
+        }
+        if body.len() > MAX_BODY_LEN {
+            return Err(CodecError::TooLarge {
+                len: body.len(),
+                max: MAX_BODY_LEN,
+            });
+        }
+        let zstd = match &mut self.zstd {
+            Some(z) => z,
+            None => self.zstd.insert(
+                zstd::bulk::Compressor::new(ZSTD_LEVEL)
+                    .map_err(|e| CodecError::Compression(e.to_string()))?,
+            ),
+        };
+        zstd.compress(body)
+            .map_err(|e| CodecError::Compression(e.to_string()))
+    }
+}
+
+/// Decodes batches, reusing its zstd context.
+#[derive(Default)]
+pub struct Decoder {
+    zstd: Option<zstd::bulk::Decompressor<'static>>,
+}
+
+impl std::fmt::Debug for Decoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decoder").finish_non_exhaustive()
+    }
+}
+
+impl Decoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Decodes a payload into records in apply order (see the module docs).
+    pub fn decode(&mut self, payload: &[u8]) -> Result<Vec<Record>, CodecError> {
+        let size = zstd::zstd_safe::get_frame_content_size(payload)
+            .ok()
+            .flatten()
+            .ok_or(CodecError::BadFrame)?;
+        let size = usize::try_from(size).map_err(|_| CodecError::BadFrame)?;
+        if size > MAX_BODY_LEN {
+            return Err(CodecError::TooLarge {
+                len: size,
+                max: MAX_BODY_LEN,
+            });
+        }
+        let zstd = match &mut self.zstd {
+            Some(z) => z,
+            None => self.zstd.insert(
+                zstd::bulk::Decompressor::new()
+                    .map_err(|e| CodecError::Compression(e.to_string()))?,
+            ),
+        };
+        let body = zstd
+            .decompress(payload, size)
+            .map_err(|_| CodecError::BadFrame)?;
+        decode_body(&body)
+    }
+}
+
+/// Encodes records (in sequence order) into a compressed payload, with a fresh context.
+pub fn encode(records: &[Record]) -> Result<Vec<u8>, CodecError> {
+    Encoder::new().encode(records)
+}
+
+/// Decodes a payload into records in apply order, with a fresh context.
+pub fn decode(payload: &[u8]) -> Result<Vec<Record>, CodecError> {
+    Decoder::new().decode(payload)
 }
 
 fn decode_body(body: &[u8]) -> Result<Vec<Record>, CodecError> {

@@ -148,6 +148,7 @@ pub struct Receiver {
     link: Option<Link>,
     out: VecDeque<ReceiverOutput>,
     stats: ReceiverStats,
+    decoder: codec::Decoder,
 }
 
 impl Receiver {
@@ -163,6 +164,7 @@ impl Receiver {
             link: None,
             out: VecDeque::new(),
             stats: ReceiverStats::default(),
+            decoder: codec::Decoder::new(),
         }
     }
 
@@ -223,7 +225,7 @@ impl Receiver {
                 if last_seq <= self.handed {
                     self.duplicate();
                 } else if first_seq == self.handed + 1 {
-                    let records = match codec::decode(&payload) {
+                    let records = match self.decoder.decode(&payload) {
                         Ok(r) if r.len() as u64 == last_seq - first_seq + 1 => r,
                         Ok(r) => {
                             return Err(self.malformed(format!(

@@ -202,6 +202,7 @@ pub struct Sender {
     head_times: VecDeque<(u64, u64)>,
     out: VecDeque<SenderOutput>,
     stats: SenderStats,
+    encoder: codec::Encoder,
 }
 
 impl Sender {
@@ -224,6 +225,7 @@ impl Sender {
             head_times,
             out: VecDeque::new(),
             stats: SenderStats::default(),
+            encoder: codec::Encoder::new(),
         }
     }
 
@@ -521,7 +523,7 @@ impl Sender {
                 if !(full || s.staged_gap.is_some() || (drained && lingered)) {
                     break;
                 }
-                match encode_batch(s, head) {
+                match encode_batch(&mut self.encoder, s, head) {
                     Ok(()) => continue,
                     Err(e) => {
                         // Only a bug gets here (records are validated on ingest): stop the
@@ -607,12 +609,12 @@ impl Sender {
 
 /// Encodes the staged records as one batch (or its largest prefix that fits a message) and
 /// makes it `ready`.
-fn encode_batch(s: &mut Session, head: u64) -> Result<(), SyncError> {
+fn encode_batch(enc: &mut codec::Encoder, s: &mut Session, head: u64) -> Result<(), SyncError> {
     let mut n = s.staged.len();
     loop {
         let first = s.staged_first;
         let last = first + n as u64 - 1;
-        let payload = codec::encode(&s.staged[..n])?;
+        let payload = enc.encode(&s.staged[..n])?;
         let msg = Message::Batch {
             session: s.id,
             first_seq: first,
