@@ -66,6 +66,11 @@ pub struct Prepared {
     pub state: AppState,
     /// The admin password generated on first start, to be shown to the operator once.
     pub generated_admin_password: Option<String>,
+    /// The hub link's tasks (`None` without a hub); [`serve`] stops them on shutdown.
+    pub link_task: Option<link::LinkTask>,
+    /// Requests and messages from other sites. Whoever serves them (pairing, device lookup,
+    /// sync) takes this before [`serve`]; left here, requests are answered with a failure.
+    pub inbound: Option<tokio::sync::mpsc::Receiver<link::Inbound>>,
 }
 
 /// Opens the store, runs migrations and creates the admin user on first start.
@@ -93,35 +98,59 @@ pub async fn prepare(config: &SiteConfig) -> anyhow::Result<Prepared> {
         tracing::info!(user = auth::ADMIN, "created the admin user");
     }
 
+    let (link, link_task, inbound) = match &config.hub {
+        Some(hub) => {
+            let (link, task, inbound) =
+                link::Link::spawn(hub.clone(), &config.name, link::LinkTuning::default())
+                    .context("starting the hub link")?;
+            (link, Some(task), Some(inbound))
+        }
+        None => (link::Link::disabled(), None, None),
+    };
     let state = AppState::new(state::Inner {
         store,
         site_name: config.name.clone(),
         metrics: metrics::SiteMetrics::new(),
-        link: link::Link::disabled(),
+        link,
         metrics_public: config.metrics_public,
         body_limit: config.body_limit,
     });
     Ok(Prepared {
         state,
         generated_admin_password: generated,
+        link_task,
+        inbound,
     })
 }
 
-/// Serves the site on `listener` until `shutdown` completes.
+/// Serves the site on `listener` until `shutdown` completes, or fails when the hub refuses
+/// this site's credential before the link was ever up (API.md: the process exits non-zero).
 pub async fn serve(
     listener: TcpListener,
     prepared: Prepared,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let mut link_task = prepared.link_task;
+    // Nobody took the inbound requests: close the receiver so that they are answered with a
+    // failure at once rather than left to time out.
+    drop(prepared.inbound);
     let app = router(prepared.state);
     let addr = listener
         .local_addr()
         .context("reading the listener's address")?;
     tracing::info!(%addr, "site listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serving HTTP")
+    let http = axum::serve(listener, app).with_graceful_shutdown(shutdown);
+    let result = match link_task.as_mut() {
+        Some(task) => tokio::select! {
+            r = http => r.context("serving HTTP"),
+            reason = task.fatal() => Err(anyhow::anyhow!("the hub refused this site: {reason}")),
+        },
+        None => http.await.context("serving HTTP"),
+    };
+    if let Some(task) = link_task {
+        task.shutdown().await;
+    }
+    result
 }
 
 /// The whole HTTP surface: API, UI, health and metrics.

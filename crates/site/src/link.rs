@@ -1,10 +1,52 @@
-//! The site's end of the hub link: one long-lived connection to the Connectivity Hub.
+//! The site's end of the hub link: one long-lived WebSocket-over-TLS connection to the
+//! Connectivity Hub, kept up for as long as the site runs.
 //!
-//! Not built yet: this placeholder keeps the interface the rest of the site uses, so that the
-//! hub issue can fill it in without touching its callers.
+//! ```text
+//!              ┌───────────── driver task (owned by LinkTask) ─────────────┐
+//!  Link ─out──▶│ connect: TCP → TLS (rustls, --hub-ca) → WebSocket → Hello │──wss──▶ hub
+//!  (requests,  │ ◀─ Welcome: Connected │ Refused: Refused{reason}           │
+//!   messages)  │ writer: queued frames + Ping every heartbeat               │
+//!              │ reader: Response/Failure/PeerOffline → pending requests    │
+//!              │         Request to `_echo` → answered here                 │
+//!              │         other Request/Message → Inbound receiver           │
+//!              │ silence > dead_after, error, close → Reconnecting{backoff} │
+//!              └────────────────────────────────────────────────────────────┘
+//! ```
+//!
+//! Deliberately absent: durability (a frame queued while the link is down is not kept, a
+//! request fails at once with [`LinkError::NotConnected`]; the sync layer stores and
+//! resends), payload encryption (later issues put end-to-end encrypted messages in the
+//! payloads), and any HTTP.
+//!
+//! Invariants: every task belongs to the [`LinkTask`]; dropping it stops them. Every request
+//! ends exactly once: with its answer, a failure, "peer offline", a timeout, or
+//! `NotConnected` when the connection it went out on is lost. A response is accepted only from
+//! the site the request was sent to (the hub stamps the sender's site).
 
-use serde::Serialize;
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::Uri;
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use proto::wire::{self, Address, Frame, Hello, Kind, Refusal, RefusalCode, Routed, Undeliverable};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde::Serialize;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+
+/// The built-in service every site answers: it sends a request's payload straight back.
+pub const ECHO: &str = "_echo";
+/// The connector name the link itself uses as sender (pings, probes).
+pub const LINK: &str = "_link";
 
 /// How to reach the hub.
 #[derive(Debug, Clone)]
@@ -15,6 +57,39 @@ pub struct LinkConfig {
     pub credential: String,
     /// PEM file of the certificate (or CA) the hub presents; `None` trusts nothing extra.
     pub ca_pem: Option<PathBuf>,
+}
+
+/// The link's timing. `Default` is what production uses.
+#[derive(Debug, Clone)]
+pub struct LinkTuning {
+    /// How often to ping the hub; the hub's Welcome may ask for more often. Default: 2 s.
+    pub heartbeat: Duration,
+    /// A connection that brings nothing for this long is dropped as dead. Default: 6 s.
+    pub dead_after: Duration,
+    /// Longest time for TCP, TLS, WebSocket and Hello together. Default: 10 s.
+    pub connect_timeout: Duration,
+    /// First pause before reconnecting. Default: 250 ms.
+    pub backoff_min: Duration,
+    /// Longest pause before reconnecting, and the pause after a refusal. Default: 30 s.
+    pub backoff_max: Duration,
+    /// Incoming requests and messages waiting for the site. Default: 1024.
+    pub inbound_capacity: usize,
+    /// Frames waiting to be written to the hub. Default: 1024.
+    pub outbound_capacity: usize,
+}
+
+impl Default for LinkTuning {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_secs(2),
+            dead_after: Duration::from_secs(6),
+            connect_timeout: Duration::from_secs(10),
+            backoff_min: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(30),
+            inbound_capacity: 1024,
+            outbound_capacity: 1024,
+        }
+    }
 }
 
 /// The state of the link as the header of every page and `/health` show it.
@@ -52,21 +127,950 @@ impl LinkState {
     }
 }
 
+/// Why a call over the link failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    #[error("this site runs without a hub")]
+    Disabled,
+    #[error("the site is not connected to the hub ({0})")]
+    NotConnected(String),
+    #[error("site {site} is not connected to the hub")]
+    PeerOffline { site: String },
+    #[error("no answer from {to} within {after:?}")]
+    Timeout { to: String, after: Duration },
+    #[error("{from} could not answer: {reason}")]
+    Failed { from: String, reason: String },
+    #[error("payload of {len} bytes exceeds the limit of {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("{0}")]
+    BadAddress(String),
+    #[error("hub link configuration: {0}")]
+    Config(String),
+}
+
+/// A request or one-way message from another site, for the site's services (pairing, device
+/// lookup, sync) to handle.
+#[derive(Debug)]
+pub struct Inbound {
+    /// The sender; its site is the one the hub authenticated.
+    pub from: Address,
+    /// The connector (or service) on this site it is addressed to.
+    pub connector: String,
+    /// The sender's id: the correlation id of a request, or the sender's own number of a
+    /// one-way message.
+    pub id: u64,
+    pub payload: Vec<u8>,
+    /// `Some` for a request: answer it once. Dropping it answers with a failure.
+    pub reply: Option<Reply>,
+}
+
+/// The way back to a requester. Exactly one answer leaves for each request.
+#[derive(Debug)]
+pub struct Reply {
+    out: mpsc::Sender<Bytes>,
+    /// This site's end (the addressed connector).
+    me: Address,
+    requester: Address,
+    id: u64,
+    answered: bool,
+}
+
+impl Reply {
+    /// Answers with `payload`.
+    pub async fn respond(mut self, payload: Vec<u8>) -> Result<(), LinkError> {
+        self.answered = true;
+        let frame = self.frame(Kind::Response, payload)?;
+        self.out
+            .send(frame)
+            .await
+            .map_err(|_| LinkError::NotConnected("the link has stopped".into()))
+    }
+
+    /// Answers with a failure; `reason` reaches the requester as [`LinkError::Failed`].
+    pub async fn fail(mut self, reason: &str) -> Result<(), LinkError> {
+        self.answered = true;
+        let frame = self.frame(Kind::Failure, reason.as_bytes().to_vec())?;
+        self.out
+            .send(frame)
+            .await
+            .map_err(|_| LinkError::NotConnected("the link has stopped".into()))
+    }
+
+    fn frame(&self, kind: Kind, payload: Vec<u8>) -> Result<Bytes, LinkError> {
+        encode_route(Routed {
+            from: self.me.clone(),
+            to: self.requester.clone(),
+            kind,
+            id: self.id,
+            payload,
+        })
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        if !self.answered
+            && let Ok(frame) = self.frame(
+                Kind::Failure,
+                b"the site dropped the request without answering".to_vec(),
+            )
+        {
+            let _ = self.out.try_send(frame);
+        }
+    }
+}
+
+/// What the driver tells the state watchers; `Link::state` turns it into a [`LinkState`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Phase {
+    Connecting,
+    Connected,
+    Reconnecting { at: Instant },
+    Refused { reason: String },
+}
+
+/// The request waiting for its answer.
+struct Pending {
+    /// The site the request went to: the only one whose answer counts.
+    site: String,
+    tx: oneshot::Sender<Result<Vec<u8>, LinkError>>,
+}
+
+struct Shared {
+    site: String,
+    phase: watch::Sender<Phase>,
+    out: mpsc::Sender<Bytes>,
+    pending: Mutex<HashMap<u64, Pending>>,
+    next_id: AtomicU64,
+    /// Round trip of the last heartbeat to the hub, in µs (0 before the first).
+    hub_rtt_us: AtomicU64,
+}
+
+impl Shared {
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ends every request in flight: the connection they went out on is gone.
+    fn fail_pending(&self, why: &str) {
+        let drained: Vec<Pending> = self.pending().drain().map(|(_, p)| p).collect();
+        for p in drained {
+            let _ = p.tx.send(Err(LinkError::NotConnected(why.to_owned())));
+        }
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        self.phase.send_replace(phase);
+    }
+}
+
 /// A cheap, clonable handle on the link.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Link {
-    state: LinkState,
+    shared: Option<Arc<Shared>>,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+/// Owns the link's tasks: [`LinkTask::shutdown`] (or dropping it) stops them.
+pub struct LinkTask {
+    tasks: JoinSet<()>,
+    cancel: CancellationToken,
+    fatal: Option<oneshot::Receiver<String>>,
+}
+
+impl std::fmt::Debug for LinkTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkTask").finish_non_exhaustive()
+    }
+}
+
+impl LinkTask {
+    /// Completes when the hub refused this site's credential before the link was ever up:
+    /// the site cannot work until an operator acts, so the process should say why and exit.
+    /// Never completes otherwise.
+    pub async fn fatal(&mut self) -> String {
+        match self.fatal.as_mut() {
+            Some(rx) => match rx.await {
+                Ok(reason) => reason,
+                Err(_) => {
+                    self.fatal = None;
+                    std::future::pending().await
+                }
+            },
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Closes the connection and waits for the tasks to end.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+impl Drop for LinkTask {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
 }
 
 impl Link {
     /// A link for a site without a hub.
     pub fn disabled() -> Self {
-        Self {
-            state: LinkState::Disabled,
+        Self { shared: None }
+    }
+
+    /// Starts the link of site `site_name`: it connects, and reconnects whenever the
+    /// connection is lost, until the returned [`LinkTask`] is shut down or dropped. Requests
+    /// and messages from other sites arrive on the returned receiver; dropping the receiver
+    /// answers every request with a failure.
+    ///
+    /// Fails without a task when the configuration cannot work (URL, name, CA file).
+    pub fn spawn(
+        config: LinkConfig,
+        site_name: &str,
+        tuning: LinkTuning,
+    ) -> Result<(Link, LinkTask, mpsc::Receiver<Inbound>), LinkError> {
+        if !wire::is_valid_name(site_name) {
+            return Err(LinkError::Config(format!(
+                "site name {site_name:?} cannot be used on a hub: use 1 to 64 of a-z A-Z 0-9 . _ -"
+            )));
         }
+        let target = Target::parse(&config.url)?;
+        let tls = tls_config(config.ca_pem.as_deref())?;
+        let (out_tx, out_rx) = mpsc::channel(tuning.outbound_capacity.max(1));
+        let (in_tx, in_rx) = mpsc::channel(tuning.inbound_capacity.max(1));
+        let (phase, _) = watch::channel(Phase::Connecting);
+        let shared = Arc::new(Shared {
+            site: site_name.to_owned(),
+            phase,
+            out: out_tx,
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            hub_rtt_us: AtomicU64::new(0),
+        });
+        let cancel = CancellationToken::new();
+        let (fatal_tx, fatal_rx) = oneshot::channel();
+        let driver = Driver {
+            shared: Arc::clone(&shared),
+            target,
+            tls,
+            credential: config.credential,
+            tuning,
+            out_rx,
+            inbound: in_tx,
+            cancel: cancel.clone(),
+            fatal: Some(fatal_tx),
+            epoch: Instant::now(),
+        };
+        let mut tasks = JoinSet::new();
+        tasks.spawn(driver.run());
+        Ok((
+            Link {
+                shared: Some(shared),
+            },
+            LinkTask {
+                tasks,
+                cancel,
+                fatal: Some(fatal_rx),
+            },
+            in_rx,
+        ))
     }
 
     pub fn state(&self) -> LinkState {
-        self.state.clone()
+        let Some(shared) = &self.shared else {
+            return LinkState::Disabled;
+        };
+        match &*shared.phase.borrow() {
+            Phase::Connecting => LinkState::Connecting,
+            Phase::Connected => LinkState::Connected,
+            Phase::Reconnecting { at } => LinkState::Reconnecting {
+                next_try_in_ms: u64::try_from(
+                    at.saturating_duration_since(Instant::now()).as_millis(),
+                )
+                .unwrap_or(u64::MAX),
+            },
+            Phase::Refused { reason } => LinkState::Refused {
+                reason: reason.clone(),
+            },
+        }
+    }
+
+    /// This site's name on the hub, `None` without a hub.
+    pub fn site_name(&self) -> Option<&str> {
+        self.shared.as_deref().map(|s| s.site.as_str())
+    }
+
+    /// Round trip of the last heartbeat to the hub, if one has come back.
+    pub fn hub_rtt(&self) -> Option<Duration> {
+        let us = self.shared.as_ref()?.hub_rtt_us.load(Ordering::Relaxed);
+        (us > 0).then(|| Duration::from_micros(us))
+    }
+
+    /// Waits until the link is connected, for at most `within`; says whether it is.
+    pub async fn wait_connected(&self, within: Duration) -> bool {
+        let Some(shared) = &self.shared else {
+            return false;
+        };
+        let mut rx = shared.phase.subscribe();
+        tokio::time::timeout(within, rx.wait_for(|p| *p == Phase::Connected))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    fn connected_shared(&self) -> Result<&Arc<Shared>, LinkError> {
+        let shared = self.shared.as_ref().ok_or(LinkError::Disabled)?;
+        let state = self.state();
+        if !state.connected() {
+            return Err(LinkError::NotConnected(state.describe()));
+        }
+        Ok(shared)
+    }
+
+    /// Sends `payload` from `from_connector` on this site to `to` and waits at most
+    /// `timeout` for the answer.
+    pub async fn request(
+        &self,
+        from_connector: &str,
+        to: Address,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, LinkError> {
+        let shared = self.connected_shared()?;
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = encode_route(Routed {
+            from: Address::new(shared.site.clone(), from_connector),
+            to: to.clone(),
+            kind: Kind::Request,
+            id,
+            payload,
+        })?;
+        let (tx, rx) = oneshot::channel();
+        shared.pending().insert(
+            id,
+            Pending {
+                site: to.site.clone(),
+                tx,
+            },
+        );
+        // Removes the entry however this call ends (answer, timeout, or the caller giving up).
+        let _guard = PendingGuard { shared, id };
+        shared
+            .out
+            .send(frame)
+            .await
+            .map_err(|_| LinkError::NotConnected("the link has stopped".into()))?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(LinkError::NotConnected("the link has stopped".into())),
+            Err(_) => Err(LinkError::Timeout {
+                to: to.to_string(),
+                after: timeout,
+            }),
+        }
+    }
+
+    /// Sends a one-way message; `Ok` means it left this site, not that it arrived.
+    pub async fn send(
+        &self,
+        from_connector: &str,
+        to: Address,
+        id: u64,
+        payload: Vec<u8>,
+    ) -> Result<(), LinkError> {
+        let shared = self.connected_shared()?;
+        let frame = encode_route(Routed {
+            from: Address::new(shared.site.clone(), from_connector),
+            to,
+            kind: Kind::Message,
+            id,
+            payload,
+        })?;
+        shared
+            .out
+            .send(frame)
+            .await
+            .map_err(|_| LinkError::NotConnected("the link has stopped".into()))
+    }
+
+    /// A round trip to `site`'s built-in echo service, through the hub: proves that both
+    /// sites are connected and the hub relays between them.
+    pub async fn ping(&self, site: &str, timeout: Duration) -> Result<Duration, LinkError> {
+        let start = Instant::now();
+        let nonce = start.elapsed().as_nanos().to_le_bytes().to_vec();
+        let answer = self
+            .request(LINK, Address::new(site, ECHO), nonce.clone(), timeout)
+            .await?;
+        if answer != nonce {
+            return Err(LinkError::Failed {
+                from: site.to_owned(),
+                reason: "the echo came back changed".into(),
+            });
+        }
+        Ok(start.elapsed())
+    }
+}
+
+struct PendingGuard<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.shared.pending().remove(&self.id);
+    }
+}
+
+fn encode_route(r: Routed) -> Result<Bytes, LinkError> {
+    if r.payload.len() > wire::MAX_PAYLOAD_LEN {
+        return Err(LinkError::TooLarge {
+            len: r.payload.len(),
+            max: wire::MAX_PAYLOAD_LEN,
+        });
+    }
+    wire::encode(&Frame::Route(r))
+        .map(Bytes::from)
+        .map_err(|e| LinkError::BadAddress(e.to_string()))
+}
+
+/// The hub's address, checked once at spawn.
+#[derive(Debug, Clone)]
+struct Target {
+    host: String,
+    port: u16,
+    /// `wss://host:port/path` for the WebSocket handshake.
+    url: String,
+}
+
+impl Target {
+    fn parse(url: &str) -> Result<Self, LinkError> {
+        let bad = |why: &str| LinkError::Config(format!("hub URL {url:?} {why}"));
+        let uri: Uri = url.parse().map_err(|_| bad("is not a URL"))?;
+        if uri.scheme_str() != Some("wss") {
+            return Err(bad("must start with wss:// (the link always uses TLS)"));
+        }
+        let host = uri.host().ok_or_else(|| bad("has no host"))?;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = uri.port_u16().unwrap_or(443);
+        let path = match uri.path() {
+            "" | "/" => "/link",
+            p => p,
+        };
+        let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+        Ok(Self {
+            url: format!("wss://{authority}{path}"),
+            host,
+            port,
+        })
+    }
+}
+
+fn tls_config(ca_pem: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, LinkError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_pem {
+        let bad = |e: &dyn std::fmt::Display| {
+            LinkError::Config(format!("reading --hub-ca {}: {e}", path.display()))
+        };
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| bad(&e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(&e))?;
+        if certs.is_empty() {
+            return Err(bad(&"the file holds no certificate"));
+        }
+        for c in certs {
+            roots.add(c).map_err(|e| bad(&e))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| LinkError::Config(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// How one connection ended.
+enum Outcome {
+    /// Never got as far as a Welcome.
+    Failed(String),
+    /// The hub said no.
+    Refused(Refusal),
+    /// Was up, then ended.
+    Lost(String),
+    /// The site is shutting down.
+    Cancelled,
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
+
+/// The task that keeps the link up.
+struct Driver {
+    shared: Arc<Shared>,
+    target: Target,
+    tls: Arc<rustls::ClientConfig>,
+    credential: String,
+    tuning: LinkTuning,
+    out_rx: mpsc::Receiver<Bytes>,
+    inbound: mpsc::Sender<Inbound>,
+    cancel: CancellationToken,
+    /// Told once if the hub refuses the credential before the link was ever up.
+    fatal: Option<oneshot::Sender<String>>,
+    /// Origin of heartbeat nonces (µs since it), to measure round trips without a clock in
+    /// the frames.
+    epoch: Instant,
+}
+
+impl Driver {
+    async fn run(mut self) {
+        let url = self.target.url.clone();
+        let mut failures: u32 = 0;
+        let mut refused = false;
+        tracing::info!(%url, site = %self.shared.site, "hub link: connecting");
+        loop {
+            let outcome = self.connect_and_serve().await;
+            self.shared
+                .fail_pending("the connection to the hub was lost");
+            let mut pause = None;
+            match outcome {
+                Outcome::Cancelled => break,
+                Outcome::Lost(why) => {
+                    failures = 0;
+                    refused = false;
+                    self.fatal = None;
+                    tracing::warn!(%url, "hub link: lost: {why}");
+                }
+                Outcome::Failed(why) => {
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(%url, attempt = failures, "hub link: could not connect: {why}");
+                }
+                Outcome::Refused(r) => {
+                    let code = r.known_code();
+                    let reason = format!("{} ({})", r.message, r.code);
+                    tracing::error!(%url, code = r.code, "hub link: refused by the hub: {}", r.message);
+                    if code == Some(RefusalCode::Superseded) {
+                        // Another process runs under this site's name; fighting it would
+                        // flap both. Stay down until an operator restarts this site.
+                        self.shared.set_phase(Phase::Refused { reason });
+                        tracing::error!(
+                            "hub link: another process connected as site {}; not reconnecting",
+                            self.shared.site
+                        );
+                        self.cancel.cancelled().await;
+                        break;
+                    }
+                    if code.is_none_or(RefusalCode::is_credential_problem)
+                        || code == Some(RefusalCode::UnsupportedVersion)
+                    {
+                        refused = true;
+                        if let Some(fatal) = self.fatal.take() {
+                            let _ = fatal.send(reason.clone());
+                        }
+                        self.shared.set_phase(Phase::Refused { reason });
+                        pause = Some(self.tuning.backoff_max);
+                    } else {
+                        failures = failures.saturating_add(1);
+                    }
+                }
+            }
+            let pause = pause.unwrap_or_else(|| {
+                backoff(
+                    failures,
+                    self.tuning.backoff_min,
+                    self.tuning.backoff_max,
+                    rand::random::<f64>(),
+                )
+            });
+            if !refused {
+                self.shared.set_phase(Phase::Reconnecting {
+                    at: Instant::now() + pause,
+                });
+                tracing::info!(%url, "hub link: reconnecting in {pause:?}");
+            }
+            tokio::select! {
+                () = self.cancel.cancelled() => break,
+                () = tokio::time::sleep(pause) => {}
+            }
+            if !refused {
+                self.shared.set_phase(Phase::Connecting);
+            }
+        }
+        self.shared.fail_pending("the link has stopped");
+        tracing::info!(%url, "hub link: stopped");
+    }
+
+    /// One connection: dial, say hello, then serve until it ends.
+    async fn connect_and_serve(&mut self) -> Outcome {
+        let connect = tokio::time::timeout(self.tuning.connect_timeout, self.connect());
+        let result = tokio::select! {
+            () = self.cancel.cancelled() => return Outcome::Cancelled,
+            r = connect => r,
+        };
+        let (ws, heartbeat) = match result {
+            Err(_) => {
+                return Outcome::Failed(format!(
+                    "no welcome within {:?}",
+                    self.tuning.connect_timeout
+                ));
+            }
+            Ok(Err(outcome)) => return outcome,
+            Ok(Ok(up)) => up,
+        };
+        // Frames queued for an earlier connection belong to requests that have already
+        // failed; the new connection starts clean.
+        while self.out_rx.try_recv().is_ok() {}
+        // Once the hub has accepted the credential, a later refusal is a state to show, not a
+        // reason to stop the site.
+        self.fatal = None;
+        self.shared.set_phase(Phase::Connected);
+        tracing::info!(url = %self.target.url, site = %self.shared.site, "hub link: connected");
+        self.serve(ws, heartbeat).await
+    }
+
+    async fn connect(&self) -> Result<(Ws, Duration), Outcome> {
+        let failed =
+            |what: &str, e: &dyn std::fmt::Display| Outcome::Failed(format!("{what}: {e}"));
+        let tcp = TcpStream::connect((self.target.host.as_str(), self.target.port))
+            .await
+            .map_err(|e| failed("TCP connect", &e))?;
+        let _ = tcp.set_nodelay(true);
+        let name = ServerName::try_from(self.target.host.clone())
+            .map_err(|e| failed("hub host name", &e))?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::clone(&self.tls))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| failed("TLS", &e))?;
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(wire::MAX_FRAME_LEN))
+            .max_frame_size(Some(wire::MAX_FRAME_LEN));
+        let (mut ws, _) = tokio_tungstenite::client_async_with_config(
+            self.target.url.as_str(),
+            tls,
+            Some(config),
+        )
+        .await
+        .map_err(|e| failed("WebSocket handshake", &e))?;
+        let hello = Frame::Hello(Hello {
+            magic: wire::MAGIC,
+            min_version: wire::MIN_VERSION,
+            max_version: wire::MAX_VERSION,
+            site: self.shared.site.clone(),
+            credential: self.credential.clone(),
+        });
+        let bytes = wire::encode(&hello).map_err(|e| failed("encoding hello", &e))?;
+        ws.send(Message::Binary(Bytes::from(bytes)))
+            .await
+            .map_err(|e| failed("sending hello", &e))?;
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Binary(b))) => {
+                    return match wire::decode(&b) {
+                        Ok(Frame::Welcome(w)) => {
+                            let asked = Duration::from_millis(u64::from(w.heartbeat_ms.max(100)));
+                            tracing::debug!(version = w.version, "hub link: welcome");
+                            Ok((ws, asked.min(self.tuning.heartbeat)))
+                        }
+                        Ok(Frame::Refused(r)) => Err(Outcome::Refused(r)),
+                        Ok(_) => Err(Outcome::Failed(
+                            "the hub did not answer with a welcome".into(),
+                        )),
+                        Err(e) => Err(failed("decoding the welcome", &e)),
+                    };
+                }
+                Some(Ok(Message::Close(_))) | None => {
+                    return Err(Outcome::Failed("the hub closed the connection".into()));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(failed("reading the welcome", &e)),
+            }
+        }
+    }
+
+    async fn serve(&mut self, ws: Ws, heartbeat: Duration) -> Outcome {
+        let (mut sink, mut stream) = ws.split();
+        let shared = Arc::clone(&self.shared);
+        let dead_after = self.tuning.dead_after.max(heartbeat * 2);
+        let epoch = self.epoch;
+        let inbound = self.inbound.clone();
+        let reader = async {
+            loop {
+                let msg = match tokio::time::timeout(dead_after, stream.next()).await {
+                    Err(_) => {
+                        return Outcome::Lost(format!(
+                            "nothing from the hub for {dead_after:?}; the connection is dead"
+                        ));
+                    }
+                    Ok(None) => return Outcome::Lost("the hub closed the connection".into()),
+                    Ok(Some(Err(e))) => return Outcome::Lost(format!("reading: {e}")),
+                    Ok(Some(Ok(m))) => m,
+                };
+                let bytes = match msg {
+                    Message::Binary(b) => b,
+                    Message::Close(_) => {
+                        return Outcome::Lost("the hub closed the connection".into());
+                    }
+                    _ => continue,
+                };
+                let frame = match wire::decode(&bytes) {
+                    Ok(f) => f,
+                    Err(e) => return Outcome::Lost(format!("the hub sent a bad frame: {e}")),
+                };
+                match frame {
+                    Frame::Route(r) => handle_route(&shared, &inbound, r).await,
+                    Frame::PeerOffline(u) => handle_offline(&shared, u),
+                    Frame::Ping(n) => {
+                        if let Ok(b) = wire::encode(&Frame::Pong(n)) {
+                            let _ = shared.out.send(Bytes::from(b)).await;
+                        }
+                    }
+                    Frame::Pong(n) => {
+                        let now = u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+                        shared
+                            .hub_rtt_us
+                            .store(now.saturating_sub(n).max(1), Ordering::Relaxed);
+                    }
+                    Frame::Refused(r) => return Outcome::Refused(r),
+                    Frame::Hello(_) | Frame::Welcome(_) => {
+                        return Outcome::Lost("the hub sent an unexpected frame".into());
+                    }
+                }
+            }
+        };
+        let out_rx = &mut self.out_rx;
+        let writer = async {
+            let mut tick = tokio::time::interval(heartbeat);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let first = tokio::select! {
+                    biased;
+                    _ = tick.tick() => {
+                        let n = u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+                        match wire::encode(&Frame::Ping(n)) {
+                            Ok(b) => Bytes::from(b),
+                            Err(_) => continue,
+                        }
+                    }
+                    f = out_rx.recv() => match f {
+                        Some(f) => f,
+                        None => return Outcome::Cancelled,
+                    },
+                };
+                let mut batch = vec![first];
+                while batch.len() < 64 {
+                    match out_rx.try_recv() {
+                        Ok(b) => batch.push(b),
+                        Err(_) => break,
+                    }
+                }
+                for b in batch {
+                    if let Err(e) = sink.feed(Message::Binary(b)).await {
+                        return Outcome::Lost(format!("writing: {e}"));
+                    }
+                }
+                if let Err(e) = sink.flush().await {
+                    return Outcome::Lost(format!("writing: {e}"));
+                }
+            }
+        };
+        let outcome = tokio::select! {
+            () = self.cancel.cancelled() => Outcome::Cancelled,
+            o = reader => o,
+            o = writer => o,
+        };
+        if matches!(outcome, Outcome::Cancelled) {
+            let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+        }
+        outcome
+    }
+}
+
+async fn handle_route(shared: &Shared, inbound: &mpsc::Sender<Inbound>, r: Routed) {
+    match r.kind {
+        Kind::Response | Kind::Failure => {
+            let mut pending = shared.pending();
+            // Only the site the request went to may answer it.
+            if pending.get(&r.id).is_some_and(|p| p.site == r.from.site)
+                && let Some(p) = pending.remove(&r.id)
+            {
+                let answer = if r.kind == Kind::Response {
+                    Ok(r.payload)
+                } else {
+                    Err(LinkError::Failed {
+                        from: r.from.to_string(),
+                        reason: String::from_utf8_lossy(&r.payload).into_owned(),
+                    })
+                };
+                let _ = p.tx.send(answer);
+            }
+        }
+        Kind::Request if r.to.connector == ECHO => {
+            let answer = Routed {
+                from: r.to,
+                to: r.from,
+                kind: Kind::Response,
+                id: r.id,
+                payload: r.payload,
+            };
+            if let Ok(frame) = encode_route(answer) {
+                let _ = shared.out.send(frame).await;
+            }
+        }
+        Kind::Request | Kind::Message => {
+            let reply = (r.kind == Kind::Request).then(|| Reply {
+                out: shared.out.clone(),
+                me: r.to.clone(),
+                requester: r.from.clone(),
+                id: r.id,
+                answered: false,
+            });
+            let item = Inbound {
+                from: r.from,
+                connector: r.to.connector,
+                id: r.id,
+                payload: r.payload,
+                reply,
+            };
+            if let Err(e) = inbound.try_send(item) {
+                let (item, why) = match e {
+                    mpsc::error::TrySendError::Full(i) => (i, "the site is too busy to answer"),
+                    mpsc::error::TrySendError::Closed(i) => (i, "the site has no service for it"),
+                };
+                tracing::warn!(from = %item.from, connector = item.connector, "hub link: inbound dropped: {why}");
+                if let Some(reply) = item.reply {
+                    let _ = reply.fail(why).await;
+                }
+            }
+        }
+    }
+}
+
+fn handle_offline(shared: &Shared, u: Undeliverable) {
+    if u.kind == Kind::Request
+        && let Some(p) = shared.pending().remove(&u.id)
+    {
+        let _ = p.tx.send(Err(LinkError::PeerOffline { site: u.to.site }));
+    } else {
+        tracing::debug!(to = %u.to, "hub link: message not delivered, peer offline");
+    }
+}
+
+/// The pause before reconnection attempt `failures` (0 = right after losing a working
+/// connection): exponential from `min`, capped at `max`, with jitter (`jitter` in [0, 1)
+/// picks a point in the upper half) so that many sites do not return in step.
+pub fn backoff(failures: u32, min: Duration, max: Duration, jitter: f64) -> Duration {
+    let exp = min.saturating_mul(1u32 << failures.min(20));
+    let ceiling = exp.min(max);
+    ceiling.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_jitters() {
+        let (min, max) = (Duration::from_millis(250), Duration::from_secs(30));
+        assert_eq!(backoff(0, min, max, 1.0), min);
+        assert_eq!(backoff(0, min, max, 0.0), min / 2);
+        assert_eq!(backoff(3, min, max, 1.0), Duration::from_secs(2));
+        assert_eq!(backoff(20, min, max, 1.0), max);
+        assert_eq!(backoff(u32::MAX, min, max, 0.0), max / 2);
+    }
+
+    #[test]
+    fn describe_every_state() {
+        let check = |s: LinkState, want: &str| assert_eq!(s.describe(), want);
+        check(LinkState::Disabled, "Hub: not configured");
+        check(LinkState::Connected, "Hub: connected");
+        check(
+            LinkState::Reconnecting {
+                next_try_in_ms: 1500,
+            },
+            "Hub: reconnecting in 2 s",
+        );
+        check(
+            LinkState::Refused {
+                reason: "site x was removed".into(),
+            },
+            "Hub: refused — site x was removed",
+        );
+        assert!(LinkState::Connected.connected());
+        assert!(!LinkState::Connecting.connected());
+    }
+
+    #[test]
+    fn hub_urls() {
+        let t = Target::parse("wss://127.0.0.1:7443").expect("parses");
+        assert_eq!((t.host.as_str(), t.port), ("127.0.0.1", 7443));
+        assert_eq!(t.url, "wss://127.0.0.1:7443/link");
+        let t = Target::parse("wss://hub.example.com/west/link").expect("parses");
+        assert_eq!((t.host.as_str(), t.port), ("hub.example.com", 443));
+        assert_eq!(t.url, "wss://hub.example.com/west/link");
+        let t = Target::parse("wss://[::1]:9").expect("parses");
+        assert_eq!(t.host, "::1");
+        assert!(Target::parse("ws://127.0.0.1:1").is_err());
+        assert!(Target::parse("not a url").is_err());
+    }
+
+    #[tokio::test]
+    async fn disabled_link_refuses_calls() {
+        let link = Link::disabled();
+        assert_eq!(link.state(), LinkState::Disabled);
+        assert_eq!(
+            link.ping("b", Duration::from_secs(1)).await,
+            Err(LinkError::Disabled)
+        );
+    }
+
+    #[tokio::test]
+    async fn spawned_link_refuses_calls_until_connected_and_stops() {
+        let cfg = LinkConfig {
+            // Nothing listens on port 9 of loopback: the link keeps retrying.
+            url: "wss://127.0.0.1:9".into(),
+            credential: "c".into(),
+            ca_pem: None,
+        };
+        let (link, task, _inbound) =
+            Link::spawn(cfg, "site-a", LinkTuning::default()).expect("spawns");
+        assert!(matches!(
+            link.ping("b", Duration::from_secs(1)).await,
+            Err(LinkError::NotConnected(_))
+        ));
+        task.shutdown().await;
+        assert!(!link.state().connected());
+    }
+
+    #[test]
+    fn bad_configuration_fails_at_spawn() {
+        let cfg = |url: &str| LinkConfig {
+            url: url.into(),
+            credential: "c".into(),
+            ca_pem: None,
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            assert!(Link::spawn(cfg("http://x"), "a", LinkTuning::default()).is_err());
+            assert!(Link::spawn(cfg("wss://x:1"), "a b", LinkTuning::default()).is_err());
+            let mut bad_ca = cfg("wss://x:1");
+            bad_ca.ca_pem = Some("/nonexistent/ca.pem".into());
+            assert!(Link::spawn(bad_ca, "a", LinkTuning::default()).is_err());
+        });
     }
 }

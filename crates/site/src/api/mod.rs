@@ -5,6 +5,7 @@
 pub(crate) mod connectors;
 mod data;
 pub(crate) mod devices;
+mod hub;
 pub(crate) mod render;
 pub(crate) mod resources;
 
@@ -66,6 +67,7 @@ pub fn routes(state: AppState) -> Router {
             post(data::ingest_device),
         )
         .route("/connectors/{cid}/data", post(data::ingest_bulk))
+        .route("/hub/ping", post(hub::ping))
         .route(
             "/connectors/{cid}/devices/{identity}/resources/{name}/data",
             get(data::read),
