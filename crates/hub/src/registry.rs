@@ -259,14 +259,18 @@ fn migrate(conn: &Connection) -> Result<(), RegistryError> {
     Ok(())
 }
 
-/// 32 random bytes, base64url: 43 characters that are safe on a command line.
+/// `west_` and 32 random bytes in base64url: safe on a command line (the prefix keeps a
+/// credential from starting with `-` and being taken for a flag) and easy to recognise.
 fn new_credential() -> Result<String, RegistryError> {
     let mut bytes = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
     if bytes.iter().all(|b| *b == 0) {
         return Err(RegistryError::Random("the generator returned zeros".into()));
     }
-    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    Ok(format!(
+        "west_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    ))
 }
 
 /// Credentials are 256 random bits, so a fast hash is enough: no password to stretch.
@@ -294,7 +298,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let reg = Registry::open(dir.path()).expect("opens");
         let cred = reg.add_site("site-a").expect("adds");
-        assert_eq!(cred.len(), 43);
+        assert_eq!(cred.len(), 48);
+        assert!(cred.starts_with("west_"));
         assert_eq!(
             reg.verify("site-a", &cred).expect("verifies"),
             Verdict::Accepted { generation: 1 }

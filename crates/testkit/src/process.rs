@@ -102,13 +102,13 @@ impl WestProc {
             if let Some(line) = found {
                 return Ok(line);
             }
-            if let Some(child) = self.child.as_mut() {
-                if let Some(status) = child.try_wait()? {
-                    bail!(
-                        "process exited with {status} before printing {needle:?}; log tail:\n{}",
-                        self.log_tail(30)
-                    );
-                }
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!(
+                    "process exited with {status} before printing {needle:?}; log tail:\n{}",
+                    self.log_tail(30)
+                );
             }
             if start.elapsed() > DEADLINE {
                 bail!(

@@ -1,5 +1,6 @@
 //! End-to-end tests: the real `west` binary as separate processes on loopback, driven through
 //! the public contract of API.md. One test binary for the whole crate (see STYLE.md).
 
+mod hub;
 mod site_api;
 mod util;
