@@ -5,6 +5,7 @@
 //! Children are killed when their handle drops, so a failing test leaves no process behind.
 
 pub mod api;
+pub mod browser;
 pub mod hub;
 pub mod process;
 pub mod proxy;

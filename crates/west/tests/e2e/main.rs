@@ -3,4 +3,5 @@
 
 mod hub;
 mod site_api;
+mod ui;
 mod util;

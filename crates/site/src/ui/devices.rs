@@ -1,0 +1,761 @@
+//! Device pages: the Devices tab (filter by tag, state and last seen; Add device with its
+//! one-time token), the device page (tags, permissions, configuration, latest values, a
+//! chart per resource) and the data view of one resource over time.
+//!
+//! The list is read through `api::devices::device_page`, the same function as
+//! `GET /api/v1/connectors/{cid}/devices`, so paging and tag filtering behave the same in
+//! both. Every edit is a `DevicePatch` through `api::devices::update_device`.
+
+use std::collections::BTreeMap;
+
+use askama::Template;
+use axum::Form;
+use axum::extract::{Path, Query, State};
+use axum::response::Response;
+use proto::model::{Access, DeviceState, Format, Identity, Permission};
+use serde::Deserialize;
+use serde_json::Value as Json;
+use store::{Device, Resource};
+
+use super::connectors::ConnView;
+use super::session::{flash_error_redirect, flash_redirect};
+use super::view::{When, parse_tag_filter, parse_tags, value_input, value_text};
+use super::{Crumb, Ctx, Frame, OrPage, UiError, UiResult, connector_crumbs, load_connector};
+use crate::api::devices::{
+    CreateBody, PatchBody, create_device, device_page, device_query, update_device,
+};
+use crate::api::{QueryPairs, identity, resource_name};
+use crate::error::ApiError;
+use crate::state::{AppState, now_micros};
+
+/// Rows of one page of the device list.
+const PAGE: usize = 100;
+/// Store pages read at most to fill one page of a list filtered by state or last seen.
+const MAX_SCAN_PAGES: usize = 20;
+
+/// Chart time ranges of the picker: URL value, label, length in µs.
+const RANGES: [(&str, &str, i64); 4] = [
+    ("1h", "1 h", 3_600_000_000),
+    ("24h", "24 h", 86_400_000_000),
+    ("7d", "7 d", 7 * 86_400_000_000),
+    ("30d", "30 d", 30 * 86_400_000_000),
+];
+
+fn range_or_default(r: Option<&str>) -> &'static str {
+    RANGES
+        .iter()
+        .find(|(k, _, _)| Some(*k) == r)
+        .map_or(RANGES[0].0, |(k, _, _)| k)
+}
+
+/// One button of the time range picker.
+pub struct RangeOpt {
+    pub key: &'static str,
+    pub label: &'static str,
+    pub on: bool,
+}
+
+fn range_opts(current: &str) -> Vec<RangeOpt> {
+    RANGES
+        .iter()
+        .map(|(key, label, _)| RangeOpt {
+            key,
+            label,
+            on: *key == current,
+        })
+        .collect()
+}
+
+/// One row of the device list.
+pub struct DeviceRow {
+    pub identity: String,
+    pub tags: Vec<(String, String)>,
+    pub state: String,
+    pub last_seen: Option<When>,
+    /// A change to this device has not reached the peer yet.
+    pub pending: bool,
+}
+
+impl DeviceRow {
+    fn from_json(d: &Json) -> Self {
+        Self {
+            identity: d["identity"].as_str().unwrap_or_default().to_owned(),
+            tags: d["tags"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            state: d["state"].as_str().unwrap_or_default().to_owned(),
+            last_seen: d["last_seen"].as_i64().map(When::ago),
+            pending: d["sync"]["pending"].as_bool().unwrap_or(false),
+        }
+    }
+}
+
+/// The Devices tab's filter, as the query string carries it.
+#[derive(Deserialize, Default)]
+pub struct ListQuery {
+    #[serde(default)]
+    tag: String,
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    seen: String,
+    cursor: Option<String>,
+}
+
+impl ListQuery {
+    /// Whether a row passes the state and last-seen filters (tags are filtered by the store).
+    fn keeps(&self, row: &DeviceRow, now: i64) -> bool {
+        let state_ok = self.state.is_empty() || row.state == self.state;
+        let age = row.last_seen.as_ref().map(|w| now - w.us);
+        let seen_ok = match self.seen.as_str() {
+            "1h" => age.is_some_and(|a| a <= RANGES[0].2),
+            "24h" => age.is_some_and(|a| a <= RANGES[1].2),
+            "stale" => age.is_some_and(|a| a > RANGES[1].2),
+            "never" => age.is_none(),
+            _ => true,
+        };
+        state_ok && seen_ok
+    }
+
+    fn filtered(&self) -> bool {
+        !(self.tag.is_empty() && self.state.is_empty() && self.seen.is_empty())
+    }
+
+    /// The query string of the next page: this filter with another cursor.
+    fn with_cursor(&self, cursor: &str) -> String {
+        serde_urlencoded::to_string([
+            ("tag", self.tag.as_str()),
+            ("state", self.state.as_str()),
+            ("seen", self.seen.as_str()),
+            ("cursor", cursor),
+        ])
+        .unwrap_or_default()
+    }
+}
+
+#[derive(Template)]
+#[template(path = "devices.html")]
+struct ListPage {
+    frame: Frame,
+    c: ConnView,
+    tab: &'static str,
+    q: ListQuery,
+    rows: Vec<DeviceRow>,
+    next: Option<String>,
+    error: Option<String>,
+}
+
+pub async fn list(
+    ctx: Ctx,
+    State(state): State<AppState>,
+    Path(cid): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> UiResult {
+    let c = load_connector(&state, &ctx, &cid).await?;
+    let mut crumbs = connector_crumbs(&c);
+    crumbs.push(Crumb::here("Devices"));
+    let frame = ctx.frame(format!("{} · Devices", c.name), crumbs);
+    let now = now_micros();
+    let mut rows = Vec::new();
+    let mut next = None;
+    let mut error = None;
+    match parse_tag_filter(&q.tag) {
+        Err(e) => error = Some(e.to_string()),
+        Ok(tags) => {
+            let mut cursor = q.cursor.clone();
+            for _ in 0..MAX_SCAN_PAGES {
+                let mut pairs: Vec<(String, String)> = tags
+                    .iter()
+                    .map(|(k, v)| ("tag".to_owned(), format!("{k}:{v}")))
+                    .collect();
+                pairs.push(("limit".into(), PAGE.to_string()));
+                if let Some(cur) = &cursor {
+                    pairs.push(("cursor".into(), cur.clone()));
+                }
+                let query = device_query(&QueryPairs(pairs)).or_page(&ctx)?;
+                let page = device_page(&state, &c.id, query).await.or_page(&ctx)?;
+                let devices = page["devices"].as_array().cloned().unwrap_or_default();
+                rows.extend(
+                    devices
+                        .iter()
+                        .map(DeviceRow::from_json)
+                        .filter(|r| q.keeps(r, now)),
+                );
+                cursor = page["next"].as_str().map(str::to_owned);
+                if cursor.is_none() || rows.len() >= PAGE {
+                    break;
+                }
+            }
+            next = cursor.map(|cur| q.with_cursor(&cur));
+        }
+    }
+    Ok(ctx.page(&ListPage {
+        frame,
+        c: ConnView::new(&state, &c),
+        tab: "devices",
+        q,
+        rows,
+        next,
+        error,
+    }))
+}
+
+/// The Add device form, kept to fill it in again after a refusal.
+#[derive(Deserialize, Default)]
+pub struct CreateForm {
+    #[serde(default)]
+    identity: String,
+    #[serde(default)]
+    tags: String,
+    #[serde(default)]
+    state: String,
+}
+
+#[derive(Template)]
+#[template(path = "device_new.html")]
+struct NewPage {
+    frame: Frame,
+    c: ConnView,
+    tab: &'static str,
+    form: CreateForm,
+    error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "device_created.html")]
+struct CreatedPage {
+    frame: Frame,
+    c: ConnView,
+    tab: &'static str,
+    identity: String,
+    token: String,
+}
+
+fn new_crumbs(c: &store::Connector) -> Vec<Crumb> {
+    let mut crumbs = connector_crumbs(c);
+    crumbs.push(Crumb::link(
+        "Devices",
+        format!("/connectors/{}/devices", c.id),
+    ));
+    crumbs.push(Crumb::here("Add device"));
+    crumbs
+}
+
+pub async fn new_page(
+    ctx: Ctx,
+    State(state): State<AppState>,
+    Path(cid): Path<String>,
+) -> UiResult {
+    let c = load_connector(&state, &ctx, &cid).await?;
+    Ok(ctx.page(&NewPage {
+        frame: ctx.frame(format!("{} · Add device", c.name), new_crumbs(&c)),
+        c: ConnView::new(&state, &c),
+        tab: "devices",
+        form: CreateForm::default(),
+        error: None,
+    }))
+}
+
+/// Creates the device and shows its token on this response only: it is never stored in
+/// clear, so no later page can show it again.
+pub async fn create(
+    ctx: Ctx,
+    State(state): State<AppState>,
+    Path(cid): Path<String>,
+    Form(form): Form<CreateForm>,
+) -> UiResult {
+    let c = load_connector(&state, &ctx, &cid).await?;
+    let result = async {
+        let body = CreateBody {
+            identity: form.identity.trim().to_owned(),
+            tags: parse_tags(&form.tags)?,
+            permissions: Vec::new(),
+            state: DeviceState::parse(&form.state).unwrap_or_default(),
+        };
+        create_device(&state, &c.id, body).await
+    }
+    .await;
+    match result {
+        Ok((device, token)) => {
+            // Read the connector again so that the tab counts include the new device.
+            let c = state.store.connector(&c.id).await.unwrap_or(c);
+            Ok(ctx.page(&CreatedPage {
+                frame: ctx.frame(format!("{} · Device created", c.name), new_crumbs(&c)),
+                c: ConnView::new(&state, &c),
+                tab: "devices",
+                identity: device.identity.to_string(),
+                token,
+            }))
+        }
+        Err(e) => {
+            let mut resp = ctx.page(&NewPage {
+                frame: ctx.frame(format!("{} · Add device", c.name), new_crumbs(&c)),
+                c: ConnView::new(&state, &c),
+                tab: "devices",
+                form,
+                error: Some(e.to_string()),
+            });
+            *resp.status_mut() = e.status();
+            Ok(resp)
+        }
+    }
+}
+
+/// A settable resource's row of the Configuration card.
+pub struct ConfigRow {
+    pub name: String,
+    pub format: &'static str,
+    pub desired: Option<String>,
+    pub reported: Option<String>,
+    pub reported_at: Option<When>,
+}
+
+/// A resource's row of the Latest values card, and its chart below.
+pub struct ValueRow {
+    pub name: String,
+    pub format: &'static str,
+    pub unit: String,
+    pub value: Option<String>,
+    pub at: Option<When>,
+    /// Numbers, integers and booleans are drawn; strings and JSON are listed in the data view.
+    pub chartable: bool,
+}
+
+fn chartable(f: Format) -> bool {
+    matches!(f, Format::Number | Format::Integer | Format::Boolean)
+}
+
+fn value_rows(d: &Device, resources: &[Resource]) -> Vec<ValueRow> {
+    resources
+        .iter()
+        .map(|r| {
+            let point = d.values.get(&r.name);
+            ValueRow {
+                name: r.name.to_string(),
+                format: r.format.as_str(),
+                unit: r.unit.clone().unwrap_or_default(),
+                value: point.map(|p| value_text(&p.v, r.unit.as_deref())),
+                at: point.map(|p| When::at(p.t)),
+                chartable: chartable(r.format),
+            }
+        })
+        .collect()
+}
+
+#[derive(Template)]
+#[template(path = "device.html")]
+struct DevicePage {
+    frame: Frame,
+    c: ConnView,
+    tab: &'static str,
+    identity: String,
+    state: &'static str,
+    created: When,
+    last_seen: Option<When>,
+    tags: Vec<(String, String)>,
+    permissions: Vec<(String, &'static str)>,
+    config: Vec<ConfigRow>,
+    values: Vec<ValueRow>,
+    /// Whether any resource is drawn, to explain an empty chart section.
+    any_chart: bool,
+    range: &'static str,
+    ranges: Vec<RangeOpt>,
+}
+
+fn access_str(a: Access) -> &'static str {
+    match a {
+        Access::Read => "read",
+        Access::Write => "write",
+        Access::Manage => "manage",
+    }
+}
+
+fn parse_access(s: &str) -> Result<Access, ApiError> {
+    match s {
+        "read" => Ok(Access::Read),
+        "write" => Ok(Access::Write),
+        "manage" => Ok(Access::Manage),
+        other => Err(ApiError::InvalidValue(format!(
+            "access must be read, write or manage, not {other:?}"
+        ))),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct RangeQuery {
+    range: Option<String>,
+}
+
+fn device_crumbs(c: &store::Connector, id: &Identity) -> Vec<Crumb> {
+    let mut crumbs = connector_crumbs(c);
+    crumbs.push(Crumb::link(
+        "Devices",
+        format!("/connectors/{}/devices", c.id),
+    ));
+    crumbs.push(Crumb::link(
+        id.to_string(),
+        format!("/connectors/{}/devices/{id}", c.id),
+    ));
+    crumbs
+}
+
+pub async fn page(
+    ctx: Ctx,
+    State(state): State<AppState>,
+    Path((cid, id)): Path<(String, String)>,
+    Query(q): Query<RangeQuery>,
+) -> UiResult {
+    let c = load_connector(&state, &ctx, &cid).await?;
+    let id = identity(&id).or_page(&ctx)?;
+    let d = state.store.device(&c.id, &id).await.or_page(&ctx)?;
+    let resources = state.store.resources(&c.id).await.or_page(&ctx)?;
+    let mut crumbs = device_crumbs(&c, &id);
+    if let Some(last) = crumbs.last_mut() {
+        last.href = None;
+    }
+    let config = resources
+        .iter()
+        .filter(|r| r.settable)
+        .map(|r| {
+            let reported = d.values.get(&r.name);
+            ConfigRow {
+                name: r.name.to_string(),
+                format: r.format.as_str(),
+                desired: d.config.get(&r.name).map(value_input),
+                reported: reported.map(|p| value_text(&p.v, r.unit.as_deref())),
+                reported_at: reported.map(|p| When::at(p.t)),
+            }
+        })
+        .collect();
+    Ok(ctx.page(&DevicePage {
+        frame: ctx.frame(format!("{} · {}", c.name, d.identity), crumbs),
+        c: ConnView::new(&state, &c),
+        tab: "devices",
+        identity: d.identity.to_string(),
+        state: d.state.as_str(),
+        created: When::at(d.created_at),
+        last_seen: d.last_seen().map(When::ago),
+        tags: d.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        permissions: d
+            .permissions
+            .iter()
+            .map(|p| (p.principal.clone(), access_str(p.access)))
+            .collect(),
+        config,
+        values: value_rows(&d, &resources),
+        any_chart: resources.iter().any(|r| chartable(r.format)),
+        range: range_or_default(q.range.as_deref()),
+        ranges: range_opts(range_or_default(q.range.as_deref())),
+    }))
+}
+
+/// Loads what an edit of a device needs, and where to come back to.
+async fn device_for_edit(
+    ctx: &Ctx,
+    state: &AppState,
+    cid: &str,
+    id: &str,
+) -> Result<(store::Connector, Device, String), UiError> {
+    let c = load_connector(state, ctx, cid).await?;
+    let id = identity(id).or_page(ctx)?;
+    let d = state.store.device(&c.id, &id).await.or_page(ctx)?;
+    let back = format!("/connectors/{}/devices/{}", c.id, d.identity);
+    Ok((c, d, back))
+}
+
+/// Applies `patch` and comes back to the device page with `done` or the refusal.
+async fn apply(
+    state: &AppState,
+    c: &store::Connector,
+    d: &Device,
+    back: &str,
+    patch: Result<PatchBody, ApiError>,
+    done: &str,
+) -> Response {
+    let result = match patch {
+        Ok(patch) => update_device(state, &c.id, &d.identity, patch).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(_) => flash_redirect(back, done),
+        Err(e) => flash_error_redirect(back, &e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct TagForm {
+    action: String,
+    #[serde(default)]
+    key: String,
+    #[serde(default)]
+    value: String,
+}
+
+pub async fn tags(
+    ctx: Ctx,
+    State(state): State<AppState>,
+    Path((cid, id)): Path<(String, String)>,
+    Form(form): Form<TagForm>,
+) -> UiResult {
+    let (c, d, back) = device_for_edit(&ctx, &state, &cid, &id).await?;
+    let mut tags = d.tags.clone();
+    let key = form.key.trim().to_owned();
+    let done = if form.action == "remove" {
+        tags.remove(&key);
+        format!("Tag {key} removed.")
+    } else {
+        tags.insert(key.clone(), form.value.trim().to_owned());
+        format!("Tag {key} set.")
+    };
+    let patch = PatchBody {
+        tags: Some(tags),
+        ..PatchBody::default()
+    };
+    Ok(apply(&state, &c, &d, &back, Ok(patch), &done).await)
+}
+
+#[derive(Deserialize)]
+pub struct PermissionForm {
+    action: String,
+    #[serde(default)]
+    principal: String,
+    #[serde(default)]
+    access: String,
+}
+
+pub async fn permissions(
+    ctx: Ctx,
+    State(state): State<AppState>,
+    Path((cid, id)): Path<(String, String)>,
+    Form(form): Form<PermissionForm>,
+) -> UiResult {
+    let (c, d, back) = device_for_edit(&ctx, &state, &cid, &id).await?;
+    let principal = form.principal.trim().to_owned();
+    let mut perms: Vec<Permission> = d
+        .permissions
+        .iter()
+        .filter(|p| p.principal != principal)
+        .cloned()
+        .collect();
+    let (patch, done) = if form.action == "revoke" {
+        (Ok(()), format!("Access of {principal} revoked."))
+    } else {
+        let granted = parse_access(&form.access).map(|access| {
+            perms.push(Permission {
+                principal: principal.clone(),
+                access,
+            });
+        });
+        (
+            granted,
+            format!("{principal} may now {} this device.", form.access),
+        )
+    };
+    let patch = patch.map(|()| PatchBody {
+        permissions: Some(perms),
+        ..PatchBody::default()
+    });
+    Ok(apply(&state, &c, &d, &back, patch, &done).await)
+}
+
+#[derive(Deserialize)]
+pub struct ConfigForm {
+    action: String,
+    resource: String,
+    #[serde(default)]
+    value: String,
+}
+
+/// Reads what the operator typed as a value of a resource of `format`: strings as typed,
+/// everything else as JSON (`21.5`, `true`, `{"mode":"eco"}`); the store checks the format.
+fn typed_value(format: Format, text: &str) -> Result<Json, ApiError> {
+    match format {
+        Format::String => Ok(Json::String(text.to_owned())),
+        _ => serde_json::from_str(text.trim())
+            .map_err(|_| ApiError::InvalidValue(format!("{text:?} is not a valid {format} value"))),
+    }
+}
+
+pub async fn config(
+    ctx: Ctx,
+    State(state): State<AppState>,
+    Path((cid, id)): Path<(String, String)>,
+    Form(form): Form<ConfigForm>,
+) -> UiResult {
+    let (c, d, back) = device_for_edit(&ctx, &state, &cid, &id).await?;
+    let resources = state.store.resources(&c.id).await.or_page(&ctx)?;
+    let patch = async {
+        let name = resource_name(&form.resource)?;
+        let r = resources
+            .iter()
+            .find(|r| r.name == name)
+            .ok_or_else(|| ApiError::NotFound(format!("resource {name} does not exist")))?;
+        let value = if form.action == "clear" {
+            Json::Null
+        } else {
+            typed_value(r.format, &form.value)?
+        };
+        Ok(PatchBody {
+            config: Some(BTreeMap::from([(name.to_string(), value)])),
+            ..PatchBody::default()
+        })
+    }
+    .await;
+    let done = if form.action == "clear" {
+        format!("Desired value of {} cleared.", form.resource)
+    } else {
+        format!("Desired value of {} set.", form.resource)
+    };
+    Ok(apply(&state, &c, &d, &back, patch, &done).await)
+}
+
+#[derive(Deserialize)]
+pub struct StateForm {
+    state: String,
+}
+
+pub async fn set_state(
+    ctx: Ctx,
+    State(state): State<AppState>,
+    Path((cid, id)): Path<(String, String)>,
+    Form(form): Form<StateForm>,
+) -> UiResult {
+    let (c, d, back) = device_for_edit(&ctx, &state, &cid, &id).await?;
+    let patch = DeviceState::parse(&form.state)
+        .map(|s| PatchBody {
+            state: Some(s),
+            ..PatchBody::default()
+        })
+        .ok_or_else(|| {
+            ApiError::InvalidValue(format!(
+                "state must be provisioned or locked, not {:?}",
+                form.state
+            ))
+        });
+    let done = format!("Device {} is now {}.", d.identity, form.state);
+    Ok(apply(&state, &c, &d, &back, patch, &done).await)
+}
+
+pub async fn delete(
+    ctx: Ctx,
+    State(state): State<AppState>,
+    Path((cid, id)): Path<(String, String)>,
+) -> UiResult {
+    let (c, d, back) = device_for_edit(&ctx, &state, &cid, &id).await?;
+    Ok(match state.store.delete_device(&c.id, &d.identity).await {
+        Ok(()) => {
+            tracing::info!(connector = %c.id, device = %d.identity, "deleted device");
+            flash_redirect(
+                &format!("/connectors/{}/devices", c.id),
+                &format!("Device {} deleted.", d.identity),
+            )
+        }
+        Err(e) => flash_error_redirect(&back, &ApiError::from(e).to_string()),
+    })
+}
+
+#[derive(Template)]
+#[template(path = "data.html")]
+struct DataPage {
+    frame: Frame,
+    c: ConnView,
+    tab: &'static str,
+    identity: String,
+    r: super::resources::ResView,
+    latest: Option<String>,
+    latest_at: Option<When>,
+    chartable: bool,
+    range: &'static str,
+    ranges: Vec<RangeOpt>,
+}
+
+pub async fn data_view(
+    ctx: Ctx,
+    State(state): State<AppState>,
+    Path((cid, id, name)): Path<(String, String, String)>,
+    Query(q): Query<RangeQuery>,
+) -> UiResult {
+    let c = load_connector(&state, &ctx, &cid).await?;
+    let id = identity(&id).or_page(&ctx)?;
+    let name = resource_name(&name).or_page(&ctx)?;
+    let d = state.store.device(&c.id, &id).await.or_page(&ctx)?;
+    let resources = state.store.resources(&c.id).await.or_page(&ctx)?;
+    let r = resources
+        .iter()
+        .find(|r| r.name == name)
+        .ok_or(store::StoreError::ResourceNotFound(name))
+        .or_page(&ctx)?;
+    let mut crumbs = device_crumbs(&c, &id);
+    crumbs.push(Crumb::here(r.name.to_string()));
+    let latest = d.values.get(&r.name);
+    Ok(ctx.page(&DataPage {
+        frame: ctx.frame(format!("{} · {} · {}", c.name, d.identity, r.name), crumbs),
+        c: ConnView::new(&state, &c),
+        tab: "devices",
+        identity: d.identity.to_string(),
+        latest: latest.map(|p| value_text(&p.v, r.unit.as_deref())),
+        latest_at: latest.map(|p| When::at(p.t)),
+        chartable: chartable(r.format),
+        r: super::resources::ResView::from(r),
+        range: range_or_default(q.range.as_deref()),
+        ranges: range_opts(range_or_default(q.range.as_deref())),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_default_to_the_first() {
+        assert_eq!(range_or_default(None), "1h");
+        assert_eq!(range_or_default(Some("7d")), "7d");
+        assert_eq!(range_or_default(Some("1y")), "1h");
+    }
+
+    #[test]
+    fn typed_values_follow_the_format() {
+        assert_eq!(typed_value(Format::String, "on").unwrap(), Json::from("on"));
+        assert_eq!(
+            typed_value(Format::Number, " 21.5 ").unwrap(),
+            Json::from(21.5)
+        );
+        assert_eq!(
+            typed_value(Format::Boolean, "true").unwrap(),
+            Json::from(true)
+        );
+        assert!(typed_value(Format::Number, "warm").is_err());
+    }
+
+    #[test]
+    fn list_filters_by_state_and_last_seen() {
+        let now = 100 * RANGES[1].2;
+        let row = |state: &str, seen: Option<i64>| DeviceRow {
+            identity: "d".into(),
+            tags: vec![],
+            state: state.into(),
+            last_seen: seen.map(When::ago),
+            pending: false,
+        };
+        let q = |state: &str, seen: &str| ListQuery {
+            state: state.into(),
+            seen: seen.into(),
+            ..ListQuery::default()
+        };
+        let fresh = row("provisioned", Some(now - 1000));
+        let old = row("locked", Some(now - 2 * RANGES[1].2));
+        let never = row("provisioned", None);
+        assert!(q("", "").keeps(&fresh, now));
+        assert!(q("provisioned", "1h").keeps(&fresh, now));
+        assert!(!q("locked", "").keeps(&fresh, now));
+        assert!(q("", "stale").keeps(&old, now));
+        assert!(!q("", "24h").keeps(&old, now));
+        assert!(q("", "never").keeps(&never, now));
+        assert!(!q("", "never").keeps(&fresh, now));
+    }
+}

@@ -1,0 +1,198 @@
+//! The Resources tab of a connector (list and Add resource) and the resource settings page
+//! with its Remote-Sync toggle.
+
+use askama::Template;
+use axum::Form;
+use axum::extract::{Path, State};
+use axum::response::Response;
+use proto::model::{Format, Role};
+use serde::Deserialize;
+use store::Resource;
+
+use super::connectors::ConnView;
+use super::session::{flash_error_redirect, flash_redirect};
+use super::{Crumb, Ctx, Frame, OrPage, UiResult, connector_crumbs, load_connector};
+use crate::api::resources::{CreateBody, PatchBody, create_resource, update_resource};
+use crate::state::AppState;
+
+/// A resource as its pages show it.
+pub struct ResView {
+    pub name: String,
+    pub format: &'static str,
+    pub unit: String,
+    pub settable: bool,
+    pub remote_sync: bool,
+}
+
+impl From<&Resource> for ResView {
+    fn from(r: &Resource) -> Self {
+        Self {
+            name: r.name.to_string(),
+            format: r.format.as_str(),
+            unit: r.unit.clone().unwrap_or_default(),
+            settable: r.settable,
+            remote_sync: r.remote_sync,
+        }
+    }
+}
+
+/// The Add resource form, kept to fill it in again after a refusal.
+#[derive(Deserialize)]
+pub struct CreateForm {
+    #[serde(default)]
+    name: String,
+    #[serde(default = "default_format")]
+    format: String,
+    #[serde(default)]
+    unit: String,
+    settable: Option<String>,
+}
+
+fn default_format() -> String {
+    Format::Number.as_str().into()
+}
+
+impl Default for CreateForm {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            format: default_format(),
+            unit: String::new(),
+            settable: None,
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "resources.html")]
+struct ListPage {
+    frame: Frame,
+    c: ConnView,
+    tab: &'static str,
+    resources: Vec<ResView>,
+    formats: Vec<&'static str>,
+    form: CreateForm,
+    error: Option<String>,
+}
+
+async fn list_page(
+    ctx: &Ctx,
+    state: &AppState,
+    cid: &str,
+    form: CreateForm,
+    error: Option<String>,
+) -> UiResult {
+    let c = load_connector(state, ctx, cid).await?;
+    let resources = state.store.resources(&c.id).await.or_page(ctx)?;
+    let mut crumbs = connector_crumbs(&c);
+    crumbs.push(Crumb::here("Resources"));
+    Ok(ctx.page(&ListPage {
+        frame: ctx.frame(format!("{} · Resources", c.name), crumbs),
+        c: ConnView::new(state, &c),
+        tab: "resources",
+        resources: resources.iter().map(ResView::from).collect(),
+        formats: Format::ALL.iter().map(|f| f.as_str()).collect(),
+        form,
+        error,
+    }))
+}
+
+pub async fn list(ctx: Ctx, State(state): State<AppState>, Path(cid): Path<String>) -> UiResult {
+    list_page(&ctx, &state, &cid, CreateForm::default(), None).await
+}
+
+pub async fn create(
+    ctx: Ctx,
+    State(state): State<AppState>,
+    Path(cid): Path<String>,
+    Form(form): Form<CreateForm>,
+) -> UiResult {
+    let c = load_connector(&state, &ctx, &cid).await?;
+    let body = CreateBody {
+        name: form.name.trim().to_owned(),
+        format: form.format.clone(),
+        unit: Some(form.unit.clone()),
+        settable: form.settable.is_some(),
+        remote_sync: false,
+    };
+    match create_resource(&state, &c.id, body).await {
+        Ok(r) => Ok(flash_redirect(
+            &format!("/connectors/{}/resources", c.id),
+            &format!("Resource {} created.", r.name),
+        )),
+        Err(e) => {
+            let status = e.status();
+            let mut resp = list_page(&ctx, &state, &cid, form, Some(e.to_string())).await?;
+            *resp.status_mut() = status;
+            Ok(resp)
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "resource.html")]
+struct SettingsPage {
+    frame: Frame,
+    c: ConnView,
+    tab: &'static str,
+    r: ResView,
+}
+
+pub async fn settings(
+    ctx: Ctx,
+    State(state): State<AppState>,
+    Path((cid, name)): Path<(String, String)>,
+) -> UiResult {
+    let c = load_connector(&state, &ctx, &cid).await?;
+    let wanted = crate::api::resource_name(&name).or_page(&ctx)?;
+    let all = state.store.resources(&c.id).await.or_page(&ctx)?;
+    let r = all
+        .iter()
+        .find(|r| r.name == wanted)
+        .ok_or(store::StoreError::ResourceNotFound(wanted))
+        .or_page(&ctx)?;
+    let mut crumbs = connector_crumbs(&c);
+    crumbs.push(Crumb::link(
+        "Resources",
+        format!("/connectors/{}/resources", c.id),
+    ));
+    crumbs.push(Crumb::here(r.name.to_string()));
+    Ok(ctx.page(&SettingsPage {
+        frame: ctx.frame(format!("{} · {}", c.name, r.name), crumbs),
+        c: ConnView::new(&state, &c),
+        tab: "resources",
+        r: ResView::from(r),
+    }))
+}
+
+#[derive(Deserialize)]
+pub struct UpdateForm {
+    #[serde(default)]
+    unit: String,
+    settable: Option<String>,
+    remote_sync: Option<String>,
+}
+
+pub async fn update(
+    ctx: Ctx,
+    State(state): State<AppState>,
+    Path((cid, name)): Path<(String, String)>,
+    Form(form): Form<UpdateForm>,
+) -> Result<Response, super::UiError> {
+    let c = load_connector(&state, &ctx, &cid).await?;
+    let name = crate::api::resource_name(&name).or_page(&ctx)?;
+    let back = format!("/connectors/{}/resources/{}", c.id, name);
+    // A Target's data comes from its Source: its Remote-Sync switch is not the operator's.
+    let remote_sync = (c.role != Role::Target).then_some(form.remote_sync.is_some());
+    let body = PatchBody {
+        unit: Some(Some(form.unit)),
+        settable: Some(form.settable.is_some()),
+        remote_sync,
+    };
+    // HOOK(sync): when Remote-Sync goes from off to on while data exists, offer to send the
+    // history still inside the retention window, with a progress bar.
+    Ok(match update_resource(&state, &c.id, &name, body).await {
+        Ok(r) => flash_redirect(&back, &format!("Resource {} saved.", r.name)),
+        Err(e) => flash_error_redirect(&back, &e.to_string()),
+    })
+}

@@ -1,0 +1,228 @@
+//! Signing in and out of the web UI, and the per-request context of every signed-in page.
+//!
+//! The session is the `west_session` cookie (HttpOnly, SameSite=Strict, Path=/) holding a
+//! login token from [`api::sign_in`](crate::api::sign_in), the same token kind the API hands
+//! out; signing out deletes it from the store. A page request without a valid session is
+//! redirected to `/login?next=…` and comes back after signing in.
+//!
+//! Notices after a POST travel in a one-shot `west_flash` cookie that the next page shows
+//! and clears, so that reloading a page never repeats an action.
+
+use askama::Template;
+use axum::Form;
+use axum::extract::{FromRequestParts, Query, State};
+use axum::http::header::{COOKIE, SET_COOKIE};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, Uri};
+use axum::response::{IntoResponse, Redirect, Response};
+use serde::Deserialize;
+
+use super::{Crumb, Frame, hub_class, render};
+use crate::auth::{self, SESSION_COOKIE};
+use crate::state::AppState;
+
+/// Name of the one-shot notice cookie.
+const FLASH_COOKIE: &str = "west_flash";
+
+/// Who is asking and what the frame of their page shows. Extracting it is what makes a page
+/// require a session.
+pub struct Ctx {
+    pub user: String,
+    site: String,
+    link: crate::link::LinkState,
+    flash: Option<String>,
+}
+
+impl Ctx {
+    /// The frame of a page titled `title` with breadcrumb `crumbs`.
+    pub fn frame(&self, title: impl Into<String>, crumbs: Vec<Crumb>) -> Frame {
+        Frame {
+            title: title.into(),
+            site: self.site.clone(),
+            user: self.user.clone(),
+            hub_words: self.link.describe(),
+            hub_class: hub_class(&self.link),
+            crumbs,
+            flash: self
+                .flash
+                .as_ref()
+                .map(|m| m.trim_start_matches('!').to_owned()),
+            flash_bad: self.flash.as_ref().is_some_and(|m| m.starts_with('!')),
+        }
+    }
+
+    /// Renders a page of this request, clearing the notice it has now shown.
+    pub fn page<T: Template>(&self, t: &T) -> Response {
+        let mut resp = render(t);
+        if self.flash.is_some() {
+            resp.headers_mut().append(
+                SET_COOKIE,
+                HeaderValue::from_static("west_flash=; Path=/; Max-Age=0; SameSite=Strict"),
+            );
+        }
+        resp
+    }
+}
+
+fn cookie<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
+    parts
+        .headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// Where to come back to after signing in: a local path only, never another site.
+fn safe_next(next: Option<&str>) -> String {
+    match next {
+        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.into(),
+        _ => "/".into(),
+    }
+}
+
+fn login_redirect(uri: &Uri) -> Response {
+    let here = uri.path_and_query().map_or("/", |p| p.as_str());
+    if here == "/" {
+        return Redirect::to("/login").into_response();
+    }
+    let q = serde_urlencoded::to_string([("next", here)]).unwrap_or_default();
+    Redirect::to(&format!("/login?{q}")).into_response()
+}
+
+impl FromRequestParts<AppState> for Ctx {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let Some(token) = cookie(parts, SESSION_COOKIE) else {
+            return Err(login_redirect(&parts.uri));
+        };
+        let user = match state.user_for_token(token).await {
+            Ok(Some(user)) => user,
+            Ok(None) => return Err(login_redirect(&parts.uri)),
+            Err(e) => return Err(e.into_response()),
+        };
+        let flash = cookie(parts, FLASH_COOKIE)
+            .and_then(|v| {
+                serde_urlencoded::from_str::<Vec<(String, String)>>(&format!("m={v}")).ok()
+            })
+            .and_then(|mut pairs| pairs.pop())
+            .map(|(_, m)| m)
+            .filter(|m| !m.is_empty());
+        Ok(Ctx {
+            user,
+            site: state.site_name.clone(),
+            link: state.link.state(),
+            flash,
+        })
+    }
+}
+
+/// Redirects to `to` and leaves `message` for the next page to show once.
+pub fn flash_redirect(to: &str, message: &str) -> Response {
+    flash(to, message)
+}
+
+/// Redirects to `to` and leaves a refusal for the next page to show once, as an error.
+pub fn flash_error_redirect(to: &str, message: &str) -> Response {
+    flash(to, &format!("!{message}"))
+}
+
+fn flash(to: &str, message: &str) -> Response {
+    let encoded = serde_urlencoded::to_string([("m", message)]).unwrap_or_default();
+    let value = format!(
+        "{FLASH_COOKIE}={}; Path=/; Max-Age=60; HttpOnly; SameSite=Strict",
+        encoded.strip_prefix("m=").unwrap_or("")
+    );
+    let mut resp = Redirect::to(to).into_response();
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        resp.headers_mut().append(SET_COOKIE, v);
+    }
+    resp
+}
+
+#[derive(Template)]
+#[template(path = "login.html")]
+struct LoginPage {
+    site: String,
+    username: String,
+    next: String,
+    error: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct NextQuery {
+    next: Option<String>,
+}
+
+pub async fn login_page(State(state): State<AppState>, Query(q): Query<NextQuery>) -> Response {
+    render(&LoginPage {
+        site: state.site_name.clone(),
+        username: String::new(),
+        next: safe_next(q.next.as_deref()),
+        error: None,
+    })
+}
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    username: String,
+    password: String,
+    next: Option<String>,
+}
+
+pub async fn login(State(state): State<AppState>, Form(form): Form<LoginForm>) -> Response {
+    let next = safe_next(form.next.as_deref());
+    match crate::api::sign_in(&state, form.username.trim(), &form.password).await {
+        Ok(token) => {
+            let mut resp = Redirect::to(&next).into_response();
+            let cookie = format!("{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict");
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                resp.headers_mut().append(SET_COOKIE, v);
+            }
+            resp
+        }
+        Err(e) => {
+            let mut resp = render(&LoginPage {
+                site: state.site_name.clone(),
+                username: form.username,
+                next,
+                error: Some(e.to_string()),
+            });
+            *resp.status_mut() = e.status();
+            resp
+        }
+    }
+}
+
+pub async fn logout(State(state): State<AppState>, parts: Parts) -> Response {
+    if let Some(token) = cookie(&parts, SESSION_COOKIE)
+        && let Err(e) = state.store.delete_token(auth::token_hash(token)).await
+    {
+        tracing::warn!(error = %e, "could not delete a session token at sign-out");
+    }
+    let mut resp = Redirect::to("/login").into_response();
+    resp.headers_mut().append(
+        SET_COOKIE,
+        HeaderValue::from_static("west_session=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_stays_on_this_site() {
+        let check = |input: Option<&str>, expected: &str| assert_eq!(safe_next(input), expected);
+        check(None, "/");
+        check(Some("/connectors/abc"), "/connectors/abc");
+        check(Some("//evil.example/"), "/");
+        check(Some("https://evil.example/"), "/");
+        check(Some("/\\evil.example"), "/");
+    }
+}

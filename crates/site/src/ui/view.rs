@@ -1,0 +1,155 @@
+//! Small renderings shared by the pages: times, values with units, tag parsing of forms.
+//!
+//! Times are rendered as `<time>` elements carrying the UTC value; `app.js` rewrites their
+//! text into the viewer's timezone and keeps the UTC value on hover, so a page without
+//! JavaScript still shows a correct (UTC) time.
+
+use std::fmt;
+
+use proto::model::{Tags, Value};
+
+use crate::error::ApiError;
+use crate::state::rfc3339;
+
+/// A point in time (µs since the epoch) as a `<time>` element; render with `|safe` (it holds
+/// only digits and punctuation, never operator input).
+pub struct When {
+    pub us: i64,
+    /// Shown as "5 min ago" instead of a date when true.
+    pub relative: bool,
+}
+
+impl When {
+    pub fn at(us: i64) -> Self {
+        Self {
+            us,
+            relative: false,
+        }
+    }
+
+    pub fn ago(us: i64) -> Self {
+        Self { us, relative: true }
+    }
+}
+
+/// `2026-11-26 09:41:07` in UTC.
+pub fn utc_text(us: i64) -> String {
+    let iso = rfc3339(us);
+    // RFC 3339 from `time` is `YYYY-MM-DDTHH:MM:SS[.frac]Z`; keep it to the second.
+    match (iso.get(0..10), iso.get(11..19)) {
+        (Some(d), Some(t)) => format!("{d} {t}"),
+        _ => iso,
+    }
+}
+
+impl fmt::Display for When {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let utc = utc_text(self.us);
+        write!(
+            f,
+            r#"<time datetime="{}" data-us="{}"{} title="{utc} UTC">{utc} UTC</time>"#,
+            rfc3339(self.us),
+            self.us,
+            if self.relative { " data-rel" } else { "" },
+        )
+    }
+}
+
+/// A value as the operator reads it, with its unit when it has one.
+pub fn value_text(v: &Value, unit: Option<&str>) -> String {
+    let text = match v {
+        Value::Number(x) => format!("{x}"),
+        Value::Integer(i) => i.to_string(),
+        Value::Boolean(b) => b.to_string(),
+        Value::String(s) => s.clone(),
+        Value::Json(j) => j.clone(),
+    };
+    match (v, unit) {
+        (Value::Number(_) | Value::Integer(_), Some(u)) => format!("{text} {u}"),
+        _ => text,
+    }
+}
+
+/// A value as an operator would type it back into a form (strings without quotes).
+pub fn value_input(v: &Value) -> String {
+    value_text(v, None)
+}
+
+/// Parses the "Tags" box of the Add device form: one `key=value` per line or comma.
+pub fn parse_tags(text: &str) -> Result<Tags, ApiError> {
+    let mut tags = Tags::new();
+    for item in text
+        .split([',', '\n'])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let (k, v) = item
+            .split_once('=')
+            .or_else(|| item.split_once(':'))
+            .ok_or_else(|| {
+                ApiError::InvalidValue(format!("tag {item:?} must be written key=value"))
+            })?;
+        tags.insert(k.trim().to_owned(), v.trim().to_owned());
+    }
+    Ok(tags)
+}
+
+/// Parses the device list's tag filter: `key:value` or `key=value`, several separated by
+/// spaces or commas.
+pub fn parse_tag_filter(text: &str) -> Result<Vec<(String, String)>, ApiError> {
+    text.split([',', ' '])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|item| {
+            item.split_once(':')
+                .or_else(|| item.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| {
+                    ApiError::InvalidQuery(format!(
+                        "search by tag as key:value (for example site:north), not {item:?}"
+                    ))
+                })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_render_utc_for_the_script_to_localise() {
+        let html = When::at(1_700_000_000_123_456).to_string();
+        assert!(html.contains(r#"data-us="1700000000123456""#), "{html}");
+        assert!(html.contains("2023-11-14 22:13:20 UTC"), "{html}");
+        assert!(!html.contains("data-rel"));
+        assert!(When::ago(0).to_string().contains("data-rel"));
+    }
+
+    #[test]
+    fn values_carry_units_only_when_numeric() {
+        let check = |v: Value, unit: Option<&str>, expected: &str| {
+            assert_eq!(value_text(&v, unit), expected);
+        };
+        check(Value::Number(21.5), Some("°C"), "21.5 °C");
+        check(Value::Integer(3), None, "3");
+        check(Value::Boolean(true), Some("x"), "true");
+        check(Value::String("on".into()), Some("x"), "on");
+    }
+
+    #[test]
+    fn tag_forms_parse() {
+        let tags = parse_tags("site=north\nrack: 4 , floor=2").unwrap();
+        assert_eq!(tags.len(), 3);
+        assert_eq!(tags["rack"], "4");
+        assert!(parse_tags("nonsense").is_err());
+        assert!(parse_tags("  ").unwrap().is_empty());
+
+        let filter = parse_tag_filter("site:north rack=4").unwrap();
+        assert_eq!(
+            filter,
+            vec![("site".into(), "north".into()), ("rack".into(), "4".into())]
+        );
+        assert!(parse_tag_filter("north").is_err());
+    }
+}

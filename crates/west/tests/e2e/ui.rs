@@ -1,0 +1,295 @@
+//! The web UI in headless Chromium against a real `west site`: sign in through the form,
+//! create a connector (first refused with the Remote-Sync Target toggle on, the form kept
+//! filled in), a `number` resource and a device through the UI, write points with the device
+//! token the UI showed once, and watch them appear on the device page's chart without a
+//! reload.
+//!
+//! Screenshots of each main page at 1280×800 land in `target/ui-screenshots/` for a person to
+//! look at; the test asserts on the DOM, never on pixels.
+
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, ensure};
+use fantoccini::Locator;
+use serde_json::json;
+use testkit::browser::Browser;
+use testkit::{DEADLINE, SiteOpts, SiteProc, eventually};
+
+use crate::util;
+
+/// Points the test writes, one a minute over the last quarter hour.
+const POINTS: usize = 12;
+
+fn shots() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/ui-screenshots")
+}
+
+async fn shot(b: &Browser, name: &str) -> anyhow::Result<()> {
+    b.screenshot(&shots().join(format!("{name}.png"))).await
+}
+
+async fn fill(b: &Browser, css: &str, text: &str) -> anyhow::Result<()> {
+    let input = b.wait_for(css).await?;
+    input
+        .clear()
+        .await
+        .with_context(|| format!("clearing {css}"))?;
+    input
+        .send_keys(text)
+        .await
+        .with_context(|| format!("typing into {css}"))
+}
+
+async fn click(b: &Browser, css: &str) -> anyhow::Result<()> {
+    b.wait_for(css)
+        .await?
+        .click()
+        .await
+        .with_context(|| format!("clicking {css}"))
+}
+
+async fn text(b: &Browser, css: &str) -> anyhow::Result<String> {
+    Ok(b.wait_for(css).await?.text().await?)
+}
+
+async fn value(b: &Browser, css: &str) -> anyhow::Result<String> {
+    Ok(b.wait_for(css)
+        .await?
+        .prop("value")
+        .await?
+        .unwrap_or_default())
+}
+
+/// Waits until `attr` of the element at `css` satisfies `ok`.
+async fn wait_attr(
+    b: &Browser,
+    css: &str,
+    attr: &str,
+    ok: impl Fn(&str) -> bool,
+) -> anyhow::Result<String> {
+    eventually(&format!("{css} [{attr}]"), DEADLINE, || async {
+        let found = b.client.find(Locator::Css(css)).await;
+        let v = match found {
+            Ok(e) => e.attr(attr).await?.unwrap_or_default(),
+            Err(_) => return Ok(None),
+        };
+        Ok(ok(&v).then_some(v))
+    })
+    .await
+}
+
+fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn operator_creates_a_connector_resource_and_device_and_sees_data_on_the_chart()
+-> anyhow::Result<()> {
+    let opts = SiteOpts::new("site-a");
+    let password = opts.admin_password.clone();
+    let site = SiteProc::start(util::bin(), opts).await?;
+    let b = Browser::start().await?;
+    let url = |path: &str| format!("{}{path}", site.url);
+
+    // Unauthenticated pages redirect to the sign-in form; a wrong password is refused.
+    b.goto(&url("/connectors/new")).await?;
+    b.wait_for("#login-form").await?;
+    fill(&b, "#username", "admin").await?;
+    fill(&b, "#password", "not-the-password").await?;
+    click(&b, "#sign-in").await?;
+    let refusal = text(&b, "#form-error").await?;
+    ensure!(refusal.contains("wrong username or password"), "{refusal}");
+    shot(&b, "01-login").await?;
+    fill(&b, "#password", &password).await?;
+    click(&b, "#sign-in").await?;
+
+    // Signing in returns to the page asked for: Create a Connector. With the Target toggle
+    // on, the site cannot pair yet: the reason shows and the form stays filled in.
+    b.wait_for("#connector-form").await?;
+    let header = text(&b, "header.top").await?;
+    ensure!(
+        header.contains("site-a") && header.contains("admin") && header.contains("Hub:"),
+        "header: {header}"
+    );
+    fill(&b, "#name", "plant-north").await?;
+    fill(&b, "#description", "Boilers and pumps of the north plant").await?;
+    ensure!(!b.wait_for("#remote-site").await?.is_displayed().await?);
+    click(&b, "label.switch").await?;
+    ensure!(b.wait_for("#remote-site").await?.is_displayed().await?);
+    fill(&b, "#remote-site", "site-b").await?;
+    fill(&b, "#remote-connector-id", "09iolmnn8090ol").await?;
+    fill(&b, "#pairing-code", "4711-0815").await?;
+    click(&b, "#create").await?;
+    let error = text(&b, "#form-error").await?;
+    ensure!(error.contains("site-b") && error.contains("hub"), "{error}");
+    ensure!(value(&b, "#name").await? == "plant-north");
+    ensure!(value(&b, "#remote-site").await? == "site-b");
+    ensure!(value(&b, "#remote-connector-id").await? == "09iolmnn8090ol");
+    ensure!(value(&b, "#pairing-code").await? == "4711-0815");
+    shot(&b, "02-create-connector-refused").await?;
+
+    // Without the toggle the connector is created and its Devices tab opens.
+    click(&b, "label.switch").await?;
+    click(&b, "#create").await?;
+    b.wait_for("#add-device").await?;
+    let flash = text(&b, "#flash").await?;
+    ensure!(flash.contains("plant-north"), "{flash}");
+    let cid = text(&b, "#connector-id").await?;
+    ensure!(cid.len() == 14, "connector id {cid:?}");
+
+    // A number resource through the Resources tab.
+    click(&b, "nav.tabs a[href$='/resources']").await?;
+    fill(&b, "#resource-name", "temperature").await?;
+    b.wait_for("#resource-format")
+        .await?
+        .select_by_value("number")
+        .await?;
+    fill(&b, "#resource-unit", "°C").await?;
+    click(&b, "#add-resource").await?;
+    b.wait_for("tr[data-resource='temperature']").await?;
+    shot(&b, "03-resources").await?;
+
+    // A device through Add device; its token is shown once.
+    click(&b, "nav.tabs a[href$='/devices']").await?;
+    click(&b, "#add-device").await?;
+    fill(&b, "#device-identity", "00AB01").await?;
+    fill(&b, "#device-tags", "site=north\nrack=4").await?;
+    click(&b, "#create-device").await?;
+    let token = text(&b, "#device-token").await?;
+    ensure!(token.len() >= 32, "device token {token:?}");
+    let copy = b
+        .wait_for("#device-created button.copy")
+        .await?
+        .attr("data-copy")
+        .await?;
+    ensure!(
+        copy.as_deref() == Some(token.as_str()),
+        "copy button carries the token"
+    );
+    shot(&b, "04-device-created").await?;
+
+    // The device page draws an empty chart, then the points written through the device API
+    // appear on it without a reload.
+    click(&b, "#open-device").await?;
+    let chart = "figure.chart[data-resource='temperature'] svg.plot";
+    wait_attr(&b, chart, "data-points", |v| v == "0").await?;
+    let now = now_micros();
+    let points: Vec<_> = (0..POINTS)
+        .map(|i| {
+            let minutes_ago = (POINTS - 1 - i) as i64;
+            json!({ "t": now - minutes_ago * 60_000_000, "values": { "temperature": 20.0 + i as f64 * 0.5 } })
+        })
+        .collect();
+    let device = testkit::Api::new(&site.url).with_token(&token);
+    let answer = device
+        .post_ok(
+            &format!("/api/v1/connectors/{cid}/devices/00AB01/data"),
+            json!(points),
+        )
+        .await?;
+    ensure!(answer["accepted"] == POINTS, "{answer}");
+
+    wait_attr(&b, chart, "data-points", |v| v == POINTS.to_string()).await?;
+    let last = wait_attr(&b, chart, "data-last", |v| !v.is_empty()).await?;
+    ensure!(last == "25.5", "last plotted value {last}");
+    let dots = b
+        .client
+        .find_all(Locator::Css(&format!("{chart} circle.pt")))
+        .await?;
+    ensure!(dots.len() == POINTS, "{} plotted points", dots.len());
+    eventually("the latest value to update", DEADLINE, || async {
+        let t = text(&b, "td[data-value-of='temperature']").await?;
+        Ok((t == "25.5 °C").then_some(()))
+    })
+    .await?;
+    let tags = text(&b, "#tags").await?;
+    ensure!(
+        tags.contains("site") && tags.contains("north"),
+        "tags {tags}"
+    );
+    shot(&b, "05-device").await?;
+
+    // The data view of the resource draws the same series, larger.
+    click(&b, "figure.chart[data-resource='temperature'] figcaption a").await?;
+    wait_attr(&b, "#data-chart svg.plot", "data-points", |v| {
+        v == POINTS.to_string()
+    })
+    .await?;
+    b.wait_for("#recent tbody tr td.num").await?;
+    shot(&b, "06-data-view").await?;
+
+    // The Devices tab lists the device with its tags; a tag filter that matches nothing
+    // empties it.
+    b.goto(&url(&format!("/connectors/{cid}/devices"))).await?;
+    b.wait_for("tr[data-device='00AB01']").await?;
+    shot(&b, "07-devices").await?;
+    b.goto(&url(&format!("/connectors/{cid}/devices?tag=site:south")))
+        .await?;
+    b.wait_for("#device-filter").await?;
+    ensure!(
+        b.client
+            .find(Locator::Css("tr[data-device='00AB01']"))
+            .await
+            .is_err(),
+        "the filter site:south must hide 00AB01"
+    );
+
+    // Resource settings: Remote-Sync toggle saved through the same function as the API.
+    b.goto(&url(&format!("/connectors/{cid}/resources/temperature")))
+        .await?;
+    click(&b, "label.switch").await?;
+    click(&b, "#save-resource").await?;
+    b.wait_for("#flash").await?;
+    ensure!(
+        b.wait_for("#remote-sync-toggle")
+            .await?
+            .is_selected()
+            .await?
+    );
+    shot(&b, "08-resource-settings").await?;
+
+    // Settings: General offers deletion with a confirmation; Remote-Sync needs the hub.
+    b.goto(&url(&format!("/connectors/{cid}/settings"))).await?;
+    b.wait_for("#delete-connector").await?;
+    shot(&b, "09-settings-general").await?;
+    b.goto(&url(&format!("/connectors/{cid}/settings/remote-sync")))
+        .await?;
+    let enable = b.wait_for("#enable-remote-sync").await?;
+    ensure!(
+        !enable.is_enabled().await?,
+        "ENABLE REMOTE-SYNC without a hub"
+    );
+    let note = text(&b, "#enable-note").await?;
+    ensure!(note.contains("requires a hub connection"), "{note}");
+    shot(&b, "10-settings-remote-sync").await?;
+
+    // Home lists the connector with its counts.
+    click(&b, "a.brand").await?;
+    let row = text(&b, &format!("tr[data-connector='{cid}']")).await?;
+    ensure!(row.contains("plant-north"), "{row}");
+    shot(&b, "11-connectors").await?;
+
+    // Deleting asks first, then deletes; signing out ends the session.
+    b.goto(&url(&format!("/connectors/{cid}/settings"))).await?;
+    click(&b, "#delete-connector").await?;
+    let dialog = text(&b, "#confirm-text").await?;
+    ensure!(dialog.contains("cannot be undone"), "{dialog}");
+    shot(&b, "12-confirm-delete").await?;
+    click(&b, "#confirm-ok").await?;
+    let flash = text(&b, "#flash").await?;
+    ensure!(flash.contains("deleted"), "{flash}");
+    let admin = site.admin().await?;
+    let left = admin.get_ok("/api/v1/connectors").await?;
+    ensure!(left.as_array().is_some_and(Vec::is_empty), "{left}");
+
+    click(&b, "header form[action='/logout'] button").await?;
+    b.wait_for("#login-form").await?;
+    b.goto(&url("/")).await?;
+    b.wait_for("#login-form").await?;
+
+    b.close().await
+}

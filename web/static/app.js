@@ -1,0 +1,513 @@
+// West site web UI: the few live parts of server-rendered pages. Plain JavaScript, no
+// libraries, nothing loaded from outside the site.
+//
+// - times: <time data-us> elements are shown in the viewer's timezone, UTC on hover;
+// - the header's hub dot polls /health;
+// - charts (figure.chart) draw a resource's series as inline SVG from the data API and poll
+//   it for new points; the device page's latest values poll the device API;
+// - copy buttons, confirmation dialogs for destructive forms, pairing progress and countdown.
+"use strict";
+
+(function () {
+  const POLL_MS = 5000;
+  const PAGE = 10000;
+  const MAX_POINTS = 100000;
+  const RANGES = { "1h": 3600e3, "24h": 86400e3, "7d": 7 * 86400e3, "30d": 30 * 86400e3 };
+  const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+
+  const $ = (sel, root) => (root || document).querySelector(sel);
+  const $$ = (sel, root) => Array.from((root || document).querySelectorAll(sel));
+  const pad = (n) => String(n).padStart(2, "0");
+
+  // ---- Times ---------------------------------------------------------------------------
+
+  function localText(ms) {
+    const d = new Date(ms);
+    return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ` +
+      `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+  }
+
+  function utcText(ms) {
+    return new Date(ms).toISOString().replace("T", " ").slice(0, 19) + " UTC";
+  }
+
+  function relText(ms) {
+    const s = Math.round((Date.now() - ms) / 1000);
+    if (s < 10) return "just now";
+    if (s < 60) return `${s} s ago`;
+    if (s < 3600) return `${Math.floor(s / 60)} min ago`;
+    if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
+    return `${Math.floor(s / 86400)} d ago`;
+  }
+
+  function paintTime(el) {
+    const ms = Number(el.dataset.us) / 1000;
+    if (!Number.isFinite(ms)) return;
+    el.textContent = el.hasAttribute("data-rel") ? relText(ms) : localText(ms);
+    el.title = `${localText(ms)} (your time) · ${utcText(ms)}`;
+  }
+
+  function timeHtml(us, rel) {
+    const el = document.createElement("time");
+    el.dataset.us = String(us);
+    if (rel) el.setAttribute("data-rel", "");
+    el.dateTime = new Date(us / 1000).toISOString();
+    paintTime(el);
+    return el;
+  }
+
+  function paintTimes(root) { $$("time[data-us]", root).forEach(paintTime); }
+
+  // ---- Values --------------------------------------------------------------------------
+
+  function valueText(v, format, unit) {
+    if (v === null || v === undefined) return "—";
+    let s = typeof v === "object" ? JSON.stringify(v) : String(v);
+    if ((format === "number" || format === "integer") && unit) s += " " + unit;
+    return s;
+  }
+
+  async function getJson(url) {
+    const r = await fetch(url, { credentials: "same-origin", headers: { accept: "application/json" } });
+    if (r.status === 401) {
+      location.href = "/login?next=" + encodeURIComponent(location.pathname + location.search);
+      throw new Error("signed out");
+    }
+    const body = await r.json().catch(() => ({}));
+    if (!r.ok) throw new Error(body.message || `${r.status} ${r.statusText}`);
+    return body;
+  }
+
+  // ---- Header: hub link ----------------------------------------------------------------
+
+  const HUB_CLASS = { connected: "ok", connecting: "warn", reconnecting: "warn", refused: "bad", disabled: "off" };
+
+  async function pollHealth() {
+    const dot = $("#hub-dot"), words = $("#hub-words");
+    if (!dot || !words) return;
+    let cls = "bad", text = "Site unreachable";
+    try {
+      const r = await fetch("/health", { cache: "no-store" });
+      const h = await r.json();
+      const state = h.hub && h.hub.link && h.hub.link.state;
+      cls = h.hub && h.hub.connected ? "ok" : (HUB_CLASS[state] || "off");
+      text = (h.hub && h.hub.message) || (h.hub && h.hub.connected ? "Hub: connected" : "Hub: not connected");
+    } catch (_) { /* the site itself is unreachable: say so */ }
+    dot.className = "dot " + cls;
+    words.textContent = text;
+  }
+
+  // ---- Copy buttons --------------------------------------------------------------------
+
+  async function copy(btn) {
+    const text = btn.dataset.copy || "";
+    try {
+      await navigator.clipboard.writeText(text);
+    } catch (_) {
+      const ta = document.createElement("textarea");
+      ta.value = text;
+      document.body.appendChild(ta);
+      ta.select();
+      document.execCommand("copy");
+      ta.remove();
+    }
+    btn.classList.add("done");
+    btn.title = "Copied";
+    const label = btn.classList.contains("labelled") ? btn.lastChild : null;
+    const before = label ? label.textContent : "";
+    if (label) label.textContent = "Copied";
+    setTimeout(() => {
+      btn.classList.remove("done");
+      btn.title = "Copy to the clipboard";
+      if (label) label.textContent = before;
+    }, 1500);
+  }
+
+  // ---- Confirmation of destructive actions ----------------------------------------------
+
+  function confirmSubmit(e) {
+    const form = e.target;
+    if (!(form instanceof HTMLFormElement)) return;
+    if (form.dataset.progress !== undefined) showProgress(form);
+    if (form.dataset.confirm === undefined || form.dataset.confirmed) return;
+    const dialog = $("#confirm");
+    if (!dialog || !dialog.showModal) { if (!window.confirm(form.dataset.confirm)) e.preventDefault(); return; }
+    e.preventDefault();
+    $("#confirm-title").textContent = form.dataset.confirmTitle || "Are you sure?";
+    $("#confirm-text").textContent = form.dataset.confirm;
+    $("#confirm-ok").textContent = form.dataset.confirmOk || "Confirm";
+    dialog.returnValue = "";
+    const submitter = e.submitter;
+    dialog.addEventListener("close", () => {
+      if (dialog.returnValue !== "ok") return;
+      form.dataset.confirmed = "1";
+      if (form.requestSubmit) form.requestSubmit(submitter || undefined); else form.submit();
+    }, { once: true });
+    dialog.showModal();
+  }
+
+  function showProgress(form) {
+    const p = $("#progress", form);
+    if (!p) return;
+    const target = $("#target-toggle", form);
+    const site = ($("#remote-site", form) || {}).value;
+    p.textContent = target && target.checked ? `Pairing with ${site || "the remote site"}…` : "Creating…";
+    p.hidden = false;
+    const btn = $("button[type=submit]", form);
+    if (btn) setTimeout(() => { btn.disabled = true; }, 0);
+  }
+
+  // ---- Pairing countdown -----------------------------------------------------------------
+
+  function tickCountdown() {
+    $$("[data-expires-us]").forEach((el) => {
+      const end = Number(el.dataset.expiresUs) / 1000;
+      if (!end) return;
+      const left = Math.max(0, Math.round((end - Date.now()) / 1000));
+      el.textContent = left > 0 ? `${pad(Math.floor(left / 60))}:${pad(left % 60)}` : "Pairing expired";
+    });
+  }
+
+  // ---- Latest values of a device -------------------------------------------------------
+
+  async function pollDevice() {
+    const host = $("[data-device-src]");
+    if (!host || document.hidden) return;
+    try {
+      const d = await getJson(host.dataset.deviceSrc);
+      for (const [name, p] of Object.entries(d.values || {})) {
+        $$(`[data-value-of="${name}"]`).forEach((el) => {
+          el.textContent = valueText(p.v, el.dataset.format, el.dataset.unit);
+        });
+        $$(`[data-time-of="${name}"]`).forEach((el) => { el.replaceChildren(timeHtml(p.t, false)); });
+      }
+      const seen = $("#last-seen");
+      if (seen && d.last_seen) seen.replaceChildren(timeHtml(d.last_seen, true));
+    } catch (_) { /* the next poll tries again; charts show errors */ }
+  }
+
+  // ---- Charts ----------------------------------------------------------------------------
+
+  const SVG = "http://www.w3.org/2000/svg";
+  function el(name, attrs, parent) {
+    const e = document.createElementNS(SVG, name);
+    for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+    if (parent) parent.appendChild(e);
+    return e;
+  }
+
+  function niceStep(span, count) {
+    const raw = span / Math.max(1, count);
+    const mag = Math.pow(10, Math.floor(Math.log10(raw)));
+    const norm = raw / mag;
+    return (norm <= 1 ? 1 : norm <= 2 ? 2 : norm <= 5 ? 5 : 10) * mag;
+  }
+
+  function fmtNum(x, step) {
+    const digits = step >= 1 ? 0 : Math.min(6, Math.ceil(-Math.log10(step)));
+    return x.toFixed(digits);
+  }
+
+  const TIME_STEPS = [60e3, 5 * 60e3, 10 * 60e3, 15 * 60e3, 30 * 60e3, 3600e3, 3 * 3600e3,
+    6 * 3600e3, 12 * 3600e3, 86400e3, 2 * 86400e3, 7 * 86400e3];
+
+  function timeTicks(t0, t1, maxTicks) {
+    const step = TIME_STEPS.find((s) => (t1 - t0) / s <= maxTicks) || TIME_STEPS[TIME_STEPS.length - 1];
+    const off = -new Date(t0).getTimezoneOffset() * 60e3;
+    const ticks = [];
+    for (let t = Math.ceil((t0 + off) / step) * step - off; t <= t1; t += step) ticks.push(t);
+    const label = (t) => {
+      const d = new Date(t);
+      const day = `${MONTHS[d.getMonth()]} ${d.getDate()}`;
+      if (step >= 86400e3) return day;
+      if (d.getHours() === 0 && d.getMinutes() === 0 && t1 - t0 > 86400e3) return day;
+      return `${pad(d.getHours())}:${pad(d.getMinutes())}`;
+    };
+    return ticks.map((t) => ({ t, label: label(t) }));
+  }
+
+  class Chart {
+    constructor(fig) {
+      this.fig = fig;
+      this.svg = $("svg.plot", fig);
+      this.src = fig.dataset.src;
+      this.format = fig.dataset.format;
+      this.unit = fig.dataset.unit || "";
+      this.range = fig.dataset.range in RANGES ? fig.dataset.range : "1h";
+      this.status = $(".chart-status", fig);
+      this.table = fig.dataset.table ? document.getElementById(fig.dataset.table) : null;
+      this.points = [];
+      this.truncated = false;
+      this.polls = 0;
+      this.gen = 0;
+      this.busy = false;
+      if (this.svg) {
+        new ResizeObserver(() => this.draw()).observe(this.svg);
+        this.svg.addEventListener("mousemove", (e) => this.hover(e));
+        this.svg.addEventListener("mouseleave", () => this.unhover());
+      }
+    }
+
+    numeric(v) {
+      if (typeof v === "boolean") return v ? 1 : 0;
+      return typeof v === "number" ? v : NaN;
+    }
+
+    async fetchSince(sinceUs, gen) {
+      const out = [];
+      let cursor = null, truncated = false;
+      for (;;) {
+        const u = new URL(this.src, location.origin);
+        u.searchParams.set("since", String(Math.max(0, Math.floor(sinceUs))));
+        u.searchParams.set("order", "asc");
+        u.searchParams.set("limit", String(PAGE));
+        if (cursor) u.searchParams.set("cursor", cursor);
+        const body = await getJson(u);
+        if (gen !== this.gen) return null;
+        for (const p of body.points) out.push(p);
+        if (!body.next) break;
+        if (out.length >= MAX_POINTS) { truncated = true; break; }
+        cursor = body.next;
+      }
+      return { points: out, truncated };
+    }
+
+    setRange(r) {
+      if (!(r in RANGES)) return;
+      this.range = r;
+      this.fig.dataset.range = r;
+      this.reload();
+    }
+
+    async reload() {
+      const gen = ++this.gen;
+      this.busy = true;
+      try {
+        const got = await this.fetchSince((Date.now() - RANGES[this.range]) * 1000, gen);
+        if (!got) return;
+        this.points = got.points;
+        this.truncated = got.truncated;
+        this.error = null;
+      } catch (e) {
+        this.error = e.message;
+      } finally {
+        if (gen === this.gen) { this.busy = false; this.draw(); }
+      }
+    }
+
+    async poll() {
+      if (this.busy || document.hidden) return;
+      // A full reload now and then also picks up points written late with older times.
+      if (++this.polls % 12 === 0 || this.truncated) return this.reload();
+      const gen = this.gen;
+      const last = this.points.length ? this.points[this.points.length - 1].t : (Date.now() - RANGES[this.range]) * 1000 - 1;
+      this.busy = true;
+      try {
+        const got = await this.fetchSince(last + 1, gen);
+        if (!got) return;
+        for (const p of got.points) this.points.push(p);
+        const start = (Date.now() - RANGES[this.range]) * 1000;
+        let drop = 0;
+        while (drop < this.points.length && this.points[drop].t < start) drop++;
+        if (drop) this.points.splice(0, drop);
+        this.error = null;
+      } catch (e) {
+        this.error = e.message;
+      } finally {
+        if (gen === this.gen) { this.busy = false; this.draw(); }
+      }
+    }
+
+    draw() {
+      const n = this.points.length;
+      if (this.status) {
+        this.status.textContent = this.error
+          ? `Could not load data: ${this.error}`
+          : `${n.toLocaleString()} point${n === 1 ? "" : "s"}${this.truncated ? " (first " + MAX_POINTS.toLocaleString() + " shown)" : ""} · updated ${localText(Date.now()).slice(11)}`;
+        this.status.classList.toggle("bad", !!this.error);
+      }
+      this.fillTable();
+      if (!this.svg) return;
+      const svg = this.svg;
+      const W = svg.clientWidth || 600, H = svg.clientHeight || 190;
+      svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+      svg.replaceChildren();
+      const m = { l: 52, r: 12, t: 10, b: 22 };
+      const pw = W - m.l - m.r, ph = H - m.t - m.b;
+      const t1 = Date.now(), t0 = t1 - RANGES[this.range];
+      const pts = this.points
+        .map((p) => ({ t: p.t / 1000, y: this.numeric(p.v), v: p.v }))
+        .filter((p) => Number.isFinite(p.y));
+      this.plotted = pts;
+      svg.dataset.points = String(pts.length);
+      svg.dataset.range = this.range;
+      if (pts.length) {
+        svg.dataset.last = String(pts[pts.length - 1].v);
+        svg.dataset.lastT = String(pts[pts.length - 1].t * 1000);
+      } else {
+        delete svg.dataset.last;
+        delete svg.dataset.lastT;
+      }
+
+      const bool = this.format === "boolean";
+      let lo = Infinity, hi = -Infinity;
+      for (const p of pts) { if (p.y < lo) lo = p.y; if (p.y > hi) hi = p.y; }
+      if (bool || !pts.length) { lo = 0; hi = 1; }
+      if (lo === hi) { lo -= Math.abs(lo) * 0.1 || 1; hi += Math.abs(hi) * 0.1 || 1; }
+      const yStep = bool ? 1 : niceStep(hi - lo, Math.max(2, Math.floor(ph / 40)));
+      if (!bool) { lo = Math.floor(lo / yStep) * yStep; hi = Math.ceil(hi / yStep) * yStep; }
+      const X = (t) => m.l + ((t - t0) / (t1 - t0)) * pw;
+      const Y = (y) => m.t + ph - ((y - lo) / (hi - lo)) * ph;
+      this.scale = { X, t0, t1, m, pw };
+
+      for (let y = lo; y <= hi + yStep / 2; y += yStep) {
+        el("line", { class: "grid-line", x1: m.l, x2: W - m.r, y1: Y(y), y2: Y(y) }, svg);
+        const label = bool ? (y >= 0.5 ? "true" : "false") : fmtNum(y, yStep);
+        el("text", { x: m.l - 6, y: Y(y) + 4, "text-anchor": "end" }, svg).textContent = label;
+      }
+      el("line", { class: "axis", x1: m.l, x2: W - m.r, y1: m.t + ph, y2: m.t + ph }, svg);
+      for (const tick of timeTicks(t0, t1, Math.max(2, Math.floor(pw / 90)))) {
+        const x = X(tick.t);
+        el("line", { class: "axis", x1: x, x2: x, y1: m.t + ph, y2: m.t + ph + 4 }, svg);
+        el("text", { x, y: H - 5, "text-anchor": "middle" }, svg).textContent = tick.label;
+      }
+      if (!pts.length) {
+        const t = el("text", { class: "empty", x: m.l + pw / 2, y: m.t + ph / 2, "text-anchor": "middle" }, svg);
+        t.textContent = this.error ? "Could not load data" : `No data in the last ${this.range.replace("h", " h").replace("d", " d")}`;
+        return;
+      }
+
+      // Downsample to the min and max of each pixel column, keeping the shape of spikes.
+      let line = pts;
+      if (pts.length > pw * 2) {
+        line = [];
+        let col = -1, mn = null, mx = null;
+        const flush = () => { if (mn) { if (mn.t <= mx.t) line.push(mn, mx); else line.push(mx, mn); } };
+        for (const p of pts) {
+          const c = Math.floor(X(p.t));
+          if (c !== col) { flush(); col = c; mn = mx = p; }
+          else { if (p.y < mn.y) mn = p; if (p.y > mx.y) mx = p; }
+        }
+        flush();
+      }
+      let d = "";
+      line.forEach((p, i) => {
+        const x = X(p.t).toFixed(1), y = Y(p.y).toFixed(1);
+        if (i === 0) d += `M${x},${y}`;
+        else if (bool) d += `H${x}V${y}`;
+        else d += `L${x},${y}`;
+      });
+      const first = line[0], last = line[line.length - 1];
+      el("path", { class: "area", d: `${d}L${X(last.t).toFixed(1)},${m.t + ph}L${X(first.t).toFixed(1)},${m.t + ph}Z` }, svg);
+      el("path", { class: "line", d }, svg);
+      if (pts.length <= 150) {
+        for (const p of pts) el("circle", { class: "pt", cx: X(p.t).toFixed(1), cy: Y(p.y).toFixed(1), r: 2.6 }, svg);
+      }
+      this.Y = Y;
+    }
+
+    fillTable() {
+      if (!this.table) return;
+      const body = $("tbody", this.table);
+      const rows = this.points.slice(-100).reverse();
+      if (!rows.length) {
+        body.innerHTML = "";
+        const tr = body.insertRow();
+        const td = tr.insertCell();
+        td.colSpan = 2;
+        td.className = "muted";
+        td.textContent = this.error ? `Could not load data: ${this.error}` : "No points in this range.";
+        return;
+      }
+      body.replaceChildren(...rows.map((p) => {
+        const tr = document.createElement("tr");
+        const a = tr.insertCell();
+        a.className = "nowrap";
+        a.appendChild(timeHtml(p.t, false));
+        const b = tr.insertCell();
+        b.className = "num";
+        b.textContent = valueText(p.v, this.format, this.unit);
+        return tr;
+      }));
+    }
+
+    hover(e) {
+      if (!this.plotted || !this.plotted.length || !this.scale) return;
+      const r = this.svg.getBoundingClientRect();
+      const { X, t0, t1, m, pw } = this.scale;
+      const t = t0 + ((e.clientX - r.left - m.l) / pw) * (t1 - t0);
+      const pts = this.plotted;
+      let a = 0, b = pts.length - 1;
+      while (b - a > 1) { const mid = (a + b) >> 1; if (pts[mid].t < t) a = mid; else b = mid; }
+      const p = Math.abs(pts[a].t - t) < Math.abs(pts[b].t - t) ? pts[a] : pts[b];
+      this.unhover();
+      const x = X(p.t);
+      this.cursor = [
+        el("line", { class: "cursor", x1: x, x2: x, y1: m.t, y2: this.svg.clientHeight - m.b }, this.svg),
+        el("circle", { class: "hover-pt", cx: x, cy: this.Y(p.y), r: 3.5 }, this.svg),
+      ];
+      let tip = $("#chart-tip");
+      if (!tip) { tip = document.createElement("div"); tip.id = "chart-tip"; tip.className = "tip"; document.body.appendChild(tip); }
+      tip.innerHTML = "";
+      const v = document.createElement("strong");
+      v.textContent = valueText(p.v, this.format, this.unit);
+      const when = document.createElement("span");
+      when.className = "muted";
+      when.textContent = "  " + localText(p.t);
+      tip.append(v, when);
+      tip.hidden = false;
+      tip.style.left = `${Math.min(e.clientX + 12, window.innerWidth - tip.offsetWidth - 8)}px`;
+      tip.style.top = `${e.clientY - 34}px`;
+    }
+
+    unhover() {
+      (this.cursor || []).forEach((c) => c.remove());
+      this.cursor = null;
+      const tip = $("#chart-tip");
+      if (tip) tip.hidden = true;
+    }
+  }
+
+  function setupCharts() {
+    const charts = $$("figure.chart[data-src]").map((f) => new Chart(f));
+    charts.forEach((c) => c.reload());
+    $$("[data-range-picker] a[data-range]").forEach((a) => {
+      a.addEventListener("click", (e) => {
+        e.preventDefault();
+        const r = a.dataset.range;
+        $$("[data-range-picker] a").forEach((b) => b.classList.toggle("on", b.dataset.range === r));
+        charts.forEach((c) => c.setRange(r));
+        $$("figure.chart figcaption a").forEach((link) => {
+          const u = new URL(link.href);
+          u.searchParams.set("range", r);
+          link.href = u.toString();
+        });
+        const here = new URL(location.href);
+        here.searchParams.set("range", r);
+        history.replaceState(null, "", here);
+      });
+    });
+    if (charts.length) setInterval(() => charts.forEach((c) => c.poll()), POLL_MS);
+  }
+
+  // ---- Wiring --------------------------------------------------------------------------
+
+  document.addEventListener("click", (e) => {
+    const btn = e.target.closest && e.target.closest("button.copy[data-copy]");
+    if (btn) copy(btn);
+  });
+  document.addEventListener("submit", confirmSubmit);
+  document.addEventListener("change", (e) => {
+    const form = e.target.closest && e.target.closest("form[data-autosubmit]");
+    if (form && e.target.tagName === "SELECT") form.requestSubmit();
+  });
+
+  paintTimes(document);
+  setInterval(() => $$("time[data-rel]").forEach(paintTime), 15000);
+  pollHealth();
+  setInterval(pollHealth, POLL_MS);
+  tickCountdown();
+  setInterval(tickCountdown, 1000);
+  setupCharts();
+  if ($("[data-device-src]")) setInterval(pollDevice, POLL_MS);
+})();
