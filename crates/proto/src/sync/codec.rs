@@ -348,19 +348,18 @@ fn encode_values(header: &mut Vec<u8>, out: &mut Vec<u8>, series: &[&Point]) {
     }
     match &series[0].value {
         Value::Number(_) => {
-            let nums: Vec<f64> = series
-                .iter()
-                .map(|p| match p.value {
+            let nums = || {
+                series.iter().map(|p| match p.value {
                     Value::Number(x) => x,
                     _ => 0.0,
                 })
-                .collect();
-            if let Some(k) = decimal_exponent(&nums) {
+            };
+            if let Some(k) = decimal_exponent(nums()) {
                 header.push(ENC_DECIMAL);
                 header.push(k);
                 let scale = POW10[usize::from(k)];
                 let mut prev = 0i64;
-                for x in nums {
+                for x in nums() {
                     let s = (x * scale).round() as i64;
                     put_varint(out, zigzag(s.wrapping_sub(prev)));
                     prev = s;
@@ -368,7 +367,7 @@ fn encode_values(header: &mut Vec<u8>, out: &mut Vec<u8>, series: &[&Point]) {
             } else {
                 header.push(ENC_XOR);
                 let mut prev = 0u64;
-                for x in nums {
+                for x in nums() {
                     put_varint(out, x.to_bits() ^ prev);
                     prev = x.to_bits();
                 }
@@ -436,10 +435,10 @@ const POW10: [f64; MAX_DECIMAL_EXP as usize + 1] = [
 
 /// The smallest `k` such that every value is exactly `integer / 10^k`, with the integers
 /// small enough to be exact in an f64; `None` when there is none up to [`MAX_DECIMAL_EXP`].
-fn decimal_exponent(values: &[f64]) -> Option<u8> {
+fn decimal_exponent(values: impl Iterator<Item = f64> + Clone) -> Option<u8> {
     'k: for k in 0..=MAX_DECIMAL_EXP {
         let scale = POW10[usize::from(k)];
-        for &x in values {
+        for x in values.clone() {
             let s = (x * scale).round();
             // Checked the way the decoder computes it, through the integer (so -0.0 fails).
             if s.is_nan()
@@ -760,11 +759,11 @@ mod tests {
 
     #[test]
     fn decimal_exponent_is_the_smallest_exact_one() {
-        assert_eq!(decimal_exponent(&[1.0, 2.0]), Some(0));
-        assert_eq!(decimal_exponent(&[21.53, 21.5]), Some(2));
-        assert_eq!(decimal_exponent(&[0.1 + 0.2]), None);
-        assert_eq!(decimal_exponent(&[-0.0]), None);
-        assert_eq!(decimal_exponent(&[1e300]), None);
+        assert_eq!(decimal_exponent([1.0, 2.0].into_iter()), Some(0));
+        assert_eq!(decimal_exponent([21.53, 21.5].into_iter()), Some(2));
+        assert_eq!(decimal_exponent([0.1 + 0.2].into_iter()), None);
+        assert_eq!(decimal_exponent([-0.0].into_iter()), None);
+        assert_eq!(decimal_exponent([1e300].into_iter()), None);
     }
 
     #[test]

@@ -476,3 +476,145 @@ impl ReceiverOutput {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Identity, ResourceName, Value};
+    use crate::sync::record::Point;
+
+    fn batch(session: u64, first: u64, last: u64) -> Message {
+        let records: Vec<Record> = (first..=last)
+            .map(|i| {
+                Record::Point(Point {
+                    device: Identity::parse("d").unwrap(),
+                    resource: ResourceName::parse("r").unwrap(),
+                    t: i as i64,
+                    value: Value::Integer(1),
+                })
+            })
+            .collect();
+        Message::Batch {
+            session,
+            first_seq: first,
+            last_seq: last,
+            head: 100,
+            payload: codec::encode(&records).unwrap(),
+        }
+    }
+
+    /// Outputs as short strings: `apply 1..=3`, `gap 4..=5`, `Ack 3`, `Resume 0`.
+    fn outs(r: &mut Receiver) -> Vec<String> {
+        std::iter::from_fn(|| r.poll_output())
+            .map(|o| match o {
+                ReceiverOutput::Send(b) => match message::decode(&b).unwrap() {
+                    Message::Ack { applied, .. } => format!("Ack {applied}"),
+                    Message::Resume { applied, .. } => format!("Resume {applied}"),
+                    m => format!("{m:?}"),
+                },
+                ReceiverOutput::Apply(a) => format!("apply {}..={}", a.first_seq, a.last_seq),
+                ReceiverOutput::RecordGap(g) => format!("gap {}..={}", g.first_seq, g.last_seq),
+                ReceiverOutput::Reconnect { reason } => format!("reconnect {reason}"),
+            })
+            .collect()
+    }
+
+    fn cfg() -> ReceiverConfig {
+        ReceiverConfig {
+            resume_interval_us: 100,
+            stall_timeout_us: 10_000,
+        }
+    }
+
+    #[test]
+    fn applies_once_ignores_duplicates_and_resyncs_on_a_hole() {
+        let mut r = Receiver::new(cfg(), 0, 0);
+        r.link_up(0, 7);
+        assert_eq!(outs(&mut r), ["Resume 0"]);
+        r.on_message(1, batch(7, 1, 3)).unwrap();
+        r.on_message(1, batch(7, 4, 5)).unwrap();
+        assert_eq!(outs(&mut r), ["apply 1..=3", "apply 4..=5"]);
+        r.on_message(2, batch(7, 1, 3)).unwrap();
+        assert_eq!(
+            outs(&mut r),
+            Vec::<String>::new(),
+            "duplicate, an ack is coming"
+        );
+        r.on_applied(3, 3).unwrap();
+        assert_eq!(outs(&mut r), ["Ack 3"]);
+        // A hole waits for pending applies, then asks to resume from the durable cursor.
+        r.on_message(4, batch(7, 8, 9)).unwrap();
+        assert_eq!(outs(&mut r), Vec::<String>::new());
+        r.on_applied(5, 5).unwrap();
+        assert_eq!(outs(&mut r), ["Ack 5", "Resume 5"]);
+        r.on_message(6, batch(7, 8, 9)).unwrap();
+        assert_eq!(outs(&mut r), Vec::<String>::new(), "rate-limited");
+        r.on_message(6, batch(7, 2, 5)).unwrap();
+        assert_eq!(outs(&mut r), ["Ack 5"], "duplicate re-acknowledged");
+        r.tick(200);
+        assert_eq!(outs(&mut r), ["Resume 5"]);
+        r.on_message(201, batch(7, 4, 7)).unwrap();
+        assert_eq!(outs(&mut r), Vec::<String>::new(), "overlap, rate-limited");
+        r.tick(400);
+        assert_eq!(outs(&mut r), ["Resume 5"]);
+        let st = r.stats();
+        assert_eq!((st.applied, st.handed, st.records_applied), (5, 5, 5));
+    }
+
+    #[test]
+    fn gaps_move_the_cursor_and_stale_sessions_are_ignored() {
+        let mut r = Receiver::new(cfg(), 10, 0);
+        r.link_up(0, 1);
+        outs(&mut r);
+        r.on_message(1, batch(2, 11, 12)).unwrap();
+        assert_eq!(outs(&mut r), Vec::<String>::new(), "other session");
+        let span = LostSpan {
+            first_seq: 11,
+            last_seq: 20,
+            resources: vec![],
+            device_changes: 0,
+        };
+        r.on_message(
+            1,
+            Message::Gap {
+                session: 1,
+                span,
+                head: 30,
+            },
+        )
+        .unwrap();
+        assert_eq!(outs(&mut r), ["gap 11..=20"]);
+        r.on_applied(2, 20).unwrap();
+        assert_eq!(outs(&mut r), ["Ack 20"]);
+        assert_eq!(r.stats().lag_records, 10);
+        assert!(matches!(
+            r.on_applied(3, 25),
+            Err(SyncError::AppliedOutOfOrder { last_seq: 25, .. })
+        ));
+    }
+
+    #[test]
+    fn garbage_and_silence_ask_for_a_reconnect() {
+        let mut r = Receiver::new(cfg(), 0, 0);
+        r.link_up(0, 1);
+        outs(&mut r);
+        r.tick(100);
+        assert_eq!(outs(&mut r), ["Resume 0"], "unanswered Resume repeats");
+        r.tick(10_000);
+        assert!(outs(&mut r)[0].starts_with("reconnect the sender has not answered"));
+        r.link_up(10_000, 2);
+        outs(&mut r);
+        let bad = Message::Batch {
+            session: 2,
+            first_seq: 1,
+            last_seq: 1,
+            head: 1,
+            payload: vec![1, 2, 3],
+        };
+        assert!(matches!(
+            r.on_message(10_001, bad),
+            Err(SyncError::MalformedBatch(_))
+        ));
+        assert!(outs(&mut r)[0].starts_with("reconnect the peer sent a malformed batch"));
+    }
+}

@@ -644,3 +644,274 @@ fn encode_batch(enc: &mut codec::Encoder, s: &mut Session, head: u64) -> Result<
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Identity, ResourceName, Value};
+    use crate::sync::record::{Point, ResourceLoss};
+
+    fn cfg() -> SenderConfig {
+        SenderConfig {
+            window_bytes: 1 << 20,
+            max_batch_records: 3,
+            max_batch_bytes: 1 << 20,
+            linger_us: 10,
+            retransmit_timeout_us: 1_000,
+            stall_timeout_us: 10_000,
+            lease_records: 100,
+        }
+    }
+
+    fn rec(i: u64) -> Record {
+        Record::Point(Point {
+            device: Identity::parse("d").unwrap(),
+            resource: ResourceName::parse("r").unwrap(),
+            t: i as i64,
+            value: Value::Integer(i as i64),
+        })
+    }
+
+    /// Drains outputs, answering reads from an outbox of `head` records and leases at once;
+    /// returns the messages sent.
+    fn run(s: &mut Sender, now: u64, lost: Option<&LostSpan>) -> Vec<Message> {
+        let mut sent = Vec::new();
+        while let Some(o) = s.poll_output() {
+            match o {
+                SenderOutput::Send(b) => sent.push(message::decode(&b).unwrap()),
+                SenderOutput::Read { from, max_records } => {
+                    let chunk = match lost.filter(|l| l.first_seq <= from && from <= l.last_seq) {
+                        Some(l) => ReadChunk::Lost {
+                            from,
+                            span: l.clone(),
+                        },
+                        None => {
+                            let end = lost
+                                .map(|l| l.first_seq)
+                                .filter(|f| *f > from)
+                                .unwrap_or(u64::MAX)
+                                .min(from + max_records as u64);
+                            ReadChunk::Records {
+                                from,
+                                records: (from..end).map(rec).collect(),
+                            }
+                        }
+                    };
+                    s.on_read(now, chunk).unwrap();
+                }
+                SenderOutput::Lease { upto } => s.on_lease(now, upto),
+                SenderOutput::Acked { .. } | SenderOutput::Reconnect { .. } => {}
+            }
+        }
+        sent
+    }
+
+    fn ranges(msgs: &[Message]) -> Vec<(u64, u64)> {
+        msgs.iter()
+            .filter_map(|m| match m {
+                Message::Batch {
+                    first_seq,
+                    last_seq,
+                    ..
+                } => Some((*first_seq, *last_seq)),
+                Message::Gap { span, .. } => Some((span.first_seq, span.last_seq)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn started(head: u64, acked: u64) -> Sender {
+        let mut s = Sender::new(
+            cfg(),
+            SenderDurable {
+                acked,
+                head,
+                lease: 0,
+            },
+            0,
+        );
+        s.link_up(0);
+        s.on_message(
+            0,
+            Message::Resume {
+                session: 9,
+                applied: acked,
+            },
+        )
+        .unwrap();
+        s
+    }
+
+    #[test]
+    fn full_batches_go_at_once_and_the_tail_after_the_linger() {
+        let mut s = started(5, 0);
+        let sent = run(&mut s, 0, None);
+        assert!(matches!(
+            sent[0],
+            Message::Resumed {
+                session: 9,
+                head: 5
+            }
+        ));
+        assert_eq!(ranges(&sent), vec![(1, 3)]);
+        s.tick(5);
+        assert_eq!(ranges(&run(&mut s, 5, None)), vec![]);
+        s.tick(10);
+        assert_eq!(ranges(&run(&mut s, 10, None)), vec![(4, 5)]);
+    }
+
+    #[test]
+    fn the_window_holds_batches_until_acknowledged() {
+        let mut s = started(9, 0);
+        s.cfg.window_bytes = 1;
+        assert_eq!(ranges(&run(&mut s, 0, None)), vec![(1, 3)]);
+        assert_eq!(s.stats(0).in_flight_batches, 1);
+        s.on_message(
+            1,
+            Message::Ack {
+                session: 9,
+                applied: 3,
+            },
+        )
+        .unwrap();
+        assert_eq!(ranges(&run(&mut s, 1, None)), vec![(4, 6)]);
+        assert_eq!(s.acked(), 3);
+    }
+
+    #[test]
+    fn timeout_and_resume_go_back_to_the_first_unacknowledged() {
+        let mut s = started(6, 0);
+        assert_eq!(ranges(&run(&mut s, 0, None)), vec![(1, 3), (4, 6)]);
+        s.on_message(
+            1,
+            Message::Ack {
+                session: 9,
+                applied: 3,
+            },
+        )
+        .unwrap();
+        run(&mut s, 1, None);
+        s.tick(1_000);
+        assert_eq!(ranges(&run(&mut s, 1_000, None)), vec![(4, 6)]);
+        s.on_message(
+            1_001,
+            Message::Resume {
+                session: 9,
+                applied: 3,
+            },
+        )
+        .unwrap();
+        assert_eq!(ranges(&run(&mut s, 1_001, None)), vec![(4, 6)]);
+        assert_eq!(s.stats(1_001).go_backs, 2);
+    }
+
+    #[test]
+    fn a_lost_span_is_sent_as_a_gap_then_sending_continues() {
+        let lost = LostSpan {
+            first_seq: 3,
+            last_seq: 7,
+            resources: vec![ResourceLoss {
+                resource: ResourceName::parse("r").unwrap(),
+                points: 5,
+                devices: 1,
+                from_us: 3,
+                until_us: 7,
+            }],
+            device_changes: 0,
+        };
+        let mut s = started(9, 0);
+        let sent = run(&mut s, 0, Some(&lost));
+        assert_eq!(ranges(&sent), vec![(1, 2), (3, 7)]);
+        assert!(matches!(&sent[2], Message::Gap { span, .. } if *span == lost));
+        s.tick(10);
+        assert_eq!(ranges(&run(&mut s, 10, Some(&lost))), vec![(8, 9)]);
+    }
+
+    #[test]
+    fn nothing_is_read_beyond_the_lease() {
+        let mut s = Sender::new(cfg(), SenderDurable::default(), 0);
+        s.link_up(0);
+        s.on_message(
+            0,
+            Message::Resume {
+                session: 1,
+                applied: 0,
+            },
+        )
+        .unwrap();
+        s.outbox_head(0, 50);
+        let mut reads = Vec::new();
+        while let Some(o) = s.poll_output() {
+            if let SenderOutput::Read { .. } = o {
+                reads.push(o);
+            }
+        }
+        assert!(reads.is_empty(), "read before the lease was persisted");
+        s.on_lease(0, 2);
+        assert_eq!(
+            s.poll_output(),
+            Some(SenderOutput::Read {
+                from: 1,
+                max_records: 2
+            })
+        );
+    }
+
+    #[test]
+    fn a_stalled_link_asks_for_a_reconnect() {
+        let mut s = started(3, 0);
+        run(&mut s, 0, None);
+        s.tick(999);
+        run(&mut s, 999, None);
+        s.on_message(
+            1_500,
+            Message::Resume {
+                session: 9,
+                applied: 0,
+            },
+        )
+        .unwrap();
+        run(&mut s, 1_500, None);
+        s.tick(20_000);
+        let reconnect = std::iter::from_fn(|| s.poll_output())
+            .find(|o| matches!(o, SenderOutput::Reconnect { .. }));
+        assert!(matches!(
+            reconnect,
+            Some(SenderOutput::Reconnect {
+                reason: ReconnectReason::NoProgress {
+                    acked: 0,
+                    head: 3,
+                    ..
+                }
+            })
+        ));
+        let mut fresh = Sender::new(cfg(), SenderDurable::default(), 0);
+        fresh.link_up(0);
+        fresh.tick(10_000);
+        assert!(matches!(
+            fresh.poll_output(),
+            Some(SenderOutput::Reconnect {
+                reason: ReconnectReason::NoResume { .. }
+            })
+        ));
+    }
+
+    #[test]
+    fn acknowledgements_beyond_the_head_are_refused() {
+        let mut s = started(3, 0);
+        assert_eq!(
+            s.on_message(
+                0,
+                Message::Ack {
+                    session: 9,
+                    applied: 4
+                }
+            ),
+            Err(SyncError::PeerAhead {
+                applied: 4,
+                head: 3
+            })
+        );
+        assert_eq!(s.acked(), 0);
+    }
+}

@@ -102,7 +102,7 @@ fn codec_bytes_per_point_and_throughput() {
         "release build"
     };
     println!("codec measurement, {DEVICES} devices, {profile}");
-    let rounds = if cfg!(debug_assertions) { 10 } else { 100 };
+    let rounds = if cfg!(debug_assertions) { 10 } else { 1_000 };
     let sensor = workload(rounds, 0, true);
     let jitter = workload(rounds, 20_000, true);
     let noisy = workload(rounds, 20_000, false);

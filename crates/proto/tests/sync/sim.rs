@@ -957,7 +957,7 @@ fn run_half(half: u64) {
 }
 
 /// Seeds per `cargo test` run, split over two tests; `WEST_SIM_SEEDS` overrides.
-const DEFAULT_SEEDS: u64 = 2000;
+const DEFAULT_SEEDS: u64 = 1600;
 
 #[test]
 fn simulation_even_seeds() {
