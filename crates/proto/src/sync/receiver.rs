@@ -368,7 +368,7 @@ impl Receiver {
             return Some(link.resume_sent_at.saturating_add(interval));
         }
         let mut t = self.progress_at.saturating_add(self.cfg.stall_timeout_us);
-        if link.resync_wanted {
+        if link.resync_wanted && self.pending.is_empty() {
             let at = link
                 .last_resync_at
                 .map_or(0, |l| l.saturating_add(interval));

@@ -412,7 +412,12 @@ impl Sender {
             if let Some(f) = s.flights.front() {
                 at(f.sent_at.saturating_add(self.cfg.retransmit_timeout_us));
             }
-            if !s.staged.is_empty() {
+            // Linger matters only for a partial batch not already blocked by the window.
+            if !s.staged.is_empty()
+                && s.ready.is_none()
+                && s.staged.len() < self.cfg.max_batch_records
+                && s.staged_bytes < self.cfg.max_batch_bytes
+            {
                 at(s.staged_since.saturating_add(self.cfg.linger_us));
             }
             if self.head > self.acked {
