@@ -329,16 +329,17 @@
       this.fillTable();
       if (!this.svg) return;
       const svg = this.svg;
+      const pts = this.points
+        .map((p) => ({ t: p.t / 1000, y: this.numeric(p.v), v: p.v }))
+        .filter((p) => Number.isFinite(p.y));
+      this.plotted = pts;
+      this.fig.classList.toggle("no-data", !pts.length);
       const W = svg.clientWidth || 600, H = svg.clientHeight || 190;
       svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
       svg.replaceChildren();
       const m = { l: 52, r: 12, t: 10, b: 22 };
       const pw = W - m.l - m.r, ph = H - m.t - m.b;
       const t1 = Date.now(), t0 = t1 - RANGES[this.range];
-      const pts = this.points
-        .map((p) => ({ t: p.t / 1000, y: this.numeric(p.v), v: p.v }))
-        .filter((p) => Number.isFinite(p.y));
-      this.plotted = pts;
       svg.dataset.points = String(pts.length);
       svg.dataset.range = this.range;
       if (pts.length) {

@@ -347,6 +347,16 @@ fn value_rows(d: &Device, resources: &[Resource]) -> Vec<ValueRow> {
         .collect()
 }
 
+fn chart_rows(d: &Device, resources: &[Resource]) -> Vec<ValueRow> {
+    let mut rows: Vec<ValueRow> = value_rows(d, resources)
+        .into_iter()
+        .filter(|r| r.chartable)
+        .collect();
+    // Stable: alphabetical within each group.
+    rows.sort_by_key(|r| r.value.is_none());
+    rows
+}
+
 #[derive(Template)]
 #[template(path = "device.html")]
 struct DevicePage {
@@ -361,8 +371,9 @@ struct DevicePage {
     permissions: Vec<(String, &'static str)>,
     config: Vec<ConfigRow>,
     values: Vec<ValueRow>,
-    /// Whether any resource is drawn, to explain an empty chart section.
-    any_chart: bool,
+    /// The drawable resources, those with data first so that the charts that matter are on
+    /// screen without scrolling.
+    charts: Vec<ValueRow>,
     range: &'static str,
     ranges: Vec<RangeOpt>,
 }
@@ -448,7 +459,7 @@ pub async fn page(
             .collect(),
         config,
         values: value_rows(&d, &resources),
-        any_chart: resources.iter().any(|r| chartable(r.format)),
+        charts: chart_rows(&d, &resources),
         range: range_or_default(q.range.as_deref()),
         ranges: range_opts(range_or_default(q.range.as_deref())),
     }))

@@ -61,6 +61,19 @@ async fn value(b: &Browser, css: &str) -> anyhow::Result<String> {
         .unwrap_or_default())
 }
 
+/// Waits until the element at `css` exists and its text contains `needle` (a click that
+/// navigates may return before the next page is there).
+async fn wait_text(b: &Browser, css: &str, needle: &str) -> anyhow::Result<String> {
+    eventually(&format!("{css} to say {needle:?}"), DEADLINE, || async {
+        let t = match b.client.find(Locator::Css(css)).await {
+            Ok(e) => e.text().await.unwrap_or_default(),
+            Err(_) => return Ok(None),
+        };
+        Ok(t.contains(needle).then_some(t))
+    })
+    .await
+}
+
 /// Waits until `attr` of the element at `css` satisfies `ok`.
 async fn wait_attr(
     b: &Browser,
@@ -136,8 +149,7 @@ async fn operator_creates_a_connector_resource_and_device_and_sees_data_on_the_c
     click(&b, "label.switch").await?;
     click(&b, "#create").await?;
     b.wait_for("#add-device").await?;
-    let flash = text(&b, "#flash").await?;
-    ensure!(flash.contains("plant-north"), "{flash}");
+    wait_text(&b, "#flash", "plant-north").await?;
     let cid = text(&b, "#connector-id").await?;
     ensure!(cid.len() == 14, "connector id {cid:?}");
 
@@ -151,6 +163,11 @@ async fn operator_creates_a_connector_resource_and_device_and_sees_data_on_the_c
     fill(&b, "#resource-unit", "°C").await?;
     click(&b, "#add-resource").await?;
     b.wait_for("tr[data-resource='temperature']").await?;
+    fill(&b, "#resource-name", "setpoint").await?;
+    fill(&b, "#resource-unit", "°C").await?;
+    click(&b, "#resource-settable").await?;
+    click(&b, "#add-resource").await?;
+    b.wait_for("tr[data-resource='setpoint']").await?;
     shot(&b, "03-resources").await?;
 
     // A device through Add device; its token is shown once.
@@ -206,11 +223,26 @@ async fn operator_creates_a_connector_resource_and_device_and_sees_data_on_the_c
         Ok((t == "25.5 °C").then_some(()))
     })
     .await?;
+    // The range picker redraws without a reload.
+    click(&b, "[data-range-picker] a[data-range='24h']").await?;
+    wait_attr(&b, chart, "data-range", |v| v == "24h").await?;
+    wait_attr(&b, chart, "data-points", |v| v == POINTS.to_string()).await?;
+
+    // Tags and configuration are edited in place; each change comes back as a notice.
+    fill(&b, "#tag-key", "floor").await?;
+    fill(&b, "#tag-value", "2").await?;
+    click(&b, "#tag-form button").await?;
+    wait_text(&b, "#flash", "floor").await?;
     let tags = text(&b, "#tags").await?;
     ensure!(
-        tags.contains("site") && tags.contains("north"),
+        tags.contains("site") && tags.contains("north") && tags.contains("floor"),
         "tags {tags}"
     );
+    fill(&b, "#config input[name='value']", "21.5").await?;
+    click(&b, "#config button[value='set']").await?;
+    wait_text(&b, "#flash", "setpoint").await?;
+    ensure!(value(&b, "#config input[name='value']").await? == "21.5");
+    wait_attr(&b, chart, "data-points", |v| v == POINTS.to_string()).await?;
     shot(&b, "05-device").await?;
 
     // The data view of the resource draws the same series, larger.
@@ -243,7 +275,12 @@ async fn operator_creates_a_connector_resource_and_device_and_sees_data_on_the_c
         .await?;
     click(&b, "label.switch").await?;
     click(&b, "#save-resource").await?;
-    b.wait_for("#flash").await?;
+    wait_text(&b, "#flash", "saved").await?;
+    let admin = site.admin().await?;
+    let saved = admin
+        .get_ok(&format!("/api/v1/connectors/{cid}/resources/temperature"))
+        .await?;
+    ensure!(saved["remote_sync"] == true, "{saved}");
     ensure!(
         b.wait_for("#remote-sync-toggle")
             .await?
@@ -276,13 +313,10 @@ async fn operator_creates_a_connector_resource_and_device_and_sees_data_on_the_c
     // Deleting asks first, then deletes; signing out ends the session.
     b.goto(&url(&format!("/connectors/{cid}/settings"))).await?;
     click(&b, "#delete-connector").await?;
-    let dialog = text(&b, "#confirm-text").await?;
-    ensure!(dialog.contains("cannot be undone"), "{dialog}");
+    wait_text(&b, "#confirm-text", "cannot be undone").await?;
     shot(&b, "12-confirm-delete").await?;
     click(&b, "#confirm-ok").await?;
-    let flash = text(&b, "#flash").await?;
-    ensure!(flash.contains("deleted"), "{flash}");
-    let admin = site.admin().await?;
+    wait_text(&b, "#flash", "deleted").await?;
     let left = admin.get_ok("/api/v1/connectors").await?;
     ensure!(left.as_array().is_some_and(Vec::is_empty), "{left}");
 
