@@ -243,10 +243,10 @@ async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
 }
 
 async fn metrics(State(state): State<AppState>, mut parts: Parts) -> Response {
-    if !state.metrics_public {
-        if let Err(e) = User::from_request_parts(&mut parts, &state).await {
-            return e.into_response();
-        }
+    if !state.metrics_public
+        && let Err(e) = User::from_request_parts(&mut parts, &state).await
+    {
+        return e.into_response();
     }
     (
         [("content-type", "text/plain; version=0.0.4")],

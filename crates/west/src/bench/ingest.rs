@@ -49,13 +49,18 @@ pub fn sensor_value(d: u64, i: u64) -> f64 {
 }
 
 pub async fn run(args: IngestArgs) -> anyhow::Result<Report> {
-    anyhow::ensure!(args.devices > 0 && args.batch > 0 && args.clients > 0, "counts must be positive");
+    anyhow::ensure!(
+        args.devices > 0 && args.batch > 0 && args.clients > 0,
+        "counts must be positive"
+    );
     let bin = std::env::current_exe().context("finding the west binary")?;
     let mut opts = SiteOpts::new("bench-site");
     opts.extra = vec!["--synchronous".into(), args.synchronous.clone()];
     let site = SiteProc::start(&bin, opts).await?;
     let api = site.admin().await?;
-    let c = api.post_ok("/api/v1/connectors", json!({"name": "bench"})).await?;
+    let c = api
+        .post_ok("/api/v1/connectors", json!({"name": "bench"}))
+        .await?;
     let cid = c["id"].as_str().context("connector id")?.to_owned();
     api.post_ok(
         &format!("/api/v1/connectors/{cid}/resources"),
@@ -76,12 +81,24 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<Report> {
     report.add("bulk ingest wall time", secs, "s");
 
     let hist = latency(&api, &cid, args.samples).await?;
-    report.add("single-point p50", hist.value_at_quantile(0.50) as f64 / 1000.0, "ms");
-    report.add("single-point p99", hist.value_at_quantile(0.99) as f64 / 1000.0, "ms");
+    report.add(
+        "single-point p50",
+        hist.value_at_quantile(0.50) as f64 / 1000.0,
+        "ms",
+    );
+    report.add(
+        "single-point p99",
+        hist.value_at_quantile(0.99) as f64 / 1000.0,
+        "ms",
+    );
     report.add("single-point max", hist.max() as f64 / 1000.0, "ms");
 
-    let db = std::fs::metadata(site.data_dir.join("site.db")).map(|m| m.len()).unwrap_or(0);
-    let wal = std::fs::metadata(site.data_dir.join("site.db-wal")).map(|m| m.len()).unwrap_or(0);
+    let db = std::fs::metadata(site.data_dir.join("site.db"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let wal = std::fs::metadata(site.data_dir.join("site.db-wal"))
+        .map(|m| m.len())
+        .unwrap_or(0);
     report.add(
         "stored bytes per point",
         (db + wal) as f64 / (points + args.samples) as f64,

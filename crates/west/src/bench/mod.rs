@@ -65,7 +65,11 @@ impl Report {
         self.rows
             .iter()
             .map(|(name, value, unit)| {
-                let key = format!("{}_{}", name.replace([' ', '-'], "_"), unit.replace('/', "_per_"));
+                let key = format!(
+                    "{}_{}",
+                    name.replace([' ', '-'], "_"),
+                    unit.replace('/', "_per_")
+                );
                 (key, serde_json::json!(value))
             })
             .collect()
