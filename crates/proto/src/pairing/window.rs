@@ -91,6 +91,23 @@ impl PairingWindow {
     }
 
     /// The code to show on the Source's screen.
+    /// Rebuilds a window after a restart of the site from what the site persisted: the
+    /// code, the end of the countdown and the attempts already answered. An attempt that was
+    /// in flight when the site stopped is among `failures`: it counted when it was answered.
+    pub fn restore(code: PairingCode, expires_at_us: u64, failures: u8) -> Self {
+        let mut w = Self::open(code, 0, expires_at_us);
+        for _ in 0..failures.min(MAX_ATTEMPTS) {
+            w.count_failure();
+        }
+        w
+    }
+
+    /// Attempts answered so far, the one in flight included: what a site persists so that
+    /// [`restore`](Self::restore) after a crash never grants a sixth guess.
+    pub fn attempts_used(&self) -> u8 {
+        self.failures.saturating_add(u8::from(self.pending.is_some()))
+    }
+
     pub fn code(&self) -> &PairingCode {
         &self.code
     }
@@ -212,6 +229,26 @@ mod tests {
         assert_eq!(
             w.complete(&a, 1_600),
             Err(PairingError::Closed(WindowClosed::Expired))
+        );
+    }
+
+    #[test]
+    fn a_restored_window_keeps_its_used_attempts() {
+        let mut w = window();
+        let _ = w.attempt(1_000).expect("open");
+        assert_eq!(w.attempts_used(), 1);
+        let w = PairingWindow::restore(w.code().clone(), w.expires_at_us(), w.attempts_used());
+        assert_eq!(
+            w.status(1_000),
+            WindowStatus::Open {
+                expires_at_us: 1_600,
+                attempts_left: 4
+            }
+        );
+        let w = PairingWindow::restore(w.code().clone(), 1_600, MAX_ATTEMPTS);
+        assert_eq!(
+            w.status(1_000),
+            WindowStatus::Closed(WindowClosed::TooManyAttempts)
         );
     }
 
