@@ -168,6 +168,17 @@
     });
   }
 
+  // A page waiting for a pairing reloads when the connector's Remote-Sync state changes
+  // (paired by the Target, expired, or cancelled elsewhere).
+  async function pollSyncState() {
+    const host = $("[data-sync-src]");
+    if (!host || document.hidden) return;
+    try {
+      const rs = await getJson(host.dataset.syncSrc);
+      if (rs.state !== host.dataset.syncState) location.reload();
+    } catch (_) { /* the header's dot already says the site is unreachable */ }
+  }
+
   // ---- Latest values of a device -------------------------------------------------------
 
   async function pollDevice() {
@@ -509,6 +520,7 @@
   setInterval(pollHealth, POLL_MS);
   tickCountdown();
   setInterval(tickCountdown, 1000);
+  setInterval(pollSyncState, 2000);
   setupCharts();
   if ($("[data-device-src]")) setInterval(pollDevice, POLL_MS);
 })();

@@ -26,6 +26,10 @@ pub enum ApiError {
     #[error("{0}")]
     PeerOffline(String),
     #[error("{0}")]
+    PairingExpired(String),
+    #[error("{0}")]
+    PairingCodeWrong(String),
+    #[error("{0}")]
     Unauthorized(&'static str),
     #[error("{0}")]
     Forbidden(String),
@@ -43,6 +47,8 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::PeerOffline(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::PairingExpired(_) => StatusCode::GONE,
+            ApiError::PairingCodeWrong(_) => StatusCode::FORBIDDEN,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -59,6 +65,8 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::TooLarge { .. } => "payload_too_large",
             ApiError::PeerOffline(_) => "peer_offline",
+            ApiError::PairingExpired(_) => "pairing_expired",
+            ApiError::PairingCodeWrong(_) => "pairing_code_wrong",
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::Internal => "internal",

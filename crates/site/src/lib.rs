@@ -14,6 +14,7 @@ pub mod auth;
 pub mod error;
 pub mod link;
 pub mod metrics;
+pub mod remote;
 pub mod state;
 pub mod ui;
 
@@ -45,6 +46,8 @@ pub struct SiteConfig {
     pub body_limit: usize,
     /// Durability of each commit. Default: `Normal` (survives a crash of the process).
     pub synchronous: Synchronous,
+    /// How long a pairing code stays valid. Default: 10 minutes.
+    pub pairing_window: std::time::Duration,
 }
 
 impl SiteConfig {
@@ -57,6 +60,7 @@ impl SiteConfig {
             metrics_public: false,
             body_limit: 8 * 1024 * 1024,
             synchronous: Synchronous::Normal,
+            pairing_window: std::time::Duration::from_secs(600),
         }
     }
 }
@@ -114,6 +118,8 @@ pub async fn prepare(config: &SiteConfig) -> anyhow::Result<Prepared> {
         link,
         metrics_public: config.metrics_public,
         body_limit: config.body_limit,
+        pairing_window: config.pairing_window,
+        pairings: remote::pairing::Pairings::default(),
     });
     Ok(Prepared {
         state,
@@ -131,9 +137,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let mut link_task = prepared.link_task;
-    // Nobody took the inbound requests: close the receiver so that they are answered with a
-    // failure at once rather than left to time out.
-    drop(prepared.inbound);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let mut services = tokio::task::JoinSet::new();
+    remote::spawn(
+        prepared.state.clone(),
+        prepared.inbound,
+        cancel.clone(),
+        &mut services,
+    );
     let app = router(prepared.state);
     let addr = listener
         .local_addr()
@@ -147,6 +158,8 @@ pub async fn serve(
         },
         None => http.await.context("serving HTTP"),
     };
+    cancel.cancel();
+    while services.join_next().await.is_some() {}
     if let Some(task) = link_task {
         task.shutdown().await;
     }

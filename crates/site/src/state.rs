@@ -28,6 +28,10 @@ pub struct Inner {
     pub metrics_public: bool,
     /// Largest accepted request body, in bytes.
     pub body_limit: usize,
+    /// How long a pairing code stays valid.
+    pub pairing_window: std::time::Duration,
+    /// The Source's open pairing windows (countdowns and attempts in flight).
+    pub pairings: crate::remote::pairing::Pairings,
 }
 
 impl std::ops::Deref for AppState {

@@ -86,6 +86,9 @@ pub async fn run(args: SiteArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| "127.0.0.1:8080".into());
     let mut cfg = SiteConfig::new(name, data_dir);
     cfg.admin_password = args.admin_password.or(file.admin_password);
+    if let Some(w) = args.pairing_window {
+        cfg.pairing_window = w;
+    }
     cfg.metrics_public = args.metrics_public || file.metrics_public.unwrap_or(false);
     cfg.synchronous = match args.synchronous.or(file.synchronous) {
         Some(SyncMode::Full) => Synchronous::Full,

@@ -63,14 +63,15 @@ pub async fn create_connector(
             "description must be at most 1024 characters".into(),
         ));
     }
-    if let Some(target) = &body.remote_sync_target {
-        // Pairing needs the hub link; until this site has one, say so plainly and create
-        // nothing.
-        let _code = &target.pairing_code;
-        return Err(ApiError::PeerOffline(format!(
-            "this site cannot reach site {:?} to pair with connector {}: it has no hub link",
-            target.remote_site, target.remote_connector_id
-        )));
+    if let Some(target) = body.remote_sync_target {
+        let req = crate::remote::pairing::TargetRequest {
+            name,
+            description: body.description,
+            remote_site: target.remote_site,
+            remote_connector_id: target.remote_connector_id,
+            pairing_code: target.pairing_code,
+        };
+        return crate::remote::pairing::create_target(state, req).await;
     }
     let mut bytes = [0u8; proto::model::CONNECTOR_ID_LEN];
     rand::rng().fill_bytes(&mut bytes);
@@ -118,6 +119,32 @@ pub async fn delete_connector(state: &AppState, cid: &ConnectorId) -> Result<(),
     state.store.delete_connector(cid).await?;
     tracing::info!(connector = %cid, "deleted connector");
     Ok(())
+}
+
+pub async fn enable(
+    State(state): State<AppState>,
+    _: User,
+    Path(cid): Path<String>,
+) -> Result<Json<Json_>, ApiError> {
+    let cid = connector_id(&cid)?;
+    let c = crate::remote::pairing::enable(&state, &cid).await?;
+    let window = state.store.pairing_window(&cid).await?;
+    Ok(Json(serde_json::json!({
+        "state": c.state.as_str(),
+        "site": state.site_name,
+        "connector_id": c.id,
+        "pairing_code": window.as_ref().map(|w| w.code.clone()),
+        "expires_at": c.pairing_expires_at.map(crate::state::rfc3339),
+    })))
+}
+
+pub async fn disable(
+    State(state): State<AppState>,
+    _: User,
+    Path(cid): Path<String>,
+) -> Result<Json<Json_>, ApiError> {
+    let c = crate::remote::pairing::disable(&state, &connector_id(&cid)?).await?;
+    Ok(Json(remote_sync_json(&state, &c)))
 }
 
 pub async fn remote_sync(

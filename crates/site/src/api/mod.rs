@@ -5,7 +5,7 @@
 pub(crate) mod connectors;
 mod data;
 pub(crate) mod devices;
-mod hub;
+pub(crate) mod hub;
 pub(crate) mod render;
 pub(crate) mod resources;
 
@@ -43,6 +43,14 @@ pub fn routes(state: AppState) -> Router {
         .route(
             "/connectors/{cid}/remote-sync",
             get(connectors::remote_sync),
+        )
+        .route(
+            "/connectors/{cid}/remote-sync/enable",
+            post(connectors::enable),
+        )
+        .route(
+            "/connectors/{cid}/remote-sync/disable",
+            post(connectors::disable),
         )
         .route(
             "/connectors/{cid}/resources",

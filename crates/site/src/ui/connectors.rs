@@ -9,7 +9,7 @@ use askama::Template;
 use axum::Form;
 use axum::extract::{Path, State};
 use axum::response::Response;
-use proto::model::{Role, SyncState};
+use proto::model::SyncState;
 use serde::Deserialize;
 use store::Connector;
 
@@ -216,6 +216,8 @@ struct RemotePage {
     /// ENABLE REMOTE-SYNC needs the hub: pairing is a rendezvous through it.
     hub_connected: bool,
     site: String,
+    /// The one-time code while the countdown runs.
+    pairing_code: Option<String>,
 }
 
 pub async fn remote_sync(
@@ -236,12 +238,17 @@ pub async fn remote_sync(
         tab: "settings",
         hub_connected: state.link.state().connected(),
         site: state.site_name.clone(),
+        pairing_code: state
+            .store
+            .pairing_window(&c.id)
+            .await
+            .ok()
+            .flatten()
+            .map(|w| w.code),
     }))
 }
 
-/// HOOK(pairing): ENABLE REMOTE-SYNC. The pairing issue replaces the body with the call that
-/// starts the countdown (`POST /api/v1/connectors/{cid}/remote-sync/enable`'s function) and
-/// redirects back to the Remote-Sync tab, which then shows the countdown and the code.
+/// ENABLE REMOTE-SYNC: starts the countdown and shows the code on the Remote-Sync tab.
 pub async fn enable_remote_sync(
     ctx: Ctx,
     State(state): State<AppState>,
@@ -249,14 +256,27 @@ pub async fn enable_remote_sync(
 ) -> UiResult {
     let c = load_connector(&state, &ctx, &cid).await?;
     let back = format!("/connectors/{}/settings/remote-sync", c.id);
-    let reason = if !state.link.state().connected() {
-        "Remote-Sync requires a hub connection; this site has none right now."
-    } else if c.role == Role::Target || c.state == SyncState::Paired {
-        "This connector is already paired."
-    } else {
-        "Pairing is not available in this version of the site yet."
-    };
-    Ok(flash_error_redirect(&back, reason))
+    match crate::remote::pairing::enable(&state, &c.id).await {
+        Ok(_) => Ok(flash_redirect(
+            &back,
+            "Pairing started: give the Target operator the site name, connector ID and code below.",
+        )),
+        Err(e) => Ok(flash_error_redirect(&back, &e.to_string())),
+    }
+}
+
+/// Cancel on the countdown: closes the pairing window.
+pub async fn disable_remote_sync(
+    ctx: Ctx,
+    State(state): State<AppState>,
+    Path(cid): Path<String>,
+) -> UiResult {
+    let c = load_connector(&state, &ctx, &cid).await?;
+    let back = format!("/connectors/{}/settings/remote-sync", c.id);
+    match crate::remote::pairing::disable(&state, &c.id).await {
+        Ok(_) => Ok(flash_redirect(&back, "Pairing cancelled.")),
+        Err(e) => Ok(flash_error_redirect(&back, &e.to_string())),
+    }
 }
 
 pub async fn delete(ctx: Ctx, State(state): State<AppState>, Path(cid): Path<String>) -> UiResult {

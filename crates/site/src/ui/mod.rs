@@ -63,6 +63,10 @@ pub fn routes(state: AppState) -> Router {
             post(connectors::enable_remote_sync),
         )
         .route(
+            "/connectors/{cid}/settings/remote-sync/disable",
+            post(connectors::disable_remote_sync),
+        )
+        .route(
             "/connectors/{cid}/resources",
             get(resources::list).post(resources::create),
         )
