@@ -443,3 +443,42 @@ async fn a_site_that_does_not_trust_the_hub_certificate_never_connects() -> anyh
     assert!(!hub.site_connected("site-a").await?);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_site_answers_every_request_echo_or_failure() -> anyhow::Result<()> {
+    let hub = HubProc::start(util::bin()).await?;
+    let a = site(&hub, "site-a").await?;
+    wait_link(&a, true).await?;
+    let cred = hub.add_site("site-c").await?;
+    let (mut c, _) = RawClient::hello(&hub, "site-c", &cred).await?;
+    let request = |connector: &str, id: u64| {
+        Frame::Route(Routed {
+            from: Address::new("site-c", "c1"),
+            to: Address::new("site-a", connector),
+            kind: Kind::Request,
+            id,
+            payload: b"are you there".to_vec(),
+        })
+    };
+
+    // The built-in echo answers with the payload.
+    c.send(&request("_echo", 1)).await?;
+    match c.recv().await? {
+        Some(Frame::Route(r)) => {
+            assert_eq!((r.kind, r.id), (Kind::Response, 1));
+            assert_eq!(r.payload, b"are you there");
+            assert_eq!(r.from, Address::new("site-a", "_echo"));
+        }
+        other => anyhow::bail!("expected the echo, got {other:?}"),
+    }
+    // A connector no service listens on: a failure with a reason, not silence.
+    c.send(&request("09iolmnn8090ol", 2)).await?;
+    match c.recv().await? {
+        Some(Frame::Route(r)) => {
+            assert_eq!((r.kind, r.id), (Kind::Failure, 2));
+            assert!(String::from_utf8_lossy(&r.payload).contains("no service"));
+        }
+        other => anyhow::bail!("expected a failure, got {other:?}"),
+    }
+    Ok(())
+}
