@@ -75,6 +75,8 @@ pub struct Prepared {
     /// Requests and messages from other sites. Whoever serves them (pairing, device lookup,
     /// sync) takes this before [`serve`]; left here, requests are answered with a failure.
     pub inbound: Option<tokio::sync::mpsc::Receiver<link::Inbound>>,
+    /// Requests to start a paired connector's session, for the remote supervisor.
+    pub starts: remote::Starts,
 }
 
 /// Opens the store, runs migrations and creates the admin user on first start.
@@ -111,6 +113,7 @@ pub async fn prepare(config: &SiteConfig) -> anyhow::Result<Prepared> {
         }
         None => (link::Link::disabled(), None, None),
     };
+    let (remote, starts) = remote::Remote::new();
     let state = AppState::new(state::Inner {
         store,
         site_name: config.name.clone(),
@@ -120,12 +123,14 @@ pub async fn prepare(config: &SiteConfig) -> anyhow::Result<Prepared> {
         body_limit: config.body_limit,
         pairing_window: config.pairing_window,
         pairings: remote::pairing::Pairings::default(),
+        remote,
     });
     Ok(Prepared {
         state,
         generated_admin_password: generated,
         link_task,
         inbound,
+        starts,
     })
 }
 
@@ -142,6 +147,7 @@ pub async fn serve(
     remote::spawn(
         prepared.state.clone(),
         prepared.inbound,
+        prepared.starts,
         cancel.clone(),
         &mut services,
     );

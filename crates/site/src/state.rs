@@ -32,6 +32,8 @@ pub struct Inner {
     pub pairing_window: std::time::Duration,
     /// The Source's open pairing windows (countdowns and attempts in flight).
     pub pairings: crate::remote::pairing::Pairings,
+    /// Encrypted sessions of paired connectors with their peers.
+    pub remote: crate::remote::Remote,
 }
 
 impl std::ops::Deref for AppState {

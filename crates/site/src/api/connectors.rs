@@ -157,3 +157,29 @@ pub async fn remote_sync(
     rs["gaps"] = Json_::Array(vec![]);
     Ok(Json(rs))
 }
+
+/// `POST …/remote-sync/ping`: a round trip through the connector's end-to-end encrypted
+/// session with its peer.
+pub async fn ping(
+    State(state): State<AppState>,
+    _: User,
+    Path(cid): Path<String>,
+) -> Result<Json<Json_>, ApiError> {
+    let cid = connector_id(&cid)?;
+    let c = state.store.connector(&cid).await?;
+    if c.state != SyncState::Paired {
+        return Err(ApiError::Conflict(format!(
+            "connector {cid} is not paired, so it has no peer to reach"
+        )));
+    }
+    let rtt = state
+        .remote
+        .ping(&cid, std::time::Duration::from_secs(5))
+        .await
+        .map_err(|e| {
+            ApiError::PeerOffline(format!("the peer of connector {cid} did not answer: {e}"))
+        })?;
+    Ok(Json(
+        serde_json::json!({ "rtt_ms": rtt.as_secs_f64() * 1000.0 }),
+    ))
+}

@@ -52,6 +52,7 @@ pub fn routes(state: AppState) -> Router {
             "/connectors/{cid}/remote-sync/disable",
             post(connectors::disable),
         )
+        .route("/connectors/{cid}/remote-sync/ping", post(connectors::ping))
         .route(
             "/connectors/{cid}/resources",
             get(resources::list).post(resources::create),

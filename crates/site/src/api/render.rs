@@ -26,7 +26,11 @@ pub fn remote_sync_json(state: &AppState, c: &Connector) -> Json {
     if c.state == proto::model::SyncState::Paired {
         rs.insert(
             "link".into(),
-            json!({ "connected": state.link.state().connected(), "lag_seconds": 0, "backlog_points": 0 }),
+            json!({
+                "connected": state.remote.peer(&c.id).is_some_and(|p| p.is_up()),
+                "lag_seconds": 0,
+                "backlog_points": 0,
+            }),
         );
     }
     Json::Object(rs)

@@ -1,49 +1,125 @@
-//! Everything this site does with other sites over the hub link: serving the built-in
-//! services other sites address (pairing now; device lookup and sync later), and background
-//! duties such as closing expired pairing windows.
+//! Everything this site does with other sites over the hub link: the built-in services other
+//! sites address (`_pairing`), the encrypted session of every paired connector with its peer
+//! (`peer`), and background duties such as closing expired pairing windows.
 //!
-//! One task reads the link's inbound receiver and hands each message to its service by the
-//! connector name it is addressed to; every service runs in its own task so that a slow one
-//! never holds up the others.
+//! ```text
+//!  link inbound ──▶ dispatch ──┬─ "_pairing"            ──▶ pairing::on_message (own task)
+//!                              └─ a paired connector id ──▶ its PeerHandle (sender checked)
+//!  per paired connector: peer session task ⇄ connector task (answers pings; the sync
+//!  driver joins here)
+//! ```
+//!
+//! The supervisor task owns every task it starts; cancelling its token stops them all.
+//! Sessions start at boot for every paired connector, and when a pairing completes.
 
 pub mod pairing;
+pub mod peer;
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use proto::channel::PinnedPeer;
+use proto::model::{ConnectorId, SyncState};
+use proto::pairing::{ConnectorAddr, StaticKeypair};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::link::Inbound;
 use crate::state::AppState;
+use peer::{PeerEvent, PeerHandle, SessionSpec};
+
+/// First byte of every plaintext on a session: which service it is for.
+pub mod service {
+    /// An end-to-end ping: the peer answers `PONG` with the same nonce.
+    pub const PING: u8 = 0x00;
+    pub const PONG: u8 = 0x01;
+}
+
+/// The site's view of its peers: one session handle per paired connector.
+pub struct Remote {
+    peers: Mutex<HashMap<ConnectorId, PeerHandle>>,
+    /// Asks the supervisor to start a connector's session (after a pairing completes).
+    start: mpsc::UnboundedSender<ConnectorId>,
+    /// End-to-end pings waiting for their pong, by nonce.
+    pings: Mutex<HashMap<u64, oneshot::Sender<()>>>,
+}
+
+/// The supervisor's end of [`Remote::start`]; handed to [`spawn`].
+pub struct Starts(mpsc::UnboundedReceiver<ConnectorId>);
+
+impl Remote {
+    pub fn new() -> (Self, Starts) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            Self {
+                peers: Mutex::new(HashMap::new()),
+                start: tx,
+                pings: Mutex::new(HashMap::new()),
+            },
+            Starts(rx),
+        )
+    }
+
+    /// Starts the session of a connector that has just been paired.
+    pub fn start(&self, cid: &ConnectorId) {
+        let _ = self.start.send(cid.clone());
+    }
+
+    /// The session handle of a paired connector, if its session task runs.
+    pub fn peer(&self, cid: &ConnectorId) -> Option<PeerHandle> {
+        self.lock_peers().get(cid).cloned()
+    }
+
+    fn lock_peers(&self) -> std::sync::MutexGuard<'_, HashMap<ConnectorId, PeerHandle>> {
+        self.peers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_pings(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<()>>> {
+        self.pings.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A round trip through the connector's end-to-end session: proof that the peer holds
+    /// the pinned key and answers.
+    pub async fn ping(
+        &self,
+        cid: &ConnectorId,
+        timeout: Duration,
+    ) -> Result<Duration, peer::PeerError> {
+        let handle = self.peer(cid).ok_or(peer::PeerError::NotUp)?;
+        let nonce = rand_core::RngCore::next_u64(&mut rand_core::OsRng);
+        let (tx, rx) = oneshot::channel();
+        self.lock_pings().insert(nonce, tx);
+        let started = Instant::now();
+        let mut msg = vec![service::PING];
+        msg.extend_from_slice(&nonce.to_le_bytes());
+        let sent = handle.send(msg).await;
+        let answer = match sent {
+            Ok(()) => tokio::time::timeout(timeout, rx).await,
+            Err(e) => {
+                self.lock_pings().remove(&nonce);
+                return Err(e);
+            }
+        };
+        self.lock_pings().remove(&nonce);
+        match answer {
+            Ok(Ok(())) => Ok(started.elapsed()),
+            _ => Err(peer::PeerError::NotUp),
+        }
+    }
+}
 
 /// Starts the services; they stop when `cancel` is cancelled.
 pub fn spawn(
     state: AppState,
     inbound: Option<mpsc::Receiver<Inbound>>,
+    starts: Starts,
     cancel: CancellationToken,
     tasks: &mut JoinSet<()>,
 ) {
-    if let Some(mut inbound) = inbound {
-        let (state, cancel) = (state.clone(), cancel.clone());
-        tasks.spawn(async move {
-            let mut handlers = JoinSet::new();
-            loop {
-                tokio::select! {
-                    biased;
-                    () = cancel.cancelled() => break,
-                    msg = inbound.recv() => match msg {
-                        None => break,
-                        Some(msg) => {
-                            let state = state.clone();
-                            handlers.spawn(dispatch(state, msg));
-                        }
-                    },
-                    Some(_) = handlers.join_next(), if !handlers.is_empty() => {}
-                }
-            }
-            handlers.shutdown().await;
-        });
+    if let Some(inbound) = inbound {
+        tasks.spawn(supervise(state.clone(), inbound, starts, cancel.clone()));
     }
     tasks.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -61,16 +137,159 @@ pub fn spawn(
     });
 }
 
-async fn dispatch(state: AppState, msg: Inbound) {
-    match msg.connector.as_str() {
-        pairing::PAIRING_SERVICE => pairing::on_message(&state, msg).await,
-        other => {
-            tracing::debug!(service = other, from = %msg.from, "message for an unknown service");
+/// Dispatches inbound messages and owns every session and connector task.
+async fn supervise(
+    state: AppState,
+    mut inbound: mpsc::Receiver<Inbound>,
+    mut starts: Starts,
+    cancel: CancellationToken,
+) {
+    let mut tasks = JoinSet::new();
+    match state.store.list_connectors().await {
+        Ok(all) => {
+            for c in all.iter().filter(|c| c.state == SyncState::Paired) {
+                start_connector(&state, &c.id, &cancel, &mut tasks).await;
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot list connectors to start their sessions"),
+    }
+    loop {
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            Some(cid) = starts.0.recv() => start_connector(&state, &cid, &cancel, &mut tasks).await,
+            msg = inbound.recv() => match msg {
+                None => break,
+                Some(msg) => dispatch(&state, msg, &mut tasks).await,
+            },
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    tasks.shutdown().await;
+}
+
+async fn dispatch(state: &AppState, msg: Inbound, tasks: &mut JoinSet<()>) {
+    if msg.connector == pairing::PAIRING_SERVICE {
+        let state = state.clone();
+        tasks.spawn(async move { pairing::on_message(&state, msg).await });
+        return;
+    }
+    let handle = ConnectorId::parse(&msg.connector)
+        .ok()
+        .and_then(|cid| state.remote.peer(&cid));
+    match handle {
+        // Only the pinned peer's address, as the hub authenticated it, reaches a session.
+        Some(h) if h.peer == msg.from => h.deliver(msg.payload).await,
+        Some(h) => {
+            tracing::warn!(from = %msg.from, expected = %h.peer, "session frame from a site that is not the peer; dropped");
+        }
+        None => {
+            tracing::debug!(service = %msg.connector, from = %msg.from, "message for no service here");
             if let Some(reply) = msg.reply {
                 let _ = reply
-                    .fail(&format!("this site has no service {other:?}"))
+                    .fail(&format!("this site has no service {:?}", msg.connector))
                     .await;
             }
+        }
+    }
+}
+
+/// Starts the session and connector task of a paired connector (once).
+async fn start_connector(
+    state: &AppState,
+    cid: &ConnectorId,
+    cancel: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) {
+    if state.remote.peer(cid).is_some() {
+        return;
+    }
+    let spec = match session_spec(state, cid).await {
+        Ok(spec) => spec,
+        Err(e) => {
+            tracing::error!(connector = %cid, error = %e, "cannot start the peer session");
+            return;
+        }
+    };
+    let (events_tx, events_rx) = mpsc::channel(1024);
+    let handle = peer::spawn(
+        spec,
+        state.link.clone(),
+        events_tx,
+        cancel.child_token(),
+        tasks,
+    );
+    state
+        .remote
+        .lock_peers()
+        .insert(cid.clone(), handle.clone());
+    tasks.spawn(connector_task(
+        state.clone(),
+        cid.clone(),
+        handle,
+        events_rx,
+        cancel.child_token(),
+    ));
+}
+
+async fn session_spec(state: &AppState, cid: &ConnectorId) -> anyhow::Result<SessionSpec> {
+    let c = state.store.connector(cid).await?;
+    let keys = state
+        .store
+        .connector_keys(cid)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("connector {cid} is paired but has no keys"))?;
+    let peer = c
+        .peer
+        .ok_or_else(|| anyhow::anyhow!("connector {cid} is paired but has no peer"))?;
+    let site = state
+        .link
+        .site_name()
+        .ok_or_else(|| anyhow::anyhow!("this site runs without a hub"))?;
+    Ok(SessionSpec {
+        connector: cid.clone(),
+        role: c.role,
+        local: ConnectorAddr::new(site, cid.clone())?,
+        keypair: StaticKeypair::from_private(keys.static_private),
+        peer: PinnedPeer {
+            addr: ConnectorAddr::new(peer.site, peer.connector_id)?,
+            static_public: keys.peer_static_public,
+        },
+    })
+}
+
+/// Consumes one connector's session events: answers pings. The sync driver joins here.
+async fn connector_task(
+    state: AppState,
+    cid: ConnectorId,
+    handle: PeerHandle,
+    mut events: mpsc::Receiver<PeerEvent>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let event = tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            e = events.recv() => match e { Some(e) => e, None => break },
+        };
+        match event {
+            PeerEvent::Up | PeerEvent::Down { .. } => {}
+            PeerEvent::Message(msg) => match msg.split_first() {
+                Some((&service::PING, nonce)) => {
+                    let mut pong = vec![service::PONG];
+                    pong.extend_from_slice(nonce);
+                    let _ = handle.send(pong).await;
+                }
+                Some((&service::PONG, nonce)) => {
+                    if let Ok(bytes) = <[u8; 8]>::try_from(nonce) {
+                        let nonce = u64::from_le_bytes(bytes);
+                        if let Some(tx) = state.remote.lock_pings().remove(&nonce) {
+                            let _ = tx.send(());
+                        }
+                    }
+                }
+                _ => tracing::debug!(connector = %cid, "message for an unknown service"),
+            },
         }
     }
 }

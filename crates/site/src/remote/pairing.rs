@@ -233,6 +233,7 @@ async fn answer(state: &AppState, from: &Address, bytes: &[u8]) -> Result<Vec<u8
                     {
                         Ok(_) => {
                             state.pairings.lock().remove(&cid);
+                            state.remote.start(&cid);
                             tracing::info!(connector = %cid, peer_site = %peer.site, peer_connector = %peer.connector_id, "paired as source");
                             Ok(confirm)
                         }
@@ -402,6 +403,7 @@ pub async fn create_target(state: &AppState, req: TargetRequest) -> Result<Conne
         peer_static_public: paired.peer_static_public,
     };
     let c = state.store.create_target_connector(new, peer, keys).await?;
+    state.remote.start(&cid);
     tracing::info!(connector = %cid, "paired as target");
     Ok(c)
 }

@@ -83,6 +83,27 @@ fn other_code(code: &str) -> String {
     unreachable!("some variant of a code is valid")
 }
 
+/// Waits until a round trip through the connector's end-to-end session succeeds.
+async fn session_up(api: &Api, cid: &str) -> anyhow::Result<()> {
+    let what = format!("the encrypted session of {cid}");
+    eventually(&what, DEADLINE, || async {
+        let (s, body) = api
+            .post(
+                &format!("/api/v1/connectors/{cid}/remote-sync/ping"),
+                json!({}),
+            )
+            .await?;
+        Ok((s == StatusCode::OK && body["rtt_ms"].as_f64().is_some()).then_some(()))
+    })
+    .await?;
+    let rs = remote_sync(api, cid).await?;
+    anyhow::ensure!(
+        rs["link"]["connected"] == true,
+        "link not shown connected: {rs}"
+    );
+    Ok(())
+}
+
 async fn remote_sync(api: &Api, cid: &str) -> anyhow::Result<Value> {
     api.get_ok(&format!("/api/v1/connectors/{cid}/remote-sync"))
         .await
@@ -109,6 +130,11 @@ async fn a_source_and_a_target_pair_and_stay_paired() -> anyhow::Result<()> {
     assert_eq!(s["state"], "paired");
     assert_eq!(s["peer"], json!({"site": "site-b", "connector_id": tid}));
     assert_eq!(s["gaps"], json!([]));
+    assert!(s["paired_at"].as_str().is_some(), "{s}");
+
+    // Both connectors reach each other through the end-to-end encrypted session.
+    session_up(&a, &cid).await?;
+    session_up(&b, &tid).await?;
 
     // Paired connectors cannot be deleted, disabled, or paired again.
     for (api, id) in [(&a, &cid), (&b, &tid)] {
