@@ -12,8 +12,10 @@
 //! The supervisor task owns every task it starts; cancelling its token stops them all.
 //! Sessions start at boot for every paired connector, and when a pairing completes.
 
+pub mod lookup;
 pub mod pairing;
 pub mod peer;
+pub mod sync;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -35,6 +37,11 @@ pub mod service {
     /// An end-to-end ping: the peer answers `PONG` with the same nonce.
     pub const PING: u8 = 0x00;
     pub const PONG: u8 = 0x01;
+    /// `proto::sync` messages (the Sender and Receiver of both streams).
+    pub const SYNC: u8 = 0x10;
+    /// Device lookup requests and answers: `0x20..=0x2f`, the lookup module's to define.
+    pub const LOOKUP_FIRST: u8 = 0x20;
+    pub const LOOKUP_LAST: u8 = 0x2f;
 }
 
 /// The site's view of its peers: one session handle per paired connector.
@@ -223,11 +230,13 @@ async fn start_connector(
         .remote
         .lock_peers()
         .insert(cid.clone(), handle.clone());
+    let sync = sync::spawn(state, cid, handle.clone(), cancel.child_token(), tasks);
     tasks.spawn(connector_task(
         state.clone(),
         cid.clone(),
         handle,
         events_rx,
+        sync,
         cancel.child_token(),
     ));
 }
@@ -258,14 +267,24 @@ async fn session_spec(state: &AppState, cid: &ConnectorId) -> anyhow::Result<Ses
     })
 }
 
-/// Consumes one connector's session events: answers pings. The sync driver joins here.
+/// Consumes one connector's session events: answers pings, and hands sync and lookup
+/// messages to their services.
 async fn connector_task(
     state: AppState,
     cid: ConnectorId,
     handle: PeerHandle,
     mut events: mpsc::Receiver<PeerEvent>,
+    sync: Option<mpsc::Sender<sync::SyncEvent>>,
     cancel: CancellationToken,
 ) {
+    let to_sync = |e: sync::SyncEvent| {
+        let sync = sync.clone();
+        async move {
+            if let Some(tx) = sync {
+                let _ = tx.send(e).await;
+            }
+        }
+    };
     loop {
         let event = tokio::select! {
             biased;
@@ -273,8 +292,15 @@ async fn connector_task(
             e = events.recv() => match e { Some(e) => e, None => break },
         };
         match event {
-            PeerEvent::Up | PeerEvent::Down { .. } => {}
+            PeerEvent::Up => to_sync(sync::SyncEvent::Up).await,
+            PeerEvent::Down { .. } => to_sync(sync::SyncEvent::Down).await,
             PeerEvent::Message(msg) => match msg.split_first() {
+                Some((&service::SYNC, body)) => {
+                    to_sync(sync::SyncEvent::Message(body.to_vec())).await;
+                }
+                Some((tag, _)) if (service::LOOKUP_FIRST..=service::LOOKUP_LAST).contains(tag) => {
+                    lookup::on_message(&state, &cid, &handle, &msg).await;
+                }
                 Some((&service::PING, nonce)) => {
                     let mut pong = vec![service::PONG];
                     pong.extend_from_slice(nonce);
