@@ -20,8 +20,12 @@ use store::TokenHash;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// Name of the web UI's session cookie.
-pub const SESSION_COOKIE: &str = "west_session";
+/// Name of the web UI's session cookie of site `site`. Cookies are scoped by host, not by
+/// port, so two sites on one host (quickstart, a laptop) need a name each, or signing in to
+/// one would sign the browser out of the other.
+pub fn session_cookie(site: &str) -> String {
+    format!("west_session_{site}")
+}
 /// Lifetime of a login token: 30 days.
 pub const TOKEN_LIFETIME_MICROS: i64 = 30 * 24 * 3600 * 1_000_000;
 /// The user created on first start.
@@ -71,8 +75,9 @@ pub fn generate_password() -> String {
         .collect()
 }
 
-/// The bearer token of a request: `Authorization: Bearer …` or the session cookie.
-pub fn request_token(parts: &Parts) -> Option<String> {
+/// The bearer token of a request: `Authorization: Bearer …` or site `site`'s session cookie.
+pub fn request_token(parts: &Parts, site: &str) -> Option<String> {
+    let name = session_cookie(site);
     if let Some(v) = parts
         .headers
         .get(AUTHORIZATION)
@@ -87,7 +92,7 @@ pub fn request_token(parts: &Parts) -> Option<String> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == SESSION_COOKIE)
+        .find(|(k, _)| *k == name)
         .map(|(_, v)| v.to_owned())
 }
 
@@ -99,7 +104,7 @@ impl FromRequestParts<AppState> for User {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = request_token(parts).ok_or(ApiError::Unauthorized(
+        let token = request_token(parts, &state.site_name).ok_or(ApiError::Unauthorized(
             "sign in first: POST /api/v1/login, then send Authorization: Bearer TOKEN",
         ))?;
         state
@@ -133,7 +138,7 @@ impl FromRequestParts<AppState> for Writer {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = request_token(parts).ok_or(ApiError::Unauthorized(
+        let token = request_token(parts, &state.site_name).ok_or(ApiError::Unauthorized(
             "send Authorization: Bearer with a user token or the device's own token",
         ))?;
         if let Some(user) = state.user_for_token(&token).await? {

@@ -6,6 +6,7 @@ pub(crate) mod connectors;
 mod data;
 pub(crate) mod devices;
 pub(crate) mod hub;
+pub(crate) mod remote;
 pub(crate) mod render;
 pub(crate) mod resources;
 
@@ -76,6 +77,12 @@ pub fn routes(state: AppState) -> Router {
             post(data::ingest_device),
         )
         .route("/connectors/{cid}/data", post(data::ingest_bulk))
+        .route("/connectors/{cid}/remote/devices", get(remote::list))
+        .route(
+            "/connectors/{cid}/remote/devices/{identity}",
+            get(remote::get_one),
+        )
+        .route("/connectors/{cid}/remote/diff", get(remote::diff))
         .route("/hub/ping", post(hub::ping))
         .route(
             "/connectors/{cid}/devices/{identity}/resources/{name}/data",
@@ -236,7 +243,7 @@ pub async fn sign_in(state: &AppState, username: &str, password: &str) -> Result
 }
 
 async fn logout(State(state): State<AppState>, parts: Parts) -> Result<StatusCode, ApiError> {
-    if let Some(token) = auth::request_token(&parts) {
+    if let Some(token) = auth::request_token(&parts, &state.site_name) {
         state.store.delete_token(auth::token_hash(&token)).await?;
     }
     Ok(StatusCode::NO_CONTENT)

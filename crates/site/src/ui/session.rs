@@ -1,6 +1,6 @@
 //! Signing in and out of the web UI, and the per-request context of every signed-in page.
 //!
-//! The session is the `west_session` cookie (HttpOnly, SameSite=Strict, Path=/) holding a
+//! The session is the `west_session_SITE` cookie (HttpOnly, SameSite=Strict, Path=/) holding a
 //! login token from [`api::sign_in`](crate::api::sign_in), the same token kind the API hands
 //! out; signing out deletes it from the store. A page request without a valid session is
 //! redirected to `/login?next=…` and comes back after signing in.
@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 
 use super::{Crumb, Frame, hub_class, render};
-use crate::auth::{self, SESSION_COOKIE};
+use crate::auth;
 use crate::state::AppState;
 
 /// Name of the one-shot notice cookie.
@@ -97,7 +97,7 @@ impl FromRequestParts<AppState> for Ctx {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
-        let Some(token) = cookie(parts, SESSION_COOKIE) else {
+        let Some(token) = cookie(parts, &auth::session_cookie(&state.site_name)) else {
             return Err(login_redirect(&parts.uri));
         };
         let user = match state.user_for_token(token).await {
@@ -179,7 +179,8 @@ pub async fn login(State(state): State<AppState>, Form(form): Form<LoginForm>) -
     match crate::api::sign_in(&state, form.username.trim(), &form.password).await {
         Ok(token) => {
             let mut resp = Redirect::to(&next).into_response();
-            let cookie = format!("{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict");
+            let name = auth::session_cookie(&state.site_name);
+            let cookie = format!("{name}={token}; Path=/; HttpOnly; SameSite=Strict");
             if let Ok(v) = HeaderValue::from_str(&cookie) {
                 resp.headers_mut().append(SET_COOKIE, v);
             }
@@ -199,16 +200,17 @@ pub async fn login(State(state): State<AppState>, Form(form): Form<LoginForm>) -
 }
 
 pub async fn logout(State(state): State<AppState>, parts: Parts) -> Response {
-    if let Some(token) = cookie(&parts, SESSION_COOKIE)
+    if let Some(token) = cookie(&parts, &auth::session_cookie(&state.site_name))
         && let Err(e) = state.store.delete_token(auth::token_hash(token)).await
     {
         tracing::warn!(error = %e, "could not delete a session token at sign-out");
     }
     let mut resp = Redirect::to("/login").into_response();
-    resp.headers_mut().append(
-        SET_COOKIE,
-        HeaderValue::from_static("west_session=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict"),
-    );
+    let name = auth::session_cookie(&state.site_name);
+    let clear = format!("{name}=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict");
+    if let Ok(v) = HeaderValue::from_str(&clear) {
+        resp.headers_mut().append(SET_COOKIE, v);
+    }
     resp
 }
 

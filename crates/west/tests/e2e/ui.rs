@@ -327,3 +327,111 @@ async fn operator_creates_a_connector_resource_and_device_and_sees_data_on_the_c
 
     b.close().await
 }
+
+/// Signs in on the site at `base` in the same browser (each site is its own origin, so each
+/// keeps its own session cookie).
+async fn sign_in(b: &Browser, base: &str, password: &str) -> anyhow::Result<()> {
+    b.goto(&format!("{base}/login")).await?;
+    fill(b, "#username", "admin").await?;
+    fill(b, "#password", password).await?;
+    click(b, "#sign-in").await?;
+    b.wait_for("header.top").await?;
+    Ok(())
+}
+
+/// Seconds left on the countdown `mm:ss`, if it shows one.
+fn countdown_secs(text: &str) -> Option<u32> {
+    let (m, s) = text.trim().split_once(':')?;
+    Some(m.parse::<u32>().ok()? * 60 + s.parse::<u32>().ok()?)
+}
+
+#[tokio::test]
+async fn two_operators_pair_their_sites_entirely_through_the_web_uis() -> anyhow::Result<()> {
+    let (_hub, sites) = util::hub_and_sites(&[("site-a", &[]), ("site-b", &[])]).await?;
+    let (a, b_site) = (&sites[0], &sites[1]);
+    let b = Browser::start().await?;
+
+    // Source operator: a connector, then Settings → Remote-Sync → ENABLE REMOTE-SYNC.
+    sign_in(&b, &a.url, &a.opts.admin_password).await?;
+    b.goto(&format!("{}/connectors/new", a.url)).await?;
+    fill(&b, "#name", "plant-north").await?;
+    click(&b, "#create").await?;
+    b.wait_for("#add-device").await?;
+    let source_id = text(&b, "#connector-id").await?;
+    b.goto(&format!(
+        "{}/connectors/{source_id}/settings/remote-sync",
+        a.url
+    ))
+    .await?;
+    click(&b, "#enable-remote-sync").await?;
+    wait_text(&b, "#confirm-text", "cannot be undone").await?;
+    click(&b, "#confirm-ok").await?;
+
+    // The countdown runs, and the card says what the Target operator must enter.
+    let first = wait_text(&b, "#countdown", ":").await?;
+    let start = countdown_secs(&first).context("countdown shows mm:ss")?;
+    ensure!(
+        (540..=600).contains(&start),
+        "a fresh ten-minute countdown: {first}"
+    );
+    eventually("the countdown to tick", DEADLINE, || async {
+        let now = text(&b, "#countdown").await?;
+        Ok(countdown_secs(&now).filter(|s| *s < start))
+    })
+    .await?;
+    let card = text(&b, "section.pairing").await?;
+    ensure!(
+        card.contains("site-a") && card.contains(&source_id),
+        "{card}"
+    );
+    let code = text(&b, "#pairing-code").await?;
+    ensure!(
+        code.len() == 12 && code.matches('-').count() == 2,
+        "code {code:?}"
+    );
+    shot(&b, "20-pairing-countdown").await?;
+
+    // Target operator, on the other site in a second tab: Create a Connector with the
+    // Target toggle on. The Source's tab stays open on the countdown.
+    let source_tab = b.client.window().await?;
+    let target_tab = b.client.new_window(true).await?;
+    b.client.switch_to_window(target_tab.handle).await?;
+    sign_in(&b, &b_site.url, &b_site.opts.admin_password).await?;
+    b.goto(&format!("{}/connectors/new", b_site.url)).await?;
+    fill(&b, "#name", "plant-north-copy").await?;
+    click(&b, "label.switch").await?;
+    fill(&b, "#remote-site", "site-a").await?;
+    fill(&b, "#remote-connector-id", &source_id).await?;
+    fill(&b, "#pairing-code", &code.to_lowercase()).await?;
+    click(&b, "#create").await?;
+    b.wait_for("#add-device").await?;
+    let head = text(&b, "div.page-head").await?;
+    ensure!(head.contains("Target") && head.contains("site-a"), "{head}");
+    b.goto(&b_site.url).await?;
+    let row = text(&b, "table").await?;
+    ensure!(
+        row.contains("plant-north-copy") && row.contains("Target"),
+        "{row}"
+    );
+    shot(&b, "21-target-connectors").await?;
+
+    // Back on the Source's Remote-Sync tab: it turned to "Paired" without a reload by hand.
+    b.goto(&format!(
+        "{}/connectors/{source_id}/settings/remote-sync",
+        a.url
+    ))
+    .await?;
+    let paired = wait_text(&b, "main", "Paired").await?;
+    ensure!(paired.contains("site-b"), "{paired}");
+    ensure!(paired.contains("cannot be undone"), "{paired}");
+    shot(&b, "22-source-paired").await?;
+    b.goto(&a.url).await?;
+    let row = text(&b, "table").await?;
+    ensure!(row.contains("Source") && row.contains("site-b"), "{row}");
+    // Deleting is disabled with the reason.
+    b.goto(&format!("{}/connectors/{source_id}/settings", a.url))
+        .await?;
+    let general = text(&b, "main").await?;
+    ensure!(general.contains("paired"), "{general}");
+    b.close().await
+}
