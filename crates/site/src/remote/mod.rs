@@ -51,6 +51,8 @@ pub struct Remote {
     start: mpsc::UnboundedSender<ConnectorId>,
     /// End-to-end pings waiting for their pong, by nonce.
     pings: Mutex<HashMap<u64, oneshot::Sender<()>>>,
+    /// Device lookups waiting for the peer's answer.
+    pub lookups: lookup::Pending,
 }
 
 /// The supervisor's end of [`Remote::start`]; handed to [`spawn`].
@@ -64,6 +66,7 @@ impl Remote {
                 peers: Mutex::new(HashMap::new()),
                 start: tx,
                 pings: Mutex::new(HashMap::new()),
+                lookups: lookup::Pending::default(),
             },
             Starts(rx),
         )
