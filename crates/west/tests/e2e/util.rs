@@ -42,3 +42,50 @@ pub async fn wait_hub_connected(site: &SiteProc) -> anyhow::Result<()> {
     })
     .await
 }
+
+/// A paired pair: a hub, `site-a` with a Source connector and `site-b` with its Target,
+/// both encrypted sessions up. Returns the hub, the sites, and the connector ids (a, b).
+pub async fn paired_sites() -> anyhow::Result<(testkit::HubProc, Vec<SiteProc>, String, String)> {
+    let (hub, sites) = hub_and_sites(&[("site-a", &[]), ("site-b", &[])]).await?;
+    let (a, b) = (sites[0].admin().await?, sites[1].admin().await?);
+    let c = a
+        .post_ok("/api/v1/connectors", serde_json::json!({"name": "plant"}))
+        .await?;
+    let cid = c["id"].as_str().unwrap_or_default().to_owned();
+    let e = a
+        .post_ok(
+            &format!("/api/v1/connectors/{cid}/remote-sync/enable"),
+            serde_json::json!({}),
+        )
+        .await?;
+    let code = e["pairing_code"].as_str().unwrap_or_default();
+    let t = b
+        .post_ok(
+            "/api/v1/connectors",
+            serde_json::json!({"name": "plant-copy", "remote_sync_target":
+                {"remote_site": "site-a", "remote_connector_id": cid, "pairing_code": code}}),
+        )
+        .await?;
+    let tid = t["id"].as_str().unwrap_or_default().to_owned();
+    session_up(&a, &cid).await?;
+    session_up(&b, &tid).await?;
+    Ok((hub, sites, cid, tid))
+}
+
+/// Waits until a round trip through the connector's end-to-end session succeeds.
+pub async fn session_up(api: &testkit::Api, cid: &str) -> anyhow::Result<()> {
+    testkit::eventually(
+        &format!("the encrypted session of {cid}"),
+        testkit::DEADLINE,
+        || async {
+            let (s, _) = api
+                .post(
+                    &format!("/api/v1/connectors/{cid}/remote-sync/ping"),
+                    serde_json::json!({}),
+                )
+                .await?;
+            Ok((s == reqwest::StatusCode::OK).then_some(()))
+        },
+    )
+    .await
+}
