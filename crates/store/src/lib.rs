@@ -55,6 +55,14 @@ pub enum StoreError {
     },
     #[error("the store is shut down")]
     Closed,
+    /// A sync apply that does not continue the stored cursor (a misordered or replayed
+    /// batch): nothing was applied.
+    #[error("connector {connector}: received records start at {first}, but the cursor is {cursor}")]
+    SyncCursor {
+        connector: ConnectorId,
+        cursor: u64,
+        first: u64,
+    },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -149,4 +157,29 @@ pub trait Store: Send + Sync + 'static {
         resource: &ResourceName,
         query: RangeQuery,
     ) -> Result<Vec<Point>>;
+
+    // Sync (SPEC §6, §7; docs/sync.md). `ingest` appends the points of remote-synced
+    // resources of a paired Source to its outbox in the same transaction, under gap-free
+    // seqs; these methods are the sync driver's side of `proto::sync` (sending: the outbox,
+    // lease, acknowledgement, retention; receiving: the cursor, applied data, gaps).
+    /// Durable state to rebuild a connector's Sender and Receiver from, and outbox gauges.
+    async fn sync_state(&self, cid: &ConnectorId) -> Result<SyncDurable>;
+    /// The highest seq in the connector's outbox (0 when empty).
+    async fn outbox_head(&self, cid: &ConnectorId) -> Result<u64>;
+    /// At most `max` consecutive records from `from`, or the lost span that holds `from`.
+    async fn outbox_read(&self, cid: &ConnectorId, from: u64, max: usize) -> Result<OutboxChunk>;
+    /// Persists the send lease: records in `(acked, upto]` are kept until acknowledged.
+    async fn outbox_lease(&self, cid: &ConnectorId, upto: u64) -> Result<()>;
+    /// Persists the peer's acknowledgement and drops what is delivered.
+    async fn outbox_acked(&self, cid: &ConnectorId, applied: u64) -> Result<()>;
+    /// Drops expired outbox partitions (recording exact lost spans for the undelivered, never
+    /// touching the leased ones) and expired pending points (recording gaps).
+    async fn sync_expire(&self, cid: &ConnectorId, retention: Retention) -> Result<ExpiryReport>;
+    /// Applies received batches and gaps, in order, in one transaction with the cursor, after
+    /// checking that each starts right after the stored cursor ([`StoreError::SyncCursor`]
+    /// otherwise). Creates devices as needed; keeps points of missing resources pending until
+    /// the resource is created. Returns the new cursor.
+    async fn sync_apply(&self, cid: &ConnectorId, items: Vec<Inbound>, now: i64) -> Result<u64>;
+    /// Every loss recorded on this side, oldest first.
+    async fn sync_gaps(&self, cid: &ConnectorId) -> Result<Vec<GapRow>>;
 }

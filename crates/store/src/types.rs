@@ -180,3 +180,136 @@ impl std::fmt::Debug for ConnectorKeys {
             .finish_non_exhaustive()
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Sync (SPEC §6, §7; docs/sync.md).
+
+/// What a connector's sync driver restores its state machines from, plus the gauges of its
+/// outbox. All zero for a connector that never synced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SyncDurable {
+    /// Highest seq appended to the outbox.
+    pub head: u64,
+    /// Highest seq the peer acknowledged, as persisted.
+    pub acked: u64,
+    /// The persisted send lease.
+    pub lease: u64,
+    /// The receiving side's applied cursor.
+    pub applied: u64,
+    /// When the receiving side last applied a batch or recorded a gap.
+    pub last_applied_at: Option<i64>,
+    /// Time partitions the outbox holds.
+    pub partitions: u64,
+    /// Estimated bytes of the outbox's records.
+    pub outbox_bytes: u64,
+}
+
+/// The answer to an outbox read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutboxChunk {
+    /// Consecutive records from the seq asked for; empty when there is none.
+    Records(Vec<proto::sync::Record>),
+    /// Retention dropped the seq asked for; the span as recorded when it was dropped.
+    Lost(proto::sync::LostSpan),
+}
+
+/// One output of a `proto::sync::Receiver` to make durable with the cursor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inbound {
+    Records(proto::sync::Apply),
+    Gap(proto::sync::GapRecord),
+}
+
+/// What retention may drop, and when "now" is (the site's clock, which tests can move).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub now: i64,
+    /// How long undelivered records and pending points are kept, µs.
+    pub keep_us: i64,
+    /// Most estimated bytes the outbox may hold; older undelivered partitions are dropped
+    /// (as losses) beyond it. `None`: no budget.
+    pub budget_bytes: Option<u64>,
+}
+
+/// What one expiry pass did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ExpiryReport {
+    pub partitions_dropped: u64,
+    /// Undelivered points dropped from the outbox (reported to the peer as gaps).
+    pub points_lost: u64,
+    /// Pending points dropped on this side (recorded here as gaps).
+    pub pending_expired: u64,
+}
+
+/// Why data is missing on this side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GapReason {
+    /// The Source's retention dropped it before it was delivered.
+    Retention,
+    /// It arrived for a resource this connector did not get within the retention.
+    PendingExpired,
+    /// Its value does not fit this connector's resource format.
+    Format,
+}
+
+impl GapReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GapReason::Retention => "retention",
+            GapReason::PendingExpired => "pending_expired",
+            GapReason::Format => "format",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Retention, Self::PendingExpired, Self::Format]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+    }
+}
+
+/// A recorded loss of one resource's data (API.md `Gap`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GapRow {
+    pub resource: ResourceName,
+    pub devices: u64,
+    pub points: u64,
+    pub from_us: i64,
+    pub until_us: i64,
+    pub detected_at: i64,
+    /// The Source's stream range, for retention losses.
+    pub seqs: Option<(u64, u64)>,
+    pub reason: GapReason,
+}
+
+/// The wall clock the store stamps outbox appends with (µs since the epoch). The site passes
+/// its own, which a test-only flag can move forward, so that retention can be tested
+/// without waiting 30 days.
+#[derive(Clone)]
+pub struct Clock(std::sync::Arc<dyn Fn() -> i64 + Send + Sync>);
+
+impl Clock {
+    pub fn new(f: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
+        Self(std::sync::Arc::new(f))
+    }
+
+    /// The system clock.
+    pub fn system() -> Self {
+        Self::new(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+                .unwrap_or(0)
+        })
+    }
+
+    pub fn now(&self) -> i64 {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Clock")
+    }
+}

@@ -1,0 +1,1418 @@
+//! The SQL of resource data synchronisation (SPEC §6, §7): the Source's outbox in time
+//! partitions with its lease, acknowledgement and lost spans, and the Target's applied
+//! cursor, pending points and gaps. Schema: `migrations/0003_sync.sql`; design:
+//! `docs/sync.md` ("Storage").
+//!
+//! ```text
+//!  ingest job ──▶ points + latest ──▶ (Source, paired, remote_sync on) sync_out_<cid>_<part>
+//!                                      seq = head + 1 …, head in sync_out, same transaction
+//!  driver: read(from) ◀── partitions in seq order, or the lost span holding `from`
+//!          lease(upto), acked(n) ──▶ sync_out; fully acknowledged older partitions dropped
+//!          expire(now) ──▶ expired partitions dropped: delivered ones silently, undelivered
+//!                          ones as a lost span (exact summary) unless pinned in (acked, lease]
+//!  driver: apply([records | gap]) ──▶ cursor CAS, points / pending / gap rows, cursor
+//! ```
+//!
+//! Invariants:
+//! - Seqs are gap-free from 1 per connector and assigned in the transaction of the local
+//!   write, so a point is never stored without being queued, nor queued without being stored.
+//! - Partition `p` holds the appends made while the clock was in `[p·len, (p+1)·len)`, and
+//!   partitions are in seq order (an append never goes to a partition older than the newest
+//!   one), so a time-based expiry drops a contiguous seq range.
+//! - No record in `(acked, lease]` is ever dropped before it is acknowledged; every other
+//!   undelivered record that is dropped is counted in a lost span written in the same
+//!   transaction.
+//! - `apply` refuses (and changes nothing) unless the stored cursor is exactly one before
+//!   each item's first seq; the cursor only grows.
+//!
+//! Deliberately absent: device-change records (issue 6: none are appended yet; a received one
+//! is logged and skipped), and any clock reading: `now` is passed in.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use proto::model::{ConnectorId, Format, Identity, ResourceName, Role, SyncState, Value};
+use proto::sync::{LostSpan, Record, ResourceLoss};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{backend, parse_col, resource_rows, value_from_sql, value_to_sql};
+use crate::{
+    ExpiryReport, GapReason, GapRow, Inbound, OutboxChunk, Result, Retention, StoreError,
+    SyncDurable,
+};
+
+/// SQLite refuses compound selects of more than 500 terms; a lost span covers at most this
+/// many partitions (a longer run becomes several adjacent spans).
+const MAX_PARTS_PER_SPAN: usize = 256;
+
+fn table(cid: &ConnectorId, part: i64) -> String {
+    // Connector ids are 14 lowercase alphanumerics (checked by `ConnectorId::parse`), so the
+    // name needs no quoting.
+    format!("sync_out_{}_{part}", cid.as_str())
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn json_err(op: &'static str) -> impl FnOnce(serde_json::Error) -> StoreError {
+    move |e| StoreError::Backend {
+        op,
+        source: Box::new(e),
+    }
+}
+
+/// `(head, acked, lease, last_part)` of a connector's outbox, zeros when it has none.
+fn out_row(conn: &Connection, cid: &ConnectorId) -> Result<(u64, u64, u64, i64)> {
+    Ok(conn
+        .prepare_cached("SELECT head, acked, lease, last_part FROM sync_out WHERE connector = ?1")
+        .and_then(|mut s| {
+            s.query_row([cid.as_str()], |r| {
+                Ok((
+                    to_u64(r.get(0)?),
+                    to_u64(r.get(1)?),
+                    to_u64(r.get(2)?),
+                    r.get::<_, i64>(3)?,
+                ))
+            })
+            .optional()
+        })
+        .map_err(backend("reading the outbox state"))?
+        .unwrap_or((0, 0, 0, 0)))
+}
+
+fn ensure_out_row(conn: &Connection, cid: &ConnectorId) -> Result<()> {
+    conn.prepare_cached("INSERT OR IGNORE INTO sync_out (connector) VALUES (?1)")
+        .and_then(|mut s| s.execute([cid.as_str()]))
+        .map_err(backend("creating the outbox"))?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Sending side.
+
+/// Appends the remote-synced points of one ingest job to the connector's outbox. Made once
+/// per job by [`appender`]; [`Appender::finish`] must run before the job's savepoint ends.
+pub(super) struct Appender {
+    cid: ConnectorId,
+    head: u64,
+    /// Partition appends go to, chosen at the first push.
+    part: i64,
+    last_part: i64,
+    table: Option<String>,
+    /// Records and bytes appended by this job.
+    appended: u64,
+    bytes: u64,
+}
+
+/// An appender when `cid` is a paired Source (its points are replicated), else `None`.
+pub(super) fn appender(
+    conn: &Connection,
+    cid: &ConnectorId,
+    now: i64,
+    partition_us: i64,
+) -> Result<Option<Appender>> {
+    let row: Option<(String, String)> = conn
+        .prepare_cached("SELECT role, sync_state FROM connectors WHERE id = ?1")
+        .and_then(|mut s| {
+            s.query_row([cid.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
+        .map_err(backend("reading a connector's role"))?;
+    let Some((role, state)) = row else {
+        return Ok(None);
+    };
+    if Role::parse(&role) != Some(Role::Source)
+        || SyncState::parse(&state) != Some(SyncState::Paired)
+    {
+        return Ok(None);
+    }
+    let (head, _, _, last_part) = out_row(conn, cid)?;
+    Ok(Some(Appender {
+        cid: cid.clone(),
+        head,
+        part: (now.max(0) / partition_us.max(1)).max(last_part),
+        last_part,
+        table: None,
+        appended: 0,
+        bytes: 0,
+    }))
+}
+
+impl Appender {
+    /// Queues one point under the next seq.
+    pub(super) fn push(
+        &mut self,
+        conn: &Connection,
+        device: &Identity,
+        resource: i64,
+        t: i64,
+        value: &Value,
+    ) -> Result<()> {
+        let table = match &self.table {
+            Some(t) => t.clone(),
+            None => {
+                let t = self.open_partition(conn)?;
+                self.table = Some(t.clone());
+                t
+            }
+        };
+        let seq = self.head + 1;
+        conn.prepare_cached(&format!(
+            "INSERT INTO {table} (seq, device, resource, t, v) VALUES (?1, ?2, ?3, ?4, ?5)"
+        ))
+        .and_then(|mut s| {
+            s.execute(params![
+                to_i64(seq),
+                device.as_str(),
+                resource,
+                t,
+                value_to_sql(value)
+            ])
+        })
+        .map_err(backend("appending to the outbox"))?;
+        self.head = seq;
+        self.appended += 1;
+        self.bytes += 24
+            + device.as_str().len() as u64
+            + match value {
+                Value::String(s) | Value::Json(s) => s.len() as u64,
+                _ => 8,
+            };
+        Ok(())
+    }
+
+    /// Creates the partition's table and registry row unless they exist.
+    fn open_partition(&self, conn: &Connection) -> Result<String> {
+        let name = table(&self.cid, self.part);
+        let known = conn
+            .prepare_cached("SELECT 1 FROM sync_partitions WHERE connector = ?1 AND part = ?2")
+            .and_then(|mut s| s.exists(params![self.cid.as_str(), self.part]))
+            .map_err(backend("looking up an outbox partition"))?;
+        if !known {
+            conn.execute_batch(&format!(
+                "CREATE TABLE IF NOT EXISTS {name} (
+                     seq INTEGER PRIMARY KEY, device TEXT NOT NULL, resource INTEGER NOT NULL,
+                     t INTEGER NOT NULL, v)"
+            ))
+            .map_err(backend("creating an outbox partition"))?;
+            conn.prepare_cached(
+                "INSERT INTO sync_partitions (connector, part, first_seq, last_seq, bytes)
+                 VALUES (?1, ?2, ?3, ?4, 0)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    self.cid.as_str(),
+                    self.part,
+                    to_i64(self.head + 1),
+                    to_i64(self.head)
+                ])
+            })
+            .map_err(backend("registering an outbox partition"))?;
+        }
+        Ok(name)
+    }
+
+    /// Records the new head; returns it when anything was appended.
+    pub(super) fn finish(self, conn: &Connection) -> Result<Option<u64>> {
+        if self.appended == 0 {
+            return Ok(None);
+        }
+        ensure_out_row(conn, &self.cid)?;
+        conn.prepare_cached("UPDATE sync_out SET head = ?2, last_part = ?3 WHERE connector = ?1")
+            .and_then(|mut s| {
+                s.execute(params![
+                    self.cid.as_str(),
+                    to_i64(self.head),
+                    self.part.max(self.last_part)
+                ])
+            })
+            .map_err(backend("moving the outbox head"))?;
+        conn.prepare_cached(
+            "UPDATE sync_partitions SET last_seq = ?3, bytes = bytes + ?4
+             WHERE connector = ?1 AND part = ?2",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                self.cid.as_str(),
+                self.part,
+                to_i64(self.head),
+                to_i64(self.bytes)
+            ])
+        })
+        .map_err(backend("updating an outbox partition"))?;
+        Ok(Some(self.head))
+    }
+}
+
+struct Part {
+    part: i64,
+    first: u64,
+    last: u64,
+    bytes: u64,
+}
+
+fn partitions(conn: &Connection, cid: &ConnectorId) -> Result<Vec<Part>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT part, first_seq, last_seq, bytes FROM sync_partitions
+             WHERE connector = ?1 ORDER BY part",
+        )
+        .map_err(backend("listing outbox partitions"))?;
+    let rows = stmt
+        .query_map([cid.as_str()], |r| {
+            Ok(Part {
+                part: r.get(0)?,
+                first: to_u64(r.get(1)?),
+                last: to_u64(r.get(2)?),
+                bytes: to_u64(r.get(3)?),
+            })
+        })
+        .map_err(backend("listing outbox partitions"))?;
+    rows.collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(backend("listing outbox partitions"))
+}
+
+fn drop_partition(conn: &Connection, cid: &ConnectorId, part: i64) -> Result<()> {
+    conn.execute_batch(&format!("DROP TABLE IF EXISTS {}", table(cid, part)))
+        .map_err(backend("dropping an outbox partition"))?;
+    conn.prepare_cached("DELETE FROM sync_partitions WHERE connector = ?1 AND part = ?2")
+        .and_then(|mut s| s.execute(params![cid.as_str(), part]))
+        .map_err(backend("unregistering an outbox partition"))?;
+    Ok(())
+}
+
+pub(super) fn head(conn: &Connection, cid: &ConnectorId) -> Result<u64> {
+    Ok(out_row(conn, cid)?.0)
+}
+
+pub(super) fn state(conn: &Connection, cid: &ConnectorId) -> Result<SyncDurable> {
+    let (head, acked, lease, _) = out_row(conn, cid)?;
+    let (applied, last_applied_at) = conn
+        .prepare_cached("SELECT applied, last_applied_at FROM sync_in WHERE connector = ?1")
+        .and_then(|mut s| {
+            s.query_row([cid.as_str()], |r| {
+                Ok((to_u64(r.get(0)?), r.get::<_, Option<i64>>(1)?))
+            })
+            .optional()
+        })
+        .map_err(backend("reading the applied cursor"))?
+        .unwrap_or((0, None));
+    let (partitions, bytes): (i64, i64) = conn
+        .prepare_cached(
+            "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM sync_partitions WHERE connector = ?1",
+        )
+        .and_then(|mut s| s.query_row([cid.as_str()], |r| Ok((r.get(0)?, r.get(1)?))))
+        .map_err(backend("measuring the outbox"))?;
+    Ok(SyncDurable {
+        head,
+        acked,
+        lease,
+        applied,
+        last_applied_at,
+        partitions: to_u64(partitions),
+        outbox_bytes: to_u64(bytes),
+    })
+}
+
+/// Consecutive records from `from` (at most `max`), or the lost span holding `from`.
+pub(super) fn read(
+    conn: &Connection,
+    cid: &ConnectorId,
+    from: u64,
+    max: usize,
+) -> Result<OutboxChunk> {
+    let lost: Option<String> = conn
+        .prepare_cached(
+            "SELECT span FROM sync_lost WHERE connector = ?1 AND first_seq <= ?2 AND last_seq >= ?2",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![cid.as_str(), to_i64(from)], |r| r.get(0))
+                .optional()
+        })
+        .map_err(backend("reading lost spans"))?;
+    if let Some(span) = lost {
+        return Ok(OutboxChunk::Lost(
+            serde_json::from_str(&span).map_err(json_err("reading a lost span"))?,
+        ));
+    }
+    let resources: HashMap<i64, (ResourceName, Format)> = resource_rows(conn, cid)?
+        .into_iter()
+        .map(|(name, r)| (r.id, (name, r.format)))
+        .collect();
+    let mut out = Vec::new();
+    let mut next = from;
+    for p in partitions(conn, cid)?
+        .into_iter()
+        .filter(|p| p.last >= from)
+    {
+        if p.first > next || out.len() >= max {
+            break;
+        }
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT seq, device, resource, t, v FROM {} WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
+                table(cid, p.part)
+            ))
+            .map_err(backend("reading the outbox"))?;
+        let mut rows = stmt
+            .query(params![to_i64(next), to_i64((max - out.len()) as u64)])
+            .map_err(backend("reading the outbox"))?;
+        while let Some(r) = rows.next().map_err(backend("reading the outbox"))? {
+            let seq = to_u64(r.get(0).map_err(backend("reading the outbox"))?);
+            if seq != next {
+                return Ok(OutboxChunk::Records(out));
+            }
+            let device: String = r.get(1).map_err(backend("reading the outbox"))?;
+            let rid: i64 = r.get(2).map_err(backend("reading the outbox"))?;
+            let t: i64 = r.get(3).map_err(backend("reading the outbox"))?;
+            let (name, format) = resources.get(&rid).ok_or_else(|| StoreError::Backend {
+                op: "reading the outbox",
+                source: format!("record {seq} names resource {rid}, which is gone").into(),
+            })?;
+            let value = value_from_sql(
+                *format,
+                r.get_ref(4).map_err(backend("reading the outbox"))?,
+            );
+            out.push(Record::Point(proto::sync::Point {
+                device: parse_col(device, |s| Identity::parse(s).ok(), "reading an identity")?,
+                resource: name.clone(),
+                t,
+                value,
+            }));
+            next += 1;
+        }
+    }
+    Ok(OutboxChunk::Records(out))
+}
+
+pub(super) fn set_lease(conn: &Connection, cid: &ConnectorId, upto: u64) -> Result<()> {
+    ensure_out_row(conn, cid)?;
+    conn.prepare_cached("UPDATE sync_out SET lease = MAX(lease, ?2) WHERE connector = ?1")
+        .and_then(|mut s| s.execute(params![cid.as_str(), to_i64(upto)]))
+        .map_err(backend("persisting the send lease"))?;
+    Ok(())
+}
+
+/// Persists the acknowledgement and drops what it made useless: fully delivered partitions
+/// (except the one appends go to) and lost spans the peer has recorded.
+pub(super) fn acked(conn: &Connection, cid: &ConnectorId, applied: u64) -> Result<()> {
+    ensure_out_row(conn, cid)?;
+    conn.prepare_cached("UPDATE sync_out SET acked = MAX(acked, ?2) WHERE connector = ?1")
+        .and_then(|mut s| s.execute(params![cid.as_str(), to_i64(applied)]))
+        .map_err(backend("persisting an acknowledgement"))?;
+    let (_, acked, _, last_part) = out_row(conn, cid)?;
+    conn.prepare_cached("DELETE FROM sync_lost WHERE connector = ?1 AND last_seq <= ?2")
+        .and_then(|mut s| s.execute(params![cid.as_str(), to_i64(acked)]))
+        .map_err(backend("forgetting delivered lost spans"))?;
+    for p in partitions(conn, cid)? {
+        if p.last <= acked && p.part < last_part {
+            drop_partition(conn, cid, p.part)?;
+        }
+    }
+    Ok(())
+}
+
+/// One retention pass over a connector: the outbox (Source) and pending points (Target).
+pub(super) fn expire(
+    conn: &Connection,
+    cid: &ConnectorId,
+    retention: Retention,
+    partition_us: i64,
+) -> Result<ExpiryReport> {
+    let mut report = ExpiryReport::default();
+    let cutoff = retention.now.saturating_sub(retention.keep_us);
+    let (_, acked, lease, _) = out_row(conn, cid)?;
+    let pin = acked.max(lease);
+    let parts = partitions(conn, cid)?;
+    let mut total: u64 = parts.iter().map(|p| p.bytes).sum();
+    let mut runs: Vec<Vec<Part>> = Vec::new();
+    for p in parts {
+        let end = p.part.saturating_add(1).saturating_mul(partition_us);
+        let over_budget = retention.budget_bytes.is_some_and(|b| total > b);
+        if end > cutoff && !over_budget {
+            break;
+        }
+        if p.last <= acked || p.last < p.first {
+            total -= p.bytes;
+            drop_partition(conn, cid, p.part)?;
+            report.partitions_dropped += 1;
+            continue;
+        }
+        if p.first <= pin {
+            // Possibly applied on the Target without this site knowing: kept until acked.
+            continue;
+        }
+        total -= p.bytes;
+        match runs.last_mut() {
+            Some(run)
+                if run.len() < MAX_PARTS_PER_SPAN
+                    && run.last().is_some_and(|l| l.last + 1 == p.first) =>
+            {
+                run.push(p)
+            }
+            _ => runs.push(vec![p]),
+        }
+    }
+    for run in runs {
+        let span = summarize(conn, cid, &run)?;
+        report.points_lost += span.points();
+        conn.prepare_cached(
+            "INSERT INTO sync_lost (connector, first_seq, last_seq, span, lost_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                cid.as_str(),
+                to_i64(span.first_seq),
+                to_i64(span.last_seq),
+                serde_json::to_string(&span)
+                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
+                retention.now
+            ])
+        })
+        .map_err(backend("recording a lost span"))?;
+        tracing::warn!(connector = %cid, first = span.first_seq, last = span.last_seq,
+            points = span.points(), "retention dropped undelivered records");
+        for p in &run {
+            drop_partition(conn, cid, p.part)?;
+            report.partitions_dropped += 1;
+        }
+    }
+    report.pending_expired = expire_pending(conn, cid, cutoff, retention.now)?;
+    Ok(report)
+}
+
+/// The exact summary of the records of a run of partitions about to be dropped.
+fn summarize(conn: &Connection, cid: &ConnectorId, run: &[Part]) -> Result<LostSpan> {
+    let union = run
+        .iter()
+        .map(|p| format!("SELECT device, resource, t FROM {}", table(cid, p.part)))
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    let sql = format!(
+        "SELECT r.name, COUNT(*), COUNT(DISTINCT o.device), MIN(o.t), MAX(o.t)
+         FROM ({union}) o JOIN resources r ON r.id = o.resource
+         GROUP BY r.name ORDER BY r.name"
+    );
+    let mut stmt = conn.prepare(&sql).map_err(backend("summarizing a loss"))?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+            ))
+        })
+        .map_err(backend("summarizing a loss"))?;
+    let mut resources = Vec::new();
+    for row in rows {
+        let (name, points, devices, from_us, until_us) =
+            row.map_err(backend("summarizing a loss"))?;
+        resources.push(ResourceLoss {
+            resource: parse_col(name, |s| ResourceName::parse(s).ok(), "reading a resource")?,
+            points: to_u64(points),
+            devices: to_u64(devices),
+            from_us,
+            until_us,
+        });
+    }
+    Ok(LostSpan {
+        first_seq: run.first().map_or(0, |p| p.first),
+        last_seq: run.last().map_or(0, |p| p.last),
+        resources,
+        device_changes: 0,
+    })
+}
+
+fn expire_pending(conn: &Connection, cid: &ConnectorId, cutoff: i64, now: i64) -> Result<u64> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT resource, COUNT(*), COUNT(DISTINCT device), MIN(t), MAX(t) FROM sync_pending
+             WHERE connector = ?1 AND received_at <= ?2 GROUP BY resource",
+        )
+        .map_err(backend("expiring pending points"))?;
+    let rows = stmt
+        .query_map(params![cid.as_str(), cutoff], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+            ))
+        })
+        .map_err(backend("expiring pending points"))?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(backend("expiring pending points"))?;
+    let mut total = 0;
+    for (resource, points, devices, from, until) in rows {
+        total += to_u64(points);
+        insert_gap(
+            conn,
+            cid,
+            &GapRow {
+                resource: parse_col(
+                    resource,
+                    |s| ResourceName::parse(s).ok(),
+                    "reading a resource",
+                )?,
+                devices: to_u64(devices),
+                points: to_u64(points),
+                from_us: from,
+                until_us: until,
+                detected_at: now,
+                seqs: None,
+                reason: GapReason::PendingExpired,
+            },
+        )?;
+    }
+    if total > 0 {
+        conn.prepare_cached("DELETE FROM sync_pending WHERE connector = ?1 AND received_at <= ?2")
+            .and_then(|mut s| s.execute(params![cid.as_str(), cutoff]))
+            .map_err(backend("expiring pending points"))?;
+        tracing::warn!(connector = %cid, points = total,
+            "points for a resource this connector never got expired");
+    }
+    Ok(total)
+}
+
+// ---------------------------------------------------------------------------------------
+// Receiving side.
+
+fn insert_gap(conn: &Connection, cid: &ConnectorId, g: &GapRow) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO sync_gaps (connector, resource, devices, points, from_us, until_us,
+             detected_at, first_seq, last_seq, reason)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            cid.as_str(),
+            g.resource.as_str(),
+            to_i64(g.devices),
+            to_i64(g.points),
+            g.from_us,
+            g.until_us,
+            g.detected_at,
+            g.seqs.map(|s| to_i64(s.0)),
+            g.seqs.map(|s| to_i64(s.1)),
+            g.reason.as_str()
+        ])
+    })
+    .map_err(backend("recording a gap"))?;
+    Ok(())
+}
+
+pub(super) fn gaps(conn: &Connection, cid: &ConnectorId) -> Result<Vec<GapRow>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT resource, devices, points, from_us, until_us, detected_at, first_seq,
+                 last_seq, reason
+             FROM sync_gaps WHERE connector = ?1 ORDER BY id",
+        )
+        .map_err(backend("listing gaps"))?;
+    let rows = stmt
+        .query_map([cid.as_str()], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, Option<i64>>(6)?,
+                r.get::<_, Option<i64>>(7)?,
+                r.get::<_, String>(8)?,
+            ))
+        })
+        .map_err(backend("listing gaps"))?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(backend("listing gaps"))?;
+    rows.into_iter()
+        .map(
+            |(res, devices, points, from, until, at, first, last, reason)| {
+                Ok(GapRow {
+                    resource: parse_col(
+                        res,
+                        |s| ResourceName::parse(s).ok(),
+                        "reading a resource",
+                    )?,
+                    devices: to_u64(devices),
+                    points: to_u64(points),
+                    from_us: from,
+                    until_us: until,
+                    detected_at: at,
+                    seqs: first.zip(last).map(|(f, l)| (to_u64(f), to_u64(l))),
+                    reason: parse_col(reason, GapReason::parse, "reading a gap reason")?,
+                })
+            },
+        )
+        .collect()
+}
+
+/// A value as the Target's resource format wants it, if it fits.
+fn fit(format: Format, name: &ResourceName, v: Value) -> Option<Value> {
+    match (format, v) {
+        (Format::Number, v @ Value::Number(_))
+        | (Format::Integer, v @ Value::Integer(_))
+        | (Format::String, v @ Value::String(_))
+        | (Format::Boolean, v @ Value::Boolean(_))
+        | (Format::Json, v @ Value::Json(_)) => Some(v),
+        // A whole number sent as a float (a Source resource of format `number`).
+        (Format::Integer, Value::Number(x))
+            if x.fract() == 0.0 && x.abs() < 9.007_199_254_740_992e15 =>
+        {
+            Some(Value::Integer(x as i64))
+        }
+        (format, v) => format.check(name, &v.to_json()).ok(),
+    }
+}
+
+fn value_format(v: &Value) -> Format {
+    match v {
+        Value::Number(_) => Format::Number,
+        Value::Integer(_) => Format::Integer,
+        Value::String(_) => Format::String,
+        Value::Boolean(_) => Format::Boolean,
+        Value::Json(_) => Format::Json,
+    }
+}
+
+/// Counters of points that could not be stored, per resource, for a gap row.
+#[derive(Default)]
+struct Refused {
+    points: u64,
+    devices: BTreeSet<Identity>,
+    from: i64,
+    until: i64,
+}
+
+/// Writes received points into the Target's series, creating devices as needed.
+struct PointWriter {
+    devices: HashMap<Identity, i64>,
+    newest: HashMap<(i64, i64), (i64, Value)>,
+    refused: BTreeMap<ResourceName, Refused>,
+}
+
+impl PointWriter {
+    fn new() -> Self {
+        Self {
+            devices: HashMap::new(),
+            newest: HashMap::new(),
+            refused: BTreeMap::new(),
+        }
+    }
+
+    fn device(
+        &mut self,
+        conn: &Connection,
+        cid: &ConnectorId,
+        identity: &Identity,
+        now: i64,
+    ) -> Result<i64> {
+        if let Some(id) = self.devices.get(identity) {
+            return Ok(*id);
+        }
+        let found: Option<i64> = conn
+            .prepare_cached("SELECT id FROM devices WHERE connector = ?1 AND identity = ?2")
+            .and_then(|mut s| {
+                s.query_row([cid.as_str(), identity.as_str()], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(backend("looking up a device"))?;
+        let id = match found {
+            Some(id) => id,
+            None => {
+                conn.prepare_cached(
+                    "INSERT INTO devices (connector, identity, created_at) VALUES (?1, ?2, ?3)",
+                )
+                .and_then(|mut s| s.execute(params![cid.as_str(), identity.as_str(), now]))
+                .map_err(backend("creating a replicated device"))?;
+                conn.last_insert_rowid()
+            }
+        };
+        self.devices.insert(identity.clone(), id);
+        Ok(id)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write(
+        &mut self,
+        conn: &Connection,
+        cid: &ConnectorId,
+        (rid, format, name): (i64, Format, &ResourceName),
+        identity: Identity,
+        t: i64,
+        value: Value,
+        now: i64,
+    ) -> Result<()> {
+        let Some(value) = fit(format, name, value) else {
+            let r = self.refused.entry(name.clone()).or_insert(Refused {
+                from: i64::MAX,
+                until: i64::MIN,
+                ..Default::default()
+            });
+            r.points += 1;
+            r.from = r.from.min(t);
+            r.until = r.until.max(t);
+            r.devices.insert(identity);
+            return Ok(());
+        };
+        let device = self.device(conn, cid, &identity, now)?;
+        conn.prepare_cached(
+            "INSERT INTO points (device, resource, t, v) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (device, resource, t) DO UPDATE SET v = excluded.v",
+        )
+        .and_then(|mut s| s.execute(params![device, rid, t, value_to_sql(&value)]))
+        .map_err(backend("applying points"))?;
+        match self.newest.get(&(device, rid)) {
+            Some((old, _)) if *old > t => {}
+            _ => {
+                self.newest.insert((device, rid), (t, value));
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self, conn: &Connection, cid: &ConnectorId, now: i64) -> Result<()> {
+        let mut latest = conn
+            .prepare_cached(
+                "INSERT INTO latest (device, resource, t, v) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (device, resource) DO UPDATE SET t = excluded.t, v = excluded.v
+                 WHERE excluded.t >= latest.t",
+            )
+            .map_err(backend("updating latest values"))?;
+        for ((device, resource), (t, v)) in &self.newest {
+            latest
+                .execute(params![device, resource, t, value_to_sql(v)])
+                .map_err(backend("updating latest values"))?;
+        }
+        for (resource, r) in self.refused {
+            tracing::warn!(connector = %cid, %resource, points = r.points,
+                "replicated values do not fit this resource's format; recorded as a gap");
+            insert_gap(
+                conn,
+                cid,
+                &GapRow {
+                    resource,
+                    devices: r.devices.len() as u64,
+                    points: r.points,
+                    from_us: r.from,
+                    until_us: r.until,
+                    detected_at: now,
+                    seqs: None,
+                    reason: GapReason::Format,
+                },
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Applies received batches and gaps in order, with the cursor, in the caller's transaction.
+pub(super) fn apply(
+    conn: &Connection,
+    cid: &ConnectorId,
+    items: Vec<Inbound>,
+    now: i64,
+) -> Result<u64> {
+    super::connector_exists(conn, cid)?;
+    let mut applied: u64 = conn
+        .prepare_cached("SELECT applied FROM sync_in WHERE connector = ?1")
+        .and_then(|mut s| {
+            s.query_row([cid.as_str()], |r| r.get::<_, i64>(0))
+                .optional()
+        })
+        .map_err(backend("reading the applied cursor"))?
+        .map_or(0, to_u64);
+    let resources = resource_rows(conn, cid)?;
+    let mut writer = PointWriter::new();
+    let mut pending = conn
+        .prepare_cached(
+            "INSERT INTO sync_pending (connector, resource, device, t, format, v, received_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (connector, resource, device, t)
+             DO UPDATE SET format = excluded.format, v = excluded.v",
+        )
+        .map_err(backend("keeping pending points"))?;
+    for item in items {
+        let (first, last) = match &item {
+            Inbound::Records(a) => (a.first_seq, a.last_seq),
+            Inbound::Gap(g) => (g.first_seq, g.last_seq),
+        };
+        if first != applied + 1 || last < first {
+            return Err(StoreError::SyncCursor {
+                connector: cid.clone(),
+                cursor: applied,
+                first,
+            });
+        }
+        match item {
+            Inbound::Records(a) => {
+                for record in a.records {
+                    match record {
+                        Record::Point(p) => match resources.get(&p.resource) {
+                            Some(r) => writer.write(
+                                conn,
+                                cid,
+                                (r.id, r.format, &p.resource),
+                                p.device,
+                                p.t,
+                                p.value,
+                                now,
+                            )?,
+                            None => {
+                                pending
+                                    .execute(params![
+                                        cid.as_str(),
+                                        p.resource.as_str(),
+                                        p.device.as_str(),
+                                        p.t,
+                                        value_format(&p.value).as_str(),
+                                        value_to_sql(&p.value),
+                                        now
+                                    ])
+                                    .map_err(backend("keeping pending points"))?;
+                            }
+                        },
+                        Record::Device(d) => {
+                            tracing::warn!(connector = %cid, device = ?d.identity,
+                                "device changes are not applied by this version; skipped");
+                        }
+                    }
+                }
+            }
+            Inbound::Gap(g) => {
+                for loss in &g.span.resources {
+                    insert_gap(
+                        conn,
+                        cid,
+                        &GapRow {
+                            resource: loss.resource.clone(),
+                            devices: loss.devices,
+                            points: loss.points,
+                            from_us: loss.from_us,
+                            until_us: loss.until_us,
+                            detected_at: now,
+                            seqs: Some((g.first_seq, g.last_seq)),
+                            reason: GapReason::Retention,
+                        },
+                    )?;
+                }
+                tracing::warn!(connector = %cid, first = g.first_seq, last = g.last_seq,
+                    points = g.span.points(), exact = g.exact, "recorded a gap: the Source's retention dropped these");
+            }
+        }
+        applied = last;
+    }
+    writer.finish(conn, cid, now)?;
+    conn.prepare_cached(
+        "INSERT INTO sync_in (connector, applied, last_applied_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (connector) DO UPDATE SET applied = excluded.applied,
+             last_applied_at = excluded.last_applied_at",
+    )
+    .and_then(|mut s| s.execute(params![cid.as_str(), to_i64(applied), now]))
+    .map_err(backend("moving the applied cursor"))?;
+    Ok(applied)
+}
+
+/// Applies the points kept for resource `name`, which has just been created.
+pub(super) fn adopt_pending(
+    conn: &Connection,
+    cid: &ConnectorId,
+    name: &ResourceName,
+    now: i64,
+) -> Result<u64> {
+    let resources = resource_rows(conn, cid)?;
+    let Some(r) = resources.get(name) else {
+        return Ok(0);
+    };
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT device, t, format, v FROM sync_pending WHERE connector = ?1 AND resource = ?2
+             ORDER BY device, t",
+        )
+        .map_err(backend("reading pending points"))?;
+    let mut rows = stmt
+        .query(params![cid.as_str(), name.as_str()])
+        .map_err(backend("reading pending points"))?;
+    let mut kept = Vec::new();
+    while let Some(row) = rows.next().map_err(backend("reading pending points"))? {
+        let device: String = row.get(0).map_err(backend("reading pending points"))?;
+        let t: i64 = row.get(1).map_err(backend("reading pending points"))?;
+        let format: String = row.get(2).map_err(backend("reading pending points"))?;
+        let format = parse_col(format, |s| Format::parse(s).ok(), "reading a format")?;
+        let v = value_from_sql(
+            format,
+            row.get_ref(3).map_err(backend("reading pending points"))?,
+        );
+        kept.push((
+            parse_col(device, |s| Identity::parse(s).ok(), "reading an identity")?,
+            t,
+            v,
+        ));
+    }
+    drop(rows);
+    let n = kept.len() as u64;
+    let mut writer = PointWriter::new();
+    for (device, t, v) in kept {
+        writer.write(conn, cid, (r.id, r.format, name), device, t, v, now)?;
+    }
+    writer.finish(conn, cid, now)?;
+    conn.prepare_cached("DELETE FROM sync_pending WHERE connector = ?1 AND resource = ?2")
+        .and_then(|mut s| s.execute(params![cid.as_str(), name.as_str()]))
+        .map_err(backend("clearing pending points"))?;
+    if n > 0 {
+        tracing::info!(connector = %cid, resource = %name, points = n,
+            "applied points that arrived before the resource existed");
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    use proto::model::{DeviceState, Format, Value};
+    use proto::sync::{Apply, GapRecord, LostSpan, Point as SyncPoint, Record, ResourceLoss};
+    use serde_json::json;
+
+    use crate::*;
+
+    const PART: i64 = 1_000;
+
+    fn cid() -> ConnectorId {
+        ConnectorId::parse("09iolmnn8090ol").unwrap()
+    }
+
+    fn name(s: &str) -> ResourceName {
+        ResourceName::parse(s).unwrap()
+    }
+
+    fn id(s: &str) -> Identity {
+        Identity::parse(s).unwrap()
+    }
+
+    fn keys() -> ConnectorKeys {
+        ConnectorKeys {
+            static_private: [1; 32],
+            static_public: [2; 32],
+            peer_static_public: [3; 32],
+        }
+    }
+
+    fn peer() -> Peer {
+        Peer {
+            site: "site-b".into(),
+            connector_id: ConnectorId::parse("abcdefghijklmn").unwrap(),
+        }
+    }
+
+    /// A store whose clock the test moves, with a connector holding `temp` (remote-synced)
+    /// and `mode` (not), and device `dev1`.
+    async fn fixture(paired: bool) -> (tempfile::TempDir, SqliteStore, Arc<AtomicI64>) {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Arc::new(AtomicI64::new(0));
+        let mut cfg = SqliteConfig::new(dir.path().join("site.db"));
+        let clock = Arc::clone(&now);
+        cfg.clock = Clock::new(move || clock.load(Ordering::SeqCst));
+        cfg.sync_partition_us = PART;
+        let store = SqliteStore::open(cfg).unwrap();
+        store
+            .create_connector(NewConnector {
+                id: cid(),
+                name: "plant".into(),
+                description: String::new(),
+                created_at: 1,
+            })
+            .await
+            .unwrap();
+        for (n, sync) in [("temp", true), ("mode", false)] {
+            store
+                .create_resource(
+                    &cid(),
+                    NewResource {
+                        name: name(n),
+                        format: Format::Number,
+                        unit: None,
+                        settable: false,
+                        remote_sync: sync,
+                        created_at: 1,
+                    },
+                )
+                .await
+                .unwrap();
+        }
+        for d in ["dev1", "dev2"] {
+            store
+                .create_device(
+                    &cid(),
+                    NewDevice {
+                        identity: id(d),
+                        tags: Default::default(),
+                        permissions: vec![],
+                        state: DeviceState::Provisioned,
+                        token: [d.len() as u8 + d.as_bytes()[3]; 32],
+                        created_at: 1,
+                    },
+                )
+                .await
+                .unwrap();
+        }
+        if paired {
+            store.open_pairing(&cid(), "CODE", 10).await.unwrap();
+            store
+                .complete_pairing(&cid(), peer(), keys(), 2)
+                .await
+                .unwrap();
+        }
+        (dir, store, now)
+    }
+
+    fn pts(dev: &str, t: i64, temp: f64) -> PointsIn {
+        PointsIn {
+            identity: id(dev),
+            t,
+            values: vec![(name("temp"), json!(temp)), (name("mode"), json!(1))],
+        }
+    }
+
+    fn point(dev: &str, res: &str, t: i64, v: f64) -> Record {
+        Record::Point(SyncPoint {
+            device: id(dev),
+            resource: name(res),
+            t,
+            value: Value::Number(v),
+        })
+    }
+
+    async fn records(store: &SqliteStore, from: u64, max: usize) -> Vec<Record> {
+        match store.outbox_read(&cid(), from, max).await.unwrap() {
+            OutboxChunk::Records(r) => r,
+            OutboxChunk::Lost(span) => panic!("lost {span:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn only_remote_synced_points_of_a_paired_source_are_queued() {
+        let (_dir, unpaired, _) = fixture(false).await;
+        unpaired
+            .ingest(&cid(), vec![pts("dev1", 1, 1.0)])
+            .await
+            .unwrap();
+        assert_eq!(unpaired.outbox_head(&cid()).await.unwrap(), 0);
+
+        let (_dir, store, _) = fixture(true).await;
+        store
+            .ingest(&cid(), vec![pts("dev1", 5, 1.5), pts("dev2", 6, 2.5)])
+            .await
+            .unwrap();
+        // A refused request queues nothing either.
+        let bad = PointsIn {
+            identity: id("dev1"),
+            t: 7,
+            values: vec![(name("temp"), json!("hot"))],
+        };
+        assert!(
+            store
+                .ingest(&cid(), vec![pts("dev1", 7, 3.0), bad])
+                .await
+                .is_err()
+        );
+        store
+            .ingest(&cid(), vec![pts("dev2", 8, 4.5)])
+            .await
+            .unwrap();
+        assert_eq!(store.outbox_head(&cid()).await.unwrap(), 3);
+        assert_eq!(
+            records(&store, 1, 10).await,
+            vec![
+                point("dev1", "temp", 5, 1.5),
+                point("dev2", "temp", 6, 2.5),
+                point("dev2", "temp", 8, 4.5)
+            ]
+        );
+        assert_eq!(
+            records(&store, 2, 1).await,
+            vec![point("dev2", "temp", 6, 2.5)]
+        );
+        assert!(records(&store, 4, 10).await.is_empty());
+    }
+
+    /// Appends two points per partition for partitions `0..n`: seqs 2p+1 and 2p+2.
+    async fn two_per_partition(store: &SqliteStore, now: &AtomicI64, n: i64) {
+        for p in 0..n {
+            now.store(p * PART, Ordering::SeqCst);
+            let dev = if p % 2 == 0 { "dev1" } else { "dev2" };
+            store
+                .ingest(
+                    &cid(),
+                    vec![pts(dev, p * 10, 1.0), pts("dev1", p * 10 + 1, 2.0)],
+                )
+                .await
+                .unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn acknowledged_partitions_are_dropped_except_the_one_being_appended() {
+        let (_dir, store, now) = fixture(true).await;
+        two_per_partition(&store, &now, 3).await;
+        assert_eq!(store.sync_state(&cid()).await.unwrap().partitions, 3);
+        store.outbox_acked(&cid(), 3).await.unwrap();
+        let st = store.sync_state(&cid()).await.unwrap();
+        assert_eq!(
+            (st.acked, st.partitions),
+            (3, 2),
+            "partition 0 (1..=2) dropped"
+        );
+        store.outbox_acked(&cid(), 6).await.unwrap();
+        assert_eq!(store.sync_state(&cid()).await.unwrap().partitions, 1);
+        assert_eq!(records(&store, 5, 10).await.len(), 2);
+        // The clock stepping back never reopens an older partition.
+        now.store(0, Ordering::SeqCst);
+        store
+            .ingest(&cid(), vec![pts("dev1", 100, 1.0)])
+            .await
+            .unwrap();
+        assert_eq!(records(&store, 5, 10).await.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn expiry_keeps_the_lease_and_reports_exact_lost_spans() {
+        let (_dir, store, now) = fixture(true).await;
+        two_per_partition(&store, &now, 5).await;
+        store.outbox_acked(&cid(), 1).await.unwrap();
+        store.outbox_lease(&cid(), 3).await.unwrap();
+        // Partitions 0..=3 are past the retention at 5·PART + 0; partition 4 is not.
+        let report = store
+            .sync_expire(
+                &cid(),
+                Retention {
+                    now: 5 * PART,
+                    keep_us: PART,
+                    budget_bytes: None,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(report.points_lost, 4, "{report:?}");
+        assert_eq!(report.partitions_dropped, 2);
+        // (acked, lease] = 2..=3 survives, with the rest of its partitions.
+        assert_eq!(
+            records(&store, 2, 10).await,
+            vec![
+                point("dev1", "temp", 1, 2.0),
+                point("dev2", "temp", 10, 1.0),
+                point("dev1", "temp", 11, 2.0)
+            ]
+        );
+        let OutboxChunk::Lost(span) = store.outbox_read(&cid(), 6, 10).await.unwrap() else {
+            panic!("seq 6 should be lost");
+        };
+        assert_eq!((span.first_seq, span.last_seq), (5, 8));
+        assert_eq!(
+            span.resources,
+            vec![ResourceLoss {
+                resource: name("temp"),
+                points: 4,
+                devices: 2,
+                from_us: 20,
+                until_us: 31,
+            }]
+        );
+        assert_eq!(records(&store, 9, 10).await.len(), 2);
+        // Once the peer has recorded the gap, the span is forgotten.
+        store.outbox_acked(&cid(), 8).await.unwrap();
+        assert!(records(&store, 6, 10).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_disk_budget_drops_the_oldest_undelivered_partitions() {
+        let (_dir, store, now) = fixture(true).await;
+        two_per_partition(&store, &now, 4).await;
+        let total = store.sync_state(&cid()).await.unwrap().outbox_bytes;
+        let report = store
+            .sync_expire(
+                &cid(),
+                Retention {
+                    now: 4 * PART,
+                    keep_us: 1_000 * PART,
+                    budget_bytes: Some(total / 2),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(report.points_lost, 4, "{report:?}");
+        let OutboxChunk::Lost(span) = store.outbox_read(&cid(), 1, 10).await.unwrap() else {
+            panic!("seq 1 should be lost");
+        };
+        assert_eq!((span.first_seq, span.last_seq), (1, 4));
+        assert_eq!(records(&store, 5, 10).await.len(), 4);
+    }
+
+    fn batch(first: u64, records: Vec<Record>) -> Inbound {
+        Inbound::Records(Apply {
+            first_seq: first,
+            last_seq: first + records.len() as u64 - 1,
+            records,
+        })
+    }
+
+    async fn series(store: &SqliteStore, dev: &str, res: &str) -> Vec<(i64, Value)> {
+        let q = RangeQuery {
+            since: 0,
+            until: i64::MAX,
+            after: None,
+            limit: 100,
+            order: Order::Asc,
+        };
+        store
+            .points(&cid(), &id(dev), &name(res), q)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.t, p.v))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_target_applies_once_creates_devices_and_keeps_early_points() {
+        let (_dir, store, _) = fixture(false).await;
+        let first = vec![
+            point("new1", "temp", 1, 1.0),
+            point("new1", "humidity", 2, 50.0),
+            point("dev1", "temp", 3, 3.0),
+        ];
+        assert_eq!(
+            store
+                .sync_apply(&cid(), vec![batch(1, first.clone())], 100)
+                .await
+                .unwrap(),
+            3
+        );
+        // A replay is refused whole, and so is a batch after a hole.
+        for replay in [
+            batch(1, first),
+            batch(5, vec![point("dev1", "temp", 9, 9.0)]),
+        ] {
+            assert!(matches!(
+                store.sync_apply(&cid(), vec![replay], 101).await,
+                Err(StoreError::SyncCursor { cursor: 3, .. })
+            ));
+        }
+        assert_eq!(
+            series(&store, "new1", "temp").await,
+            vec![(1, Value::Number(1.0))]
+        );
+        assert_eq!(
+            series(&store, "dev1", "temp").await,
+            vec![(3, Value::Number(3.0))]
+        );
+        let st = store.sync_state(&cid()).await.unwrap();
+        assert_eq!((st.applied, st.last_applied_at), (3, Some(100)));
+
+        // A gap and a batch in one transaction.
+        let span = LostSpan {
+            first_seq: 4,
+            last_seq: 9,
+            resources: vec![ResourceLoss {
+                resource: name("temp"),
+                points: 6,
+                devices: 2,
+                from_us: 10,
+                until_us: 20,
+            }],
+            device_changes: 0,
+        };
+        let gap = Inbound::Gap(GapRecord {
+            first_seq: 4,
+            last_seq: 9,
+            span,
+            exact: true,
+        });
+        store
+            .sync_apply(
+                &cid(),
+                vec![gap, batch(10, vec![point("new1", "temp", 30, 3.0)])],
+                102,
+            )
+            .await
+            .unwrap();
+        let gaps = store.sync_gaps(&cid()).await.unwrap();
+        assert_eq!(gaps.len(), 1);
+        assert_eq!(
+            (
+                gaps[0].points,
+                gaps[0].devices,
+                gaps[0].from_us,
+                gaps[0].until_us,
+                gaps[0].seqs
+            ),
+            (6, 2, 10, 20, Some((4, 9)))
+        );
+        assert_eq!(gaps[0].reason, GapReason::Retention);
+
+        // `humidity` does not exist yet: its point waits, and arrives with the resource.
+        store
+            .create_resource(
+                &cid(),
+                NewResource {
+                    name: name("humidity"),
+                    format: Format::Integer,
+                    unit: None,
+                    settable: false,
+                    remote_sync: false,
+                    created_at: 200,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            series(&store, "new1", "humidity").await,
+            vec![(2, Value::Integer(50))]
+        );
+        let device = store.device(&cid(), &id("new1")).await.unwrap();
+        assert_eq!(device.values[&name("humidity")].t, 2);
+    }
+
+    #[tokio::test]
+    async fn pending_points_expire_into_a_gap() {
+        let (_dir, store, _) = fixture(false).await;
+        let early = vec![
+            point("a", "humidity", 5, 1.0),
+            point("b", "humidity", 7, 2.0),
+        ];
+        store
+            .sync_apply(&cid(), vec![batch(1, early)], 1_000)
+            .await
+            .unwrap();
+        let retention = |now| Retention {
+            now,
+            keep_us: 500,
+            budget_bytes: None,
+        };
+        let kept = store.sync_expire(&cid(), retention(1_400)).await.unwrap();
+        assert_eq!(kept.pending_expired, 0);
+        let report = store.sync_expire(&cid(), retention(1_600)).await.unwrap();
+        assert_eq!(report.pending_expired, 2);
+        let gaps = store.sync_gaps(&cid()).await.unwrap();
+        assert_eq!(
+            (
+                gaps[0].points,
+                gaps[0].devices,
+                gaps[0].from_us,
+                gaps[0].until_us,
+                gaps[0].reason
+            ),
+            (2, 2, 5, 7, GapReason::PendingExpired)
+        );
+    }
+}
