@@ -160,6 +160,21 @@ impl WestProc {
         }
     }
 
+    /// SIGTERM, then waits up to `within` for a clean exit, then SIGKILL.
+    pub async fn terminate(&mut self, within: Duration) -> anyhow::Result<()> {
+        if let Some(pid) = self.child.as_ref().and_then(|c| c.id()) {
+            // `kill` keeps this crate free of unsafe signal calls.
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
+        }
+        if self.child.is_some() && self.wait_exit(within).await.is_err() {
+            self.kill9().await?;
+        }
+        Ok(())
+    }
+
     /// Starts the same command line again (after [`kill9`](Self::kill9)).
     pub fn restart(&mut self) -> anyhow::Result<()> {
         if self.child.is_some() {

@@ -5,6 +5,7 @@
 mod bench;
 mod config;
 mod hub_cmd;
+mod quickstart;
 mod site_cmd;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -40,6 +41,8 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a hub and two paired sites on this machine with a demo, for trying it out.
+    Quickstart(quickstart::QuickstartArgs),
     /// Run one deployment: web UI, REST API, device API and sync engine.
     Site(site_cmd::SiteArgs),
     /// Run the Connectivity Hub, or manage its site registry.
@@ -60,6 +63,7 @@ fn main() {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Quickstart(args) => quickstart::run(args).await,
             Command::Site(args) => site_cmd::run(args).await,
             Command::Hub(args) => hub_cmd::run(args).await,
             Command::Bench(args) => bench::run(args).await,

@@ -5,7 +5,7 @@
 //! - `ingest`: one site; bulk ingest throughput (batches of `--batch` points from
 //!   `--clients` concurrent clients) and the latency of single-point writes from one client.
 
-mod ingest;
+pub mod ingest;
 
 use clap::{Args, Subcommand};
 

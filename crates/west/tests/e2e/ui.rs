@@ -415,12 +415,9 @@ async fn two_operators_pair_their_sites_entirely_through_the_web_uis() -> anyhow
     );
     shot(&b, "21-target-connectors").await?;
 
-    // Back on the Source's Remote-Sync tab: it turned to "Paired" without a reload by hand.
-    b.goto(&format!(
-        "{}/connectors/{source_id}/settings/remote-sync",
-        a.url
-    ))
-    .await?;
+    // Back on the Source's tab, untouched since the countdown: it turned to "Paired" by
+    // itself.
+    b.client.switch_to_window(source_tab).await?;
     let paired = wait_text(&b, "main", "Paired").await?;
     ensure!(paired.contains("site-b"), "{paired}");
     ensure!(paired.contains("cannot be undone"), "{paired}");

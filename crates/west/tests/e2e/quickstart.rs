@@ -1,0 +1,111 @@
+//! `west quickstart` as a newcomer runs it: everything starts, the demo connector is paired
+//! and its simulated devices write data, Ctrl-C (SIGTERM here) stops it cleanly, and a
+//! second run continues with the same data, password and connectors.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use testkit::{Api, DEADLINE, WestProc, eventually};
+
+use crate::util;
+
+struct Running {
+    proc: WestProc,
+    site_a: String,
+    site_b: String,
+    password: String,
+}
+
+async fn start(dir: &std::path::Path) -> anyhow::Result<Running> {
+    let args: Vec<String> = [
+        "quickstart",
+        "--data-dir",
+        &dir.display().to_string(),
+        "--hub-port",
+        "0",
+        "--port-a",
+        "0",
+        "--port-b",
+        "0",
+        "--devices",
+        "5",
+        "--every",
+        "1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut proc = WestProc::spawn(util::bin(), &args, &[], &dir.join("quickstart.log"))?;
+    proc.wait_line("Press Ctrl-C to stop").await?;
+    let lines = proc.lines();
+    let after = |prefix: &str| -> anyhow::Result<String> {
+        lines
+            .iter()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(|r| r.trim().to_owned()))
+            .ok_or_else(|| anyhow::anyhow!("no line {prefix:?} in {lines:?}"))
+    };
+    Ok(Running {
+        site_a: after("site-a (Source):")?,
+        site_b: after("site-b (Target):")?,
+        password: after("sign in as admin /")?,
+        proc,
+    })
+}
+
+async fn points(api: &Api, cid: &str) -> anyhow::Result<usize> {
+    let page = api
+        .get_ok(&format!(
+            "/api/v1/connectors/{cid}/devices/sensor-000/resources/temperature/data?limit=10000"
+        ))
+        .await?;
+    Ok(page["points"].as_array().map_or(0, Vec::len))
+}
+
+#[tokio::test]
+async fn quickstart_runs_a_paired_demo_and_resumes_after_a_restart() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut run = start(dir.path()).await?;
+    let a = Api::login(&run.site_a, "admin", &run.password).await?;
+    let b = Api::login(&run.site_b, "admin", &run.password).await?;
+    let list = a.get_ok("/api/v1/connectors").await?;
+    let demo: &Value = &list[0];
+    assert_eq!(demo["name"], "demo-plant");
+    assert_eq!(demo["remote_sync"]["role"], "source");
+    assert_eq!(demo["remote_sync"]["state"], "paired");
+    assert_eq!(demo["device_count"], 5);
+    let cid = demo["id"].as_str().unwrap().to_owned();
+    let target = b.get_ok("/api/v1/connectors").await?;
+    assert_eq!(target[0]["remote_sync"]["role"], "target");
+    assert_eq!(
+        target[0]["remote_sync"]["peer"]["connector_id"],
+        cid.as_str()
+    );
+    // The simulated devices keep writing.
+    let first = eventually("simulated data", DEADLINE, || async {
+        let n = points(&a, &cid).await?;
+        Ok((n >= 2).then_some(n))
+    })
+    .await?;
+
+    run.proc.terminate(Duration::from_secs(20)).await?;
+    let log = std::fs::read_to_string(dir.path().join("quickstart.log"))?;
+    assert!(!log.contains("panicked"), "{log}");
+
+    // Again: same password, same paired connector, its history kept, new data on top.
+    let run = start(dir.path()).await?;
+    let a = Api::login(&run.site_a, "admin", &run.password).await?;
+    let list = a.get_ok("/api/v1/connectors").await?;
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        1,
+        "no second demo connector"
+    );
+    assert_eq!(list[0]["id"], cid.as_str());
+    eventually(
+        "more simulated data after the restart",
+        DEADLINE,
+        || async { Ok((points(&a, &cid).await? > first).then_some(())) },
+    )
+    .await?;
+    Ok(())
+}
