@@ -4,6 +4,7 @@
 mod hub;
 mod lookup;
 mod pairing;
+mod quickstart;
 mod site_api;
 mod ui;
 mod util;
