@@ -5,7 +5,8 @@
 // - the header's hub dot polls /health;
 // - charts (figure.chart) draw a resource's series as inline SVG from the data API and poll
 //   it for new points; the device page's latest values poll the device API;
-// - copy buttons, confirmation dialogs for destructive forms, pairing progress and countdown.
+// - copy buttons, confirmation dialogs for destructive forms, pairing progress and countdown;
+// - paired connectors: the peer's device list and a device's Remote view, looked up live.
 "use strict";
 
 (function () {
@@ -502,6 +503,183 @@
     if (charts.length) setInterval(() => charts.forEach((c) => c.poll()), POLL_MS);
   }
 
+  // ---- Remote lookup (paired connectors): the peer's device list, a device's Remote view --
+  //
+  // Both ask this site's API, which asks the peer over the encrypted session and answers
+  // 503 peer_offline after a few seconds at most; the page then says "Remote site offline"
+  // and keeps polling, so it recovers by itself when the peer is back.
+
+  async function fetchJson(url) {
+    const r = await fetch(url, { credentials: "same-origin", headers: { accept: "application/json" } });
+    if (r.status === 401) {
+      location.href = "/login?next=" + encodeURIComponent(location.pathname + location.search);
+      throw new Error("signed out");
+    }
+    const body = await r.json().catch(() => ({}));
+    return { status: r.status, ok: r.ok, body };
+  }
+
+  function node(tag, cls, text) {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined) e.textContent = text;
+    return e;
+  }
+
+  function chip(k, v, differs) {
+    const c = node("span", "chip" + (differs ? " differs" : ""));
+    c.append(node("span", "k", k), document.createTextNode(v));
+    return c;
+  }
+
+  const permText = (p) => `${p.principal}: ${p.access}`;
+  const permList = (d) => (d.permissions || []).map(permText).sort();
+  const confList = (d) => Object.entries(d.config || {}).map(([k, v]) => `${k} = ${valueText(v)}`).sort();
+
+  function stamp(host, sel, verb) {
+    const u = $(sel, host);
+    if (u) u.textContent = `${verb || "updated"} ${localText(Date.now()).slice(11)}`;
+  }
+
+  // "Remote site offline" in words, with the site's reason below it.
+  function offlineNodes(peer, res) {
+    const why = (res.body && res.body.message) || `${peer} did not answer.`;
+    return [node("strong", "", "Remote site offline"), node("div", "small", why)];
+  }
+
+  async function pollRemoteList() {
+    const host = $("[data-remote-list]");
+    if (!host || host.dataset.busy || (document.hidden && host.dataset.loaded)) return;
+    host.dataset.busy = "1";
+    const peer = host.dataset.peer;
+    const status = $("#remote-status", host), table = $("#remote-table", host), pager = $("#remote-pager", host);
+    try {
+      const res = await fetchJson(host.dataset.remoteList);
+      host.dataset.loaded = "1";
+      status.classList.remove("bad");
+      if (!res.ok) {
+        status.classList.toggle("bad", res.status === 503);
+        status.replaceChildren(...(res.status === 503 ? offlineNodes(peer, res) : [node("p", "", res.body.message || `${res.status}`)]));
+        status.hidden = false;
+        table.hidden = true;
+        pager.hidden = true;
+        host.dataset.state = res.status === 503 ? "offline" : "error";
+        stamp(document, "#remote-updated", "tried");
+        return;
+      }
+      const devices = res.body.devices || [];
+      const rows = devices.map((d) => {
+        const tr = document.createElement("tr");
+        tr.dataset.device = d.identity;
+        const a = node("a", "mono strong", d.identity);
+        a.href = `/connectors/${host.dataset.cid}/devices/${encodeURIComponent(d.identity)}`;
+        tr.insertCell().append(a);
+        const tags = tr.insertCell();
+        tags.className = "chips";
+        for (const [k, v] of Object.entries(d.tags || {})) tags.append(chip(k, v, false));
+        const perms = tr.insertCell();
+        perms.className = "small";
+        perms.textContent = permList(d).join(", ") || "—";
+        tr.insertCell().append(node("span", "badge " + (d.state === "locked" ? "locked" : "plain"), d.state));
+        const seen = tr.insertCell();
+        seen.className = "nowrap";
+        if (d.last_seen) seen.append(timeHtml(d.last_seen, true)); else seen.append(node("span", "muted", "never"));
+        return tr;
+      });
+      $("tbody", table).replaceChildren(...rows);
+      table.hidden = !rows.length;
+      status.hidden = !!rows.length;
+      if (!rows.length) {
+        const filtered = new URL(location.href).searchParams.get("tag");
+        status.replaceChildren(node("p", "", filtered ? `No device of ${peer} matches this filter.` : `${peer} has no devices in this connector.`));
+      }
+      pager.hidden = !res.body.next;
+      if (res.body.next) $("#remote-next", host).href = `?${host.dataset.nextBase}&cursor=${encodeURIComponent(res.body.next)}`;
+      host.dataset.state = "ok";
+      stamp(document, "#remote-updated");
+    } catch (_) {
+      /* this site itself is unreachable: the header's dot says so */
+    } finally {
+      delete host.dataset.busy;
+    }
+  }
+
+  function fillSide(td, d, field, other) {
+    td.replaceChildren();
+    if (!d) { td.append(node("span", "missing", "not on this site")); return; }
+    if (field === "state") {
+      td.append(node("span", "badge " + (d.state === "locked" ? "locked" : "plain"), d.state));
+    } else if (field === "tags") {
+      const theirs = (other && other.tags) || {};
+      const entries = Object.entries(d.tags || {});
+      for (const [k, v] of entries) td.append(chip(k, v, !!other && theirs[k] !== v));
+      if (!entries.length) td.append(node("span", "muted", "no tags"));
+    } else {
+      const mine = field === "permissions" ? permList(d) : confList(d);
+      const theirs = other ? (field === "permissions" ? permList(other) : confList(other)) : mine;
+      for (const item of mine) td.append(node("span", "item" + (theirs.includes(item) ? "" : " differs"), item));
+      if (!mine.length) td.append(node("span", "muted", "—"));
+    }
+  }
+
+  function sameField(a, b, field) {
+    if (field === "state") return a.state === b.state;
+    if (field === "permissions") return JSON.stringify(permList(a)) === JSON.stringify(permList(b));
+    if (field === "config") return JSON.stringify(confList(a)) === JSON.stringify(confList(b));
+    const ka = Object.keys(a.tags || {}), kb = Object.keys(b.tags || {});
+    return ka.length === kb.length && ka.every((k) => (b.tags || {})[k] === a.tags[k]);
+  }
+
+  async function pollRemoteDevice() {
+    const host = $("[data-remote-device]");
+    if (!host || host.dataset.busy || (document.hidden && host.dataset.loaded)) return;
+    host.dataset.busy = "1";
+    const peer = host.dataset.peer;
+    const status = $("#remote-device-status", host), table = $("#remote-compare", host), verdict = $("#remote-verdict", host);
+    try {
+      const [local, remote] = await Promise.all([fetchJson(host.dataset.localDevice), fetchJson(host.dataset.remoteDevice)]);
+      host.dataset.loaded = "1";
+      if (!remote.ok && remote.status !== 404) {
+        status.replaceChildren(...(remote.status === 503 ? offlineNodes(peer, remote) : [node("span", "", remote.body.message || `${remote.status}`)]));
+        status.classList.add("bad");
+        status.hidden = false;
+        table.hidden = true;
+        verdict.replaceChildren();
+        host.dataset.state = remote.status === 503 ? "offline" : "error";
+        stamp(host, ".remote-updated", "tried");
+        return;
+      }
+      const l = local.ok ? local.body : null, r = remote.ok ? remote.body : null;
+      let differs = 0;
+      for (const tr of $$("tr[data-field]", table)) {
+        const field = tr.dataset.field;
+        fillSide($("td.local", tr), l, field, r);
+        const rc = $("td.remote", tr);
+        fillSide(rc, r, field, l);
+        if (!r) rc.firstChild.textContent = `not on ${peer}`;
+        const odd = !!(l && r) && !sameField(l, r, field);
+        tr.classList.toggle("differs", odd);
+        if (odd) differs++;
+      }
+      status.hidden = true;
+      status.classList.remove("bad");
+      table.hidden = false;
+      let word, cls;
+      if (!r) { word = `Not on ${peer}`; cls = "warn"; }
+      else if (!l) { word = `Only on ${peer}`; cls = "warn"; }
+      else if (differs) { word = differs === 1 ? "1 field differs" : `${differs} fields differ`; cls = "warn"; }
+      else { word = "Same on both sites"; cls = "on"; }
+      verdict.replaceChildren(node("span", "pill " + cls, word));
+      host.dataset.state = "ok";
+      host.dataset.differs = String(differs);
+      stamp(host, ".remote-updated");
+    } catch (_) {
+      /* this site itself is unreachable: the header's dot says so */
+    } finally {
+      delete host.dataset.busy;
+    }
+  }
+
   // ---- Wiring --------------------------------------------------------------------------
 
   document.addEventListener("click", (e) => {
@@ -523,4 +701,6 @@
   setInterval(pollSyncState, 2000);
   setupCharts();
   if ($("[data-device-src]")) setInterval(pollDevice, POLL_MS);
+  if ($("[data-remote-list]")) { pollRemoteList(); setInterval(pollRemoteList, POLL_MS); }
+  if ($("[data-remote-device]")) { pollRemoteDevice(); setInterval(pollRemoteDevice, POLL_MS); }
 })();

@@ -172,7 +172,7 @@ pub async fn request(state: &AppState, c: &Connector, op: Op) -> Result<Json, Ap
     let site = peer_site(c)?;
     let offline = |why: &str| {
         ApiError::PeerOffline(format!(
-            "remote site {site} is offline: {why}; its devices cannot be looked up now"
+            "{site} is unreachable: {why}; its devices cannot be looked up now."
         ))
     };
     let handle = state

@@ -5,6 +5,12 @@
 //! The list is read through `api::devices::device_page`, the same function as
 //! `GET /api/v1/connectors/{cid}/devices`, so paging and tag filtering behave the same in
 //! both. Every edit is a `DevicePatch` through `api::devices::update_device`.
+//!
+//! Paired connectors also show the peer's side, looked up live (SPEC §5): the Devices tab's
+//! switch *This site / Remote site* (`?side=remote`) and the device page's *Remote view*.
+//! Both render a shell that `app.js` fills from `GET …/remote/devices[/{id}]` and keeps
+//! fresh, so a page never waits on the peer: an offline peer shows "Remote site offline"
+//! after the lookup's timeout, never a spinner forever.
 
 use std::collections::BTreeMap;
 
@@ -105,6 +111,9 @@ pub struct ListQuery {
     #[serde(default)]
     seen: String,
     cursor: Option<String>,
+    /// `remote` shows the peer's list (paired connectors only).
+    #[serde(default)]
+    side: String,
 }
 
 impl ListQuery {
@@ -124,6 +133,10 @@ impl ListQuery {
 
     fn filtered(&self) -> bool {
         !(self.tag.is_empty() && self.state.is_empty() && self.seen.is_empty())
+    }
+
+    fn remote(&self) -> bool {
+        self.side == "remote"
     }
 
     /// The query string of the next page: this filter with another cursor.
@@ -148,6 +161,23 @@ struct ListPage {
     rows: Vec<DeviceRow>,
     next: Option<String>,
     error: Option<String>,
+    /// On the remote side: the API URL of the peer's page for this filter and cursor.
+    remote_src: Option<String>,
+    /// On the remote side: this page's query without the cursor, for the next page's link.
+    remote_base: String,
+}
+
+/// The API query of a device page: the tag filter, a page size, and the cursor.
+fn api_query(tags: &[(String, String)], cursor: Option<&String>) -> Vec<(String, String)> {
+    let mut pairs: Vec<(String, String)> = tags
+        .iter()
+        .map(|(k, v)| ("tag".to_owned(), format!("{k}:{v}")))
+        .collect();
+    pairs.push(("limit".into(), PAGE.to_string()));
+    if let Some(cur) = cursor {
+        pairs.push(("cursor".into(), cur.clone()));
+    }
+    pairs
 }
 
 pub async fn list(
@@ -164,19 +194,22 @@ pub async fn list(
     let mut rows = Vec::new();
     let mut next = None;
     let mut error = None;
+    let mut remote_src = None;
+    let remote = q.remote() && c.state == proto::model::SyncState::Paired;
     match parse_tag_filter(&q.tag) {
         Err(e) => error = Some(e.to_string()),
+        Ok(tags) if remote => {
+            let query = serde_urlencoded::to_string(api_query(&tags, q.cursor.as_ref()))
+                .unwrap_or_default();
+            remote_src = Some(format!(
+                "/api/v1/connectors/{}/remote/devices?{query}",
+                c.id
+            ));
+        }
         Ok(tags) => {
             let mut cursor = q.cursor.clone();
             for _ in 0..MAX_SCAN_PAGES {
-                let mut pairs: Vec<(String, String)> = tags
-                    .iter()
-                    .map(|(k, v)| ("tag".to_owned(), format!("{k}:{v}")))
-                    .collect();
-                pairs.push(("limit".into(), PAGE.to_string()));
-                if let Some(cur) = &cursor {
-                    pairs.push(("cursor".into(), cur.clone()));
-                }
+                let pairs = api_query(&tags, cursor.as_ref());
                 let query = device_query(&QueryPairs(pairs)).or_page(&ctx)?;
                 let page = device_page(&state, &c.id, query).await.or_page(&ctx)?;
                 let devices = page["devices"].as_array().cloned().unwrap_or_default();
@@ -194,6 +227,8 @@ pub async fn list(
             next = cursor.map(|cur| q.with_cursor(&cur));
         }
     }
+    let remote_base = serde_urlencoded::to_string([("side", "remote"), ("tag", q.tag.as_str())])
+        .unwrap_or_default();
     Ok(ctx.page(&ListPage {
         frame,
         c: ConnView::new(&state, &c),
@@ -202,6 +237,8 @@ pub async fn list(
         rows,
         next,
         error,
+        remote_src,
+        remote_base,
     }))
 }
 
@@ -378,6 +415,16 @@ struct DevicePage {
     ranges: Vec<RangeOpt>,
 }
 
+/// The device page of a device that exists on the peer's site only (or nowhere).
+#[derive(Template)]
+#[template(path = "device_remote.html")]
+struct RemoteOnlyPage {
+    frame: Frame,
+    c: ConnView,
+    tab: &'static str,
+    identity: String,
+}
+
 fn access_str(a: Access) -> &'static str {
     match a {
         Access::Read => "read",
@@ -423,12 +470,23 @@ pub async fn page(
 ) -> UiResult {
     let c = load_connector(&state, &ctx, &cid).await?;
     let id = identity(&id).or_page(&ctx)?;
-    let d = state.store.device(&c.id, &id).await.or_page(&ctx)?;
-    let resources = state.store.resources(&c.id).await.or_page(&ctx)?;
     let mut crumbs = device_crumbs(&c, &id);
     if let Some(last) = crumbs.last_mut() {
         last.href = None;
     }
+    let d = match state.store.device(&c.id, &id).await {
+        // A device of the remote list that this site does not have: its remote view alone.
+        Err(store::StoreError::DeviceNotFound(_)) if c.state == proto::model::SyncState::Paired => {
+            return Ok(ctx.page(&RemoteOnlyPage {
+                frame: ctx.frame(format!("{} · {}", c.name, id), crumbs),
+                c: ConnView::new(&state, &c),
+                tab: "devices",
+                identity: id.to_string(),
+            }));
+        }
+        other => other.or_page(&ctx)?,
+    };
+    let resources = state.store.resources(&c.id).await.or_page(&ctx)?;
     let config = resources
         .iter()
         .filter(|r| r.settable)

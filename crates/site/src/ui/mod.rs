@@ -21,10 +21,12 @@
 //! /connectors/{cid}/devices/{id}/resources/{name}   data view: one resource over time
 //! /connectors/{cid}/resources[/{name}]      Resources tab and resource settings
 //! /connectors/{cid}/settings[/remote-sync]  Settings tab: General and Remote-Sync
+//! /connectors/{cid}/settings/remote-sync/compare   drift check against the peer
 //! ```
 
 mod connectors;
 mod devices;
+mod remote;
 mod resources;
 mod session;
 mod view;
@@ -65,6 +67,10 @@ pub fn routes(state: AppState) -> Router {
         .route(
             "/connectors/{cid}/settings/remote-sync/disable",
             post(connectors::disable_remote_sync),
+        )
+        .route(
+            "/connectors/{cid}/settings/remote-sync/compare",
+            get(remote::compare),
         )
         .route(
             "/connectors/{cid}/resources",

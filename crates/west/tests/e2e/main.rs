@@ -7,4 +7,5 @@ mod pairing;
 mod quickstart;
 mod site_api;
 mod ui;
+mod ui_lookup;
 mod util;
