@@ -105,7 +105,8 @@ impl PairingWindow {
     /// Attempts answered so far, the one in flight included: what a site persists so that
     /// [`restore`](Self::restore) after a crash never grants a sixth guess.
     pub fn attempts_used(&self) -> u8 {
-        self.failures.saturating_add(u8::from(self.pending.is_some()))
+        self.failures
+            .saturating_add(u8::from(self.pending.is_some()))
     }
 
     pub fn code(&self) -> &PairingCode {
