@@ -131,15 +131,6 @@ impl Pending {
     ) -> std::sync::MutexGuard<'_, HashMap<u64, (ConnectorId, oneshot::Sender<Outcome>)>> {
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
-
-    /// How many lookups wait now (for tests of the cleanup).
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Removes a pending request when its caller stops waiting, however it stops.
