@@ -85,6 +85,11 @@ pub fn request_token(parts: &Parts, site: &str) -> Option<String> {
     {
         return v.strip_prefix("Bearer ").map(|t| t.trim().to_owned());
     }
+    cookie(parts, &name).map(str::to_owned)
+}
+
+/// The value of cookie `name` of a request.
+pub fn cookie<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
     parts
         .headers
         .get_all(COOKIE)
@@ -93,7 +98,7 @@ pub fn request_token(parts: &Parts, site: &str) -> Option<String> {
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
         .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_owned())
+        .map(|(_, v)| v)
 }
 
 /// A signed-in user, from a login token.

@@ -11,14 +11,14 @@
 use askama::Template;
 use axum::Form;
 use axum::extract::{FromRequestParts, Query, State};
-use axum::http::header::{COOKIE, SET_COOKIE};
+use axum::http::header::SET_COOKIE;
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 
 use super::{Crumb, Frame, hub_class, render};
-use crate::auth;
+use crate::auth::{self, cookie};
 use crate::state::AppState;
 
 /// Name of the one-shot notice cookie.
@@ -62,18 +62,6 @@ impl Ctx {
         }
         resp
     }
-}
-
-fn cookie<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
-    parts
-        .headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
 }
 
 /// Where to come back to after signing in: a local path only, never another site.
