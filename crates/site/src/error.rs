@@ -96,7 +96,8 @@ impl From<StoreError> for ApiError {
             StoreError::ResourceExists(_)
             | StoreError::DeviceExists(_)
             | StoreError::UserExists(_)
-            | StoreError::SyncState { .. } => ApiError::Conflict(e.to_string()),
+            | StoreError::SyncState { .. }
+            | StoreError::SyncCursor { .. } => ApiError::Conflict(e.to_string()),
             StoreError::DeviceLocked(_) => ApiError::Forbidden(e.to_string()),
             StoreError::NotSettable(_) | StoreError::Invalid(_) => {
                 ApiError::InvalidValue(e.to_string())

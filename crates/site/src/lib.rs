@@ -48,6 +48,9 @@ pub struct SiteConfig {
     pub synchronous: Synchronous,
     /// How long a pairing code stays valid. Default: 10 minutes.
     pub pairing_window: std::time::Duration,
+    /// Retention, disk budget and clock of resource data synchronisation (default: 30 days,
+    /// no budget, the system clock).
+    pub sync: remote::sync::SyncSettings,
 }
 
 impl SiteConfig {
@@ -61,6 +64,7 @@ impl SiteConfig {
             body_limit: 8 * 1024 * 1024,
             synchronous: Synchronous::Normal,
             pairing_window: std::time::Duration::from_secs(600),
+            sync: remote::sync::SyncSettings::default(),
         }
     }
 }
@@ -85,6 +89,7 @@ pub async fn prepare(config: &SiteConfig) -> anyhow::Result<Prepared> {
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let mut db = SqliteConfig::new(config.data_dir.join("site.db"));
     db.synchronous = config.synchronous;
+    db.clock = config.sync.clock.clone();
     let store = SqliteStore::open(db)
         .with_context(|| format!("opening the database in {}", config.data_dir.display()))?;
     let store: Arc<dyn Store> = Arc::new(store);
@@ -124,6 +129,7 @@ pub async fn prepare(config: &SiteConfig) -> anyhow::Result<Prepared> {
         pairing_window: config.pairing_window,
         pairings: remote::pairing::Pairings::default(),
         remote,
+        sync: config.sync.clone(),
     });
     Ok(Prepared {
         state,

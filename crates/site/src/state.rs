@@ -34,6 +34,8 @@ pub struct Inner {
     pub pairings: crate::remote::pairing::Pairings,
     /// Encrypted sessions of paired connectors with their peers.
     pub remote: crate::remote::Remote,
+    /// Retention, disk budget and clock of resource data synchronisation.
+    pub sync: crate::remote::sync::SyncSettings,
 }
 
 impl std::ops::Deref for AppState {

@@ -37,6 +37,14 @@ pub struct SiteArgs {
     /// How long undelivered data is kept for the peer [default: 30d].
     #[arg(long, env = "WEST_RETENTION", value_parser = config::parse_duration)]
     retention: Option<std::time::Duration>,
+    /// Most MiB of undelivered data kept per Source connector; beyond it the oldest is
+    /// dropped and reported as a gap [default: no budget, only --retention].
+    #[arg(long, env = "WEST_SYNC_DISK_BUDGET_MIB")]
+    sync_disk_budget_mib: Option<u64>,
+    /// TEST ONLY: a file holding a number of seconds the site adds to its wall clock for
+    /// retention and outbox partitions, so that tests can jump past the retention.
+    #[arg(long, hide = true)]
+    test_clock_offset_file: Option<PathBuf>,
     /// How long a pairing code stays valid [default: 10m].
     #[arg(long, env = "WEST_PAIRING_WINDOW", value_parser = config::parse_duration)]
     pairing_window: Option<std::time::Duration>,
@@ -88,6 +96,14 @@ pub async fn run(args: SiteArgs) -> anyhow::Result<()> {
     cfg.admin_password = args.admin_password.or(file.admin_password);
     if let Some(w) = args.pairing_window {
         cfg.pairing_window = w;
+    }
+    if let Some(r) = args.retention {
+        anyhow::ensure!(!r.is_zero(), "--retention must be longer than zero");
+        cfg.sync.retention = r;
+    }
+    cfg.sync.disk_budget = args.sync_disk_budget_mib.map(|m| m.saturating_mul(1 << 20));
+    if let Some(path) = args.test_clock_offset_file {
+        cfg.sync.clock = site::remote::sync::offset_clock(path);
     }
     cfg.metrics_public = args.metrics_public || file.metrics_public.unwrap_or(false);
     cfg.synchronous = match args.synchronous.or(file.synchronous) {

@@ -154,7 +154,8 @@ pub async fn remote_sync(
 ) -> Result<Json<Json_>, ApiError> {
     let c = state.store.connector(&connector_id(&cid)?).await?;
     let mut rs = remote_sync_json(&state, &c);
-    rs["gaps"] = Json_::Array(vec![]);
+    let gaps = state.store.sync_gaps(&c.id).await?;
+    rs["gaps"] = Json_::Array(gaps.iter().map(super::render::gap_json).collect());
     Ok(Json(rs))
 }
 

@@ -132,6 +132,8 @@ async fn store_points(
     };
     match result {
         Ok(n) => {
+            // Wake the connector's sync driver: the outbox may have grown.
+            state.remote.sync.appended(cid);
             state.metrics.ingest_points.increment(n as u64);
             state
                 .metrics

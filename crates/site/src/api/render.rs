@@ -24,16 +24,42 @@ pub fn remote_sync_json(state: &AppState, c: &Connector) -> Json {
         rs.insert("paired_at".into(), json!(rfc3339(at)));
     }
     if c.state == proto::model::SyncState::Paired {
-        rs.insert(
-            "link".into(),
-            json!({
-                "connected": state.remote.peer(&c.id).is_some_and(|p| p.is_up()),
-                "lag_seconds": 0,
-                "backlog_points": 0,
-            }),
-        );
+        let s = state.remote.sync.status(&c.id).unwrap_or_default();
+        let mut link = json!({
+            "connected": state.remote.peer(&c.id).is_some_and(|p| p.is_up()),
+            "lag_seconds": (s.lag_seconds * 1000.0).round() / 1000.0,
+            "backlog_points": s.backlog_points,
+            "backlog_bytes": s.outbox_bytes,
+            "send_rate": s.send_rate.round(),
+            "apply_rate": s.apply_rate.round(),
+            "eta_seconds": s.eta_seconds.map(f64::ceil),
+            "points_sent": s.points_sent,
+            "points_applied": s.points_applied,
+            "applied_seq": s.applied,
+            "outbox_head": s.outbox_head,
+            "acked_seq": s.acked,
+            "expired_points": s.points_expired,
+        });
+        if let Some(at) = s.last_applied_at {
+            link["last_applied_at"] = json!(rfc3339(at));
+        }
+        rs.insert("link".into(), link);
     }
     Json::Object(rs)
+}
+
+/// `Gap` of API.md, with the reason and the Source's sequence range as extra fields.
+pub fn gap_json(g: &store::GapRow) -> Json {
+    json!({
+        "resource": g.resource,
+        "devices": g.devices,
+        "points": g.points,
+        "from": g.from_us,
+        "until": g.until_us,
+        "detected_at": rfc3339(g.detected_at),
+        "reason": g.reason.as_str(),
+        "seqs": g.seqs.map(|(a, b)| json!([a, b])),
+    })
 }
 
 /// `Connector` of API.md, with the list's counts as extra fields.

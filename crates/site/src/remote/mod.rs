@@ -53,6 +53,8 @@ pub struct Remote {
     pings: Mutex<HashMap<u64, oneshot::Sender<()>>>,
     /// Device lookups waiting for the peer's answer.
     pub lookups: lookup::Pending,
+    /// The sync drivers' wake-ups and status, by connector.
+    pub sync: sync::Registry,
 }
 
 /// The supervisor's end of [`Remote::start`]; handed to [`spawn`].
@@ -67,6 +69,7 @@ impl Remote {
                 start: tx,
                 pings: Mutex::new(HashMap::new()),
                 lookups: lookup::Pending::default(),
+                sync: sync::Registry::default(),
             },
             Starts(rx),
         )

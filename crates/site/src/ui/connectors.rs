@@ -218,6 +218,75 @@ struct RemotePage {
     site: String,
     /// The one-time code while the countdown runs.
     pairing_code: Option<String>,
+    /// Progress of the data stream, for a paired connector.
+    sync: Option<SyncView>,
+}
+
+/// The Remote-Sync tab's figures, rendered as text.
+struct SyncView {
+    lag: String,
+    backlog: String,
+    rates: String,
+    eta: String,
+    last_applied: String,
+    gaps: Vec<GapView>,
+}
+
+struct GapView {
+    resource: String,
+    devices: u64,
+    points: u64,
+    from: When,
+    until: When,
+    detected: When,
+    reason: &'static str,
+}
+
+async fn sync_view(state: &AppState, c: &Connector) -> Option<SyncView> {
+    if c.state != SyncState::Paired {
+        return None;
+    }
+    let s = state.remote.sync.status(&c.id).unwrap_or_default();
+    let gaps = state.store.sync_gaps(&c.id).await.unwrap_or_default();
+    Some(SyncView {
+        lag: format!("{:.1} s · {} points", s.lag_seconds, s.backlog_points),
+        backlog: format!(
+            "{} points · {:.1} MiB in {} partitions",
+            s.backlog_points,
+            s.outbox_bytes as f64 / (1024.0 * 1024.0),
+            s.outbox_partitions
+        ),
+        rates: format!(
+            "sent {:.0} points/s · applied {:.0} points/s",
+            s.send_rate, s.apply_rate
+        ),
+        eta: match s.eta_seconds {
+            Some(secs) => format!("about {secs:.0} s"),
+            None if s.backlog_points == 0 => "caught up".into(),
+            None => "not moving".into(),
+        },
+        last_applied: s
+            .last_applied_at
+            .map(crate::state::rfc3339)
+            .unwrap_or_else(|| "—".into()),
+        gaps: gaps
+            .iter()
+            .rev()
+            .map(|g| GapView {
+                resource: g.resource.to_string(),
+                devices: g.devices,
+                points: g.points,
+                from: When::at(g.from_us),
+                until: When::at(g.until_us),
+                detected: When::at(g.detected_at),
+                reason: match g.reason {
+                    store::GapReason::Retention => "the Source's retention expired",
+                    store::GapReason::PendingExpired => "no such resource here in time",
+                    store::GapReason::Format => "value does not fit the resource format",
+                },
+            })
+            .collect(),
+    })
 }
 
 pub async fn remote_sync(
@@ -245,6 +314,7 @@ pub async fn remote_sync(
             .ok()
             .flatten()
             .map(|w| w.code),
+        sync: sync_view(&state, &c).await,
     }))
 }
 

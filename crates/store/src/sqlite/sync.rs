@@ -868,6 +868,8 @@ pub(super) fn apply(
                                 now,
                             )?,
                             None => {
+                                // The device exists at once; its points wait for the resource.
+                                writer.device(conn, cid, &p.device, now)?;
                                 pending
                                     .execute(params![
                                         cid.as_str(),

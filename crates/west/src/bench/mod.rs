@@ -4,8 +4,12 @@
 //! Scenarios:
 //! - `ingest`: one site; bulk ingest throughput (batches of `--batch` points from
 //!   `--clients` concurrent clients) and the latency of single-point writes from one client.
+//! - `sync`: a hub and two paired sites; end-to-end replicated points/s, latency from the
+//!   Source's acknowledgement to visibility on the Target at a fixed rate, catch-up after an
+//!   outage, wire bytes per point counted at the hub.
 
 pub mod ingest;
+mod sync;
 
 use clap::{Args, Subcommand};
 
@@ -22,11 +26,15 @@ pub struct BenchArgs {
 enum Scenario {
     /// Ingest throughput and single-point latency of one site.
     Ingest(ingest::IngestArgs),
+    /// Hub and two paired sites: replicated points/s, latency Source ack → Target visible,
+    /// catch-up after an outage, wire bytes per point.
+    Sync(sync::SyncArgs),
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let report = match args.scenario {
         Scenario::Ingest(a) => ingest::run(a).await?,
+        Scenario::Sync(a) => sync::run(a).await?,
     };
     if args.json {
         println!("{}", serde_json::Value::Object(report.json()));

@@ -6,6 +6,7 @@ mod lookup;
 mod pairing;
 mod quickstart;
 mod site_api;
+mod sync;
 mod ui;
 mod ui_lookup;
 mod util;
