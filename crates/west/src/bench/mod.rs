@@ -4,11 +4,14 @@
 //! Scenarios:
 //! - `ingest`: one site; bulk ingest throughput (batches of `--batch` points from
 //!   `--clients` concurrent clients) and the latency of single-point writes from one client.
+//! - `nats`: the NATS JetStream baseline, the same figures and row names as `sync` through
+//!   three `nats-server` processes (see `nats.rs`).
 //! - `sync`: a hub and two paired sites; end-to-end replicated points/s, latency from the
 //!   Source's acknowledgement to visibility on the Target at a fixed rate, catch-up after an
 //!   outage, wire bytes per point counted at the hub.
 
 pub mod ingest;
+mod nats;
 mod sync;
 
 use clap::{Args, Subcommand};
@@ -26,6 +29,9 @@ pub struct BenchArgs {
 enum Scenario {
     /// Ingest throughput and single-point latency of one site.
     Ingest(ingest::IngestArgs),
+    /// The NATS JetStream baseline: the same figures through three nats-server processes
+    /// (hub, site-a's stream, site-b's mirror of it over leafnodes).
+    Nats(nats::NatsArgs),
     /// Hub and two paired sites: replicated points/s, latency Source ack → Target visible,
     /// catch-up after an outage, wire bytes per point.
     Sync(sync::SyncArgs),
@@ -34,6 +40,7 @@ enum Scenario {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let report = match args.scenario {
         Scenario::Ingest(a) => ingest::run(a).await?,
+        Scenario::Nats(a) => nats::run(&a).await?,
         Scenario::Sync(a) => sync::run(a).await?,
     };
     if args.json {

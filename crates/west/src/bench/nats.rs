@@ -1,0 +1,893 @@
+//! The NATS JetStream baseline of `west bench`: the workload of the `sync` scenario, run
+//! through three `nats-server` child processes (Debian's `nats-server` package) and an
+//! `async-nats` client, reported under the same row names so that the two can share a table.
+//!
+//! ```text
+//!   client ──publish, await ack──▶ site-a   JetStream domain "a", file stream POINTS on west.>
+//!                                    │ leafnode, through a byte-counting relay (Meter)
+//!                                   hub      no JetStream, only routes
+//!                                    │ leafnode
+//!   client ◀──stream info, consumer── site-b JetStream domain "b", file stream POINTS that
+//!                                            mirrors site-a's through the API prefix $JS.a.API
+//! ```
+//!
+//! The workload: point `n` belongs to device `n % devices` at step `n / devices`, one second
+//! apart, with [`sensor_value`]. A NATS user addresses per subject, so every point is one
+//! JetStream message on `west.<device>` whose payload is 16 bytes (timestamp µs, i64 LE; value,
+//! f64 LE), the most compact fixed encoding of what our points carry. Bulk publishing keeps up
+//! to `--batch` acks outstanding (a sliding window), like our bulk requests of 1,000 points.
+//!
+//! 1. Throughput: `--points` points as fast as site-a acks them; replicated points/s = points /
+//!    time from the first publish until site-b's mirror holds them all. Wire bytes per point =
+//!    bytes site-a sent to the hub during this phase, NATS protocol lines included, / points
+//!    (acks and flow control travelling the other way are not counted, as in our figure).
+//! 2. Latency: `--rate` points/s for `--seconds`, each point published on its own; for every
+//!    point, the time from its ack on site-a until an ordered consumer on site-b's mirror
+//!    receives it; p50/p99/max.
+//! 3. Catch-up: site-b is killed (SIGKILL), the outage backlog is published, site-b is started
+//!    again on the same ports and store; catch-up points/s = backlog / time from the restart
+//!    until the mirror holds everything.
+//!
+//! Then stored bytes per point (site-b's JetStream directory / points it holds), and the peak
+//! RSS (VmHWM) and CPU seconds (utime + stime) of each process, site-b's summed over both of
+//! its lives, plus the client (this process).
+//!
+//! Invariants: every child is killed when the benchmark ends or fails (`kill_on_drop`); the run
+//! fails unless site-a acknowledged every point exactly once, in order, and site-b's mirror
+//! holds exactly that many. Nothing here asserts a speed, uses TLS or authentication, or
+//! leaves loopback.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use async_nats::jetstream::{self, consumer, stream};
+use bytes::Bytes;
+use clap::Args;
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+use tokio_util::task::AbortOnDropHandle;
+
+use super::Report;
+use super::ingest::sensor_value;
+
+#[derive(Args, Clone, Debug)]
+pub struct NatsArgs {
+    /// Points in the throughput phase.
+    #[arg(long, default_value_t = 500_000)]
+    pub points: u64,
+    /// Devices the points are spread over.
+    #[arg(long, default_value_t = 1_000)]
+    pub devices: u64,
+    /// Rate of the latency phase, points/s.
+    #[arg(long, default_value_t = 10_000)]
+    pub rate: u64,
+    /// Length of the latency phase, seconds [default: points / 25,000, from 1 to 20].
+    #[arg(long)]
+    pub seconds: Option<u64>,
+    /// Points published while site-b is down [default: 3,600,000, one hour at 1,000
+    /// points/s, but at most 10 × points].
+    #[arg(long)]
+    pub outage_points: Option<u64>,
+    /// Publish acks that may be outstanding at once in the bulk phases.
+    #[arg(long, default_value_t = 1_000)]
+    pub batch: u64,
+}
+
+impl NatsArgs {
+    fn seconds(&self) -> u64 {
+        self.seconds.unwrap_or((self.points / 25_000).clamp(1, 20))
+    }
+
+    fn outage_points(&self) -> u64 {
+        self.outage_points
+            .unwrap_or(3_600_000.min(self.points.saturating_mul(10)))
+    }
+}
+
+/// The stream on site-a and its mirror on site-b.
+const STREAM: &str = "POINTS";
+/// Timestamp of step 0, µs since the epoch (as in the `sync` scenario).
+const T0: i64 = 1_700_000_000_000_000;
+/// How long a wait may see no progress before the benchmark gives up.
+const STALL: Duration = Duration::from_secs(60);
+
+pub async fn run(args: &NatsArgs) -> anyhow::Result<Report> {
+    ensure!(
+        args.points > 0 && args.devices > 0 && args.rate > 0 && args.batch > 0,
+        "counts must be positive"
+    );
+    let bin = nats_server_bin()?;
+    let dir = tempfile::tempdir().context("making a temp dir for nats-server")?;
+    let mut net = Topology::start(&bin, dir.path()).await?;
+    let mut report = Report::default();
+    let window = usize::try_from(args.batch).context("--batch")?;
+    let mut w = Workload::new(args.devices);
+
+    let client_a = connect(&net.a).await?;
+    let js_a = jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(30))
+        .max_ack_inflight(window.max(5_000))
+        .backpressure_on_inflight(true)
+        .build(client_a);
+    let mut client_b = connect(&net.b).await?;
+    let mut js_b = jetstream::new(client_b.clone());
+    let mut origin = js_a
+        .create_stream(stream::Config {
+            name: STREAM.into(),
+            subjects: vec!["west.>".into()],
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .context("creating the stream on site-a")?;
+    let mut mirror = js_b
+        .create_stream(mirror_config())
+        .await
+        .context("creating the mirror on site-b")?;
+    // The mirror is live once site-b has heard from its consumer on site-a (a mirror's
+    // consumer is internal: site-a's consumer count does not show it).
+    testkit::eventually("site-b's mirror to start", STALL, || {
+        let mut mirror = mirror.clone();
+        async move {
+            let info = mirror.info().await?;
+            Ok(info.mirror.as_ref().and_then(|m| m.active).map(|_| ()))
+        }
+    })
+    .await
+    .with_context(|| format!("site-b's log tail:\n{}", net.b.log_tail(20)))?;
+
+    // 1. Throughput and wire bytes.
+    tracing::info!(points = args.points, "nats: throughput");
+    let before = net.wire_from_a();
+    let started = Instant::now();
+    publish_bulk(&js_a, &mut w, args.points, window).await?;
+    let ingested = started.elapsed().as_secs_f64();
+    wait_mirror(&mut mirror, w.next, &net.b).await?;
+    let secs = started.elapsed().as_secs_f64();
+    let wire = net.wire_from_a() - before;
+
+    // 2. Latency at a fixed rate.
+    let count = args.rate * args.seconds();
+    tracing::info!(rate = args.rate, points = count, "nats: latency");
+    let hist = latency(&js_a, &mut mirror, &mut w, args.rate, count).await?;
+
+    // 3. Catch-up after an outage of site-b.
+    let outage = args.outage_points();
+    tracing::info!(points = outage, "nats: catch-up");
+    drop((mirror, js_b, client_b));
+    net.b.kill9().await?;
+    publish_bulk(&js_a, &mut w, outage, window).await?;
+    let restarted = Instant::now();
+    net.b.restart().await?;
+    client_b = connect(&net.b).await?;
+    js_b = jetstream::new(client_b.clone());
+    mirror = open_stream(&js_b, &net.b).await?;
+    wait_mirror(&mut mirror, w.next, &net.b).await?;
+    let catch_up = restarted.elapsed().as_secs_f64();
+
+    // Every point acknowledged exactly once on site-a, and all of them on site-b.
+    let on_a = origin.info().await?.state.clone();
+    let on_b = mirror.info().await?.state.clone();
+    ensure!(
+        on_a.messages == w.next && on_a.last_sequence == w.next,
+        "site-a holds {} messages up to sequence {}, but {} points were acknowledged",
+        on_a.messages,
+        on_a.last_sequence,
+        w.next
+    );
+    ensure!(
+        on_b.messages == w.next && on_b.last_sequence == w.next,
+        "site-b's mirror holds {} messages up to sequence {}, but site-a acknowledged {}",
+        on_b.messages,
+        on_b.last_sequence,
+        w.next
+    );
+    let stored = dir_size(&net.b.store_dir()).context("measuring site-b's store")?;
+
+    report.add("replicated", args.points as f64 / secs, "points/s");
+    report.add(
+        "  source ingest alone",
+        args.points as f64 / ingested,
+        "points/s",
+    );
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    report.add("latency p50", ms(0.50), "ms");
+    report.add("latency p99", ms(0.99), "ms");
+    report.add("latency max", hist.max() as f64 / 1000.0, "ms");
+    report.add("catch-up", outage as f64 / catch_up, "points/s");
+    report.add("  catch-up time", catch_up, "s");
+    report.add(
+        "wire bytes per point",
+        wire as f64 / args.points as f64,
+        "B",
+    );
+    report.add(
+        "stored bytes per point",
+        stored as f64 / on_b.messages as f64,
+        "B",
+    );
+    let tick = clock_ticks().await;
+    let mut usage: Vec<(&str, Usage)> = Vec::new();
+    for s in [&net.hub, &net.a, &net.b] {
+        usage.push((s.name, s.usage(tick)?));
+    }
+    usage.push(("client", Usage::read("/proc/self", tick)?));
+    for (name, u) in &usage {
+        report.add(
+            format!("peak RSS {name}"),
+            u.peak_rss_kib as f64 / 1024.0,
+            "MiB",
+        );
+    }
+    for (name, u) in &usage {
+        report.add(format!("CPU {name}"), u.cpu_secs, "s");
+    }
+    report.add("points published", w.next as f64, "points");
+    report.add("points on B", on_b.messages as f64, "points");
+    Ok(report)
+}
+
+/// `nats-server` from PATH, or from /usr/sbin where Debian puts it (not on a user's PATH).
+fn nats_server_bin() -> anyhow::Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|d| d.join("nats-server"))
+        .find(|p| p.is_file())
+        .context(
+            "nats-server is not installed (not on PATH): on Debian, \
+             `apt-get install nats-server` installs it",
+        )
+}
+
+fn mirror_config() -> stream::Config {
+    stream::Config {
+        name: STREAM.into(),
+        storage: stream::StorageType::File,
+        mirror: Some(stream::Source {
+            name: STREAM.into(),
+            external: Some(stream::External {
+                api_prefix: "$JS.a.API".into(),
+                delivery_prefix: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+async fn connect(server: &Server) -> anyhow::Result<async_nats::Client> {
+    let url = format!("nats://127.0.0.1:{}", server.client_port);
+    async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(10))
+        .connect(&url)
+        .await
+        .with_context(|| format!("connecting to {} at {url}", server.name))
+}
+
+/// The mirror on a restarted site-b, once its JetStream answers.
+async fn open_stream(js: &jetstream::Context, b: &Server) -> anyhow::Result<stream::Stream> {
+    testkit::eventually("site-b's mirror after its restart", STALL, || async {
+        Ok(js.get_stream(STREAM).await.ok())
+    })
+    .await
+    .with_context(|| format!("site-b's log tail:\n{}", b.log_tail(20)))
+}
+
+/// Points in the order they are published: point `n` is device `n % devices` at step
+/// `n / devices`, and becomes stream sequence `n + 1` on site-a.
+struct Workload {
+    /// One subject per device, `west.sensor-00042`.
+    subjects: Vec<async_nats::Subject>,
+    /// The next point's number, hence also the number of points published so far.
+    next: u64,
+}
+
+impl Workload {
+    fn new(devices: u64) -> Self {
+        let subjects = (0..devices)
+            .map(|d| async_nats::Subject::from(format!("west.sensor-{d:05}")))
+            .collect();
+        Self { subjects, next: 0 }
+    }
+
+    /// The next point's subject and 16-byte payload.
+    fn take(&mut self) -> (async_nats::Subject, Bytes) {
+        let devices = self.subjects.len() as u64;
+        let (d, step) = (self.next % devices, self.next / devices);
+        self.next += 1;
+        let t = T0 + i64::try_from(step).unwrap_or(i64::MAX / 2_000_000) * 1_000_000;
+        let mut payload = Vec::with_capacity(16);
+        payload.extend_from_slice(&t.to_le_bytes());
+        payload.extend_from_slice(&sensor_value(d, step).to_le_bytes());
+        let subject =
+            self.subjects[usize::try_from(d).expect("device index fits in usize")].clone();
+        (subject, Bytes::from(payload))
+    }
+}
+
+/// Publishes `count` points with at most `window` acks outstanding, and checks that each
+/// ack is the sequence that point must get.
+async fn publish_bulk(
+    js: &jetstream::Context,
+    w: &mut Workload,
+    count: u64,
+    window: usize,
+) -> anyhow::Result<()> {
+    let mut acks = VecDeque::with_capacity(window);
+    for _ in 0..count {
+        if acks.len() >= window
+            && let Some((seq, ack)) = acks.pop_front()
+        {
+            check_ack(seq, ack).await?;
+        }
+        let seq = w.next + 1;
+        let (subject, payload) = w.take();
+        let ack = js
+            .publish(subject, payload)
+            .await
+            .context("publishing on site-a")?;
+        acks.push_back((seq, ack));
+    }
+    while let Some((seq, ack)) = acks.pop_front() {
+        check_ack(seq, ack).await?;
+    }
+    Ok(())
+}
+
+async fn check_ack(seq: u64, ack: jetstream::context::PublishAckFuture) -> anyhow::Result<()> {
+    let ack = ack
+        .await
+        .with_context(|| format!("site-a's ack of sequence {seq}"))?;
+    ensure!(
+        ack.sequence == seq && !ack.duplicate,
+        "site-a acknowledged the point meant for sequence {seq} as sequence {} (duplicate: {})",
+        ack.sequence,
+        ack.duplicate
+    );
+    Ok(())
+}
+
+/// Waits until the mirror holds exactly `target` messages; fails when it holds more, or when
+/// its count has not moved for [`STALL`]. Polls every 2 ms: the wait is what is measured.
+async fn wait_mirror(mirror: &mut stream::Stream, target: u64, b: &Server) -> anyhow::Result<()> {
+    let mut last = (u64::MAX, Instant::now());
+    loop {
+        // site-b may still be recovering its store: an error is no progress, not a failure.
+        let held = match mirror.info().await {
+            Ok(info) => info.state.messages,
+            Err(e) => {
+                tracing::debug!("site-b's stream info: {e}");
+                last.0
+            }
+        };
+        ensure!(
+            held == u64::MAX || held <= target,
+            "site-b's mirror holds {held} messages, more than the {target} published"
+        );
+        if held == target {
+            return Ok(());
+        }
+        if held != last.0 {
+            last = (held, Instant::now());
+        } else if last.1.elapsed() > STALL {
+            bail!(
+                "site-b's mirror stalled at {held} of {target} messages for {STALL:?}; \
+                 site-b's log tail:\n{}",
+                b.log_tail(20)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Publishes `count` points at `rate` points/s, one at a time, and returns the distribution of
+/// (receipt by a consumer on site-b's mirror) − (ack by site-a), µs.
+async fn latency(
+    js_a: &jetstream::Context,
+    mirror: &mut stream::Stream,
+    w: &mut Workload,
+    rate: u64,
+    count: u64,
+) -> anyhow::Result<Histogram<u64>> {
+    let first = w.next + 1;
+    let last = first + count - 1;
+    let consumer = mirror
+        .create_consumer(consumer::push::OrderedConfig {
+            deliver_subject: format!("_INBOX.bench.{first}"),
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: first,
+            },
+            ..Default::default()
+        })
+        .await
+        .context("creating a consumer on site-b's mirror")?;
+    let mut messages = consumer.messages().await?;
+    let seen = AbortOnDropHandle::new(tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Some(m) = messages.next().await {
+            let at = Instant::now();
+            let m = m.map_err(|e| anyhow::anyhow!("consuming site-b's mirror: {e}"))?;
+            let seq = m
+                .info()
+                .map_err(|e| anyhow::anyhow!("a mirror message without stream info: {e}"))?
+                .stream_sequence;
+            seen.push((seq, at));
+            if seq >= last {
+                break;
+            }
+        }
+        anyhow::Ok(seen)
+    }));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let acked = AbortOnDropHandle::new(tokio::spawn(async move {
+        let mut acked = Vec::new();
+        while let Some((seq, ack)) = rx.recv().await {
+            check_ack(seq, ack).await?;
+            acked.push(Instant::now());
+        }
+        anyhow::Ok(acked)
+    }));
+
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut sent = 0;
+    while sent < count {
+        tick.tick().await;
+        let due = ((start.elapsed().as_secs_f64() * rate as f64) as u64).min(count);
+        while sent < due {
+            let seq = w.next + 1;
+            let (subject, payload) = w.take();
+            let ack = js_a.publish(subject, payload).await?;
+            tx.send((seq, ack))
+                .map_err(|_| anyhow::anyhow!("the ack collector stopped"))?;
+            sent += 1;
+        }
+    }
+    drop(tx);
+    let acked = acked.await.context("ack collector panicked")??;
+    let seen = tokio::time::timeout(STALL, seen)
+        .await
+        .with_context(|| format!("site-b's mirror did not deliver up to sequence {last}"))?
+        .context("mirror consumer panicked")??;
+
+    // An ordered consumer may deliver a sequence again after it resets: count the first.
+    let mut received: Vec<Option<Instant>> = vec![None; acked.len()];
+    for (seq, at) in seen {
+        if let Some(slot) = seq
+            .checked_sub(first)
+            .and_then(|i| received.get_mut(usize::try_from(i).ok()?))
+        {
+            slot.get_or_insert(at);
+        }
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).context("histogram")?;
+    for (i, (ack, got)) in acked.iter().zip(&received).enumerate() {
+        let got = got.with_context(|| {
+            format!(
+                "site-b's mirror consumer skipped sequence {}",
+                first + i as u64
+            )
+        })?;
+        let us = u64::try_from(got.saturating_duration_since(*ack).as_micros()).unwrap_or(u64::MAX);
+        hist.record(us.max(1)).context("recording latency")?;
+    }
+    Ok(hist)
+}
+
+/// The hub and the two sites.
+struct Topology {
+    hub: Server,
+    a: Server,
+    b: Server,
+    /// Between site-a and the hub's leafnode port: counts what site-a sends on the wire.
+    meter: Meter,
+    http: reqwest::Client,
+}
+
+impl Topology {
+    async fn start(bin: &Path, dir: &Path) -> anyhow::Result<Self> {
+        let mut hub = Server::new(bin, dir, "hub", Role::Hub);
+        hub.spawn().await?;
+        let leaf = hub.leaf_port.context("the hub's leafnode port")?;
+        let meter = Meter::start(leaf).await?;
+        let via = meter.port;
+        let mut a = Server::new(
+            bin,
+            dir,
+            "site-a",
+            Role::Site {
+                domain: "a",
+                leaf: via,
+            },
+        );
+        let mut b = Server::new(bin, dir, "site-b", Role::Site { domain: "b", leaf });
+        a.spawn().await?;
+        b.spawn().await?;
+        let net = Self {
+            hub,
+            a,
+            b,
+            meter,
+            http: reqwest::Client::new(),
+        };
+        testkit::eventually("both sites' leafnode links", STALL, || async {
+            Ok((net.leafz().await?["leafnodes"] == 2).then_some(()))
+        })
+        .await
+        .with_context(|| format!("the hub's log tail:\n{}", net.hub.log_tail(20)))?;
+        Ok(net)
+    }
+
+    async fn leafz(&self) -> anyhow::Result<serde_json::Value> {
+        let url = format!("http://127.0.0.1:{}/leafz", self.hub.http_port);
+        let resp = self.http.get(&url).send().await.context("GET /leafz")?;
+        resp.json().await.context("the hub's /leafz")
+    }
+
+    /// Bytes site-a has sent to the hub's leafnode port, protocol lines included: the hub's
+    /// own counters (/varz, /leafz `in_bytes`) count message payloads only, without the
+    /// subjects, reply subjects and headers that make up most of a small message.
+    fn wire_from_a(&self) -> u64 {
+        self.meter.bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// A byte-counting TCP relay in front of the hub's leafnode port for site-a, the only way to
+/// see the wire bytes of one leafnode connection without touching nats-server. It costs this
+/// process a copy of site-a's leafnode traffic; its tasks end when it is dropped.
+struct Meter {
+    port: u16,
+    /// Bytes relayed from site-a to the hub.
+    bytes: Arc<AtomicU64>,
+    _tasks: AbortOnDropHandle<()>,
+}
+
+impl Meter {
+    async fn start(hub_leaf: u16) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("binding the leafnode meter")?;
+        let port = listener.local_addr()?.port();
+        let bytes = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&bytes);
+        let task = tokio::spawn(async move {
+            let mut links = tokio::task::JoinSet::new();
+            while let Ok((from_a, _)) = listener.accept().await {
+                let counter = Arc::clone(&counter);
+                links.spawn(async move {
+                    let to_hub = tokio::net::TcpStream::connect(("127.0.0.1", hub_leaf)).await?;
+                    for s in [&from_a, &to_hub] {
+                        s.set_nodelay(true)?;
+                    }
+                    let (mut a_read, mut a_write) = from_a.into_split();
+                    let (mut hub_read, mut hub_write) = to_hub.into_split();
+                    let up = async {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = a_read.read(&mut buf).await?;
+                            if n == 0 {
+                                return hub_write.shutdown().await;
+                            }
+                            counter.fetch_add(n as u64, Ordering::Relaxed);
+                            hub_write.write_all(&buf[..n]).await?;
+                        }
+                    };
+                    let down = tokio::io::copy(&mut hub_read, &mut a_write);
+                    tokio::try_join!(up, down)?;
+                    std::io::Result::Ok(())
+                });
+                // Reap finished links so that reconnects do not accumulate.
+                while links.try_join_next().is_some() {}
+            }
+        });
+        Ok(Self {
+            port,
+            bytes,
+            _tasks: AbortOnDropHandle::new(task),
+        })
+    }
+}
+
+enum Role {
+    /// No JetStream; accepts the sites' leafnode connections.
+    Hub,
+    /// JetStream in its own domain; a leafnode connection to the hub's port `leaf`.
+    Site { domain: &'static str, leaf: u16 },
+}
+
+/// One `nats-server` child process, its config file and log in the temp dir.
+struct Server {
+    name: &'static str,
+    role: Role,
+    bin: PathBuf,
+    dir: PathBuf,
+    child: Option<Child>,
+    /// Ports as bound at the first start (`-1` in the config), reused on a restart.
+    client_port: u16,
+    http_port: u16,
+    leaf_port: Option<u16>,
+    /// Usage of earlier lives: site-b is killed and started again.
+    past: Usage,
+}
+
+impl Server {
+    fn new(bin: &Path, dir: &Path, name: &'static str, role: Role) -> Self {
+        Self {
+            name,
+            role,
+            bin: bin.to_owned(),
+            dir: dir.to_owned(),
+            child: None,
+            client_port: 0,
+            http_port: 0,
+            leaf_port: None,
+            past: Usage::default(),
+        }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join(format!("{}.log", self.name))
+    }
+
+    fn store_dir(&self) -> PathBuf {
+        self.dir.join(format!("{}-js", self.name))
+    }
+
+    fn config(&self) -> String {
+        let port = |p: u16| {
+            if p == 0 {
+                "-1".to_owned()
+            } else {
+                p.to_string()
+            }
+        };
+        let mut c = format!(
+            "server_name: \"{}\"\nlisten: \"127.0.0.1:{}\"\nhttp: \"127.0.0.1:{}\"\n",
+            self.name,
+            port(self.client_port),
+            port(self.http_port)
+        );
+        match self.role {
+            Role::Hub => c.push_str("leafnodes { listen: \"127.0.0.1:-1\" }\n"),
+            Role::Site { domain, leaf } => c.push_str(&format!(
+                "jetstream {{ store_dir: \"{}\", domain: \"{domain}\" }}\n\
+                 leafnodes {{ remotes: [ {{ url: \"nats-leaf://127.0.0.1:{leaf}\" }} ] }}\n",
+                self.store_dir().display()
+            )),
+        }
+        c
+    }
+
+    /// Writes the config, starts the process and waits until it is ready; learns its ports.
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let conf = self.dir.join(format!("{}.conf", self.name));
+        std::fs::write(&conf, self.config())
+            .with_context(|| format!("writing {}", conf.display()))?;
+        let log_path = self.log_path();
+        let offset = std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
+        let child = Command::new(&self.bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {} for {}", self.bin.display(), self.name))?;
+        self.child = Some(child);
+        let text = self.wait_ready(offset).await?;
+        let port_after = |needle: &str| -> Option<u16> {
+            let rest = &text[text.find(needle)? + needle.len()..];
+            let addr = rest.split_whitespace().next()?;
+            addr.rsplit(':').next()?.parse().ok()
+        };
+        self.client_port = port_after("Listening for client connections on ")
+            .context("no client port in the log")?;
+        self.http_port = port_after("Starting http monitor on ").context("no http port")?;
+        if matches!(self.role, Role::Hub) {
+            self.leaf_port = Some(
+                port_after("Listening for leafnode connections on ")
+                    .context("no leafnode port in the hub's log")?,
+            );
+        }
+        Ok(())
+    }
+
+    /// Polls the log (from `offset`, this life's start) for "Server is ready".
+    async fn wait_ready(&mut self, offset: u64) -> anyhow::Result<String> {
+        let start = Instant::now();
+        loop {
+            let all = std::fs::read(self.log_path()).unwrap_or_default();
+            let text = String::from_utf8_lossy(
+                all.get(usize::try_from(offset).unwrap_or(usize::MAX)..)
+                    .unwrap_or_default(),
+            )
+            .into_owned();
+            if text.contains("Server is ready") {
+                return Ok(text);
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!(
+                    "{} exited with {status} while starting; log tail:\n{}",
+                    self.name,
+                    self.log_tail(20)
+                );
+            }
+            if start.elapsed() > testkit::DEADLINE {
+                bail!(
+                    "{} not ready after {:?}; log tail:\n{}",
+                    self.name,
+                    testkit::DEADLINE,
+                    self.log_tail(20)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn log_tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Peak RSS and CPU of this life and the earlier ones.
+    fn usage(&self, tick: f64) -> anyhow::Result<Usage> {
+        let now = match self.child.as_ref().and_then(Child::id) {
+            Some(pid) => Usage::read(&format!("/proc/{pid}"), tick)?,
+            None => Usage::default(),
+        };
+        Ok(Usage {
+            peak_rss_kib: self.past.peak_rss_kib.max(now.peak_rss_kib),
+            cpu_secs: self.past.cpu_secs + now.cpu_secs,
+        })
+    }
+
+    /// SIGKILL, after recording what this life used.
+    async fn kill9(&mut self) -> anyhow::Result<()> {
+        self.past = self.usage(clock_ticks().await)?;
+        if let Some(mut child) = self.child.take() {
+            child
+                .kill()
+                .await
+                .with_context(|| format!("killing {}", self.name))?;
+        }
+        Ok(())
+    }
+
+    /// Starts again with the same ports and store.
+    async fn restart(&mut self) -> anyhow::Result<()> {
+        ensure!(self.child.is_none(), "{} is still running", self.name);
+        self.spawn().await
+    }
+}
+
+/// What a process used so far, from /proc.
+#[derive(Default, Clone, Copy)]
+struct Usage {
+    /// VmHWM: the peak resident set.
+    peak_rss_kib: u64,
+    /// utime + stime.
+    cpu_secs: f64,
+}
+
+impl Usage {
+    /// Reads `/proc/<pid>` (`proc` is that directory); `tick` is seconds per clock tick.
+    fn read(proc: &str, tick: f64) -> anyhow::Result<Self> {
+        let status = std::fs::read_to_string(format!("{proc}/status"))
+            .with_context(|| format!("reading {proc}/status"))?;
+        let peak_rss_kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .with_context(|| format!("no VmHWM in {proc}/status"))?;
+        let stat = std::fs::read_to_string(format!("{proc}/stat"))
+            .with_context(|| format!("reading {proc}/stat"))?;
+        // Fields after the command name, which may hold spaces: state is field 3, utime 14.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks = |i: usize| -> anyhow::Result<u64> {
+            fields
+                .get(i)
+                .and_then(|f| f.parse().ok())
+                .with_context(|| format!("field {} of {proc}/stat", i + 3))
+        };
+        Ok(Self {
+            peak_rss_kib,
+            cpu_secs: (ticks(11)? + ticks(12)?) as f64 * tick,
+        })
+    }
+}
+
+/// Seconds per clock tick of /proc/PID/stat, from `getconf CLK_TCK` (100 on Linux if that
+/// fails).
+async fn clock_ticks() -> f64 {
+    let hz = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .await
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse::<u32>().ok())
+        .filter(|&hz| hz > 0)
+        .unwrap_or(100);
+    1.0 / f64::from(hz)
+}
+
+/// Total length of the files under `dir`.
+fn dir_size(dir: &Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() {
+            dir_size(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn points_are_sixteen_bytes_round_robin_over_devices() {
+        let mut w = Workload::new(3);
+        let subjects: Vec<String> = (0..4).map(|_| w.take().0.to_string()).collect();
+        assert_eq!(
+            subjects,
+            [
+                "west.sensor-00000",
+                "west.sensor-00001",
+                "west.sensor-00002",
+                "west.sensor-00000"
+            ]
+        );
+        let (_, payload) = Workload::new(1).take();
+        assert_eq!(payload.len(), 16);
+        assert_eq!(payload[..8], T0.to_le_bytes());
+        assert_eq!(payload[8..], sensor_value(0, 0).to_le_bytes());
+    }
+
+    #[test]
+    fn usage_of_this_process() {
+        let u = Usage::read("/proc/self", 0.01).expect("reading /proc/self");
+        assert!(u.peak_rss_kib > 0);
+    }
+
+    #[test]
+    fn defaults_scale_down_for_small_runs() {
+        let args = |points| NatsArgs {
+            points,
+            devices: 100,
+            rate: 10_000,
+            seconds: None,
+            outage_points: None,
+            batch: 1_000,
+        };
+        assert_eq!(args(500_000).seconds(), 20);
+        assert_eq!(args(500_000).outage_points(), 3_600_000);
+        assert_eq!(args(20_000).seconds(), 1);
+        assert_eq!(args(20_000).outage_points(), 200_000);
+    }
+}
