@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `west` binary as separate processes on loopback, driven through
 //! the public contract of API.md. One test binary for the whole crate (see STYLE.md).
 
+mod bench_nats;
 mod hub;
 mod lookup;
 mod pairing;
