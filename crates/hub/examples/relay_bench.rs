@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use proto::wire::{self, Address, Frame, Hello, Kind, Routed};
+use proto::wire::{self, Address, Claims, Frame, Hello, Kind, Pairing, Routed};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
@@ -120,6 +120,29 @@ async fn connect(
     }
 }
 
+/// Declares one pairing and waits until the hub has recorded it: the hub handles a
+/// connection's frames in order, so the Pong of a Ping sent behind the Claims proves it.
+async fn claim(ws: &mut Ws, connector: &str, peer: Address) -> anyhow::Result<()> {
+    let claims = Frame::Claims(Claims {
+        pairings: vec![Pairing::new(connector, peer)],
+    });
+    ws.send(Message::Binary(Bytes::from(wire::encode(&claims)?)))
+        .await?;
+    ws.send(Message::Binary(Bytes::from(wire::encode(&Frame::Ping(7))?)))
+        .await?;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Binary(b))) => {
+                if wire::decode(&b)? == Frame::Pong(7) {
+                    return Ok(());
+                }
+            }
+            Some(Ok(_)) => continue,
+            other => bail!("no pong after the claims: {other:?}"),
+        }
+    }
+}
+
 /// Registers `name` (removing an earlier registration of the same name first).
 fn register(registry: &hub::Registry, name: &str) -> anyhow::Result<String> {
     let _ = registry.remove_site(name);
@@ -131,8 +154,11 @@ async fn relay(o: &Opts) -> anyhow::Result<()> {
     let tls = tls(&o.data_dir.join("hub-cert.pem"))?;
     let cred_a = register(&registry, "bench-a")?;
     let cred_b = register(&registry, "bench-b")?;
-    let a = connect(&o.url, &tls, "bench-a", &cred_a).await?;
-    let b = connect(&o.url, &tls, "bench-b", &cred_b).await?;
+    let mut a = connect(&o.url, &tls, "bench-a", &cred_a).await?;
+    let mut b = connect(&o.url, &tls, "bench-b", &cred_b).await?;
+    // The hub forwards only between connectors that both claim the pairing.
+    claim(&mut a, "c1", Address::new("bench-b", "c2")).await?;
+    claim(&mut b, "c2", Address::new("bench-a", "c1")).await?;
     let frame = Bytes::from(wire::encode(&Frame::Route(Routed {
         from: Address::new("bench-a", "c1"),
         to: Address::new("bench-b", "c2"),

@@ -5,7 +5,10 @@
 //!                    │ accepted: attach route (the older connection of that name is closed)
 //!  site ◀─ Welcome ──┘
 //!  reader: Route ─▶ from.site == this site? ─▶ policy ─▶ lookup(to.site) ─▶ peer's queue
-//!                                                         └ none / stalled ─▶ PeerOffline back
+//!                                               │         └ none / stalled ─▶ Undelivered back
+//!                                               └ not paired ─▶ Undelivered{NotPaired} back
+//!          (Undelivered carries Offline / UnknownSite / NotPaired; version 1 gets PeerOffline)
+//!          Claims (v2) ─▶ registry (hub.db) ─▶ claim table: this site's pairings, replaced
 //!          Ping ─▶ Pong back; silence past the deadline, bad or oversized frame ─▶ Refused, close
 //!  writer: own queue ─▶ socket (batched); a kick (superseded, removed, shutdown) ─▶ Refused, close
 //! ```
@@ -26,7 +29,9 @@ use axum::extract::ws::{Message, WebSocket};
 use bytes::Bytes;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
-use proto::wire::{self, Frame, Refusal, RefusalCode, Undeliverable, Welcome};
+use proto::wire::{
+    self, Frame, Pairing, Refusal, RefusalCode, Routed, Undelivered, UndeliveredReason, Welcome,
+};
 use tokio::sync::mpsc;
 
 use crate::Shared;
@@ -194,7 +199,7 @@ pub(crate) async fn serve(socket: WebSocket, remote: SocketAddr, hub: Arc<Shared
     tracing::info!(site, %remote, version, conn = id, "site connected");
 
     let exit = {
-        let reader = read_loop(&mut stream, &site, &tx, &hub, &counters, &kick);
+        let reader = read_loop(&mut stream, &site, version, &tx, &hub, &counters, &kick);
         let writer = write_loop(&mut sink, rx, &kick, &counters);
         tokio::pin!(writer);
         tokio::select! {
@@ -237,6 +242,7 @@ fn shutdown_refusal() -> Refusal {
 async fn read_loop(
     stream: &mut Stream,
     site: &str,
+    version: u16,
     own: &mpsc::Sender<Bytes>,
     hub: &Shared,
     counters: &SiteCounters,
@@ -278,6 +284,15 @@ async fn read_loop(
             Ok(f) => f,
             Err(e) => return Exit::Refused(e.refusal()),
         };
+        if frame.since_version() > version {
+            return Exit::Refused(Refusal::new(
+                RefusalCode::Malformed,
+                format!(
+                    "a {} frame does not exist in protocol version {version}",
+                    frame_name(&frame)
+                ),
+            ));
+        }
         match frame {
             Frame::Route(r) => {
                 if r.from.site != site {
@@ -289,37 +304,20 @@ async fn read_loop(
                         ),
                     ));
                 }
-                let delivered = if !hub.policy.allows(&r.from, &r.to) {
-                    tracing::info!(from = %r.from, to = %r.to, "route not allowed by policy");
-                    false
-                } else if let Some(peer) = hub.routing.lookup(&r.to.site) {
-                    match peer.deliver(bytes, hub.config.delivery_patience).await {
-                        Ok(()) => true,
-                        Err(e) => {
-                            tracing::warn!(from = %r.from, to = %r.to, error = %e, "frame not delivered");
-                            hub.stats
-                                .site(&r.to.site)
-                                .stalled
-                                .fetch_add(1, Ordering::Relaxed);
-                            false
-                        }
+                if let Some(reason) = route(hub, &r, bytes).await {
+                    let answer = undelivered(r, reason, version);
+                    match reason {
+                        UndeliveredReason::Offline => &counters.peer_offline,
+                        UndeliveredReason::UnknownSite => &counters.unknown_site,
+                        UndeliveredReason::NotPaired => &counters.not_paired,
                     }
-                } else {
-                    false
-                };
-                if !delivered {
-                    counters.peer_offline.fetch_add(1, Ordering::Relaxed);
-                    let answer = Frame::PeerOffline(Undeliverable {
-                        to: r.to,
-                        from_connector: r.from.connector,
-                        kind: r.kind,
-                        id: r.id,
-                    });
+                    .fetch_add(1, Ordering::Relaxed);
                     if !queue(own, &answer).await {
                         return Exit::Closed("own queue closed".into());
                     }
                 }
             }
+            Frame::Claims(c) => claim(hub, site, c.pairings).await,
             Frame::Ping(n) => {
                 if !queue(own, &Frame::Pong(n)).await {
                     return Exit::Closed("own queue closed".into());
@@ -334,6 +332,77 @@ async fn read_loop(
             }
         }
     }
+}
+
+/// Forwards a routed frame (the very `bytes` that arrived) if the policy allows it and its
+/// site takes it; otherwise says why nothing was delivered.
+async fn route(hub: &Shared, r: &Routed, bytes: Bytes) -> Option<UndeliveredReason> {
+    if !hub.policy.allows(&r.from, &r.to) {
+        tracing::info!(from = %r.from, to = %r.to, "route refused: the connectors are not paired");
+        return Some(UndeliveredReason::NotPaired);
+    }
+    if let Some(peer) = hub.routing.lookup(&r.to.site) {
+        return match peer.deliver(bytes, hub.config.delivery_patience).await {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::warn!(from = %r.from, to = %r.to, error = %e, "frame not delivered");
+                hub.stats
+                    .site(&r.to.site)
+                    .stalled
+                    .fetch_add(1, Ordering::Relaxed);
+                Some(UndeliveredReason::Offline)
+            }
+        };
+    }
+    // Only on this (rare) path does the registry say whether the site exists at all.
+    let (registry, name) = (Arc::clone(&hub.registry), r.to.site.clone());
+    match tokio::task::spawn_blocking(move || registry.current_generation(&name)).await {
+        Ok(Ok(Some(_))) => Some(UndeliveredReason::Offline),
+        Ok(Ok(None)) => Some(UndeliveredReason::UnknownSite),
+        Ok(Err(e)) => {
+            tracing::warn!(to = %r.to, error = %e, "could not look a site up; answering offline");
+            Some(UndeliveredReason::Offline)
+        }
+        Err(e) => {
+            tracing::error!(to = %r.to, error = %e, "site lookup panicked; answering offline");
+            Some(UndeliveredReason::Offline)
+        }
+    }
+}
+
+/// The answer to an undelivered frame in the connection's protocol version.
+fn undelivered(r: Routed, reason: UndeliveredReason, version: u16) -> Frame {
+    let u = Undelivered {
+        to: r.to,
+        from_connector: r.from.connector,
+        kind: r.kind,
+        id: r.id,
+        reason,
+    };
+    if version >= wire::CLAIMS_VERSION {
+        Frame::Undelivered(u)
+    } else {
+        Frame::PeerOffline(u.to_v1())
+    }
+}
+
+/// Records `site`'s claimed pairings: in `hub.db` first, so that a restarted hub enforces
+/// them, then in the table the routing check reads. An unchanged set writes nothing.
+async fn claim(hub: &Shared, site: &str, pairings: Vec<Pairing>) {
+    if hub.claims.table.is_current(site, &pairings) {
+        tracing::debug!(site, pairings = pairings.len(), "claims unchanged");
+        return;
+    }
+    let (registry, name, rows) = (Arc::clone(&hub.registry), site.to_owned(), pairings.clone());
+    match tokio::task::spawn_blocking(move || registry.replace_claims(&name, &rows)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(site, error = %e, "could not store claimed pairings; enforcing them until the hub restarts");
+        }
+        Err(e) => tracing::error!(site, error = %e, "storing claimed pairings panicked"),
+    }
+    hub.claims.table.replace(site, &pairings);
+    tracing::info!(site, pairings = pairings.len(), "pairings claimed");
 }
 
 /// Writes queued frames until kicked (then sends the reason and closes) or the queue ends.
@@ -443,5 +512,7 @@ fn frame_name(f: &Frame) -> &'static str {
         Frame::PeerOffline(_) => "peer-offline",
         Frame::Ping(_) => "ping",
         Frame::Pong(_) => "pong",
+        Frame::Claims(_) => "claims",
+        Frame::Undelivered(_) => "undelivered",
     }
 }

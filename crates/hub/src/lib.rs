@@ -5,7 +5,9 @@
 //! ```text
 //!  site A ══wss══▶ ┌──────────── hub ─────────────┐ ◀══wss══ site B
 //!                  │ TlsListener → axum → conn     │
-//!                  │ registry (hub.db): who may    │
+//!                  │ registry (hub.db): who may,   │
+//!                  │   and the claimed pairings    │
+//!                  │ claims: paired connectors only│
 //!                  │ routing: site → live conn     │
 //!                  │ stats: frames/bytes per site  │
 //!                  └───────────────────────────────┘
@@ -18,11 +20,14 @@
 //! - The hub never stores, decodes or alters payloads; it reads only the addresses of a
 //!   routed frame and forwards the very bytes it received. It persists only its registry.
 //! - Nothing is forwarded for a connection that has not been authenticated, nor a frame whose
-//!   sender is not that connection's site.
+//!   sender is not that connection's site, nor a frame between two connectors that have not
+//!   both claimed each other (built-in `_` services excepted). Every frame not forwarded is
+//!   answered with the reason.
 //! - Every task belongs to something that stops it: connection tasks to a `TaskTracker`
 //!   awaited on shutdown, the accept loop and the registry watcher to `JoinSet`s.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod claims;
 mod conn;
 pub mod registry;
 pub mod routing;
@@ -48,6 +53,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use claims::{ClaimTable, PairedOnly};
 pub use registry::{Registry, RegistryError, SiteEntry};
 pub use routing::{AllowAll, LocalRouting, RoutePolicy, Routing};
 pub use tls::{TlsMaterial, TlsSource};
@@ -126,20 +132,26 @@ pub enum HubError {
 pub struct Prepared {
     pub tls: TlsMaterial,
     registry: Arc<Registry>,
+    /// The claimed pairings as `hub.db` held them at start, enforced before any site
+    /// reconnects.
+    claims: ClaimTable,
     config: HubConfig,
 }
 
-/// Opens the registry (creating the data dir) and loads or creates the certificate.
+/// Opens the registry (creating the data dir), loads the claimed pairings, and loads or
+/// creates the certificate.
 pub fn prepare(config: HubConfig) -> Result<Prepared, HubError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|source| HubError::DataDir {
         path: config.data_dir.clone(),
         source,
     })?;
     let registry = Arc::new(Registry::open(&config.data_dir)?);
+    let claims = ClaimTable::from_rows(registry.claims()?);
     let tls = tls::load(&config.data_dir, &config.tls)?;
     Ok(Prepared {
         tls,
         registry,
+        claims,
         config,
     })
 }
@@ -149,6 +161,9 @@ pub(crate) struct Shared {
     config: HubConfig,
     registry: Arc<Registry>,
     routing: Arc<dyn Routing>,
+    /// The claimed pairings: updated by each site's Claims, read by `policy`.
+    claims: Arc<PairedOnly>,
+    /// Which routes are forwarded (the same object as `claims`).
     policy: Arc<dyn RoutePolicy>,
     stats: Stats,
     /// Cancelled when the hub shuts down: connections say goodbye and end.
@@ -175,10 +190,15 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), HubError> {
     let token = CancellationToken::new();
+    let claims = Arc::new(PairedOnly {
+        table: prepared.claims,
+    });
+    tracing::info!(pairings = claims.table.len(), "claimed pairings loaded");
     let shared = Arc::new(Shared {
         registry: prepared.registry,
         routing: Arc::new(LocalRouting::default()),
-        policy: Arc::new(AllowAll),
+        policy: Arc::clone(&claims) as Arc<dyn RoutePolicy>,
+        claims,
         stats: Stats::default(),
         shutdown: token.clone(),
         tracker: TaskTracker::new(),
@@ -331,7 +351,8 @@ async fn metrics(
     }
     (
         [("content-type", "text/plain; version=0.0.4")],
-        hub.stats.prometheus(&hub.routing.attached()),
+        hub.stats
+            .prometheus(&hub.routing.attached(), hub.claims.table.len()),
     )
         .into_response()
 }

@@ -1,5 +1,5 @@
-//! The hub's registry in `hub.db` (SQLite, WAL): which sites may connect, and the SHA-256 of
-//! each one's credential. `west hub add-site` and `remove-site` write it from another process
+//! The hub's registry in `hub.db` (SQLite, WAL): which sites may connect, the SHA-256 of
+//! each one's credential, and the pairings each site has claimed for its connectors. `west hub add-site` and `remove-site` write it from another process
 //! while the hub runs; the hub notices through [`Registry::changed`] and acts at once.
 //!
 //! Deliberately absent: the credentials themselves (only their hashes are stored; a
@@ -13,10 +13,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use base64::Engine;
+use proto::wire::{Address, Pairing};
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_sites.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/0001_sites.sql")),
+    (2, include_str!("../migrations/0002_claims.sql")),
+];
 
 /// The registry file inside the hub's data dir.
 pub const DB_FILE: &str = "hub.db";
@@ -228,6 +232,60 @@ impl Registry {
             .map_err(sql("reading a generation"))
     }
 
+    /// Replaces every pairing `site` has claimed with `pairings`, in one transaction.
+    pub fn replace_claims(&self, site: &str, pairings: &[Pairing]) -> Result<(), RegistryError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(sql("starting a transaction"))?;
+        tx.execute("DELETE FROM claims WHERE site = ?1", [site])
+            .map_err(sql("clearing a site's claims"))?;
+        {
+            let mut insert = tx
+                .prepare(
+                    "INSERT OR IGNORE INTO claims
+                     (site, connector, peer_site, peer_connector, claimed_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(sql("storing claims"))?;
+            let now = now_micros();
+            for p in pairings {
+                insert
+                    .execute(params![
+                        site,
+                        p.connector,
+                        p.peer.site,
+                        p.peer.connector,
+                        now
+                    ])
+                    .map_err(sql("storing claims"))?;
+            }
+        }
+        tx.commit().map_err(sql("committing claims"))
+    }
+
+    /// Every claimed pairing, as (claiming site, pairing), ordered.
+    pub fn claims(&self) -> Result<Vec<(String, Pairing)>, RegistryError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT site, connector, peer_site, peer_connector FROM claims
+                 ORDER BY site, connector, peer_site, peer_connector",
+            )
+            .map_err(sql("reading claims"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    Pairing::new(
+                        r.get::<_, String>(1)?,
+                        Address::new(r.get::<_, String>(2)?, r.get::<_, String>(3)?),
+                    ),
+                ))
+            })
+            .map_err(sql("reading claims"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(sql("reading claims"))
+    }
+
     /// A number that changes whenever another process commits to the registry (SQLite's
     /// `data_version`); cheap enough to poll.
     pub fn changed(&self) -> Result<i64, RegistryError> {
@@ -342,6 +400,30 @@ mod tests {
         let list = reg.list_sites().expect("lists");
         assert_eq!(list.len(), 1);
         assert!(list[0].active);
+    }
+
+    #[test]
+    fn claims_are_replaced_per_site_and_persist() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let reg = Registry::open(dir.path()).expect("opens");
+        let p = |c: &str, site: &str, peer: &str| Pairing::new(c, Address::new(site, peer));
+        reg.replace_claims("a", &[p("c1", "b", "c2"), p("c3", "b", "c4")])
+            .expect("stores");
+        reg.replace_claims("b", &[p("c2", "a", "c1")])
+            .expect("stores");
+        reg.replace_claims("a", &[p("c3", "b", "c4"), p("c3", "b", "c4")])
+            .expect("replaces, duplicates once");
+        drop(reg);
+        let reopened = Registry::open(dir.path()).expect("reopens");
+        assert_eq!(
+            reopened.claims().expect("reads"),
+            vec![
+                ("a".to_owned(), p("c3", "b", "c4")),
+                ("b".to_owned(), p("c2", "a", "c1")),
+            ]
+        );
+        reopened.replace_claims("b", &[]).expect("clears");
+        assert_eq!(reopened.claims().expect("reads").len(), 1);
     }
 
     #[test]

@@ -162,13 +162,14 @@ impl Routing for LocalRouting {
     }
 }
 
-/// Which (site, connector) pairs may talk. The pairing issue replaces [`AllowAll`] with one
-/// that admits only paired connectors (and the pairing rendezvous itself).
+/// Which (site, connector) pairs may talk. The hub runs [`crate::PairedOnly`]: built-in
+/// services, and connectors that have both claimed each other.
 pub trait RoutePolicy: Send + Sync + 'static {
     fn allows(&self, from: &Address, to: &Address) -> bool;
 }
 
-/// Every authenticated site may address every other: the policy until pairing exists.
+/// Every authenticated site may address every other (for tests and benchmarks of routing
+/// alone).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct AllowAll;
 

@@ -1,5 +1,5 @@
-//! What the hub counts, per site: frames and bytes in each direction, connections, "peer
-//! offline" answers and refusals; rendered as Prometheus text on `/metrics` and as JSON on
+//! What the hub counts, per site: frames and bytes in each direction, connections, frames
+//! answered as undeliverable (by reason: offline, unknown site, not paired) and refusals; rendered as Prometheus text on `/metrics` and as JSON on
 //! `/health`.
 //!
 //! Deliberately absent: anything about payload contents (the hub only counts them), and
@@ -25,7 +25,13 @@ pub struct SiteCounters {
     pub bytes_out: AtomicU64,
     pub connects: AtomicU64,
     pub disconnects: AtomicU64,
+    /// Frames from the site whose addressed site is registered but not connected.
     pub peer_offline: AtomicU64,
+    /// Frames from the site addressed to a site the registry does not know.
+    pub unknown_site: AtomicU64,
+    /// Frames from the site refused because the two connectors have not both claimed the
+    /// pairing.
+    pub not_paired: AtomicU64,
     /// Frames dropped because the addressed site did not take them in time.
     pub stalled: AtomicU64,
 }
@@ -87,10 +93,10 @@ impl Stats {
     }
 
     /// Prometheus text exposition of every counter and of which sites are connected.
-    pub fn prometheus(&self, attached: &[PeerHandle]) -> String {
+    pub fn prometheus(&self, attached: &[PeerHandle], claimed_pairings: usize) -> String {
         let mut out = String::new();
         let sites = self.snapshot();
-        let series: [Series; 8] = [
+        let series: [Series; 10] = [
             (
                 "west_hub_frames_received_total",
                 "counter",
@@ -134,6 +140,18 @@ impl Stats {
                 |c| &c.peer_offline,
             ),
             (
+                "west_hub_unknown_site_total",
+                "counter",
+                "Frames from the site addressed to a site the hub does not know.",
+                |c| &c.unknown_site,
+            ),
+            (
+                "west_hub_not_paired_total",
+                "counter",
+                "Frames from the site refused because the connectors are not paired.",
+                |c| &c.not_paired,
+            ),
+            (
                 "west_hub_stalled_total",
                 "counter",
                 "Frames for the site dropped because it did not take them in time.",
@@ -169,6 +187,10 @@ impl Stats {
         );
         let _ = writeln!(
             out,
+            "# HELP west_hub_claimed_pairings Pairings claimed by sites (each pairing counts once per side).\n# TYPE west_hub_claimed_pairings gauge\nwest_hub_claimed_pairings {claimed_pairings}"
+        );
+        let _ = writeln!(
+            out,
             "# HELP west_hub_refused_total Connections refused, by reason.\n# TYPE west_hub_refused_total counter"
         );
         for (code, n) in self.refusals() {
@@ -199,6 +221,8 @@ impl Stats {
                     "connects": n(|c| &c.connects),
                     "disconnects": n(|c| &c.disconnects),
                     "peer_offline": n(|c| &c.peer_offline),
+                    "unknown_site": n(|c| &c.unknown_site),
+                    "not_paired": n(|c| &c.not_paired),
                 })
             })
             .collect();

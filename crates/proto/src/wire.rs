@@ -13,6 +13,11 @@
 //!    |-- Route{A/c1 -> C/c3, Request #8} -->|                          |
 //!    |<-- PeerOffline{C/c3, #8} -----|   (C is not connected)          |
 //!    |-- Ping(n) -->|<-- Pong(n) ----|   (every heartbeat, both ways)  |
+//!
+//!  version 2 adds:
+//!    |-- Claims{[(c1, B/c2)]} ------>|   (after Welcome and on every change; replaces A's)
+//!    |-- Route{A/c1 -> D/c4} ------->|   (A/c1 and D/c4 have not both claimed each other)
+//!    |<-- Undelivered{D/c4, NotPaired} (and Offline, UnknownSite in place of PeerOffline)
 //! ```
 //!
 //! Invariants:
@@ -35,7 +40,10 @@ pub const MAGIC: [u8; 4] = *b"WEST";
 /// The oldest protocol version this build speaks.
 pub const MIN_VERSION: u16 = 1;
 /// The newest protocol version this build speaks.
-pub const MAX_VERSION: u16 = 1;
+pub const MAX_VERSION: u16 = 2;
+/// The first version with [`Frame::Claims`] and [`Frame::Undelivered`]: pairings declared
+/// to the hub, and undeliverable answers with a reason.
+pub const CLAIMS_VERSION: u16 = 2;
 /// The largest encoded frame, in bytes: 1 MiB.
 pub const MAX_FRAME_LEN: usize = 1024 * 1024;
 /// The largest payload of a routed message: the frame limit less room for the header.
@@ -46,6 +54,8 @@ pub const MAX_NAME_LEN: usize = 64;
 pub const MAX_CREDENTIAL_LEN: usize = 256;
 /// The longest human-readable message of a refusal, in bytes.
 pub const MAX_MESSAGE_LEN: usize = 512;
+/// The most pairings one [`Claims`] frame may declare (about 600 KiB at the longest names).
+pub const MAX_CLAIMS: usize = 4096;
 
 /// One message on the link, in either direction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +74,30 @@ pub enum Frame {
     Ping(u64),
     /// The answer to a [`Frame::Ping`].
     Pong(u64),
+    /// Site → hub, version 2: every pairing of the site's connectors, replacing the ones it
+    /// declared before. The hub forwards connector-to-connector traffic only between two
+    /// connectors that have both claimed each other.
+    Claims(Claims),
+    /// Hub → site, version 2: nothing was delivered, and why. Replaces
+    /// [`Frame::PeerOffline`] on connections of version 2 and later.
+    Undelivered(Undelivered),
+}
+
+impl Frame {
+    /// The first protocol version in which this frame exists. A frame of a later version
+    /// than the connection's is a protocol violation.
+    pub fn since_version(&self) -> u16 {
+        match self {
+            Frame::Hello(_)
+            | Frame::Welcome(_)
+            | Frame::Refused(_)
+            | Frame::Route(_)
+            | Frame::PeerOffline(_)
+            | Frame::Ping(_)
+            | Frame::Pong(_) => 1,
+            Frame::Claims(_) | Frame::Undelivered(_) => CLAIMS_VERSION,
+        }
+    }
 }
 
 /// The opening frame: who the site is, how it proves it, which versions it speaks.
@@ -190,7 +224,7 @@ impl Refusal {
 }
 
 /// One end of a routed message.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Address {
     /// The site's name on the hub.
     pub site: String,
@@ -255,6 +289,84 @@ pub struct Undeliverable {
     pub id: u64,
 }
 
+/// The pairings a site declares for its own connectors; the hub stamps the site's
+/// authenticated name on them, so no site can claim for another's connectors.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Claims {
+    /// At most [`MAX_CLAIMS`]; neither end may be a built-in service (`_…`).
+    pub pairings: Vec<Pairing>,
+}
+
+/// One connector of the claiming site and the peer it is paired with.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Pairing {
+    /// A connector of the claiming site.
+    pub connector: String,
+    /// The connector on another site it is paired with.
+    pub peer: Address,
+}
+
+impl Pairing {
+    pub fn new(connector: impl Into<String>, peer: Address) -> Self {
+        Self {
+            connector: connector.into(),
+            peer,
+        }
+    }
+}
+
+/// Whether a connector name is a built-in service of the link (`_echo`, `_pairing`, …):
+/// traffic to or from one needs no pairing.
+pub fn is_service(connector: &str) -> bool {
+    connector.starts_with('_')
+}
+
+/// Why the hub delivered nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum UndeliveredReason {
+    /// The site is registered but not connected (or too slow to take the frame).
+    Offline,
+    /// No site of that name is registered on the hub.
+    UnknownSite,
+    /// The two connectors have not both declared the pairing in their [`Claims`].
+    NotPaired,
+}
+
+impl UndeliveredReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UndeliveredReason::Offline => "offline",
+            UndeliveredReason::UnknownSite => "unknown_site",
+            UndeliveredReason::NotPaired => "not_paired",
+        }
+    }
+}
+
+/// The hub could not deliver a routed message, with the reason (version 2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Undelivered {
+    /// Where the message was going.
+    pub to: Address,
+    /// The sending connector, so that the site can hand the answer back to it.
+    pub from_connector: String,
+    pub kind: Kind,
+    /// The id of the undelivered message.
+    pub id: u64,
+    pub reason: UndeliveredReason,
+}
+
+impl Undelivered {
+    /// The version 1 answer for the same message, which cannot say why.
+    pub fn to_v1(&self) -> Undeliverable {
+        Undeliverable {
+            to: self.to.clone(),
+            from_connector: self.from_connector.clone(),
+            kind: self.kind,
+            id: self.id,
+        }
+    }
+}
+
 /// Why a frame could not be encoded or decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
@@ -274,6 +386,10 @@ pub enum WireError {
         len: usize,
         max: usize,
     },
+    #[error("a claims frame declares {len} pairings, over the limit of {max}")]
+    TooManyClaims { len: usize, max: usize },
+    #[error("a pairing claim names a built-in service, which needs no pairing: {0}")]
+    ServiceClaimed(String),
 }
 
 impl WireError {
@@ -379,6 +495,29 @@ fn validate(frame: &Frame) -> Result<(), WireError> {
             check_name("connector", &u.from_connector)
         }
         Frame::Ping(_) | Frame::Pong(_) => Ok(()),
+        Frame::Claims(c) => {
+            if c.pairings.len() > MAX_CLAIMS {
+                return Err(WireError::TooManyClaims {
+                    len: c.pairings.len(),
+                    max: MAX_CLAIMS,
+                });
+            }
+            for p in &c.pairings {
+                check_name("claimed connector", &p.connector)?;
+                check_address("claimed peer", &p.peer)?;
+                if is_service(&p.connector) || is_service(&p.peer.connector) {
+                    return Err(WireError::ServiceClaimed(format!(
+                        "{} <-> {}",
+                        p.connector, p.peer
+                    )));
+                }
+            }
+            Ok(())
+        }
+        Frame::Undelivered(u) => {
+            check_address("receiver", &u.to)?;
+            check_name("connector", &u.from_connector)
+        }
     }
 }
 
@@ -543,6 +682,81 @@ mod tests {
     }
 
     #[test]
+    fn version_2_frames_come_after_every_version_1_variant() {
+        let claims = Frame::Claims(Claims {
+            pairings: vec![Pairing::new("c1", Address::new("b", "c2"))],
+        });
+        let bytes = encode(&claims).expect("encodes");
+        // Variant 7, one pairing: "c1", then the peer's site "b" and connector "c2".
+        assert_eq!(bytes, b"\x07\x01\x02c1\x01b\x02c2");
+        let undelivered = Frame::Undelivered(Undelivered {
+            to: Address::new("b", "c2"),
+            from_connector: "c1".into(),
+            kind: Kind::Request,
+            id: 9,
+            reason: UndeliveredReason::NotPaired,
+        });
+        let bytes = encode(&undelivered).expect("encodes");
+        assert_eq!(bytes, b"\x08\x01b\x02c2\x02c1\x00\x09\x02");
+        assert_eq!(claims.since_version(), CLAIMS_VERSION);
+        assert_eq!(undelivered.since_version(), CLAIMS_VERSION);
+        assert_eq!(hello().since_version(), 1);
+        assert_eq!(route(vec![]).since_version(), 1);
+        const { assert!(CLAIMS_VERSION <= MAX_VERSION && MIN_VERSION == 1) };
+    }
+
+    #[test]
+    fn claims_refuse_services_and_excess() {
+        let claim = |c: &str, peer: &str| {
+            Frame::Claims(Claims {
+                pairings: vec![Pairing::new(c, Address::new("b", peer))],
+            })
+        };
+        assert!(encode(&claim("c1", "c2")).is_ok());
+        for (c, peer) in [("_echo", "c2"), ("c1", "_pairing")] {
+            let bytes = postcard::to_allocvec(&claim(c, peer)).expect("postcard encodes");
+            check_decode(&bytes, Err("built-in service"));
+            assert!(matches!(
+                encode(&claim(c, peer)),
+                Err(WireError::ServiceClaimed(_))
+            ));
+        }
+        let bad = postcard::to_allocvec(&claim("c 1", "c2")).expect("postcard encodes");
+        check_decode(&bad, Err("not a valid name"));
+        let many = Frame::Claims(Claims {
+            pairings: vec![Pairing::new("c1", Address::new("b", "c2")); MAX_CLAIMS + 1],
+        });
+        assert!(matches!(
+            encode(&many),
+            Err(WireError::TooManyClaims { .. })
+        ));
+        let bytes = postcard::to_allocvec(&many).expect("postcard encodes");
+        check_decode(&bytes, Err("over the limit"));
+    }
+
+    #[test]
+    fn undelivered_has_a_version_1_form() {
+        let u = Undelivered {
+            to: Address::new("b", "c2"),
+            from_connector: "c1".into(),
+            kind: Kind::Message,
+            id: 3,
+            reason: UndeliveredReason::UnknownSite,
+        };
+        assert_eq!(
+            u.to_v1(),
+            Undeliverable {
+                to: Address::new("b", "c2"),
+                from_connector: "c1".into(),
+                kind: Kind::Message,
+                id: 3,
+            }
+        );
+        assert_eq!(UndeliveredReason::NotPaired.as_str(), "not_paired");
+        assert!(is_service("_echo") && !is_service("09iolmnn8090ol"));
+    }
+
+    #[test]
     fn negotiation() {
         assert_eq!(negotiate((1, 1), (1, 1)), Some(1));
         assert_eq!(negotiate((1, 3), (2, 5)), Some(3));
@@ -627,6 +841,39 @@ mod tests {
             }),
             any::<u64>().prop_map(Frame::Ping),
             any::<u64>().prop_map(Frame::Pong),
+            proptest::collection::vec(pairing(), 0..8)
+                .prop_map(|pairings| Frame::Claims(Claims { pairings })),
+            (address(), name(), kind(), any::<u64>(), reason()).prop_map(
+                |(to, c, kind, id, reason)| {
+                    Frame::Undelivered(Undelivered {
+                        to,
+                        from_connector: c,
+                        kind,
+                        id,
+                        reason,
+                    })
+                }
+            ),
+        ]
+    }
+
+    /// A connector name that is not a built-in service.
+    fn connector() -> impl Strategy<Value = String> {
+        "[a-zA-Z0-9.-][a-zA-Z0-9._-]{0,63}"
+    }
+
+    fn pairing() -> impl Strategy<Value = Pairing> {
+        (connector(), name(), connector()).prop_map(|(c, site, peer)| Pairing {
+            connector: c,
+            peer: Address::new(site, peer),
+        })
+    }
+
+    fn reason() -> impl Strategy<Value = UndeliveredReason> {
+        prop_oneof![
+            Just(UndeliveredReason::Offline),
+            Just(UndeliveredReason::UnknownSite),
+            Just(UndeliveredReason::NotPaired),
         ]
     }
 

@@ -5,8 +5,9 @@
 //!              ┌───────────── driver task (owned by LinkTask) ─────────────┐
 //!  Link ─out──▶│ connect: TCP → TLS (rustls, --hub-ca) → WebSocket → Hello │──wss──▶ hub
 //!  (requests,  │ ◀─ Welcome: Connected │ Refused: Refused{reason}           │
-//!   messages)  │ writer: queued frames + Ping every heartbeat               │
-//!              │ reader: Response/Failure/PeerOffline → pending requests    │
+//!   messages,  │ writer: Claims first (v2), queued frames, Ping every       │
+//!   pairings)  │         heartbeat, Claims again whenever they change       │
+//!              │ reader: Response/Failure/Undelivered → pending requests    │
 //!              │         Request to `_echo` → answered here                 │
 //!              │         other Request/Message → Inbound receiver           │
 //!              │ silence > dead_after, error, close → Reconnecting{backoff} │
@@ -19,8 +20,11 @@
 //! payloads), and any HTTP.
 //!
 //! Invariants: every task belongs to the [`LinkTask`]; dropping it stops them. Every request
-//! ends exactly once: with its answer, a failure, "peer offline", a timeout, or
-//! `NotConnected` when the connection it went out on is lost. A response is accepted only from
+//! ends exactly once: with its answer, a failure, an undeliverable answer of the hub (peer
+//! offline, unknown site, not paired), a timeout, or `NotConnected` when the connection it
+//! went out on is lost. The pairings set by [`Link::set_pairings`] are declared to the hub
+//! before any other frame of every connection (protocol version 2 and later), and again
+//! whenever they change. A response is accepted only from
 //! the site the request was sent to (the hub stamps the sender's site).
 
 use std::collections::HashMap;
@@ -32,7 +36,10 @@ use std::time::{Duration, Instant};
 use axum::http::Uri;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use proto::wire::{self, Address, Frame, Hello, Kind, Refusal, RefusalCode, Routed, Undeliverable};
+use proto::wire::{
+    self, Address, Claims, Frame, Hello, Kind, Pairing, Refusal, RefusalCode, Routed, Undelivered,
+    UndeliveredReason,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde::Serialize;
@@ -134,8 +141,12 @@ pub enum LinkError {
     Disabled,
     #[error("the site is not connected to the hub ({0})")]
     NotConnected(String),
-    #[error("site {site} is not connected to the hub")]
+    #[error("site {site} is offline: it is registered on the hub but not connected")]
     PeerOffline { site: String },
+    #[error("site {site} is not registered on the hub")]
+    UnknownSite { site: String },
+    #[error("the hub refused traffic from {from} to {to}: the two connectors are not paired")]
+    NotPaired { from: String, to: String },
     #[error("no answer from {to} within {after:?}")]
     Timeout { to: String, after: Duration },
     #[error("{from} could not answer: {reason}")]
@@ -244,6 +255,9 @@ struct Shared {
     next_id: AtomicU64,
     /// Round trip of the last heartbeat to the hub, in µs (0 before the first).
     hub_rtt_us: AtomicU64,
+    /// This site's paired connectors, sorted and without duplicates: the writer declares
+    /// them to the hub after every Welcome and whenever they change.
+    claims: watch::Sender<Vec<Pairing>>,
 }
 
 impl Shared {
@@ -348,7 +362,9 @@ impl Link {
         let (out_tx, out_rx) = mpsc::channel(tuning.outbound_capacity.max(1));
         let (in_tx, in_rx) = mpsc::channel(tuning.inbound_capacity.max(1));
         let (phase, _) = watch::channel(Phase::Connecting);
+        let (claims, claims_rx) = watch::channel(Vec::new());
         let shared = Arc::new(Shared {
+            claims,
             site: site_name.to_owned(),
             phase,
             out: out_tx,
@@ -369,6 +385,7 @@ impl Link {
             cancel: cancel.clone(),
             fatal: Some(fatal_tx),
             epoch: Instant::now(),
+            claims: claims_rx,
         };
         let mut tasks = JoinSet::new();
         tasks.spawn(driver.run());
@@ -413,6 +430,53 @@ impl Link {
     pub fn hub_rtt(&self) -> Option<Duration> {
         let us = self.shared.as_ref()?.hub_rtt_us.load(Ordering::Relaxed);
         (us > 0).then(|| Duration::from_micros(us))
+    }
+
+    /// Declares this site's pairings, (local connector, peer address), to the hub: they
+    /// replace the ones declared before, and are declared again on every reconnection. The
+    /// hub forwards traffic between two connectors only when both sites declared the pairing.
+    /// Nothing is sent when the set is unchanged; a link without a hub ignores it.
+    pub fn set_pairings(&self, pairings: Vec<(String, Address)>) {
+        let Some(shared) = &self.shared else { return };
+        let mut wanted: Vec<Pairing> = pairings
+            .into_iter()
+            .map(|(connector, peer)| Pairing::new(connector, peer))
+            .collect();
+        wanted.sort();
+        wanted.dedup();
+        shared.claims.send_if_modified(|current| {
+            let changed = *current != wanted;
+            if changed {
+                *current = wanted;
+            }
+            changed
+        });
+    }
+
+    /// Adds one pairing to those [`set_pairings`](Self::set_pairings) declared.
+    pub fn add_pairing(&self, connector: &str, peer: Address) {
+        let Some(shared) = &self.shared else { return };
+        let pairing = Pairing::new(connector, peer);
+        shared
+            .claims
+            .send_if_modified(|current| match current.binary_search(&pairing) {
+                Ok(_) => false,
+                Err(at) => {
+                    current.insert(at, pairing);
+                    true
+                }
+            });
+    }
+
+    /// The pairings this site declares to the hub.
+    pub fn pairings(&self) -> Vec<(String, Address)> {
+        self.shared.as_ref().map_or_else(Vec::new, |s| {
+            s.claims
+                .borrow()
+                .iter()
+                .map(|p| (p.connector.clone(), p.peer.clone()))
+                .collect()
+        })
     }
 
     /// Waits until the link is connected, for at most `within`; says whether it is.
@@ -633,6 +697,8 @@ struct Driver {
     /// Origin of heartbeat nonces (µs since it), to measure round trips without a clock in
     /// the frames.
     epoch: Instant,
+    /// The pairings to declare; changes wake the writer.
+    claims: watch::Receiver<Vec<Pairing>>,
 }
 
 impl Driver {
@@ -720,7 +786,7 @@ impl Driver {
             () = self.cancel.cancelled() => return Outcome::Cancelled,
             r = connect => r,
         };
-        let (ws, heartbeat) = match result {
+        let (ws, heartbeat, version) = match result {
             Err(_) => {
                 return Outcome::Failed(format!(
                     "no welcome within {:?}",
@@ -738,10 +804,11 @@ impl Driver {
         self.fatal = None;
         self.shared.set_phase(Phase::Connected);
         tracing::info!(url = %self.target.url, site = %self.shared.site, "hub link: connected");
-        self.serve(ws, heartbeat).await
+        self.serve(ws, heartbeat, version).await
     }
 
-    async fn connect(&self) -> Result<(Ws, Duration), Outcome> {
+    /// Dials and says hello: the connection, the heartbeat and the protocol version.
+    async fn connect(&self) -> Result<(Ws, Duration, u16), Outcome> {
         let failed =
             |what: &str, e: &dyn std::fmt::Display| Outcome::Failed(format!("{what}: {e}"));
         let tcp = TcpStream::connect((self.target.host.as_str(), self.target.port))
@@ -782,7 +849,7 @@ impl Driver {
                         Ok(Frame::Welcome(w)) => {
                             let asked = Duration::from_millis(u64::from(w.heartbeat_ms.max(100)));
                             tracing::debug!(version = w.version, "hub link: welcome");
-                            Ok((ws, asked.min(self.tuning.heartbeat)))
+                            Ok((ws, asked.min(self.tuning.heartbeat), w.version))
                         }
                         Ok(Frame::Refused(r)) => Err(Outcome::Refused(r)),
                         Ok(_) => Err(Outcome::Failed(
@@ -800,7 +867,7 @@ impl Driver {
         }
     }
 
-    async fn serve(&mut self, ws: Ws, heartbeat: Duration) -> Outcome {
+    async fn serve(&mut self, ws: Ws, heartbeat: Duration, version: u16) -> Outcome {
         let (mut sink, mut stream) = ws.split();
         let shared = Arc::clone(&self.shared);
         let dead_after = self.tuning.dead_after.max(heartbeat * 2);
@@ -831,7 +898,18 @@ impl Driver {
                 };
                 match frame {
                     Frame::Route(r) => handle_route(&shared, &inbound, r).await,
-                    Frame::PeerOffline(u) => handle_offline(&shared, u),
+                    Frame::PeerOffline(u) => handle_undelivered(
+                        &shared,
+                        Undelivered {
+                            to: u.to,
+                            from_connector: u.from_connector,
+                            kind: u.kind,
+                            id: u.id,
+                            // Version 1 cannot say why; it meant "not connected".
+                            reason: UndeliveredReason::Offline,
+                        },
+                    ),
+                    Frame::Undelivered(u) => handle_undelivered(&shared, u),
                     Frame::Ping(n) => {
                         if let Ok(b) = wire::encode(&Frame::Pong(n)) {
                             let _ = shared.out.send(Bytes::from(b)).await;
@@ -844,35 +922,61 @@ impl Driver {
                             .store(now.saturating_sub(n).max(1), Ordering::Relaxed);
                     }
                     Frame::Refused(r) => return Outcome::Refused(r),
-                    Frame::Hello(_) | Frame::Welcome(_) => {
+                    Frame::Hello(_) | Frame::Welcome(_) | Frame::Claims(_) => {
                         return Outcome::Lost("the hub sent an unexpected frame".into());
                     }
                 }
             }
         };
         let out_rx = &mut self.out_rx;
+        // A hub of version 1 knows no Claims frame (and enforces no pairing).
+        let declare = version >= wire::CLAIMS_VERSION;
+        let claims_rx = &mut self.claims;
+        // Every connection starts with the current claims, before any routed frame.
+        claims_rx.mark_changed();
+        // The current claims, if they changed since last sent. Checked again before each
+        // queued frame: a pairing added before a frame was queued then leaves before it.
+        let mut pending_claims = move || -> Option<Bytes> {
+            if !declare || !claims_rx.has_changed().unwrap_or(false) {
+                return None;
+            }
+            let pairings = claims_rx.borrow_and_update().clone();
+            match wire::encode(&Frame::Claims(Claims { pairings })) {
+                Ok(b) => Some(Bytes::from(b)),
+                Err(e) => {
+                    tracing::error!(error = %e, "hub link: cannot declare the pairings");
+                    None
+                }
+            }
+        };
+        let mut claims_changed = self.shared.claims.subscribe();
         let writer = async {
             let mut tick = tokio::time::interval(heartbeat);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
+                let mut batch = Vec::with_capacity(8);
+                batch.extend(pending_claims());
                 let first = tokio::select! {
                     biased;
+                    // Only a wake-up: `pending_claims` below reads what changed.
+                    _ = claims_changed.changed(), if declare => None,
                     _ = tick.tick() => {
                         let n = u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
-                        match wire::encode(&Frame::Ping(n)) {
-                            Ok(b) => Bytes::from(b),
-                            Err(_) => continue,
-                        }
+                        wire::encode(&Frame::Ping(n)).ok().map(Bytes::from)
                     }
                     f = out_rx.recv() => match f {
-                        Some(f) => f,
+                        Some(f) => Some(f),
                         None => return Outcome::Cancelled,
                     },
                 };
-                let mut batch = vec![first];
+                batch.extend(pending_claims());
+                batch.extend(first);
                 while batch.len() < 64 {
                     match out_rx.try_recv() {
-                        Ok(b) => batch.push(b),
+                        Ok(b) => {
+                            batch.extend(pending_claims());
+                            batch.push(b);
+                        }
                         Err(_) => break,
                     }
                 }
@@ -958,13 +1062,34 @@ async fn handle_route(shared: &Shared, inbound: &mpsc::Sender<Inbound>, r: Route
     }
 }
 
-fn handle_offline(shared: &Shared, u: Undeliverable) {
+/// The hub delivered nothing: a request ends with the reason; a message is only logged (the
+/// sync layer resends from its durable state).
+fn handle_undelivered(shared: &Shared, u: Undelivered) {
+    let error = link_error_for(&shared.site, &u);
     if u.kind == Kind::Request
         && let Some(p) = shared.pending().remove(&u.id)
     {
-        let _ = p.tx.send(Err(LinkError::PeerOffline { site: u.to.site }));
+        let _ = p.tx.send(Err(error));
+    } else if u.reason == UndeliveredReason::NotPaired {
+        tracing::warn!(to = %u.to, from = u.from_connector, "hub link: {error}");
     } else {
-        tracing::debug!(to = %u.to, "hub link: message not delivered, peer offline");
+        tracing::debug!(to = %u.to, reason = u.reason.as_str(), "hub link: message not delivered: {error}");
+    }
+}
+
+/// What an undeliverable answer of the hub means to the caller.
+fn link_error_for(site: &str, u: &Undelivered) -> LinkError {
+    match u.reason {
+        UndeliveredReason::Offline => LinkError::PeerOffline {
+            site: u.to.site.clone(),
+        },
+        UndeliveredReason::UnknownSite => LinkError::UnknownSite {
+            site: u.to.site.clone(),
+        },
+        UndeliveredReason::NotPaired => LinkError::NotPaired {
+            from: Address::new(site, u.from_connector.as_str()).to_string(),
+            to: u.to.to_string(),
+        },
     }
 }
 
@@ -1024,6 +1149,88 @@ mod tests {
         assert_eq!(t.host, "::1");
         assert!(Target::parse("ws://127.0.0.1:1").is_err());
         assert!(Target::parse("not a url").is_err());
+    }
+
+    #[test]
+    fn every_undeliverable_reason_reaches_the_caller() {
+        let u = |reason| Undelivered {
+            to: Address::new("site-b", "c2"),
+            from_connector: "c1".into(),
+            kind: Kind::Request,
+            id: 1,
+            reason,
+        };
+        let check = |reason, want: LinkError, text: &str| {
+            let got = link_error_for("site-a", &u(reason));
+            assert_eq!(got, want);
+            assert!(got.to_string().contains(text), "{got}");
+        };
+        check(
+            UndeliveredReason::Offline,
+            LinkError::PeerOffline {
+                site: "site-b".into(),
+            },
+            "site site-b is offline",
+        );
+        check(
+            UndeliveredReason::UnknownSite,
+            LinkError::UnknownSite {
+                site: "site-b".into(),
+            },
+            "site site-b is not registered on the hub",
+        );
+        check(
+            UndeliveredReason::NotPaired,
+            LinkError::NotPaired {
+                from: "site-a/c1".into(),
+                to: "site-b/c2".into(),
+            },
+            "not paired",
+        );
+    }
+
+    #[tokio::test]
+    async fn pairings_are_kept_sorted_once_each_and_changes_wake_the_writer() {
+        let cfg = LinkConfig {
+            url: "wss://127.0.0.1:9".into(),
+            credential: "c".into(),
+            ca_pem: None,
+        };
+        let (link, task, _inbound) =
+            Link::spawn(cfg, "site-a", LinkTuning::default()).expect("spawns");
+        let shared = link.shared.clone().expect("a hub link");
+        let mut rx = shared.claims.subscribe();
+        let b = |c: &str| Address::new("site-b", c);
+        link.set_pairings(vec![("c3".into(), b("t3")), ("c1".into(), b("t1"))]);
+        assert!(rx.has_changed().expect("open"));
+        rx.mark_unchanged();
+        link.add_pairing("c2", b("t2"));
+        link.add_pairing("c2", b("t2"));
+        assert_eq!(
+            link.pairings(),
+            vec![
+                ("c1".to_owned(), b("t1")),
+                ("c2".to_owned(), b("t2")),
+                ("c3".to_owned(), b("t3"))
+            ]
+        );
+        rx.mark_unchanged();
+        // The same set again, in another order, wakes nobody.
+        link.set_pairings(vec![
+            ("c3".into(), b("t3")),
+            ("c2".into(), b("t2")),
+            ("c1".into(), b("t1")),
+        ]);
+        link.add_pairing("c1", b("t1"));
+        assert!(!rx.has_changed().expect("open"));
+        link.set_pairings(Vec::new());
+        assert!(rx.has_changed().expect("open"));
+        assert!(link.pairings().is_empty());
+        task.shutdown().await;
+        // A link without a hub declares nothing.
+        let off = Link::disabled();
+        off.add_pairing("c1", b("t1"));
+        assert!(off.pairings().is_empty());
     }
 
     #[tokio::test]

@@ -5,7 +5,8 @@
 //! TLS (trusting its self-signed certificate), and restarts it on the same port.
 //!
 //! [`RawClient`] speaks `proto::wire` frames directly, so that tests can do what no honest
-//! site does: skip the hello, forge a sender, send garbage or oversized frames.
+//! site does: skip the hello, forge a sender, send garbage or oversized frames, claim
+//! pairings nobody agreed to, or speak an older protocol version.
 //!
 //! Deliberately absent: any hub logic; everything goes through the process's public surface.
 
@@ -17,7 +18,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use proto::wire::{self, Frame, Hello};
+use proto::wire::{self, Address, Claims, Frame, Hello, Pairing};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
@@ -288,11 +289,28 @@ impl RawClient {
         site: &str,
         credential: &str,
     ) -> anyhow::Result<(Self, Frame)> {
+        Self::hello_versions(
+            hub,
+            site,
+            credential,
+            (wire::MIN_VERSION, wire::MAX_VERSION),
+        )
+        .await
+    }
+
+    /// Like [`hello`](Self::hello), offering only the protocol versions `min..=max` (an
+    /// older site).
+    pub async fn hello_versions(
+        hub: &HubProc,
+        site: &str,
+        credential: &str,
+        (min, max): (u16, u16),
+    ) -> anyhow::Result<(Self, Frame)> {
         let mut c = Self::connect(hub).await?;
         c.send(&Frame::Hello(Hello {
             magic: wire::MAGIC,
-            min_version: wire::MIN_VERSION,
-            max_version: wire::MAX_VERSION,
+            min_version: min,
+            max_version: max,
             site: site.into(),
             credential: credential.into(),
         }))
@@ -308,6 +326,35 @@ impl RawClient {
     pub async fn send(&mut self, frame: &Frame) -> anyhow::Result<()> {
         let bytes = wire::encode(frame)?;
         self.send_raw(bytes).await
+    }
+
+    /// Declares `pairings` (this site's connector, peer) and waits until the hub has recorded
+    /// them: the hub handles a connection's frames in order, so the Pong of a Ping sent right
+    /// behind the Claims proves it. Fails if any other frame arrives meanwhile.
+    pub async fn claim(&mut self, pairings: &[(&str, Address)]) -> anyhow::Result<()> {
+        let pairings = pairings
+            .iter()
+            .map(|(c, peer)| Pairing::new(*c, peer.clone()))
+            .collect();
+        self.send(&Frame::Claims(Claims { pairings })).await?;
+        let nonce = 0x0c1a_1a5e;
+        self.send(&Frame::Ping(nonce)).await?;
+        let answer = async {
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(Message::Binary(b))) => match wire::decode(&b)? {
+                        Frame::Pong(n) if n == nonce => return Ok(()),
+                        Frame::Pong(_) => continue,
+                        other => bail!("while claiming, the hub sent {other:?}"),
+                    },
+                    Some(Ok(_)) => continue,
+                    other => bail!("the hub closed while claiming: {other:?}"),
+                }
+            }
+        };
+        tokio::time::timeout(DEADLINE, answer)
+            .await
+            .context("no pong after the claims")?
     }
 
     /// Sends arbitrary bytes as one binary message.

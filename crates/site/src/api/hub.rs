@@ -2,8 +2,9 @@
 //!
 //! `POST /api/v1/hub/ping {"site": NAME}` sends a request through the hub to the built-in echo
 //! service of site NAME and answers `{"site", "rtt_ms"}` when it comes back: proof that both
-//! sites are connected and the hub relays between them. 503 `peer_offline` when NAME (or this
-//! site) is not connected, or when the echo does not come back in time.
+//! sites are connected and the hub relays between them. 404 `not_found` when the hub has no
+//! site NAME; 503 `peer_offline` when NAME (or this site) is not connected, or when the echo
+//! does not come back in time.
 //!
 //! Deliberately absent: any way to send arbitrary payloads to other sites from HTTP.
 
@@ -55,6 +56,8 @@ pub fn link_error(e: LinkError) -> ApiError {
         LinkError::Disabled => {
             ApiError::PeerOffline("this site runs without a hub (start it with --hub)".into())
         }
+        LinkError::UnknownSite { .. } => ApiError::NotFound(e.to_string()),
+        LinkError::NotPaired { .. } => ApiError::Conflict(e.to_string()),
         LinkError::NotConnected(_)
         | LinkError::PeerOffline { .. }
         | LinkError::Timeout { .. }

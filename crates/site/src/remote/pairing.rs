@@ -411,8 +411,11 @@ pub async fn create_target(state: &AppState, req: TargetRequest) -> Result<Conne
 fn link_failure(e: LinkError, site: &str, cid: &ConnectorId) -> ApiError {
     match e {
         LinkError::Failed { reason, .. } => ApiError::NotFound(reason),
+        LinkError::UnknownSite { .. } => ApiError::NotFound(format!(
+            "site {site:?} is not registered on the hub; check the remote site name"
+        )),
         LinkError::PeerOffline { .. } => ApiError::PeerOffline(format!(
-            "site {site:?} is offline or unknown to the hub; check the name and that the site is running"
+            "site {site:?} is offline (registered on the hub but not connected); check that it is running"
         )),
         LinkError::Timeout { .. } => ApiError::PeerOffline(format!(
             "site {site:?} did not answer in time while pairing with connector {cid}"
