@@ -1,10 +1,17 @@
 //! The site's Prometheus metrics, kept on a recorder owned by the site rather than a global
 //! one, so that several sites can live in one process (tests, quickstart) without sharing
 //! counters.
+//!
+//! The hub link's gauges (`west_hub_link_up`, `west_hub_rtt_seconds`) are read from the
+//! [`Link`] handed to [`SiteMetrics::watch_link`] each time the metrics are rendered, so they
+//! are never stale and nothing polls.
 
-use metrics::{Counter, Histogram, Key, Label, Level, Metadata, Recorder};
+use std::sync::OnceLock;
+
+use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
+use crate::link::Link;
 use crate::remote::sync::SyncStatus;
 
 /// Handles on every metric the site records.
@@ -18,6 +25,13 @@ pub struct SiteMetrics {
     pub ingest_refused: Counter,
     /// Seconds from receiving an ingest request to its durable acknowledgement.
     pub ingest_seconds: Histogram,
+    /// The hub link whose state and round trip the rendered metrics show (set once, when
+    /// the site's services start).
+    link: OnceLock<Link>,
+    /// 1 while the hub link is connected, else 0 (also 0 without a hub).
+    hub_link_up: Gauge,
+    /// Round trip of the last heartbeat to the hub; NaN before the first.
+    hub_rtt_seconds: Gauge,
 }
 
 impl SiteMetrics {
@@ -32,6 +46,10 @@ impl SiteMetrics {
             ingest_refused: counter("west_ingest_refused_total"),
             ingest_seconds: recorder
                 .register_histogram(&Key::from_static_name("west_ingest_seconds"), &meta),
+            link: OnceLock::new(),
+            hub_link_up: recorder.register_gauge(&Key::from_static_name("west_hub_link_up"), &meta),
+            hub_rtt_seconds: recorder
+                .register_gauge(&Key::from_static_name("west_hub_rtt_seconds"), &meta),
             handle,
             recorder,
         }
@@ -68,8 +86,20 @@ impl SiteMetrics {
         counter("west_sync_reconnects_total", s.reconnects);
     }
 
+    /// Makes the rendered metrics show `link`'s state and round trip. The first call wins.
+    pub fn watch_link(&self, link: Link) {
+        let _ = self.link.set(link);
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        let (up, rtt) = self
+            .link
+            .get()
+            .map_or((false, None), |l| (l.state().connected(), l.hub_rtt()));
+        self.hub_link_up.set(if up { 1.0 } else { 0.0 });
+        self.hub_rtt_seconds
+            .set(rtt.map_or(f64::NAN, |d| d.as_secs_f64()));
         self.handle.render()
     }
 }
@@ -77,5 +107,28 @@ impl SiteMetrics {
 impl Default for SiteMetrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(text: &str, metric: &str) -> Option<String> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{metric} ")))
+            .map(str::to_owned)
+    }
+
+    #[test]
+    fn hub_link_gauges_follow_the_link() {
+        let m = SiteMetrics::new();
+        // No link watched yet: down, no round trip.
+        let text = m.render();
+        assert_eq!(value(&text, "west_hub_link_up").as_deref(), Some("0"));
+        assert_eq!(value(&text, "west_hub_rtt_seconds").as_deref(), Some("NaN"));
+        m.watch_link(Link::disabled());
+        let text = m.render();
+        assert_eq!(value(&text, "west_hub_link_up").as_deref(), Some("0"));
     }
 }

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use proto::channel::PinnedPeer;
 use proto::model::{ConnectorId, SyncState};
 use proto::pairing::{ConnectorAddr, StaticKeypair};
+use proto::wire::Address;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -131,6 +132,7 @@ pub fn spawn(
     cancel: CancellationToken,
     tasks: &mut JoinSet<()>,
 ) {
+    state.metrics.watch_link(state.link.clone());
     if let Some(inbound) = inbound {
         tasks.spawn(supervise(state.clone(), inbound, starts, cancel.clone()));
     }
@@ -160,6 +162,14 @@ async fn supervise(
     let mut tasks = JoinSet::new();
     match state.store.list_connectors().await {
         Ok(all) => {
+            // The hub forwards only between connectors whose sites both declare the pairing.
+            state.link.set_pairings(
+                all.iter()
+                    .filter(|c| c.state == SyncState::Paired)
+                    .filter_map(|c| Some((c.id.to_string(), c.peer.as_ref()?)))
+                    .map(|(id, p)| (id, Address::new(p.site.as_str(), p.connector_id.as_str())))
+                    .collect(),
+            );
             for c in all.iter().filter(|c| c.state == SyncState::Paired) {
                 start_connector(&state, &c.id, &cancel, &mut tasks).await;
             }
@@ -224,6 +234,11 @@ async fn start_connector(
             return;
         }
     };
+    // Declared before the session's first frame, which the link sends after it.
+    state.link.add_pairing(
+        cid.as_str(),
+        Address::new(spec.peer.addr.site(), spec.peer.addr.connector().as_str()),
+    );
     let (events_tx, events_rx) = mpsc::channel(1024);
     let handle = peer::spawn(
         spec,
