@@ -1,12 +1,13 @@
 //! The Connectivity Hub and the site link, end to end: a real `west hub` and real `west site`
 //! processes on loopback, a fault-injecting proxy between a site and the hub, and a raw wire
-//! client for what no honest site would send.
+//! client for what no honest site would send. Routing between connectors needs a pairing both
+//! sites have claimed; refusals say why (offline, unknown site, not paired).
 //!
 //! Nothing here asserts how fast something happens; waits poll with a deadline.
 
 use std::time::Duration;
 
-use proto::wire::{self, Address, Frame, Kind, Routed};
+use proto::wire::{self, Address, Frame, Kind, Routed, Undelivered, UndeliveredReason};
 use serde_json::{Value, json};
 use testkit::{DEADLINE, FaultProxy, HubProc, RawClient, SiteOpts, SiteProc, WestProc, eventually};
 
@@ -96,14 +97,53 @@ async fn a_request_from_one_site_reaches_the_other_and_the_answer_returns() -> a
             > 0
     );
 
-    // A site that is not connected is answered at once: peer offline.
+    // A site the hub does not know is answered at once, as such.
     let (status, body) = ping(&a, "site-z").await?;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (404, Some("not_found")),
+        "{body}"
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("site site-z is not registered on the hub"),
+        "{body}"
+    );
+    assert_eq!(
+        hub.counter("west_hub_unknown_site_total", "site-a").await?,
+        1
+    );
+    // A registered site that is not connected: peer offline.
+    hub.add_site("site-y").await?;
+    let (status, body) = ping(&a, "site-y").await?;
     assert_eq!(
         (status, body["error"].as_str()),
         (503, Some("peer_offline")),
         "{body}"
     );
-    assert!(hub.counter("west_hub_peer_offline_total", "site-a").await? >= 1);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("site site-y is offline"),
+        "{body}"
+    );
+    assert_eq!(
+        hub.counter("west_hub_peer_offline_total", "site-a").await?,
+        1
+    );
+
+    // The site's own metrics show its link up and the heartbeat's round trip.
+    let admin = a.admin().await?;
+    eventually("site-a to export its hub round trip", DEADLINE, || async {
+        let (_, text) = admin.get("/metrics").await?;
+        let text = text.as_str().unwrap_or_default().to_owned();
+        anyhow::ensure!(text.contains("west_hub_link_up 1"), "{text}");
+        Ok(site_metric(&text, "west_hub_rtt_seconds").filter(|v| *v > 0.0))
+    })
+    .await?;
 
     // The call needs a login like every other API call.
     let (status, _) = testkit::Api::new(&a.url)
@@ -111,6 +151,13 @@ async fn a_request_from_one_site_reaches_the_other_and_the_answer_returns() -> a
         .await?;
     assert_eq!(status, 401);
     Ok(())
+}
+
+/// A metric of the site's `/metrics` without labels.
+fn site_metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 #[tokio::test]
@@ -121,6 +168,12 @@ async fn after_a_hub_restart_both_sites_reconnect_on_their_own() -> anyhow::Resu
     hub.kill9().await?;
     wait_link(&a, false).await?;
     wait_link(&b, false).await?;
+    let (_, text) = a.admin().await?.get("/metrics").await?;
+    assert_eq!(
+        site_metric(text.as_str().unwrap_or_default(), "west_hub_link_up"),
+        Some(0.0),
+        "{text}"
+    );
     let state = link(&a).await?;
     assert!(
         ["reconnecting", "connecting"].contains(&state["link"]["state"].as_str().unwrap_or("")),
@@ -289,13 +342,21 @@ async fn frames_from_forged_or_unauthenticated_peers_are_never_forwarded() -> an
         "{answer:?}"
     );
 
-    // An honest frame: the first and only thing the receiver gets.
+    // An honest frame between connectors that both claimed the pairing: the first and only
+    // thing the receiver gets.
+    receiver
+        .claim(&[("c2", Address::new("site-a", "c1"))])
+        .await?;
     let (mut honest, _) = RawClient::hello(&hub, "site-a", &cred_a).await?;
+    honest
+        .claim(&[("c1", Address::new("site-b", "c2"))])
+        .await?;
     honest.send(&route("site-a", "site-b", 99)).await?;
     expect_only(&mut receiver, 99).await?;
+    // The pong that confirmed its claims, and the frame.
     assert_eq!(
         hub.counter("west_hub_frames_sent_total", "site-b").await?,
-        1
+        2
     );
     let metrics = hub.metrics().await?;
     assert!(
@@ -322,7 +383,13 @@ async fn a_second_connection_with_the_same_name_replaces_the_first() -> anyhow::
     })
     .await?;
 
-    // The newer connection carries traffic (here, to itself).
+    // The newer connection carries traffic (here, between two of its own paired connectors).
+    newer
+        .claim(&[
+            ("c1", Address::new("site-a", "c2")),
+            ("c2", Address::new("site-a", "c1")),
+        ])
+        .await?;
     newer.send(&route("site-a", "site-a", 7)).await?;
     expect_only(&mut newer, 7).await?;
     Ok(())
@@ -349,8 +416,9 @@ async fn removing_a_site_cuts_it_off_while_the_hub_runs() -> anyhow::Result<()> 
             .starts_with("Hub: refused")
     );
     wait_hub_sees(&hub, "site-b", false).await?;
-    let (status, _) = ping(&a, "site-b").await?;
-    assert_eq!(status, 503);
+    // A removed site is no longer registered: the hub says so rather than "offline".
+    let (status, body) = ping(&a, "site-b").await?;
+    assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
     // The site that stayed is unaffected.
     assert_eq!(link(&a).await?["connected"], true);
     Ok(())
@@ -471,8 +539,8 @@ async fn a_site_answers_every_request_echo_or_failure() -> anyhow::Result<()> {
         }
         other => anyhow::bail!("expected the echo, got {other:?}"),
     }
-    // A connector no service listens on: a failure with a reason, not silence.
-    c.send(&request("09iolmnn8090ol", 2)).await?;
+    // A service nobody offers: a failure with a reason, not silence.
+    c.send(&request("_nosuch", 2)).await?;
     match c.recv().await? {
         Some(Frame::Route(r)) => {
             assert_eq!((r.kind, r.id), (Kind::Failure, 2));
@@ -480,5 +548,226 @@ async fn a_site_answers_every_request_echo_or_failure() -> anyhow::Result<()> {
         }
         other => anyhow::bail!("expected a failure, got {other:?}"),
     }
+    // A connector, unpaired: the hub answers for the site, which never sees it.
+    c.send(&request("09iolmnn8090ol", 3)).await?;
+    expect_undelivered(&mut c, 3, UndeliveredReason::NotPaired).await?;
+    Ok(())
+}
+
+/// Reads the next frame, which must be the hub's `Undelivered` for `id` with `reason`.
+async fn expect_undelivered(
+    c: &mut RawClient,
+    id: u64,
+    reason: UndeliveredReason,
+) -> anyhow::Result<Undelivered> {
+    loop {
+        match c.recv().await? {
+            Some(Frame::Undelivered(u)) if u.id == id => {
+                anyhow::ensure!(u.reason == reason, "{u:?}, wanted {reason:?}");
+                return Ok(u);
+            }
+            Some(Frame::Ping(_)) => continue,
+            other => anyhow::bail!("expected undelivered #{id} ({reason:?}), got {other:?}"),
+        }
+    }
+}
+
+/// A routed frame from `from` to `to` (both `site/connector`).
+fn routed(from: &str, to: &str, kind: Kind, id: u64) -> Frame {
+    let addr = |s: &str| {
+        let (site, connector) = s.split_once('/').unwrap_or((s, ""));
+        Address::new(site, connector)
+    };
+    Frame::Route(Routed {
+        from: addr(from),
+        to: addr(to),
+        kind,
+        id,
+        payload: b"hello".to_vec(),
+    })
+}
+
+#[tokio::test]
+async fn connectors_talk_only_when_both_sites_claim_the_pairing() -> anyhow::Result<()> {
+    let hub = HubProc::start(util::bin()).await?;
+    let cred_a = hub.add_site("site-a").await?;
+    let cred_b = hub.add_site("site-b").await?;
+    let cred_c = hub.add_site("site-c").await?;
+    hub.add_site("site-d").await?;
+    let (mut a, _) = RawClient::hello(&hub, "site-a", &cred_a).await?;
+    let (mut b, welcome) = RawClient::hello(&hub, "site-b", &cred_b).await?;
+    assert!(
+        matches!(&welcome, Frame::Welcome(w) if w.version == wire::MAX_VERSION),
+        "{welcome:?}"
+    );
+    let (mut c, _) = RawClient::hello(&hub, "site-c", &cred_c).await?;
+    // The Welcome leaves just before the hub routes to the site.
+    wait_hub_sees(&hub, "site-b", true).await?;
+    wait_hub_sees(&hub, "site-a", true).await?;
+
+    // Nobody claimed anything: refused, with the reason, and the request is handed back.
+    a.send(&routed("site-a/c1", "site-b/c2", Kind::Request, 1))
+        .await?;
+    let u = expect_undelivered(&mut a, 1, UndeliveredReason::NotPaired).await?;
+    assert_eq!(
+        (u.to, u.from_connector.as_str(), u.kind),
+        (Address::new("site-b", "c2"), "c1", Kind::Request)
+    );
+    // One side alone opens nothing.
+    a.claim(&[("c1", Address::new("site-b", "c2"))]).await?;
+    a.send(&routed("site-a/c1", "site-b/c2", Kind::Message, 2))
+        .await?;
+    expect_undelivered(&mut a, 2, UndeliveredReason::NotPaired).await?;
+    // Both sides: traffic flows both ways.
+    b.claim(&[("c2", Address::new("site-a", "c1"))]).await?;
+    a.send(&routed("site-a/c1", "site-b/c2", Kind::Message, 3))
+        .await?;
+    expect_only(&mut b, 3).await?;
+    b.send(&routed("site-b/c2", "site-a/c1", Kind::Message, 4))
+        .await?;
+    expect_only(&mut a, 4).await?;
+    // A third site cannot reach either end, even claiming a pairing of its own with them.
+    c.claim(&[
+        ("c1", Address::new("site-b", "c2")),
+        ("c2", Address::new("site-a", "c1")),
+    ])
+    .await?;
+    c.send(&routed("site-c/c1", "site-b/c2", Kind::Message, 5))
+        .await?;
+    expect_undelivered(&mut c, 5, UndeliveredReason::NotPaired).await?;
+    c.send(&routed("site-c/c2", "site-a/c1", Kind::Request, 6))
+        .await?;
+    expect_undelivered(&mut c, 6, UndeliveredReason::NotPaired).await?;
+    // Services need no pairing; absent sites are told apart.
+    c.send(&routed("site-c/c9", "site-b/_echo", Kind::Message, 7))
+        .await?;
+    expect_only(&mut b, 7).await?;
+    c.send(&routed("site-c/c9", "site-z/_echo", Kind::Request, 8))
+        .await?;
+    expect_undelivered(&mut c, 8, UndeliveredReason::UnknownSite).await?;
+    c.send(&routed("site-c/c9", "site-d/_echo", Kind::Request, 9))
+        .await?;
+    expect_undelivered(&mut c, 9, UndeliveredReason::Offline).await?;
+    // New claims replace the old: b withdraws, and the route closes again.
+    b.claim(&[]).await?;
+    a.send(&routed("site-a/c1", "site-b/c2", Kind::Message, 10))
+        .await?;
+    expect_undelivered(&mut a, 10, UndeliveredReason::NotPaired).await?;
+
+    // Every refusal was counted against its sender, by reason.
+    assert_eq!(hub.counter("west_hub_not_paired_total", "site-a").await?, 3);
+    assert_eq!(hub.counter("west_hub_not_paired_total", "site-c").await?, 2);
+    assert_eq!(
+        hub.counter("west_hub_unknown_site_total", "site-c").await?,
+        1
+    );
+    assert_eq!(
+        hub.counter("west_hub_peer_offline_total", "site-c").await?,
+        1
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_version_1_site_gets_peer_offline_and_cannot_claim() -> anyhow::Result<()> {
+    let hub = HubProc::start(util::bin()).await?;
+    let cred = hub.add_site("site-a").await?;
+    let (mut old, welcome) = RawClient::hello_versions(&hub, "site-a", &cred, (1, 1)).await?;
+    assert!(
+        matches!(&welcome, Frame::Welcome(w) if w.version == 1),
+        "{welcome:?}"
+    );
+    // Refused for not being paired, but answered in the only form version 1 knows.
+    old.send(&routed("site-a/c1", "site-b/c2", Kind::Request, 1))
+        .await?;
+    match old.recv().await? {
+        Some(Frame::PeerOffline(u)) => assert_eq!((u.id, u.kind), (1, Kind::Request)),
+        other => anyhow::bail!("expected peer offline, got {other:?}"),
+    }
+    assert_eq!(hub.counter("west_hub_not_paired_total", "site-a").await?, 1);
+    // Claims do not exist in version 1.
+    old.send(&Frame::Claims(wire::Claims::default())).await?;
+    assert_eq!(refusal_code(&old.recv().await?), Some("malformed_frame"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn claimed_pairings_are_enforced_by_a_restarted_hub_before_sites_claim_again()
+-> anyhow::Result<()> {
+    let mut hub = HubProc::start(util::bin()).await?;
+    let cred_a = hub.add_site("site-a").await?;
+    let cred_b = hub.add_site("site-b").await?;
+    {
+        let (mut a, _) = RawClient::hello(&hub, "site-a", &cred_a).await?;
+        let (mut b, _) = RawClient::hello(&hub, "site-b", &cred_b).await?;
+        a.claim(&[("c1", Address::new("site-b", "c2"))]).await?;
+        b.claim(&[("c2", Address::new("site-a", "c1"))]).await?;
+    }
+    hub.kill9().await?;
+    hub.restart().await?;
+    assert!(hub.metrics().await?.contains("west_hub_claimed_pairings 2"));
+
+    // Neither reconnected client claims anything: the hub remembers.
+    let (mut a, _) = RawClient::hello(&hub, "site-a", &cred_a).await?;
+    let (mut b, _) = RawClient::hello(&hub, "site-b", &cred_b).await?;
+    // The Welcome leaves just before the hub routes to the site.
+    wait_hub_sees(&hub, "site-b", true).await?;
+    a.send(&routed("site-a/c1", "site-b/c2", Kind::Message, 1))
+        .await?;
+    expect_only(&mut b, 1).await?;
+    a.send(&routed("site-a/c3", "site-b/c2", Kind::Message, 2))
+        .await?;
+    expect_undelivered(&mut a, 2, UndeliveredReason::NotPaired).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn paired_sites_talk_through_a_hub_restart_and_a_third_site_cannot_join_in()
+-> anyhow::Result<()> {
+    let (mut hub, sites, cid, tid) = util::paired_sites().await?;
+    // Both sites declared their pairing.
+    assert!(hub.metrics().await?.contains("west_hub_claimed_pairings 2"));
+
+    // site-c forges a frame from its own connector named like the Target, and a request.
+    let cred_c = hub.add_site("site-c").await?;
+    let (mut c, _) = RawClient::hello(&hub, "site-c", &cred_c).await?;
+    c.claim(&[(tid.as_str(), Address::new("site-a", cid.as_str()))])
+        .await?;
+    let to_source = format!("site-a/{cid}");
+    c.send(&routed(
+        &format!("site-c/{tid}"),
+        &to_source,
+        Kind::Message,
+        1,
+    ))
+    .await?;
+    expect_undelivered(&mut c, 1, UndeliveredReason::NotPaired).await?;
+    c.send(&routed(
+        "site-c/c9",
+        &format!("site-b/{tid}"),
+        Kind::Request,
+        2,
+    ))
+    .await?;
+    expect_undelivered(&mut c, 2, UndeliveredReason::NotPaired).await?;
+    // The sites' services stay reachable for it.
+    c.send(&routed("site-c/c9", "site-a/_echo", Kind::Request, 3))
+        .await?;
+    match c.recv().await? {
+        Some(Frame::Route(r)) => assert_eq!((r.kind, r.id), (Kind::Response, 3)),
+        other => anyhow::bail!("expected the echo, got {other:?}"),
+    }
+    assert_eq!(hub.counter("west_hub_not_paired_total", "site-c").await?, 2);
+    drop(c);
+
+    // The paired connectors keep talking after the hub is killed and restarted.
+    hub.kill9().await?;
+    hub.restart().await?;
+    for site in &sites {
+        util::wait_hub_connected(site).await?;
+    }
+    let (a, b) = (sites[0].admin().await?, sites[1].admin().await?);
+    util::session_up(&a, &cid).await?;
+    util::session_up(&b, &tid).await?;
     Ok(())
 }

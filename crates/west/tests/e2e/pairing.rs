@@ -317,9 +317,13 @@ async fn unknown_or_offline_sources_are_refused_clearly() -> anyhow::Result<()> 
                    {"remote_site": "site-z", "remote_connector_id": cid, "pairing_code": code}}),
         )
         .await?;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    assert_eq!(body["error"], "peer_offline");
-    assert!(body["message"].as_str().unwrap().contains("site-z"));
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["error"], "not_found");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("site-z") && message.contains("not registered on the hub"),
+        "{body}"
+    );
     // The source site is down.
     sites[0].kill9().await?;
     let (status, body) = pair(&b, &cid, &code).await?;
