@@ -233,6 +233,12 @@ async fn answer(state: &AppState, from: &Address, bytes: &[u8]) -> Result<Vec<u8
                     {
                         Ok(_) => {
                             state.pairings.lock().remove(&cid);
+                            // Claim the pairing at the hub before the Confirm leaves, so
+                            // that the Target's first session message is never refused.
+                            state.link.add_pairing(
+                                cid.as_str(),
+                                Address::new(peer.site.clone(), peer.connector_id.as_str()),
+                            );
                             state.remote.start(&cid);
                             tracing::info!(connector = %cid, peer_site = %peer.site, peer_connector = %peer.connector_id, "paired as source");
                             Ok(confirm)
