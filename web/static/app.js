@@ -180,6 +180,28 @@
     } catch (_) { /* the header's dot already says the site is unreachable */ }
   }
 
+  // Parts marked data-live-refresh re-render from the server every few milliseconds given:
+  // the page is fetched again and only that element is swapped, so the figures are formatted
+  // in one place (the template) and nothing else on the page moves.
+  function setupLiveParts() {
+    $$("[data-live-refresh]").forEach((el) => {
+      const every = Number(el.dataset.liveRefresh) || 5000;
+      setInterval(async () => {
+        if (document.hidden || !el.id) return;
+        try {
+          const resp = await fetch(location.href, { credentials: "same-origin" });
+          if (!resp.ok) return;
+          const doc = new DOMParser().parseFromString(await resp.text(), "text/html");
+          const fresh = doc.getElementById(el.id);
+          if (fresh) {
+            el.innerHTML = fresh.innerHTML;
+            paintTimes(el);
+          }
+        } catch (_) { /* the header's dot already says the site is unreachable */ }
+      }, every);
+    });
+  }
+
   // ---- Latest values of a device -------------------------------------------------------
 
   async function pollDevice() {
@@ -699,6 +721,7 @@
   tickCountdown();
   setInterval(tickCountdown, 1000);
   setInterval(pollSyncState, 2000);
+  setupLiveParts();
   setupCharts();
   if ($("[data-device-src]")) setInterval(pollDevice, POLL_MS);
   if ($("[data-remote-list]")) { pollRemoteList(); setInterval(pollRemoteList, POLL_MS); }

@@ -339,6 +339,20 @@ async fn sign_in(b: &Browser, base: &str, password: &str) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Whether the sync facts say nothing has been applied yet.
+fn last_applied_is_none(facts: &str) -> bool {
+    facts
+        .split("Last applied")
+        .nth(1)
+        .is_some_and(|rest| rest.trim_start().starts_with('—'))
+}
+
+/// The first window of the browser (the Source's tab).
+async fn source_tab_again(b: &Browser) -> anyhow::Result<fantoccini::wd::WindowHandle> {
+    let windows = b.client.windows().await?;
+    windows.into_iter().next().context("no window")
+}
+
 /// Seconds left on the countdown `mm:ss`, if it shows one.
 fn countdown_secs(text: &str) -> Option<u32> {
     let (m, s) = text.trim().split_once(':')?;
@@ -395,7 +409,8 @@ async fn two_operators_pair_their_sites_entirely_through_the_web_uis() -> anyhow
     // Target toggle on. The Source's tab stays open on the countdown.
     let source_tab = b.client.window().await?;
     let target_tab = b.client.new_window(true).await?;
-    b.client.switch_to_window(target_tab.handle).await?;
+    let target_tab = target_tab.handle;
+    b.client.switch_to_window(target_tab.clone()).await?;
     sign_in(&b, &b_site.url, &b_site.opts.admin_password).await?;
     b.goto(&format!("{}/connectors/new", b_site.url)).await?;
     fill(&b, "#name", "plant-north-copy").await?;
@@ -405,6 +420,7 @@ async fn two_operators_pair_their_sites_entirely_through_the_web_uis() -> anyhow
     fill(&b, "#pairing-code", &code.to_lowercase()).await?;
     click(&b, "#create").await?;
     b.wait_for("#add-device").await?;
+    let target_id = text(&b, "#connector-id").await?;
     let head = text(&b, "div.page-head").await?;
     ensure!(head.contains("Target") && head.contains("site-a"), "{head}");
     b.goto(&b_site.url).await?;
@@ -425,6 +441,54 @@ async fn two_operators_pair_their_sites_entirely_through_the_web_uis() -> anyhow
     b.goto(&a.url).await?;
     let row = text(&b, "table").await?;
     ensure!(row.contains("Source") && row.contains("site-b"), "{row}");
+    // The Target's Remote-Sync tab shows data arriving, live: open it first, then write.
+    b.client.switch_to_window(target_tab).await?;
+    b.goto(&format!(
+        "{}/connectors/{target_id}/settings/remote-sync",
+        b_site.url
+    ))
+    .await?;
+    let before = text(&b, "#sync-live").await?;
+    ensure!(last_applied_is_none(&before), "{before}");
+    let (api_a, api_b) = (a.admin().await?, b_site.admin().await?);
+    api_a
+        .post_ok(
+            &format!("/api/v1/connectors/{source_id}/resources"),
+            json!({"name": "temperature", "format": "number", "remote_sync": true}),
+        )
+        .await?;
+    api_b
+        .post_ok(
+            &format!("/api/v1/connectors/{target_id}/resources"),
+            json!({"name": "temperature", "format": "number"}),
+        )
+        .await?;
+    api_a
+        .post_ok(
+            &format!("/api/v1/connectors/{source_id}/devices"),
+            json!({"identity": "00AB01"}),
+        )
+        .await?;
+    api_a
+        .post_ok(
+            &format!("/api/v1/connectors/{source_id}/devices/00AB01/data"),
+            json!({"values": {"temperature": 21.5}}),
+        )
+        .await?;
+    eventually(
+        "the Target tab to show an applied point",
+        DEADLINE,
+        || async {
+            let now = text(&b, "#sync-live").await?;
+            Ok((!last_applied_is_none(&now)).then_some(()))
+        },
+    )
+    .await?;
+    shot(&b, "23-target-sync-live").await?;
+    b.client
+        .switch_to_window(source_tab_again(&b).await?)
+        .await?;
+
     // Deleting is disabled with the reason.
     b.goto(&format!("{}/connectors/{source_id}/settings", a.url))
         .await?;
