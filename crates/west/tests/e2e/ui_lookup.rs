@@ -184,6 +184,18 @@ async fn operator_sees_the_remote_sites_devices_live_and_what_differs() -> anyho
     b.goto(&format!("{site_a}/connectors/{cid}/settings/remote-sync"))
         .await?;
     click(&b, "#compare-remote").await?;
+    // The page is one comparison; should the session be re-keyed meanwhile (the sync layer
+    // may ask for that), it says so and the operator compares again.
+    eventually("the drift verdict", DEADLINE, || async {
+        if let Ok(v) = b.client.find(Locator::Css("#drift-verdict")).await {
+            return Ok(Some(v.text().await?));
+        }
+        if exists(&b, "#drift-offline").await? {
+            click(&b, "#compare-again").await?;
+        }
+        Ok(None)
+    })
+    .await?;
     wait_text(&b, "#drift-verdict", "3 devices differ").await?;
     let pump = wait_text(
         &b,
