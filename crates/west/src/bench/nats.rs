@@ -26,7 +26,7 @@
 //!    receives it; p50/p99/max.
 //! 3. Catch-up: site-b is killed (SIGKILL), the outage backlog is published, site-b is started
 //!    again on the same ports and store; catch-up points/s = backlog / time from the restart
-//!    until the mirror holds everything.
+//!    until the mirror holds everything (and, apart, the time until its first new point).
 //!
 //! Then stored bytes per point (site-b's JetStream directory / points it holds), and the peak
 //! RSS (VmHWM) and CPU seconds (utime + stime) of each process, site-b's summed over both of
@@ -149,7 +149,7 @@ pub async fn run(args: &NatsArgs) -> anyhow::Result<Report> {
     let started = Instant::now();
     publish_bulk(&js_a, &mut w, args.points, window).await?;
     let ingested = started.elapsed().as_secs_f64();
-    wait_mirror(&mut mirror, w.next, &net.b).await?;
+    wait_mirror(&mut mirror, 0, w.next, &net.b).await?;
     let secs = started.elapsed().as_secs_f64();
     let wire = net.wire_from_a() - before;
 
@@ -163,14 +163,16 @@ pub async fn run(args: &NatsArgs) -> anyhow::Result<Report> {
     tracing::info!(points = outage, "nats: catch-up");
     drop((mirror, js_b, client_b));
     net.b.kill9().await?;
+    let held = w.next;
     publish_bulk(&js_a, &mut w, outage, window).await?;
     let restarted = Instant::now();
     net.b.restart().await?;
     client_b = connect(&net.b).await?;
     js_b = jetstream::new(client_b.clone());
     mirror = open_stream(&js_b, &net.b).await?;
-    wait_mirror(&mut mirror, w.next, &net.b).await?;
+    let moved = wait_mirror(&mut mirror, held, w.next, &net.b).await?;
     let catch_up = restarted.elapsed().as_secs_f64();
+    let first_point = moved.saturating_duration_since(restarted).as_secs_f64();
 
     // Every point acknowledged exactly once on site-a, and all of them on site-b.
     let on_a = origin.info().await?.state.clone();
@@ -203,6 +205,7 @@ pub async fn run(args: &NatsArgs) -> anyhow::Result<Report> {
     report.add("latency max", hist.max() as f64 / 1000.0, "ms");
     report.add("catch-up", outage as f64 / catch_up, "points/s");
     report.add("  catch-up time", catch_up, "s");
+    report.add("  restart to first point", first_point, "s");
     report.add(
         "wire bytes per point",
         wire as f64 / args.points as f64,
@@ -355,10 +358,17 @@ async fn check_ack(seq: u64, ack: jetstream::context::PublishAckFuture) -> anyho
     Ok(())
 }
 
-/// Waits until the mirror holds exactly `target` messages; fails when it holds more, or when
-/// its count has not moved for [`STALL`]. Polls every 2 ms: the wait is what is measured.
-async fn wait_mirror(mirror: &mut stream::Stream, target: u64, b: &Server) -> anyhow::Result<()> {
+/// Waits until the mirror holds exactly `target` messages and returns when it was first
+/// seen holding more than `from`; fails when it holds more than `target`, or when its count
+/// has not moved for [`STALL`]. Polls every 2 ms: the wait is what is measured.
+async fn wait_mirror(
+    mirror: &mut stream::Stream,
+    from: u64,
+    target: u64,
+    b: &Server,
+) -> anyhow::Result<Instant> {
     let mut last = (u64::MAX, Instant::now());
+    let mut moved = None;
     loop {
         // site-b may still be recovering its store: an error is no progress, not a failure.
         let held = match mirror.info().await {
@@ -372,8 +382,11 @@ async fn wait_mirror(mirror: &mut stream::Stream, target: u64, b: &Server) -> an
             held == u64::MAX || held <= target,
             "site-b's mirror holds {held} messages, more than the {target} published"
         );
+        if held != u64::MAX && held > from {
+            moved.get_or_insert_with(Instant::now);
+        }
         if held == target {
-            return Ok(());
+            return Ok(moved.unwrap_or_else(Instant::now));
         }
         if held != last.0 {
             last = (held, Instant::now());
