@@ -18,7 +18,7 @@ use testkit::{Api, SiteOpts, SiteProc};
 
 use super::Report;
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub struct IngestArgs {
     /// Points to ingest in the throughput phase.
     #[arg(long, default_value_t = 1_000_000)]

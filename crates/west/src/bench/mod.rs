@@ -14,15 +14,36 @@ pub mod ingest;
 mod nats;
 mod sync;
 
-use clap::{Args, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// `west bench [--points N] [--devices N] [--rate R] [--baseline nats] [--json]` (API.md)
+/// runs the end-to-end scenario; a scenario name runs that one with all its flags.
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
     #[command(subcommand)]
-    scenario: Scenario,
+    scenario: Option<Scenario>,
+    /// Points in the throughput phase of the end-to-end run [default: 500000].
+    #[arg(long)]
+    points: Option<u64>,
+    /// Devices the points are spread over [default: 1000].
+    #[arg(long)]
+    devices: Option<u64>,
+    /// Rate of the latency phase, points/s [default: 10000].
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Run the same workload through a baseline too and print the ratio of every figure.
+    #[arg(long, value_enum)]
+    baseline: Option<Baseline>,
     /// Print the results as one JSON object instead of a table.
     #[arg(long, global = true)]
     json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Baseline {
+    /// NATS JetStream: three nats-server processes, a stream mirrored across domains.
+    Nats,
 }
 
 #[derive(Subcommand)]
@@ -37,16 +58,79 @@ enum Scenario {
     Sync(sync::SyncArgs),
 }
 
+/// Parses a scenario's flags from the shared ones, so that the default run and the named
+/// scenarios have one definition of each default.
+fn scenario_args<T: Args>(args: &BenchArgs) -> anyhow::Result<T> {
+    #[derive(Parser)]
+    struct Wrap<T: Args> {
+        #[command(flatten)]
+        inner: T,
+    }
+    let mut argv = vec!["bench".to_string()];
+    for (flag, value) in [
+        ("--points", args.points),
+        ("--devices", args.devices),
+        ("--rate", args.rate),
+    ] {
+        if let Some(v) = value {
+            argv.push(flag.into());
+            argv.push(v.to_string());
+        }
+    }
+    Ok(Wrap::<T>::try_parse_from(argv)?.inner)
+}
+
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let report = match args.scenario {
-        Scenario::Ingest(a) => ingest::run(a).await?,
-        Scenario::Nats(a) => nats::run(&a).await?,
-        Scenario::Sync(a) => sync::run(a).await?,
+    let report = match &args.scenario {
+        Some(Scenario::Ingest(a)) => ingest::run(a.clone()).await?,
+        Some(Scenario::Nats(a)) => nats::run(a).await?,
+        Some(Scenario::Sync(a)) => sync::run(a.clone()).await?,
+        None => {
+            let ours = sync::run(scenario_args(&args)?).await?;
+            match args.baseline {
+                None => ours,
+                Some(Baseline::Nats) => {
+                    let theirs = nats::run(&scenario_args(&args)?).await?;
+                    return print_compared(&ours, &theirs, args.json);
+                }
+            }
+        }
     };
     if args.json {
         println!("{}", serde_json::Value::Object(report.json()));
     } else {
         print!("{}", report.table());
+    }
+    Ok(())
+}
+
+/// One table (or JSON object) of our figures, the baseline's, and ours / theirs.
+fn print_compared(ours: &Report, theirs: &Report, json: bool) -> anyhow::Result<()> {
+    if json {
+        let mut out = serde_json::Map::new();
+        out.insert("west".into(), serde_json::Value::Object(ours.json()));
+        out.insert("nats".into(), serde_json::Value::Object(theirs.json()));
+        println!("{}", serde_json::Value::Object(out));
+        return Ok(());
+    }
+    let width = ours.rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    println!(
+        "{:<width$}  {:>14} {:>14} {:>8}",
+        "", "west", "nats", "ratio"
+    );
+    for (name, value, unit) in &ours.rows {
+        let other = theirs.rows.iter().find(|r| &r.0 == name);
+        let (theirs_text, ratio) = match other {
+            Some((_, v, _)) if *v != 0.0 => (format!("{v:.2}"), format!("{:.2}", value / v)),
+            Some((_, v, _)) => (format!("{v:.2}"), "—".into()),
+            None => ("—".into(), "—".into()),
+        };
+        println!(
+            "{name:<width$}  {:>14} {:>14} {:>8}  {unit}",
+            format!("{value:.2}"),
+            theirs_text,
+            ratio
+        );
     }
     Ok(())
 }

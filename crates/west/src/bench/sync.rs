@@ -27,7 +27,7 @@ use testkit::{Api, HubProc, SiteOpts, SiteProc};
 use super::Report;
 use super::ingest::sensor_value;
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub struct SyncArgs {
     /// Points in the throughput phase.
     #[arg(long, default_value_t = 500_000)]
@@ -208,17 +208,13 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<Report> {
         .counter("west_hub_bytes_received_total", "site-a")
         .await?
         - wire_before;
-    report.add("replicated end to end", written as f64 / secs, "points/s");
+    report.add("replicated", written as f64 / secs, "points/s");
     report.add(
         "  source ingest alone",
         written as f64 / ingested,
         "points/s",
     );
-    report.add(
-        "wire bytes per point (hub, from Source)",
-        wire as f64 / written as f64,
-        "B",
-    );
+    report.add("wire bytes per point", wire as f64 / written as f64, "B");
 
     // 2. Latency at a fixed rate.
     let per_request = 1_000.min(args.rate);
@@ -247,12 +243,12 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<Report> {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     report.add(
-        format!("latency at {} points/s p50", args.rate),
+        "latency p50",
         hist.value_at_quantile(0.50) as f64 / 1000.0,
         "ms",
     );
     report.add(
-        format!("latency at {} points/s p99", args.rate),
+        "latency p99",
         hist.value_at_quantile(0.99) as f64 / 1000.0,
         "ms",
     );
@@ -272,7 +268,7 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<Report> {
         b.api_b = b.b.admin().await?;
         b.applied(head, long).await?;
         report.add(
-            "catch-up after outage",
+            "catch-up",
             written as f64 / restarted.elapsed().as_secs_f64(),
             "points/s",
         );
