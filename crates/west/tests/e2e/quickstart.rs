@@ -107,5 +107,9 @@ async fn quickstart_runs_a_paired_demo_and_resumes_after_a_restart() -> anyhow::
         || async { Ok((points(&a, &cid).await? > first).then_some(())) },
     )
     .await?;
+    // Stop it as an operator would: its hub and sites must go with it (a SIGKILL of the
+    // quickstart process alone would orphan them).
+    let mut run = run;
+    run.proc.terminate(Duration::from_secs(20)).await?;
     Ok(())
 }
