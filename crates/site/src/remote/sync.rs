@@ -199,6 +199,8 @@ const EXPIRY_EVERY: Duration = Duration::from_secs(3);
 const STATUS_EVERY: Duration = Duration::from_secs(1);
 /// Least time between two publications of the live gauges.
 const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+/// How often a state machine's deadline that its tick did not move is retried.
+const STALE_TICK: Duration = Duration::from_millis(50);
 /// Most records the applier folds into one transaction.
 const MAX_APPLY_RECORDS: usize = 32_768;
 
@@ -670,19 +672,35 @@ async fn run(
     let mut next_status = tokio::time::Instant::now();
     let wake = Arc::clone(&d.shared);
     let mut published = Instant::now();
+    let mut stale_deadline: Option<tokio::time::Instant> = None;
     loop {
         d.drain().await;
         if published.elapsed() >= PUBLISH_EVERY {
             d.publish();
             published = Instant::now();
         }
-        let machine = d
+        let mut machine = d
             .sender
             .next_timeout()
             .into_iter()
             .chain(d.receiver.next_timeout())
             .min()
             .map(|us| tokio::time::Instant::from_std(started + Duration::from_micros(us)));
+        // A deadline that is still in the past after the tick it asked for would turn this
+        // loop into a spin (seen: an orphaned Source at 70 % CPU). Act on a passed deadline
+        // at once the first time, then at most every STALE_TICK while it stays stuck.
+        let now_t = tokio::time::Instant::now();
+        if let Some(m) = machine
+            && m <= now_t
+        {
+            if stale_deadline == Some(m) {
+                machine = Some(now_t + STALE_TICK);
+            } else {
+                stale_deadline = Some(m);
+            }
+        } else {
+            stale_deadline = None;
+        }
         let deadline = [
             Some(next_ack),
             Some(next_expiry),
