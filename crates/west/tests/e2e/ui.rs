@@ -25,11 +25,11 @@ fn shots() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/ui-screenshots")
 }
 
-async fn shot(b: &Browser, name: &str) -> anyhow::Result<()> {
+pub(crate) async fn shot(b: &Browser, name: &str) -> anyhow::Result<()> {
     b.screenshot(&shots().join(format!("{name}.png"))).await
 }
 
-async fn fill(b: &Browser, css: &str, text: &str) -> anyhow::Result<()> {
+pub(crate) async fn fill(b: &Browser, css: &str, text: &str) -> anyhow::Result<()> {
     let input = b.wait_for(css).await?;
     input
         .clear()
@@ -41,7 +41,7 @@ async fn fill(b: &Browser, css: &str, text: &str) -> anyhow::Result<()> {
         .with_context(|| format!("typing into {css}"))
 }
 
-async fn click(b: &Browser, css: &str) -> anyhow::Result<()> {
+pub(crate) async fn click(b: &Browser, css: &str) -> anyhow::Result<()> {
     b.wait_for(css)
         .await?
         .click()
@@ -63,7 +63,7 @@ async fn value(b: &Browser, css: &str) -> anyhow::Result<String> {
 
 /// Waits until the element at `css` exists and its text contains `needle` (a click that
 /// navigates may return before the next page is there).
-async fn wait_text(b: &Browser, css: &str, needle: &str) -> anyhow::Result<String> {
+pub(crate) async fn wait_text(b: &Browser, css: &str, needle: &str) -> anyhow::Result<String> {
     eventually(&format!("{css} to say {needle:?}"), DEADLINE, || async {
         let t = match b.client.find(Locator::Css(css)).await {
             Ok(e) => e.text().await.unwrap_or_default(),

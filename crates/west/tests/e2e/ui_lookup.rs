@@ -7,52 +7,14 @@
 //! Screenshots land in `target/ui-screenshots/3x-*.png` for a person to look at; the test
 //! asserts on the DOM only.
 
-use std::path::PathBuf;
-
-use anyhow::{Context, ensure};
+use anyhow::ensure;
 use fantoccini::Locator;
 use serde_json::json;
 use testkit::browser::Browser;
 use testkit::{Api, DEADLINE, eventually};
 
+use crate::ui::{click, fill, shot, wait_text};
 use crate::util;
-
-async fn shot(b: &Browser, name: &str) -> anyhow::Result<()> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/ui-screenshots");
-    b.screenshot(&dir.join(format!("{name}.png"))).await
-}
-
-async fn fill(b: &Browser, css: &str, text: &str) -> anyhow::Result<()> {
-    let input = b.wait_for(css).await?;
-    input
-        .clear()
-        .await
-        .with_context(|| format!("clearing {css}"))?;
-    input
-        .send_keys(text)
-        .await
-        .with_context(|| format!("typing into {css}"))
-}
-
-async fn click(b: &Browser, css: &str) -> anyhow::Result<()> {
-    b.wait_for(css)
-        .await?
-        .click()
-        .await
-        .with_context(|| format!("clicking {css}"))
-}
-
-/// Waits until the element at `css` exists and its text contains `needle`.
-async fn wait_text(b: &Browser, css: &str, needle: &str) -> anyhow::Result<String> {
-    eventually(&format!("{css} to say {needle:?}"), DEADLINE, || async {
-        let t = match b.client.find(Locator::Css(css)).await {
-            Ok(e) => e.text().await.unwrap_or_default(),
-            Err(_) => return Ok(None),
-        };
-        Ok(t.contains(needle).then_some(t))
-    })
-    .await
-}
 
 async fn exists(b: &Browser, css: &str) -> anyhow::Result<bool> {
     Ok(!b.client.find_all(Locator::Css(css)).await?.is_empty())
