@@ -2,7 +2,8 @@
 //! loopback, talk to them over HTTP, kill them with SIGKILL and start them again.
 //!
 //! Nothing here sleeps to wait for something: [`eventually`] polls with a deadline.
-//! Children are killed when their handle drops, so a failing test leaves no process behind.
+//! Children are killed when their handle drops, and on Linux also when the process that
+//! started them is killed, so neither a failing test nor a killed one leaves processes behind.
 
 pub mod api;
 pub mod browser;

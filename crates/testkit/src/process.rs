@@ -3,6 +3,10 @@
 //! A process's stdout is read line by line into a shared buffer (tests wait for lines like
 //! `listening on http://…`); its stderr (the log) goes to a file beside its data dir, whose
 //! tail is printed when a wait fails so that a red test explains itself.
+//!
+//! A child dies with its parent: when the handle drops (`kill_on_drop`) and, on Linux, also
+//! when the parent process is killed outright (SIGKILL gives it no chance to drop anything):
+//! [`die_with_parent`] asks the kernel for a SIGTERM to the child when its parent goes.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -64,6 +68,7 @@ impl WestProc {
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .kill_on_drop(true);
+        die_with_parent(&mut cmd);
         for (k, v) in &self.envs {
             cmd.env(k, v);
         }
@@ -118,6 +123,11 @@ impl WestProc {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The process id while it runs (`None` after it was killed or has exited).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
     }
 
     /// Every stdout line so far.
@@ -183,6 +193,38 @@ impl WestProc {
         self.start()
     }
 }
+
+/// Makes a child started with `cmd` receive SIGTERM when this process dies, however it dies
+/// (`prctl(PR_SET_PDEATHSIG)`, Linux only; elsewhere nothing but `kill_on_drop` applies).
+///
+/// The kernel sends the signal when the *thread* that spawned the child exits, not only the
+/// process: spawn from a thread that lives as long as the child should (a runtime's worker
+/// or the main thread, never a `spawn_blocking` thread, which exits when idle). A parent
+/// that died between the fork and the `prctl` would never signal: the child checks that its
+/// parent is still the one that forked it, and fails to start otherwise.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+pub fn die_with_parent(cmd: &mut Command) {
+    let parent = i32::try_from(std::process::id()).unwrap_or(0);
+    // SAFETY: the hook runs in the forked child before exec, where only async-signal-safe
+    // calls are allowed: `prctl` and `getppid` are plain system calls, and the error is
+    // built from an errno without allocating.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Elsewhere a child outlives a killed parent; `kill_on_drop` still covers a clean exit.
+#[cfg(not(target_os = "linux"))]
+pub fn die_with_parent(_cmd: &mut Command) {}
 
 /// How to start a site.
 #[derive(Debug, Clone)]

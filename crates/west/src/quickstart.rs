@@ -6,6 +6,12 @@
 //! Re-running reuses the data dir: the admin password, the sites' credentials and the
 //! paired connectors are remembered in `west-data/quickstart.json`, so the second start
 //! only starts the processes and the simulated devices again.
+//!
+//! The children never outlive this process: Ctrl-C or SIGTERM stops the sites, then the
+//! hub; any other end (a panic, SIGKILL) still reaches them, because `testkit` spawns every
+//! child with a parent-death signal (SIGTERM, `prctl(PR_SET_PDEATHSIG)` on Linux) and
+//! `kill_on_drop`. Children are spawned from the runtime's own threads, which live as long as
+//! the process, never from a `spawn_blocking` thread (the signal follows the spawning thread).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -165,10 +171,12 @@ fn save(path: &Path, memory: &Remembered) -> anyhow::Result<()> {
 
 async fn add_site(bin: &Path, hub_dir: &Path, name: &str) -> anyhow::Result<String> {
     let run = |verb: &'static str| {
-        tokio::process::Command::new(bin)
-            .args(["hub", verb, name, "--data-dir"])
+        let mut cmd = tokio::process::Command::new(bin);
+        cmd.args(["hub", verb, name, "--data-dir"])
             .arg(hub_dir)
-            .output()
+            .kill_on_drop(true);
+        testkit::process::die_with_parent(&mut cmd);
+        cmd.output()
     };
     let mut out = run("add-site").await.context("running west hub add-site")?;
     if !out.status.success() {
