@@ -8,11 +8,19 @@
 //!   three `nats-server` processes (see `nats.rs`).
 //! - `sync`: a hub and two paired sites; end-to-end replicated points/s, latency from the
 //!   Source's acknowledgement to visibility on the Target at a fixed rate, catch-up after an
-//!   outage, wire bytes per point counted at the hub.
+//!   outage, wire bytes per point counted at the hub, stored bytes per point on the Target,
+//!   peak RSS and CPU of every process.
+//!
+//! `procstat` measures processes and directories the same way for every scenario;
+//! `progress` shows the run's phases on stderr.
 
 pub mod ingest;
 mod nats;
+mod procstat;
+mod progress;
 mod sync;
+
+use progress::Progress;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -58,6 +66,21 @@ enum Scenario {
     Sync(sync::SyncArgs),
 }
 
+/// Length of the latency phase when `--seconds` is not given: 20 s, shorter for small runs
+/// (points / 25,000, at least 1 s), the same for every scenario.
+fn default_seconds(points: u64) -> u64 {
+    (points / 25_000).clamp(1, 20)
+}
+
+/// Points written while the Target is down when `--outage-points` is not given: one hour
+/// at 1,000 points/s (3,600,000), but at most ten times the throughput phase's points.
+fn default_outage_points(points: u64) -> u64 {
+    3_600_000.min(points.saturating_mul(10))
+}
+
+/// Phases of one scenario in the progress display: start, throughput, latency, catch-up.
+const PHASES: usize = 4;
+
 /// Parses a scenario's flags from the shared ones, so that the default run and the named
 /// scenarios have one definition of each default.
 fn scenario_args<T: Args>(args: &BenchArgs) -> anyhow::Result<T> {
@@ -81,27 +104,44 @@ fn scenario_args<T: Args>(args: &BenchArgs) -> anyhow::Result<T> {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let report = match &args.scenario {
-        Some(Scenario::Ingest(a)) => ingest::run(a.clone()).await?,
-        Some(Scenario::Nats(a)) => nats::run(a).await?,
-        Some(Scenario::Sync(a)) => sync::run(a.clone()).await?,
-        None => {
-            let ours = sync::run(scenario_args(&args)?).await?;
-            match args.baseline {
-                None => ours,
-                Some(Baseline::Nats) => {
-                    let theirs = nats::run(&scenario_args(&args)?).await?;
-                    return print_compared(&ours, &theirs, args.json);
-                }
-            }
-        }
+    let mut progress = match (&args.scenario, args.baseline) {
+        (Some(Scenario::Ingest(_)), _) => Progress::off(),
+        (None, Some(_)) => Progress::new(2 * PHASES),
+        _ => Progress::new(PHASES),
     };
+    let result = run_with(&args, &mut progress).await;
+    progress.finish();
+    let (ours, theirs) = result?;
+    if let Some(theirs) = theirs {
+        return print_compared(&ours, &theirs, args.json);
+    }
+    let report = ours;
     if args.json {
         println!("{}", serde_json::Value::Object(report.json()));
     } else {
         print!("{}", report.table());
     }
     Ok(())
+}
+
+/// Runs what `args` asks for: our report, and the baseline's when there is one.
+async fn run_with(
+    args: &BenchArgs,
+    progress: &mut Progress,
+) -> anyhow::Result<(Report, Option<Report>)> {
+    Ok(match &args.scenario {
+        Some(Scenario::Ingest(a)) => (ingest::run(a.clone()).await?, None),
+        Some(Scenario::Nats(a)) => (nats::run(a, progress).await?, None),
+        Some(Scenario::Sync(a)) => (sync::run(a.clone(), progress).await?, None),
+        None => {
+            let ours = sync::run(scenario_args(args)?, progress).await?;
+            let theirs = match args.baseline {
+                None => None,
+                Some(Baseline::Nats) => Some(nats::run(&scenario_args(args)?, progress).await?),
+            };
+            (ours, theirs)
+        }
+    })
 }
 
 /// One table (or JSON object) of our figures, the baseline's, and ours / theirs.
@@ -113,7 +153,13 @@ fn print_compared(ours: &Report, theirs: &Report, json: bool) -> anyhow::Result<
         println!("{}", serde_json::Value::Object(out));
         return Ok(());
     }
-    let width = ours.rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let width = ours
+        .rows
+        .iter()
+        .chain(&theirs.rows)
+        .map(|r| r.0.len())
+        .max()
+        .unwrap_or(0);
     println!(
         "{:<width$}  {:>14} {:>14} {:>8}",
         "", "west", "nats", "ratio"
@@ -131,6 +177,17 @@ fn print_compared(ours: &Report, theirs: &Report, json: bool) -> anyhow::Result<
             theirs_text,
             ratio
         );
+    }
+    // What only the baseline reports, so that no figure of either side is left out.
+    for (name, value, unit) in &theirs.rows {
+        if !ours.rows.iter().any(|r| &r.0 == name) {
+            println!(
+                "{name:<width$}  {:>14} {:>14} {:>8}  {unit}",
+                "—",
+                format!("{value:.2}"),
+                "—"
+            );
+        }
     }
     Ok(())
 }

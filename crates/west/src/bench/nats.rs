@@ -28,11 +28,13 @@
 //!    again on the same ports and store; catch-up points/s = backlog / time from the restart
 //!    until the mirror holds everything (and, apart, the time until its first new point).
 //!
-//! Then stored bytes per point (site-b's JetStream directory / points it holds), and the peak
-//! RSS (VmHWM) and CPU seconds (utime + stime) of each process, site-b's summed over both of
-//! its lives, plus the client (this process).
+//! Then stored bytes per point (site-b's JetStream directory / points it holds; and the same
+//! after the throughput phase), and the peak RSS (VmHWM) and CPU seconds (utime + stime) of
+//! each process, site-b's summed over both of its lives, plus the client (this process, over
+//! this scenario only), all measured by `procstat` as for our own processes.
 //!
-//! Invariants: every child is killed when the benchmark ends or fails (`kill_on_drop`); the run
+//! Invariants: every child is killed when the benchmark ends or fails (`kill_on_drop`), or is
+//! killed itself (a parent-death signal, `testkit::process::die_with_parent`); the run
 //! fails unless site-a acknowledged every point exactly once, in order, and site-b's mirror
 //! holds exactly that many. Nothing here asserts a speed, uses TLS or authentication, or
 //! leaves loopback.
@@ -56,6 +58,8 @@ use tokio_util::task::AbortOnDropHandle;
 
 use super::Report;
 use super::ingest::sensor_value;
+use super::procstat::{self, ClientMeter, Usage};
+use super::progress::Progress;
 
 #[derive(Args, Clone, Debug)]
 pub struct NatsArgs {
@@ -82,12 +86,13 @@ pub struct NatsArgs {
 
 impl NatsArgs {
     fn seconds(&self) -> u64 {
-        self.seconds.unwrap_or((self.points / 25_000).clamp(1, 20))
+        self.seconds
+            .unwrap_or_else(|| super::default_seconds(self.points))
     }
 
     fn outage_points(&self) -> u64 {
         self.outage_points
-            .unwrap_or(3_600_000.min(self.points.saturating_mul(10)))
+            .unwrap_or_else(|| super::default_outage_points(self.points))
     }
 }
 
@@ -98,12 +103,15 @@ const T0: i64 = 1_700_000_000_000_000;
 /// How long a wait may see no progress before the benchmark gives up.
 const STALL: Duration = Duration::from_secs(60);
 
-pub async fn run(args: &NatsArgs) -> anyhow::Result<Report> {
+pub async fn run(args: &NatsArgs, progress: &mut Progress) -> anyhow::Result<Report> {
     ensure!(
         args.points > 0 && args.devices > 0 && args.rate > 0 && args.batch > 0,
         "counts must be positive"
     );
     let bin = nats_server_bin()?;
+    let tick = procstat::clock_ticks().await;
+    let client = ClientMeter::start(tick)?;
+    progress.phase("nats: start three nats-server, stream and mirror", 0);
     let dir = tempfile::tempdir().context("making a temp dir for nats-server")?;
     let mut net = Topology::start(&bin, dir.path()).await?;
     let mut report = Report::default();
@@ -143,34 +151,40 @@ pub async fn run(args: &NatsArgs) -> anyhow::Result<Report> {
     .await
     .with_context(|| format!("site-b's log tail:\n{}", net.b.log_tail(20)))?;
 
-    // 1. Throughput and wire bytes.
-    tracing::info!(points = args.points, "nats: throughput");
+    // 1. Throughput, wire bytes, stored bytes.
+    progress.phase("nats: throughput", args.points);
+    progress.stage("site-a publish");
     let before = net.wire_from_a();
     let started = Instant::now();
-    publish_bulk(&js_a, &mut w, args.points, window).await?;
+    publish_bulk(&js_a, &mut w, args.points, window, progress).await?;
     let ingested = started.elapsed().as_secs_f64();
-    wait_mirror(&mut mirror, 0, w.next, &net.b).await?;
+    progress.stage("site-b mirroring");
+    wait_mirror(&mut mirror, 0, w.next, &net.b, progress).await?;
     let secs = started.elapsed().as_secs_f64();
     let wire = net.wire_from_a() - before;
+    let stored_early =
+        procstat::dir_size(&net.b.store_dir()).context("measuring site-b's store")?;
 
     // 2. Latency at a fixed rate.
     let count = args.rate * args.seconds();
-    tracing::info!(rate = args.rate, points = count, "nats: latency");
-    let hist = latency(&js_a, &mut mirror, &mut w, args.rate, count).await?;
+    progress.phase("nats: latency", count);
+    let hist = latency(&js_a, &mut mirror, &mut w, args.rate, count, progress).await?;
 
     // 3. Catch-up after an outage of site-b.
     let outage = args.outage_points();
-    tracing::info!(points = outage, "nats: catch-up");
+    progress.phase("nats: catch-up", outage);
+    progress.stage("backlog, site-b down");
     drop((mirror, js_b, client_b));
     net.b.kill9().await?;
     let held = w.next;
-    publish_bulk(&js_a, &mut w, outage, window).await?;
+    publish_bulk(&js_a, &mut w, outage, window, progress).await?;
+    progress.stage("site-b catching up");
     let restarted = Instant::now();
     net.b.restart().await?;
     client_b = connect(&net.b).await?;
     js_b = jetstream::new(client_b.clone());
     mirror = open_stream(&js_b, &net.b).await?;
-    let moved = wait_mirror(&mut mirror, held, w.next, &net.b).await?;
+    let moved = wait_mirror(&mut mirror, held, w.next, &net.b, progress).await?;
     let catch_up = restarted.elapsed().as_secs_f64();
     let first_point = moved.saturating_duration_since(restarted).as_secs_f64();
 
@@ -191,7 +205,7 @@ pub async fn run(args: &NatsArgs) -> anyhow::Result<Report> {
         on_b.last_sequence,
         w.next
     );
-    let stored = dir_size(&net.b.store_dir()).context("measuring site-b's store")?;
+    let stored = procstat::dir_size(&net.b.store_dir()).context("measuring site-b's store")?;
 
     report.add("replicated", args.points as f64 / secs, "points/s");
     report.add(
@@ -216,22 +230,17 @@ pub async fn run(args: &NatsArgs) -> anyhow::Result<Report> {
         stored as f64 / on_b.messages as f64,
         "B",
     );
-    let tick = clock_ticks().await;
+    report.add(
+        "  after throughput",
+        stored_early as f64 / args.points as f64,
+        "B",
+    );
     let mut usage: Vec<(&str, Usage)> = Vec::new();
     for s in [&net.hub, &net.a, &net.b] {
         usage.push((s.name, s.usage(tick)?));
     }
-    usage.push(("client", Usage::read("/proc/self", tick)?));
-    for (name, u) in &usage {
-        report.add(
-            format!("peak RSS {name}"),
-            u.peak_rss_kib as f64 / 1024.0,
-            "MiB",
-        );
-    }
-    for (name, u) in &usage {
-        report.add(format!("CPU {name}"), u.cpu_secs, "s");
-    }
+    usage.push(("client", client.finish(tick)?));
+    procstat::report(&mut report, &usage);
     report.add("points published", w.next as f64, "points");
     report.add("points on B", on_b.messages as f64, "points");
     Ok(report)
@@ -323,6 +332,7 @@ async fn publish_bulk(
     w: &mut Workload,
     count: u64,
     window: usize,
+    progress: &Progress,
 ) -> anyhow::Result<()> {
     let mut acks = VecDeque::with_capacity(window);
     for _ in 0..count {
@@ -330,6 +340,7 @@ async fn publish_bulk(
             && let Some((seq, ack)) = acks.pop_front()
         {
             check_ack(seq, ack).await?;
+            progress.inc(1);
         }
         let seq = w.next + 1;
         let (subject, payload) = w.take();
@@ -341,6 +352,7 @@ async fn publish_bulk(
     }
     while let Some((seq, ack)) = acks.pop_front() {
         check_ack(seq, ack).await?;
+        progress.inc(1);
     }
     Ok(())
 }
@@ -366,6 +378,7 @@ async fn wait_mirror(
     from: u64,
     target: u64,
     b: &Server,
+    progress: &Progress,
 ) -> anyhow::Result<Instant> {
     let mut last = (u64::MAX, Instant::now());
     let mut moved = None;
@@ -384,6 +397,7 @@ async fn wait_mirror(
         );
         if held != u64::MAX && held > from {
             moved.get_or_insert_with(Instant::now);
+            progress.set(held - from);
         }
         if held == target {
             return Ok(moved.unwrap_or_else(Instant::now));
@@ -409,6 +423,7 @@ async fn latency(
     w: &mut Workload,
     rate: u64,
     count: u64,
+    progress: &Progress,
 ) -> anyhow::Result<Histogram<u64>> {
     let first = w.next + 1;
     let last = first + count - 1;
@@ -463,6 +478,7 @@ async fn latency(
             tx.send((seq, ack))
                 .map_err(|_| anyhow::anyhow!("the ack collector stopped"))?;
             sent += 1;
+            progress.inc(1);
         }
     }
     drop(tx);
@@ -692,13 +708,16 @@ impl Server {
             .append(true)
             .open(&log_path)
             .with_context(|| format!("opening {}", log_path.display()))?;
-        let child = Command::new(&self.bin)
-            .arg("-c")
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("-c")
             .arg(&conf)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
-            .kill_on_drop(true)
+            .kill_on_drop(true);
+        // A benchmark killed outright leaves no nats-server behind.
+        testkit::process::die_with_parent(&mut cmd);
+        let child = cmd
             .spawn()
             .with_context(|| format!("starting {} for {}", self.bin.display(), self.name))?;
         self.child = Some(child);
@@ -762,19 +781,13 @@ impl Server {
 
     /// Peak RSS and CPU of this life and the earlier ones.
     fn usage(&self, tick: f64) -> anyhow::Result<Usage> {
-        let now = match self.child.as_ref().and_then(Child::id) {
-            Some(pid) => Usage::read(&format!("/proc/{pid}"), tick)?,
-            None => Usage::default(),
-        };
-        Ok(Usage {
-            peak_rss_kib: self.past.peak_rss_kib.max(now.peak_rss_kib),
-            cpu_secs: self.past.cpu_secs + now.cpu_secs,
-        })
+        let now = Usage::of(self.child.as_ref().and_then(Child::id), tick)?;
+        Ok(self.past.and(now))
     }
 
     /// SIGKILL, after recording what this life used.
     async fn kill9(&mut self) -> anyhow::Result<()> {
-        self.past = self.usage(clock_ticks().await)?;
+        self.past = self.usage(procstat::clock_ticks().await)?;
         if let Some(mut child) = self.child.take() {
             child
                 .kill()
@@ -789,74 +802,6 @@ impl Server {
         ensure!(self.child.is_none(), "{} is still running", self.name);
         self.spawn().await
     }
-}
-
-/// What a process used so far, from /proc.
-#[derive(Default, Clone, Copy)]
-struct Usage {
-    /// VmHWM: the peak resident set.
-    peak_rss_kib: u64,
-    /// utime + stime.
-    cpu_secs: f64,
-}
-
-impl Usage {
-    /// Reads `/proc/<pid>` (`proc` is that directory); `tick` is seconds per clock tick.
-    fn read(proc: &str, tick: f64) -> anyhow::Result<Self> {
-        let status = std::fs::read_to_string(format!("{proc}/status"))
-            .with_context(|| format!("reading {proc}/status"))?;
-        let peak_rss_kib = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .with_context(|| format!("no VmHWM in {proc}/status"))?;
-        let stat = std::fs::read_to_string(format!("{proc}/stat"))
-            .with_context(|| format!("reading {proc}/stat"))?;
-        // Fields after the command name, which may hold spaces: state is field 3, utime 14.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace().collect())
-            .unwrap_or_default();
-        let ticks = |i: usize| -> anyhow::Result<u64> {
-            fields
-                .get(i)
-                .and_then(|f| f.parse().ok())
-                .with_context(|| format!("field {} of {proc}/stat", i + 3))
-        };
-        Ok(Self {
-            peak_rss_kib,
-            cpu_secs: (ticks(11)? + ticks(12)?) as f64 * tick,
-        })
-    }
-}
-
-/// Seconds per clock tick of /proc/PID/stat, from `getconf CLK_TCK` (100 on Linux if that
-/// fails).
-async fn clock_ticks() -> f64 {
-    let hz = Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .await
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse::<u32>().ok())
-        .filter(|&hz| hz > 0)
-        .unwrap_or(100);
-    1.0 / f64::from(hz)
-}
-
-/// Total length of the files under `dir`.
-fn dir_size(dir: &Path) -> std::io::Result<u64> {
-    let mut total = 0;
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let meta = entry.metadata()?;
-        total += if meta.is_dir() {
-            dir_size(&entry.path())?
-        } else {
-            meta.len()
-        };
-    }
-    Ok(total)
 }
 
 #[cfg(test)]
@@ -880,12 +825,6 @@ mod tests {
         assert_eq!(payload.len(), 16);
         assert_eq!(payload[..8], T0.to_le_bytes());
         assert_eq!(payload[8..], sensor_value(0, 0).to_le_bytes());
-    }
-
-    #[test]
-    fn usage_of_this_process() {
-        let u = Usage::read("/proc/self", 0.01).expect("reading /proc/self");
-        assert!(u.peak_rss_kib > 0);
     }
 
     #[test]

@@ -6,19 +6,29 @@
 //!    Source takes them; replicated points/s = points / time from the first request until
 //!    the Target has applied the last one. Wire bytes per point = bytes the hub received
 //!    from the Source during this phase / points.
+//!    Stored bytes per point, after this phase = size of the Target's data dir (its SQLite
+//!    database, WAL included) / points.
 //! 2. Latency: `--rate` points/s for `--seconds` (one bulk request per 1,000 points, paced);
 //!    for each request, the time from the Source's acknowledgement until its last point is
-//!    readable on the Target (polled through the data API); p50/p99.
-//! 3. Catch-up: the Target is killed, `--outage-points` points are written (one hour at
-//!    1,000 points/s by default), the Target is restarted; catch-up points/s = points / time
-//!    from the restart until the Target has applied them all.
+//!    readable on the Target (polled through the data API); p50/p99/max.
+//! 3. Catch-up: the Target is killed (SIGKILL), `--outage-points` points are written (one
+//!    hour at 1,000 points/s by default), the Target is restarted; catch-up points/s = points
+//!    / time from the restart until the Target has applied them all (and, apart, the time
+//!    until the first of them was applied).
 //!
-//! Nothing here asserts a speed; it reports one.
+//! Then, as in the NATS baseline: stored bytes per point (the Target's data dir / every point
+//! it holds), and the peak RSS (VmHWM) and CPU seconds of the hub, site-a, site-b (both of
+//! its lives) and the client (this process, over this scenario only).
+//!
+//! Waits poll the Target's sync status every 5 ms (the wait is what is measured) and give
+//! up when its applied sequence has not moved for a minute. Children die with this process
+//! (`testkit`'s `kill_on_drop` and parent-death signal). Nothing here asserts a speed; it
+//! reports one.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::Args;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
@@ -26,6 +36,8 @@ use testkit::{Api, HubProc, SiteOpts, SiteProc};
 
 use super::Report;
 use super::ingest::sensor_value;
+use super::procstat::{self, ClientMeter, Usage};
+use super::progress::Progress;
 
 #[derive(Args, Clone)]
 pub struct SyncArgs {
@@ -38,15 +50,30 @@ pub struct SyncArgs {
     /// Rate of the latency phase, points/s.
     #[arg(long, default_value_t = 10_000)]
     rate: u64,
-    /// Length of the latency phase, seconds.
-    #[arg(long, default_value_t = 20)]
-    seconds: u64,
-    /// Points written while the Target is down (3,600,000 = one hour at 1,000 points/s).
-    #[arg(long, default_value_t = 3_600_000)]
-    outage_points: u64,
+    /// Length of the latency phase, seconds [default: points / 25,000, from 1 to 20].
+    #[arg(long)]
+    seconds: Option<u64>,
+    /// Points written while the Target is down [default: 3,600,000, one hour at 1,000
+    /// points/s, but at most 10 × points; 0 skips the phase].
+    #[arg(long)]
+    outage_points: Option<u64>,
+}
+
+impl SyncArgs {
+    fn seconds(&self) -> u64 {
+        self.seconds
+            .unwrap_or_else(|| super::default_seconds(self.points))
+    }
+
+    fn outage_points(&self) -> u64 {
+        self.outage_points
+            .unwrap_or_else(|| super::default_outage_points(self.points))
+    }
 }
 
 const T0: i64 = 1_700_000_000_000_000;
+/// How long a wait may see no progress before the benchmark gives up.
+const STALL: Duration = Duration::from_secs(60);
 
 fn device_name(d: u64) -> String {
     format!("sensor-{d:05}")
@@ -54,8 +81,9 @@ fn device_name(d: u64) -> String {
 
 struct Bench {
     hub: HubProc,
-    /// The Source; kept so that its process lives as long as the bench.
-    _a: SiteProc,
+    /// The Source.
+    a: SiteProc,
+    /// The Target.
     b: SiteProc,
     api_a: Api,
     api_b: Api,
@@ -125,7 +153,7 @@ impl Bench {
         }
         Ok(Self {
             hub,
-            _a: a,
+            a,
             b,
             api_a,
             api_b,
@@ -159,14 +187,54 @@ impl Bench {
         Ok(last)
     }
 
-    /// Waits until the Target has applied `seq`.
-    async fn applied(&self, seq: u64, within: Duration) -> anyhow::Result<()> {
+    /// The Target's applied sequence, or `None` while it does not answer (restarting).
+    async fn applied_seq(&self) -> Option<u64> {
         let path = format!("/api/v1/connectors/{}/remote-sync", self.tgt);
-        testkit::eventually("the Target to apply everything", within, || async {
-            let t = self.api_b.get_ok(&path).await?;
-            Ok((t["link"]["applied_seq"].as_u64().unwrap_or(0) >= seq).then_some(()))
-        })
-        .await
+        let t = self.api_b.get_ok(&path).await.ok()?;
+        t["link"]["applied_seq"].as_u64()
+    }
+
+    /// Waits until the Target has applied `seq`, showing progress from `from`; returns when
+    /// it was first seen past `from`. Fails when the applied sequence has not moved for
+    /// [`STALL`].
+    async fn applied(&self, from: u64, seq: u64, progress: &Progress) -> anyhow::Result<Instant> {
+        let mut last = (None, Instant::now());
+        let mut moved = None;
+        loop {
+            let applied = self.applied_seq().await;
+            if let Some(a) = applied {
+                progress.set(a.saturating_sub(from));
+                if a > from {
+                    moved.get_or_insert_with(Instant::now);
+                }
+                if a >= seq {
+                    return Ok(moved.unwrap_or_else(Instant::now));
+                }
+            }
+            if applied != last.0 {
+                last = (applied, Instant::now());
+            } else if last.1.elapsed() > STALL {
+                bail!(
+                    "the Target's applied sequence stayed at {applied:?} of {seq} for {STALL:?}; \
+                     its log tail:\n{}",
+                    self.b.proc.log_tail(20)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Writes `points` in bulk requests of one point per device (at least 1,000 a request).
+    async fn write_bulk(&mut self, points: u64, progress: &Progress) -> anyhow::Result<()> {
+        let batch = self.devices.max(1_000);
+        let mut written = 0;
+        while written < points {
+            let n = batch.min(points - written);
+            self.write(n).await?;
+            written += n;
+            progress.inc(n);
+        }
+        Ok(())
     }
 
     async fn visible(&self, device: &str, t: i64) -> anyhow::Result<bool> {
@@ -180,46 +248,46 @@ impl Bench {
     }
 }
 
-pub async fn run(args: SyncArgs) -> anyhow::Result<Report> {
-    anyhow::ensure!(args.devices > 0 && args.rate > 0, "counts must be positive");
+pub async fn run(args: SyncArgs, progress: &mut Progress) -> anyhow::Result<Report> {
+    anyhow::ensure!(
+        args.points > 0 && args.devices > 0 && args.rate > 0,
+        "counts must be positive"
+    );
+    let tick = procstat::clock_ticks().await;
+    let client = ClientMeter::start(tick)?;
+    progress.phase("west: start, pair, create devices", 0);
     let mut b = Bench::start(args.devices).await?;
     let mut report = Report::default();
-    let long = Duration::from_secs(3600);
 
-    // 1. Throughput and wire bytes.
+    // 1. Throughput, wire bytes, stored bytes.
+    progress.phase("west: throughput", args.points);
+    progress.stage("Source ingest");
     let wire_before = b
         .hub
         .counter("west_hub_bytes_received_total", "site-a")
         .await?;
     let started = Instant::now();
-    let batch = args.devices.max(1_000);
-    let mut written = 0;
-    while written < args.points {
-        let n = batch.min(args.points - written);
-        b.write(n).await?;
-        written += n;
-    }
+    let base = b.next;
+    b.write_bulk(args.points, progress).await?;
     let ingested = started.elapsed().as_secs_f64();
     // Every point is remote-synced, so the outbox head is the number of points written.
-    b.applied(b.next, long).await?;
+    progress.stage("Target applying");
+    b.applied(base, b.next, progress).await?;
     let secs = started.elapsed().as_secs_f64();
     let wire = b
         .hub
         .counter("west_hub_bytes_received_total", "site-a")
         .await?
         - wire_before;
-    report.add("replicated", written as f64 / secs, "points/s");
-    report.add(
-        "  source ingest alone",
-        written as f64 / ingested,
-        "points/s",
-    );
-    report.add("wire bytes per point", wire as f64 / written as f64, "B");
+    let stored_early =
+        procstat::dir_size(&b.b.data_dir).context("measuring the Target's data dir")?;
+    let written = b.next - base;
 
     // 2. Latency at a fixed rate.
     let per_request = 1_000.min(args.rate);
     let interval = Duration::from_secs_f64(per_request as f64 / args.rate as f64);
-    let requests = args.rate * args.seconds / per_request;
+    let requests = (args.rate * args.seconds() / per_request).max(1);
+    progress.phase("west: latency", requests * per_request);
     let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).context("histogram")?;
     let mut waiting: VecDeque<(Instant, String, i64)> = VecDeque::new();
     let phase = Instant::now();
@@ -230,6 +298,7 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<Report> {
             let (device, t) = b.write(per_request).await?;
             waiting.push_back((Instant::now(), device, t));
             sent += 1;
+            progress.inc(per_request);
             continue;
         }
         if let Some((acked, device, t)) = waiting.front().cloned()
@@ -242,36 +311,60 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<Report> {
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    report.add(
-        "latency p50",
-        hist.value_at_quantile(0.50) as f64 / 1000.0,
-        "ms",
-    );
-    report.add(
-        "latency p99",
-        hist.value_at_quantile(0.99) as f64 / 1000.0,
-        "ms",
-    );
 
     // 3. Catch-up after an outage of the Target.
-    if args.outage_points > 0 {
+    let outage = args.outage_points();
+    let mut b_before = Usage::default();
+    let mut catch_up = None;
+    progress.phase("west: catch-up", outage);
+    if outage > 0 {
+        progress.stage("backlog, Target down");
+        b_before = Usage::of(b.b.proc.pid(), tick)?;
         b.b.kill9().await?;
-        let mut written = 0;
-        while written < args.outage_points {
-            let n = batch.min(args.outage_points - written);
-            b.write(n).await?;
-            written += n;
-        }
+        let held = b.next;
+        b.write_bulk(outage, progress).await?;
         let head = b.next;
+        progress.stage("Target catching up");
         let restarted = Instant::now();
         b.b.restart().await?;
         b.api_b = b.b.admin().await?;
-        b.applied(head, long).await?;
-        report.add(
-            "catch-up",
-            written as f64 / restarted.elapsed().as_secs_f64(),
-            "points/s",
-        );
+        let moved = b.applied(held, head, progress).await?;
+        catch_up = Some((
+            restarted.elapsed().as_secs_f64(),
+            moved.saturating_duration_since(restarted).as_secs_f64(),
+        ));
     }
+    let stored = procstat::dir_size(&b.b.data_dir).context("measuring the Target's data dir")?;
+
+    report.add("replicated", written as f64 / secs, "points/s");
+    report.add(
+        "  source ingest alone",
+        written as f64 / ingested,
+        "points/s",
+    );
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    report.add("latency p50", ms(0.50), "ms");
+    report.add("latency p99", ms(0.99), "ms");
+    report.add("latency max", hist.max() as f64 / 1000.0, "ms");
+    if let Some((secs, first_point)) = catch_up {
+        report.add("catch-up", outage as f64 / secs, "points/s");
+        report.add("  catch-up time", secs, "s");
+        report.add("  restart to first point", first_point, "s");
+    }
+    report.add("wire bytes per point", wire as f64 / written as f64, "B");
+    report.add("stored bytes per point", stored as f64 / b.next as f64, "B");
+    report.add(
+        "  after throughput",
+        stored_early as f64 / written as f64,
+        "B",
+    );
+    let usage = [
+        ("hub", Usage::of(b.hub.proc.pid(), tick)?),
+        ("site-a", Usage::of(b.a.proc.pid(), tick)?),
+        ("site-b", b_before.and(Usage::of(b.b.proc.pid(), tick)?)),
+        ("client", client.finish(tick)?),
+    ];
+    procstat::report(&mut report, &usage);
+    report.add("points published", b.next as f64, "points");
     Ok(report)
 }
