@@ -10,6 +10,10 @@
 //!   (`kill -9`); a call that returns `Err` has changed nothing.
 //! - `ingest` checks every value against its resource's format and refuses the whole
 //!   request on the first bad one.
+//! - Device edits (`create_device`, `update_device`, `delete_device`) are stamped with the
+//!   site's hybrid logical clock, merged into the device's replicated record and, on a
+//!   paired connector, queued for the peer in the same transaction; `sync_apply` merges the
+//!   peer's changes the same way (docs/sync.md "Device convergence").
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod sqlite;
@@ -180,6 +184,10 @@ pub trait Store: Send + Sync + 'static {
     /// otherwise). Creates devices as needed; keeps points of missing resources pending until
     /// the resource is created. Returns the new cursor.
     async fn sync_apply(&self, cid: &ConnectorId, items: Vec<Inbound>, now: i64) -> Result<u64>;
+    /// Queues the current record of each of these devices for the peer again (after the
+    /// drift check found them different); returns how many exist and were queued. Does
+    /// nothing on a connector that is not paired.
+    async fn resend_devices(&self, cid: &ConnectorId, identities: Vec<Identity>) -> Result<u64>;
     /// Every loss recorded on this side, oldest first.
     async fn sync_gaps(&self, cid: &ConnectorId) -> Result<Vec<GapRow>>;
 }

@@ -94,6 +94,8 @@ pub struct Device {
     /// The newest point of each resource the device has written.
     pub values: BTreeMap<ResourceName, Point>,
     pub created_at: i64,
+    /// Whether this site's latest change of the device has not reached the peer yet.
+    pub sync_pending: bool,
 }
 
 impl Device {

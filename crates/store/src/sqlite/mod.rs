@@ -30,12 +30,14 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::*;
 
+mod devices;
 mod sync;
 
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/0001_init.sql")),
     (2, include_str!("../../migrations/0002_pairing.sql")),
     (3, include_str!("../../migrations/0003_sync.sql")),
+    (4, include_str!("../../migrations/0004_devices.sql")),
 ];
 
 /// Most jobs the writer folds into one transaction.
@@ -68,6 +70,8 @@ pub struct SqliteConfig {
     /// Length of one outbox time partition, µs: retention drops whole partitions. Default:
     /// 10 minutes (4,320 partitions at most in 30 days of outage).
     pub sync_partition_us: i64,
+    /// This site's name: the tie-break of device change stamps (SPEC §5). Default: `site`.
+    pub site: String,
 }
 
 impl SqliteConfig {
@@ -78,6 +82,7 @@ impl SqliteConfig {
             cache_mib: 64,
             clock: Clock::system(),
             sync_partition_us: 600_000_000,
+            site: "site".into(),
         }
     }
 }
@@ -113,6 +118,11 @@ impl SqliteStore {
     pub fn open(config: SqliteConfig) -> Result<Self> {
         let conn = open_connection(&config, config.cache_mib)?;
         migrate(&conn)?;
+        // Nothing was sent since the last run ended, and nothing above the head ever was: a
+        // lease that ran ahead of the head pins nothing that exists, so it is cut back to it
+        // (docs/sync.md, rule 1), lest it keep the next appends past the retention.
+        conn.execute("UPDATE sync_out SET lease = MIN(lease, head)", [])
+            .map_err(backend("trimming send leases"))?;
         let (tx, rx) = mpsc::channel::<Job>(1024);
         std::thread::Builder::new()
             .name("west-store-writer".into())
@@ -130,6 +140,28 @@ impl SqliteStore {
 
     pub fn path(&self) -> &Path {
         &self.config.path
+    }
+
+    /// Runs a local device edit in the writer's transaction with what stamping it needs.
+    async fn write_device<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection, &devices::Ctx<'_>) -> Result<R> + Send + 'static,
+    {
+        let (clock, partition_us, site) = (
+            self.config.clock.clone(),
+            self.config.sync_partition_us,
+            self.config.site.clone(),
+        );
+        self.write(move |conn| {
+            let ctx = devices::Ctx {
+                site: &site,
+                now: clock.now(),
+                partition_us,
+            };
+            f(conn, &ctx)
+        })
+        .await
     }
 
     /// Runs `f` in the writer's current transaction and answers after the commit.
@@ -604,6 +636,7 @@ fn load_device(
         config,
         values,
         created_at,
+        sync_pending: devices::pending(conn, id)?,
     })
 }
 
@@ -696,6 +729,7 @@ fn ingest_points(
                 .map_err(backend("storing points"))?;
             if res.remote_sync
                 && let Some(outbox) = &mut outbox
+                && outbox.points
             {
                 outbox.push(conn, &p.identity, res.id, p.t, &value)?;
             }
@@ -993,6 +1027,7 @@ impl Store for SqliteStore {
         paired_at: i64,
     ) -> Result<Connector> {
         let cid = cid.clone();
+        let (clock, partition_us) = (self.config.clock.clone(), self.config.sync_partition_us);
         self.write(move |conn| {
             let c = get_connector(conn, &cid)?;
             if c.state != SyncState::Pairing {
@@ -1018,6 +1053,10 @@ impl Store for SqliteStore {
                 ],
             )
             .map_err(backend("completing a pairing"))?;
+            // The Target starts from the Source's registry: every device known here goes
+            // out first, before any data that needs it.
+            let ids = devices::all_identities(conn, &cid)?;
+            devices::resend(conn, &cid, &ids, clock.now(), partition_us, false)?;
             get_connector(conn, &cid)
         })
         .await
@@ -1115,6 +1154,10 @@ impl Store for SqliteStore {
             })?;
             // Points replicated before the resource existed are applied now.
             sync::adopt_pending(conn, &cid, &new.name, new.created_at)?;
+            // So is configuration the peer set for it.
+            if new.settable {
+                devices::adopt_config(conn, &cid, &new.name, new.created_at)?;
+            }
             get_resource(conn, &cid, &new.name)
         })
         .await
@@ -1173,10 +1216,12 @@ impl Store for SqliteStore {
 
     async fn create_device(&self, cid: &ConnectorId, new: NewDevice) -> Result<Device> {
         let cid = cid.clone();
-        self.write(move |conn| {
+        self.write_device(move |conn, ctx| {
             connector_exists(conn, &cid)?;
             model::check_tags(&new.tags)?;
             model::check_permissions(&new.permissions)?;
+            // A tombstone, when the device existed once: the create must outrank its delete.
+            let before = devices::record(conn, &cid, &new.identity)?;
             conn.execute(
                 "INSERT INTO devices (connector, identity, tags, permissions, state, token_hash, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -1197,6 +1242,20 @@ impl Store for SqliteStore {
                     backend("creating a device")(e)
                 }
             })?;
+            let fields = proto::sync::DeviceEdit {
+                state: Some(new.state),
+                permissions: Some(new.permissions.clone()),
+                tags: new.tags.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect(),
+                config: BTreeMap::new(),
+            };
+            devices::local_change(
+                conn,
+                &cid,
+                &new.identity,
+                before,
+                devices::LocalEdit::Create(fields),
+                ctx,
+            )?;
             get_device(conn, &cid, &new.identity)
         })
         .await
@@ -1253,9 +1312,11 @@ impl Store for SqliteStore {
         patch: DevicePatch,
     ) -> Result<Device> {
         let (cid, identity) = (cid.clone(), identity.clone());
-        self.write(move |conn| {
+        self.write_device(move |conn, ctx| {
             connector_exists(conn, &cid)?;
             let id = device_id(conn, &cid, &identity)?;
+            let before = devices::record(conn, &cid, &identity)?;
+            let mut config_change = BTreeMap::new();
             if let Some(tags) = &patch.tags {
                 model::check_tags(tags)?;
                 conn.execute(
@@ -1289,22 +1350,41 @@ impl Store for SqliteStore {
                         return Err(StoreError::NotSettable(name.clone()));
                     }
                     match raw {
-                        None => conn.execute(
-                            "DELETE FROM config WHERE device = ?1 AND resource = ?2",
-                            params![id, res.id],
-                        ),
+                        None => {
+                            config_change.insert(name.clone(), None);
+                            conn.execute(
+                                "DELETE FROM config WHERE device = ?1 AND resource = ?2",
+                                params![id, res.id],
+                            )
+                        }
                         Some(raw) => {
                             let value = res.format.check(name, raw)?;
-                            conn.execute(
+                            let written = conn.execute(
                                 "INSERT INTO config (device, resource, v) VALUES (?1, ?2, ?3)
                                  ON CONFLICT (device, resource) DO UPDATE SET v = excluded.v",
                                 params![id, res.id, value_to_sql(&value)],
-                            )
+                            );
+                            config_change.insert(name.clone(), Some(value));
+                            written
                         }
                     }
                     .map_err(backend("updating configuration"))?;
                 }
             }
+            let edit = devices::EditFields {
+                tags: patch.tags,
+                permissions: patch.permissions,
+                state: patch.state,
+                config: config_change,
+            };
+            devices::local_change(
+                conn,
+                &cid,
+                &identity,
+                before,
+                devices::LocalEdit::Edit(edit),
+                ctx,
+            )?;
             get_device(conn, &cid, &identity)
         })
         .await
@@ -1312,18 +1392,19 @@ impl Store for SqliteStore {
 
     async fn delete_device(&self, cid: &ConnectorId, identity: &Identity) -> Result<()> {
         let (cid, identity) = (cid.clone(), identity.clone());
-        self.write(move |conn| {
+        self.write_device(move |conn, ctx| {
             connector_exists(conn, &cid)?;
             let id = device_id(conn, &cid, &identity)?;
-            for sql in [
-                "DELETE FROM points WHERE device = ?1",
-                "DELETE FROM latest WHERE device = ?1",
-                "DELETE FROM devices WHERE id = ?1",
-            ] {
-                conn.execute(sql, [id])
-                    .map_err(backend("deleting a device"))?;
-            }
-            Ok(())
+            let before = devices::record(conn, &cid, &identity)?;
+            devices::delete_rows(conn, id)?;
+            devices::local_change(
+                conn,
+                &cid,
+                &identity,
+                before,
+                devices::LocalEdit::Delete,
+                ctx,
+            )
         })
         .await
     }
@@ -1445,6 +1526,15 @@ impl Store for SqliteStore {
         let cid = cid.clone();
         self.write(move |conn| sync::apply(conn, &cid, items, now))
             .await
+    }
+
+    async fn resend_devices(&self, cid: &ConnectorId, identities: Vec<Identity>) -> Result<u64> {
+        let cid = cid.clone();
+        self.write_device(move |conn, ctx| {
+            connector_exists(conn, &cid)?;
+            devices::resend(conn, &cid, &identities, ctx.now, ctx.partition_us, true)
+        })
+        .await
     }
 
     async fn sync_gaps(&self, cid: &ConnectorId) -> Result<Vec<GapRow>> {

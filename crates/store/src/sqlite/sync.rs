@@ -25,15 +25,19 @@
 //! - `apply` refuses (and changes nothing) unless the stored cursor is exactly one before
 //!   each item's first seq; the cursor only grows.
 //!
-//! Deliberately absent: device-change records (issue 6: none are appended yet; a received one
-//! is logged and skipped), and any clock reading: `now` is passed in.
+//! Device changes share the outbox (rows with `resource` = [`devices::DEVICE_CHANGE`], the
+//! record as JSON in `v`) on both sides of a pairing: on a Source with the points, on a
+//! Target alone (the Target → Source stream). Their SQL is in `devices.rs`.
+//!
+//! Deliberately absent: any clock reading: `now` is passed in.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use proto::model::{ConnectorId, Format, Identity, ResourceName, Role, SyncState, Value};
-use proto::sync::{LostSpan, Record, ResourceLoss};
+use proto::sync::{DeviceRecord, LostSpan, Record, ResourceLoss};
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::devices::{self, DEVICE_CHANGE};
 use super::{backend, parse_col, resource_rows, value_from_sql, value_to_sql};
 use crate::{
     ExpiryReport, GapReason, GapRow, Inbound, OutboxChunk, Result, Retention, StoreError,
@@ -106,9 +110,12 @@ pub(super) struct Appender {
     /// Records and bytes appended by this job.
     appended: u64,
     bytes: u64,
+    /// Whether points are replicated (a Source); a Target's stream holds device changes only.
+    pub(super) points: bool,
 }
 
-/// An appender when `cid` is a paired Source (its points are replicated), else `None`.
+/// An appender when `cid` is paired (device changes are replicated; on a Source, points
+/// too), else `None`.
 pub(super) fn appender(
     conn: &Connection,
     cid: &ConnectorId,
@@ -125,9 +132,7 @@ pub(super) fn appender(
     let Some((role, state)) = row else {
         return Ok(None);
     };
-    if Role::parse(&role) != Some(Role::Source)
-        || SyncState::parse(&state) != Some(SyncState::Paired)
-    {
+    if SyncState::parse(&state) != Some(SyncState::Paired) {
         return Ok(None);
     }
     let (head, _, _, last_part) = out_row(conn, cid)?;
@@ -139,10 +144,65 @@ pub(super) fn appender(
         table: None,
         appended: 0,
         bytes: 0,
+        points: Role::parse(&role) == Some(Role::Source),
     }))
 }
 
+/// Appends one device change to the outbox of a paired connector; returns its seq, or
+/// `None` when the connector is not paired (nothing to replicate to).
+pub(super) fn append_device(
+    conn: &Connection,
+    cid: &ConnectorId,
+    now: i64,
+    partition_us: i64,
+    record: &DeviceRecord,
+) -> Result<Option<u64>> {
+    let Some(mut out) = appender(conn, cid, now, partition_us)? else {
+        return Ok(None);
+    };
+    out.push_device(conn, record)?;
+    out.finish(conn)
+}
+
 impl Appender {
+    fn table(&mut self, conn: &Connection) -> Result<String> {
+        match &self.table {
+            Some(t) => Ok(t.clone()),
+            None => {
+                let t = self.open_partition(conn)?;
+                self.table = Some(t.clone());
+                Ok(t)
+            }
+        }
+    }
+
+    /// Queues one device change under the next seq.
+    pub(super) fn push_device(&mut self, conn: &Connection, record: &DeviceRecord) -> Result<()> {
+        let table = self.table(conn)?;
+        let seq = self.head + 1;
+        let text = devices::encode(record)?;
+        let wall = record
+            .max_stamp()
+            .map_or(0, |s| i64::try_from(s.hlc.wall_us).unwrap_or(i64::MAX));
+        conn.prepare_cached(&format!(
+            "INSERT INTO {table} (seq, device, resource, t, v) VALUES (?1, ?2, ?3, ?4, ?5)"
+        ))
+        .and_then(|mut s| {
+            s.execute(params![
+                to_i64(seq),
+                record.identity.as_str(),
+                DEVICE_CHANGE,
+                wall,
+                text
+            ])
+        })
+        .map_err(backend("appending a device change to the outbox"))?;
+        self.head = seq;
+        self.appended += 1;
+        self.bytes += 24 + record.identity.as_str().len() as u64 + text.len() as u64;
+        Ok(())
+    }
+
     /// Queues one point under the next seq.
     pub(super) fn push(
         &mut self,
@@ -152,14 +212,7 @@ impl Appender {
         t: i64,
         value: &Value,
     ) -> Result<()> {
-        let table = match &self.table {
-            Some(t) => t.clone(),
-            None => {
-                let t = self.open_partition(conn)?;
-                self.table = Some(t.clone());
-                t
-            }
-        };
+        let table = self.table(conn)?;
         let seq = self.head + 1;
         conn.prepare_cached(&format!(
             "INSERT INTO {table} (seq, device, resource, t, v) VALUES (?1, ?2, ?3, ?4, ?5)"
@@ -368,6 +421,12 @@ pub(super) fn read(
             }
             let device: String = r.get(1).map_err(backend("reading the outbox"))?;
             let rid: i64 = r.get(2).map_err(backend("reading the outbox"))?;
+            if rid == DEVICE_CHANGE {
+                let text: String = r.get(4).map_err(backend("reading the outbox"))?;
+                out.push(Record::Device(devices::decode(&text)?));
+                next += 1;
+                continue;
+            }
             let t: i64 = r.get(3).map_err(backend("reading the outbox"))?;
             let (name, format) = resources.get(&rid).ok_or_else(|| StoreError::Backend {
                 op: "reading the outbox",
@@ -457,8 +516,10 @@ pub(super) fn expire(
             _ => runs.push(vec![p]),
         }
     }
+    let mut resend = BTreeSet::new();
     for run in runs {
-        let span = summarize(conn, cid, &run)?;
+        let (span, changed) = summarize(conn, cid, &run)?;
+        resend.extend(changed);
         report.points_lost += span.points();
         conn.prepare_cached(
             "INSERT INTO sync_lost (connector, first_seq, last_seq, span, lost_at)
@@ -482,12 +543,25 @@ pub(super) fn expire(
             report.partitions_dropped += 1;
         }
     }
+    if !resend.is_empty() {
+        // Device changes are never lost: the latest record of each device whose undelivered
+        // change was dropped goes out again (docs/sync.md).
+        let ids: Vec<Identity> = resend.into_iter().collect();
+        let n = devices::resend(conn, cid, &ids, retention.now, partition_us, false)?;
+        tracing::info!(connector = %cid, devices = n,
+            "re-queued the latest record of devices whose undelivered changes expired");
+    }
     report.pending_expired = expire_pending(conn, cid, cutoff, retention.now)?;
     Ok(report)
 }
 
-/// The exact summary of the records of a run of partitions about to be dropped.
-fn summarize(conn: &Connection, cid: &ConnectorId, run: &[Part]) -> Result<LostSpan> {
+/// The exact summary of the records of a run of partitions about to be dropped, and the
+/// devices whose changes are among them.
+fn summarize(
+    conn: &Connection,
+    cid: &ConnectorId,
+    run: &[Part],
+) -> Result<(LostSpan, Vec<Identity>)> {
     let union = run
         .iter()
         .map(|p| format!("SELECT device, resource, t FROM {}", table(cid, p.part)))
@@ -522,12 +596,31 @@ fn summarize(conn: &Connection, cid: &ConnectorId, run: &[Part]) -> Result<LostS
             until_us,
         });
     }
-    Ok(LostSpan {
-        first_seq: run.first().map_or(0, |p| p.first),
-        last_seq: run.last().map_or(0, |p| p.last),
-        resources,
-        device_changes: 0,
-    })
+    let mut stmt = conn
+        .prepare(&format!(
+            "SELECT o.device, COUNT(*) FROM ({union}) o WHERE o.resource = {DEVICE_CHANGE}
+             GROUP BY o.device"
+        ))
+        .map_err(backend("summarizing a loss"))?;
+    let changes = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        .map_err(backend("summarizing a loss"))?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(backend("summarizing a loss"))?;
+    let device_changes = changes.iter().map(|(_, n)| to_u64(*n)).sum();
+    let changed = changes
+        .into_iter()
+        .map(|(d, _)| parse_col(d, |s| Identity::parse(s).ok(), "reading an identity"))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((
+        LostSpan {
+            first_seq: run.first().map_or(0, |p| p.first),
+            last_seq: run.last().map_or(0, |p| p.last),
+            resources,
+            device_changes,
+        },
+        changed,
+    ))
 }
 
 fn expire_pending(conn: &Connection, cid: &ConnectorId, cutoff: i64, now: i64) -> Result<u64> {
@@ -657,7 +750,7 @@ pub(super) fn gaps(conn: &Connection, cid: &ConnectorId) -> Result<Vec<GapRow>> 
 }
 
 /// A value as the Target's resource format wants it, if it fits.
-fn fit(format: Format, name: &ResourceName, v: Value) -> Option<Value> {
+pub(super) fn fit(format: Format, name: &ResourceName, v: Value) -> Option<Value> {
     match (format, v) {
         (Format::Number, v @ Value::Number(_))
         | (Format::Integer, v @ Value::Integer(_))
@@ -696,6 +789,8 @@ struct Refused {
 /// Writes received points into the Target's series, creating devices as needed.
 struct PointWriter {
     devices: HashMap<Identity, i64>,
+    /// Points of deleted devices, dropped.
+    dropped: u64,
     newest: HashMap<(i64, i64), (i64, Value)>,
     refused: BTreeMap<ResourceName, Refused>,
 }
@@ -704,20 +799,23 @@ impl PointWriter {
     fn new() -> Self {
         Self {
             devices: HashMap::new(),
+            dropped: 0,
             newest: HashMap::new(),
             refused: BTreeMap::new(),
         }
     }
 
+    /// The device's row, created if missing; `None` when the device was deleted (its record
+    /// is a tombstone), whose points are then dropped as its delete dropped the others.
     fn device(
         &mut self,
         conn: &Connection,
         cid: &ConnectorId,
         identity: &Identity,
         now: i64,
-    ) -> Result<i64> {
+    ) -> Result<Option<i64>> {
         if let Some(id) = self.devices.get(identity) {
-            return Ok(*id);
+            return Ok(Some(*id));
         }
         let found: Option<i64> = conn
             .prepare_cached("SELECT id FROM devices WHERE connector = ?1 AND identity = ?2")
@@ -728,6 +826,10 @@ impl PointWriter {
             .map_err(backend("looking up a device"))?;
         let id = match found {
             Some(id) => id,
+            None if devices::is_deleted(conn, cid, identity)? => {
+                self.dropped += 1;
+                return Ok(None);
+            }
             None => {
                 conn.prepare_cached(
                     "INSERT INTO devices (connector, identity, created_at) VALUES (?1, ?2, ?3)",
@@ -738,7 +840,7 @@ impl PointWriter {
             }
         };
         self.devices.insert(identity.clone(), id);
-        Ok(id)
+        Ok(Some(id))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -764,7 +866,9 @@ impl PointWriter {
             r.devices.insert(identity);
             return Ok(());
         };
-        let device = self.device(conn, cid, &identity, now)?;
+        let Some(device) = self.device(conn, cid, &identity, now)? else {
+            return Ok(());
+        };
         conn.prepare_cached(
             "INSERT INTO points (device, resource, t, v) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (device, resource, t) DO UPDATE SET v = excluded.v",
@@ -781,6 +885,10 @@ impl PointWriter {
     }
 
     fn finish(self, conn: &Connection, cid: &ConnectorId, now: i64) -> Result<()> {
+        if self.dropped > 0 {
+            tracing::info!(connector = %cid, points = self.dropped,
+                "dropped replicated points of devices deleted on either side");
+        }
         let mut latest = conn
             .prepare_cached(
                 "INSERT INTO latest (device, resource, t, v) VALUES (?1, ?2, ?3, ?4)
@@ -869,7 +977,9 @@ pub(super) fn apply(
                             )?,
                             None => {
                                 // The device exists at once; its points wait for the resource.
-                                writer.device(conn, cid, &p.device, now)?;
+                                if writer.device(conn, cid, &p.device, now)?.is_none() {
+                                    continue;
+                                }
                                 pending
                                     .execute(params![
                                         cid.as_str(),
@@ -884,8 +994,16 @@ pub(super) fn apply(
                             }
                         },
                         Record::Device(d) => {
-                            tracing::warn!(connector = %cid, device = ?d.identity,
-                                "device changes are not applied by this version; skipped");
+                            // Authenticated, so never forged; a record this version cannot
+                            // accept is kept out of the registry, loudly, and the stream
+                            // goes on (the drift check will show the device).
+                            if let Err(e) = d.check() {
+                                tracing::error!(connector = %cid, error = %e,
+                                    "refused a replicated device change");
+                                continue;
+                            }
+                            writer.devices.remove(&d.identity);
+                            devices::apply_remote(conn, cid, &d, now)?;
                         }
                     }
                 }
@@ -989,6 +1107,8 @@ mod tests {
     use crate::*;
 
     const PART: i64 = 1_000;
+    /// Seqs the pairing of a paired fixture takes: the snapshots of `dev1` and `dev2`.
+    const SNAP: u64 = 2;
 
     fn cid() -> ConnectorId {
         ConnectorId::parse("09iolmnn8090ol").unwrap()
@@ -1074,6 +1194,7 @@ mod tests {
                 .complete_pairing(&cid(), peer(), keys(), 2)
                 .await
                 .unwrap();
+            assert_eq!(store.outbox_head(&cid()).await.unwrap(), SNAP);
         }
         (dir, store, now)
     }
@@ -1132,9 +1253,19 @@ mod tests {
             .ingest(&cid(), vec![pts("dev2", 8, 4.5)])
             .await
             .unwrap();
-        assert_eq!(store.outbox_head(&cid()).await.unwrap(), 3);
+        assert_eq!(store.outbox_head(&cid()).await.unwrap(), SNAP + 3);
+        // Pairing queued the registry first: every device, before any data.
+        let snapshots: Vec<String> = records(&store, 1, 2)
+            .await
+            .into_iter()
+            .map(|r| match r {
+                Record::Device(d) if d.is_live() => d.identity.to_string(),
+                other => panic!("expected a device snapshot, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(snapshots, ["dev1", "dev2"]);
         assert_eq!(
-            records(&store, 1, 10).await,
+            records(&store, SNAP + 1, 10).await,
             vec![
                 point("dev1", "temp", 5, 1.5),
                 point("dev2", "temp", 6, 2.5),
@@ -1142,25 +1273,41 @@ mod tests {
             ]
         );
         assert_eq!(
-            records(&store, 2, 1).await,
+            records(&store, SNAP + 2, 1).await,
             vec![point("dev2", "temp", 6, 2.5)]
         );
-        assert!(records(&store, 4, 10).await.is_empty());
+        assert!(records(&store, SNAP + 4, 10).await.is_empty());
     }
 
-    /// Appends two points per partition for partitions `0..n`: seqs 2p+1 and 2p+2.
+    /// Acknowledges the pairing's snapshots (dropping their partition, the clock's zero), then
+    /// appends two points per partition for partitions `1..=n`: seqs SNAP+2p-1 and SNAP+2p.
     async fn two_per_partition(store: &SqliteStore, now: &AtomicI64, n: i64) {
-        for p in 0..n {
+        for p in 1..=n {
             now.store(p * PART, Ordering::SeqCst);
-            let dev = if p % 2 == 0 { "dev1" } else { "dev2" };
+            let q = p - 1;
+            let dev = if q % 2 == 0 { "dev1" } else { "dev2" };
             store
                 .ingest(
                     &cid(),
-                    vec![pts(dev, p * 10, 1.0), pts("dev1", p * 10 + 1, 2.0)],
+                    vec![pts(dev, q * 10, 1.0), pts("dev1", q * 10 + 1, 2.0)],
                 )
                 .await
                 .unwrap();
+            if p == 1 {
+                store.outbox_acked(&cid(), SNAP).await.unwrap();
+            }
         }
+    }
+
+    #[tokio::test]
+    async fn a_restart_cuts_a_lease_that_ran_ahead_of_the_head() {
+        let (dir, store, _) = fixture(true).await;
+        store.outbox_lease(&cid(), SNAP + 1_000).await.unwrap();
+        assert_eq!(store.sync_state(&cid()).await.unwrap().lease, SNAP + 1_000);
+        drop(store);
+        let store = SqliteStore::open(SqliteConfig::new(dir.path().join("site.db"))).unwrap();
+        // Only what existed can have been sent: appends after the restart are not pinned.
+        assert_eq!(store.sync_state(&cid()).await.unwrap().lease, SNAP);
     }
 
     #[tokio::test]
@@ -1168,37 +1315,37 @@ mod tests {
         let (_dir, store, now) = fixture(true).await;
         two_per_partition(&store, &now, 3).await;
         assert_eq!(store.sync_state(&cid()).await.unwrap().partitions, 3);
-        store.outbox_acked(&cid(), 3).await.unwrap();
+        store.outbox_acked(&cid(), SNAP + 3).await.unwrap();
         let st = store.sync_state(&cid()).await.unwrap();
         assert_eq!(
             (st.acked, st.partitions),
-            (3, 2),
-            "partition 0 (1..=2) dropped"
+            (SNAP + 3, 2),
+            "partition 1 (SNAP+1..=SNAP+2) dropped"
         );
-        store.outbox_acked(&cid(), 6).await.unwrap();
+        store.outbox_acked(&cid(), SNAP + 6).await.unwrap();
         assert_eq!(store.sync_state(&cid()).await.unwrap().partitions, 1);
-        assert_eq!(records(&store, 5, 10).await.len(), 2);
+        assert_eq!(records(&store, SNAP + 5, 10).await.len(), 2);
         // The clock stepping back never reopens an older partition.
         now.store(0, Ordering::SeqCst);
         store
             .ingest(&cid(), vec![pts("dev1", 100, 1.0)])
             .await
             .unwrap();
-        assert_eq!(records(&store, 5, 10).await.len(), 3);
+        assert_eq!(records(&store, SNAP + 5, 10).await.len(), 3);
     }
 
     #[tokio::test]
     async fn expiry_keeps_the_lease_and_reports_exact_lost_spans() {
         let (_dir, store, now) = fixture(true).await;
         two_per_partition(&store, &now, 5).await;
-        store.outbox_acked(&cid(), 1).await.unwrap();
-        store.outbox_lease(&cid(), 3).await.unwrap();
+        store.outbox_acked(&cid(), SNAP + 1).await.unwrap();
+        store.outbox_lease(&cid(), SNAP + 3).await.unwrap();
         // Partitions 0..=3 are past the retention at 5·PART + 0; partition 4 is not.
         let report = store
             .sync_expire(
                 &cid(),
                 Retention {
-                    now: 5 * PART,
+                    now: 6 * PART,
                     keep_us: PART,
                     budget_bytes: None,
                 },
@@ -1209,17 +1356,17 @@ mod tests {
         assert_eq!(report.partitions_dropped, 2);
         // (acked, lease] = 2..=3 survives, with the rest of its partitions.
         assert_eq!(
-            records(&store, 2, 10).await,
+            records(&store, SNAP + 2, 10).await,
             vec![
                 point("dev1", "temp", 1, 2.0),
                 point("dev2", "temp", 10, 1.0),
                 point("dev1", "temp", 11, 2.0)
             ]
         );
-        let OutboxChunk::Lost(span) = store.outbox_read(&cid(), 6, 10).await.unwrap() else {
+        let OutboxChunk::Lost(span) = store.outbox_read(&cid(), SNAP + 6, 10).await.unwrap() else {
             panic!("seq 6 should be lost");
         };
-        assert_eq!((span.first_seq, span.last_seq), (5, 8));
+        assert_eq!((span.first_seq, span.last_seq), (SNAP + 5, SNAP + 8));
         assert_eq!(
             span.resources,
             vec![ResourceLoss {
@@ -1230,10 +1377,10 @@ mod tests {
                 until_us: 31,
             }]
         );
-        assert_eq!(records(&store, 9, 10).await.len(), 2);
+        assert_eq!(records(&store, SNAP + 9, 10).await.len(), 2);
         // Once the peer has recorded the gap, the span is forgotten.
-        store.outbox_acked(&cid(), 8).await.unwrap();
-        assert!(records(&store, 6, 10).await.is_empty());
+        store.outbox_acked(&cid(), SNAP + 8).await.unwrap();
+        assert!(records(&store, SNAP + 6, 10).await.is_empty());
     }
 
     #[tokio::test]
@@ -1245,7 +1392,7 @@ mod tests {
             .sync_expire(
                 &cid(),
                 Retention {
-                    now: 4 * PART,
+                    now: 5 * PART,
                     keep_us: 1_000 * PART,
                     budget_bytes: Some(total / 2),
                 },
@@ -1253,11 +1400,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(report.points_lost, 4, "{report:?}");
-        let OutboxChunk::Lost(span) = store.outbox_read(&cid(), 1, 10).await.unwrap() else {
+        let OutboxChunk::Lost(span) = store.outbox_read(&cid(), SNAP + 1, 10).await.unwrap() else {
             panic!("seq 1 should be lost");
         };
-        assert_eq!((span.first_seq, span.last_seq), (1, 4));
-        assert_eq!(records(&store, 5, 10).await.len(), 4);
+        assert_eq!((span.first_seq, span.last_seq), (SNAP + 1, SNAP + 4));
+        assert_eq!(records(&store, SNAP + 5, 10).await.len(), 4);
     }
 
     fn batch(first: u64, records: Vec<Record>) -> Inbound {

@@ -1,0 +1,861 @@
+//! The SQL of device convergence (SPEC §5; docs/sync.md "Device convergence"): each device's
+//! replicated record, the site's hybrid logical clock, and the projection of a merged record
+//! onto the `devices` and `config` rows an operator reads. Schema:
+//! `migrations/0004_devices.sql`.
+//!
+//! ```text
+//!  local edit ──▶ rows written as asked ──▶ change stamped by the HLC ──▶ merged into the
+//!                 record, appended to the outbox of a paired connector (out_seq = its seq)
+//!  received change ──▶ merge with the record, HLC observes it ──▶ project: upsert the rows
+//!                      of a live device, delete those of a deleted one (with its points)
+//! ```
+//!
+//! Invariants:
+//! - A device's rows are always the view of its record (`DeviceRecord::view`), except the
+//!   configuration of resources this connector does not have, which only the record keeps.
+//! - Every local change is stamped above every stamp its device's record holds and above
+//!   every stamp the site has issued or observed (`device_clock`), all in the transaction of
+//!   the edit, so the edit wins locally and a restart never reuses a stamp.
+//! - A device without a stored record (created before device sync existed, or by data that
+//!   arrived before its record) reads as created at the zero stamp with its current fields:
+//!   every real change dominates it.
+
+use proto::model::{ConnectorId, DeviceState, Identity, Permission, ResourceName, Tags, Value};
+use proto::sync::{DeviceEdit, DeviceRecord, Hlc, Stamp, merge};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{backend, get_device, resource_rows, sync, value_to_sql};
+use crate::{Result, StoreError};
+
+/// `resource` of an outbox row that holds a device change (resource ids start at 1).
+pub(super) const DEVICE_CHANGE: i64 = 0;
+
+fn json_err(op: &'static str) -> impl FnOnce(serde_json::Error) -> StoreError {
+    move |e| StoreError::Backend {
+        op,
+        source: Box::new(e),
+    }
+}
+
+pub(super) fn encode(record: &DeviceRecord) -> Result<String> {
+    serde_json::to_string(record).map_err(json_err("encoding a device record"))
+}
+
+pub(super) fn decode(text: &str) -> Result<DeviceRecord> {
+    serde_json::from_str(text).map_err(json_err("decoding a device record"))
+}
+
+/// The stamp of records synthesised for devices that have none.
+fn zero_stamp() -> Stamp {
+    Stamp::new(Hlc::ZERO, "")
+}
+
+/// The record of a device, or `None` when this connector never knew it.
+pub(super) fn record(
+    conn: &Connection,
+    cid: &ConnectorId,
+    identity: &Identity,
+) -> Result<Option<DeviceRecord>> {
+    let stored: Option<String> = conn
+        .prepare_cached("SELECT record FROM device_records WHERE connector = ?1 AND identity = ?2")
+        .and_then(|mut s| {
+            s.query_row([cid.as_str(), identity.as_str()], |r| r.get(0))
+                .optional()
+        })
+        .map_err(backend("reading a device record"))?;
+    if let Some(text) = stored {
+        return decode(&text).map(Some);
+    }
+    match get_device(conn, cid, identity) {
+        Ok(d) => Ok(Some(DeviceRecord::create(
+            identity.clone(),
+            zero_stamp(),
+            DeviceEdit {
+                state: Some(d.state),
+                permissions: Some(d.permissions),
+                tags: d.tags.into_iter().map(|(k, v)| (k, Some(v))).collect(),
+                config: d.config.into_iter().map(|(k, v)| (k, Some(v))).collect(),
+            },
+        ))),
+        Err(StoreError::DeviceNotFound(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Stores a device's merged record; `out_seq`, when given, is the outbox seq of the change
+/// just appended for it.
+fn save(
+    conn: &Connection,
+    cid: &ConnectorId,
+    record: &DeviceRecord,
+    out_seq: Option<u64>,
+) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO device_records (connector, identity, record, out_seq) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (connector, identity) DO UPDATE SET record = excluded.record,
+             out_seq = COALESCE(excluded.out_seq, device_records.out_seq)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            cid.as_str(),
+            record.identity.as_str(),
+            encode(record).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
+            out_seq.map(|s| i64::try_from(s).unwrap_or(i64::MAX))
+        ])
+    })
+    .map_err(backend("writing a device record"))?;
+    Ok(())
+}
+
+fn clock(conn: &Connection) -> Result<Hlc> {
+    Ok(conn
+        .prepare_cached("SELECT wall_us, counter FROM device_clock WHERE id = 1")
+        .and_then(|mut s| {
+            s.query_row([], |r| {
+                Ok(Hlc::new(
+                    u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                    u32::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+                ))
+            })
+            .optional()
+        })
+        .map_err(backend("reading the device clock"))?
+        .unwrap_or(Hlc::ZERO))
+}
+
+fn set_clock(conn: &Connection, hlc: Hlc) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO device_clock (id, wall_us, counter) VALUES (1, ?1, ?2)
+         ON CONFLICT (id) DO UPDATE SET wall_us = excluded.wall_us, counter = excluded.counter",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            i64::try_from(hlc.wall_us).unwrap_or(i64::MAX),
+            hlc.counter
+        ])
+    })
+    .map_err(backend("advancing the device clock"))?;
+    Ok(())
+}
+
+/// The stamp of a local edit: above the site's clock and above everything in `before`.
+fn next_stamp(
+    conn: &Connection,
+    site: &str,
+    now: i64,
+    before: Option<&DeviceRecord>,
+) -> Result<Stamp> {
+    let mut hlc = clock(conn)?;
+    let now = u64::try_from(now).unwrap_or(0);
+    let reading = match before.and_then(DeviceRecord::max_stamp) {
+        Some(s) => hlc.observe(s.hlc, now),
+        None => hlc.tick(now),
+    };
+    set_clock(conn, hlc)?;
+    Ok(Stamp::new(reading, site))
+}
+
+/// What a local edit changes, to be stamped: built by the `Store` methods from the request.
+pub(super) enum LocalEdit {
+    Create(DeviceEdit),
+    Edit(EditFields),
+    Delete,
+}
+
+/// The fields of an update as asked: tags and permissions replace the whole map or list.
+pub(super) struct EditFields {
+    pub tags: Option<Tags>,
+    pub permissions: Option<Vec<Permission>>,
+    pub state: Option<DeviceState>,
+    pub config: std::collections::BTreeMap<ResourceName, Option<Value>>,
+}
+
+/// Records a local edit whose rows the caller has written (or is about to delete): stamps
+/// the change, merges it into the device's record (`before`, read before the rows changed)
+/// and queues it for the peer of a paired connector.
+pub(super) fn local_change(
+    conn: &Connection,
+    cid: &ConnectorId,
+    identity: &Identity,
+    before: Option<DeviceRecord>,
+    edit: LocalEdit,
+    ctx: &Ctx<'_>,
+) -> Result<()> {
+    let stamp = next_stamp(conn, ctx.site, ctx.now, before.as_ref())?;
+    let change = match edit {
+        LocalEdit::Create(fields) => DeviceRecord::create(identity.clone(), stamp, fields),
+        LocalEdit::Delete => DeviceRecord::delete(identity.clone(), stamp),
+        LocalEdit::Edit(f) => {
+            let visible = before.as_ref().and_then(DeviceRecord::view);
+            let mut tags = std::collections::BTreeMap::new();
+            if let Some(new) = f.tags {
+                if let Some(v) = &visible {
+                    for k in v.tags.keys().filter(|k| !new.contains_key(*k)) {
+                        tags.insert(k.clone(), None);
+                    }
+                }
+                tags.extend(new.into_iter().map(|(k, v)| (k, Some(v))));
+            }
+            DeviceRecord::edit(
+                identity.clone(),
+                stamp,
+                DeviceEdit {
+                    state: f.state,
+                    permissions: f.permissions,
+                    tags,
+                    config: f.config,
+                },
+            )
+        }
+    };
+    let merged = match &before {
+        Some(b) => merge(b, &change).map_err(|e| StoreError::Backend {
+            op: "merging a device change",
+            source: Box::new(e),
+        })?,
+        None => change.clone(),
+    };
+    let seq = sync::append_device(conn, cid, ctx.now, ctx.partition_us, &change)?;
+    save(conn, cid, &merged, seq)
+}
+
+/// What device changes need besides the connection: this site's name, the time, and the
+/// outbox partition length.
+pub(super) struct Ctx<'a> {
+    pub site: &'a str,
+    pub now: i64,
+    pub partition_us: i64,
+}
+
+/// Queues the current record of each device for the peer again (a snapshot: harmless to
+/// merge twice). Used when pairing completes, when retention dropped undelivered changes,
+/// and when an operator re-sends devices the drift check found different. Returns how many
+/// devices were queued; unknown identities are skipped.
+///
+/// With `repair`, the device's rows are also rewritten from its record first, undoing any
+/// change made to them behind the record's back (the operator's re-send after a drift).
+pub(super) fn resend(
+    conn: &Connection,
+    cid: &ConnectorId,
+    identities: &[Identity],
+    now: i64,
+    partition_us: i64,
+    repair: bool,
+) -> Result<u64> {
+    let mut n = 0;
+    for identity in identities {
+        let Some(rec) = record(conn, cid, identity)? else {
+            continue;
+        };
+        if repair {
+            project(conn, cid, &rec, now)?;
+        }
+        let seq = sync::append_device(conn, cid, now, partition_us, &rec)?;
+        save(conn, cid, &rec, seq)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Every device identity of a connector that has rows or a record.
+pub(super) fn all_identities(conn: &Connection, cid: &ConnectorId) -> Result<Vec<Identity>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT identity FROM devices WHERE connector = ?1
+             UNION SELECT identity FROM device_records WHERE connector = ?1
+             ORDER BY 1",
+        )
+        .map_err(backend("listing devices"))?;
+    let rows = stmt
+        .query_map([cid.as_str()], |r| r.get::<_, String>(0))
+        .map_err(backend("listing devices"))?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(backend("listing devices"))?;
+    rows.into_iter()
+        .map(|s| super::parse_col(s, |s| Identity::parse(s).ok(), "reading an identity"))
+        .collect()
+}
+
+/// Applies a device change received from the peer: merge, observe its stamps, project.
+/// Returns whether the device is live afterwards.
+pub(super) fn apply_remote(
+    conn: &Connection,
+    cid: &ConnectorId,
+    remote: &DeviceRecord,
+    now: i64,
+) -> Result<bool> {
+    let before = record(conn, cid, &remote.identity)?
+        .unwrap_or_else(|| DeviceRecord::empty(remote.identity.clone()));
+    let merged = merge(&before, remote).map_err(|e| StoreError::Backend {
+        op: "merging a device change",
+        source: Box::new(e),
+    })?;
+    if let Some(s) = remote.max_stamp() {
+        let mut hlc = clock(conn)?;
+        hlc.observe(s.hlc, u64::try_from(now).unwrap_or(0));
+        set_clock(conn, hlc)?;
+    }
+    save(conn, cid, &merged, None)?;
+    project(conn, cid, &merged, now)
+}
+
+/// Makes the rows of a device its record's view; returns whether the device is live.
+fn project(conn: &Connection, cid: &ConnectorId, record: &DeviceRecord, now: i64) -> Result<bool> {
+    let id: Option<i64> = conn
+        .prepare_cached("SELECT id FROM devices WHERE connector = ?1 AND identity = ?2")
+        .and_then(|mut s| {
+            s.query_row([cid.as_str(), record.identity.as_str()], |r| r.get(0))
+                .optional()
+        })
+        .map_err(backend("looking up a device"))?;
+    let Some(view) = record.view() else {
+        if let Some(id) = id {
+            delete_rows(conn, id)?;
+        }
+        return Ok(false);
+    };
+    let tags = serde_json::to_string(&view.tags).map_err(json_err("writing tags"))?;
+    let permissions =
+        serde_json::to_string(&view.permissions).map_err(json_err("writing permissions"))?;
+    let id = match id {
+        Some(id) => {
+            conn.prepare_cached(
+                "UPDATE devices SET tags = ?2, permissions = ?3, state = ?4 WHERE id = ?1",
+            )
+            .and_then(|mut s| s.execute(params![id, tags, permissions, view.state.as_str()]))
+            .map_err(backend("updating a replicated device"))?;
+            id
+        }
+        None => {
+            conn.prepare_cached(
+                "INSERT INTO devices (connector, identity, tags, permissions, state, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    cid.as_str(),
+                    view.identity.as_str(),
+                    tags,
+                    permissions,
+                    view.state.as_str(),
+                    now
+                ])
+            })
+            .map_err(backend("creating a replicated device"))?;
+            conn.last_insert_rowid()
+        }
+    };
+    conn.prepare_cached("DELETE FROM config WHERE device = ?1")
+        .and_then(|mut s| s.execute([id]))
+        .map_err(backend("updating configuration"))?;
+    let resources = resource_rows(conn, cid)?;
+    for (name, value) in view.config {
+        let Some(r) = resources.get(&name).filter(|r| r.settable) else {
+            continue;
+        };
+        let Some(value) = sync::fit(r.format, &name, value) else {
+            continue;
+        };
+        conn.prepare_cached("INSERT INTO config (device, resource, v) VALUES (?1, ?2, ?3)")
+            .and_then(|mut s| s.execute(params![id, r.id, value_to_sql(&value)]))
+            .map_err(backend("updating configuration"))?;
+    }
+    Ok(true)
+}
+
+/// Shows the configuration for resource `name`, just created, that device records hold
+/// (set by the peer before this connector had the resource).
+pub(super) fn adopt_config(
+    conn: &Connection,
+    cid: &ConnectorId,
+    name: &ResourceName,
+    now: i64,
+) -> Result<()> {
+    let mut stmt = conn
+        .prepare_cached("SELECT record FROM device_records WHERE connector = ?1")
+        .map_err(backend("reading device records"))?;
+    let records = stmt
+        .query_map([cid.as_str()], |r| r.get::<_, String>(0))
+        .map_err(backend("reading device records"))?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(backend("reading device records"))?;
+    for text in records {
+        let record = decode(&text)?;
+        if record.view().is_some_and(|v| v.config.contains_key(name)) {
+            project(conn, cid, &record, now)?;
+        }
+    }
+    Ok(())
+}
+
+/// Deletes a device's rows, its points and latest values (configuration cascades).
+pub(super) fn delete_rows(conn: &Connection, id: i64) -> Result<()> {
+    for sql in [
+        "DELETE FROM points WHERE device = ?1",
+        "DELETE FROM latest WHERE device = ?1",
+        "DELETE FROM devices WHERE id = ?1",
+    ] {
+        conn.prepare_cached(sql)
+            .and_then(|mut s| s.execute([id]))
+            .map_err(backend("deleting a device"))?;
+    }
+    Ok(())
+}
+
+/// Whether the device's record says it was deleted (data for it is then dropped).
+pub(super) fn is_deleted(
+    conn: &Connection,
+    cid: &ConnectorId,
+    identity: &Identity,
+) -> Result<bool> {
+    let stored: Option<String> = conn
+        .prepare_cached("SELECT record FROM device_records WHERE connector = ?1 AND identity = ?2")
+        .and_then(|mut s| {
+            s.query_row([cid.as_str(), identity.as_str()], |r| r.get(0))
+                .optional()
+        })
+        .map_err(backend("reading a device record"))?;
+    match stored {
+        Some(text) => Ok(!decode(&text)?.is_live()),
+        None => Ok(false),
+    }
+}
+
+/// Whether this site's latest change of a device is not yet acknowledged by the peer.
+pub(super) fn pending(conn: &Connection, device_row: i64) -> Result<bool> {
+    conn.prepare_cached(
+        "SELECT r.out_seq > COALESCE((SELECT o.acked FROM sync_out o WHERE o.connector = d.connector), 0)
+         FROM devices d JOIN device_records r ON r.connector = d.connector AND r.identity = d.identity
+         WHERE d.id = ?1 AND r.out_seq IS NOT NULL",
+    )
+    .and_then(|mut s| s.query_row([device_row], |r| r.get::<_, bool>(0)).optional())
+    .map_err(backend("reading a device's sync state"))
+    .map(|p| p.unwrap_or(false))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    use proto::model::{Access, DeviceState, Format, Permission, Tags, Value};
+    use proto::sync::{Apply, Record};
+    use serde_json::json;
+
+    use crate::*;
+
+    const PART: i64 = 1_000_000;
+
+    fn cid() -> ConnectorId {
+        ConnectorId::parse("09iolmnn8090ol").unwrap()
+    }
+
+    fn id(s: &str) -> Identity {
+        Identity::parse(s).unwrap()
+    }
+
+    fn keys() -> ConnectorKeys {
+        ConnectorKeys {
+            static_private: [1; 32],
+            static_public: [2; 32],
+            peer_static_public: [3; 32],
+        }
+    }
+
+    struct Site {
+        _dir: tempfile::TempDir,
+        store: SqliteStore,
+        now: Arc<AtomicI64>,
+    }
+
+    impl Site {
+        fn open(name: &str) -> Site {
+            let dir = tempfile::tempdir().unwrap();
+            let now = Arc::new(AtomicI64::new(1_000_000));
+            let mut cfg = SqliteConfig::new(dir.path().join("site.db"));
+            let clock = Arc::clone(&now);
+            cfg.clock = Clock::new(move || clock.load(Ordering::SeqCst));
+            cfg.sync_partition_us = PART;
+            cfg.site = name.into();
+            let store = SqliteStore::open(cfg).unwrap();
+            Site {
+                _dir: dir,
+                store,
+                now,
+            }
+        }
+
+        fn at(&self, us: i64) -> &SqliteStore {
+            self.now.store(us, Ordering::SeqCst);
+            &self.store
+        }
+
+        async fn device(&self, identity: &str) -> Option<Device> {
+            match self.store.device(&cid(), &id(identity)).await {
+                Ok(d) => Some(d),
+                Err(StoreError::DeviceNotFound(_)) => None,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    fn new_device(identity: &str, tags: &[(&str, &str)]) -> NewDevice {
+        NewDevice {
+            identity: id(identity),
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            permissions: vec![],
+            state: DeviceState::Provisioned,
+            token: [identity.len() as u8; 32],
+            created_at: 1,
+        }
+    }
+
+    fn tags(pairs: &[(&str, &str)]) -> DevicePatch {
+        DevicePatch {
+            tags: Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    /// A Source `site-a` with a settable resource and device `dev1`, paired with a Target
+    /// `site-b` that has the same resource.
+    async fn pair() -> (Site, Site) {
+        let (a, b) = (Site::open("site-a"), Site::open("site-b"));
+        let conn = NewConnector {
+            id: cid(),
+            name: "plant".into(),
+            description: String::new(),
+            created_at: 1,
+        };
+        a.store.create_connector(conn.clone()).await.unwrap();
+        let source = Peer {
+            site: "site-a".into(),
+            connector_id: cid(),
+        };
+        b.store
+            .create_target_connector(conn, source, keys())
+            .await
+            .unwrap();
+        for s in [&a, &b] {
+            s.store
+                .create_resource(
+                    &cid(),
+                    NewResource {
+                        name: ResourceName::parse("setpoint").unwrap(),
+                        format: Format::Number,
+                        unit: None,
+                        settable: true,
+                        remote_sync: true,
+                        created_at: 1,
+                    },
+                )
+                .await
+                .unwrap();
+        }
+        a.store
+            .create_device(&cid(), new_device("dev1", &[("floor", "1")]))
+            .await
+            .unwrap();
+        a.store
+            .open_pairing(&cid(), "CODE", i64::MAX)
+            .await
+            .unwrap();
+        let peer = Peer {
+            site: "site-b".into(),
+            connector_id: cid(),
+        };
+        a.store
+            .complete_pairing(&cid(), peer, keys(), 2)
+            .await
+            .unwrap();
+        (a, b)
+    }
+
+    /// Delivers everything `from` has queued beyond `to`'s cursor, in one batch, as the
+    /// sync engine would, and acknowledges it; returns the records delivered.
+    async fn deliver(from: &Site, to: &Site) -> Vec<Record> {
+        let applied = to.store.sync_state(&cid()).await.unwrap().applied;
+        let head = from.store.outbox_head(&cid()).await.unwrap();
+        if head <= applied {
+            return vec![];
+        }
+        let OutboxChunk::Records(records) = from
+            .store
+            .outbox_read(&cid(), applied + 1, 1_000)
+            .await
+            .unwrap()
+        else {
+            panic!("lost records");
+        };
+        assert_eq!(records.len() as u64, head - applied);
+        let item = Inbound::Records(Apply {
+            first_seq: applied + 1,
+            last_seq: head,
+            records: records.clone(),
+        });
+        let now = to.now.load(Ordering::SeqCst);
+        to.store.sync_apply(&cid(), vec![item], now).await.unwrap();
+        from.store.outbox_acked(&cid(), head).await.unwrap();
+        records
+    }
+
+    /// What both sides must agree on.
+    fn managed(
+        d: &Device,
+    ) -> (
+        Tags,
+        Vec<Permission>,
+        DeviceState,
+        BTreeMap<ResourceName, Value>,
+    ) {
+        let mut perms = d.permissions.clone();
+        perms.sort_by(|a, b| a.principal.cmp(&b.principal));
+        (d.tags.clone(), perms, d.state, d.config.clone())
+    }
+
+    #[tokio::test]
+    async fn pairing_sends_the_registry_and_edits_flow_both_ways() {
+        let (a, b) = pair().await;
+        deliver(&a, &b).await;
+        let on_b = b.device("dev1").await.expect("dev1 reached the Target");
+        assert_eq!(on_b.tags.get("floor").map(String::as_str), Some("1"));
+
+        // An edit on the Target is pending until the Source applied it.
+        let patch = DevicePatch {
+            config: Some(
+                [(ResourceName::parse("setpoint").unwrap(), Some(json!(21.5)))]
+                    .into_iter()
+                    .collect(),
+            ),
+            ..tags(&[("floor", "2"), ("room", "12")])
+        };
+        let d = b
+            .at(2_000_000)
+            .update_device(&cid(), &id("dev1"), patch)
+            .await
+            .unwrap();
+        assert!(d.sync_pending);
+        deliver(&b, &a).await;
+        assert!(!b.device("dev1").await.unwrap().sync_pending);
+        let on_a = a.device("dev1").await.unwrap();
+        assert_eq!(managed(&on_a), managed(&b.device("dev1").await.unwrap()));
+        assert_eq!(
+            on_a.config.values().next(),
+            Some(&Value::Number(21.5)),
+            "configuration travels too"
+        );
+        // Devices created on either side after pairing reach the other.
+        b.at(2_100_000)
+            .create_device(&cid(), new_device("dev2", &[("made", "b")]))
+            .await
+            .unwrap();
+        deliver(&b, &a).await;
+        assert_eq!(a.device("dev2").await.unwrap().tags["made"], "b");
+    }
+
+    #[tokio::test]
+    async fn configuration_for_a_resource_created_later_shows_once_it_exists() {
+        let (a, b) = pair().await;
+        deliver(&a, &b).await;
+        let later = NewResource {
+            name: ResourceName::parse("fan").unwrap(),
+            format: Format::Integer,
+            unit: None,
+            settable: true,
+            remote_sync: false,
+            created_at: 3,
+        };
+        a.store
+            .create_resource(&cid(), later.clone())
+            .await
+            .unwrap();
+        let patch = DevicePatch {
+            config: Some([(later.name.clone(), Some(json!(3)))].into_iter().collect()),
+            ..Default::default()
+        };
+        a.at(3_000_000)
+            .update_device(&cid(), &id("dev1"), patch)
+            .await
+            .unwrap();
+        deliver(&a, &b).await;
+        assert!(
+            !b.device("dev1")
+                .await
+                .unwrap()
+                .config
+                .contains_key(&later.name)
+        );
+        b.store
+            .create_resource(&cid(), later.clone())
+            .await
+            .unwrap();
+        assert_eq!(
+            b.device("dev1").await.unwrap().config.get(&later.name),
+            Some(&Value::Integer(3))
+        );
+    }
+
+    #[tokio::test]
+    async fn concurrent_edits_converge_per_field() {
+        let (a, b) = pair().await;
+        deliver(&a, &b).await;
+        // During an outage: both edit dev1; the Target later, with a skewed clock.
+        a.at(3_000_000)
+            .update_device(&cid(), &id("dev1"), tags(&[("floor", "3"), ("by", "a")]))
+            .await
+            .unwrap();
+        let perms = vec![Permission {
+            principal: "ops".into(),
+            access: Access::Manage,
+        }];
+        b.at(3_500_000)
+            .update_device(
+                &cid(),
+                &id("dev1"),
+                DevicePatch {
+                    permissions: Some(perms.clone()),
+                    state: Some(DeviceState::Locked),
+                    ..tags(&[("floor", "4")])
+                },
+            )
+            .await
+            .unwrap();
+        // Delivered in either order, repeatedly: the same device on both sides.
+        let from_b = deliver(&b, &a).await;
+        deliver(&a, &b).await;
+        let item = Inbound::Records(Apply {
+            first_seq: 1,
+            last_seq: from_b.len() as u64,
+            records: from_b,
+        });
+        assert!(
+            matches!(
+                a.store.sync_apply(&cid(), vec![item], 4_000_000).await,
+                Err(StoreError::SyncCursor { .. })
+            ),
+            "a replay is refused and changes nothing"
+        );
+        let (da, db) = (
+            a.device("dev1").await.unwrap(),
+            b.device("dev1").await.unwrap(),
+        );
+        assert_eq!(managed(&da), managed(&db));
+        // Per field: the Target's later `floor`; `by`, which the Target never saw, stays;
+        // the Target's permissions and state.
+        let expected: Tags = [("by", "a"), ("floor", "4")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(da.tags, expected);
+        assert_eq!(da.permissions, perms);
+        assert_eq!(da.state, DeviceState::Locked);
+    }
+
+    #[tokio::test]
+    async fn a_delete_wins_over_concurrent_edits_until_recreated() {
+        let (a, b) = pair().await;
+        deliver(&a, &b).await;
+        a.at(5_000_000)
+            .delete_device(&cid(), &id("dev1"))
+            .await
+            .unwrap();
+        // The Target edits later by its clock, without having seen the delete.
+        b.at(6_000_000)
+            .update_device(&cid(), &id("dev1"), tags(&[("late", "edit")]))
+            .await
+            .unwrap();
+        deliver(&a, &b).await;
+        deliver(&b, &a).await;
+        assert!(a.device("dev1").await.is_none());
+        assert!(b.device("dev1").await.is_none());
+
+        // Data for the deleted device still in flight is dropped, not resurrected.
+        let point = Record::Point(proto::sync::Point {
+            device: id("dev1"),
+            resource: ResourceName::parse("setpoint").unwrap(),
+            t: 7,
+            value: Value::Number(1.0),
+        });
+        let applied = b.store.sync_state(&cid()).await.unwrap().applied;
+        let item = Inbound::Records(Apply {
+            first_seq: applied + 1,
+            last_seq: applied + 1,
+            records: vec![point],
+        });
+        b.store
+            .sync_apply(&cid(), vec![item], 7_000_000)
+            .await
+            .unwrap();
+        assert!(b.device("dev1").await.is_none());
+
+        // Re-created on the Target: back on both sides, without the old fields.
+        b.at(8_000_000)
+            .create_device(&cid(), new_device("dev1", &[("new", "life")]))
+            .await
+            .unwrap();
+        b.store.outbox_acked(&cid(), 0).await.unwrap();
+        deliver(&b, &a).await;
+        let da = a.device("dev1").await.expect("re-created on the Source");
+        assert_eq!(da.tags, [("new".to_string(), "life".to_string())].into());
+        assert_eq!(managed(&da), managed(&b.device("dev1").await.unwrap()));
+    }
+
+    #[tokio::test]
+    async fn expired_device_changes_are_sent_again_as_snapshots() {
+        let (a, b) = pair().await;
+        a.at(PART)
+            .update_device(&cid(), &id("dev1"), tags(&[("floor", "9")]))
+            .await
+            .unwrap();
+        // Nothing delivered; both the pairing snapshot and the edit expire.
+        let report = a
+            .at(10 * PART)
+            .sync_expire(
+                &cid(),
+                Retention {
+                    now: 10 * PART,
+                    keep_us: PART,
+                    budget_bytes: None,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(report.partitions_dropped, 1, "{report:?}");
+        let OutboxChunk::Lost(span) = a.store.outbox_read(&cid(), 1, 10).await.unwrap() else {
+            panic!("the expired records should be a lost span");
+        };
+        assert_eq!((span.device_changes, span.points()), (2, 0));
+        // The device's latest record follows the span and brings the Target up to date.
+        let head = a.store.outbox_head(&cid()).await.unwrap();
+        assert_eq!(head, 3);
+        let OutboxChunk::Records(records) = a.store.outbox_read(&cid(), 3, 10).await.unwrap()
+        else {
+            panic!("the snapshot should be readable");
+        };
+        let gap = proto::sync::GapRecord {
+            first_seq: 1,
+            last_seq: 2,
+            span,
+            exact: true,
+        };
+        let item = Inbound::Records(Apply {
+            first_seq: 3,
+            last_seq: 3,
+            records,
+        });
+        b.store
+            .sync_apply(&cid(), vec![Inbound::Gap(gap), item], 11 * PART)
+            .await
+            .unwrap();
+        assert_eq!(b.device("dev1").await.unwrap().tags["floor"], "9");
+    }
+}
