@@ -90,6 +90,7 @@ pub async fn prepare(config: &SiteConfig) -> anyhow::Result<Prepared> {
     let mut db = SqliteConfig::new(config.data_dir.join("site.db"));
     db.synchronous = config.synchronous;
     db.clock = config.sync.clock.clone();
+    db.site = config.name.clone();
     let store = SqliteStore::open(db)
         .with_context(|| format!("opening the database in {}", config.data_dir.display()))?;
     let store: Arc<dyn Store> = Arc::new(store);

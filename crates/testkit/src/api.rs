@@ -84,6 +84,9 @@ impl Api {
             .client
             .request(method.clone(), format!("{}{path}", self.base))
             .header("content-type", "application/json")
+            // A raw body may be refused before it is read (over the size limit); the server
+            // then closes the connection, which must not be reused for the next call.
+            .header("connection", "close")
             .body(body);
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
@@ -133,6 +136,13 @@ impl Api {
     pub async fn post_ok(&self, path: &str, body: Value) -> anyhow::Result<Value> {
         let (s, b) = self.post(path, body).await?;
         anyhow::ensure!(s.is_success(), "POST {path}: {s} {b}");
+        Ok(b)
+    }
+
+    /// PATCH that must answer 200; returns the body.
+    pub async fn patch_ok(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        let (s, b) = self.patch(path, body).await?;
+        anyhow::ensure!(s == StatusCode::OK, "PATCH {path}: {s} {b}");
         Ok(b)
     }
 }

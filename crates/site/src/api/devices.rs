@@ -133,6 +133,7 @@ pub async fn create_device(
         created_at: now_micros(),
     };
     let device = state.store.create_device(cid, new).await?;
+    state.remote.sync.appended(cid);
     tracing::info!(connector = %cid, device = %device.identity, "created device");
     Ok((device, token))
 }
@@ -183,7 +184,9 @@ pub async fn update_device(
         state: body.state,
         config,
     };
-    Ok(state.store.update_device(cid, id, patch).await?)
+    let device = state.store.update_device(cid, id, patch).await?;
+    state.remote.sync.appended(cid);
+    Ok(device)
 }
 
 pub async fn delete(
@@ -191,8 +194,18 @@ pub async fn delete(
     _: User,
     Path((cid, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let (cid, id) = (connector_id(&cid)?, identity(&id)?);
-    state.store.delete_device(&cid, &id).await?;
-    tracing::info!(connector = %cid, device = %id, "deleted device");
+    delete_device(&state, &connector_id(&cid)?, &identity(&id)?).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes a device with its data, on both sides of a pairing; shared with the UI.
+pub async fn delete_device(
+    state: &AppState,
+    cid: &ConnectorId,
+    id: &Identity,
+) -> Result<(), ApiError> {
+    state.store.delete_device(cid, id).await?;
+    state.remote.sync.appended(cid);
+    tracing::info!(connector = %cid, device = %id, "deleted device");
+    Ok(())
 }

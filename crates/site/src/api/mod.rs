@@ -83,6 +83,7 @@ pub fn routes(state: AppState) -> Router {
             get(remote::get_one),
         )
         .route("/connectors/{cid}/remote/diff", get(remote::diff))
+        .route("/connectors/{cid}/remote/resend", post(remote::resend))
         .route("/hub/ping", post(hub::ping))
         .route(
             "/connectors/{cid}/devices/{identity}/resources/{name}/data",

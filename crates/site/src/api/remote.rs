@@ -55,3 +55,21 @@ pub async fn diff(
     let c = state.store.connector(&connector_id(&cid)?).await?;
     Ok(Json(lookup::diff(&state, &c).await?))
 }
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResendBody {
+    identities: Vec<String>,
+}
+
+/// `POST …/remote/resend {"identities": […]}`: re-sends those devices in both directions
+/// (after the drift check listed them), `{"queued", "peer": {"queued"} | {"error"}}`.
+pub async fn resend(
+    State(state): State<AppState>,
+    _: User,
+    Path(cid): Path<String>,
+    crate::api::ApiJson(body): crate::api::ApiJson<ResendBody>,
+) -> Result<Json<Json_>, ApiError> {
+    let c = state.store.connector(&connector_id(&cid)?).await?;
+    Ok(Json(lookup::resend(&state, &c, body.identities).await?))
+}

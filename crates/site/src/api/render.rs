@@ -107,6 +107,6 @@ pub fn device_json(d: &Device) -> Json {
         "values": values,
         "created_at": rfc3339(d.created_at),
         "last_seen": d.last_seen(),
-        "sync": { "pending": false },
+        "sync": { "pending": d.sync_pending },
     })
 }

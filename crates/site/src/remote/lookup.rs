@@ -18,6 +18,9 @@
 //! - `hashes {buckets}` — `{"devices": [[identity, hex]…]}`: the per-device hashes of those
 //!   buckets, so that only differing devices are fetched.
 //! - `devices {identities}` — `{"devices": [Device]}` for at most [`MAX_FETCH`] identities.
+//! - `resend {identities}` — `{"queued": N}`: the peer queues its current record of each of
+//!   those devices (at most [`MAX_RESEND`]) on the durable sync stream, so that after a
+//!   re-send from both sides each holds the merge of both (see [`resend`]).
 //!
 //! A device's hash covers what an operator manages and both sites must agree on: identity,
 //! tags, permissions (as a set), state and configuration. Not its latest values (those come
@@ -68,6 +71,9 @@ pub const MAX_HASH_ENTRIES: usize = 6000;
 /// Most devices one `devices` request asks for.
 pub const MAX_FETCH: usize = 20;
 
+/// Most devices one re-send names.
+pub const MAX_RESEND: usize = 1000;
+
 /// Most differing devices the drift check lists (the total is reported beside them).
 pub const MAX_LISTED: usize = 100;
 
@@ -86,6 +92,7 @@ pub enum Op {
     Digest,
     Hashes { buckets: Vec<u8> },
     Devices { identities: Vec<String> },
+    Resend { identities: Vec<String> },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -306,7 +313,53 @@ async fn answer(state: &AppState, cid: &ConnectorId, op: Op) -> Result<Json, Api
             }
             Ok(json!({ "devices": out }))
         }
+        Op::Resend { identities } => {
+            let ids = resend_ids(&identities)?;
+            let queued = state.store.resend_devices(cid, ids).await?;
+            state.remote.sync.appended(cid);
+            tracing::info!(connector = %cid, devices = queued, "re-sending devices the peer asked for");
+            Ok(json!({ "queued": queued }))
+        }
     }
+}
+
+fn resend_ids(identities: &[String]) -> Result<Vec<proto::model::Identity>, ApiError> {
+    if identities.len() > MAX_RESEND {
+        return Err(ApiError::InvalidValue(format!(
+            "at most {MAX_RESEND} devices at once"
+        )));
+    }
+    identities
+        .iter()
+        .map(|id| proto::model::Identity::parse(id).map_err(ApiError::from))
+        .collect()
+}
+
+/// Re-sends devices the drift check found different, in both directions: this site queues
+/// its record of each on the durable sync stream, and asks the peer to queue its own. Device
+/// records merge as a join, so once both arrive both sides hold the same device, whichever
+/// side had the newer fields. Answers `{"queued", "peer": {"queued"} | {"error"}}`: this
+/// site's part is durable even when the peer cannot be asked (it then sends its side when it
+/// next changes the device, or on the next re-send).
+pub async fn resend(
+    state: &AppState,
+    c: &Connector,
+    identities: Vec<String>,
+) -> Result<Json, ApiError> {
+    if c.state != SyncState::Paired {
+        return Err(ApiError::Conflict(
+            "this connector is not paired, so there is no peer to re-send to".into(),
+        ));
+    }
+    let ids = resend_ids(&identities)?;
+    let queued = state.store.resend_devices(&c.id, ids).await?;
+    state.remote.sync.appended(&c.id);
+    tracing::info!(connector = %c.id, devices = queued, "re-sending devices to the peer");
+    let peer = match request(state, c, Op::Resend { identities }).await {
+        Ok(answer) => json!({ "queued": answer["queued"] }),
+        Err(e) => json!({ "error": e.to_string() }),
+    };
+    Ok(json!({ "queued": queued, "peer": peer }))
 }
 
 /// Shortens a device page until it fits in one answer; `next` then continues after the last
@@ -574,8 +627,6 @@ pub async fn diff(state: &AppState, c: &Connector) -> Result<Json, ApiError> {
         }
         differences.push(entry);
     }
-    // HOOK(device-sync): once device changes propagate durably (sync stream), offer here to
-    // re-send the differing devices to the peer.
     out["in_sync"] = json!(differences.is_empty() && total <= MAX_LISTED);
     out["differing"] = json!(total);
     out["truncated"] = json!(total > MAX_LISTED);
@@ -680,6 +731,7 @@ mod tests {
             config: BTreeMap::new(),
             values: BTreeMap::new(),
             created_at: 0,
+            sync_pending: false,
         }
     }
 

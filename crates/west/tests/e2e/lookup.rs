@@ -209,39 +209,49 @@ async fn lookup_answers_peer_offline_when_the_peer_is_down() -> anyhow::Result<(
 
 #[tokio::test]
 async fn drift_check_says_in_sync_or_lists_the_differing_devices() -> anyhow::Result<()> {
-    let (_hub, sites, cid, tid) = util::paired_sites().await?;
+    let (_hub, mut sites, cid, tid) = util::paired_sites().await?;
     let (a, b) = (sites[0].admin().await?, sites[1].admin().await?);
 
-    // Equal registries (created on each side with the same fields) are in sync.
-    for (api, id) in [(&a, &cid), (&b, &tid)] {
-        for i in 0..4 {
-            device(
-                api,
-                id,
-                &format!("common-{i}"),
-                json!({"site": "north"}),
-                json!([{"principal": "ops", "access": "read"}]),
-            )
-            .await?;
-        }
+    // Devices created on the Source reach the Target: the registries are in sync.
+    for i in 0..4 {
+        device(
+            &a,
+            &cid,
+            &format!("common-{i}"),
+            json!({"site": "north"}),
+            json!([{"principal": "ops", "access": "read"}]),
+        )
+        .await?;
     }
+    util::wait_device(&b, &tid, "common-3", "common-3 on the Target", |d| {
+        d.is_some()
+    })
+    .await?;
     for (api, id) in [(&a, &cid), (&b, &tid)] {
-        let d = api
-            .get_ok(&format!("/api/v1/connectors/{id}/remote/diff"))
-            .await?;
-        assert_eq!(d["in_sync"], true, "{d}");
+        let d = eventually("the registries in sync", DEADLINE, || async {
+            let d = api
+                .get_ok(&format!("/api/v1/connectors/{id}/remote/diff"))
+                .await?;
+            Ok((d["in_sync"] == true).then_some(d))
+        })
+        .await?;
         assert_eq!(d["differences"], json!([]), "{d}");
         assert_eq!(d["devices"], json!({"local": 4, "remote": 4}), "{d}");
     }
 
-    // Now they drift: one device on each side only, and a common one edited on one side.
-    device(&a, &cid, "only-a", json!({}), json!([])).await?;
-    device(&b, &tid, "only-b", json!({"k": "v"}), json!([])).await?;
-    b.patch(
-        &format!("/api/v1/connectors/{tid}/devices/common-2"),
-        json!({"tags": {"site": "south"}, "state": "locked"}),
-    )
-    .await?;
+    // Now the Target's database is changed behind its back (a restore from an old backup,
+    // a hand edit): one device edited, one gone, one that only it has.
+    let sql = format!(
+        "UPDATE devices SET tags = '{{\"site\":\"south\"}}', state = 'locked'
+             WHERE connector = '{tid}' AND identity = 'common-2';
+         DELETE FROM devices WHERE connector = '{tid}' AND identity = 'common-3';
+         INSERT INTO devices (connector, identity, tags, permissions, state, created_at)
+             VALUES ('{tid}', 'only-b', '{{\"k\":\"v\"}}', '[]', 'provisioned', 1);"
+    );
+    util::tamper(&mut sites[1], &sql).await?;
+    let b = sites[1].admin().await?;
+    util::session_up(&a, &cid).await?;
+    util::session_up(&b, &tid).await?;
     let d = a
         .get_ok(&format!("/api/v1/connectors/{cid}/remote/diff"))
         .await?;
@@ -252,7 +262,7 @@ async fn drift_check_says_in_sync_or_lists_the_differing_devices() -> anyhow::Re
         .iter()
         .map(|x| x["identity"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, ["common-2", "only-a", "only-b"], "{d}");
+    assert_eq!(ids, ["common-2", "common-3", "only-b"], "{d}");
     assert_eq!(diffs[0]["fields"], json!(["state", "tags"]), "{d}");
     assert_eq!(diffs[0]["local"]["tags"], json!({"site": "north"}));
     assert_eq!(diffs[0]["remote"]["tags"], json!({"site": "south"}));
@@ -267,23 +277,58 @@ async fn drift_check_says_in_sync_or_lists_the_differing_devices() -> anyhow::Re
         .get_ok(&format!("/api/v1/connectors/{tid}/remote/diff"))
         .await?;
     let diffs = d["differences"].as_array().unwrap();
-    assert_eq!(diffs[1]["identity"], "only-a");
+    assert_eq!(diffs[1]["identity"], "common-3");
     assert_eq!(diffs[1]["only"], "remote", "{d}");
     assert_eq!(diffs[2]["only"], "local", "{d}");
 
-    // Putting it right brings the pair back in sync.
-    b.patch(
-        &format!("/api/v1/connectors/{tid}/devices/common-2"),
-        json!({"tags": {"site": "north"}, "state": "provisioned"}),
-    )
-    .await?;
-    a.delete(&format!("/api/v1/connectors/{cid}/devices/only-a"))
+    // Re-sending them in both directions puts it right: each side's record wins where it
+    // is newer, so the Source's fields come back on the Target and the Target's extra
+    // device reaches the Source.
+    let r = a
+        .post_ok(
+            &format!("/api/v1/connectors/{cid}/remote/resend"),
+            json!({"identities": ["common-2", "common-3", "only-b"]}),
+        )
         .await?;
-    b.delete(&format!("/api/v1/connectors/{tid}/devices/only-b"))
+    assert_eq!(r["queued"], 2, "only-b is not on the Source: {r}");
+    assert_eq!(
+        r["peer"]["queued"], 3,
+        "the Target still has common-3's record, and only-b's row: {r}"
+    );
+    for (api, id) in [(&a, &cid), (&b, &tid)] {
+        eventually("the registries in sync again", DEADLINE, || async {
+            let d = api
+                .get_ok(&format!("/api/v1/connectors/{id}/remote/diff"))
+                .await?;
+            Ok((d["in_sync"] == true).then_some(()))
+        })
         .await?;
-    let d = a
-        .get_ok(&format!("/api/v1/connectors/{cid}/remote/diff"))
+    }
+    let fixed = b
+        .get_ok(&format!("/api/v1/connectors/{tid}/devices/common-2"))
         .await?;
-    assert_eq!(d["in_sync"], true, "{d}");
+    assert_eq!(fixed["tags"], json!({"site": "north"}));
+    assert_eq!(fixed["state"], "provisioned");
+    a.get_ok(&format!("/api/v1/connectors/{cid}/devices/only-b"))
+        .await?;
+
+    // Bad re-send requests are refused and queue nothing.
+    let (s, e) = a
+        .post(
+            &format!("/api/v1/connectors/{cid}/remote/resend"),
+            json!({"identities": ["has space"]}),
+        )
+        .await?;
+    assert_eq!(
+        (s, e["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_value"))
+    );
+    let (s, _) = a
+        .post(
+            &format!("/api/v1/connectors/{cid}/remote/resend"),
+            json!({"devices": []}),
+        )
+        .await?;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
     Ok(())
 }

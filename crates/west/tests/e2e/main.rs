@@ -2,6 +2,7 @@
 //! the public contract of API.md. One test binary for the whole crate (see STYLE.md).
 
 mod bench_nats;
+mod device_sync;
 mod hub;
 mod lookup;
 mod pairing;

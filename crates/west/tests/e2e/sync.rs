@@ -388,18 +388,23 @@ async fn an_outage_longer_than_retention_loses_exactly_the_expired_points_as_a_g
     let offset_arg = offset.display().to_string();
     let mut p = Paired::start(&["--test-clock-offset-file", &offset_arg]).await?;
     p.setup(DEVICES, true).await?;
+    // The devices reach the Target first (they are never lost, see below).
+    p.caught_up(CATCH_UP).await?;
 
-    // The Target goes away before anything was sent; the Source restarts so that no send
-    // lease covers what follows (a lease would rightly pin it past retention).
+    // The Target goes away before any point was sent; the Source restarts so that no send
+    // lease covers what follows (a lease would rightly pin it past retention), and an hour
+    // later, so that the points start a partition of their own: the devices' partition is
+    // delivered and goes silently.
     p.b.kill9().await?;
     p.a.kill9().await?;
+    std::fs::write(&offset, "3600")?;
     p.a.restart().await?;
     let a = p.a.admin().await?;
     for step in 0..20 {
         ingest_step(&a, &p.src, DEVICES, step).await?;
     }
     // 31 days later, with the default retention of 30 days.
-    std::fs::write(&offset, (31 * 24 * 3600).to_string())?;
+    std::fs::write(&offset, (31 * 24 * 3600 + 3600).to_string())?;
     eventually("the Source to expire the outbox", CATCH_UP, || async {
         let s = remote_sync(&a, &p.src).await?;
         let link = &s["link"];

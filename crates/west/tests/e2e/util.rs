@@ -89,3 +89,32 @@ pub async fn session_up(api: &testkit::Api, cid: &str) -> anyhow::Result<()> {
     )
     .await
 }
+
+/// Stops a site, changes its database behind its back with `sql` (what a botched restore
+/// from backup or a hand edit would do), and starts it again. The only way to make two
+/// paired registries drift once device changes propagate.
+pub async fn tamper(site: &mut SiteProc, sql: &str) -> anyhow::Result<()> {
+    site.proc.terminate(testkit::DEADLINE).await?;
+    let db = rusqlite::Connection::open(site.data_dir.join("site.db"))?;
+    db.execute_batch(sql)?;
+    drop(db);
+    site.restart().await
+}
+
+/// Waits until device `identity` of connector `cid` satisfies `ok` (`None`: the device does
+/// not exist); returns it.
+pub async fn wait_device(
+    api: &testkit::Api,
+    cid: &str,
+    identity: &str,
+    what: &str,
+    ok: impl Fn(Option<&serde_json::Value>) -> bool,
+) -> anyhow::Result<Option<serde_json::Value>> {
+    let path = format!("/api/v1/connectors/{cid}/devices/{identity}");
+    testkit::eventually(what, testkit::DEADLINE, || async {
+        let (status, d) = api.get(&path).await?;
+        let d = (status == reqwest::StatusCode::OK).then_some(d);
+        Ok(ok(d.as_ref()).then_some(d))
+    })
+    .await
+}
