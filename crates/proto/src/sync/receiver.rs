@@ -367,14 +367,20 @@ impl Receiver {
         if !link.resumed {
             return Some(link.resume_sent_at.saturating_add(interval));
         }
-        let mut t = self.progress_at.saturating_add(self.cfg.stall_timeout_us);
+        // Only what `tick` acts on: a stall deadline while nothing is pending and the sender
+        // is ahead (an idle, caught-up link has no deadline at all, or the driver would be
+        // woken for nothing, forever, once it passed), and a wanted resync.
+        let mut t = None;
+        if self.pending.is_empty() && self.remote_head > self.cursor {
+            t = Some(self.progress_at.saturating_add(self.cfg.stall_timeout_us));
+        }
         if link.resync_wanted && self.pending.is_empty() {
             let at = link
                 .last_resync_at
                 .map_or(0, |l| l.saturating_add(interval));
-            t = t.min(at);
+            t = Some(t.map_or(at, |t: u64| t.min(at)));
         }
-        Some(t)
+        t
     }
 
     pub fn stats(&self) -> ReceiverStats {

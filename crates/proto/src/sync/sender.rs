@@ -158,9 +158,14 @@ struct Session {
     staged_gap: Option<LostSpan>,
     /// `from` of the outstanding read.
     read_pending: Option<u64>,
-    /// The driver answered a read with nothing; wait for `outbox_head` or a tick.
-    read_dry: bool,
+    /// When the driver answered a read with nothing: read again on `outbox_head`, or
+    /// [`DRY_READ_RETRY_US`] later.
+    read_dry_at: Option<u64>,
 }
+
+/// How long after a read that came back empty (the store could not read what its head
+/// promised) the sender reads again, unless an append wakes it first.
+pub const DRY_READ_RETRY_US: u64 = 100_000;
 
 impl Session {
     fn new(id: u64, next: u64) -> Self {
@@ -176,7 +181,7 @@ impl Session {
             staged_since: 0,
             staged_gap: None,
             read_pending: None,
-            read_dry: false,
+            read_dry_at: None,
         }
     }
 
@@ -262,7 +267,7 @@ impl Sender {
             self.head_times = kept;
         }
         if let Some(s) = &mut self.session {
-            s.read_dry = false;
+            s.read_dry_at = None;
         }
         self.pump(now);
     }
@@ -336,7 +341,7 @@ impl Sender {
                 let max = self.head.min(self.lease).saturating_sub(from - 1);
                 records.truncate(usize::try_from(max).unwrap_or(usize::MAX));
                 if records.is_empty() {
-                    s.read_dry = true;
+                    s.read_dry_at = Some(now);
                     return Ok(());
                 }
                 if s.staged.is_empty() {
@@ -368,7 +373,11 @@ impl Sender {
         let rto = self.cfg.retransmit_timeout_us;
         let acked = self.acked;
         if let Some(s) = &mut self.session {
-            s.read_dry = false;
+            if s.read_dry_at
+                .is_some_and(|at| now >= at.saturating_add(DRY_READ_RETRY_US))
+            {
+                s.read_dry_at = None;
+            }
             if s.flights
                 .front()
                 .is_some_and(|f| now >= f.sent_at.saturating_add(rto))
@@ -412,13 +421,19 @@ impl Sender {
             if let Some(f) = s.flights.front() {
                 at(f.sent_at.saturating_add(self.cfg.retransmit_timeout_us));
             }
-            // Linger matters only for a partial batch not already blocked by the window.
+            // Linger matters only for a partial batch not already blocked by the window, once
+            // everything readable is staged (until then, the pending read's answer pumps).
             if !s.staged.is_empty()
                 && s.ready.is_none()
+                && s.staged_gap.is_none()
+                && s.next > self.head.min(self.lease)
                 && s.staged.len() < self.cfg.max_batch_records
                 && s.staged_bytes < self.cfg.max_batch_bytes
             {
                 at(s.staged_since.saturating_add(self.cfg.linger_us));
+            }
+            if let Some(dry) = s.read_dry_at {
+                at(dry.saturating_add(DRY_READ_RETRY_US));
             }
             if self.head > self.acked {
                 at(self.progress_at.saturating_add(self.cfg.stall_timeout_us));
@@ -582,7 +597,7 @@ impl Sender {
         }
         // Read ahead only what fits in one batch, and only while the window has room.
         if s.read_pending.is_none()
-            && !s.read_dry
+            && s.read_dry_at.is_none()
             && s.staged_gap.is_none()
             && s.ready.is_none()
             && s.next <= readable

@@ -691,6 +691,17 @@ impl World {
             self.sites[i].sender.tick(now);
             self.sites[i].receiver.tick(now);
             self.drain(i);
+            // A deadline still due after the tick it asked for would make a driver spin.
+            let s = &self.sites[i];
+            for (who, t) in [
+                ("sender", s.sender.next_timeout()),
+                ("receiver", s.receiver.next_timeout()),
+            ] {
+                assert!(
+                    t.is_none_or(|t| t > now),
+                    "site {i}'s {who} asks to be ticked at {t:?}, not after the tick at {now}"
+                );
+            }
         }
         if self.reconnect_wanted {
             self.reconnect_wanted = false;

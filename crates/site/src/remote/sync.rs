@@ -687,8 +687,10 @@ async fn run(
             .min()
             .map(|us| tokio::time::Instant::from_std(started + Duration::from_micros(us)));
         // A deadline that is still in the past after the tick it asked for would turn this
-        // loop into a spin (seen: an orphaned Source at 70 % CPU). Act on a passed deadline
-        // at once the first time, then at most every STALE_TICK while it stays stuck.
+        // loop into a spin (seen once: the Receiver kept reporting its stall deadline on an
+        // idle, caught-up link; fixed, and the simulation now asserts that no deadline
+        // survives its tick). A safety net all the same: act on a passed deadline at once
+        // the first time, then at most every STALE_TICK while it stays stuck.
         let now_t = tokio::time::Instant::now();
         if let Some(m) = machine
             && m <= now_t
