@@ -116,6 +116,13 @@ pub trait Store: Send + Sync + 'static {
         keys: ConnectorKeys,
         paired_at: i64,
     ) -> Result<Connector>;
+    /// Records that the peer of a paired connector proved it holds the pairing (an
+    /// end-to-end session came up); returns whether it was unconfirmed until now.
+    async fn confirm_pairing(&self, cid: &ConnectorId) -> Result<bool>;
+    /// Undoes a Source's pairing that its Target never confirmed: back to role `none`,
+    /// state `disabled`, the peer, keys and everything queued for it forgotten. Refused
+    /// once the pairing is confirmed.
+    async fn cancel_unconfirmed_pairing(&self, cid: &ConnectorId) -> Result<Connector>;
     /// Creates a Target connector already paired with its Source, in one step.
     async fn create_target_connector(
         &self,

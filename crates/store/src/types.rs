@@ -35,6 +35,10 @@ pub struct Connector {
     pub paired_at: Option<i64>,
     pub device_count: u64,
     pub resource_count: u64,
+    /// Whether the peer proved it holds the pairing (its first end-to-end session). A
+    /// Source's pairing starts unconfirmed: the Target's Confirm may have been lost, and
+    /// until it is confirmed the operator may cancel it. Always true on a Target.
+    pub pairing_confirmed: bool,
 }
 
 /// The other side of a pairing.

@@ -24,6 +24,7 @@ pub fn remote_sync_json(state: &AppState, c: &Connector) -> Json {
         rs.insert("paired_at".into(), json!(rfc3339(at)));
     }
     if c.state == proto::model::SyncState::Paired {
+        rs.insert("confirmed".into(), json!(c.pairing_confirmed));
         let s = state.remote.sync.status(&c.id).unwrap_or_default();
         let mut link = json!({
             "connected": state.remote.peer(&c.id).is_some_and(|p| p.is_up()),

@@ -48,6 +48,8 @@ pub mod service {
 /// The site's view of its peers: one session handle per paired connector.
 pub struct Remote {
     peers: Mutex<HashMap<ConnectorId, PeerHandle>>,
+    /// Stops a connector's session, sync driver and connector task.
+    stops: Mutex<HashMap<ConnectorId, CancellationToken>>,
     /// Asks the supervisor to start a connector's session (after a pairing completes).
     start: mpsc::UnboundedSender<ConnectorId>,
     /// End-to-end pings waiting for their pong, by nonce.
@@ -67,6 +69,7 @@ impl Remote {
         (
             Self {
                 peers: Mutex::new(HashMap::new()),
+                stops: Mutex::new(HashMap::new()),
                 start: tx,
                 pings: Mutex::new(HashMap::new()),
                 lookups: lookup::Pending::default(),
@@ -79,6 +82,20 @@ impl Remote {
     /// Starts the session of a connector that has just been paired.
     pub fn start(&self, cid: &ConnectorId) {
         let _ = self.start.send(cid.clone());
+    }
+
+    /// Stops everything running for a connector whose pairing was cancelled.
+    pub fn stop(&self, cid: &ConnectorId) {
+        let token = self
+            .stops
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(cid);
+        if let Some(token) = token {
+            token.cancel();
+        }
+        self.lock_peers().remove(cid);
+        self.sync.unregister(cid);
     }
 
     /// The session handle of a paired connector, if its session task runs.
@@ -240,6 +257,13 @@ async fn start_connector(
         Address::new(spec.peer.addr.site(), spec.peer.addr.connector().as_str()),
     );
     let (events_tx, events_rx) = mpsc::channel(1024);
+    let cancel = cancel.child_token();
+    state
+        .remote
+        .stops
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(cid.clone(), cancel.clone());
     let handle = peer::spawn(
         spec,
         state.link.clone(),
@@ -313,7 +337,10 @@ async fn connector_task(
             e = events.recv() => match e { Some(e) => e, None => break },
         };
         match event {
-            PeerEvent::Up => to_sync(sync::SyncEvent::Up).await,
+            PeerEvent::Up => {
+                confirm_pairing(&state, &cid).await;
+                to_sync(sync::SyncEvent::Up).await;
+            }
             PeerEvent::Down { .. } => to_sync(sync::SyncEvent::Down).await,
             PeerEvent::Message(msg) => match msg.split_first() {
                 Some((&service::SYNC, body)) => {
@@ -337,6 +364,20 @@ async fn connector_task(
                 }
                 _ => tracing::debug!(connector = %cid, "message for an unknown service"),
             },
+        }
+    }
+}
+
+/// The first end-to-end session proves the peer holds the pairing: a Source's pairing is
+/// confirmed, and can no longer be cancelled (SPEC §4).
+async fn confirm_pairing(state: &AppState, cid: &ConnectorId) {
+    match state.store.confirm_pairing(cid).await {
+        Ok(true) => {
+            tracing::info!(connector = %cid, "the Target confirmed the pairing with its first session")
+        }
+        Ok(false) => {}
+        Err(e) => {
+            tracing::error!(connector = %cid, error = %e, "cannot record the pairing's confirmation")
         }
     }
 }

@@ -86,10 +86,26 @@ pub async fn enable(state: &AppState, cid: &ConnectorId) -> Result<Connector, Ap
 /// `POST …/remote-sync/disable`: cancels a countdown.
 pub async fn disable(state: &AppState, cid: &ConnectorId) -> Result<Connector, ApiError> {
     let c = state.store.connector(cid).await?;
-    if c.state == SyncState::Paired {
+    if c.state == SyncState::Paired && c.pairing_confirmed {
         return Err(ApiError::Conflict(format!(
             "connector {cid} is paired; a pairing cannot be undone"
         )));
+    }
+    if c.state == SyncState::Paired {
+        // The Target never opened a session: its Confirm may have been lost, leaving it
+        // without a connector. The operator may cancel, and pair again.
+        state.remote.stop(cid);
+        let c = state.store.cancel_unconfirmed_pairing(cid).await?;
+        state.link.set_pairings(
+            state
+                .link
+                .pairings()
+                .into_iter()
+                .filter(|(connector, _)| connector != cid.as_str())
+                .collect(),
+        );
+        tracing::warn!(connector = %cid, "cancelled a pairing its Target never confirmed");
+        return Ok(c);
     }
     state.pairings.lock().remove(cid);
     let c = state.store.close_pairing(cid).await?;

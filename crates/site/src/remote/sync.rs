@@ -162,6 +162,11 @@ impl Registry {
         }))
     }
 
+    /// Forgets a connector's driver (its pairing was cancelled).
+    pub fn unregister(&self, cid: &ConnectorId) {
+        self.lock().remove(cid);
+    }
+
     /// Ingest committed points of `cid`: wake its driver, if it runs.
     pub fn appended(&self, cid: &ConnectorId) {
         if let Some(s) = self.lock().get(cid) {

@@ -38,6 +38,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../../migrations/0002_pairing.sql")),
     (3, include_str!("../../migrations/0003_sync.sql")),
     (4, include_str!("../../migrations/0004_devices.sql")),
+    (5, include_str!("../../migrations/0005_pairing_confirm.sql")),
 ];
 
 /// Most jobs the writer folds into one transaction.
@@ -468,7 +469,7 @@ fn writable_device_id(conn: &Connection, cid: &ConnectorId, identity: &Identity)
 const CONNECTOR_COLUMNS: &str = "c.id, c.name, c.description, c.created_at, c.role, c.sync_state,
     c.pairing_expires_at, c.peer_site, c.peer_connector, c.paired_at,
     (SELECT COUNT(*) FROM devices d WHERE d.connector = c.id),
-    (SELECT COUNT(*) FROM resources r WHERE r.connector = c.id)";
+    (SELECT COUNT(*) FROM resources r WHERE r.connector = c.id), c.pairing_confirmed";
 
 type ConnectorRow = (
     String,
@@ -483,6 +484,7 @@ type ConnectorRow = (
     Option<i64>,
     i64,
     i64,
+    bool,
 );
 
 fn connector_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ConnectorRow> {
@@ -499,6 +501,7 @@ fn connector_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ConnectorRow> {
         r.get(9)?,
         r.get(10)?,
         r.get(11)?,
+        r.get(12)?,
     ))
 }
 
@@ -516,6 +519,7 @@ fn connector_from(row: ConnectorRow) -> Result<Connector> {
         paired_at,
         devices,
         resources,
+        confirmed,
     ) = row;
     let peer = match (peer_site, peer_cid) {
         (Some(site), Some(cid)) => Some(Peer {
@@ -536,6 +540,7 @@ fn connector_from(row: ConnectorRow) -> Result<Connector> {
         paired_at,
         device_count: u64::try_from(devices).unwrap_or(0),
         resource_count: u64::try_from(resources).unwrap_or(0),
+        pairing_confirmed: confirmed,
     })
 }
 
@@ -1038,7 +1043,7 @@ impl Store for SqliteStore {
             }
             conn.execute(
                 "UPDATE connectors SET role = 'source', sync_state = 'paired', pairing_code = NULL,
-                     pairing_expires_at = NULL, pairing_failed_attempts = 0,
+                     pairing_expires_at = NULL, pairing_failed_attempts = 0, pairing_confirmed = 0,
                      peer_site = ?2, peer_connector = ?3, paired_at = ?4,
                      static_private = ?5, static_public = ?6, peer_static_public = ?7
                  WHERE id = ?1",
@@ -1528,6 +1533,45 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn confirm_pairing(&self, cid: &ConnectorId) -> Result<bool> {
+        let cid = cid.clone();
+        self.write(move |conn| {
+            let n = conn
+                .execute(
+                    "UPDATE connectors SET pairing_confirmed = 1
+                     WHERE id = ?1 AND sync_state = 'paired' AND pairing_confirmed = 0",
+                    [cid.as_str()],
+                )
+                .map_err(backend("confirming a pairing"))?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn cancel_unconfirmed_pairing(&self, cid: &ConnectorId) -> Result<Connector> {
+        let cid = cid.clone();
+        self.write(move |conn| {
+            let c = get_connector(conn, &cid)?;
+            if c.state != SyncState::Paired || c.role != Role::Source || c.pairing_confirmed {
+                return Err(StoreError::SyncState {
+                    connector: cid,
+                    reason: "only a Source pairing its Target never confirmed can be cancelled",
+                });
+            }
+            sync::forget(conn, &cid)?;
+            conn.execute(
+                "UPDATE connectors SET role = 'none', sync_state = 'disabled', peer_site = NULL,
+                     peer_connector = NULL, paired_at = NULL, static_private = NULL,
+                     static_public = NULL, peer_static_public = NULL, pairing_confirmed = 1
+                 WHERE id = ?1",
+                [cid.as_str()],
+            )
+            .map_err(backend("cancelling a pairing"))?;
+            get_connector(conn, &cid)
+        })
+        .await
+    }
+
     async fn resend_devices(&self, cid: &ConnectorId, identities: Vec<Identity>) -> Result<u64> {
         let cid = cid.clone();
         self.write_device(move |conn, ctx| {
@@ -1835,7 +1879,10 @@ mod tests {
             (c.state, c.peer.as_ref(), c.paired_at),
             (SyncState::Paired, Some(&peer), Some(150))
         );
-        assert_eq!(store.connector_keys(&cid()).await.unwrap(), Some(keys));
+        assert_eq!(
+            store.connector_keys(&cid()).await.unwrap(),
+            Some(keys.clone())
+        );
         assert!(store.pairing_window(&cid()).await.unwrap().is_none());
         // Paired is final: no new window, no closing.
         assert!(matches!(
@@ -1844,6 +1891,35 @@ mod tests {
         ));
         assert!(matches!(
             store.close_pairing(&cid()).await,
+            Err(StoreError::SyncState { .. })
+        ));
+
+        // Unconfirmed until the Target's first session: it may still be cancelled, which
+        // forgets the peer, the keys and whatever was queued for it.
+        assert!(!c.pairing_confirmed);
+        assert!(
+            store.outbox_head(&cid()).await.unwrap() > 0,
+            "the registry is queued"
+        );
+        let c = store.cancel_unconfirmed_pairing(&cid()).await.unwrap();
+        assert_eq!(
+            (c.role, c.state, c.peer),
+            (Role::None, SyncState::Disabled, None)
+        );
+        assert_eq!(store.connector_keys(&cid()).await.unwrap(), None);
+        assert_eq!(store.outbox_head(&cid()).await.unwrap(), 0);
+        assert_eq!(store.sync_state(&cid()).await.unwrap().partitions, 0);
+        // Paired again and confirmed: final.
+        store.open_pairing(&cid(), "YYYY", 300).await.unwrap();
+        store
+            .complete_pairing(&cid(), peer, keys, 350)
+            .await
+            .unwrap();
+        assert!(store.confirm_pairing(&cid()).await.unwrap());
+        assert!(!store.confirm_pairing(&cid()).await.unwrap(), "once");
+        assert!(store.connector(&cid()).await.unwrap().pairing_confirmed);
+        assert!(matches!(
+            store.cancel_unconfirmed_pairing(&cid()).await,
             Err(StoreError::SyncState { .. })
         ));
     }

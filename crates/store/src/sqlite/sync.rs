@@ -338,6 +338,34 @@ fn drop_partition(conn: &Connection, cid: &ConnectorId, part: i64) -> Result<()>
     Ok(())
 }
 
+/// Forgets everything a connector's sync holds (a pairing cancelled before its first
+/// session): the outbox and its partitions, lost spans, the cursor, pending points, gaps,
+/// and which device changes were queued.
+pub(super) fn forget(conn: &Connection, cid: &ConnectorId) -> Result<()> {
+    for p in partitions(conn, cid)? {
+        drop_partition(conn, cid, p.part)?;
+    }
+    for table in [
+        "sync_out",
+        "sync_lost",
+        "sync_in",
+        "sync_pending",
+        "sync_gaps",
+    ] {
+        conn.execute(
+            &format!("DELETE FROM {table} WHERE connector = ?1"),
+            [cid.as_str()],
+        )
+        .map_err(backend("forgetting a connector's sync state"))?;
+    }
+    conn.execute(
+        "UPDATE device_records SET out_seq = NULL WHERE connector = ?1",
+        [cid.as_str()],
+    )
+    .map_err(backend("forgetting a connector's sync state"))?;
+    Ok(())
+}
+
 pub(super) fn head(conn: &Connection, cid: &ConnectorId) -> Result<u64> {
     Ok(out_row(conn, cid)?.0)
 }

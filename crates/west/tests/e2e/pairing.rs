@@ -363,3 +363,128 @@ async fn pairing_needs_a_hub() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Plays a Target that completes the pairing exchange with connector `cid` of site-a and
+/// then vanishes, as one whose Confirm was lost would: it never creates its connector and
+/// never opens a session. Speaks the hub's wire protocol directly as `site`.
+async fn vanishing_target(
+    hub: &testkit::HubProc,
+    site: &str,
+    credential: &str,
+    cid: &str,
+    code: &str,
+) -> anyhow::Result<()> {
+    use proto::pairing::{
+        ConnectorAddr, InitiatorStep, PairingCode, PairingInitiator, StaticKeypair,
+    };
+    use proto::wire::{Address, Frame, Kind, Routed};
+    use rand_core::OsRng;
+
+    let (mut raw, welcome) = testkit::RawClient::hello(hub, site, credential).await?;
+    anyhow::ensure!(matches!(welcome, Frame::Welcome(_)), "{welcome:?}");
+    let fake = proto::model::ConnectorId::parse("vanished000001")?;
+    let local = ConnectorAddr::new(site, fake.clone())?;
+    let remote = ConnectorAddr::new("site-a", proto::model::ConnectorId::parse(cid)?)?;
+    let (mut initiator, mut out) = PairingInitiator::start(
+        local,
+        StaticKeypair::generate(&mut OsRng),
+        remote,
+        &PairingCode::parse(code)?,
+        &mut OsRng,
+    );
+    for id in 1.. {
+        raw.send(&Frame::Route(Routed {
+            from: Address::new(site, fake.as_str()),
+            to: Address::new("site-a", "_pairing"),
+            kind: Kind::Request,
+            id,
+            payload: out,
+        }))
+        .await?;
+        let answer = loop {
+            match raw.recv().await? {
+                Some(Frame::Route(r)) if r.id == id => break r,
+                Some(Frame::Ping(_)) => continue,
+                other => anyhow::bail!("expected the Source's answer, got {other:?}"),
+            }
+        };
+        anyhow::ensure!(answer.kind == Kind::Response, "{answer:?}");
+        match initiator.on_message(&answer.payload) {
+            Ok(InitiatorStep::Send(next)) => out = next,
+            Ok(InitiatorStep::Paired(_)) => return Ok(()),
+            Err(f) => anyhow::bail!("pairing failed: {:?}", f.error),
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+#[tokio::test]
+async fn a_pairing_its_target_never_confirmed_can_be_cancelled_then_paired_again()
+-> anyhow::Result<()> {
+    let hub = testkit::HubProc::start(util::bin()).await?;
+    let mut opts = testkit::SiteOpts::new("site-a");
+    opts.extra = hub.site_args(&hub.add_site("site-a").await?);
+    let site_a = SiteProc::start(util::bin(), opts).await?;
+    util::wait_hub_connected(&site_a).await?;
+    let a = site_a.admin().await?;
+    let credential_b = hub.add_site("site-b").await?;
+
+    // The Source completes its side, but no Target ever shows up.
+    let (cid, code) = enable(&a).await?;
+    vanishing_target(&hub, "site-b", &credential_b, &cid, &code).await?;
+    let c = a.get_ok(&format!("/api/v1/connectors/{cid}")).await?;
+    assert_eq!(c["remote_sync"]["state"], "paired", "{c}");
+    assert_eq!(c["remote_sync"]["confirmed"], false, "{c}");
+    refused(
+        a.delete(&format!("/api/v1/connectors/{cid}")).await?,
+        StatusCode::CONFLICT,
+        "conflict",
+    );
+
+    // Unconfirmed, the operator may cancel it: back to a standalone connector.
+    let d = a
+        .post_ok(
+            &format!("/api/v1/connectors/{cid}/remote-sync/disable"),
+            json!({}),
+        )
+        .await?;
+    assert_eq!(
+        (&d["role"], &d["state"]),
+        (&json!("none"), &json!("disabled")),
+        "{d}"
+    );
+
+    // And pair it again, with a real Target: its first session confirms; then it is final.
+    let mut opts = testkit::SiteOpts::new("site-b");
+    opts.extra = hub.site_args(&credential_b);
+    let site_b = SiteProc::start(util::bin(), opts).await?;
+    util::wait_hub_connected(&site_b).await?;
+    let b = site_b.admin().await?;
+    let e = a
+        .post_ok(
+            &format!("/api/v1/connectors/{cid}/remote-sync/enable"),
+            json!({}),
+        )
+        .await?;
+    let (s, t) = pair(&b, &cid, e["pairing_code"].as_str().unwrap()).await?;
+    assert_eq!(s, StatusCode::CREATED, "{t}");
+    eventually(
+        "the Target's session to confirm the pairing",
+        DEADLINE,
+        || async {
+            let c = a.get_ok(&format!("/api/v1/connectors/{cid}")).await?;
+            Ok((c["remote_sync"]["confirmed"] == true).then_some(()))
+        },
+    )
+    .await?;
+    refused(
+        a.post(
+            &format!("/api/v1/connectors/{cid}/remote-sync/disable"),
+            json!({}),
+        )
+        .await?,
+        StatusCode::CONFLICT,
+        "conflict",
+    );
+    Ok(())
+}
