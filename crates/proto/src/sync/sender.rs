@@ -20,8 +20,9 @@
 //!   the same session; after a timeout or `Resume` the next batch starts at `acked + 1`.
 //! - Nothing beyond the durable send lease is read or sent, so that the store can exempt
 //!   `(acked, lease]` from retention and every loss it reports is exact (see `docs/sync.md`).
-//! - At most `window_bytes` of encoded messages are unacknowledged, except that one batch
-//!   may always be in flight, so that a batch larger than the window still goes.
+//! - At most `window_bytes` of encoded messages and `window_records` records are
+//!   unacknowledged, except that one batch may always be in flight, so that a batch larger
+//!   than the window still goes.
 //! - `acked` only grows, and only from what the receiver reported as durably applied.
 //!
 //! Deliberately absent: storage, sockets, clocks. Every method takes `now` (µs).
@@ -41,6 +42,10 @@ use super::{ReconnectReason, SyncError};
 pub struct SenderConfig {
     /// Most bytes of encoded, unacknowledged messages in flight. Default 1 MiB.
     pub window_bytes: u64,
+    /// Most records in flight, unacknowledged. Compressed points are so small (about two
+    /// bytes each) that the byte window alone lets half a million through, which the
+    /// receiver holds decoded until they are applied. Default 65,536.
+    pub window_records: u64,
     /// Most records in one batch. Default 4,096.
     pub max_batch_records: usize,
     /// Most estimated bytes (before compression) in one batch. Default 256 KiB.
@@ -61,6 +66,7 @@ impl Default for SenderConfig {
     fn default() -> Self {
         Self {
             window_bytes: 1024 * 1024,
+            window_records: 65_536,
             max_batch_records: 4096,
             max_batch_bytes: 256 * 1024,
             linger_us: 10_000,
@@ -146,6 +152,7 @@ struct Session {
     next: u64,
     flights: VecDeque<Flight>,
     in_flight_bytes: u64,
+    in_flight_records: u64,
     /// Encoded, but waiting for the window to open.
     ready: Option<(Flight, Vec<u8>)>,
     /// Records read and not yet encoded, starting at `staged_first`.
@@ -174,6 +181,7 @@ impl Session {
             next,
             flights: VecDeque::new(),
             in_flight_bytes: 0,
+            in_flight_records: 0,
             ready: None,
             staged: Vec::new(),
             staged_first: next,
@@ -483,6 +491,7 @@ impl Sender {
         while s.flights.front().is_some_and(|f| f.last <= applied) {
             if let Some(f) = s.flights.pop_front() {
                 s.in_flight_bytes -= f.bytes;
+                s.in_flight_records -= f.records;
             }
         }
         // The receiver is further than the front of what is in flight (an acknowledgement
@@ -517,10 +526,13 @@ impl Sender {
         };
         loop {
             if let Some((f, _)) = &s.ready {
-                if s.in_flight_bytes == 0 || s.in_flight_bytes + f.bytes <= cfg.window_bytes {
+                let fits = s.in_flight_bytes + f.bytes <= cfg.window_bytes
+                    && s.in_flight_records + f.records <= cfg.window_records;
+                if s.flights.is_empty() || fits {
                     if let Some((mut f, bytes)) = s.ready.take() {
                         f.sent_at = now;
                         s.in_flight_bytes += f.bytes;
+                        s.in_flight_records += f.records;
                         self.stats.bytes_sent += f.bytes;
                         if f.gap {
                             self.stats.gaps_sent += 1;
@@ -674,6 +686,7 @@ mod tests {
     fn cfg() -> SenderConfig {
         SenderConfig {
             window_bytes: 1 << 20,
+            window_records: 1 << 20,
             max_batch_records: 3,
             max_batch_bytes: 1 << 20,
             linger_us: 10,
@@ -778,6 +791,23 @@ mod tests {
         assert_eq!(ranges(&run(&mut s, 5, None)), vec![]);
         s.tick(10);
         assert_eq!(ranges(&run(&mut s, 10, None)), vec![(4, 5)]);
+    }
+
+    #[test]
+    fn the_record_window_holds_batches_too() {
+        // Batches of 3 records, at most 5 in flight: one batch, then the next after an ack.
+        let mut s = started(9, 0);
+        s.cfg.window_records = 5;
+        assert_eq!(ranges(&run(&mut s, 0, None)), vec![(1, 3)]);
+        s.on_message(
+            1,
+            Message::Ack {
+                session: 9,
+                applied: 3,
+            },
+        )
+        .unwrap();
+        assert_eq!(ranges(&run(&mut s, 1, None)), vec![(4, 6)]);
     }
 
     #[test]

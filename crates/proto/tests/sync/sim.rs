@@ -191,6 +191,7 @@ impl World {
                 retransmit_timeout_us: rng.random_range(100_000..2_000_000),
                 stall_timeout_us: rng.random_range(3_000_000..20_000_000),
                 lease_records: rng.random_range(4..200),
+                window_records: rng.random_range(1..100),
             },
             receiver: ReceiverConfig {
                 resume_interval_us: rng.random_range(50_000..1_000_000),
