@@ -4,7 +4,8 @@
 // - times: <time data-us> elements are shown in the viewer's timezone, UTC on hover;
 // - the header's hub dot polls /health;
 // - charts (figure.chart) draw a resource's series as inline SVG from the data API and poll
-//   it for new points; the device page's latest values poll the device API;
+//   it for new points; the device page's latest values and its pending badge poll the
+//   device API;
 // - copy buttons, confirmation dialogs for destructive forms, pairing progress and countdown;
 // - paired connectors: the peer's device list and a device's Remote view, looked up live.
 "use strict";
@@ -217,6 +218,10 @@
       }
       const seen = $("#last-seen");
       if (seen && d.last_seen) seen.replaceChildren(timeHtml(d.last_seen, true));
+      // Paired connectors: the pending badge stays while the peer has not applied this
+      // site's latest change of the device.
+      const pending = $("#device-pending");
+      if (pending && d.sync) pending.hidden = !d.sync.pending;
     } catch (_) { /* the next poll tries again; charts show errors */ }
   }
 

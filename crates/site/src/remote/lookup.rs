@@ -506,7 +506,32 @@ pub fn differing_fields(local: &Json, remote: &Json) -> Vec<&'static str> {
 /// hashes first, then per-device hashes of the differing buckets, and fetches only the
 /// devices that differ. Answers `{"in_sync", "devices": {"local", "remote"}, "differing",
 /// "truncated", "differences": [{"identity", "local"?, "remote"?, "only"?, "fields"}]}`.
+///
+/// Devices that changed between the hashes and the fetch (a change in flight landing) make
+/// the comparison start over, at most [`DIFF_ATTEMPTS`] times; if the registries never hold
+/// still that long, the answer says `"changing": true` and is not `in_sync`, rather than
+/// calling a moving pair in sync with counts from before.
 pub async fn diff(state: &AppState, c: &Connector) -> Result<Json, ApiError> {
+    let mut attempt = 1;
+    loop {
+        let (mut out, skipped) = diff_once(state, c).await?;
+        if skipped == 0 {
+            return Ok(out);
+        }
+        if attempt == DIFF_ATTEMPTS {
+            out["in_sync"] = json!(false);
+            out["changing"] = json!(true);
+            return Ok(out);
+        }
+        attempt += 1;
+    }
+}
+
+/// How often [`diff`] starts over when devices change under it.
+pub const DIFF_ATTEMPTS: u32 = 3;
+
+/// One comparison, and how many listed devices turned out equal when fetched.
+async fn diff_once(state: &AppState, c: &Connector) -> Result<(Json, usize), ApiError> {
     let theirs = request(state, c, Op::Digest).await?;
     let ours = digest(state, &c.id).await?;
     let remote_count = theirs["count"].as_u64().unwrap_or(0);
@@ -533,7 +558,7 @@ pub async fn diff(state: &AppState, c: &Connector) -> Result<Json, ApiError> {
         "differences": [],
     });
     if differing.is_empty() {
-        return Ok(out);
+        return Ok((out, 0));
     }
 
     // Per-device hashes of the differing buckets: ours in one scan, theirs in as many
@@ -594,6 +619,7 @@ pub async fn diff(state: &AppState, c: &Connector) -> Result<Json, ApiError> {
         }
     }
     let mut differences = Vec::new();
+    let mut skipped = 0;
     for id in listed {
         let local_device = match state.store.device(&c.id, &identity(id)?).await {
             Ok(d) => Some(device_json(&d)),
@@ -606,7 +632,8 @@ pub async fn diff(state: &AppState, c: &Connector) -> Result<Json, ApiError> {
             (Some(l), Some(r)) => {
                 let fields = differing_fields(&l, &r);
                 if fields.is_empty() {
-                    // Changed back between the hashes and the fetch.
+                    // Changed between the hashes and the fetch.
+                    skipped += 1;
                     continue;
                 }
                 entry["fields"] = json!(fields);
@@ -623,7 +650,10 @@ pub async fn diff(state: &AppState, c: &Connector) -> Result<Json, ApiError> {
                 entry["fields"] = json!([]);
                 entry["remote"] = r;
             }
-            (None, None) => continue,
+            (None, None) => {
+                skipped += 1;
+                continue;
+            }
         }
         differences.push(entry);
     }
@@ -631,7 +661,7 @@ pub async fn diff(state: &AppState, c: &Connector) -> Result<Json, ApiError> {
     out["differing"] = json!(total);
     out["truncated"] = json!(total > MAX_LISTED);
     out["differences"] = Json::Array(differences);
-    Ok(out)
+    Ok((out, skipped))
 }
 
 #[cfg(test)]

@@ -11,6 +11,12 @@
 //! Both render a shell that `app.js` fills from `GET …/remote/devices[/{id}]` and keeps
 //! fresh, so a page never waits on the peer: an offline peer shows "Remote site offline"
 //! after the lookup's timeout, never a spinner forever.
+//!
+//! Edits here reach the peer through the durable sync stream. Until the peer has applied a
+//! device's latest change made on this site (`Device::sync_pending`), the list marks the
+//! device *pending* and the device page shows a *pending* badge; on paired connectors the
+//! list's rows re-render every few seconds and the badge follows the device API, so both go
+//! away by themselves once the peer has it.
 
 use std::collections::BTreeMap;
 
@@ -413,6 +419,9 @@ struct DevicePage {
     charts: Vec<ValueRow>,
     range: &'static str,
     ranges: Vec<RangeOpt>,
+    /// This site's latest change of the device has not been applied by the peer yet: the
+    /// *pending* badge, which `app.js` keeps up to date from the device API.
+    pending: bool,
 }
 
 /// The device page of a device that exists on the peer's site only (or nowhere).
@@ -520,6 +529,7 @@ pub async fn page(
         charts: chart_rows(&d, &resources),
         range: range_or_default(q.range.as_deref()),
         ranges: range_opts(range_or_default(q.range.as_deref())),
+        pending: d.sync_pending,
     }))
 }
 
@@ -716,16 +726,15 @@ pub async fn delete(
     Path((cid, id)): Path<(String, String)>,
 ) -> UiResult {
     let (c, d, back) = device_for_edit(&ctx, &state, &cid, &id).await?;
-    Ok(match state.store.delete_device(&c.id, &d.identity).await {
-        Ok(()) => {
-            tracing::info!(connector = %c.id, device = %d.identity, "deleted device");
-            flash_redirect(
+    Ok(
+        match crate::api::devices::delete_device(&state, &c.id, &d.identity).await {
+            Ok(()) => flash_redirect(
                 &format!("/connectors/{}/devices", c.id),
                 &format!("Device {} deleted.", d.identity),
-            )
-        }
-        Err(e) => flash_error_redirect(&back, &ApiError::from(e).to_string()),
-    })
+            ),
+            Err(e) => flash_error_redirect(&back, &e.to_string()),
+        },
+    )
 }
 
 #[derive(Template)]

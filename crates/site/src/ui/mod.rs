@@ -22,6 +22,7 @@
 //! /connectors/{cid}/resources[/{name}]      Resources tab and resource settings
 //! /connectors/{cid}/settings[/remote-sync]  Settings tab: General and Remote-Sync
 //! /connectors/{cid}/settings/remote-sync/compare   drift check against the peer
+//! /connectors/{cid}/settings/remote-sync/resend    (POST) re-send the devices it listed
 //! ```
 
 mod connectors;
@@ -71,6 +72,10 @@ pub fn routes(state: AppState) -> Router {
         .route(
             "/connectors/{cid}/settings/remote-sync/compare",
             get(remote::compare),
+        )
+        .route(
+            "/connectors/{cid}/settings/remote-sync/resend",
+            post(remote::resend),
         )
         .route(
             "/connectors/{cid}/resources",

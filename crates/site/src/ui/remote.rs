@@ -4,15 +4,23 @@
 //!
 //! It renders `remote::lookup::diff`, the same function as `GET …/remote/diff`, once per
 //! request: the operator asks for a comparison, so the page may take the lookup's timeout to
-//! answer, and then says "Remote site offline" rather than waiting longer. It changes
-//! nothing: re-sending differing devices belongs to device change propagation (marked
-//! `HOOK(device-sync)` in the template).
+//! answer, and then says "Remote site offline" rather than waiting longer. Comparing changes
+//! nothing.
+//!
+//! When devices differ, **Re-send these devices** posts the listed identities to
+//! [`resend`], which calls `remote::lookup::resend` (the same function as
+//! `POST …/remote/resend`): both sites queue their record of those devices on the durable
+//! sync stream, and each merges what it receives, so once delivered both hold the same
+//! devices. The post redirects back to the comparison with what each side queued (or why the
+//! peer could not be asked) as the page's notice, so reloading never re-sends.
 
 use askama::Template;
+use axum::Form;
 use axum::extract::{Path, State};
 use serde_json::Value as Json;
 
 use super::connectors::ConnView;
+use super::session::{flash_error_redirect, flash_redirect};
 use super::{Crumb, Ctx, Frame, UiResult, connector_crumbs, load_connector};
 use crate::error::ApiError;
 use crate::remote::lookup;
@@ -35,6 +43,9 @@ pub struct DiffRow {
     pub local_exists: bool,
     pub remote_exists: bool,
     pub fields: Vec<FieldRow>,
+    /// A change of the device on its way between the sites, in words: the difference may be
+    /// that change in flight rather than drift.
+    pub pending: Option<String>,
 }
 
 #[derive(Template)]
@@ -47,6 +58,8 @@ struct DiffPage {
     failure: Option<String>,
     offline: bool,
     in_sync: bool,
+    /// The registries kept changing under the comparison (changes being delivered).
+    changing: bool,
     local_count: u64,
     remote_count: u64,
     differing: u64,
@@ -126,13 +139,129 @@ fn diff_row(d: &Json, peer: &str) -> DiffRow {
         Some("remote") => format!("only on {peer}, not on this site"),
         _ => format!("{} differ", differing.join(", ")),
     };
+    let pending_here = local.is_some_and(|l| l["sync"]["pending"] == true);
+    let pending_there = remote.is_some_and(|r| r["sync"]["pending"] == true);
+    let pending = match (pending_here, pending_there) {
+        (true, true) => {
+            Some("changes made on both sites have not been applied by the other yet".to_owned())
+        }
+        (true, false) => Some(format!(
+            "a change made on this site has not been applied by {peer} yet"
+        )),
+        (false, true) => Some(format!(
+            "a change made on {peer} has not been applied here yet"
+        )),
+        (false, false) => None,
+    };
     DiffRow {
         identity: d["identity"].as_str().unwrap_or_default().to_owned(),
         verdict,
         local_exists: local.is_some(),
         remote_exists: remote.is_some(),
         fields,
+        pending,
     }
+}
+
+/// "1 device", "3 devices".
+fn devices(n: u64) -> String {
+    format!("{n} device{}", if n == 1 { "" } else { "s" })
+}
+
+/// What one side queued of the `asked` devices, for the notice after a re-send: `who` queued
+/// its record of all of them, or of some (the others do not exist there).
+fn queued_words(who: &str, queued: u64, asked: u64) -> String {
+    if queued >= asked {
+        let all = if asked == 1 {
+            "it".to_owned()
+        } else {
+            format!("all {asked}")
+        };
+        format!("{who} queued its record of {all}")
+    } else if queued == 0 {
+        let which = if asked == 1 { "it" } else { "any of them" };
+        format!("{who} has no record of {which}")
+    } else {
+        let missing = asked - queued;
+        format!(
+            "{who} queued its record of {queued} ({} not on {who})",
+            if missing == 1 {
+                "the other is".to_owned()
+            } else {
+                format!("the other {missing} are")
+            }
+        )
+    }
+}
+
+/// The notice after re-sending `asked` devices, from `lookup::resend`'s answer
+/// (`{"queued", "peer": {"queued"} | {"error"}}`); true when the peer could be asked too.
+fn resend_notice(asked: u64, answer: &Json, here: &str, peer: &str) -> (String, bool) {
+    let local = queued_words(here, answer["queued"].as_u64().unwrap_or(0), asked);
+    match (
+        answer["peer"]["queued"].as_u64(),
+        answer["peer"]["error"].as_str(),
+    ) {
+        (Some(theirs), _) => (
+            format!(
+                "Re-sent {}: {local}; {}. Each site keeps the latest change of every field, so once \
+                 both are delivered the two sites hold the same devices — compare again to check.",
+                devices(asked),
+                queued_words(peer, theirs, asked),
+            ),
+            true,
+        ),
+        (None, error) if answer["queued"].as_u64().unwrap_or(0) == 0 => (
+            format!(
+                "Nothing was re-sent: {local}, and {peer} could not be asked ({}).",
+                error.unwrap_or("no answer").trim_end_matches('.'),
+            ),
+            false,
+        ),
+        (None, error) => (
+            format!(
+                "Re-sent {} from this site only: {local}, but {peer} could not be asked ({}). \
+                 What {here} queued reaches {peer} once it is back; re-send then so that {peer} \
+                 sends its records too.",
+                devices(asked),
+                error.unwrap_or("no answer").trim_end_matches('.'),
+            ),
+            false,
+        ),
+    }
+}
+
+/// `POST /connectors/{cid}/settings/remote-sync/resend`, one `identity` field per device the
+/// comparison listed: re-sends them in both directions, then back to the comparison with what
+/// each side queued.
+pub async fn resend(
+    ctx: Ctx,
+    State(state): State<AppState>,
+    Path(cid): Path<String>,
+    Form(fields): Form<Vec<(String, String)>>,
+) -> UiResult {
+    let c = load_connector(&state, &ctx, &cid).await?;
+    let back = format!("/connectors/{}/settings/remote-sync/compare", c.id);
+    let identities: Vec<String> = fields
+        .into_iter()
+        .filter(|(k, _)| k == "identity")
+        .map(|(_, v)| v)
+        .collect();
+    if identities.is_empty() {
+        return Ok(flash_error_redirect(
+            &back,
+            "No device was named to re-send: compare again, then re-send the devices it lists.",
+        ));
+    }
+    let asked = identities.len() as u64;
+    let peer = c.peer.as_ref().map(|p| p.site.clone()).unwrap_or_default();
+    Ok(match lookup::resend(&state, &c, identities).await {
+        Ok(answer) => match resend_notice(asked, &answer, &state.site_name, &peer) {
+            (words, true) => flash_redirect(&back, &words),
+            (words, false) => flash_error_redirect(&back, &words),
+        },
+        Err(e) => flash_error_redirect(&back, &format!("Nothing was re-sent: {e}")),
+    })
 }
 
 /// `GET /connectors/{cid}/settings/remote-sync/compare`.
@@ -155,6 +284,7 @@ pub async fn compare(ctx: Ctx, State(state): State<AppState>, Path(cid): Path<St
         failure: None,
         offline: false,
         in_sync: false,
+        changing: false,
         local_count: 0,
         remote_count: 0,
         differing: 0,
@@ -165,6 +295,7 @@ pub async fn compare(ctx: Ctx, State(state): State<AppState>, Path(cid): Path<St
     match lookup::diff(&state, &c).await {
         Ok(d) => {
             page.in_sync = d["in_sync"] == true;
+            page.changing = d["changing"] == true;
             page.local_count = d["devices"]["local"].as_u64().unwrap_or(0);
             page.remote_count = d["devices"]["remote"].as_u64().unwrap_or(0);
             page.differing = d["differing"].as_u64().unwrap_or(0);
@@ -223,5 +354,64 @@ mod tests {
         assert_eq!(row.verdict, "only on site-b, not on this site");
         assert_eq!(row.fields[2].remote, vec![("ops: read".to_owned(), false)]);
         assert_eq!(row.fields[3].remote, vec![("sp=21.5".to_owned(), false)]);
+        assert_eq!(row.pending, None);
+    }
+
+    #[test]
+    fn a_change_in_flight_is_named() {
+        let check = |here: bool, there: bool, expected: Option<&str>| {
+            let d = json!({"identity": "d1", "fields": ["tags"],
+                           "local": {"tags": {"a": "1"}, "sync": {"pending": here}},
+                           "remote": {"tags": {"a": "2"}, "sync": {"pending": there}}});
+            assert_eq!(diff_row(&d, "site-b").pending.as_deref(), expected);
+        };
+        check(false, false, None);
+        check(
+            true,
+            false,
+            Some("a change made on this site has not been applied by site-b yet"),
+        );
+        check(
+            false,
+            true,
+            Some("a change made on site-b has not been applied here yet"),
+        );
+    }
+
+    #[test]
+    fn the_resend_notice_says_what_each_side_queued() {
+        let check = |asked: u64, answer: Json, ok: bool, expected: &str| {
+            let (words, peer_asked) = resend_notice(asked, &answer, "site-a", "site-b");
+            assert_eq!(peer_asked, ok, "{words}");
+            assert!(words.starts_with(expected), "{words}");
+        };
+        check(
+            3,
+            json!({"queued": 2, "peer": {"queued": 3}}),
+            true,
+            "Re-sent 3 devices: site-a queued its record of 2 (the other is not on site-a); \
+             site-b queued its record of all 3. Each site keeps",
+        );
+        check(
+            1,
+            json!({"queued": 1, "peer": {"queued": 0}}),
+            true,
+            "Re-sent 1 device: site-a queued its record of it; site-b has no record of it.",
+        );
+        check(
+            2,
+            json!({"queued": 2, "peer": {"error": "site-b did not answer within 5 s."}}),
+            false,
+            "Re-sent 2 devices from this site only: site-a queued its record of all 2, but \
+             site-b could not be asked (site-b did not answer within 5 s). What site-a queued \
+             reaches site-b once it is back",
+        );
+        check(
+            1,
+            json!({"queued": 0, "peer": {"error": "remote site site-b could not answer: offline"}}),
+            false,
+            "Nothing was re-sent: site-a has no record of it, and site-b could not be asked \
+             (remote site site-b could not answer: offline).",
+        );
     }
 }

@@ -10,5 +10,6 @@ mod quickstart;
 mod site_api;
 mod sync;
 mod ui;
+mod ui_device_sync;
 mod ui_lookup;
 mod util;

@@ -330,7 +330,7 @@ async fn operator_creates_a_connector_resource_and_device_and_sees_data_on_the_c
 
 /// Signs in on the site at `base` in the same browser (each site is its own origin, so each
 /// keeps its own session cookie).
-async fn sign_in(b: &Browser, base: &str, password: &str) -> anyhow::Result<()> {
+pub(crate) async fn sign_in(b: &Browser, base: &str, password: &str) -> anyhow::Result<()> {
     b.goto(&format!("{base}/login")).await?;
     fill(b, "#username", "admin").await?;
     fill(b, "#password", password).await?;
