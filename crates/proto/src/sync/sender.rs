@@ -794,38 +794,26 @@ mod tests {
     }
 
     #[test]
-    fn the_record_window_holds_batches_too() {
-        // Batches of 3 records, at most 5 in flight: one batch, then the next after an ack.
-        let mut s = started(9, 0);
-        s.cfg.window_records = 5;
-        assert_eq!(ranges(&run(&mut s, 0, None)), vec![(1, 3)]);
-        s.on_message(
-            1,
-            Message::Ack {
-                session: 9,
-                applied: 3,
-            },
-        )
-        .unwrap();
-        assert_eq!(ranges(&run(&mut s, 1, None)), vec![(4, 6)]);
-    }
-
-    #[test]
     fn the_window_holds_batches_until_acknowledged() {
-        let mut s = started(9, 0);
-        s.cfg.window_bytes = 1;
-        assert_eq!(ranges(&run(&mut s, 0, None)), vec![(1, 3)]);
-        assert_eq!(s.stats(0).in_flight_batches, 1);
-        s.on_message(
-            1,
-            Message::Ack {
-                session: 9,
-                applied: 3,
-            },
-        )
-        .unwrap();
-        assert_eq!(ranges(&run(&mut s, 1, None)), vec![(4, 6)]);
-        assert_eq!(s.acked(), 3);
+        // Batches of 3 records; a window of 1 byte, or of 5 records, holds one of them.
+        let bytes: fn(&mut SenderConfig) = |c| c.window_bytes = 1;
+        let records: fn(&mut SenderConfig) = |c| c.window_records = 5;
+        for narrow in [bytes, records] {
+            let mut s = started(9, 0);
+            narrow(&mut s.cfg);
+            assert_eq!(ranges(&run(&mut s, 0, None)), vec![(1, 3)]);
+            assert_eq!(s.stats(0).in_flight_batches, 1);
+            s.on_message(
+                1,
+                Message::Ack {
+                    session: 9,
+                    applied: 3,
+                },
+            )
+            .unwrap();
+            assert_eq!(ranges(&run(&mut s, 1, None)), vec![(4, 6)]);
+            assert_eq!(s.acked(), 3);
+        }
     }
 
     #[test]

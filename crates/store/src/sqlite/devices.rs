@@ -50,8 +50,8 @@ fn zero_stamp() -> Stamp {
     Stamp::new(Hlc::ZERO, "")
 }
 
-/// The record of a device, or `None` when this connector never knew it.
-pub(super) fn record(
+/// The stored record of a device, if it has one.
+fn stored_record(
     conn: &Connection,
     cid: &ConnectorId,
     identity: &Identity,
@@ -63,8 +63,17 @@ pub(super) fn record(
                 .optional()
         })
         .map_err(backend("reading a device record"))?;
-    if let Some(text) = stored {
-        return decode(&text).map(Some);
+    stored.map(|text| decode(&text)).transpose()
+}
+
+/// The record of a device, or `None` when this connector never knew it.
+pub(super) fn record(
+    conn: &Connection,
+    cid: &ConnectorId,
+    identity: &Identity,
+) -> Result<Option<DeviceRecord>> {
+    if let Some(r) = stored_record(conn, cid, identity)? {
+        return Ok(Some(r));
     }
     match get_device(conn, cid, identity) {
         Ok(d) => Ok(Some(DeviceRecord::create(
@@ -408,17 +417,7 @@ pub(super) fn is_deleted(
     cid: &ConnectorId,
     identity: &Identity,
 ) -> Result<bool> {
-    let stored: Option<String> = conn
-        .prepare_cached("SELECT record FROM device_records WHERE connector = ?1 AND identity = ?2")
-        .and_then(|mut s| {
-            s.query_row([cid.as_str(), identity.as_str()], |r| r.get(0))
-                .optional()
-        })
-        .map_err(backend("reading a device record"))?;
-    match stored {
-        Some(text) => Ok(!decode(&text)?.is_live()),
-        None => Ok(false),
-    }
+    Ok(stored_record(conn, cid, identity)?.is_some_and(|r| !r.is_live()))
 }
 
 /// Whether this site's latest change of a device is not yet acknowledged by the peer.
@@ -443,25 +442,10 @@ mod tests {
     use proto::sync::{Apply, Record};
     use serde_json::json;
 
+    use super::super::fixtures::*;
     use crate::*;
 
     const PART: i64 = 1_000_000;
-
-    fn cid() -> ConnectorId {
-        ConnectorId::parse("09iolmnn8090ol").unwrap()
-    }
-
-    fn id(s: &str) -> Identity {
-        Identity::parse(s).unwrap()
-    }
-
-    fn keys() -> ConnectorKeys {
-        ConnectorKeys {
-            static_private: [1; 32],
-            static_public: [2; 32],
-            peer_static_public: [3; 32],
-        }
-    }
 
     struct Site {
         _dir: tempfile::TempDir,

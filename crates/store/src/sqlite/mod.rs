@@ -31,6 +31,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::*;
 
 mod devices;
+#[cfg(test)]
+mod fixtures;
 mod sync;
 
 const MIGRATIONS: &[(i64, &str)] = &[

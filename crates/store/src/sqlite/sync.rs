@@ -1132,31 +1132,12 @@ mod tests {
     use proto::sync::{Apply, GapRecord, LostSpan, Point as SyncPoint, Record, ResourceLoss};
     use serde_json::json;
 
+    use super::super::fixtures::*;
     use crate::*;
 
     const PART: i64 = 1_000;
     /// Seqs the pairing of a paired fixture takes: the snapshots of `dev1` and `dev2`.
     const SNAP: u64 = 2;
-
-    fn cid() -> ConnectorId {
-        ConnectorId::parse("09iolmnn8090ol").unwrap()
-    }
-
-    fn name(s: &str) -> ResourceName {
-        ResourceName::parse(s).unwrap()
-    }
-
-    fn id(s: &str) -> Identity {
-        Identity::parse(s).unwrap()
-    }
-
-    fn keys() -> ConnectorKeys {
-        ConnectorKeys {
-            static_private: [1; 32],
-            static_public: [2; 32],
-            peer_static_public: [3; 32],
-        }
-    }
 
     fn peer() -> Peer {
         Peer {
