@@ -50,7 +50,9 @@ pub struct SenderConfig {
     pub max_batch_records: usize,
     /// Most estimated bytes (before compression) in one batch. Default 256 KiB.
     pub max_batch_bytes: usize,
-    /// How long a partial batch waits for more records once the outbox is drained.
+    /// How long a partial batch waits for more records once the outbox is drained, while
+    /// an earlier batch is still unacknowledged (with nothing in flight it goes at once, as
+    /// Nagle's algorithm does: low latency when idle, full batches under load).
     /// Default 10 ms.
     pub linger_us: u64,
     /// How long the oldest unacknowledged batch waits before going back to it. Default 10 s.
@@ -432,6 +434,7 @@ impl Sender {
             // Linger matters only for a partial batch not already blocked by the window, once
             // everything readable is staged (until then, the pending read's answer pumps).
             if !s.staged.is_empty()
+                && !s.flights.is_empty()
                 && s.ready.is_none()
                 && s.staged_gap.is_none()
                 && s.next > self.head.min(self.lease)
@@ -551,7 +554,8 @@ impl Sender {
                 let full = s.staged.len() >= cfg.max_batch_records
                     || s.staged_bytes >= cfg.max_batch_bytes;
                 let drained = s.staged_gap.is_some() || s.next > readable;
-                let lingered = now >= s.staged_since.saturating_add(cfg.linger_us);
+                let lingered =
+                    s.flights.is_empty() || now >= s.staged_since.saturating_add(cfg.linger_us);
                 if !(full || s.staged_gap.is_some() || (drained && lingered)) {
                     break;
                 }
@@ -773,6 +777,12 @@ mod tests {
         )
         .unwrap();
         s
+    }
+
+    #[test]
+    fn with_nothing_in_flight_a_partial_batch_goes_at_once() {
+        let mut s = started(2, 0);
+        assert_eq!(ranges(&run(&mut s, 0, None)), vec![(1, 2)]);
     }
 
     #[test]
