@@ -159,6 +159,25 @@ pub async fn remote_sync(
     Ok(Json(rs))
 }
 
+/// `GET …/remote-sync/history?since=µs`: the last hour of the link's send and apply rates
+/// and backlog, for the Remote-Sync tab's chart; 409 when not paired.
+pub async fn remote_sync_history(
+    State(state): State<AppState>,
+    _: User,
+    Path(cid): Path<String>,
+    q: super::QueryPairs,
+) -> Result<Json<Json_>, ApiError> {
+    let cid = connector_id(&cid)?;
+    let since = q.number("since", 0, 0..=i64::MAX)?;
+    let c = state.store.connector(&cid).await?;
+    if c.state != SyncState::Paired {
+        return Err(ApiError::Conflict(format!(
+            "connector {cid} is not paired, so it has no link to keep a history of"
+        )));
+    }
+    Ok(Json(super::render::sync_history_json(&state, &c, since)))
+}
+
 /// `POST …/remote-sync/ping`: a round trip through the connector's end-to-end encrypted
 /// session with its peer.
 pub async fn ping(

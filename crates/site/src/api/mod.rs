@@ -55,6 +55,10 @@ pub fn routes(state: AppState) -> Router {
         )
         .route("/connectors/{cid}/remote-sync/ping", post(connectors::ping))
         .route(
+            "/connectors/{cid}/remote-sync/history",
+            get(connectors::remote_sync_history),
+        )
+        .route(
             "/connectors/{cid}/resources",
             get(resources::list).post(resources::create),
         )

@@ -49,6 +49,36 @@ pub fn remote_sync_json(state: &AppState, c: &Connector) -> Json {
     Json::Object(rs)
 }
 
+/// The rate history of a paired connector's link (docs/api.md, `GET …/remote-sync/history`):
+/// the samples taken at or after `since` (µs), oldest first, and since when this site has
+/// kept them (in memory: the history starts empty when the site starts).
+pub fn sync_history_json(state: &AppState, c: &Connector, since: i64) -> Json {
+    use crate::remote::sync::{HISTORY_EVERY, HISTORY_LEN};
+    let h = state.remote.sync.history(&c.id);
+    let samples: Vec<Json> = h
+        .as_ref()
+        .map(|h| h.samples_since(since))
+        .unwrap_or_default()
+        .iter()
+        .map(|s| {
+            json!({
+                "t": s.t,
+                "send_rate": (s.send_rate * 10.0).round() / 10.0,
+                "apply_rate": (s.apply_rate * 10.0).round() / 10.0,
+                "backlog_points": s.backlog_points,
+            })
+        })
+        .collect();
+    let every = h.as_ref().map_or(HISTORY_EVERY, |h| h.every());
+    let capacity = h.as_ref().map_or(HISTORY_LEN, |h| h.capacity());
+    json!({
+        "every_seconds": every.as_secs(),
+        "max_samples": capacity,
+        "kept_since": h.as_ref().map(|h| h.since()),
+        "samples": samples,
+    })
+}
+
 /// `Gap` of API.md, with the reason and the Source's sequence range as extra fields.
 pub fn gap_json(g: &store::GapRow) -> Json {
     json!({
