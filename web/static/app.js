@@ -4,8 +4,9 @@
 // - times: <time data-us> elements are shown in the viewer's timezone, UTC on hover;
 // - the header's hub dot polls /health;
 // - charts (figure.chart) draw a resource's series as inline SVG from the data API and poll
-//   it for new points; the device page's latest values and its pending badge poll the
-//   device API;
+//   it for new points; the same charts draw a paired connector's rate history (several
+//   series of one answer, data-series); the device page's latest values and its pending
+//   badge poll the device API;
 // - copy buttons, confirmation dialogs for destructive forms, pairing progress and countdown;
 // - paired connectors: the peer's device list and a device's Remote view, looked up live.
 "use strict";
@@ -171,32 +172,46 @@
   }
 
   // A page waiting for a pairing reloads when the connector's Remote-Sync state changes
-  // (paired by the Target, expired, or cancelled elsewhere).
+  // (paired by the Target, expired, or cancelled elsewhere), and a paired Source waiting for
+  // its Target's first session reloads once the pairing is confirmed.
   async function pollSyncState() {
     const host = $("[data-sync-src]");
     if (!host || document.hidden) return;
     try {
       const rs = await getJson(host.dataset.syncSrc);
-      if (rs.state !== host.dataset.syncState) location.reload();
+      const confirmed = host.dataset.syncConfirmed;
+      if (rs.state !== host.dataset.syncState ||
+          (confirmed !== undefined && rs.state === "paired" && String(rs.confirmed) !== confirmed)) {
+        location.reload();
+      }
     } catch (_) { /* the header's dot already says the site is unreachable */ }
   }
 
   // Parts marked data-live-refresh re-render from the server every few milliseconds given:
-  // the page is fetched again and only that element is swapped, so the figures are formatted
-  // in one place (the template) and nothing else on the page moves.
+  // the page is fetched again and only those elements are swapped, so the figures are
+  // formatted in one place (the template) and nothing else on the page moves. Parts with the
+  // same period share one fetch.
   function setupLiveParts() {
+    const groups = new Map();
     $$("[data-live-refresh]").forEach((el) => {
+      if (!el.id) return;
       const every = Number(el.dataset.liveRefresh) || 5000;
+      if (!groups.has(every)) groups.set(every, []);
+      groups.get(every).push(el);
+    });
+    groups.forEach((els, every) => {
       setInterval(async () => {
-        if (document.hidden || !el.id) return;
+        if (document.hidden) return;
         try {
           const resp = await fetch(location.href, { credentials: "same-origin" });
           if (!resp.ok) return;
           const doc = new DOMParser().parseFromString(await resp.text(), "text/html");
-          const fresh = doc.getElementById(el.id);
-          if (fresh) {
-            el.innerHTML = fresh.innerHTML;
-            paintTimes(el);
+          for (const el of els) {
+            const fresh = doc.getElementById(el.id);
+            if (fresh) {
+              el.innerHTML = fresh.innerHTML;
+              paintTimes(el);
+            }
           }
         } catch (_) { /* the header's dot already says the site is unreachable */ }
       }, every);
@@ -265,13 +280,26 @@
     return ticks.map((t) => ({ t, label: label(t) }));
   }
 
+  // A chart of one answer's list of timed items (`t` in µs): by default a resource's points
+  // (`points`, the value in `v`); with data-list and data-series="key:label,…" several
+  // values of each item, one line each (the first in the accent colour, the others neutral),
+  // as the rate history of a paired connector.
   class Chart {
     constructor(fig) {
       this.fig = fig;
       this.svg = $("svg.plot", fig);
       this.src = fig.dataset.src;
+      this.list = fig.dataset.list || "points";
+      this.noun = fig.dataset.noun || "point";
+      this.series = (fig.dataset.series || "").split(",").filter(Boolean).map((s) => {
+        const [key, label] = s.split(":");
+        return { key, label: label || key };
+      });
+      if (!this.series.length) this.series = [{ key: "v", label: "" }];
       this.format = fig.dataset.format;
       this.unit = fig.dataset.unit || "";
+      // Quantities that cannot be negative (rates, a backlog) keep zero on the axis.
+      this.fromZero = fig.dataset.fromZero !== undefined;
       this.range = fig.dataset.range in RANGES ? fig.dataset.range : "1h";
       this.status = $(".chart-status", fig);
       this.table = fig.dataset.table ? document.getElementById(fig.dataset.table) : null;
@@ -303,7 +331,7 @@
         if (cursor) u.searchParams.set("cursor", cursor);
         const body = await getJson(u);
         if (gen !== this.gen) return null;
-        for (const p of body.points) out.push(p);
+        for (const p of body[this.list] || []) out.push(p);
         if (!body.next) break;
         if (out.length >= MAX_POINTS) { truncated = true; break; }
         cursor = body.next;
@@ -362,15 +390,18 @@
       if (this.status) {
         this.status.textContent = this.error
           ? `Could not load data: ${this.error}`
-          : `${n.toLocaleString()} point${n === 1 ? "" : "s"}${this.truncated ? " (first " + MAX_POINTS.toLocaleString() + " shown)" : ""} · updated ${localText(Date.now()).slice(11)}`;
+          : `${n.toLocaleString()} ${this.noun}${n === 1 ? "" : "s"}${this.truncated ? " (first " + MAX_POINTS.toLocaleString() + " shown)" : ""} · updated ${localText(Date.now()).slice(11)}`;
         this.status.classList.toggle("bad", !!this.error);
       }
       this.fillTable();
       if (!this.svg) return;
       const svg = this.svg;
-      const pts = this.points
-        .map((p) => ({ t: p.t / 1000, y: this.numeric(p.v), v: p.v }))
-        .filter((p) => Number.isFinite(p.y));
+      // One list of plotted points per series; the first one's is what hovering and the
+      // data-* attributes below speak of.
+      const lines = this.series.map((s) => this.points
+        .map((p) => ({ t: p.t / 1000, y: this.numeric(p[s.key]), v: p[s.key], item: p }))
+        .filter((p) => Number.isFinite(p.y)));
+      const pts = lines[0];
       this.plotted = pts;
       this.fig.classList.toggle("no-data", !pts.length);
       const W = svg.clientWidth || 600, H = svg.clientHeight || 190;
@@ -391,8 +422,9 @@
 
       const bool = this.format === "boolean";
       let lo = Infinity, hi = -Infinity;
-      for (const p of pts) { if (p.y < lo) lo = p.y; if (p.y > hi) hi = p.y; }
+      for (const p of lines.flat()) { if (p.y < lo) lo = p.y; if (p.y > hi) hi = p.y; }
       if (bool || !pts.length) { lo = 0; hi = 1; }
+      if (this.fromZero) { lo = Math.min(0, lo); if (hi <= lo) hi = lo + 1; }
       if (lo === hi) { lo -= Math.abs(lo) * 0.1 || 1; hi += Math.abs(hi) * 0.1 || 1; }
       const yStep = bool ? 1 : niceStep(hi - lo, Math.max(2, Math.floor(ph / 40)));
       if (!bool) { lo = Math.floor(lo / yStep) * yStep; hi = Math.ceil(hi / yStep) * yStep; }
@@ -417,6 +449,15 @@
         return;
       }
 
+      // Drawn last to first, so that the first series (the accent colour) lies on top.
+      for (let i = lines.length - 1; i >= 0; i--) this.drawLine(lines[i], i, X, Y, m.t + ph, pw, bool);
+      this.Y = Y;
+    }
+
+    // One series: a line (and for the first, the area under it), its points when few.
+    drawLine(pts, i, X, Y, bottom, pw, bool) {
+      if (!pts.length) return;
+      const svg = this.svg;
       // Downsample to the min and max of each pixel column, keeping the shape of spikes.
       let line = pts;
       if (pts.length > pw * 2) {
@@ -431,19 +472,19 @@
         flush();
       }
       let d = "";
-      line.forEach((p, i) => {
+      line.forEach((p, j) => {
         const x = X(p.t).toFixed(1), y = Y(p.y).toFixed(1);
-        if (i === 0) d += `M${x},${y}`;
+        if (j === 0) d += `M${x},${y}`;
         else if (bool) d += `H${x}V${y}`;
         else d += `L${x},${y}`;
       });
       const first = line[0], last = line[line.length - 1];
-      el("path", { class: "area", d: `${d}L${X(last.t).toFixed(1)},${m.t + ph}L${X(first.t).toFixed(1)},${m.t + ph}Z` }, svg);
-      el("path", { class: "line", d }, svg);
+      const series = i ? ` s${i}` : "";
+      if (!i) el("path", { class: "area", d: `${d}L${X(last.t).toFixed(1)},${bottom}L${X(first.t).toFixed(1)},${bottom}Z` }, svg);
+      el("path", { class: "line" + series, "data-series": this.series[i].key, d }, svg);
       if (pts.length <= 150) {
-        for (const p of pts) el("circle", { class: "pt", cx: X(p.t).toFixed(1), cy: Y(p.y).toFixed(1), r: 2.6 }, svg);
+        for (const p of pts) el("circle", { class: "pt" + series, cx: X(p.t).toFixed(1), cy: Y(p.y).toFixed(1), r: 2.6 }, svg);
       }
-      this.Y = Y;
     }
 
     fillTable() {
@@ -490,7 +531,9 @@
       if (!tip) { tip = document.createElement("div"); tip.id = "chart-tip"; tip.className = "tip"; document.body.appendChild(tip); }
       tip.innerHTML = "";
       const v = document.createElement("strong");
-      v.textContent = valueText(p.v, this.format, this.unit);
+      v.textContent = this.series.length > 1 || this.series[0].label
+        ? this.series.map((s) => `${s.label} ${valueText(p.item[s.key], this.format, this.unit)}`).join(" · ")
+        : valueText(p.v, this.format, this.unit);
       const when = document.createElement("span");
       when.className = "muted";
       when.textContent = "  " + localText(p.t);

@@ -9,7 +9,7 @@ use askama::Template;
 use axum::Form;
 use axum::extract::{Path, State};
 use axum::response::Response;
-use proto::model::SyncState;
+use proto::model::{Role, SyncState};
 use serde::Deserialize;
 use store::Connector;
 
@@ -38,6 +38,10 @@ pub struct ConnView {
     pub resources: u64,
     /// For paired connectors: whether the peer is reachable and how far behind it is.
     pub link: Option<LinkView>,
+    /// A paired Source whose Target has not opened its first session yet: until it does,
+    /// the operator may cancel the pairing (its Confirm may have been lost, leaving the
+    /// Target without a connector).
+    pub unconfirmed: bool,
 }
 
 pub struct LinkView {
@@ -48,10 +52,17 @@ pub struct LinkView {
 impl ConnView {
     pub fn new(state: &AppState, c: &Connector) -> Self {
         let rs = remote_sync_json(state, c);
+        let unconfirmed = c.role == Role::Source && rs["confirmed"] == false;
+        let peer_site = c.peer.as_ref().map(|p| p.site.clone()).unwrap_or_default();
         let link = rs.get("link").map(|l| {
             let connected = l["connected"].as_bool().unwrap_or(false);
             let lag = l["lag_seconds"].as_f64().unwrap_or(0.0);
-            if connected {
+            if unconfirmed && !connected {
+                LinkView {
+                    class: "warn",
+                    words: format!("waiting for {peer_site} to connect for the first time"),
+                }
+            } else if connected {
                 LinkView {
                     class: if lag > 60.0 { "warn" } else { "ok" },
                     words: format!("connected · lag {lag:.0} s"),
@@ -69,7 +80,7 @@ impl ConnView {
             description: c.description.clone(),
             role: c.role.as_str(),
             sync_state: c.state.as_str(),
-            peer_site: c.peer.as_ref().map(|p| p.site.clone()).unwrap_or_default(),
+            peer_site,
             peer_connector: c
                 .peer
                 .as_ref()
@@ -81,6 +92,7 @@ impl ConnView {
             devices: c.device_count,
             resources: c.resource_count,
             link,
+            unconfirmed,
         }
     }
 
@@ -222,8 +234,33 @@ struct RemotePage {
     sync: Option<SyncView>,
 }
 
+/// What the Remote-Sync tab says under its chart when the rate history covers less than the
+/// hour it shows (it is kept in memory and starts empty when the site starts); `None` once it
+/// covers the hour. `kept_since` and `now` are µs.
+fn history_note(kept_since: Option<i64>, now: i64) -> Option<String> {
+    let hour = i64::try_from(
+        (crate::remote::sync::HISTORY_EVERY * crate::remote::sync::HISTORY_LEN as u32).as_micros(),
+    )
+    .unwrap_or(i64::MAX);
+    let covered = match kept_since {
+        Some(since) if now.saturating_sub(since) >= hour => return None,
+        Some(since) => match now.saturating_sub(since).max(0) / 60_000_000 {
+            0 => "less than a minute".to_owned(),
+            1 => "only the last minute".to_owned(),
+            m => format!("only the last {m} min"),
+        },
+        None => "nothing yet".to_owned(),
+    };
+    Some(format!(
+        "The charts cover {covered}: this site keeps the last hour of rates in memory, so \
+         the history starts empty whenever the site restarts."
+    ))
+}
+
 /// The Remote-Sync tab's figures, rendered as text.
 struct SyncView {
+    /// Why the chart covers less than an hour, if it does.
+    history_note: Option<String>,
     lag: String,
     backlog: String,
     rates: String,
@@ -248,7 +285,9 @@ async fn sync_view(state: &AppState, c: &Connector) -> Option<SyncView> {
     }
     let s = state.remote.sync.status(&c.id).unwrap_or_default();
     let gaps = state.store.sync_gaps(&c.id).await.unwrap_or_default();
+    let kept_since = state.remote.sync.history(&c.id).map(|h| h.since());
     Some(SyncView {
+        history_note: history_note(kept_since, crate::state::now_micros()),
         lag: format!("{:.1} s · {} points", s.lag_seconds, s.backlog_points),
         backlog: format!(
             "{} points · {:.1} MiB in {} partitions",
@@ -335,7 +374,9 @@ pub async fn enable_remote_sync(
     }
 }
 
-/// Cancel on the countdown: closes the pairing window.
+/// Cancel on the countdown closes the pairing window; **Cancel pairing** on a paired Source
+/// its Target has not confirmed yet forgets the pairing (`remote::pairing::disable` either
+/// way, which refuses a confirmed pairing).
 pub async fn disable_remote_sync(
     ctx: Ctx,
     State(state): State<AppState>,
@@ -343,8 +384,16 @@ pub async fn disable_remote_sync(
 ) -> UiResult {
     let c = load_connector(&state, &ctx, &cid).await?;
     let back = format!("/connectors/{}/settings/remote-sync", c.id);
+    let done = match &c.peer {
+        Some(peer) if c.state == SyncState::Paired => format!(
+            "Pairing with {} cancelled: {} is a standalone connector again. Enable Remote-Sync \
+             to pair it again.",
+            peer.site, c.name
+        ),
+        _ => "Pairing cancelled.".to_owned(),
+    };
     match crate::remote::pairing::disable(&state, &c.id).await {
-        Ok(_) => Ok(flash_redirect(&back, "Pairing cancelled.")),
+        Ok(_) => Ok(flash_redirect(&back, &done)),
         Err(e) => Ok(flash_error_redirect(&back, &e.to_string())),
     }
 }
@@ -360,5 +409,40 @@ pub async fn delete(ctx: Ctx, State(state): State<AppState>, Path(cid): Path<Str
             &format!("/connectors/{}/settings", c.id),
             &e.to_string(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chart_says_when_it_covers_less_than_an_hour() {
+        const MIN: i64 = 60_000_000;
+        let now = 1_000 * 60 * MIN;
+        let check = |kept_since: Option<i64>, expected: Option<&str>| {
+            let note = history_note(kept_since, now);
+            match expected {
+                None => assert_eq!(note, None),
+                Some(covers) => {
+                    let note = note.expect("a note");
+                    assert!(
+                        note.starts_with(&format!("The charts cover {covers}:")),
+                        "{note}"
+                    );
+                    assert!(note.contains("starts empty whenever the site restarts"));
+                }
+            }
+        };
+        check(None, Some("nothing yet"));
+        check(Some(now - 20_000_000), Some("less than a minute"));
+        check(Some(now - MIN - 1), Some("only the last minute"));
+        check(
+            Some(now - 12 * MIN - 30_000_000),
+            Some("only the last 12 min"),
+        );
+        check(Some(now - 60 * MIN + 1), Some("only the last 59 min"));
+        check(Some(now - 60 * MIN), None);
+        check(Some(now - 600 * MIN), None);
     }
 }

@@ -12,4 +12,5 @@ mod sync;
 mod ui;
 mod ui_device_sync;
 mod ui_lookup;
+mod ui_remote_sync;
 mod util;

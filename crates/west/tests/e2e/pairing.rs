@@ -367,7 +367,7 @@ async fn pairing_needs_a_hub() -> anyhow::Result<()> {
 /// Plays a Target that completes the pairing exchange with connector `cid` of site-a and
 /// then vanishes, as one whose Confirm was lost would: it never creates its connector and
 /// never opens a session. Speaks the hub's wire protocol directly as `site`.
-async fn vanishing_target(
+pub(crate) async fn vanishing_target(
     hub: &testkit::HubProc,
     site: &str,
     credential: &str,

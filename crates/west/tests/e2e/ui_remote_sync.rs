@@ -1,0 +1,285 @@
+//! The Settings › Remote-Sync tab of a paired connector in headless Chromium against real
+//! sites: the last hour's send/apply rate and backlog charts fill in from the site's
+//! in-memory rate history after points flowed (with the note that the history is shorter
+//! than an hour), and a Source whose Target never confirmed the pairing says so and offers
+//! **Cancel pairing**, which turns it back into a standalone connector that pairs again; once
+//! the new Target's first session confirms it, the page says by itself that the pairing
+//! cannot be undone.
+//!
+//! Screenshots land in `target/ui-screenshots/6x-*.png` for a person to look at; the test
+//! asserts on the DOM only. Nothing sleeps: every wait polls with a deadline.
+
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use fantoccini::Locator;
+use serde_json::{Value, json};
+use testkit::browser::Browser;
+use testkit::{SiteProc, eventually};
+
+use crate::ui::{click, shot, sign_in, wait_text};
+use crate::util;
+
+/// The rate history takes a sample every 10 s; the first after points flowed may take two
+/// intervals, and the chart polls every 5 s.
+const HISTORY_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Waits until attribute `attr` of the element at `css` satisfies `ok`; returns its value.
+async fn wait_attr(
+    b: &Browser,
+    css: &str,
+    attr: &str,
+    deadline: Duration,
+    ok: impl Fn(&str) -> bool,
+) -> anyhow::Result<String> {
+    eventually(&format!("{css} [{attr}]"), deadline, || async {
+        let v = match b.client.find(Locator::Css(css)).await {
+            Ok(e) => e.attr(attr).await?.unwrap_or_default(),
+            Err(_) => return Ok(None),
+        };
+        Ok(ok(&v).then_some(v))
+    })
+    .await
+}
+
+/// Whether an element matches `css` on the page.
+async fn has(b: &Browser, css: &str) -> anyhow::Result<bool> {
+    Ok(!b.client.find_all(Locator::Css(css)).await?.is_empty())
+}
+
+fn count_at_least(n: usize) -> impl Fn(&str) -> bool {
+    move |v| v.parse::<usize>().is_ok_and(|got| got >= n)
+}
+
+#[tokio::test]
+async fn the_remote_sync_tab_charts_the_last_hour_of_rates_after_points_flowed()
+-> anyhow::Result<()> {
+    let (_hub, sites, cid, _tid) = util::paired_sites().await?;
+    let a = sites[0].admin().await?;
+    let history = format!("/api/v1/connectors/{cid}/remote-sync/history");
+
+    // The page opens before anything flowed: the charts are there, the note says why the
+    // history is short.
+    let b = Browser::start().await?;
+    sign_in(&b, &sites[0].url, &sites[0].opts.admin_password).await?;
+    b.goto(&format!(
+        "{}/connectors/{cid}/settings/remote-sync",
+        sites[0].url
+    ))
+    .await?;
+    b.wait_for("#sync-rate-chart svg.plot").await?;
+    b.wait_for("#sync-backlog-chart svg.plot").await?;
+    wait_text(
+        &b,
+        "#sync-history-note",
+        "starts empty whenever the site restarts",
+    )
+    .await?;
+    ensure!(
+        has(&b, "#pairing-final").await? && !has(&b, "#cancel-unconfirmed-pairing").await?,
+        "a confirmed pairing offers no cancel"
+    );
+
+    // Points flow from the Source.
+    a.post_ok(
+        &format!("/api/v1/connectors/{cid}/resources"),
+        json!({"name": "temperature", "format": "number", "remote_sync": true}),
+    )
+    .await?;
+    a.post_ok(
+        &format!("/api/v1/connectors/{cid}/devices"),
+        json!({"identity": "00AB01"}),
+    )
+    .await?;
+    let t0 = 1_764_150_000_000_000i64;
+    let batch: Vec<Value> = (0..500)
+        .map(|i| json!({"device": "00AB01", "t": t0 + i * 1_000_000, "values": {"temperature": 20.0 + i as f64 / 100.0}}))
+        .collect();
+    a.post_ok(&format!("/api/v1/connectors/{cid}/data"), json!(batch))
+        .await?;
+
+    // The site's history gets a sample whose interval saw them sent…
+    let samples = eventually(
+        "a history sample with points sent",
+        HISTORY_DEADLINE,
+        || async {
+            let h = a.get_ok(&history).await?;
+            let samples = h["samples"].as_array().cloned().unwrap_or_default();
+            let sent = samples
+                .iter()
+                .any(|s| s["send_rate"].as_f64().is_some_and(|r| r > 0.0));
+            Ok(sent.then_some(samples))
+        },
+    )
+    .await?;
+    let s = &samples[samples.len() - 1];
+    ensure!(
+        s["t"].as_i64().is_some()
+            && s["apply_rate"].as_f64().is_some()
+            && s["backlog_points"].as_u64().is_some(),
+        "{s}"
+    );
+
+    // …and the page's charts show it without a reload.
+    wait_attr(
+        &b,
+        "#sync-rate-chart svg.plot",
+        "data-points",
+        HISTORY_DEADLINE,
+        count_at_least(samples.len()),
+    )
+    .await?;
+    wait_attr(
+        &b,
+        "#sync-backlog-chart svg.plot",
+        "data-points",
+        HISTORY_DEADLINE,
+        count_at_least(1),
+    )
+    .await?;
+    for series in ["send_rate", "apply_rate"] {
+        ensure!(
+            has(
+                &b,
+                &format!("#sync-rate-chart path.line[data-series='{series}']")
+            )
+            .await?,
+            "a line for {series}"
+        );
+    }
+    let status = b
+        .wait_for("#sync-rate-chart .chart-status")
+        .await?
+        .text()
+        .await?;
+    ensure!(status.contains("sample"), "{status}");
+    let note = b.wait_for("#sync-history-note").await?.text().await?;
+    ensure!(note.contains("The charts cover"), "{note}");
+    b.client
+        .execute(
+            "document.getElementById('sync-charts').scrollIntoView()",
+            vec![],
+        )
+        .await?;
+    shot(&b, "60-remote-sync-chart").await?;
+
+    // Not paired, no history.
+    let c = a
+        .post_ok("/api/v1/connectors", json!({"name": "alone"}))
+        .await?;
+    let (status, body) = a
+        .get(&format!(
+            "/api/v1/connectors/{}/remote-sync/history",
+            c["id"].as_str().context("id")?
+        ))
+        .await?;
+    ensure!(
+        status == reqwest::StatusCode::CONFLICT && body["error"] == "conflict",
+        "{status} {body}"
+    );
+    b.close().await
+}
+
+#[tokio::test]
+async fn a_pairing_its_target_never_confirmed_is_cancelled_in_the_ui_and_paired_again()
+-> anyhow::Result<()> {
+    let hub = testkit::HubProc::start(util::bin()).await?;
+    let mut opts = testkit::SiteOpts::new("site-a");
+    opts.extra = hub.site_args(&hub.add_site("site-a").await?);
+    let site_a = SiteProc::start(util::bin(), opts).await?;
+    util::wait_hub_connected(&site_a).await?;
+    let a = site_a.admin().await?;
+    let credential_b = hub.add_site("site-b").await?;
+
+    // The Source completes its side of a pairing whose Target vanishes.
+    let c = a
+        .post_ok("/api/v1/connectors", json!({"name": "plant"}))
+        .await?;
+    let cid = c["id"].as_str().context("id")?.to_owned();
+    let e = a
+        .post_ok(
+            &format!("/api/v1/connectors/{cid}/remote-sync/enable"),
+            json!({}),
+        )
+        .await?;
+    let code = e["pairing_code"].as_str().context("code")?.to_owned();
+    crate::pairing::vanishing_target(&hub, "site-b", &credential_b, &cid, &code).await?;
+
+    // Its Remote-Sync tab says what it waits for, and offers to cancel.
+    let b = Browser::start().await?;
+    sign_in(&b, &site_a.url, &site_a.opts.admin_password).await?;
+    let page = format!("{}/connectors/{cid}/settings/remote-sync", site_a.url);
+    b.goto(&page).await?;
+    let waiting = wait_text(
+        &b,
+        "#pairing-unconfirmed",
+        "Waiting for site-b to confirm: its connector has not connected yet.",
+    )
+    .await?;
+    ensure!(
+        waiting.contains(
+            "If creating the Target connector on site-b failed, cancel this pairing and pair again."
+        ),
+        "{waiting}"
+    );
+    ensure!(
+        !has(&b, "#pairing-final").await?,
+        "an unconfirmed pairing is not said to be final"
+    );
+    wait_text(
+        &b,
+        "main",
+        "waiting for site-b to connect for the first time",
+    )
+    .await?;
+    shot(&b, "61-remote-sync-unconfirmed").await?;
+
+    // The General tab says where to go; deleting stays disabled.
+    b.goto(&format!("{}/connectors/{cid}/settings", site_a.url))
+        .await?;
+    wait_text(
+        &b,
+        "#delete-unconfirmed",
+        "has not confirmed the pairing yet",
+    )
+    .await?;
+    b.goto(&page).await?;
+
+    // Cancel pairing asks first, then the connector is standalone again.
+    click(&b, "#cancel-unconfirmed-pairing").await?;
+    wait_text(&b, "#confirm-text", "Cancel the pairing with site-b?").await?;
+    click(&b, "#confirm-ok").await?;
+    wait_text(&b, "#flash", "Pairing with site-b cancelled").await?;
+    b.wait_for("#enable-remote-sync").await?;
+    let rs = a
+        .get_ok(&format!("/api/v1/connectors/{cid}/remote-sync"))
+        .await?;
+    ensure!(rs["role"] == "none" && rs["state"] == "disabled", "{rs}");
+    shot(&b, "62-remote-sync-cancelled").await?;
+
+    // Paired again with a real Target while the tab sits on the countdown: it turns to
+    // "Paired", and once the Target's first session confirms the pairing, to final — by
+    // itself.
+    click(&b, "#enable-remote-sync").await?;
+    click(&b, "#confirm-ok").await?;
+    let code = b.wait_for("#pairing-code").await?.text().await?;
+    let mut opts = testkit::SiteOpts::new("site-b");
+    opts.extra = hub.site_args(&credential_b);
+    let site_b = SiteProc::start(util::bin(), opts).await?;
+    util::wait_hub_connected(&site_b).await?;
+    site_b
+        .admin()
+        .await?
+        .post_ok(
+            "/api/v1/connectors",
+            json!({"name": "plant-copy", "remote_sync_target":
+                {"remote_site": "site-a", "remote_connector_id": cid, "pairing_code": code}}),
+        )
+        .await?;
+    wait_text(&b, "#pairing-final", "cannot be undone").await?;
+    ensure!(
+        !has(&b, "#cancel-unconfirmed-pairing").await?,
+        "a confirmed pairing offers no cancel"
+    );
+    b.close().await
+}
