@@ -2,8 +2,10 @@
 //! paired through the API, a `number` resource with Remote-Sync on and `--devices` devices on
 //! the Source, values that drift like a sensor.
 //!
-//! 1. Throughput: `--points` points in bulk requests of one point per device, as fast as the
-//!    Source takes them; replicated points/s = points / time from the first request until
+//! 0. The devices are created after the pairing, so they are replicated first; the
+//!    measurements start once the Target has them.
+//! 1. Throughput: `--points` points in bulk requests of one point per device, `--clients`
+//!    requests in flight at once (4), as fast as the Source takes them; replicated points/s = points / time from the first request until
 //!    the Target has applied the last one. Wire bytes per point = bytes the hub received
 //!    from the Source during this phase / points.
 //!    Stored bytes per point, after this phase = size of the Target's data dir (its SQLite
@@ -57,6 +59,10 @@ pub struct SyncArgs {
     /// points/s, but at most 10 × points; 0 skips the phase].
     #[arg(long)]
     outage_points: Option<u64>,
+    /// Bulk requests in flight at once in the throughput and outage phases, as a fleet of
+    /// gateways would send them (the baseline keeps 1,000 one-point publishes in flight).
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
 }
 
 impl SyncArgs {
@@ -92,10 +98,14 @@ struct Bench {
     devices: u64,
     /// Next point number: step = n / devices, device = n % devices.
     next: u64,
+    /// Records of the stream before the first point: the devices, which are replicated
+    /// too. Point n has seq `seq0 + n + 1`.
+    seq0: u64,
+    clients: usize,
 }
 
 impl Bench {
-    async fn start(devices: u64) -> anyhow::Result<Self> {
+    async fn start(devices: u64, clients: usize) -> anyhow::Result<Self> {
         let bin = std::env::current_exe().context("finding the west binary")?;
         let hub = HubProc::start(&bin).await?;
         let mut sites = Vec::new();
@@ -151,7 +161,7 @@ impl Bench {
                 )
                 .await?;
         }
-        Ok(Self {
+        let mut bench = Self {
             hub,
             a,
             b,
@@ -161,11 +171,32 @@ impl Bench {
             tgt,
             devices,
             next: 0,
-        })
+            seq0: 0,
+            clients: clients.max(1),
+        };
+        // The devices travel first; the points' seqs start after them.
+        let head = bench
+            .api_a
+            .get_ok(&format!("/api/v1/connectors/{}/remote-sync", bench.src))
+            .await?["link"]["outbox_head"]
+            .as_u64()
+            .context("the Source's outbox head")?;
+        bench.applied(0, head, &Progress::off()).await?;
+        bench.seq0 = head;
+        Ok(bench)
     }
 
     /// Writes the next `n` points in one request; returns the last point's (device, t).
     async fn write(&mut self, n: u64) -> anyhow::Result<(String, i64)> {
+        let (body, last) = self.body(n);
+        self.api_a
+            .post_ok(&format!("/api/v1/connectors/{}/data", self.src), body)
+            .await?;
+        Ok(last)
+    }
+
+    /// The next `n` points as one bulk request, and the (device, t) of its last point.
+    fn body(&mut self, n: u64) -> (Value, (String, i64)) {
         let mut last = (String::new(), 0);
         let body: Vec<Value> = (0..n)
             .map(|k| {
@@ -177,14 +208,8 @@ impl Bench {
                        "values": {"temperature": sensor_value(d, step)}})
             })
             .collect();
-        self.api_a
-            .post_ok(
-                &format!("/api/v1/connectors/{}/data", self.src),
-                Value::Array(body),
-            )
-            .await?;
         self.next += n;
-        Ok(last)
+        (Value::Array(body), last)
     }
 
     /// The Target's applied sequence, or `None` while it does not answer (restarting).
@@ -194,9 +219,20 @@ impl Bench {
         t["link"]["applied_seq"].as_u64()
     }
 
-    /// Waits until the Target has applied `seq`, showing progress from `from`; returns when
-    /// it was first seen past `from`. Fails when the applied sequence has not moved for
-    /// [`STALL`].
+    /// Waits until the Target has applied point `n` (seq `seq0 + n`), showing progress from
+    /// point `from`; returns when it was first seen past `from`. Fails when the applied
+    /// sequence has not moved for [`STALL`].
+    async fn applied_points(
+        &self,
+        from: u64,
+        n: u64,
+        progress: &Progress,
+    ) -> anyhow::Result<Instant> {
+        self.applied(self.seq0 + from, self.seq0 + n, progress)
+            .await
+    }
+
+    /// Waits until the Target has applied stream record `seq` (see [`applied_points`]).
     async fn applied(&self, from: u64, seq: u64, progress: &Progress) -> anyhow::Result<Instant> {
         let mut last = (None, Instant::now());
         let mut moved = None;
@@ -226,13 +262,22 @@ impl Bench {
 
     /// Writes `points` in bulk requests of one point per device (at least 1,000 a request).
     async fn write_bulk(&mut self, points: u64, progress: &Progress) -> anyhow::Result<()> {
+        use futures::StreamExt as _;
         let batch = self.devices.max(1_000);
+        let path = format!("/api/v1/connectors/{}/data", self.src);
+        let mut in_flight = futures::stream::FuturesUnordered::new();
         let mut written = 0;
-        while written < points {
-            let n = batch.min(points - written);
-            self.write(n).await?;
-            written += n;
-            progress.inc(n);
+        while written < points || !in_flight.is_empty() {
+            while written < points && in_flight.len() < self.clients {
+                let n = batch.min(points - written);
+                let (body, _) = self.body(n);
+                let (api, path) = (self.api_a.clone(), path.clone());
+                in_flight.push(async move { api.post_ok(&path, body).await.map(|_| n) });
+                written += n;
+            }
+            if let Some(done) = in_flight.next().await {
+                progress.inc(done?);
+            }
         }
         Ok(())
     }
@@ -256,7 +301,7 @@ pub async fn run(args: SyncArgs, progress: &mut Progress) -> anyhow::Result<Repo
     let tick = procstat::clock_ticks().await;
     let client = ClientMeter::start(tick)?;
     progress.phase("west: start, pair, create devices", 0);
-    let mut b = Bench::start(args.devices).await?;
+    let mut b = Bench::start(args.devices, args.clients).await?;
     let mut report = Report::default();
 
     // 1. Throughput, wire bytes, stored bytes.
@@ -272,7 +317,7 @@ pub async fn run(args: SyncArgs, progress: &mut Progress) -> anyhow::Result<Repo
     let ingested = started.elapsed().as_secs_f64();
     // Every point is remote-synced, so the outbox head is the number of points written.
     progress.stage("Target applying");
-    b.applied(base, b.next, progress).await?;
+    b.applied_points(base, b.next, progress).await?;
     let secs = started.elapsed().as_secs_f64();
     let wire = b
         .hub
@@ -328,7 +373,7 @@ pub async fn run(args: SyncArgs, progress: &mut Progress) -> anyhow::Result<Repo
         let restarted = Instant::now();
         b.b.restart().await?;
         b.api_b = b.b.admin().await?;
-        let moved = b.applied(held, head, progress).await?;
+        let moved = b.applied_points(held, head, progress).await?;
         catch_up = Some((
             restarted.elapsed().as_secs_f64(),
             moved.saturating_duration_since(restarted).as_secs_f64(),
