@@ -3,6 +3,8 @@
 //! ```text
 //!  async callers ──job──▶ mpsc ──▶ writer thread: BEGIN; SAVEPOINT/job…; COMMIT ──▶ replies
 //!  async callers ──spawn_blocking──▶ pooled read connection (WAL: readers never block writer)
+//!  writer ──after a commit──▶ checkpointer thread: passive WAL checkpoint, at most every
+//!                             100 ms; asks the writer to restart a fully copied WAL ≥ 16 MiB
 //! ```
 //!
 //! All writes go through one thread that owns the only write connection. It takes every job
@@ -12,12 +14,17 @@
 //! transaction, which is what SQLite needs to be fast (see LIMITS.md), at no cost in latency
 //! when the queue is short.
 //!
+//! Checkpoints (copying the WAL into the database) run on their own thread, off the commit
+//! path: SQLite's automatic checkpoint made the commit that crossed 1,000 pages copy them
+//! all while its callers waited, and copied the same hot pages again almost every commit.
+//!
 //! Durability: WAL with `synchronous = NORMAL` survives `kill -9` of the process (the WAL is
 //! in the OS page cache); `Synchronous::Full` also survives a power cut, at the price of an
 //! fsync per commit.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -120,6 +127,13 @@ impl SqliteStore {
     /// Opens (creating if needed) the database and runs pending migrations.
     pub fn open(config: SqliteConfig) -> Result<Self> {
         let conn = open_connection(&config, config.cache_mib)?;
+        // Checkpoints run on their own thread (see `checkpointer`); the writer checkpoints
+        // only if the WAL outgrows that thread (readers holding old snapshots, say).
+        conn.execute_batch(&format!(
+            "PRAGMA wal_autocheckpoint = {WAL_SAFETY_PAGES}; PRAGMA journal_size_limit = {};",
+            WAL_RESTART_PAGES * 4096
+        ))
+        .map_err(backend("configuring the database"))?;
         migrate(&conn)?;
         // Nothing was sent since the last run ended, and nothing above the head ever was: a
         // lease that ran ahead of the head pins nothing that exists, so it is cut back to it
@@ -127,9 +141,20 @@ impl SqliteStore {
         conn.execute("UPDATE sync_out SET lease = MIN(lease, head)", [])
             .map_err(backend("trimming send leases"))?;
         let (tx, rx) = mpsc::channel::<Job>(1024);
+        let (committed, commits) = std::sync::mpsc::sync_channel::<()>(1);
+        let checkpoints = open_connection(&config, 1)?;
+        let restart_due = Arc::new(AtomicBool::new(false));
+        let due = Arc::clone(&restart_due);
+        std::thread::Builder::new()
+            .name("west-store-checkpointer".into())
+            .spawn(move || checkpointer(checkpoints, commits, &due))
+            .map_err(|e| StoreError::Backend {
+                op: "starting the checkpoint thread",
+                source: Box::new(e),
+            })?;
         std::thread::Builder::new()
             .name("west-store-writer".into())
-            .spawn(move || writer(conn, rx))
+            .spawn(move || writer(conn, rx, committed, &restart_due))
             .map_err(|e| StoreError::Backend {
                 op: "starting the writer thread",
                 source: Box::new(e),
@@ -284,7 +309,59 @@ fn now_micros() -> i64 {
 }
 
 /// The writer thread: group commit of whatever is queued.
-fn writer(conn: Connection, mut rx: mpsc::Receiver<Job>) {
+/// WAL pages beyond which the writer checkpoints itself, the checkpointer having fallen
+/// behind (64 MiB).
+const WAL_SAFETY_PAGES: u32 = 16_384;
+/// WAL pages beyond which the checkpointer, once everything is copied, restarts the WAL
+/// from its beginning (16 MiB): with commits arriving all the time a passive checkpoint is
+/// never quite done when the writer looks, so the WAL would only grow.
+const WAL_RESTART_PAGES: i64 = 4_096;
+/// Least time between two checkpoints of the checkpointer.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Copies committed WAL pages into the database, off the commit path. SQLite's automatic
+/// checkpoint runs inside the commit that crosses its threshold, so the writer (and every
+/// caller waiting for that commit) paid for copying the whole WAL, and with a small WAL the
+/// same hot pages were copied after almost every commit. Here a passive checkpoint (it
+/// never blocks the writer or readers) runs at most every [`CHECKPOINT_EVERY`] after a
+/// commit, on the other core, and a page written by many commits meanwhile is copied once.
+/// Ends when the writer does.
+/// When a pass has copied a WAL of [`WAL_RESTART_PAGES`] or more entirely, it asks the
+/// writer (`restart_due`) to restart the WAL between two transactions: the writer holds the
+/// write lock anyway, and only the pages committed since the pass remain to copy.
+fn checkpointer(
+    conn: Connection,
+    commits: std::sync::mpsc::Receiver<()>,
+    restart_due: &AtomicBool,
+) {
+    while commits.recv().is_ok() {
+        match wal_checkpoint(&conn, "PASSIVE") {
+            Ok((log, copied)) if log >= WAL_RESTART_PAGES && copied == log => {
+                restart_due.store(true, Ordering::Relaxed);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "checkpoint failed; the writer's own checkpoints take over")
+            }
+        }
+        std::thread::sleep(CHECKPOINT_EVERY);
+    }
+    let _ = wal_checkpoint(&conn, "PASSIVE");
+}
+
+/// Runs a checkpoint; returns (pages in the WAL, pages copied into the database).
+fn wal_checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<(i64, i64)> {
+    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+        Ok((r.get(1)?, r.get(2)?))
+    })
+}
+
+fn writer(
+    conn: Connection,
+    mut rx: mpsc::Receiver<Job>,
+    committed: std::sync::mpsc::SyncSender<()>,
+    restart_due: &AtomicBool,
+) {
     let mut batch = Vec::with_capacity(MAX_JOBS_PER_COMMIT);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -329,6 +406,13 @@ fn writer(conn: Connection, mut rx: mpsc::Receiver<Job>) {
         for reply in replies {
             reply(error);
         }
+        if restart_due.swap(false, Ordering::Relaxed)
+            && let Err(e) = wal_checkpoint(&conn, "RESTART")
+        {
+            tracing::warn!(error = %e, "cannot restart the WAL");
+        }
+        // Wakes the checkpointer unless it is already due to run.
+        let _ = committed.try_send(());
     }
 }
 
