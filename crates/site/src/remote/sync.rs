@@ -6,7 +6,7 @@
 //!  ingest (api::data) ── commit ──▶ Registry::appended ── Notify ──┐
 //!                                                                  ▼
 //!  connector task ── SyncEvent::{Up, Down, Message} ──▶ driver task (one per paired connector)
-//!      Sender   (Source: data stream; Target: device stream, empty until issue 6)
+//!      Sender   (Source: points and device changes; Target: device changes)
 //!        Read ─▶ store.outbox_read ─▶ on_read          Lease ─▶ store.outbox_lease ─▶ on_lease
 //!        Acked ─▶ persisted every 500 ms (store.outbox_acked drops delivered partitions)
 //!      Receiver (Target: data stream; Source: device stream)
@@ -31,7 +31,8 @@
 //! only (no store writes), for the Remote-Sync tab's chart. It starts empty when the site
 //! starts, and when a connector's pairing is cancelled.
 //!
-//! Deliberately absent: device-change records (issue 6) and any SQL.
+//! Deliberately absent: any SQL, and any knowledge of what a record holds: points and device
+//! changes are both records, which the store appends and applies (docs/sync.md).
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
