@@ -217,6 +217,16 @@ pub(super) fn local_change(
             )
         }
     };
+    let empty = change.created.is_none()
+        && change.deleted.is_none()
+        && change.state.is_none()
+        && change.permissions.is_none()
+        && change.tags.is_empty()
+        && change.config.is_empty();
+    if empty {
+        // A patch without fields: nothing to tell the peer.
+        return Ok(());
+    }
     let merged = match &before {
         Some(b) => merge(b, &change).map_err(|e| StoreError::Backend {
             op: "merging a device change",
@@ -637,6 +647,13 @@ mod tests {
             Some(&Value::Number(21.5)),
             "configuration travels too"
         );
+        // A patch that changes nothing queues nothing.
+        let head = b.store.outbox_head(&cid()).await.unwrap();
+        b.store
+            .update_device(&cid(), &id("dev1"), DevicePatch::default())
+            .await
+            .unwrap();
+        assert_eq!(b.store.outbox_head(&cid()).await.unwrap(), head);
         // Devices created on either side after pairing reach the other.
         b.at(2_100_000)
             .create_device(&cid(), new_device("dev2", &[("made", "b")]))
