@@ -77,7 +77,11 @@
       throw new Error("signed out");
     }
     const body = await r.json().catch(() => ({}));
-    if (!r.ok) throw new Error(body.message || `${r.status} ${r.statusText}`);
+    if (!r.ok) {
+      const e = new Error(body.message || `${r.status} ${r.statusText}`);
+      e.status = r.status;
+      throw e;
+    }
     return body;
   }
 
@@ -224,7 +228,24 @@
     const host = $("[data-device-src]");
     if (!host || document.hidden) return;
     try {
-      const d = await getJson(host.dataset.deviceSrc);
+      const changed = $("#device-changed");
+      let d;
+      try {
+        d = await getJson(host.dataset.deviceSrc);
+      } catch (e) {
+        if (e.status === 404 && changed) {
+          // Deleted meanwhile (on the peer, or in another window).
+          $("#device-changed-text").textContent = "This device was deleted since the page was shown.";
+          changed.hidden = false;
+        }
+        return;
+      }
+      // Tags, permissions, state or configuration changed since the page was rendered:
+      // the editable parts are server-rendered forms, so say so rather than rewrite them.
+      if (changed && host.dataset.managed) {
+        const now = JSON.stringify([d.tags, d.permissions, d.state, d.config]);
+        changed.hidden = now === host.dataset.managed;
+      }
       for (const [name, p] of Object.entries(d.values || {})) {
         $$(`[data-value-of="${name}"]`).forEach((el) => {
           el.textContent = valueText(p.v, el.dataset.format, el.dataset.unit);

@@ -422,6 +422,22 @@ struct DevicePage {
     /// This site's latest change of the device has not been applied by the peer yet: the
     /// *pending* badge, which `app.js` keeps up to date from the device API.
     pending: bool,
+    /// The managed fields as rendered ([`managed_fields`]): `app.js` compares them with the
+    /// device API's answer and says when the device changed since (on the peer, say).
+    managed: String,
+}
+
+/// Tags, permissions, state and configuration of a device's API JSON, as one string: the
+/// same text for the same fields, in the page and in `app.js` (which builds it from the
+/// device API's answer the same way, `JSON.stringify([tags, permissions, state, config])`).
+pub fn managed_fields(device_json: &Json) -> String {
+    serde_json::json!([
+        device_json["tags"],
+        device_json["permissions"],
+        device_json["state"],
+        device_json["config"]
+    ])
+    .to_string()
 }
 
 /// The device page of a device that exists on the peer's site only (or nowhere).
@@ -530,6 +546,7 @@ pub async fn page(
         range: range_or_default(q.range.as_deref()),
         ranges: range_opts(range_or_default(q.range.as_deref())),
         pending: d.sync_pending,
+        managed: managed_fields(&crate::api::device_json(&d)),
     }))
 }
 

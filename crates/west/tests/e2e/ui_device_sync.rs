@@ -2,7 +2,8 @@
 //! paired sites: a tag set with the device page's tag form on site-a shows on site-b's device
 //! page, a tag chip removed on site-b disappears from site-a's, and while site-b is down an
 //! edit on site-a is marked *pending* (the device page's badge, the Devices tab's mark) until
-//! site-b is back and has applied it; both marks then go away without a reload.
+//! site-b is back and has applied it; both marks then go away without a reload. A device
+//! page left open says when the device changed or was deleted under it.
 //!
 //! Screenshots land in `target/ui-screenshots/4x-*.png` for a person to look at; the test
 //! asserts on the DOM only. Nothing sleeps: every wait polls with a deadline.
@@ -160,5 +161,25 @@ async fn a_tag_edited_on_one_sites_ui_shows_on_the_others() -> anyhow::Result<()
     .await?;
     ensure!(has(&b, &chip("floor", "2")).await?, "floor=2 stays");
     shot(&b, "46-edit-arrived-after-outage").await?;
+
+    // A page left open says when the device changes under it, and when it is deleted.
+    ensure!(!shown(&b, "#device-changed").await?, "nothing changed yet");
+    a.patch_ok(
+        &format!("/api/v1/connectors/{cid}/devices/pump-1"),
+        json!({"state": "locked"}),
+    )
+    .await?;
+    eventually("the open page to notice the change", DEADLINE, || async {
+        Ok(shown(&b, "#device-changed").await?.then_some(()))
+    })
+    .await?;
+    wait_text(&b, "#device-changed", "changed since the page was shown").await?;
+    shot(&b, "47-changed-under-the-page").await?;
+    click(&b, "#device-changed a").await?;
+    wait_text(&b, ".device-head h2", "locked").await?;
+    ensure!(!shown(&b, "#device-changed").await?, "reloaded, up to date");
+    a.delete(&format!("/api/v1/connectors/{cid}/devices/pump-1"))
+        .await?;
+    wait_text(&b, "#device-changed", "was deleted").await?;
     b.close().await
 }
