@@ -8,11 +8,13 @@
 pub mod api;
 pub mod browser;
 pub mod hub;
+pub mod pairing;
 pub mod process;
 pub mod proxy;
 
 pub use api::Api;
 pub use hub::{HubProc, RawClient};
+pub use pairing::pair;
 pub use process::{SiteOpts, SiteProc, WestProc};
 pub use proxy::FaultProxy;
 

@@ -123,24 +123,7 @@ impl Bench {
             })
             .await?;
         }
-        let c = api_a
-            .post_ok("/api/v1/connectors", json!({"name": "bench"}))
-            .await?;
-        let src = c["id"].as_str().context("connector id")?.to_owned();
-        let e = api_a
-            .post_ok(
-                &format!("/api/v1/connectors/{src}/remote-sync/enable"),
-                json!({}),
-            )
-            .await?;
-        let t = api_b
-            .post_ok(
-                "/api/v1/connectors",
-                json!({"name": "bench-copy", "remote_sync_target": {"remote_site": "site-a",
-                       "remote_connector_id": src, "pairing_code": e["pairing_code"]}}),
-            )
-            .await?;
-        let tgt = t["id"].as_str().context("target id")?.to_owned();
+        let (src, tgt) = testkit::pair(&api_a, &api_b, "bench").await?;
         api_a
             .post_ok(
                 &format!("/api/v1/connectors/{src}/resources"),

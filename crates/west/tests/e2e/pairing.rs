@@ -14,16 +14,7 @@ use crate::util;
 
 /// A connector on `site` with its pairing window open: (connector id, code).
 async fn enable(api: &Api) -> anyhow::Result<(String, String)> {
-    let c = api
-        .post_ok("/api/v1/connectors", json!({"name": "plant"}))
-        .await?;
-    let cid = c["id"].as_str().unwrap().to_owned();
-    let e = api
-        .post_ok(
-            &format!("/api/v1/connectors/{cid}/remote-sync/enable"),
-            json!({}),
-        )
-        .await?;
+    let (cid, e) = testkit::pairing::source(api, "plant").await?;
     assert_eq!(e["state"], "pairing");
     assert_eq!(e["site"], "site-a");
     assert_eq!(e["connector_id"], cid.as_str());
@@ -34,19 +25,27 @@ async fn enable(api: &Api) -> anyhow::Result<(String, String)> {
 
 /// Asks `target` to create a Target connector paired with `cid` on site-a.
 async fn pair(target: &Api, cid: &str, code: &str) -> anyhow::Result<(StatusCode, Value)> {
-    target
-        .post(
-            "/api/v1/connectors",
-            json!({"name": "plant-copy", "remote_sync_target":
-                   {"remote_site": "site-a", "remote_connector_id": cid, "pairing_code": code}}),
-        )
-        .await
+    testkit::pairing::request_target(target, "plant-copy", "site-a", cid, code).await
 }
 
 fn refused(answer: (StatusCode, Value), status: StatusCode, code: &str) {
     let (s, body) = answer;
     assert_eq!(s, status, "{body}");
     assert_eq!(body["error"], code, "{body}");
+}
+
+/// Refused because the Source's pairing window is closed, saying what to do about it.
+fn refused_as_closed(answer: (StatusCode, Value)) {
+    let (s, body) = answer;
+    assert_eq!(s, StatusCode::GONE, "{body}");
+    assert_eq!(body["error"], "pairing_expired");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("ENABLE REMOTE-SYNC"),
+        "{body}"
+    );
 }
 
 async fn connector_count(api: &Api) -> anyhow::Result<usize> {
@@ -226,26 +225,12 @@ async fn wrong_codes_are_refused_and_five_close_the_window() -> anyhow::Result<(
         "a refused pairing creates nothing"
     );
     // The window is closed now: even the right code is refused, and says what to do.
-    let (status, body) = pair(&b, &cid, &code).await?;
-    assert_eq!(status, StatusCode::GONE, "{body}");
-    assert_eq!(body["error"], "pairing_expired");
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap()
-            .contains("ENABLE REMOTE-SYNC"),
-        "{body}"
-    );
+    refused_as_closed(pair(&b, &cid, &code).await?);
     assert_eq!(remote_sync(&a, &cid).await?["state"], "disabled");
     assert_eq!(connector_count(&b).await?, 0);
 
     // Enabling again gives a fresh code that works.
-    let e = a
-        .post_ok(
-            &format!("/api/v1/connectors/{cid}/remote-sync/enable"),
-            json!({}),
-        )
-        .await?;
+    let e = testkit::pairing::enable(&a, &cid).await?;
     let fresh = e["pairing_code"].as_str().unwrap();
     assert_ne!(fresh, code);
     let (status, body) = pair(&b, &cid, fresh).await?;
@@ -263,26 +248,11 @@ async fn an_expired_or_cancelled_countdown_refuses_and_says_what_to_do() -> anyh
         Ok((remote_sync(&a, &cid).await?["state"] == "disabled").then_some(()))
     })
     .await?;
-    let (status, body) = pair(&b, &cid, &code).await?;
-    assert_eq!(status, StatusCode::GONE, "{body}");
-    assert_eq!(body["error"], "pairing_expired");
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap()
-            .contains("ENABLE REMOTE-SYNC")
-    );
+    refused_as_closed(pair(&b, &cid, &code).await?);
 
     // Cancelled: same answer, nothing created.
-    let (_, code) = {
-        let e = a
-            .post_ok(
-                &format!("/api/v1/connectors/{cid}/remote-sync/enable"),
-                json!({}),
-            )
-            .await?;
-        (cid.clone(), e["pairing_code"].as_str().unwrap().to_owned())
-    };
+    let e = testkit::pairing::enable(&a, &cid).await?;
+    let code = e["pairing_code"].as_str().unwrap().to_owned();
     let d = a
         .post_ok(
             &format!("/api/v1/connectors/{cid}/remote-sync/disable"),
@@ -421,13 +391,8 @@ pub(crate) async fn vanishing_target(
 #[tokio::test]
 async fn a_pairing_its_target_never_confirmed_can_be_cancelled_then_paired_again()
 -> anyhow::Result<()> {
-    let hub = testkit::HubProc::start(util::bin()).await?;
-    let mut opts = testkit::SiteOpts::new("site-a");
-    opts.extra = hub.site_args(&hub.add_site("site-a").await?);
-    let site_a = SiteProc::start(util::bin(), opts).await?;
-    util::wait_hub_connected(&site_a).await?;
+    let (hub, site_a, credential_b) = util::hub_and_source().await?;
     let a = site_a.admin().await?;
-    let credential_b = hub.add_site("site-b").await?;
 
     // The Source completes its side, but no Target ever shows up.
     let (cid, code) = enable(&a).await?;
@@ -455,17 +420,9 @@ async fn a_pairing_its_target_never_confirmed_can_be_cancelled_then_paired_again
     );
 
     // And pair it again, with a real Target: its first session confirms; then it is final.
-    let mut opts = testkit::SiteOpts::new("site-b");
-    opts.extra = hub.site_args(&credential_b);
-    let site_b = SiteProc::start(util::bin(), opts).await?;
-    util::wait_hub_connected(&site_b).await?;
+    let site_b = util::join(&hub, "site-b", &credential_b).await?;
     let b = site_b.admin().await?;
-    let e = a
-        .post_ok(
-            &format!("/api/v1/connectors/{cid}/remote-sync/enable"),
-            json!({}),
-        )
-        .await?;
+    let e = testkit::pairing::enable(&a, &cid).await?;
     let (s, t) = pair(&b, &cid, e["pairing_code"].as_str().unwrap()).await?;
     assert_eq!(s, StatusCode::CREATED, "{t}");
     eventually(

@@ -68,24 +68,7 @@ impl Paired {
         proxy: Option<FaultProxy>,
     ) -> anyhow::Result<Self> {
         let (api_a, api_b) = (a.admin().await?, b.admin().await?);
-        let c = api_a
-            .post_ok("/api/v1/connectors", json!({"name": "plant"}))
-            .await?;
-        let src = c["id"].as_str().unwrap_or_default().to_owned();
-        let e = api_a
-            .post_ok(
-                &format!("/api/v1/connectors/{src}/remote-sync/enable"),
-                json!({}),
-            )
-            .await?;
-        let t = api_b
-            .post_ok(
-                "/api/v1/connectors",
-                json!({"name": "plant-copy", "remote_sync_target": {"remote_site": "site-a",
-                       "remote_connector_id": src, "pairing_code": e["pairing_code"]}}),
-            )
-            .await?;
-        let tgt = t["id"].as_str().unwrap_or_default().to_owned();
+        let (src, tgt) = testkit::pair(&api_a, &api_b, "plant").await?;
         Ok(Self {
             hub,
             a,

@@ -15,7 +15,7 @@ use anyhow::{Context, ensure};
 use fantoccini::Locator;
 use serde_json::{Value, json};
 use testkit::browser::Browser;
-use testkit::{SiteProc, eventually};
+use testkit::eventually;
 
 use crate::ui::{click, shot, sign_in, wait_text};
 use crate::util;
@@ -183,25 +183,11 @@ async fn the_remote_sync_tab_charts_the_last_hour_of_rates_after_points_flowed()
 #[tokio::test]
 async fn a_pairing_its_target_never_confirmed_is_cancelled_in_the_ui_and_paired_again()
 -> anyhow::Result<()> {
-    let hub = testkit::HubProc::start(util::bin()).await?;
-    let mut opts = testkit::SiteOpts::new("site-a");
-    opts.extra = hub.site_args(&hub.add_site("site-a").await?);
-    let site_a = SiteProc::start(util::bin(), opts).await?;
-    util::wait_hub_connected(&site_a).await?;
+    let (hub, site_a, credential_b) = util::hub_and_source().await?;
     let a = site_a.admin().await?;
-    let credential_b = hub.add_site("site-b").await?;
 
     // The Source completes its side of a pairing whose Target vanishes.
-    let c = a
-        .post_ok("/api/v1/connectors", json!({"name": "plant"}))
-        .await?;
-    let cid = c["id"].as_str().context("id")?.to_owned();
-    let e = a
-        .post_ok(
-            &format!("/api/v1/connectors/{cid}/remote-sync/enable"),
-            json!({}),
-        )
-        .await?;
+    let (cid, e) = testkit::pairing::source(&a, "plant").await?;
     let code = e["pairing_code"].as_str().context("code")?.to_owned();
     crate::pairing::vanishing_target(&hub, "site-b", &credential_b, &cid, &code).await?;
 
@@ -263,19 +249,8 @@ async fn a_pairing_its_target_never_confirmed_is_cancelled_in_the_ui_and_paired_
     click(&b, "#enable-remote-sync").await?;
     click(&b, "#confirm-ok").await?;
     let code = b.wait_for("#pairing-code").await?.text().await?;
-    let mut opts = testkit::SiteOpts::new("site-b");
-    opts.extra = hub.site_args(&credential_b);
-    let site_b = SiteProc::start(util::bin(), opts).await?;
-    util::wait_hub_connected(&site_b).await?;
-    site_b
-        .admin()
-        .await?
-        .post_ok(
-            "/api/v1/connectors",
-            json!({"name": "plant-copy", "remote_sync_target":
-                {"remote_site": "site-a", "remote_connector_id": cid, "pairing_code": code}}),
-        )
-        .await?;
+    let site_b = util::join(&hub, "site-b", &credential_b).await?;
+    testkit::pairing::target(&site_b.admin().await?, "plant-copy", "site-a", &cid, &code).await?;
     wait_text(&b, "#pairing-final", "cannot be undone").await?;
     ensure!(
         !has(&b, "#cancel-unconfirmed-pairing").await?,

@@ -33,6 +33,29 @@ pub async fn hub_and_sites(
     Ok((hub, sites))
 }
 
+/// A hub with `site-a` joined and connected, and `site-b` registered but not started, so
+/// that something else can take site-b's place first: the hub, site-a, site-b's credential.
+pub async fn hub_and_source() -> anyhow::Result<(testkit::HubProc, SiteProc, String)> {
+    let hub = testkit::HubProc::start(bin()).await?;
+    let credential_a = hub.add_site("site-a").await?;
+    let site_a = join(&hub, "site-a", &credential_a).await?;
+    let credential_b = hub.add_site("site-b").await?;
+    Ok((hub, site_a, credential_b))
+}
+
+/// Starts site `name` joined to `hub` with its `credential`, and waits for its hub link.
+pub async fn join(
+    hub: &testkit::HubProc,
+    name: &str,
+    credential: &str,
+) -> anyhow::Result<SiteProc> {
+    let mut opts = SiteOpts::new(name);
+    opts.extra = hub.site_args(credential);
+    let site = SiteProc::start(bin(), opts).await?;
+    wait_hub_connected(&site).await?;
+    Ok(site)
+}
+
 /// Waits until a site's `/health` says its hub link is up.
 pub async fn wait_hub_connected(site: &SiteProc) -> anyhow::Result<()> {
     let api = testkit::Api::new(&site.url);
@@ -48,25 +71,7 @@ pub async fn wait_hub_connected(site: &SiteProc) -> anyhow::Result<()> {
 pub async fn paired_sites() -> anyhow::Result<(testkit::HubProc, Vec<SiteProc>, String, String)> {
     let (hub, sites) = hub_and_sites(&[("site-a", &[]), ("site-b", &[])]).await?;
     let (a, b) = (sites[0].admin().await?, sites[1].admin().await?);
-    let c = a
-        .post_ok("/api/v1/connectors", serde_json::json!({"name": "plant"}))
-        .await?;
-    let cid = c["id"].as_str().unwrap_or_default().to_owned();
-    let e = a
-        .post_ok(
-            &format!("/api/v1/connectors/{cid}/remote-sync/enable"),
-            serde_json::json!({}),
-        )
-        .await?;
-    let code = e["pairing_code"].as_str().unwrap_or_default();
-    let t = b
-        .post_ok(
-            "/api/v1/connectors",
-            serde_json::json!({"name": "plant-copy", "remote_sync_target":
-                {"remote_site": "site-a", "remote_connector_id": cid, "pairing_code": code}}),
-        )
-        .await?;
-    let tid = t["id"].as_str().unwrap_or_default().to_owned();
+    let (cid, tid) = testkit::pair(&a, &b, "plant").await?;
     session_up(&a, &cid).await?;
     session_up(&b, &tid).await?;
     Ok((hub, sites, cid, tid))
