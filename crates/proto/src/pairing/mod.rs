@@ -670,12 +670,43 @@ mod tests {
         }
     }
 
+    impl Fixture {
+        /// The Target's Start toward this Source, with the code as typed.
+        fn start(&self, typed: &PairingCode, rng: &mut TestRng) -> (PairingInitiator, Vec<u8>) {
+            PairingInitiator::start(
+                self.target.clone(),
+                self.target_key.clone(),
+                self.source.clone(),
+                typed,
+                rng,
+            )
+        }
+
+        /// This Source's answer, in `w` at `now`, to `start` (or to whatever came instead).
+        fn accept(
+            &self,
+            w: &mut PairingWindow,
+            now: u64,
+            start: &[u8],
+            rng: &mut TestRng,
+        ) -> Result<(PairingResponder, Vec<u8>), PairingFailure> {
+            PairingResponder::accept(w, now, &self.source, &self.source_key, start, rng)
+        }
+    }
+
     fn window(seed: u64) -> PairingWindow {
         PairingWindow::open(
             PairingCode::generate(&mut TestRng::new(seed)),
             NOW,
             DEFAULT_WINDOW_US,
         )
+    }
+
+    /// The connectors of `fixture(seed)`, the Source's open `window(seed + 1)` and its code.
+    fn setup(seed: u64) -> (Fixture, PairingWindow, PairingCode) {
+        let w = window(seed + 1);
+        let code = w.code().clone();
+        (fixture(seed), w, code)
     }
 
     /// How each side's attempt ended; `None` while it still waits for a message.
@@ -698,13 +729,7 @@ mod tests {
         relay: &mut dyn FnMut(usize, Vec<u8>) -> Option<Vec<u8>>,
     ) -> Outcome {
         let mut rng = TestRng::new(seed);
-        let (mut initiator, start) = PairingInitiator::start(
-            fx.target.clone(),
-            fx.target_key.clone(),
-            fx.source.clone(),
-            typed,
-            &mut rng,
-        );
+        let (mut initiator, start) = fx.start(typed, &mut rng);
         let mut out = Outcome::default();
         let mut responder: Option<PairingResponder> = None;
         let (mut to_source, mut to_target) = (Some(start), None);
@@ -718,23 +743,14 @@ mod tests {
             let Some(bytes) = relay(i, bytes) else { break };
             if for_source {
                 let result = match responder.take() {
-                    None if out.source.is_none() => {
-                        match PairingResponder::accept(
-                            w,
-                            now,
-                            &fx.source,
-                            &fx.source_key,
-                            &bytes,
-                            &mut rng,
-                        ) {
-                            Ok((r, challenge)) => {
-                                responder = Some(r);
-                                to_target = Some(challenge);
-                                continue;
-                            }
-                            Err(f) => Err(f),
+                    None if out.source.is_none() => match fx.accept(w, now, &bytes, &mut rng) {
+                        Ok((r, challenge)) => {
+                            responder = Some(r);
+                            to_target = Some(challenge);
+                            continue;
                         }
-                    }
+                        Err(f) => Err(f),
+                    },
                     None => continue,
                     Some(r) => r.on_message(w, now, &bytes),
                 };
@@ -787,11 +803,37 @@ mod tests {
         matches!(r, Some(Ok(_)))
     }
 
+    /// What tampering with message `k` may lead to: no wrong pairing, no paired Target, and a
+    /// paired Source only when `k` is the Confirm, which the Source sends once paired.
+    fn assert_tampering_fails(fx: &Fixture, out: &Outcome, k: usize, context: &str) {
+        assert_no_wrong_pairing(fx, out, context);
+        assert!(!paired(&out.target), "{context}");
+        if k < 3 {
+            assert!(!paired(&out.source), "{context}");
+        }
+    }
+
+    /// Runs the attempt of `window(window_seed)` and `seed` with message `k` tampered with.
+    fn run_tampered(
+        fx: &Fixture,
+        window_seed: u64,
+        seed: u64,
+        k: usize,
+        tamper: impl Fn(&mut Vec<u8>),
+    ) -> Outcome {
+        let mut w = window(window_seed);
+        let code = w.code().clone();
+        run(fx, &mut w, &code, NOW, seed, &mut |i, mut b| {
+            if i == k {
+                tamper(&mut b);
+            }
+            Some(b)
+        })
+    }
+
     #[test]
     fn right_code_pairs_and_pins_both_keys() {
-        let fx = fixture(1);
-        let mut w = window(2);
-        let code = w.code().clone();
+        let (fx, mut w, code) = setup(1);
         let out = run(&fx, &mut w, &code, NOW, 3, &mut honest);
         let t = out.target.expect("target finished").expect("paired");
         let s = out.source.expect("source finished").expect("paired");
@@ -806,8 +848,7 @@ mod tests {
 
     #[test]
     fn typed_code_with_dashes_and_lower_case_pairs() {
-        let fx = fixture(1);
-        let mut w = window(2);
+        let (fx, mut w, _) = setup(1);
         let typed = PairingCode::parse(&w.code().to_string().to_lowercase()).expect("valid");
         let out = run(&fx, &mut w, &typed, NOW, 3, &mut honest);
         assert!(paired(&out.target) && paired(&out.source), "{out:?}");
@@ -815,8 +856,7 @@ mod tests {
 
     #[test]
     fn wrong_code_fails_on_both_sides_and_counts_one_attempt() {
-        let fx = fixture(1);
-        let mut w = window(2);
+        let (fx, mut w, _) = setup(1);
         let wrong = PairingCode::generate(&mut TestRng::new(99));
         assert_ne!(&wrong, w.code());
         let out = run(&fx, &mut w, &wrong, NOW, 3, &mut honest);
@@ -862,9 +902,7 @@ mod tests {
 
     #[test]
     fn expired_window_refuses() {
-        let fx = fixture(1);
-        let mut w = window(2);
-        let code = w.code().clone();
+        let (fx, mut w, code) = setup(1);
         let later = NOW + DEFAULT_WINDOW_US;
         let out = run(&fx, &mut w, &code, later, 3, &mut honest);
         let expired = PairingError::Closed(WindowClosed::Expired);
@@ -884,20 +922,10 @@ mod tests {
 
     #[test]
     fn an_attempt_that_outlives_the_countdown_fails() {
-        let fx = fixture(1);
-        let mut w = window(2);
-        let code = w.code().clone();
+        let (fx, mut w, code) = setup(1);
         let mut rng = TestRng::new(3);
-        let (mut init, start) = PairingInitiator::start(
-            fx.target.clone(),
-            fx.target_key.clone(),
-            fx.source.clone(),
-            &code,
-            &mut rng,
-        );
-        let (resp, challenge) =
-            PairingResponder::accept(&mut w, NOW, &fx.source, &fx.source_key, &start, &mut rng)
-                .expect("accepted");
+        let (mut init, start) = fx.start(&code, &mut rng);
+        let (resp, challenge) = fx.accept(&mut w, NOW, &start, &mut rng).expect("accepted");
         let InitiatorStep::Send(response) = init.on_message(&challenge).expect("right code") else {
             panic!("expected a Response");
         };
@@ -913,9 +941,7 @@ mod tests {
 
     #[test]
     fn a_paired_source_refuses_further_attempts() {
-        let fx = fixture(1);
-        let mut w = window(2);
-        let code = w.code().clone();
+        let (fx, mut w, code) = setup(1);
         let first = run(&fx, &mut w, &code, NOW, 3, &mut honest);
         assert!(paired(&first.source));
         let again = run(&fx, &mut w, &code, NOW, 4, &mut honest);
@@ -931,13 +957,7 @@ mod tests {
         let real_source = fx.source.clone();
         fx.source = addr("site-a", "otherconnector");
         let mut rng = TestRng::new(3);
-        let (_, start) = PairingInitiator::start(
-            fx.target.clone(),
-            fx.target_key.clone(),
-            fx.source.clone(),
-            &code,
-            &mut rng,
-        );
+        let (_, start) = fx.start(&code, &mut rng);
         let f =
             PairingResponder::accept(&mut w, NOW, &real_source, &fx.source_key, &start, &mut rng)
                 .expect_err("addressed elsewhere");
@@ -950,17 +970,9 @@ mod tests {
 
     #[test]
     fn the_machines_refuse_out_of_order_and_finished_use() {
-        let fx = fixture(1);
-        let mut w = window(2);
-        let code = w.code().clone();
+        let (fx, mut w, code) = setup(1);
         let mut rng = TestRng::new(3);
-        let (mut init, start) = PairingInitiator::start(
-            fx.target.clone(),
-            fx.target_key.clone(),
-            fx.source.clone(),
-            &code,
-            &mut rng,
-        );
+        let (mut init, start) = fx.start(&code, &mut rng);
         // A Start echoed back to the Target.
         let f = init.on_message(&start).expect_err("not a Challenge");
         assert_eq!(
@@ -975,25 +987,11 @@ mod tests {
             PairingError::Finished
         );
         // A Challenge sent to a Source as if it were a Start.
-        let (mut init, start) = PairingInitiator::start(
-            fx.target.clone(),
-            fx.target_key.clone(),
-            fx.source.clone(),
-            &code,
-            &mut rng,
-        );
-        let (resp, challenge) =
-            PairingResponder::accept(&mut w, NOW, &fx.source, &fx.source_key, &start, &mut rng)
-                .expect("accepted");
-        let f = PairingResponder::accept(
-            &mut w,
-            NOW,
-            &fx.source,
-            &fx.source_key,
-            &challenge,
-            &mut rng,
-        )
-        .expect_err("not a Start");
+        let (mut init, start) = fx.start(&code, &mut rng);
+        let (resp, challenge) = fx.accept(&mut w, NOW, &start, &mut rng).expect("accepted");
+        let f = fx
+            .accept(&mut w, NOW, &challenge, &mut rng)
+            .expect_err("not a Start");
         assert!(matches!(f.error, PairingError::Unexpected { .. }));
         // The Source's own Challenge looped back to it.
         let f = resp
@@ -1014,13 +1012,7 @@ mod tests {
         let fx = fixture(1);
         let code = window(2).code().clone();
         let mut rng = TestRng::new(3);
-        let (init, _) = PairingInitiator::start(
-            fx.target.clone(),
-            fx.target_key.clone(),
-            fx.source.clone(),
-            &code,
-            &mut rng,
-        );
+        let (init, _) = fx.start(&code, &mut rng);
         let shown = format!("{init:?}");
         let seed = format!("{:?}", &init.noise_seed[..4]);
         let seed = seed.trim_start_matches('[').trim_end_matches(']');
@@ -1031,9 +1023,7 @@ mod tests {
 
     #[test]
     fn message_sizes_are_small() {
-        let fx = fixture(1);
-        let mut w = window(2);
-        let code = w.code().clone();
+        let (fx, mut w, code) = setup(1);
         let out = run(&fx, &mut w, &code, NOW, 3, &mut honest);
         let sizes: Vec<usize> = out.sent.iter().map(Vec::len).collect();
         // Start carries both addresses (6-char site names here) and SPAKE2 A (33);
@@ -1050,19 +1040,9 @@ mod tests {
         for (k, msg) in honest_run.sent.iter().enumerate() {
             for pos in 0..msg.len() {
                 for mask in [0x01u8, 0x80, 0xff] {
-                    let mut w = window(8);
-                    let out = run(&fx, &mut w, &code, NOW, 9, &mut |i, mut b| {
-                        if i == k {
-                            b[pos] ^= mask;
-                        }
-                        Some(b)
-                    });
+                    let out = run_tampered(&fx, 8, 9, k, |b| b[pos] ^= mask);
                     let context = format!("message {k} byte {pos} mask {mask:#x}: {out:?}");
-                    assert_no_wrong_pairing(&fx, &out, &context);
-                    assert!(!paired(&out.target), "{context}");
-                    if k < 3 {
-                        assert!(!paired(&out.source), "{context}");
-                    }
+                    assert_tampering_fails(&fx, &out, k, &context);
                 }
             }
         }
@@ -1071,25 +1051,14 @@ mod tests {
     #[test]
     fn a_relay_that_truncates_or_extends_messages_never_causes_a_wrong_pairing() {
         let fx = fixture(7);
-        let code = window(8).code().clone();
         for k in 0..4 {
             for cut in [0usize, 1, 2, 20, 40] {
-                let mut w = window(8);
-                let out = run(&fx, &mut w, &code, NOW, 9, &mut |i, mut b| {
-                    if i == k {
-                        b.truncate(b.len().saturating_sub(cut + 1));
-                    }
-                    Some(b)
+                let out = run_tampered(&fx, 8, 9, k, |b| {
+                    b.truncate(b.len().saturating_sub(cut + 1))
                 });
                 assert_no_wrong_pairing(&fx, &out, &format!("cut {k}/{cut}"));
                 assert!(!paired(&out.target));
-                let mut w = window(8);
-                let out = run(&fx, &mut w, &code, NOW, 9, &mut |i, mut b| {
-                    if i == k {
-                        b.extend_from_slice(&[0; 3]);
-                    }
-                    Some(b)
-                });
+                let out = run_tampered(&fx, 8, 9, k, |b| b.extend_from_slice(&[0; 3]));
                 assert_no_wrong_pairing(&fx, &out, &format!("extend {k}"));
                 assert!(!paired(&out.target));
             }
@@ -1108,6 +1077,34 @@ mod tests {
         msg.encode()
     }
 
+    /// Runs the attempt of `w` and `seed` with message `k` replaced by `substitute`, as it is
+    /// or (`rewrite`) with its attempt id rewritten to the current attempt's.
+    fn run_substituted(
+        fx: &Fixture,
+        w: &mut PairingWindow,
+        seed: u64,
+        k: usize,
+        substitute: &[u8],
+        rewrite: bool,
+    ) -> Outcome {
+        let code = w.code().clone();
+        let mut current_attempt = None;
+        run(fx, w, &code, NOW, seed, &mut |i, b| {
+            if i == 0 {
+                current_attempt = PairingMessage::decode(&b).ok().map(|m| m.attempt());
+            }
+            if i != k {
+                return Some(b);
+            }
+            let attempt = current_attempt.expect("seen the Start");
+            Some(if rewrite {
+                with_attempt(substitute, attempt)
+            } else {
+                substitute.to_vec()
+            })
+        })
+    }
+
     /// Replays messages of an earlier attempt (same connectors, same code, same window)
     /// into a later one, as they are and with the attempt id rewritten to fit.
     #[test]
@@ -1121,28 +1118,9 @@ mod tests {
                 let old = run(&fx, &mut w, &code, NOW, 13, &mut |i, b| {
                     (i < 3).then_some(b)
                 });
-                let old_msg = old.sent[k].clone();
-                let mut current_attempt = None;
-                let out = run(&fx, &mut w, &code, NOW, 14, &mut |i, b| {
-                    if i == 0 {
-                        current_attempt = PairingMessage::decode(&b).ok().map(|m| m.attempt());
-                    }
-                    if i != k {
-                        return Some(b);
-                    }
-                    let attempt = current_attempt.expect("seen the Start");
-                    Some(if rewrite {
-                        with_attempt(&old_msg, attempt)
-                    } else {
-                        old_msg.clone()
-                    })
-                });
+                let out = run_substituted(&fx, &mut w, 14, k, &old.sent[k], rewrite);
                 let context = format!("replay of message {k}, rewrite {rewrite}: {out:?}");
-                assert_no_wrong_pairing(&fx, &out, &context);
-                assert!(!paired(&out.target), "{context}");
-                if k < 3 {
-                    assert!(!paired(&out.source), "{context}");
-                }
+                assert_tampering_fails(&fx, &out, k, &context);
             }
         }
     }
@@ -1160,30 +1138,10 @@ mod tests {
         assert!(paired(&other_run.target));
         for k in 0..4 {
             for rewrite in [false, true] {
-                let mut w = window(25);
-                let code = w.code().clone();
-                let mut current_attempt = None;
-                let out = run(&fx, &mut w, &code, NOW, 26, &mut |i, b| {
-                    if i == 0 {
-                        current_attempt = PairingMessage::decode(&b).ok().map(|m| m.attempt());
-                    }
-                    if i != k {
-                        return Some(b);
-                    }
-                    let attempt = current_attempt.expect("seen the Start");
-                    let spliced = &other_run.sent[k];
-                    Some(if rewrite {
-                        with_attempt(spliced, attempt)
-                    } else {
-                        spliced.clone()
-                    })
-                });
+                let spliced = &other_run.sent[k];
+                let out = run_substituted(&fx, &mut window(25), 26, k, spliced, rewrite);
                 let context = format!("splice of message {k}, rewrite {rewrite}: {out:?}");
-                assert_no_wrong_pairing(&fx, &out, &context);
-                assert!(!paired(&out.target), "{context}");
-                if k < 3 {
-                    assert!(!paired(&out.source), "{context}");
-                }
+                assert_tampering_fails(&fx, &out, k, &context);
             }
         }
     }
@@ -1192,30 +1150,20 @@ mod tests {
     /// Source) with a guess learns only "wrong", and each try costs a Source attempt.
     #[test]
     fn a_relay_posing_as_either_side_with_a_guess_gets_nowhere() {
-        let fx = fixture(31);
-        let mut w = window(32);
-        let code = w.code().clone();
+        let (fx, mut w, code) = setup(31);
         let mallory_key = StaticKeypair::generate(&mut TestRng::new(33));
         let guess = PairingCode::generate(&mut TestRng::new(34));
         // Posing as the Source, in its own window with the guessed code.
         let mut fake_window = PairingWindow::open(guess.clone(), NOW, DEFAULT_WINDOW_US);
         let mut rng = TestRng::new(35);
-        let (mut init, start) = PairingInitiator::start(
-            fx.target.clone(),
-            fx.target_key.clone(),
-            fx.source.clone(),
-            &code,
-            &mut rng,
-        );
-        let (_, challenge) = PairingResponder::accept(
-            &mut fake_window,
-            NOW,
-            &fx.source,
-            &mallory_key,
-            &start,
-            &mut rng,
-        )
-        .expect("the fake source answers");
+        let (mut init, start) = fx.start(&code, &mut rng);
+        let fake_source = Fixture {
+            source_key: mallory_key.clone(),
+            ..fixture(31)
+        };
+        let (_, challenge) = fake_source
+            .accept(&mut fake_window, NOW, &start, &mut rng)
+            .expect("the fake source answers");
         let f = init.on_message(&challenge).expect_err("wrong guess");
         assert_eq!(f.error, PairingError::WrongCode);
         // Posing as the Target with the guess against the real Source.
@@ -1233,9 +1181,7 @@ mod tests {
 
     #[test]
     fn a_forged_abort_only_ends_the_attempt() {
-        let fx = fixture(41);
-        let mut w = window(42);
-        let code = w.code().clone();
+        let (fx, mut w, code) = setup(41);
         let out = run(&fx, &mut w, &code, NOW, 43, &mut |i, b| {
             if i == 1 {
                 let attempt = PairingMessage::decode(&b).ok()?.attempt();
@@ -1252,9 +1198,7 @@ mod tests {
 
     #[test]
     fn a_dropped_confirm_leaves_the_source_paired_and_the_target_waiting() {
-        let fx = fixture(51);
-        let mut w = window(52);
-        let code = w.code().clone();
+        let (fx, mut w, code) = setup(51);
         let out = run(&fx, &mut w, &code, NOW, 53, &mut |i, b| {
             (i < 3).then_some(b)
         });
