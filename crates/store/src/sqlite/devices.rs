@@ -24,7 +24,7 @@ use proto::model::{ConnectorId, DeviceState, Identity, Permission, ResourceName,
 use proto::sync::{DeviceEdit, DeviceRecord, Hlc, Stamp, merge};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{backend, get_device, resource_rows, sync, value_to_sql};
+use super::{backend, get_device, identity_col, resource_rows, select_rows, sync, value_to_sql};
 use crate::{Result, StoreError};
 
 /// `resource` of an outbox row that holds a device change (resource ids start at 1).
@@ -278,21 +278,16 @@ pub(super) fn resend(
 
 /// Every device identity of a connector that has rows or a record.
 pub(super) fn all_identities(conn: &Connection, cid: &ConnectorId) -> Result<Vec<Identity>> {
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT identity FROM devices WHERE connector = ?1
-             UNION SELECT identity FROM device_records WHERE connector = ?1
-             ORDER BY 1",
-        )
-        .map_err(backend("listing devices"))?;
-    let rows = stmt
-        .query_map([cid.as_str()], |r| r.get::<_, String>(0))
-        .map_err(backend("listing devices"))?
-        .collect::<rusqlite::Result<Vec<_>>>()
-        .map_err(backend("listing devices"))?;
-    rows.into_iter()
-        .map(|s| super::parse_col(s, |s| Identity::parse(s).ok(), "reading an identity"))
-        .collect()
+    let rows = select_rows(
+        conn,
+        "SELECT identity FROM devices WHERE connector = ?1
+         UNION SELECT identity FROM device_records WHERE connector = ?1
+         ORDER BY 1",
+        [cid.as_str()],
+        |r| r.get::<_, String>(0),
+        "listing devices",
+    )?;
+    rows.into_iter().map(identity_col).collect()
 }
 
 /// Applies a device change received from the peer: merge, observe its stamps, project.
@@ -390,14 +385,13 @@ pub(super) fn adopt_config(
     name: &ResourceName,
     now: i64,
 ) -> Result<()> {
-    let mut stmt = conn
-        .prepare_cached("SELECT record FROM device_records WHERE connector = ?1")
-        .map_err(backend("reading device records"))?;
-    let records = stmt
-        .query_map([cid.as_str()], |r| r.get::<_, String>(0))
-        .map_err(backend("reading device records"))?
-        .collect::<rusqlite::Result<Vec<_>>>()
-        .map_err(backend("reading device records"))?;
+    let records = select_rows(
+        conn,
+        "SELECT record FROM device_records WHERE connector = ?1",
+        [cid.as_str()],
+        |r| r.get::<_, String>(0),
+        "reading device records",
+    )?;
     for text in records {
         let record = decode(&text)?;
         if record.view().is_some_and(|v| v.config.contains_key(name)) {

@@ -2,7 +2,8 @@
 
 use proto::model::{ConnectorId, Identity, ResourceName};
 
-use crate::ConnectorKeys;
+use super::SqliteStore;
+use crate::{ConnectorKeys, NewConnector, Store};
 
 pub fn cid() -> ConnectorId {
     ConnectorId::parse("09iolmnn8090ol").unwrap()
@@ -22,4 +23,17 @@ pub fn keys() -> ConnectorKeys {
         static_public: [2; 32],
         peer_static_public: [3; 32],
     }
+}
+
+/// Creates the connector [`cid`] ("plant") that the tests' resources and devices belong to.
+pub async fn create_plant(store: &SqliteStore) {
+    store
+        .create_connector(NewConnector {
+            id: cid(),
+            name: "plant".into(),
+            description: String::new(),
+            created_at: 1,
+        })
+        .await
+        .unwrap();
 }

@@ -456,6 +456,53 @@ fn parse_col<T>(s: String, parse: impl FnOnce(&str) -> Option<T>, what: &'static
     })
 }
 
+/// A stored device identity.
+fn identity_col(s: String) -> Result<Identity> {
+    parse_col(s, |s| Identity::parse(s).ok(), "reading an identity")
+}
+
+/// A stored resource name; `what` names the read in the error.
+fn resource_col(s: String, what: &'static str) -> Result<ResourceName> {
+    parse_col(s, |s| ResourceName::parse(s).ok(), what)
+}
+
+/// Every row of `stmt` run with `params`, mapped by `map`; `op` names the query in errors.
+fn collect_rows<T, P: rusqlite::Params>(
+    stmt: &mut rusqlite::Statement<'_>,
+    params: P,
+    map: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    op: &'static str,
+) -> Result<Vec<T>> {
+    stmt.query_map(params, map)
+        .map_err(backend(op))?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(backend(op))
+}
+
+/// Like [`collect_rows`], on the cached statement of `sql`.
+fn select_rows<T, P: rusqlite::Params>(
+    conn: &Connection,
+    sql: &str,
+    params: P,
+    map: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    op: &'static str,
+) -> Result<Vec<T>> {
+    let mut stmt = conn.prepare_cached(sql).map_err(backend(op))?;
+    collect_rows(&mut stmt, params, map, op)
+}
+
+/// An insert's error: `exists` where it broke a uniqueness constraint, else a backend
+/// error of `op`.
+fn unique_or(exists: StoreError, op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |e| {
+        if is_unique_violation(&e) {
+            exists
+        } else {
+            backend(op)(e)
+        }
+    }
+}
+
 fn connector_exists(conn: &Connection, cid: &ConnectorId) -> Result<()> {
     let found = conn
         .prepare_cached("SELECT 1 FROM connectors WHERE id = ?1")
@@ -481,13 +528,11 @@ fn resource_rows(
     conn: &Connection,
     cid: &ConnectorId,
 ) -> Result<HashMap<ResourceName, ResourceRow>> {
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT id, name, format, settable, remote_sync FROM resources WHERE connector = ?1",
-        )
-        .map_err(backend("listing resources"))?;
-    let rows = stmt
-        .query_map([cid.as_str()], |r| {
+    let rows = select_rows(
+        conn,
+        "SELECT id, name, format, settable, remote_sync FROM resources WHERE connector = ?1",
+        [cid.as_str()],
+        |r| {
             Ok((
                 r.get::<_, i64>(0)?,
                 r.get::<_, String>(1)?,
@@ -495,17 +540,12 @@ fn resource_rows(
                 r.get::<_, bool>(3)?,
                 r.get::<_, bool>(4)?,
             ))
-        })
-        .map_err(backend("listing resources"))?;
+        },
+        "listing resources",
+    )?;
     let mut out = HashMap::new();
-    for row in rows {
-        let (id, name, format, settable, remote_sync) =
-            row.map_err(backend("listing resources"))?;
-        let name = parse_col(
-            name,
-            |s| ResourceName::parse(s).ok(),
-            "reading a resource name",
-        )?;
+    for (id, name, format, settable, remote_sync) in rows {
+        let name = resource_col(name, "reading a resource name")?;
         let format = parse_col(
             format,
             |s| Format::parse(s).ok(),
@@ -714,7 +754,7 @@ fn load_device(
         }
     }
     Ok(Device {
-        identity: parse_col(identity, |s| Identity::parse(s).ok(), "reading an identity")?,
+        identity: identity_col(identity)?,
         tags: serde_json::from_str(&tags).map_err(|e| StoreError::Backend {
             op: "reading tags",
             source: Box::new(e),
@@ -877,13 +917,10 @@ impl Store for SqliteStore {
                 "INSERT INTO users (username, password_hash, created_at) VALUES (?1, ?2, ?3)",
                 params![username, hash, now_micros()],
             )
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    StoreError::UserExists(username.clone())
-                } else {
-                    backend("creating a user")(e)
-                }
-            })?;
+            .map_err(unique_or(
+                StoreError::UserExists(username.clone()),
+                "creating a user",
+            ))?;
             Ok(())
         })
         .await
@@ -1236,13 +1273,10 @@ impl Store for SqliteStore {
                     new.created_at
                 ],
             )
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    StoreError::ResourceExists(new.name.clone())
-                } else {
-                    backend("creating a resource")(e)
-                }
-            })?;
+            .map_err(unique_or(
+                StoreError::ResourceExists(new.name.clone()),
+                "creating a resource",
+            ))?;
             // Points replicated before the resource existed are applied now.
             sync::adopt_pending(conn, &cid, &new.name, new.created_at)?;
             // So is configuration the peer set for it.
@@ -1258,24 +1292,16 @@ impl Store for SqliteStore {
         let cid = cid.clone();
         self.read(move |conn| {
             connector_exists(conn, &cid)?;
-            let mut stmt = conn
-                .prepare_cached("SELECT name FROM resources WHERE connector = ?1 ORDER BY name")
-                .map_err(backend("listing resources"))?;
-            let names = stmt
-                .query_map([cid.as_str()], |r| r.get::<_, String>(0))
-                .map_err(backend("listing resources"))?
-                .collect::<rusqlite::Result<Vec<_>>>()
-                .map_err(backend("listing resources"))?;
+            let names = select_rows(
+                conn,
+                "SELECT name FROM resources WHERE connector = ?1 ORDER BY name",
+                [cid.as_str()],
+                |r| r.get::<_, String>(0),
+                "listing resources",
+            )?;
             names
                 .into_iter()
-                .map(|n| {
-                    let name = parse_col(
-                        n,
-                        |s| ResourceName::parse(s).ok(),
-                        "reading a resource name",
-                    )?;
-                    get_resource(conn, &cid, &name)
-                })
+                .map(|n| get_resource(conn, &cid, &resource_col(n, "reading a resource name")?))
                 .collect()
         })
         .await
@@ -1326,13 +1352,10 @@ impl Store for SqliteStore {
                     new.created_at
                 ],
             )
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    StoreError::DeviceExists(new.identity.clone())
-                } else {
-                    backend("creating a device")(e)
-                }
-            })?;
+            .map_err(unique_or(
+                StoreError::DeviceExists(new.identity.clone()),
+                "creating a device",
+            ))?;
             let fields = proto::sync::DeviceEdit {
                 state: Some(new.state),
                 permissions: Some(new.permissions.clone()),
@@ -1375,11 +1398,12 @@ impl Store for SqliteStore {
             sql.push_str(&format!(" ORDER BY identity LIMIT {}", query.limit));
             let resources = resources_by_id(conn, &cid)?;
             let mut stmt = conn.prepare(&sql).map_err(backend("listing devices"))?;
-            let rows = stmt
-                .query_map(rusqlite::params_from_iter(args.iter()), device_row)
-                .map_err(backend("listing devices"))?
-                .collect::<rusqlite::Result<Vec<_>>>()
-                .map_err(backend("listing devices"))?;
+            let rows = collect_rows(
+                &mut stmt,
+                rusqlite::params_from_iter(args.iter()),
+                device_row,
+                "listing devices",
+            )?;
             rows.into_iter()
                 .map(|row| load_device(conn, &resources, row))
                 .collect()
@@ -1514,7 +1538,7 @@ impl Store for SqliteStore {
             row.map(|(c, i)| {
                 Ok((
                     parse_col(c, |s| ConnectorId::parse(s).ok(), "reading a connector id")?,
-                    parse_col(i, |s| Identity::parse(s).ok(), "reading an identity")?,
+                    identity_col(i)?,
                 ))
             })
             .transpose()
@@ -1675,6 +1699,7 @@ impl Store for SqliteStore {
 
 #[cfg(test)]
 mod tests {
+    use super::fixtures::create_plant;
     use super::*;
     use serde_json::json;
 
@@ -1685,15 +1710,7 @@ mod tests {
     async fn fixture() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(SqliteConfig::new(dir.path().join("site.db"))).unwrap();
-        store
-            .create_connector(NewConnector {
-                id: cid(),
-                name: "plant".into(),
-                description: String::new(),
-                created_at: 1,
-            })
-            .await
-            .unwrap();
+        create_plant(&store).await;
         for (name, format, settable) in [
             ("temp", Format::Number, false),
             ("mode", Format::String, true),

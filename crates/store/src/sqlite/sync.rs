@@ -38,7 +38,10 @@ use proto::sync::{DeviceRecord, LostSpan, Record, ResourceLoss};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::devices::{self, DEVICE_CHANGE};
-use super::{backend, parse_col, resource_rows, value_from_sql, value_to_sql};
+use super::{
+    backend, collect_rows, identity_col, parse_col, resource_col, resource_rows, select_rows,
+    value_from_sql, value_to_sql,
+};
 use crate::{
     ExpiryReport, GapReason, GapRow, Inbound, OutboxChunk, Result, Retention, StoreError,
     SyncDurable,
@@ -315,18 +318,19 @@ fn partitions(conn: &Connection, cid: &ConnectorId) -> Result<Vec<Part>> {
              WHERE connector = ?1 ORDER BY part",
         )
         .map_err(backend("listing outbox partitions"))?;
-    let rows = stmt
-        .query_map([cid.as_str()], |r| {
+    collect_rows(
+        &mut stmt,
+        [cid.as_str()],
+        |r| {
             Ok(Part {
                 part: r.get(0)?,
                 first: to_u64(r.get(1)?),
                 last: to_u64(r.get(2)?),
                 bytes: to_u64(r.get(3)?),
             })
-        })
-        .map_err(backend("listing outbox partitions"))?;
-    rows.collect::<rusqlite::Result<Vec<_>>>()
-        .map_err(backend("listing outbox partitions"))
+        },
+        "listing outbox partitions",
+    )
 }
 
 fn drop_partition(conn: &Connection, cid: &ConnectorId, part: i64) -> Result<()> {
@@ -465,7 +469,7 @@ pub(super) fn read(
                 r.get_ref(4).map_err(backend("reading the outbox"))?,
             );
             out.push(Record::Point(proto::sync::Point {
-                device: parse_col(device, |s| Identity::parse(s).ok(), "reading an identity")?,
+                device: identity_col(device)?,
                 resource: name.clone(),
                 t,
                 value,
@@ -583,6 +587,17 @@ pub(super) fn expire(
     Ok(report)
 }
 
+/// A row of (resource, points, devices, first t, last t): a span of points per resource.
+fn span_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, i64, i64, i64, i64)> {
+    Ok((
+        r.get::<_, String>(0)?,
+        r.get::<_, i64>(1)?,
+        r.get::<_, i64>(2)?,
+        r.get::<_, i64>(3)?,
+        r.get::<_, i64>(4)?,
+    ))
+}
+
 /// The exact summary of the records of a run of partitions about to be dropped, and the
 /// devices whose changes are among them.
 fn summarize(
@@ -601,23 +616,11 @@ fn summarize(
          GROUP BY r.name ORDER BY r.name"
     );
     let mut stmt = conn.prepare(&sql).map_err(backend("summarizing a loss"))?;
-    let rows = stmt
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, i64>(4)?,
-            ))
-        })
-        .map_err(backend("summarizing a loss"))?;
+    let rows = collect_rows(&mut stmt, [], span_row, "summarizing a loss")?;
     let mut resources = Vec::new();
-    for row in rows {
-        let (name, points, devices, from_us, until_us) =
-            row.map_err(backend("summarizing a loss"))?;
+    for (name, points, devices, from_us, until_us) in rows {
         resources.push(ResourceLoss {
-            resource: parse_col(name, |s| ResourceName::parse(s).ok(), "reading a resource")?,
+            resource: resource_col(name, "reading a resource")?,
             points: to_u64(points),
             devices: to_u64(devices),
             from_us,
@@ -630,15 +633,16 @@ fn summarize(
              GROUP BY o.device"
         ))
         .map_err(backend("summarizing a loss"))?;
-    let changes = stmt
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-        .map_err(backend("summarizing a loss"))?
-        .collect::<rusqlite::Result<Vec<_>>>()
-        .map_err(backend("summarizing a loss"))?;
+    let changes = collect_rows(
+        &mut stmt,
+        [],
+        |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
+        "summarizing a loss",
+    )?;
     let device_changes = changes.iter().map(|(_, n)| to_u64(*n)).sum();
     let changed = changes
         .into_iter()
-        .map(|(d, _)| parse_col(d, |s| Identity::parse(s).ok(), "reading an identity"))
+        .map(|(d, _)| identity_col(d))
         .collect::<Result<Vec<_>>>()?;
     Ok((
         LostSpan {
@@ -652,25 +656,14 @@ fn summarize(
 }
 
 fn expire_pending(conn: &Connection, cid: &ConnectorId, cutoff: i64, now: i64) -> Result<u64> {
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT resource, COUNT(*), COUNT(DISTINCT device), MIN(t), MAX(t) FROM sync_pending
-             WHERE connector = ?1 AND received_at <= ?2 GROUP BY resource",
-        )
-        .map_err(backend("expiring pending points"))?;
-    let rows = stmt
-        .query_map(params![cid.as_str(), cutoff], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, i64>(4)?,
-            ))
-        })
-        .map_err(backend("expiring pending points"))?
-        .collect::<rusqlite::Result<Vec<_>>>()
-        .map_err(backend("expiring pending points"))?;
+    let rows = select_rows(
+        conn,
+        "SELECT resource, COUNT(*), COUNT(DISTINCT device), MIN(t), MAX(t) FROM sync_pending
+         WHERE connector = ?1 AND received_at <= ?2 GROUP BY resource",
+        params![cid.as_str(), cutoff],
+        span_row,
+        "expiring pending points",
+    )?;
     let mut total = 0;
     for (resource, points, devices, from, until) in rows {
         total += to_u64(points);
@@ -678,11 +671,7 @@ fn expire_pending(conn: &Connection, cid: &ConnectorId, cutoff: i64, now: i64) -
             conn,
             cid,
             &GapRow {
-                resource: parse_col(
-                    resource,
-                    |s| ResourceName::parse(s).ok(),
-                    "reading a resource",
-                )?,
+                resource: resource_col(resource, "reading a resource")?,
                 devices: to_u64(devices),
                 points: to_u64(points),
                 from_us: from,
@@ -731,15 +720,13 @@ fn insert_gap(conn: &Connection, cid: &ConnectorId, g: &GapRow) -> Result<()> {
 }
 
 pub(super) fn gaps(conn: &Connection, cid: &ConnectorId) -> Result<Vec<GapRow>> {
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT resource, devices, points, from_us, until_us, detected_at, first_seq,
-                 last_seq, reason
-             FROM sync_gaps WHERE connector = ?1 ORDER BY id",
-        )
-        .map_err(backend("listing gaps"))?;
-    let rows = stmt
-        .query_map([cid.as_str()], |r| {
+    let rows = select_rows(
+        conn,
+        "SELECT resource, devices, points, from_us, until_us, detected_at, first_seq,
+             last_seq, reason
+         FROM sync_gaps WHERE connector = ?1 ORDER BY id",
+        [cid.as_str()],
+        |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, i64>(1)?,
@@ -751,19 +738,14 @@ pub(super) fn gaps(conn: &Connection, cid: &ConnectorId) -> Result<Vec<GapRow>> 
                 r.get::<_, Option<i64>>(7)?,
                 r.get::<_, String>(8)?,
             ))
-        })
-        .map_err(backend("listing gaps"))?
-        .collect::<rusqlite::Result<Vec<_>>>()
-        .map_err(backend("listing gaps"))?;
+        },
+        "listing gaps",
+    )?;
     rows.into_iter()
         .map(
             |(res, devices, points, from, until, at, first, last, reason)| {
                 Ok(GapRow {
-                    resource: parse_col(
-                        res,
-                        |s| ResourceName::parse(s).ok(),
-                        "reading a resource",
-                    )?,
+                    resource: resource_col(res, "reading a resource")?,
                     devices: to_u64(devices),
                     points: to_u64(points),
                     from_us: from,
@@ -1100,11 +1082,7 @@ pub(super) fn adopt_pending(
             format,
             row.get_ref(3).map_err(backend("reading pending points"))?,
         );
-        kept.push((
-            parse_col(device, |s| Identity::parse(s).ok(), "reading an identity")?,
-            t,
-            v,
-        ));
+        kept.push((identity_col(device)?, t, v));
     }
     drop(rows);
     let n = kept.len() as u64;
@@ -1156,15 +1134,7 @@ mod tests {
         cfg.clock = Clock::new(move || clock.load(Ordering::SeqCst));
         cfg.sync_partition_us = PART;
         let store = SqliteStore::open(cfg).unwrap();
-        store
-            .create_connector(NewConnector {
-                id: cid(),
-                name: "plant".into(),
-                description: String::new(),
-                created_at: 1,
-            })
-            .await
-            .unwrap();
+        create_plant(&store).await;
         for (n, sync) in [("temp", true), ("mode", false)] {
             store
                 .create_resource(
