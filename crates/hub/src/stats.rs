@@ -52,13 +52,83 @@ impl SiteCounters {
     }
 }
 
-/// A per-site metric: name, type, help and the counter it reads.
-type Series = (
-    &'static str,
-    &'static str,
-    &'static str,
-    fn(&SiteCounters) -> &AtomicU64,
-);
+/// A per-site counter as it is shown: its key in `/health`'s JSON (`None`: not shown
+/// there), its Prometheus name and help, and where it is kept.
+struct Counter {
+    key: Option<&'static str>,
+    metric: &'static str,
+    help: &'static str,
+    read: fn(&SiteCounters) -> &AtomicU64,
+}
+
+/// Every per-site counter, in the order both `/metrics` and `/health` show them.
+const COUNTERS: [Counter; 10] = [
+    Counter {
+        key: Some("frames_in"),
+        metric: "west_hub_frames_received_total",
+        help: "Frames received from the site.",
+        read: |c| &c.frames_in,
+    },
+    Counter {
+        key: Some("bytes_in"),
+        metric: "west_hub_bytes_received_total",
+        help: "Bytes of frames received from the site.",
+        read: |c| &c.bytes_in,
+    },
+    Counter {
+        key: Some("frames_out"),
+        metric: "west_hub_frames_sent_total",
+        help: "Frames written to the site.",
+        read: |c| &c.frames_out,
+    },
+    Counter {
+        key: Some("bytes_out"),
+        metric: "west_hub_bytes_sent_total",
+        help: "Bytes of frames written to the site.",
+        read: |c| &c.bytes_out,
+    },
+    Counter {
+        key: Some("connects"),
+        metric: "west_hub_connects_total",
+        help: "Accepted connections of the site.",
+        read: |c| &c.connects,
+    },
+    Counter {
+        key: Some("disconnects"),
+        metric: "west_hub_disconnects_total",
+        help: "Ended connections of the site.",
+        read: |c| &c.disconnects,
+    },
+    Counter {
+        key: Some("peer_offline"),
+        metric: "west_hub_peer_offline_total",
+        help: "Frames from the site answered with peer offline.",
+        read: |c| &c.peer_offline,
+    },
+    Counter {
+        key: Some("unknown_site"),
+        metric: "west_hub_unknown_site_total",
+        help: "Frames from the site addressed to a site the hub does not know.",
+        read: |c| &c.unknown_site,
+    },
+    Counter {
+        key: Some("not_paired"),
+        metric: "west_hub_not_paired_total",
+        help: "Frames from the site refused because the connectors are not paired.",
+        read: |c| &c.not_paired,
+    },
+    Counter {
+        key: None,
+        metric: "west_hub_stalled_total",
+        help: "Frames for the site dropped because it did not take them in time.",
+        read: |c| &c.stalled,
+    },
+];
+
+/// Writes the `# HELP` and `# TYPE` lines of a metric family.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
 
 /// Every counter of the hub.
 #[derive(Debug, Default)]
@@ -96,81 +166,22 @@ impl Stats {
     pub fn prometheus(&self, attached: &[PeerHandle], claimed_pairings: usize) -> String {
         let mut out = String::new();
         let sites = self.snapshot();
-        let series: [Series; 10] = [
-            (
-                "west_hub_frames_received_total",
-                "counter",
-                "Frames received from the site.",
-                |c| &c.frames_in,
-            ),
-            (
-                "west_hub_bytes_received_total",
-                "counter",
-                "Bytes of frames received from the site.",
-                |c| &c.bytes_in,
-            ),
-            (
-                "west_hub_frames_sent_total",
-                "counter",
-                "Frames written to the site.",
-                |c| &c.frames_out,
-            ),
-            (
-                "west_hub_bytes_sent_total",
-                "counter",
-                "Bytes of frames written to the site.",
-                |c| &c.bytes_out,
-            ),
-            (
-                "west_hub_connects_total",
-                "counter",
-                "Accepted connections of the site.",
-                |c| &c.connects,
-            ),
-            (
-                "west_hub_disconnects_total",
-                "counter",
-                "Ended connections of the site.",
-                |c| &c.disconnects,
-            ),
-            (
-                "west_hub_peer_offline_total",
-                "counter",
-                "Frames from the site answered with peer offline.",
-                |c| &c.peer_offline,
-            ),
-            (
-                "west_hub_unknown_site_total",
-                "counter",
-                "Frames from the site addressed to a site the hub does not know.",
-                |c| &c.unknown_site,
-            ),
-            (
-                "west_hub_not_paired_total",
-                "counter",
-                "Frames from the site refused because the connectors are not paired.",
-                |c| &c.not_paired,
-            ),
-            (
-                "west_hub_stalled_total",
-                "counter",
-                "Frames for the site dropped because it did not take them in time.",
-                |c| &c.stalled,
-            ),
-        ];
-        for (name, kind, help, field) in series {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for counter in &COUNTERS {
+            let name = counter.metric;
+            family(&mut out, name, "counter", counter.help);
             for (site, c) in &sites {
                 let _ = writeln!(
                     out,
                     "{name}{{site=\"{site}\"}} {}",
-                    SiteCounters::get(field(c))
+                    SiteCounters::get((counter.read)(c))
                 );
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP west_hub_site_connected Whether the site has a live link.\n# TYPE west_hub_site_connected gauge"
+        family(
+            &mut out,
+            "west_hub_site_connected",
+            "gauge",
+            "Whether the site has a live link.",
         );
         for (site, _) in &sites {
             let up = attached.iter().any(|p| &*p.site == site.as_str());
@@ -180,18 +191,18 @@ impl Stats {
                 u8::from(up)
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP west_hub_sites_connected Sites with a live link.\n# TYPE west_hub_sites_connected gauge\nwest_hub_sites_connected {}",
-            attached.len()
-        );
-        let _ = writeln!(
-            out,
-            "# HELP west_hub_claimed_pairings Pairings claimed by sites (each pairing counts once per side).\n# TYPE west_hub_claimed_pairings gauge\nwest_hub_claimed_pairings {claimed_pairings}"
-        );
-        let _ = writeln!(
-            out,
-            "# HELP west_hub_refused_total Connections refused, by reason.\n# TYPE west_hub_refused_total counter"
+        let name = "west_hub_sites_connected";
+        family(&mut out, name, "gauge", "Sites with a live link.");
+        let _ = writeln!(out, "{name} {}", attached.len());
+        let name = "west_hub_claimed_pairings";
+        let help = "Pairings claimed by sites (each pairing counts once per side).";
+        family(&mut out, name, "gauge", help);
+        let _ = writeln!(out, "{name} {claimed_pairings}");
+        family(
+            &mut out,
+            "west_hub_refused_total",
+            "counter",
+            "Connections refused, by reason.",
         );
         for (code, n) in self.refusals() {
             let _ = writeln!(out, "west_hub_refused_total{{code=\"{code}\"}} {n}");
@@ -207,23 +218,19 @@ impl Stats {
             .map(|s| {
                 let peer = attached.iter().find(|p| *p.site == *s.name);
                 let c = counters.get(&s.name);
-                let n =
-                    |f: fn(&SiteCounters) -> &AtomicU64| c.map_or(0, |c| SiteCounters::get(f(c)));
-                json!({
+                let mut site = json!({
                     "name": s.name,
                     "active": s.active,
                     "connected": peer.is_some(),
                     "remote": peer.map(|p| p.remote.to_string()),
-                    "frames_in": n(|c| &c.frames_in),
-                    "bytes_in": n(|c| &c.bytes_in),
-                    "frames_out": n(|c| &c.frames_out),
-                    "bytes_out": n(|c| &c.bytes_out),
-                    "connects": n(|c| &c.connects),
-                    "disconnects": n(|c| &c.disconnects),
-                    "peer_offline": n(|c| &c.peer_offline),
-                    "unknown_site": n(|c| &c.unknown_site),
-                    "not_paired": n(|c| &c.not_paired),
-                })
+                });
+                for counter in &COUNTERS {
+                    if let Some(key) = counter.key {
+                        let n = c.map_or(0, |c| SiteCounters::get((counter.read)(c)));
+                        site[key] = json!(n);
+                    }
+                }
+                site
             })
             .collect();
         serde_json::Value::Array(list)
