@@ -154,6 +154,13 @@ pub trait Store: Send + Sync + 'static {
         patch: DevicePatch,
     ) -> Result<Device>;
     async fn delete_device(&self, cid: &ConnectorId, identity: &Identity) -> Result<()>;
+    /// Replaces a device's token (the old one stops working in the same commit).
+    async fn set_device_token(
+        &self,
+        cid: &ConnectorId,
+        identity: &Identity,
+        token: TokenHash,
+    ) -> Result<()>;
     /// The device a device token belongs to.
     async fn device_by_token(&self, token: TokenHash) -> Result<Option<(ConnectorId, Identity)>>;
 

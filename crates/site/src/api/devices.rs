@@ -198,6 +198,31 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `POST …/devices/{identity}/token`: a new token for the device, shown once; the old one
+/// stops working. Also how a device that reached this site by Remote-Sync (without a token
+/// here) gets one.
+pub async fn rotate_token(
+    State(state): State<AppState>,
+    _: User,
+    Path((cid, id)): Path<(String, String)>,
+) -> Result<Json<Json_>, ApiError> {
+    let id = identity(&id)?;
+    let token = new_device_token(&state, &connector_id(&cid)?, &id).await?;
+    Ok(Json(json!({ "identity": id, "token": token })))
+}
+
+/// Issues a device a new token (returned once, stored hashed); shared with the UI.
+pub async fn new_device_token(
+    state: &AppState,
+    cid: &ConnectorId,
+    id: &Identity,
+) -> Result<String, ApiError> {
+    let (token, hash) = auth::new_token();
+    state.store.set_device_token(cid, id, hash).await?;
+    tracing::info!(connector = %cid, device = %id, "issued a new device token");
+    Ok(token)
+}
+
 /// Deletes a device with its data, on both sides of a pairing; shared with the UI.
 pub async fn delete_device(
     state: &AppState,

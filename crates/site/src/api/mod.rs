@@ -77,6 +77,10 @@ pub fn routes(state: AppState) -> Router {
                 .delete(devices::delete),
         )
         .route(
+            "/connectors/{cid}/devices/{identity}/token",
+            post(devices::rotate_token),
+        )
+        .route(
             "/connectors/{cid}/devices/{identity}/data",
             post(data::ingest_device),
         )

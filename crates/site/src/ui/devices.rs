@@ -277,6 +277,8 @@ struct CreatedPage {
     tab: &'static str,
     identity: String,
     token: String,
+    /// A new token for an existing device (the old one stopped working), not a new device.
+    rotated: bool,
 }
 
 fn new_crumbs(c: &store::Connector) -> Vec<Crumb> {
@@ -333,6 +335,7 @@ pub async fn create(
                 tab: "devices",
                 identity: device.identity.to_string(),
                 token,
+                rotated: false,
             }))
         }
         Err(e) => {
@@ -548,6 +551,38 @@ pub async fn page(
         pending: d.sync_pending,
         managed: managed_fields(&crate::api::device_json(&d)),
     }))
+}
+
+/// `POST /connectors/{cid}/devices/{id}/token`: a new token for the device, shown on this
+/// response only; the old one stops working.
+pub async fn new_token(
+    ctx: Ctx,
+    State(state): State<AppState>,
+    Path((cid, id)): Path<(String, String)>,
+) -> UiResult {
+    let (c, d, back) = device_for_edit(&ctx, &state, &cid, &id).await?;
+    Ok(
+        match crate::api::devices::new_device_token(&state, &c.id, &d.identity).await {
+            Ok(token) => {
+                let mut crumbs = connector_crumbs(&c);
+                crumbs.push(Crumb::link(
+                    "Devices",
+                    format!("/connectors/{}/devices", c.id),
+                ));
+                crumbs.push(Crumb::link(d.identity.to_string(), back));
+                crumbs.push(Crumb::here("New token"));
+                ctx.page(&CreatedPage {
+                    frame: ctx.frame(format!("{} · {} · New token", c.name, d.identity), crumbs),
+                    c: ConnView::new(&state, &c),
+                    tab: "devices",
+                    identity: d.identity.to_string(),
+                    token,
+                    rotated: true,
+                })
+            }
+            Err(e) => flash_error_redirect(&back, &e.to_string()),
+        },
+    )
 }
 
 /// Loads what an edit of a device needs, and where to come back to.

@@ -109,6 +109,10 @@ pub fn routes(state: AppState) -> Router {
             post(devices::delete),
         )
         .route(
+            "/connectors/{cid}/devices/{id}/token",
+            post(devices::new_token),
+        )
+        .route(
             "/connectors/{cid}/devices/{id}/resources/{name}",
             get(devices::data_view),
         )

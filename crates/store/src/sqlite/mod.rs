@@ -1524,6 +1524,29 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn set_device_token(
+        &self,
+        cid: &ConnectorId,
+        identity: &Identity,
+        token: TokenHash,
+    ) -> Result<()> {
+        let (cid, identity) = (cid.clone(), identity.clone());
+        self.write(move |conn| {
+            connector_exists(conn, &cid)?;
+            let n = conn
+                .execute(
+                    "UPDATE devices SET token_hash = ?3 WHERE connector = ?1 AND identity = ?2",
+                    params![cid.as_str(), identity.as_str(), &token[..]],
+                )
+                .map_err(backend("replacing a device token"))?;
+            if n == 0 {
+                return Err(StoreError::DeviceNotFound(identity));
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn device_by_token(&self, token: TokenHash) -> Result<Option<(ConnectorId, Identity)>> {
         self.read(move |conn| {
             let row = conn

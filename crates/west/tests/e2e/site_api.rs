@@ -551,3 +551,51 @@ async fn metrics_count_ingested_points() -> anyhow::Result<()> {
     assert!(text.contains("west_ingest_seconds"), "{text}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_new_device_token_replaces_the_old_one_at_once() -> anyhow::Result<()> {
+    let site = util::site("site-a").await?;
+    let api = site.admin().await?;
+    let (cid, old) = plant(&api).await?;
+    let data = format!("/api/v1/connectors/{cid}/devices/dev-1/data");
+    let write = |token: String, t: i64| {
+        let (api, data) = (api.with_token(&token), data.clone());
+        async move {
+            api.post(&data, json!({"t": t, "values": {"temp": 1.5}}))
+                .await
+        }
+    };
+    assert_eq!(write(old.clone(), 1).await?.0, StatusCode::OK);
+
+    let answer = api
+        .post_ok(
+            &format!("/api/v1/connectors/{cid}/devices/dev-1/token"),
+            json!({}),
+        )
+        .await?;
+    assert_eq!(answer["identity"], "dev-1");
+    let new = answer["token"].as_str().unwrap().to_owned();
+    assert_ne!(new, old);
+    refused(
+        write(old, 2).await?,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
+    assert_eq!(write(new, 3).await?.0, StatusCode::OK);
+    assert_eq!(
+        series(&api, &cid, "dev-1", "temp").await?.len(),
+        2,
+        "the refused write stored nothing"
+    );
+
+    refused(
+        api.post(
+            &format!("/api/v1/connectors/{cid}/devices/ghost/token"),
+            json!({}),
+        )
+        .await?,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    Ok(())
+}

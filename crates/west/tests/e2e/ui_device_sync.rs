@@ -162,6 +162,17 @@ async fn a_tag_edited_on_one_sites_ui_shows_on_the_others() -> anyhow::Result<()
     ensure!(has(&b, &chip("floor", "2")).await?, "floor=2 stays");
     shot(&b, "46-edit-arrived-after-outage").await?;
 
+    // The device came to site-b by Remote-Sync, without a token there: the operator issues
+    // one, shown once.
+    click(&b, "#new-token").await?;
+    wait_text(&b, "#confirm-text", "current token stops working").await?;
+    click(&b, "#confirm-ok").await?;
+    wait_text(&b, "#device-created h2", "New token for pump-1").await?;
+    let token = wait_text(&b, "#device-token", "").await?;
+    ensure!(token.trim().len() >= 40, "a token is shown: {token:?}");
+    shot(&b, "48-new-token").await?;
+    b.goto(&page_b).await?;
+
     // A page left open says when the device changes under it, and when it is deleted.
     ensure!(!shown(&b, "#device-changed").await?, "nothing changed yet");
     a.patch_ok(
