@@ -443,7 +443,7 @@ mod tests {
     use std::sync::atomic::{AtomicI64, Ordering};
 
     use proto::model::{Access, DeviceState, Format, Permission, Tags, Value};
-    use proto::sync::{Apply, Record};
+    use proto::sync::{Apply, DeviceEdit, DeviceRecord, Hlc, Record, Stamp};
     use serde_json::json;
 
     use super::super::fixtures::*;
@@ -802,6 +802,48 @@ mod tests {
         let da = a.device("dev1").await.expect("re-created on the Source");
         assert_eq!(da.tags, [("new".to_string(), "life".to_string())].into());
         assert_eq!(managed(&da), managed(&b.device("dev1").await.unwrap()));
+    }
+
+    #[tokio::test]
+    async fn a_device_change_this_site_cannot_accept_is_skipped_and_the_stream_goes_on() {
+        let (a, b) = pair().await;
+        deliver(&a, &b).await;
+        let applied = b.store.sync_state(&cid()).await.unwrap().applied;
+        // A tag key the domain refuses (a peer of another version, say), then a good edit.
+        let stamp = Stamp::new(Hlc::new(9_000_000, 0), "site-a");
+        let bad = DeviceRecord::edit(
+            id("dev1"),
+            stamp.clone(),
+            DeviceEdit {
+                tags: [("bad key!".to_string(), Some("x".to_string()))].into(),
+                ..Default::default()
+            },
+        );
+        let good = DeviceRecord::edit(
+            id("dev1"),
+            stamp,
+            DeviceEdit {
+                tags: [("floor".to_string(), Some("7".to_string()))].into(),
+                ..Default::default()
+            },
+        );
+        let item = Inbound::Records(Apply {
+            first_seq: applied + 1,
+            last_seq: applied + 2,
+            records: vec![Record::Device(bad), Record::Device(good)],
+        });
+        let cursor = b
+            .store
+            .sync_apply(&cid(), vec![item], 9_000_000)
+            .await
+            .unwrap();
+        assert_eq!(cursor, applied + 2, "the stream moves past it");
+        let d = b.device("dev1").await.unwrap();
+        assert_eq!(d.tags.get("floor").map(String::as_str), Some("7"));
+        assert!(
+            !d.tags.contains_key("bad key!"),
+            "nothing of the refused change"
+        );
     }
 
     #[tokio::test]
