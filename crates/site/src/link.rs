@@ -468,6 +468,16 @@ impl Link {
             });
     }
 
+    /// Withdraws every pairing of `connector` from those declared (a cancelled pairing).
+    pub fn remove_pairing(&self, connector: &str) {
+        let Some(shared) = &self.shared else { return };
+        shared.claims.send_if_modified(|current| {
+            let before = current.len();
+            current.retain(|p| p.connector != connector);
+            current.len() != before
+        });
+    }
+
     /// The pairings this site declares to the hub.
     pub fn pairings(&self) -> Vec<(String, Address)> {
         self.shared.as_ref().map_or_else(Vec::new, |s| {

@@ -96,14 +96,7 @@ pub async fn disable(state: &AppState, cid: &ConnectorId) -> Result<Connector, A
         // without a connector. The operator may cancel, and pair again.
         state.remote.stop(cid);
         let c = state.store.cancel_unconfirmed_pairing(cid).await?;
-        state.link.set_pairings(
-            state
-                .link
-                .pairings()
-                .into_iter()
-                .filter(|(connector, _)| connector != cid.as_str())
-                .collect(),
-        );
+        state.link.remove_pairing(cid.as_str());
         tracing::warn!(connector = %cid, "cancelled a pairing its Target never confirmed");
         return Ok(c);
     }

@@ -217,21 +217,12 @@ pub(super) fn local_change(
             )
         }
     };
-    let empty = change.created.is_none()
-        && change.deleted.is_none()
-        && change.state.is_none()
-        && change.permissions.is_none()
-        && change.tags.is_empty()
-        && change.config.is_empty();
-    if empty {
+    if change == DeviceRecord::empty(identity.clone()) {
         // A patch without fields: nothing to tell the peer.
         return Ok(());
     }
     let merged = match &before {
-        Some(b) => merge(b, &change).map_err(|e| StoreError::Backend {
-            op: "merging a device change",
-            source: Box::new(e),
-        })?,
+        Some(b) => merged(b, &change)?,
         None => change.clone(),
     };
     let seq = sync::append_device(conn, cid, ctx.now, ctx.partition_us, &change)?;
@@ -261,6 +252,8 @@ pub(super) fn resend(
     partition_us: i64,
     repair: bool,
 ) -> Result<u64> {
+    // One appender for all of them: pairing queues a whole registry this way.
+    let mut out = sync::appender(conn, cid, now, partition_us)?;
     let mut n = 0;
     for identity in identities {
         let Some(rec) = record(conn, cid, identity)? else {
@@ -269,9 +262,15 @@ pub(super) fn resend(
         if repair {
             project(conn, cid, &rec, now)?;
         }
-        let seq = sync::append_device(conn, cid, now, partition_us, &rec)?;
+        let seq = out
+            .as_mut()
+            .map(|o| o.push_device(conn, &rec))
+            .transpose()?;
         save(conn, cid, &rec, seq)?;
         n += 1;
+    }
+    if let Some(out) = out {
+        out.finish(conn)?;
     }
     Ok(n)
 }
@@ -290,20 +289,24 @@ pub(super) fn all_identities(conn: &Connection, cid: &ConnectorId) -> Result<Vec
     rows.into_iter().map(identity_col).collect()
 }
 
+/// The merge of two records of one device (their identities are the store's to match).
+fn merged(a: &DeviceRecord, b: &DeviceRecord) -> Result<DeviceRecord> {
+    merge(a, b).map_err(|e| StoreError::Backend {
+        op: "merging a device change",
+        source: Box::new(e),
+    })
+}
+
 /// Applies a device change received from the peer: merge, observe its stamps, project.
-/// Returns whether the device is live afterwards.
 pub(super) fn apply_remote(
     conn: &Connection,
     cid: &ConnectorId,
     remote: &DeviceRecord,
     now: i64,
-) -> Result<bool> {
+) -> Result<()> {
     let before = record(conn, cid, &remote.identity)?
         .unwrap_or_else(|| DeviceRecord::empty(remote.identity.clone()));
-    let merged = merge(&before, remote).map_err(|e| StoreError::Backend {
-        op: "merging a device change",
-        source: Box::new(e),
-    })?;
+    let merged = merged(&before, remote)?;
     if let Some(s) = remote.max_stamp() {
         let mut hlc = clock(conn)?;
         hlc.observe(s.hlc, u64::try_from(now).unwrap_or(0));
@@ -313,8 +316,8 @@ pub(super) fn apply_remote(
     project(conn, cid, &merged, now)
 }
 
-/// Makes the rows of a device its record's view; returns whether the device is live.
-fn project(conn: &Connection, cid: &ConnectorId, record: &DeviceRecord, now: i64) -> Result<bool> {
+/// Makes the rows of a device its record's view (a device it creates was added `now`).
+fn project(conn: &Connection, cid: &ConnectorId, record: &DeviceRecord, now: i64) -> Result<()> {
     let id: Option<i64> = conn
         .prepare_cached("SELECT id FROM devices WHERE connector = ?1 AND identity = ?2")
         .and_then(|mut s| {
@@ -326,7 +329,7 @@ fn project(conn: &Connection, cid: &ConnectorId, record: &DeviceRecord, now: i64
         if let Some(id) = id {
             delete_rows(conn, id)?;
         }
-        return Ok(false);
+        return Ok(());
     };
     let tags = serde_json::to_string(&view.tags).map_err(json_err("writing tags"))?;
     let permissions =
@@ -374,7 +377,7 @@ fn project(conn: &Connection, cid: &ConnectorId, record: &DeviceRecord, now: i64
             .and_then(|mut s| s.execute(params![id, r.id, value_to_sql(&value)]))
             .map_err(backend("updating configuration"))?;
     }
-    Ok(true)
+    Ok(())
 }
 
 /// Shows the configuration for resource `name`, just created, that device records hold

@@ -163,47 +163,49 @@ pub(super) fn append_device(
     let Some(mut out) = appender(conn, cid, now, partition_us)? else {
         return Ok(None);
     };
-    out.push_device(conn, record)?;
-    out.finish(conn)
+    let seq = out.push_device(conn, record)?;
+    out.finish(conn)?;
+    Ok(Some(seq))
 }
 
 impl Appender {
-    fn table(&mut self, conn: &Connection) -> Result<String> {
-        match &self.table {
-            Some(t) => Ok(t.clone()),
+    /// Inserts one outbox row under the next seq; returns the seq.
+    fn append(
+        &mut self,
+        conn: &Connection,
+        device: &Identity,
+        (resource, t): (i64, i64),
+        v: &dyn rusqlite::ToSql,
+        bytes: u64,
+    ) -> Result<u64> {
+        let table = match &self.table {
+            Some(t) => t.clone(),
             None => {
                 let t = self.open_partition(conn)?;
                 self.table = Some(t.clone());
-                Ok(t)
+                t
             }
-        }
+        };
+        let seq = self.head + 1;
+        conn.prepare_cached(&format!(
+            "INSERT INTO {table} (seq, device, resource, t, v) VALUES (?1, ?2, ?3, ?4, ?5)"
+        ))
+        .and_then(|mut s| s.execute(params![to_i64(seq), device.as_str(), resource, t, v]))
+        .map_err(backend("appending to the outbox"))?;
+        self.head = seq;
+        self.appended += 1;
+        self.bytes += 24 + device.as_str().len() as u64 + bytes;
+        Ok(seq)
     }
 
-    /// Queues one device change under the next seq.
-    pub(super) fn push_device(&mut self, conn: &Connection, record: &DeviceRecord) -> Result<()> {
-        let table = self.table(conn)?;
-        let seq = self.head + 1;
+    /// Queues one device change under the next seq; returns the seq.
+    pub(super) fn push_device(&mut self, conn: &Connection, record: &DeviceRecord) -> Result<u64> {
         let text = devices::encode(record)?;
         let wall = record
             .max_stamp()
             .map_or(0, |s| i64::try_from(s.hlc.wall_us).unwrap_or(i64::MAX));
-        conn.prepare_cached(&format!(
-            "INSERT INTO {table} (seq, device, resource, t, v) VALUES (?1, ?2, ?3, ?4, ?5)"
-        ))
-        .and_then(|mut s| {
-            s.execute(params![
-                to_i64(seq),
-                record.identity.as_str(),
-                DEVICE_CHANGE,
-                wall,
-                text
-            ])
-        })
-        .map_err(backend("appending a device change to the outbox"))?;
-        self.head = seq;
-        self.appended += 1;
-        self.bytes += 24 + record.identity.as_str().len() as u64 + text.len() as u64;
-        Ok(())
+        let bytes = text.len() as u64;
+        self.append(conn, &record.identity, (DEVICE_CHANGE, wall), &text, bytes)
     }
 
     /// Queues one point under the next seq.
@@ -215,29 +217,11 @@ impl Appender {
         t: i64,
         value: &Value,
     ) -> Result<()> {
-        let table = self.table(conn)?;
-        let seq = self.head + 1;
-        conn.prepare_cached(&format!(
-            "INSERT INTO {table} (seq, device, resource, t, v) VALUES (?1, ?2, ?3, ?4, ?5)"
-        ))
-        .and_then(|mut s| {
-            s.execute(params![
-                to_i64(seq),
-                device.as_str(),
-                resource,
-                t,
-                value_to_sql(value)
-            ])
-        })
-        .map_err(backend("appending to the outbox"))?;
-        self.head = seq;
-        self.appended += 1;
-        self.bytes += 24
-            + device.as_str().len() as u64
-            + match value {
-                Value::String(s) | Value::Json(s) => s.len() as u64,
-                _ => 8,
-            };
+        let bytes = match value {
+            Value::String(s) | Value::Json(s) => s.len() as u64,
+            _ => 8,
+        };
+        self.append(conn, device, (resource, t), &value_to_sql(value), bytes)?;
         Ok(())
     }
 
