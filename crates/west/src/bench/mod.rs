@@ -6,6 +6,8 @@
 //!   `--clients` concurrent clients) and the latency of single-point writes from one client.
 //! - `nats`: the NATS JetStream baseline, the same figures and row names as `sync` through
 //!   three `nats-server` processes (see `nats.rs`).
+//! - `read`: one site; reading a day of one series (86,400 points, paged) and the latest
+//!   values of 1,000 devices.
 //! - `sync`: a hub and two paired sites; end-to-end replicated points/s, latency from the
 //!   Source's acknowledgement to visibility on the Target at a fixed rate, catch-up after an
 //!   outage, wire bytes per point counted at the hub, stored bytes per point on the Target,
@@ -14,10 +16,14 @@
 //! `procstat` measures processes and directories the same way for every scenario;
 //! `progress` shows the run's phases on stderr.
 
+mod devices;
 pub mod ingest;
 mod nats;
 mod procstat;
 mod progress;
+mod read;
+mod scale;
+mod sink;
 mod sync;
 
 use progress::Progress;
@@ -25,7 +31,8 @@ use progress::Progress;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// `west bench [--points N] [--devices N] [--rate R] [--baseline nats] [--json]` (API.md)
-/// runs the end-to-end scenario; a scenario name runs that one with all its flags.
+/// runs every part (`--parts`): the end-to-end scenario, device-shaped load, the scale curve
+/// and the reads; a scenario name runs that one with all its flags.
 #[derive(Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
@@ -40,19 +47,78 @@ pub struct BenchArgs {
     /// Rate of the latency phase, points/s [default: 10000].
     #[arg(long)]
     rate: Option<u64>,
+    /// Length of the latency phase, seconds [default: points / 25,000, from 1 to 20].
+    #[arg(long)]
+    seconds: Option<u64>,
+    /// Points written while the Target is down [default: 3,600,000, but at most 10 × points].
+    #[arg(long)]
+    outage_points: Option<u64>,
     /// Run the same workload through a baseline too and print the ratio of every figure.
     #[arg(long, value_enum)]
     baseline: Option<Baseline>,
+    /// Points a message in the batched NATS baselines (the per-point one stays at 1).
+    #[arg(long, default_value_t = 1_000)]
+    nats_batch: u64,
+    /// Parts of the run, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Part::all())]
+    parts: Vec<Part>,
+    /// Readings each device posts in the devices part [default: 100].
+    #[arg(long)]
+    readings: Option<u64>,
+    /// Fleet sizes of the scale part, comma-separated [default: 100,1000,10000,100000].
+    #[arg(long, value_delimiter = ',')]
+    fleets: Option<Vec<u64>>,
+    /// Points in each throughput phase of the scale part [default: 200000].
+    #[arg(long)]
+    scale_points: Option<u64>,
     /// Print the results as one JSON object instead of a table.
     #[arg(long, global = true)]
     json: bool,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
+enum Part {
+    /// The end-to-end scenario (`sync`): throughput, latency, catch-up, bytes, RSS, CPU.
+    Main,
+    /// Device-shaped load: each device posts its own readings (`devices`).
+    Devices,
+    /// Replicated points/s and latency per fleet size (`scale`).
+    Scale,
+    /// A day of one series and the latest values of every device, on one site (`read`).
+    Read,
+}
+
+impl Part {
+    fn all() -> Vec<Self> {
+        vec![Self::Main, Self::Devices, Self::Scale, Self::Read]
+    }
+}
+
+impl std::fmt::Display for Part {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = self
+            .to_possible_value()
+            .map(|v| v.get_name().to_owned())
+            .unwrap_or_default();
+        f.write_str(&name)
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Baseline {
-    /// NATS JetStream: three nats-server processes, a stream mirrored across domains.
+    /// NATS JetStream: three nats-server processes, a stream mirrored across domains, run
+    /// three ways: one point a message; `--nats-batch` points a message; and batched with a
+    /// consumer on site-b that stores every point in SQLite.
     Nats,
 }
+
+/// The NATS baselines of `--baseline nats`: JSON key, and how it differs from the
+/// per-point one.
+const NATS_VARIANTS: [(&str, bool, bool); 3] = [
+    ("nats", false, false),
+    ("nats_batched", true, false),
+    ("nats_store", true, true),
+];
 
 #[derive(Subcommand)]
 enum Scenario {
@@ -64,6 +130,12 @@ enum Scenario {
     /// Hub and two paired sites: replicated points/s, latency Source ack → Target visible,
     /// catch-up after an outage, wire bytes per point.
     Sync(sync::SyncArgs),
+    /// Reads of one site: a day of one series (paged) and the latest values of every device.
+    Read(read::ReadArgs),
+    /// Device-shaped load: each device posts its own readings over its own connection.
+    Devices(devices::DevicesArgs),
+    /// The scale curve: replicated points/s and latency per fleet size.
+    Scale(scale::ScaleArgs),
 }
 
 /// Length of the latency phase when `--seconds` is not given: 20 s, shorter for small runs
@@ -81,115 +153,243 @@ fn default_outage_points(points: u64) -> u64 {
 /// Phases of one scenario in the progress display: start, throughput, latency, catch-up.
 const PHASES: usize = 4;
 
-/// Parses a scenario's flags from the shared ones, so that the default run and the named
+/// A scenario's flags as parsed from `flags`, so that the default run and the named
 /// scenarios have one definition of each default.
-fn scenario_args<T: Args>(args: &BenchArgs) -> anyhow::Result<T> {
+fn scenario_args_from<T: Args>(flags: &[String]) -> anyhow::Result<T> {
     #[derive(Parser)]
     struct Wrap<T: Args> {
         #[command(flatten)]
         inner: T,
     }
-    let mut argv = vec!["bench".to_string()];
+    let argv = std::iter::once("bench".to_string()).chain(flags.iter().cloned());
+    Ok(Wrap::<T>::try_parse_from(argv)?.inner)
+}
+
+/// Parses the end-to-end scenario's flags (`sync`'s or `nats`') from the shared ones.
+fn scenario_args<T: Args>(args: &BenchArgs) -> anyhow::Result<T> {
+    let mut argv = Vec::new();
     for (flag, value) in [
         ("--points", args.points),
         ("--devices", args.devices),
         ("--rate", args.rate),
+        ("--seconds", args.seconds),
+        ("--outage-points", args.outage_points),
     ] {
         if let Some(v) = value {
-            argv.push(flag.into());
+            argv.push(flag.to_string());
             argv.push(v.to_string());
         }
     }
-    Ok(Wrap::<T>::try_parse_from(argv)?.inner)
+    scenario_args_from(&argv)
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let mut progress = match (&args.scenario, args.baseline) {
-        (Some(Scenario::Ingest(_)), _) => Progress::off(),
-        (None, Some(_)) => Progress::new(2 * PHASES),
-        _ => Progress::new(PHASES),
+    let mut progress = match &args.scenario {
+        Some(Scenario::Ingest(_) | Scenario::Read(_)) => Progress::off(),
+        Some(Scenario::Nats(_) | Scenario::Sync(_)) => Progress::new(PHASES),
+        Some(Scenario::Devices(a)) => Progress::new(if a.nats { 4 } else { 2 }),
+        Some(Scenario::Scale(a)) => Progress::new(scale::phases(a)),
+        None => Progress::new(phases(&args)?),
     };
     let result = run_with(&args, &mut progress).await;
     progress.finish();
-    let (ours, theirs) = result?;
-    if let Some(theirs) = theirs {
-        return print_compared(&ours, &theirs, args.json);
-    }
-    let report = ours;
+    let sections = result?;
     if args.json {
-        println!("{}", serde_json::Value::Object(report.json()));
-    } else {
-        print!("{}", report.table());
-    }
-    Ok(())
-}
-
-/// Runs what `args` asks for: our report, and the baseline's when there is one.
-async fn run_with(
-    args: &BenchArgs,
-    progress: &mut Progress,
-) -> anyhow::Result<(Report, Option<Report>)> {
-    Ok(match &args.scenario {
-        Some(Scenario::Ingest(a)) => (ingest::run(a.clone()).await?, None),
-        Some(Scenario::Nats(a)) => (nats::run(a, progress).await?, None),
-        Some(Scenario::Sync(a)) => (sync::run(a.clone(), progress).await?, None),
-        None => {
-            let ours = sync::run(scenario_args(args)?, progress).await?;
-            let theirs = match args.baseline {
-                None => None,
-                Some(Baseline::Nats) => Some(nats::run(&scenario_args(args)?, progress).await?),
-            };
-            (ours, theirs)
-        }
-    })
-}
-
-/// One table (or JSON object) of our figures, the baseline's, and ours / theirs.
-fn print_compared(ours: &Report, theirs: &Report, json: bool) -> anyhow::Result<()> {
-    if json {
-        let mut out = serde_json::Map::new();
-        out.insert("west".into(), serde_json::Value::Object(ours.json()));
-        out.insert("nats".into(), serde_json::Value::Object(theirs.json()));
+        let out = match sections.as_slice() {
+            [(_, ours, theirs)] if theirs.is_empty() => ours.json(),
+            _ => sections_json(&sections),
+        };
         println!("{}", serde_json::Value::Object(out));
         return Ok(());
     }
-    let width = ours
-        .rows
-        .iter()
-        .chain(&theirs.rows)
-        .map(|r| r.0.len())
-        .max()
-        .unwrap_or(0);
-    println!(
-        "{:<width$}  {:>14} {:>14} {:>8}",
-        "", "west", "nats", "ratio"
-    );
-    for (name, value, unit) in &ours.rows {
-        let other = theirs.rows.iter().find(|r| &r.0 == name);
-        let (theirs_text, ratio) = match other {
-            Some((_, v, _)) if *v != 0.0 => (format!("{v:.2}"), format!("{:.2}", value / v)),
-            Some((_, v, _)) => (format!("{v:.2}"), "—".into()),
-            None => ("—".into(), "—".into()),
-        };
-        println!(
-            "{name:<width$}  {:>14} {:>14} {:>8}  {unit}",
-            format!("{value:.2}"),
-            theirs_text,
-            ratio
-        );
-    }
-    // What only the baseline reports, so that no figure of either side is left out.
-    for (name, value, unit) in &theirs.rows {
-        if !ours.rows.iter().any(|r| &r.0 == name) {
-            println!(
-                "{name:<width$}  {:>14} {:>14} {:>8}  {unit}",
-                "—",
-                format!("{value:.2}"),
-                "—"
-            );
+    for (i, (title, ours, theirs)) in sections.iter().enumerate() {
+        if let Some(title) = title {
+            if i > 0 {
+                println!();
+            }
+            println!("## {title}");
+        }
+        if theirs.is_empty() {
+            print!("{}", ours.table());
+        } else {
+            print!("{}", compared_table(ours, theirs));
         }
     }
     Ok(())
+}
+
+/// One part's results: its title (none for a single scenario), ours, and the baselines'
+/// (JSON key, column label, report).
+type Section = (Option<&'static str>, Report, Vec<(String, String, Report)>);
+
+/// The JSON object of a run: the end-to-end part at the top level (`west`, `nats`, …, as
+/// before the other parts existed), each other part under its own key.
+fn sections_json(sections: &[Section]) -> serde_json::Map<String, serde_json::Value> {
+    let mut out = serde_json::Map::new();
+    for (title, ours, theirs) in sections {
+        let mut part = serde_json::Map::new();
+        part.insert("west".into(), serde_json::Value::Object(ours.json()));
+        for (key, _, report) in theirs {
+            part.insert(key.clone(), serde_json::Value::Object(report.json()));
+        }
+        match title.and_then(|t| t.split(':').next()) {
+            None | Some("end to end") => out.extend(part),
+            Some(key) => {
+                out.insert(key.to_owned(), serde_json::Value::Object(part));
+            }
+        }
+    }
+    out
+}
+
+/// Phases of the default run, for the progress display.
+fn phases(args: &BenchArgs) -> anyhow::Result<usize> {
+    let nats = args.baseline.is_some();
+    let sides = if nats { 1 + NATS_VARIANTS.len() } else { 1 };
+    let mut n = 0;
+    for part in &args.parts {
+        n += match part {
+            Part::Main => sides * PHASES,
+            Part::Devices => 2 * if nats { 2 } else { 1 },
+            Part::Scale => scale::phases(&scale_args(args)?),
+            Part::Read => 1,
+        };
+    }
+    Ok(n)
+}
+
+fn scale_args(args: &BenchArgs) -> anyhow::Result<scale::ScaleArgs> {
+    let mut a: scale::ScaleArgs = scenario_args_from(&[])?;
+    if let Some(fleets) = &args.fleets {
+        a.fleets = fleets.clone();
+    }
+    if let Some(points) = args.scale_points {
+        a.points = points;
+    }
+    if let Some(rate) = args.rate {
+        a.rate = rate;
+    }
+    a.nats = args.baseline.is_some();
+    a.nats_batch = args.nats_batch;
+    Ok(a)
+}
+
+/// Runs what `args` asks for: a section per part.
+async fn run_with(args: &BenchArgs, progress: &mut Progress) -> anyhow::Result<Vec<Section>> {
+    let single = |ours| Ok(vec![(None, ours, Vec::new())]);
+    match &args.scenario {
+        Some(Scenario::Ingest(a)) => return single(ingest::run(a.clone()).await?),
+        Some(Scenario::Nats(a)) => return single(nats::run(a, progress).await?),
+        Some(Scenario::Sync(a)) => return single(sync::run(a.clone(), progress).await?),
+        Some(Scenario::Read(a)) => return single(read::run(a.clone()).await?),
+        Some(Scenario::Devices(a)) => {
+            let (ours, theirs) = devices::run(a, progress).await?;
+            let theirs = theirs
+                .map(|r| ("nats".to_owned(), "nats, 1 a reading".to_owned(), r))
+                .into_iter()
+                .collect();
+            return Ok(vec![(None, ours, theirs)]);
+        }
+        Some(Scenario::Scale(a)) => {
+            let (ours, theirs) = scale::run(a, progress).await?;
+            return Ok(vec![(None, ours, theirs)]);
+        }
+        None => {}
+    }
+    let mut sections = Vec::new();
+    for part in &args.parts {
+        sections.push(match part {
+            Part::Main => {
+                let ours = sync::run(scenario_args(args)?, progress).await?;
+                let mut theirs = Vec::new();
+                if let Some(Baseline::Nats) = args.baseline {
+                    for (key, batched, store) in NATS_VARIANTS {
+                        let mut a: nats::NatsArgs = scenario_args(args)?;
+                        if batched {
+                            a.nats_batch = args.nats_batch;
+                        }
+                        a.store = store;
+                        let report = nats::run(&a, progress).await?;
+                        theirs.push((key.to_owned(), nats::label(&a), report));
+                    }
+                }
+                (Some("end to end"), ours, theirs)
+            }
+            Part::Devices => {
+                let mut a: devices::DevicesArgs = scenario_args_from(&[])?;
+                if let Some(d) = args.devices {
+                    a.devices = d;
+                }
+                if let Some(r) = args.readings {
+                    a.readings = r;
+                }
+                a.nats = args.baseline.is_some();
+                let (ours, theirs) = devices::run(&a, progress).await?;
+                let theirs = theirs
+                    .map(|r| ("nats".to_owned(), "nats, 1 a reading".to_owned(), r))
+                    .into_iter()
+                    .collect();
+                (
+                    Some("devices: each posts its own readings, one a request"),
+                    ours,
+                    theirs,
+                )
+            }
+            Part::Scale => {
+                let (ours, theirs) = scale::run(&scale_args(args)?, progress).await?;
+                (Some("scale: per fleet size"), ours, theirs)
+            }
+            Part::Read => {
+                progress.phase("west: read", 0);
+                let mut a: read::ReadArgs = scenario_args_from(&[])?;
+                if let Some(d) = args.devices {
+                    a.devices = d;
+                }
+                (
+                    Some("read: a day of one series, the latest values of every device"),
+                    read::run(a).await?,
+                    Vec::new(),
+                )
+            }
+        });
+    }
+    Ok(sections)
+}
+
+/// The table of ours beside the baselines: a row per figure of ours, then the figures only a
+/// baseline reports; a column of values and one of ratios per baseline.
+fn compared_table(ours: &Report, theirs: &[(String, String, Report)]) -> String {
+    let mut names: Vec<(&str, &'static str)> =
+        ours.rows.iter().map(|r| (r.0.as_str(), r.2)).collect();
+    for (_, _, report) in theirs {
+        for (name, _, unit) in &report.rows {
+            if !names.iter().any(|n| n.0 == name) {
+                names.push((name, unit));
+            }
+        }
+    }
+    let width = names.iter().map(|n| n.0.len()).max().unwrap_or(0);
+    let value = |report: &Report, name: &str| report.rows.iter().find(|r| r.0 == name).map(|r| r.1);
+    let mut out = format!("{:<width$}  {:>14}", "", "west");
+    for (_, label, _) in theirs {
+        out.push_str(&format!(" {label:>20} {:>7}", "ratio"));
+    }
+    out.push('\n');
+    for (name, unit) in names {
+        let ours_v = value(ours, name);
+        let text = |v: Option<f64>| v.map_or("—".to_owned(), |v| format!("{v:.2}"));
+        out.push_str(&format!("{name:<width$}  {:>14}", text(ours_v)));
+        for (_, _, report) in theirs {
+            let theirs_v = value(report, name);
+            let ratio = match (ours_v, theirs_v) {
+                (Some(o), Some(t)) if t != 0.0 => format!("{:.2}", o / t),
+                _ => "—".into(),
+            };
+            out.push_str(&format!(" {:>20} {ratio:>7}", text(theirs_v)));
+        }
+        out.push_str(&format!("  {unit}\n"));
+    }
+    out
 }
 
 /// A list of named figures with units, printed as a table or JSON.
@@ -223,7 +423,7 @@ impl Report {
             .map(|(name, value, unit)| {
                 let key = format!(
                     "{}_{}",
-                    name.replace([' ', '-'], "_"),
+                    name.replace(',', "").replace([' ', '-'], "_"),
                     unit.replace('/', "_per_")
                 );
                 (key, serde_json::json!(value))

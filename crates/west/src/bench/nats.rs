@@ -12,31 +12,47 @@
 //! ```
 //!
 //! The workload: point `n` belongs to device `n % devices` at step `n / devices`, one second
-//! apart, with [`sensor_value`]. A NATS user addresses per subject, so every point is one
-//! JetStream message on `west.<device>` whose payload is 16 bytes (timestamp µs, i64 LE; value,
-//! f64 LE), the most compact fixed encoding of what our points carry. Bulk publishing keeps up
-//! to `--batch` acks outstanding (a sliding window), like our bulk requests of 1,000 points.
+//! apart, with [`sensor_value`]. Three ways to carry it (`--baseline nats` runs all three):
+//!
+//! - one point a message (`--nats-batch 1`, the default of `west bench nats`): a NATS user
+//!   addresses per subject, so every point is one JetStream message on `west.<device>` whose
+//!   payload is 16 bytes (timestamp µs, i64 LE; value, f64 LE), the most compact fixed
+//!   encoding of what our points carry;
+//! - batched (`--nats-batch N`): N points a message, a JSON array `[[device, t, v], …]` on
+//!   `west.batch`, as a gateway that batches would publish them; the mirror moves opaque
+//!   blobs, nothing on site-b can query a point;
+//! - batched into a store (`--store`): the same, plus a consumer on site-b that writes every
+//!   point into a per-series SQLite store and acks after commit (`sink.rs`); "replicated" and
+//!   the latency then count points queryable there.
+//!
+//! Bulk publishing keeps up to `--batch` acks outstanding (a sliding window).
 //!
 //! 1. Throughput: `--points` points as fast as site-a acks them; replicated points/s = points /
-//!    time from the first publish until site-b's mirror holds them all. Wire bytes per point =
-//!    bytes site-a sent to the hub during this phase, NATS protocol lines included, / points
-//!    (acks and flow control travelling the other way are not counted, as in our figure).
-//! 2. Latency: `--rate` points/s for `--seconds`, each point published on its own; for every
-//!    point, the time from its ack on site-a until an ordered consumer on site-b's mirror
-//!    receives it; p50/p99/max.
-//! 3. Catch-up: site-b is killed (SIGKILL), the outage backlog is published, site-b is started
-//!    again on the same ports and store; catch-up points/s = backlog / time from the restart
-//!    until the mirror holds everything (and, apart, the time until its first new point).
+//!    time from the first publish until site-b's mirror (or store) holds them all. Wire bytes
+//!    per point = bytes site-a sent to the hub during this phase, NATS protocol lines
+//!    included, / points (acks and flow control travelling the other way are not counted, as
+//!    in our figure). Disk bytes written per point = `write_bytes` of `/proc/PID/io` of
+//!    site-a and site-b (plus this process's, which runs the SQLite store) / points.
+//! 2. Latency: `--rate` points/s for `--seconds`, in messages of up to `--nats-batch` points
+//!    published as soon as their points are due; for every message, the time from its ack on
+//!    site-a until an ordered consumer on site-b's mirror receives it (or its commit in the
+//!    store); p50/p99/max.
+//! 3. Catch-up (unless `--outage-points 0`): site-b is killed (SIGKILL) with the store's
+//!    consumer, the outage backlog is published, site-b is started again on the same ports and
+//!    store; catch-up points/s = backlog / time from the restart until the mirror (or store)
+//!    holds everything (and, apart, the time until its first new point).
 //!
-//! Then stored bytes per point (site-b's JetStream directory / points it holds; and the same
-//! after the throughput phase), and the peak RSS (VmHWM) and CPU seconds (utime + stime) of
-//! each process, site-b's summed over both of its lives, plus the client (this process, over
-//! this scenario only), all measured by `procstat` as for our own processes.
+//! Then stored bytes per point (site-b's JetStream directory, and its SQLite store, / points
+//! it holds; and the same after the throughput phase), and the peak RSS (VmHWM) and CPU
+//! seconds (utime + stime) of each process, site-b's summed over both of its lives, plus the
+//! client (this process, over this scenario only, the store's consumer included), all
+//! measured by `procstat` as for our own processes. `run_devices` is the NATS side of the
+//! devices scenario: one connection per device, one publish per reading.
 //!
 //! Invariants: every child is killed when the benchmark ends or fails (`kill_on_drop`), or is
 //! killed itself (a parent-death signal, `testkit::process::die_with_parent`); the run
-//! fails unless site-a acknowledged every point exactly once, in order, and site-b's mirror
-//! holds exactly that many. Nothing here asserts a speed, uses TLS or authentication, or
+//! fails unless site-a acknowledged every message exactly once, in order, site-b's mirror
+//! holds exactly that many, and the store (if any) holds every point. Nothing here asserts a speed, uses TLS or authentication, or
 //! leaves loopback.
 
 use std::collections::VecDeque;
@@ -60,6 +76,7 @@ use super::Report;
 use super::ingest::sensor_value;
 use super::procstat::{self, ClientMeter, Usage};
 use super::progress::Progress;
+use super::sink::{self, Sink};
 
 #[derive(Args, Clone, Debug)]
 pub struct NatsArgs {
@@ -82,6 +99,15 @@ pub struct NatsArgs {
     /// Publish acks that may be outstanding at once in the bulk phases.
     #[arg(long, default_value_t = 1_000)]
     pub batch: u64,
+    /// Points a message: 1 publishes each point as its own 16-byte message on its device's
+    /// subject; more packs that many points into one JSON array `[[device, t, v], …]` on
+    /// `west.batch`, as a gateway that batches would.
+    #[arg(long, default_value_t = 1)]
+    pub nats_batch: u64,
+    /// Also run a consumer on site-b that writes every point into a per-series SQLite store
+    /// and acks after commit; "replicated" then counts points queryable there.
+    #[arg(long)]
+    pub store: bool,
 }
 
 impl NatsArgs {
@@ -98,25 +124,57 @@ impl NatsArgs {
 
 /// The stream on site-a and its mirror on site-b.
 const STREAM: &str = "POINTS";
+/// The subject of messages that carry many points.
+pub const BATCH_SUBJECT: &str = "west.batch";
+/// Most points a message may carry: about 40 bytes each in JSON, under nats-server's
+/// default `max_payload` of 1 MiB.
+const MAX_PER_MESSAGE: u64 = 20_000;
 /// Timestamp of step 0, µs since the epoch (as in the `sync` scenario).
 const T0: i64 = 1_700_000_000_000_000;
 /// How long a wait may see no progress before the benchmark gives up.
 const STALL: Duration = Duration::from_secs(60);
 
+/// The name of this variant in progress lines and tables: `nats`, `nats ×1000`,
+/// `nats ×1000 + SQLite`.
+pub fn label(args: &NatsArgs) -> String {
+    let mut label = "nats".to_owned();
+    if args.nats_batch > 1 {
+        label.push_str(&format!(" ×{}", args.nats_batch));
+    }
+    if args.store {
+        label.push_str(" + SQLite");
+    }
+    label
+}
+
 pub async fn run(args: &NatsArgs, progress: &mut Progress) -> anyhow::Result<Report> {
     ensure!(
-        args.points > 0 && args.devices > 0 && args.rate > 0 && args.batch > 0,
+        args.points > 0
+            && args.devices > 0
+            && args.rate > 0
+            && args.batch > 0
+            && args.nats_batch > 0,
         "counts must be positive"
     );
+    ensure!(
+        args.nats_batch <= MAX_PER_MESSAGE,
+        "--nats-batch {} is more than {MAX_PER_MESSAGE} points a message \
+         (nats-server refuses messages over 1 MiB)",
+        args.nats_batch
+    );
+    let name = label(args);
     let bin = nats_server_bin()?;
     let tick = procstat::clock_ticks().await;
     let client = ClientMeter::start(tick)?;
-    progress.phase("nats: start three nats-server, stream and mirror", 0);
+    progress.phase(
+        &format!("{name}: start three nats-server, stream and mirror"),
+        0,
+    );
     let dir = tempfile::tempdir().context("making a temp dir for nats-server")?;
     let mut net = Topology::start(&bin, dir.path()).await?;
     let mut report = Report::default();
     let window = usize::try_from(args.batch).context("--batch")?;
-    let mut w = Workload::new(args.devices);
+    let mut w = Workload::new(args.devices, args.nats_batch);
 
     let client_a = connect(&net.a).await?;
     let js_a = jetstream::ContextBuilder::new()
@@ -150,62 +208,124 @@ pub async fn run(args: &NatsArgs, progress: &mut Progress) -> anyhow::Result<Rep
     })
     .await
     .with_context(|| format!("site-b's log tail:\n{}", net.b.log_tail(20)))?;
+    let db = sink::path(dir.path());
+    let mut store = None;
+    if args.store {
+        std::fs::create_dir_all(db.parent().context("the store's dir")?)?;
+        store = Some(Sink::start(&js_b, STREAM, &db).await?);
+    }
 
-    // 1. Throughput, wire bytes, stored bytes.
-    progress.phase("nats: throughput", args.points);
+    // 1. Throughput, wire bytes, disk bytes written, stored bytes.
+    progress.phase(&format!("{name}: throughput"), args.points);
     progress.stage("site-a publish");
     let before = net.wire_from_a();
+    let written_before = net.disk_written(args.store)?;
     let started = Instant::now();
     publish_bulk(&js_a, &mut w, args.points, window, progress).await?;
     let ingested = started.elapsed().as_secs_f64();
-    progress.stage("site-b mirroring");
-    wait_mirror(&mut mirror, 0, w.next, &net.b, progress).await?;
+    progress.stage(if args.store {
+        "site-b storing"
+    } else {
+        "site-b mirroring"
+    });
+    wait_replicated(&mut mirror, store.as_ref(), &w, 0, w.msgs, &net.b, progress).await?;
     let secs = started.elapsed().as_secs_f64();
     let wire = net.wire_from_a() - before;
-    let stored_early =
-        procstat::dir_size(&net.b.store_dir()).context("measuring site-b's store")?;
+    let written = net.disk_written(args.store)?;
+    let stored_dir = |net: &Topology| -> anyhow::Result<u64> {
+        let mut bytes =
+            procstat::dir_size(&net.b.store_dir()).context("measuring site-b's store")?;
+        if args.store {
+            bytes += procstat::dir_size(db.parent().context("the store's dir")?)
+                .context("measuring site-b's SQLite store")?;
+        }
+        Ok(bytes)
+    };
+    let stored_early = stored_dir(&net)?;
 
     // 2. Latency at a fixed rate.
     let count = args.rate * args.seconds();
-    progress.phase("nats: latency", count);
-    let hist = latency(&js_a, &mut mirror, &mut w, args.rate, count, progress).await?;
+    progress.phase(&format!("{name}: latency"), count);
+    let site_b = SiteB {
+        mirror: &mut mirror,
+        store: store.as_ref(),
+        server: &net.b,
+    };
+    let hist = latency(&js_a, site_b, &mut w, args.rate, count, progress).await?;
 
     // 3. Catch-up after an outage of site-b.
     let outage = args.outage_points();
-    progress.phase("nats: catch-up", outage);
-    progress.stage("backlog, site-b down");
-    drop((mirror, js_b, client_b));
-    net.b.kill9().await?;
-    let held = w.next;
-    publish_bulk(&js_a, &mut w, outage, window, progress).await?;
-    progress.stage("site-b catching up");
-    let restarted = Instant::now();
-    net.b.restart().await?;
-    client_b = connect(&net.b).await?;
-    js_b = jetstream::new(client_b.clone());
-    mirror = open_stream(&js_b, &net.b).await?;
-    let moved = wait_mirror(&mut mirror, held, w.next, &net.b, progress).await?;
-    let catch_up = restarted.elapsed().as_secs_f64();
-    let first_point = moved.saturating_duration_since(restarted).as_secs_f64();
+    progress.phase(&format!("{name}: catch-up"), outage);
+    let mut catch_up = None;
+    if outage > 0 {
+        progress.stage("backlog, site-b down");
+        // The store's consumer goes down with site-b and comes back with it.
+        drop((store.take(), mirror, js_b, client_b));
+        net.b.kill9().await?;
+        let held = w.msgs;
+        publish_bulk(&js_a, &mut w, outage, window, progress).await?;
+        progress.stage("site-b catching up");
+        let restarted = Instant::now();
+        net.b.restart().await?;
+        client_b = connect(&net.b).await?;
+        js_b = jetstream::new(client_b.clone());
+        mirror = open_stream(&js_b, &net.b).await?;
+        if args.store {
+            store = Some(
+                testkit::eventually(
+                    "the store's consumer after site-b's restart",
+                    STALL,
+                    || async { Ok(Sink::start(&js_b, STREAM, &db).await.ok()) },
+                )
+                .await?,
+            );
+        }
+        let moved = wait_replicated(
+            &mut mirror,
+            store.as_ref(),
+            &w,
+            held,
+            w.msgs,
+            &net.b,
+            progress,
+        )
+        .await?;
+        catch_up = Some((
+            restarted.elapsed().as_secs_f64(),
+            moved.saturating_duration_since(restarted).as_secs_f64(),
+        ));
+    }
 
-    // Every point acknowledged exactly once on site-a, and all of them on site-b.
+    // Every message acknowledged exactly once on site-a, and all of them on site-b.
     let on_a = origin.info().await?.state.clone();
     let on_b = mirror.info().await?.state.clone();
     ensure!(
-        on_a.messages == w.next && on_a.last_sequence == w.next,
-        "site-a holds {} messages up to sequence {}, but {} points were acknowledged",
+        on_a.messages == w.msgs && on_a.last_sequence == w.msgs,
+        "site-a holds {} messages up to sequence {}, but {} were acknowledged",
         on_a.messages,
         on_a.last_sequence,
-        w.next
+        w.msgs
     );
     ensure!(
-        on_b.messages == w.next && on_b.last_sequence == w.next,
+        on_b.messages == w.msgs && on_b.last_sequence == w.msgs,
         "site-b's mirror holds {} messages up to sequence {}, but site-a acknowledged {}",
         on_b.messages,
         on_b.last_sequence,
-        w.next
+        w.msgs
     );
-    let stored = procstat::dir_size(&net.b.store_dir()).context("measuring site-b's store")?;
+    let points_on_b = if args.store {
+        drop(store.take());
+        let n = sink::count(&db)?;
+        ensure!(
+            n == w.next,
+            "site-b's SQLite store holds {n} points, but site-a acknowledged {}",
+            w.next
+        );
+        n
+    } else {
+        w.next
+    };
+    let stored = stored_dir(&net)?;
 
     report.add("replicated", args.points as f64 / secs, "points/s");
     report.add(
@@ -217,9 +337,11 @@ pub async fn run(args: &NatsArgs, progress: &mut Progress) -> anyhow::Result<Rep
     report.add("latency p50", ms(0.50), "ms");
     report.add("latency p99", ms(0.99), "ms");
     report.add("latency max", hist.max() as f64 / 1000.0, "ms");
-    report.add("catch-up", outage as f64 / catch_up, "points/s");
-    report.add("  catch-up time", catch_up, "s");
-    report.add("  restart to first point", first_point, "s");
+    if let Some((secs, first_point)) = catch_up {
+        report.add("catch-up", outage as f64 / secs, "points/s");
+        report.add("  catch-up time", secs, "s");
+        report.add("  restart to first point", first_point, "s");
+    }
     report.add(
         "wire bytes per point",
         wire as f64 / args.points as f64,
@@ -227,7 +349,7 @@ pub async fn run(args: &NatsArgs, progress: &mut Progress) -> anyhow::Result<Rep
     );
     report.add(
         "stored bytes per point",
-        stored as f64 / on_b.messages as f64,
+        stored as f64 / points_on_b as f64,
         "B",
     );
     report.add(
@@ -235,6 +357,16 @@ pub async fn run(args: &NatsArgs, progress: &mut Progress) -> anyhow::Result<Rep
         stored_early as f64 / args.points as f64,
         "B",
     );
+    for (site, (after, before)) in ["site-a", "site-b"]
+        .into_iter()
+        .zip([(written.0, written_before.0), (written.1, written_before.1)])
+    {
+        report.add(
+            format!("disk written per point {site}"),
+            after.saturating_sub(before) as f64 / args.points as f64,
+            "B",
+        );
+    }
     let mut usage: Vec<(&str, Usage)> = Vec::new();
     for s in [&net.hub, &net.a, &net.b] {
         usage.push((s.name, s.usage(tick)?));
@@ -242,7 +374,126 @@ pub async fn run(args: &NatsArgs, progress: &mut Progress) -> anyhow::Result<Rep
     usage.push(("client", client.finish(tick)?));
     procstat::report(&mut report, &usage);
     report.add("points published", w.next as f64, "points");
-    report.add("points on B", on_b.messages as f64, "points");
+    report.add("points on B", points_on_b as f64, "points");
+    Ok(report)
+}
+
+/// Device-shaped load through NATS (see `devices.rs`): each device its own connection to
+/// site-a, publishing its readings one at a time (16 bytes on `west.<device>`) and awaiting
+/// each ack; replicated when site-b's mirror holds them all.
+pub async fn run_devices(
+    args: &super::devices::DevicesArgs,
+    progress: &mut Progress,
+) -> anyhow::Result<Report> {
+    let bin = nats_server_bin()?;
+    let tick = procstat::clock_ticks().await;
+    let client = ClientMeter::start(tick)?;
+    progress.phase(
+        "nats devices: start three nats-server, stream, mirror, devices",
+        0,
+    );
+    let dir = tempfile::tempdir().context("making a temp dir for nats-server")?;
+    let net = Topology::start(&bin, dir.path()).await?;
+    let js_a = jetstream::new(connect(&net.a).await?);
+    let mut origin = js_a
+        .create_stream(stream::Config {
+            name: STREAM.into(),
+            subjects: vec!["west.>".into()],
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .context("creating the stream on site-a")?;
+    let js_b = jetstream::new(connect(&net.b).await?);
+    let mut mirror = js_b
+        .create_stream(mirror_config())
+        .await
+        .context("creating the mirror on site-b")?;
+    testkit::eventually("site-b's mirror to start", STALL, || {
+        let mut mirror = mirror.clone();
+        async move {
+            let info = mirror.info().await?;
+            Ok(info.mirror.as_ref().and_then(|m| m.active).map(|_| ()))
+        }
+    })
+    .await
+    .with_context(|| format!("site-b's log tail:\n{}", net.b.log_tail(20)))?;
+    // One connection per device, opened before the clock starts, as devices that are online.
+    let devices: Vec<jetstream::Context> = futures::stream::iter(0..args.devices)
+        .map(|_| async { anyhow::Ok(jetstream::new(connect(&net.a).await?)) })
+        .buffered(32)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+
+    let total = args.devices * args.readings;
+    progress.phase("nats devices: one publish a reading", total);
+    progress.stage("site-a publish");
+    let written_before = net.disk_written(false)?;
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (d, js) in (0..args.devices).zip(devices) {
+        let subject = async_nats::Subject::from(format!("west.sensor-{d:05}"));
+        let (readings, bar) = (args.readings, progress.counter());
+        tasks.spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+            for k in 0..readings {
+                let mut payload = Vec::with_capacity(16);
+                payload.extend_from_slice(&super::devices::reading_time(k).to_le_bytes());
+                payload.extend_from_slice(&sensor_value(d, k).to_le_bytes());
+                let sent = Instant::now();
+                let ack = js
+                    .publish(subject.clone(), Bytes::from(payload))
+                    .await
+                    .context("publishing on site-a")?
+                    .await
+                    .context("site-a's ack")?;
+                ensure!(
+                    !ack.duplicate,
+                    "site-a took a reading of device {d} for a duplicate"
+                );
+                let us = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+                hist.record(us.max(1))?;
+                bar.inc(1);
+            }
+            anyhow::Ok(hist)
+        });
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    while let Some(done) = tasks.join_next().await {
+        hist.add(done.context("a device panicked")??)?;
+    }
+    let ingested = started.elapsed().as_secs_f64();
+    progress.stage("site-b mirroring");
+    let w = Workload::new(1, 1);
+    wait_replicated(&mut mirror, None, &w, 0, total, &net.b, progress).await?;
+    let secs = started.elapsed().as_secs_f64();
+    let written = net.disk_written(false)?;
+    let on_a = origin.info().await?.state.messages;
+    ensure!(
+        on_a == total,
+        "site-a holds {on_a} readings, but acknowledged {total}"
+    );
+
+    let mut report = Report::default();
+    super::devices::add_rows(&mut report, total, secs, ingested, &hist);
+    for (site, (after, before)) in ["site-a", "site-b"]
+        .into_iter()
+        .zip([(written.0, written_before.0), (written.1, written_before.1)])
+    {
+        report.add(
+            format!("disk written per point {site}"),
+            after.saturating_sub(before) as f64 / total as f64,
+            "B",
+        );
+    }
+    let mut usage: Vec<(&str, Usage)> = Vec::new();
+    for s in [&net.hub, &net.a, &net.b] {
+        usage.push((s.name, s.usage(tick)?));
+    }
+    usage.push(("client", client.finish(tick)?));
+    procstat::report(&mut report, &usage);
     Ok(report)
 }
 
@@ -294,39 +545,72 @@ async fn open_stream(js: &jetstream::Context, b: &Server) -> anyhow::Result<stre
 }
 
 /// Points in the order they are published: point `n` is device `n % devices` at step
-/// `n / devices`, and becomes stream sequence `n + 1` on site-a.
+/// `n / devices`. With one point a message it becomes stream sequence `n + 1` on site-a;
+/// with more, each message carries the next `per_message` points.
 struct Workload {
     /// One subject per device, `west.sensor-00042`.
     subjects: Vec<async_nats::Subject>,
+    /// Points a message (1: a 16-byte message on the device's subject).
+    per_message: u64,
     /// The next point's number, hence also the number of points published so far.
     next: u64,
+    /// Messages published so far: the last one's stream sequence on site-a.
+    msgs: u64,
 }
 
 impl Workload {
-    fn new(devices: u64) -> Self {
+    fn new(devices: u64, per_message: u64) -> Self {
         let subjects = (0..devices)
             .map(|d| async_nats::Subject::from(format!("west.sensor-{d:05}")))
             .collect();
-        Self { subjects, next: 0 }
+        Self {
+            subjects,
+            per_message: per_message.max(1),
+            next: 0,
+            msgs: 0,
+        }
     }
 
-    /// The next point's subject and 16-byte payload.
-    fn take(&mut self) -> (async_nats::Subject, Bytes) {
+    /// The next point: (device, t, value).
+    fn point(&mut self) -> (usize, i64, f64) {
         let devices = self.subjects.len() as u64;
         let (d, step) = (self.next % devices, self.next / devices);
         self.next += 1;
         let t = T0 + i64::try_from(step).unwrap_or(i64::MAX / 2_000_000) * 1_000_000;
-        let mut payload = Vec::with_capacity(16);
-        payload.extend_from_slice(&t.to_le_bytes());
-        payload.extend_from_slice(&sensor_value(d, step).to_le_bytes());
-        let subject =
-            self.subjects[usize::try_from(d).expect("device index fits in usize")].clone();
-        (subject, Bytes::from(payload))
+        let d_index = usize::try_from(d).expect("device index fits in usize");
+        (d_index, t, sensor_value(d, step))
+    }
+
+    /// The next message of `n` points (1 unless batching): its subject and payload.
+    fn take(&mut self, n: u64) -> (async_nats::Subject, Bytes) {
+        self.msgs += 1;
+        if self.per_message == 1 {
+            let (d, t, v) = self.point();
+            let mut payload = Vec::with_capacity(16);
+            payload.extend_from_slice(&t.to_le_bytes());
+            payload.extend_from_slice(&v.to_le_bytes());
+            return (self.subjects[d].clone(), Bytes::from(payload));
+        }
+        let points: Vec<(usize, i64, f64)> = (0..n).map(|_| self.point()).collect();
+        let points: Vec<(&str, i64, f64)> = points
+            .into_iter()
+            .map(|(d, t, v)| (&self.subjects[d].as_str()["west.".len()..], t, v))
+            .collect();
+        let payload = serde_json::to_vec(&points).expect("points serialize");
+        (
+            async_nats::Subject::from_static(BATCH_SUBJECT),
+            Bytes::from(payload),
+        )
+    }
+
+    /// Points in `msgs` whole messages, for progress.
+    fn points_in(&self, msgs: u64) -> u64 {
+        msgs.saturating_mul(self.per_message)
     }
 }
 
-/// Publishes `count` points with at most `window` acks outstanding, and checks that each
-/// ack is the sequence that point must get.
+/// Publishes `count` points in messages of up to `per_message` points with at most `window`
+/// acks outstanding, and checks that each ack is the sequence that message must get.
 async fn publish_bulk(
     js: &jetstream::Context,
     w: &mut Workload,
@@ -335,24 +619,26 @@ async fn publish_bulk(
     progress: &Progress,
 ) -> anyhow::Result<()> {
     let mut acks = VecDeque::with_capacity(window);
-    for _ in 0..count {
+    let mut left = count;
+    while left > 0 {
         if acks.len() >= window
-            && let Some((seq, ack)) = acks.pop_front()
+            && let Some((seq, n, ack)) = acks.pop_front()
         {
             check_ack(seq, ack).await?;
-            progress.inc(1);
+            progress.inc(n);
         }
-        let seq = w.next + 1;
-        let (subject, payload) = w.take();
+        let n = w.per_message.min(left);
+        let (subject, payload) = w.take(n);
         let ack = js
             .publish(subject, payload)
             .await
             .context("publishing on site-a")?;
-        acks.push_back((seq, ack));
+        acks.push_back((w.msgs, n, ack));
+        left -= n;
     }
-    while let Some((seq, ack)) = acks.pop_front() {
+    while let Some((seq, n, ack)) = acks.pop_front() {
         check_ack(seq, ack).await?;
-        progress.inc(1);
+        progress.inc(n);
     }
     Ok(())
 }
@@ -363,18 +649,21 @@ async fn check_ack(seq: u64, ack: jetstream::context::PublishAckFuture) -> anyho
         .with_context(|| format!("site-a's ack of sequence {seq}"))?;
     ensure!(
         ack.sequence == seq && !ack.duplicate,
-        "site-a acknowledged the point meant for sequence {seq} as sequence {} (duplicate: {})",
+        "site-a acknowledged the message meant for sequence {seq} as sequence {} (duplicate: {})",
         ack.sequence,
         ack.duplicate
     );
     Ok(())
 }
 
-/// Waits until the mirror holds exactly `target` messages and returns when it was first
-/// seen holding more than `from`; fails when it holds more than `target`, or when its count
-/// has not moved for [`STALL`]. Polls every 2 ms: the wait is what is measured.
-async fn wait_mirror(
+/// Waits until site-b holds exactly `target` messages — in its mirror, or committed to its
+/// SQLite store when there is one — and returns when it was first seen past `from`; fails
+/// when the mirror holds more than `target`, or when the count has not moved for [`STALL`].
+/// Polls every 2 ms: the wait is what is measured.
+async fn wait_replicated(
     mirror: &mut stream::Stream,
+    store: Option<&Sink>,
+    w: &Workload,
     from: u64,
     target: u64,
     b: &Server,
@@ -383,21 +672,28 @@ async fn wait_mirror(
     let mut last = (u64::MAX, Instant::now());
     let mut moved = None;
     loop {
-        // site-b may still be recovering its store: an error is no progress, not a failure.
-        let held = match mirror.info().await {
-            Ok(info) => info.state.messages,
-            Err(e) => {
-                tracing::debug!("site-b's stream info: {e}");
-                last.0
+        let held = match store {
+            Some(store) => {
+                store.check()?;
+                store.applied()
             }
+            // site-b may still be recovering its store: an error is no progress, not a
+            // failure.
+            None => match mirror.info().await {
+                Ok(info) => info.state.messages,
+                Err(e) => {
+                    tracing::debug!("site-b's stream info: {e}");
+                    last.0
+                }
+            },
         };
         ensure!(
             held == u64::MAX || held <= target,
-            "site-b's mirror holds {held} messages, more than the {target} published"
+            "site-b holds {held} messages, more than the {target} published"
         );
         if held != u64::MAX && held > from {
             moved.get_or_insert_with(Instant::now);
-            progress.set(held - from);
+            progress.set(w.points_in(held - from));
         }
         if held == target {
             return Ok(moved.unwrap_or_else(Instant::now));
@@ -406,7 +702,7 @@ async fn wait_mirror(
             last = (held, Instant::now());
         } else if last.1.elapsed() > STALL {
             bail!(
-                "site-b's mirror stalled at {held} of {target} messages for {STALL:?}; \
+                "site-b stalled at {held} of {target} messages for {STALL:?}; \
                  site-b's log tail:\n{}",
                 b.log_tail(20)
             );
@@ -415,45 +711,69 @@ async fn wait_mirror(
     }
 }
 
-/// Publishes `count` points at `rate` points/s, one at a time, and returns the distribution of
-/// (receipt by a consumer on site-b's mirror) − (ack by site-a), µs.
+/// Where the latency phase sees points arrive: site-b's mirror, or its store if there is one.
+struct SiteB<'a> {
+    mirror: &'a mut stream::Stream,
+    store: Option<&'a Sink>,
+    server: &'a Server,
+}
+
+/// Publishes `count` points at `rate` points/s in messages of up to `--nats-batch` points
+/// (no more than a second's worth), paced, and returns the distribution of (receipt by a
+/// consumer on site-b's mirror, or commit in site-b's store) − (ack by site-a), µs, one
+/// sample a message.
 async fn latency(
     js_a: &jetstream::Context,
-    mirror: &mut stream::Stream,
+    site_b: SiteB<'_>,
     w: &mut Workload,
     rate: u64,
     count: u64,
     progress: &Progress,
 ) -> anyhow::Result<Histogram<u64>> {
-    let first = w.next + 1;
-    let last = first + count - 1;
-    let consumer = mirror
-        .create_consumer(consumer::push::OrderedConfig {
-            deliver_subject: format!("_INBOX.bench.{first}"),
-            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: first,
-            },
-            ..Default::default()
-        })
-        .await
-        .context("creating a consumer on site-b's mirror")?;
-    let mut messages = consumer.messages().await?;
-    let seen = AbortOnDropHandle::new(tokio::spawn(async move {
-        let mut seen = Vec::new();
-        while let Some(m) = messages.next().await {
-            let at = Instant::now();
-            let m = m.map_err(|e| anyhow::anyhow!("consuming site-b's mirror: {e}"))?;
-            let seq = m
-                .info()
-                .map_err(|e| anyhow::anyhow!("a mirror message without stream info: {e}"))?
-                .stream_sequence;
-            seen.push((seq, at));
-            if seq >= last {
-                break;
-            }
+    let SiteB {
+        mirror,
+        store,
+        server: b,
+    } = site_b;
+    let per_message = w.per_message.min(rate);
+    let messages = count.div_ceil(per_message);
+    let first = w.msgs + 1;
+    let last = first + messages - 1;
+    let seen: AbortOnDropHandle<anyhow::Result<Vec<(u64, Instant)>>> = match store {
+        Some(store) => {
+            store.record();
+            AbortOnDropHandle::new(tokio::spawn(async { Ok(Vec::new()) }))
         }
-        anyhow::Ok(seen)
-    }));
+        None => {
+            let consumer = mirror
+                .create_consumer(consumer::push::OrderedConfig {
+                    deliver_subject: format!("_INBOX.bench.{first}"),
+                    deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                        start_sequence: first,
+                    },
+                    ..Default::default()
+                })
+                .await
+                .context("creating a consumer on site-b's mirror")?;
+            let mut messages = consumer.messages().await?;
+            AbortOnDropHandle::new(tokio::spawn(async move {
+                let mut seen = Vec::new();
+                while let Some(m) = messages.next().await {
+                    let at = Instant::now();
+                    let m = m.map_err(|e| anyhow::anyhow!("consuming site-b's mirror: {e}"))?;
+                    let seq = m
+                        .info()
+                        .map_err(|e| anyhow::anyhow!("a mirror message without stream info: {e}"))?
+                        .stream_sequence;
+                    seen.push((seq, at));
+                    if seq >= last {
+                        break;
+                    }
+                }
+                anyhow::Ok(seen)
+            }))
+        }
+    };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let acked = AbortOnDropHandle::new(tokio::spawn(async move {
         let mut acked = Vec::new();
@@ -471,22 +791,30 @@ async fn latency(
     while sent < count {
         tick.tick().await;
         let due = ((start.elapsed().as_secs_f64() * rate as f64) as u64).min(count);
-        while sent < due {
-            let seq = w.next + 1;
-            let (subject, payload) = w.take();
+        // A message leaves once all its points are due (or the last, partial one).
+        while sent < due && (due - sent >= per_message || due == count) {
+            let n = per_message.min(count - sent);
+            let (subject, payload) = w.take(n);
             let ack = js_a.publish(subject, payload).await?;
-            tx.send((seq, ack))
+            tx.send((w.msgs, ack))
                 .map_err(|_| anyhow::anyhow!("the ack collector stopped"))?;
-            sent += 1;
-            progress.inc(1);
+            sent += n;
+            progress.inc(n);
         }
     }
     drop(tx);
     let acked = acked.await.context("ack collector panicked")??;
-    let seen = tokio::time::timeout(STALL, seen)
-        .await
-        .with_context(|| format!("site-b's mirror did not deliver up to sequence {last}"))?
-        .context("mirror consumer panicked")??;
+    let seen = match store {
+        Some(store) => {
+            let quiet = Progress::off();
+            wait_replicated(mirror, Some(store), w, first - 1, last, b, &quiet).await?;
+            store.recorded()
+        }
+        None => tokio::time::timeout(STALL, seen)
+            .await
+            .with_context(|| format!("site-b's mirror did not deliver up to sequence {last}"))?
+            .context("mirror consumer panicked")??,
+    };
 
     // An ordered consumer may deliver a sequence again after it resets: count the first.
     let mut received: Vec<Option<Instant>> = vec![None; acked.len()];
@@ -500,12 +828,8 @@ async fn latency(
     }
     let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).context("histogram")?;
     for (i, (ack, got)) in acked.iter().zip(&received).enumerate() {
-        let got = got.with_context(|| {
-            format!(
-                "site-b's mirror consumer skipped sequence {}",
-                first + i as u64
-            )
-        })?;
+        let got =
+            got.with_context(|| format!("site-b never received sequence {}", first + i as u64))?;
         let us = u64::try_from(got.saturating_duration_since(*ack).as_micros()).unwrap_or(u64::MAX);
         hist.record(us.max(1)).context("recording latency")?;
     }
@@ -560,6 +884,18 @@ impl Topology {
         let url = format!("http://127.0.0.1:{}/leafz", self.hub.http_port);
         let resp = self.http.get(&url).send().await.context("GET /leafz")?;
         resp.json().await.context("the hub's /leafz")
+    }
+
+    /// Bytes written to disk so far by site-a and by site-b (`/proc/PID/io`), site-b's
+    /// including this process's when it runs the SQLite store of site-b (`store`): nothing
+    /// else in this process writes to disk.
+    fn disk_written(&self, store: bool) -> anyhow::Result<(u64, u64)> {
+        let a = procstat::disk_written(self.a.pid())?;
+        let mut b = procstat::disk_written(self.b.pid())?;
+        if store {
+            b += procstat::read_written("/proc/self")?;
+        }
+        Ok((a, b))
     }
 
     /// Bytes site-a has sent to the hub's leafnode port, protocol lines included: the hub's
@@ -779,6 +1115,10 @@ impl Server {
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     /// Peak RSS and CPU of this life and the earlier ones.
     fn usage(&self, tick: f64) -> anyhow::Result<Usage> {
         let now = Usage::of(self.child.as_ref().and_then(Child::id), tick)?;
@@ -810,8 +1150,8 @@ mod tests {
 
     #[test]
     fn points_are_sixteen_bytes_round_robin_over_devices() {
-        let mut w = Workload::new(3);
-        let subjects: Vec<String> = (0..4).map(|_| w.take().0.to_string()).collect();
+        let mut w = Workload::new(3, 1);
+        let subjects: Vec<String> = (0..4).map(|_| w.take(1).0.to_string()).collect();
         assert_eq!(
             subjects,
             [
@@ -821,10 +1161,36 @@ mod tests {
                 "west.sensor-00000"
             ]
         );
-        let (_, payload) = Workload::new(1).take();
+        let (subject, payload) = Workload::new(1, 1).take(1);
         assert_eq!(payload.len(), 16);
         assert_eq!(payload[..8], T0.to_le_bytes());
         assert_eq!(payload[8..], sensor_value(0, 0).to_le_bytes());
+        let decoded = sink::decode(subject.as_str(), &payload).expect("decoding");
+        assert_eq!(
+            decoded,
+            [("sensor-00000".to_owned(), T0, sensor_value(0, 0))]
+        );
+    }
+
+    #[test]
+    fn a_batch_is_the_same_points_as_a_json_array() {
+        let mut one = Workload::new(3, 1);
+        let singles: Vec<_> = (0..5)
+            .flat_map(|_| {
+                let (s, p) = one.take(1);
+                sink::decode(s.as_str(), &p).expect("decoding a point")
+            })
+            .collect();
+        let mut batched = Workload::new(3, 4);
+        let (s1, p1) = batched.take(4);
+        let (s2, p2) = batched.take(1);
+        assert_eq!(
+            (s1.as_str(), batched.msgs, batched.next),
+            (BATCH_SUBJECT, 2, 5)
+        );
+        let mut points = sink::decode(s1.as_str(), &p1).expect("decoding a batch");
+        points.extend(sink::decode(s2.as_str(), &p2).expect("decoding a batch"));
+        assert_eq!(points, singles);
     }
 
     #[test]
@@ -836,6 +1202,8 @@ mod tests {
             seconds: None,
             outage_points: None,
             batch: 1_000,
+            nats_batch: 1,
+            store: false,
         };
         assert_eq!(args(500_000).seconds(), 20);
         assert_eq!(args(500_000).outage_points(), 3_600_000);

@@ -8,6 +8,9 @@
 //!   and the lives are combined with [`Usage::and`].
 //! - [`ClientMeter`]: the same for this process, over one scenario only, so that a baseline
 //!   run after ours in the same process is not charged for ours.
+//! - [`disk_written`]: bytes a process caused to be written to storage (`write_bytes` of
+//!   `/proc/PID/io`: counted when a page is dirtied, so the WAL, the database and its
+//!   checkpoints all count, whenever the kernel writes them back).
 //! - [`dir_size`]: bytes of all files under a directory.
 //!
 //! Deliberately absent: sampling over time; nothing here is portable beyond Linux.
@@ -115,6 +118,25 @@ pub async fn clock_ticks() -> f64 {
     1.0 / f64::from(hz)
 }
 
+/// `write_bytes` of `/proc/<pid>/io` (`proc` is that directory): bytes this process sent, or
+/// caused to be sent, to the storage layer over its life.
+pub fn read_written(proc: &str) -> anyhow::Result<u64> {
+    let io = std::fs::read_to_string(format!("{proc}/io"))
+        .with_context(|| format!("reading {proc}/io"))?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no write_bytes in {proc}/io"))
+}
+
+/// [`read_written`] of a running process by id; 0 when there is none.
+pub fn disk_written(pid: Option<u32>) -> anyhow::Result<u64> {
+    match pid {
+        Some(pid) => read_written(&format!("/proc/{pid}")),
+        None => Ok(0),
+    }
+}
+
 /// Total length of the files under `dir`.
 pub fn dir_size(dir: &Path) -> std::io::Result<u64> {
     let mut total = 0;
@@ -172,6 +194,20 @@ mod tests {
         let meter = ClientMeter::start(0.01).expect("start");
         let u = meter.finish(0.01).expect("finish");
         assert!(u.cpu_secs >= 0.0 && u.peak_rss_kib > 0);
+    }
+
+    #[test]
+    fn disk_written_counts_what_this_process_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let before = read_written("/proc/self").expect("reading /proc/self/io");
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![7u8; 1 << 20]).expect("write");
+        std::fs::File::open(&path)
+            .and_then(|f| f.sync_all())
+            .expect("sync");
+        let after = read_written("/proc/self").expect("reading /proc/self/io");
+        assert!(after >= before + (1 << 20), "{before} → {after}");
+        assert_eq!(disk_written(None).expect("nothing"), 0);
     }
 
     #[test]

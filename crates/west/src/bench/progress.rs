@@ -88,6 +88,11 @@ impl Progress {
         self.bar.inc(n);
     }
 
+    /// A handle on the bar for tasks that count on their own (`inc` on it moves this bar).
+    pub fn counter(&self) -> ProgressBar {
+        self.bar.clone()
+    }
+
     pub fn set(&self, pos: u64) {
         self.bar.set_position(pos);
     }

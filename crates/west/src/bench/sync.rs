@@ -4,10 +4,12 @@
 //!
 //! 0. The devices are created after the pairing, so they are replicated first; the
 //!    measurements start once the Target has them.
-//! 1. Throughput: `--points` points in bulk requests of one point per device, `--clients`
-//!    requests in flight at once (4), as fast as the Source takes them; replicated points/s = points / time from the first request until
-//!    the Target has applied the last one. Wire bytes per point = bytes the hub received
-//!    from the Source during this phase / points.
+//! 1. Throughput: `--points` points in bulk requests of 1,000 points, round-robin over the
+//!    devices, `--clients` requests in flight at once (4), as fast as the Source takes them;
+//!    replicated points/s = points / time from the first request until the Target has
+//!    applied the last one. Wire bytes per point = bytes the hub received from the Source
+//!    during this phase / points. Disk bytes written per point = `write_bytes` of
+//!    `/proc/PID/io` of site-a and of site-b over this phase / points.
 //!    Stored bytes per point, after this phase = size of the Target's data dir (its SQLite
 //!    database, WAL included) / points.
 //! 2. Latency: `--rate` points/s for `--seconds` (one bulk request per 1,000 points, paced);
@@ -45,24 +47,24 @@ use super::progress::Progress;
 pub struct SyncArgs {
     /// Points in the throughput phase.
     #[arg(long, default_value_t = 500_000)]
-    points: u64,
+    pub(super) points: u64,
     /// Devices the points are spread over.
     #[arg(long, default_value_t = 1_000)]
-    devices: u64,
+    pub(super) devices: u64,
     /// Rate of the latency phase, points/s.
     #[arg(long, default_value_t = 10_000)]
-    rate: u64,
+    pub(super) rate: u64,
     /// Length of the latency phase, seconds [default: points / 25,000, from 1 to 20].
     #[arg(long)]
-    seconds: Option<u64>,
+    pub(super) seconds: Option<u64>,
     /// Points written while the Target is down [default: 3,600,000, one hour at 1,000
     /// points/s, but at most 10 × points; 0 skips the phase].
     #[arg(long)]
-    outage_points: Option<u64>,
+    pub(super) outage_points: Option<u64>,
     /// Bulk requests in flight at once in the throughput and outage phases, as a fleet of
     /// gateways would send them (the baseline keeps 1,000 one-point publishes in flight).
     #[arg(long, default_value_t = 4)]
-    clients: usize,
+    pub(super) clients: usize,
 }
 
 impl SyncArgs {
@@ -78,26 +80,56 @@ impl SyncArgs {
 }
 
 const T0: i64 = 1_700_000_000_000_000;
+/// Points a bulk request, as a gateway sends them.
+const PER_REQUEST: u64 = 1_000;
 /// How long a wait may see no progress before the benchmark gives up.
 const STALL: Duration = Duration::from_secs(60);
 
-fn device_name(d: u64) -> String {
+pub(super) fn device_name(d: u64) -> String {
     format!("sensor-{d:05}")
 }
 
-struct Bench {
-    hub: HubProc,
+/// Creates devices `0..devices` on the Source, 16 requests in flight; their tokens.
+async fn create_devices(api: &Api, cid: &str, devices: u64) -> anyhow::Result<Vec<String>> {
+    use futures::StreamExt as _;
+    let path = format!("/api/v1/connectors/{cid}/devices");
+    futures::stream::iter(0..devices)
+        .map(|d| {
+            let (api, path) = (api.clone(), path.clone());
+            async move {
+                let created = api
+                    .post_ok(&path, json!({"identity": device_name(d)}))
+                    .await?;
+                let token = created["token"]
+                    .as_str()
+                    .with_context(|| format!("no token for device {d}: {created}"))?;
+                anyhow::Ok(token.to_owned())
+            }
+        })
+        .buffered(16)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// The hub, the two paired sites and the workload's position; shared with the devices
+/// scenario.
+pub(super) struct Bench {
+    pub(super) hub: HubProc,
     /// The Source.
-    a: SiteProc,
+    pub(super) a: SiteProc,
     /// The Target.
-    b: SiteProc,
-    api_a: Api,
+    pub(super) b: SiteProc,
+    pub(super) api_a: Api,
     api_b: Api,
-    src: String,
+    pub(super) src: String,
     tgt: String,
     devices: u64,
+    /// Each device's own token (its credential for writing its data), by device number.
+    pub(super) tokens: Vec<String>,
     /// Next point number: step = n / devices, device = n % devices.
-    next: u64,
+    pub(super) next: u64,
     /// Records of the stream before the first point: the devices, which are replicated
     /// too. Point n has seq `seq0 + n + 1`.
     seq0: u64,
@@ -105,7 +137,7 @@ struct Bench {
 }
 
 impl Bench {
-    async fn start(devices: u64, clients: usize) -> anyhow::Result<Self> {
+    pub(super) async fn start(devices: u64, clients: usize) -> anyhow::Result<Self> {
         let bin = std::env::current_exe().context("finding the west binary")?;
         let hub = HubProc::start(&bin).await?;
         let mut sites = Vec::new();
@@ -136,14 +168,7 @@ impl Bench {
                 json!({"name": "temperature", "format": "number", "unit": "°C"}),
             )
             .await?;
-        for d in 0..devices {
-            api_a
-                .post_ok(
-                    &format!("/api/v1/connectors/{src}/devices"),
-                    json!({"identity": device_name(d)}),
-                )
-                .await?;
-        }
+        let tokens = create_devices(&api_a, &src, devices).await?;
         let mut bench = Self {
             hub,
             a,
@@ -153,6 +178,7 @@ impl Bench {
             src,
             tgt,
             devices,
+            tokens,
             next: 0,
             seq0: 0,
             clients: clients.max(1),
@@ -205,7 +231,7 @@ impl Bench {
     /// Waits until the Target has applied point `n` (seq `seq0 + n`), showing progress from
     /// point `from`; returns when it was first seen past `from`. Fails when the applied
     /// sequence has not moved for [`STALL`].
-    async fn applied_points(
+    pub(super) async fn applied_points(
         &self,
         from: u64,
         n: u64,
@@ -243,10 +269,11 @@ impl Bench {
         }
     }
 
-    /// Writes `points` in bulk requests of one point per device (at least 1,000 a request).
+    /// Writes `points` in bulk requests of [`PER_REQUEST`] points, round-robin over the
+    /// devices.
     async fn write_bulk(&mut self, points: u64, progress: &Progress) -> anyhow::Result<()> {
         use futures::StreamExt as _;
-        let batch = self.devices.max(1_000);
+        let batch = PER_REQUEST;
         let path = format!("/api/v1/connectors/{}/data", self.src);
         let mut in_flight = futures::stream::FuturesUnordered::new();
         let mut written = 0;
@@ -263,6 +290,14 @@ impl Bench {
             }
         }
         Ok(())
+    }
+
+    /// Bytes site-a and site-b have written to disk so far (`/proc/PID/io`).
+    pub(super) fn disk_written(&self) -> anyhow::Result<(u64, u64)> {
+        Ok((
+            procstat::disk_written(self.a.proc.pid())?,
+            procstat::disk_written(self.b.proc.pid())?,
+        ))
     }
 
     async fn visible(&self, device: &str, t: i64) -> anyhow::Result<bool> {
@@ -294,6 +329,7 @@ pub async fn run(args: SyncArgs, progress: &mut Progress) -> anyhow::Result<Repo
         .hub
         .counter("west_hub_bytes_received_total", "site-a")
         .await?;
+    let disk_before = b.disk_written()?;
     let started = Instant::now();
     let base = b.next;
     b.write_bulk(args.points, progress).await?;
@@ -307,6 +343,7 @@ pub async fn run(args: SyncArgs, progress: &mut Progress) -> anyhow::Result<Repo
         .counter("west_hub_bytes_received_total", "site-a")
         .await?
         - wire_before;
+    let disk = b.disk_written()?;
     let stored_early =
         procstat::dir_size(&b.b.data_dir).context("measuring the Target's data dir")?;
     let written = b.next - base;
@@ -386,6 +423,16 @@ pub async fn run(args: SyncArgs, progress: &mut Progress) -> anyhow::Result<Repo
         stored_early as f64 / written as f64,
         "B",
     );
+    for (site, (after, before)) in ["site-a", "site-b"]
+        .into_iter()
+        .zip([(disk.0, disk_before.0), (disk.1, disk_before.1)])
+    {
+        report.add(
+            format!("disk written per point {site}"),
+            after.saturating_sub(before) as f64 / written as f64,
+            "B",
+        );
+    }
     let usage = [
         ("hub", Usage::of(b.hub.proc.pid(), tick)?),
         ("site-a", Usage::of(b.a.proc.pid(), tick)?),
