@@ -112,11 +112,12 @@ pub async fn run(args: HubArgs) -> anyhow::Result<()> {
             let credential = registry
                 .add_site(&a.name)
                 .with_context(|| format!("adding site {}", a.name))?;
-            println!(
+            say!(
                 "site {} registered; start it with --name {} --site-credential and this credential (shown once):",
-                a.name, a.name
+                a.name,
+                a.name
             );
-            println!("{credential}");
+            say!("{credential}");
             Ok(())
         }
         Some(HubAction::RemoveSite(a)) => {
@@ -124,14 +125,14 @@ pub async fn run(args: HubArgs) -> anyhow::Result<()> {
             registry
                 .remove_site(&a.name)
                 .with_context(|| format!("removing site {}", a.name))?;
-            println!("site {} removed; a running hub cuts it off at once", a.name);
+            say!("site {} removed; a running hub cuts it off at once", a.name);
             Ok(())
         }
         Some(HubAction::ListSites(dir)) => {
             let registry = open_registry(dir)?;
             for s in registry.list_sites().context("listing sites")? {
                 let state = if s.active { "active" } else { "removed" };
-                println!("{}\t{state}\tgeneration {}", s.name, s.generation);
+                say!("{}\t{state}\tgeneration {}", s.name, s.generation);
             }
             Ok(())
         }
@@ -207,12 +208,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let addr = listener.local_addr().context("reading the hub's address")?;
     let prepared = hub::prepare(cfg)?;
     if prepared.tls.generated {
-        println!(
+        say!(
             "hub made a self-signed certificate; give it to sites as --hub-ca: {}",
             prepared.tls.cert_path.display()
         );
     }
-    println!("hub listening on wss://{addr}");
+    say!("hub listening on wss://{addr}");
     hub::serve(listener, prepared, crate::shutdown_signal()).await?;
     Ok(())
 }

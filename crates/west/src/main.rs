@@ -2,6 +2,15 @@
 //! order of precedence), sets up logging, binds sockets, and hands over to the library
 //! crates. Exits non-zero with a one-line reason on any startup failure.
 
+/// Prints a line on stdout like `println!`, but never panics: a full disk or a closed pipe
+/// must not stop a site (it keeps serving; the line is lost).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod bench;
 mod config;
 mod hub_cmd;
@@ -75,16 +84,21 @@ fn main() {
 }
 
 fn fail(e: &anyhow::Error) -> ! {
-    eprintln!("west: {e:#}");
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "west: {e:#}");
     std::process::exit(1);
 }
 
 fn init_logging(format: LogFormat, filter: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    // A log line that cannot be written (a full disk, a closed pipe) is dropped. The
+    // builder's default would report it with `eprintln!`, which panics when stderr fails:
+    // a site must never stop over its log.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

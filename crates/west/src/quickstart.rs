@@ -77,7 +77,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
     }
     save(&memory_path, &memory)?;
 
-    println!(
+    say!(
         "Starting the hub and two sites under {} …",
         args.data_dir.display()
     );
@@ -137,16 +137,16 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
         }
     };
 
-    println!();
-    println!("West Remote Sync is running.");
-    println!("  site-a (Source): {}", sites[0].url);
-    println!("  site-b (Target): {}", sites[1].url);
-    println!("  sign in as admin / {}", memory.admin_password);
-    println!(
+    say!();
+    say!("West Remote Sync is running.");
+    say!("  site-a (Source): {}", sites[0].url);
+    say!("  site-b (Target): {}", sites[1].url);
+    say!("  sign in as admin / {}", memory.admin_password);
+    say!(
         "  demo connector {source} on site-a: {} simulated devices, temperature synced to site-b",
         args.devices
     );
-    println!(
+    say!(
         "Logs: {}/*.log. Press Ctrl-C to stop.",
         args.data_dir.display()
     );
@@ -160,7 +160,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
         site.proc.terminate(Duration::from_secs(10)).await?;
     }
     hub.terminate(Duration::from_secs(10)).await?;
-    println!("Stopped. Run `west quickstart` again to continue where this left off.");
+    say!("Stopped. Run `west quickstart` again to continue where this left off.");
     Ok(())
 }
 
@@ -296,7 +296,7 @@ async fn simulate(api: &Api, cid: &str, devices: u32, every: Duration) -> anyhow
             })
             .collect();
         if let Err(e) = api.post_ok(&path, Value::Array(body)).await {
-            eprintln!("simulated devices: {e:#}");
+            say!("simulated devices: {e:#}");
         }
         step += 1;
     }

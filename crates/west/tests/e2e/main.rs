@@ -7,6 +7,7 @@ mod hub;
 mod lookup;
 mod pairing;
 mod quickstart;
+mod recovery;
 mod site_api;
 mod sync;
 mod ui;
