@@ -26,7 +26,7 @@ use anyhow::Context;
 use store::{SqliteConfig, SqliteStore, Store, Synchronous};
 use tokio::net::TcpListener;
 
-pub use link::LinkConfig;
+pub use link::{Credential, LinkConfig};
 pub use state::AppState;
 
 /// Everything a site needs to start. Built by the binary from flags, environment and file.
@@ -141,14 +141,14 @@ pub async fn prepare(config: &SiteConfig) -> anyhow::Result<Prepared> {
     })
 }
 
-/// Serves the site on `listener` until `shutdown` completes, or fails when the hub refuses
-/// this site's credential before the link was ever up (API.md: the process exits non-zero).
+/// Serves the site on `listener` until `shutdown` completes. A hub that refuses this site
+/// does not stop it: its devices keep writing, the refusal shows in the UI header,
+/// `/health` and `/metrics`, and the link tries again (docs/api.md, "Hub link").
 pub async fn serve(
     listener: TcpListener,
     prepared: Prepared,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let mut link_task = prepared.link_task;
     let cancel = tokio_util::sync::CancellationToken::new();
     let mut services = tokio::task::JoinSet::new();
     remote::spawn(
@@ -163,17 +163,13 @@ pub async fn serve(
         .local_addr()
         .context("reading the listener's address")?;
     tracing::info!(%addr, "site listening");
-    let http = axum::serve(listener, app).with_graceful_shutdown(shutdown);
-    let result = match link_task.as_mut() {
-        Some(task) => tokio::select! {
-            r = http => r.context("serving HTTP"),
-            reason = task.fatal() => Err(anyhow::anyhow!("the hub refused this site: {reason}")),
-        },
-        None => http.await.context("serving HTTP"),
-    };
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving HTTP");
     cancel.cancel();
     while services.join_next().await.is_some() {}
-    if let Some(task) = link_task {
+    if let Some(task) = prepared.link_task {
         task.shutdown().await;
     }
     result

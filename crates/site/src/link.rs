@@ -60,10 +60,48 @@ pub const LINK: &str = "_link";
 pub struct LinkConfig {
     /// `wss://host:port` of the hub.
     pub url: String,
-    /// The one-time credential `west hub add-site` printed for this site.
-    pub credential: String,
+    /// The credential `west hub add-site` printed for this site.
+    pub credential: Credential,
     /// PEM file of the certificate (or CA) the hub presents; `None` trusts nothing extra.
     pub ca_pem: Option<PathBuf>,
+}
+
+/// Where the site's credential comes from.
+#[derive(Clone)]
+pub enum Credential {
+    /// Given once (flag, environment or configuration file).
+    Value(String),
+    /// Read from this file before every connection attempt, so that an operator who
+    /// corrects it (after the hub refused the old one) needs no restart: the link notices
+    /// the change within a second while refused, or at once on [`Link::retry_now`].
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Value(_) => f.write_str("Credential::Value(<secret>)"),
+            Self::File(path) => f.debug_tuple("Credential::File").field(path).finish(),
+        }
+    }
+}
+
+impl Credential {
+    /// The credential now; for a file, its first line without surrounding white space.
+    pub fn read(&self) -> Result<String, String> {
+        match self {
+            Self::Value(v) => Ok(v.clone()),
+            Self::File(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("reading the credential file {}: {e}", path.display()))?;
+                let value = text.lines().next().unwrap_or("").trim().to_owned();
+                if value.is_empty() {
+                    return Err(format!("the credential file {} is empty", path.display()));
+                }
+                Ok(value)
+            }
+        }
+    }
 }
 
 /// The link's timing. `Default` is what production uses.
@@ -258,6 +296,8 @@ struct Shared {
     /// This site's paired connectors, sorted and without duplicates: the writer declares
     /// them to the hub after every Welcome and whenever they change.
     claims: watch::Sender<Vec<Pairing>>,
+    /// Cuts a pause between two connection attempts short ([`Link::retry_now`]).
+    retry: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -296,7 +336,6 @@ impl std::fmt::Debug for Link {
 pub struct LinkTask {
     tasks: JoinSet<()>,
     cancel: CancellationToken,
-    fatal: Option<oneshot::Receiver<String>>,
 }
 
 impl std::fmt::Debug for LinkTask {
@@ -306,22 +345,6 @@ impl std::fmt::Debug for LinkTask {
 }
 
 impl LinkTask {
-    /// Completes when the hub refused this site's credential before the link was ever up:
-    /// the site cannot work until an operator acts, so the process should say why and exit.
-    /// Never completes otherwise.
-    pub async fn fatal(&mut self) -> String {
-        match self.fatal.as_mut() {
-            Some(rx) => match rx.await {
-                Ok(reason) => reason,
-                Err(_) => {
-                    self.fatal = None;
-                    std::future::pending().await
-                }
-            },
-            None => std::future::pending().await,
-        }
-    }
-
     /// Closes the connection and waits for the tasks to end.
     pub async fn shutdown(mut self) {
         self.cancel.cancel();
@@ -371,19 +394,19 @@ impl Link {
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             hub_rtt_us: AtomicU64::new(0),
+            retry: tokio::sync::Notify::new(),
         });
         let cancel = CancellationToken::new();
-        let (fatal_tx, fatal_rx) = oneshot::channel();
         let driver = Driver {
             shared: Arc::clone(&shared),
             target,
             tls,
             credential: config.credential,
+            last_credential: None,
             tuning,
             out_rx,
             inbound: in_tx,
             cancel: cancel.clone(),
-            fatal: Some(fatal_tx),
             epoch: Instant::now(),
             claims: claims_rx,
         };
@@ -393,11 +416,7 @@ impl Link {
             Link {
                 shared: Some(shared),
             },
-            LinkTask {
-                tasks,
-                cancel,
-                fatal: Some(fatal_rx),
-            },
+            LinkTask { tasks, cancel },
             in_rx,
         ))
     }
@@ -487,6 +506,14 @@ impl Link {
                 .map(|p| (p.connector.clone(), p.peer.clone()))
                 .collect()
         })
+    }
+
+    /// Ends the pause before the next connection attempt (an operator corrected the
+    /// credential and sent SIGHUP, say). Does nothing while connected.
+    pub fn retry_now(&self) {
+        if let Some(shared) = &self.shared {
+            shared.retry.notify_one();
+        }
     }
 
     /// Waits until the link is connected, for at most `within`; says whether it is.
@@ -686,6 +713,8 @@ enum Outcome {
     Refused(Refusal),
     /// Was up, then ended.
     Lost(String),
+    /// The credential could not be read (its file is missing or empty).
+    NoCredential(String),
     /// The site is shutting down.
     Cancelled,
 }
@@ -697,13 +726,13 @@ struct Driver {
     shared: Arc<Shared>,
     target: Target,
     tls: Arc<rustls::ClientConfig>,
-    credential: String,
+    credential: Credential,
+    /// The credential of the last connection attempt, to notice a corrected one.
+    last_credential: Option<String>,
     tuning: LinkTuning,
     out_rx: mpsc::Receiver<Bytes>,
     inbound: mpsc::Sender<Inbound>,
     cancel: CancellationToken,
-    /// Told once if the hub refuses the credential before the link was ever up.
-    fatal: Option<oneshot::Sender<String>>,
     /// Origin of heartbeat nonces (µs since it), to measure round trips without a clock in
     /// the frames.
     epoch: Instant,
@@ -727,7 +756,6 @@ impl Driver {
                 Outcome::Lost(why) => {
                     failures = 0;
                     refused = false;
-                    self.fatal = None;
                     tracing::warn!(%url, "hub link: lost: {why}");
                 }
                 Outcome::Failed(why) => {
@@ -752,15 +780,20 @@ impl Driver {
                     if code.is_none_or(RefusalCode::is_credential_problem)
                         || code == Some(RefusalCode::UnsupportedVersion)
                     {
+                        // The site keeps serving its own devices; it shows the refusal
+                        // and tries again slowly, or as soon as the credential changes.
                         refused = true;
-                        if let Some(fatal) = self.fatal.take() {
-                            let _ = fatal.send(reason.clone());
-                        }
                         self.shared.set_phase(Phase::Refused { reason });
                         pause = Some(self.tuning.backoff_max);
                     } else {
                         failures = failures.saturating_add(1);
                     }
+                }
+                Outcome::NoCredential(why) => {
+                    refused = true;
+                    tracing::error!(%url, "hub link: {why}");
+                    self.shared.set_phase(Phase::Refused { reason: why });
+                    pause = Some(self.tuning.backoff_max);
                 }
             }
             let pause = pause.unwrap_or_else(|| {
@@ -780,6 +813,12 @@ impl Driver {
             tokio::select! {
                 () = self.cancel.cancelled() => break,
                 () = tokio::time::sleep(pause) => {}
+                () = self.shared.retry.notified() => {
+                    tracing::info!(%url, "hub link: trying again now, as asked");
+                }
+                () = self.credential_changed(), if refused => {
+                    tracing::info!(%url, "hub link: the credential changed; trying again now");
+                }
             }
             if !refused {
                 self.shared.set_phase(Phase::Connecting);
@@ -789,9 +828,29 @@ impl Driver {
         tracing::info!(%url, "hub link: stopped");
     }
 
+    /// Completes once the credential differs from the one last tried: for a credential
+    /// file, checked every second; a credential given once never changes.
+    async fn credential_changed(&self) {
+        if !matches!(self.credential, Credential::File(_)) {
+            return std::future::pending().await;
+        }
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now = self.credential.read().ok();
+            if now.is_some() && now != self.last_credential {
+                return;
+            }
+        }
+    }
+
     /// One connection: dial, say hello, then serve until it ends.
     async fn connect_and_serve(&mut self) -> Outcome {
-        let connect = tokio::time::timeout(self.tuning.connect_timeout, self.connect());
+        let credential = match self.credential.read() {
+            Ok(c) => c,
+            Err(why) => return Outcome::NoCredential(why),
+        };
+        self.last_credential = Some(credential.clone());
+        let connect = tokio::time::timeout(self.tuning.connect_timeout, self.connect(credential));
         let result = tokio::select! {
             () = self.cancel.cancelled() => return Outcome::Cancelled,
             r = connect => r,
@@ -809,16 +868,13 @@ impl Driver {
         // Frames queued for an earlier connection belong to requests that have already
         // failed; the new connection starts clean.
         while self.out_rx.try_recv().is_ok() {}
-        // Once the hub has accepted the credential, a later refusal is a state to show, not a
-        // reason to stop the site.
-        self.fatal = None;
         self.shared.set_phase(Phase::Connected);
         tracing::info!(url = %self.target.url, site = %self.shared.site, "hub link: connected");
         self.serve(ws, heartbeat, version).await
     }
 
     /// Dials and says hello: the connection, the heartbeat and the protocol version.
-    async fn connect(&self) -> Result<(Ws, Duration, u16), Outcome> {
+    async fn connect(&self, credential: String) -> Result<(Ws, Duration, u16), Outcome> {
         let failed =
             |what: &str, e: &dyn std::fmt::Display| Outcome::Failed(format!("{what}: {e}"));
         let tcp = TcpStream::connect((self.target.host.as_str(), self.target.port))
@@ -846,7 +902,7 @@ impl Driver {
             min_version: wire::MIN_VERSION,
             max_version: wire::MAX_VERSION,
             site: self.shared.site.clone(),
-            credential: self.credential.clone(),
+            credential,
         });
         let bytes = wire::encode(&hello).map_err(|e| failed("encoding hello", &e))?;
         ws.send(Message::Binary(Bytes::from(bytes)))
@@ -1203,7 +1259,7 @@ mod tests {
     async fn pairings_are_kept_sorted_once_each_and_changes_wake_the_writer() {
         let cfg = LinkConfig {
             url: "wss://127.0.0.1:9".into(),
-            credential: "c".into(),
+            credential: Credential::Value("c".into()),
             ca_pem: None,
         };
         let (link, task, _inbound) =
@@ -1258,7 +1314,7 @@ mod tests {
         let cfg = LinkConfig {
             // Nothing listens on port 9 of loopback: the link keeps retrying.
             url: "wss://127.0.0.1:9".into(),
-            credential: "c".into(),
+            credential: Credential::Value("c".into()),
             ca_pem: None,
         };
         let (link, task, _inbound) =
@@ -1275,7 +1331,7 @@ mod tests {
     fn bad_configuration_fails_at_spawn() {
         let cfg = |url: &str| LinkConfig {
             url: url.into(),
-            credential: "c".into(),
+            credential: Credential::Value("c".into()),
             ca_pem: None,
         };
         let rt = tokio::runtime::Builder::new_current_thread()

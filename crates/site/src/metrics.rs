@@ -32,6 +32,9 @@ pub struct SiteMetrics {
     hub_link_up: Gauge,
     /// Round trip of the last heartbeat to the hub; NaN before the first.
     hub_rtt_seconds: Gauge,
+    /// 1 while the hub refuses this site (its credential, say), else 0: the site keeps
+    /// serving locally and an operator must act.
+    hub_link_refused: Gauge,
 }
 
 impl SiteMetrics {
@@ -50,6 +53,8 @@ impl SiteMetrics {
             hub_link_up: recorder.register_gauge(&Key::from_static_name("west_hub_link_up"), &meta),
             hub_rtt_seconds: recorder
                 .register_gauge(&Key::from_static_name("west_hub_rtt_seconds"), &meta),
+            hub_link_refused: recorder
+                .register_gauge(&Key::from_static_name("west_hub_link_refused"), &meta),
             handle,
             recorder,
         }
@@ -93,11 +98,16 @@ impl SiteMetrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let (up, rtt) = self
-            .link
-            .get()
-            .map_or((false, None), |l| (l.state().connected(), l.hub_rtt()));
+        let (up, rtt, refused) = self.link.get().map_or((false, None, false), |l| {
+            let state = l.state();
+            (
+                state.connected(),
+                l.hub_rtt(),
+                matches!(state, crate::link::LinkState::Refused { .. }),
+            )
+        });
         self.hub_link_up.set(if up { 1.0 } else { 0.0 });
+        self.hub_link_refused.set(if refused { 1.0 } else { 0.0 });
         self.hub_rtt_seconds
             .set(rtt.map_or(f64::NAN, |d| d.as_secs_f64()));
         self.handle.render()

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
-use site::{LinkConfig, SiteConfig};
+use site::{Credential, LinkConfig, SiteConfig};
 use store::Synchronous;
 
 use crate::config;
@@ -28,6 +28,15 @@ pub struct SiteArgs {
     /// The credential `west hub add-site` printed for this site.
     #[arg(long, env = "WEST_SITE_CREDENTIAL", hide_env_values = true)]
     site_credential: Option<String>,
+    /// A file holding the site's credential (its first line). Read before every connection
+    /// attempt: a corrected credential is picked up without a restart, within a second
+    /// while the hub refuses the old one, or at once on SIGHUP.
+    #[arg(
+        long,
+        env = "WEST_SITE_CREDENTIAL_FILE",
+        conflicts_with = "site_credential"
+    )]
+    site_credential_file: Option<PathBuf>,
     /// PEM certificate the hub presents (its self-signed `hub-cert.pem`, or its CA).
     #[arg(long, env = "WEST_HUB_CA")]
     hub_ca: Option<PathBuf>,
@@ -75,6 +84,7 @@ struct FileConfig {
     http: Option<String>,
     hub: Option<String>,
     site_credential: Option<String>,
+    site_credential_file: Option<PathBuf>,
     hub_ca: Option<PathBuf>,
     admin_password: Option<String>,
     metrics_public: Option<bool>,
@@ -110,19 +120,34 @@ pub async fn run(args: SiteArgs) -> anyhow::Result<()> {
         Some(SyncMode::Full) => Synchronous::Full,
         _ => Synchronous::Normal,
     };
-    cfg.hub = match (
-        args.hub.or(file.hub),
-        args.site_credential.or(file.site_credential),
-    ) {
-        (Some(url), Some(credential)) => Some(LinkConfig {
-            url,
-            credential,
-            ca_pem: args.hub_ca.or(file.hub_ca),
-        }),
-        (Some(_), None) => {
-            anyhow::bail!("--hub needs --site-credential (from `west hub add-site`)")
+    let credential = match (args.site_credential, args.site_credential_file) {
+        (Some(c), _) => Some(Credential::Value(c)),
+        (None, Some(f)) => Some(Credential::File(f)),
+        (None, None) => match (file.site_credential, file.site_credential_file) {
+            (Some(_), Some(_)) => anyhow::bail!(
+                "the config file sets both site_credential and site_credential_file; keep one"
+            ),
+            (Some(c), None) => Some(Credential::Value(c)),
+            (None, f) => f.map(Credential::File),
+        },
+    };
+    cfg.hub = match (args.hub.or(file.hub), credential) {
+        (Some(url), Some(credential)) => {
+            // A missing or empty file is an operator's slip to show, not a reason to refuse
+            // to start: the link reports it and keeps trying. Say so at once all the same.
+            if let Err(why) = credential.read() {
+                tracing::warn!("{why}; the site starts and keeps trying");
+            }
+            Some(LinkConfig {
+                url,
+                credential,
+                ca_pem: args.hub_ca.or(file.hub_ca),
+            })
         }
-        (None, Some(_)) => anyhow::bail!("--site-credential needs --hub"),
+        (Some(_), None) => anyhow::bail!(
+            "--hub needs --site-credential-file or --site-credential (from `west hub add-site`)"
+        ),
+        (None, Some(_)) => anyhow::bail!("a site credential needs --hub"),
         (None, None) => None,
     };
 
@@ -132,8 +157,26 @@ pub async fn run(args: SiteArgs) -> anyhow::Result<()> {
     let addr = listener.local_addr().context("reading the HTTP address")?;
     let prepared = site::prepare(&cfg).await?;
     if let Some(password) = &prepared.generated_admin_password {
-        println!("admin password (shown once): {password}");
+        say!("admin password (shown once): {password}");
     }
-    println!("site {} listening on http://{addr}", cfg.name);
+    say!("site {} listening on http://{addr}", cfg.name);
+    retry_link_on_sighup(prepared.state.link.clone());
     site::serve(listener, prepared, crate::shutdown_signal()).await
+}
+
+/// SIGHUP asks the hub link to try again now (after correcting the credential file, say).
+fn retry_link_on_sighup(link: site::link::Link) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: the hub link tries again now");
+            link.retry_now();
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = link;
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use proto::wire::{self, Address, Frame, Kind, Routed, Undelivered, UndeliveredReason};
 use serde_json::{Value, json};
-use testkit::{DEADLINE, FaultProxy, HubProc, RawClient, SiteOpts, SiteProc, WestProc, eventually};
+use testkit::{DEADLINE, FaultProxy, HubProc, RawClient, SiteOpts, SiteProc, eventually};
 
 use crate::util;
 
@@ -212,51 +212,109 @@ async fn the_hub_sees_a_site_leave_and_return() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts a site that the hub will refuse and returns its exit code and log.
-async fn refused_site(
+/// Starts a site whose credential is read from a file holding `credential`, and waits
+/// until it listens.
+async fn site_with_credential_file(
     hub: &HubProc,
     name: &str,
     credential: &str,
-) -> anyhow::Result<(Option<i32>, String)> {
+) -> anyhow::Result<(SiteProc, std::path::PathBuf, tempfile::TempDir)> {
     let dir = tempfile::tempdir()?;
-    let mut args = vec![
-        "site".to_string(),
-        "--name".into(),
-        name.into(),
-        "--data-dir".into(),
-        dir.path().join(name).display().to_string(),
-        "--http".into(),
-        "127.0.0.1:0".into(),
-        "--admin-password".into(),
-        "correct-horse-battery".into(),
-    ];
-    args.extend(hub.site_args(credential));
-    let log = dir.path().join("site.log");
-    let mut proc = WestProc::spawn(util::bin(), &args, &[], &log)?;
-    let code = proc.wait_exit(DEADLINE).await?;
-    Ok((code, std::fs::read_to_string(&log)?))
+    let file = dir.path().join("credential");
+    std::fs::write(&file, format!("{credential}\n"))?;
+    let mut opts = SiteOpts::new(name);
+    opts.extra = hub
+        .site_args(credential)
+        .into_iter()
+        .collect::<Vec<_>>()
+        .chunks(2)
+        .flat_map(|kv| match kv[0].as_str() {
+            "--site-credential" => {
+                vec!["--site-credential-file".into(), file.display().to_string()]
+            }
+            _ => kv.to_vec(),
+        })
+        .collect();
+    let site = SiteProc::start(util::bin(), opts).await?;
+    Ok((site, file, dir))
+}
+
+/// Waits until `site`'s `/health` shows the hub's refusal, and returns its reason.
+async fn wait_refused(site: &SiteProc) -> anyhow::Result<String> {
+    let what = format!("{} to show the hub's refusal", site.opts.name);
+    let l = eventually(&what, DEADLINE, || async {
+        let l = link(site).await?;
+        Ok((l["link"]["state"] == "refused").then_some(l))
+    })
+    .await?;
+    Ok(l["link"]["reason"].as_str().unwrap_or_default().to_owned())
 }
 
 #[tokio::test]
-async fn a_wrong_credential_is_refused_with_the_reason_logged_on_both_sides() -> anyhow::Result<()>
-{
+async fn a_refused_site_keeps_serving_its_devices_and_takes_a_corrected_credential_file()
+-> anyhow::Result<()> {
     let hub = HubProc::start(util::bin()).await?;
     let right = hub.add_site("site-a").await?;
 
-    let (code, log) = refused_site(&hub, "site-a", "not-the-credential").await?;
-    assert_eq!(code, Some(1), "the site must exit non-zero; log:\n{log}");
-    assert!(log.contains("the hub refused this site"), "{log}");
-    assert!(log.contains("wrong_credential"), "{log}");
+    let (mut a, file, _dir) =
+        site_with_credential_file(&hub, "site-a", "not-the-credential").await?;
+    let reason = wait_refused(&a).await?;
+    assert!(reason.contains("wrong_credential"), "{reason}");
     eventually("the hub to log the refusal", DEADLINE, || async {
         Ok(hub.log_contains("refused a site").then_some(()))
     })
     .await?;
     assert!(hub.log_contains("the credential is not the current one of site site-a"));
 
-    // A name the hub never heard of, even with a real credential of another site.
-    let (code, log) = refused_site(&hub, "site-x", &right).await?;
-    assert_eq!(code, Some(1), "{log}");
-    assert!(log.contains("unknown_site"), "{log}");
+    // Refused, the site still serves its own platform: devices write and read.
+    let api = a.admin().await?;
+    let cid = api
+        .post_ok("/api/v1/connectors", json!({ "name": "plant" }))
+        .await?["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    api.post_ok(
+        &format!("/api/v1/connectors/{cid}/resources"),
+        json!({ "name": "temperature", "format": "number" }),
+    )
+    .await?;
+    api.post_ok(
+        &format!("/api/v1/connectors/{cid}/devices"),
+        json!({ "identity": "00AB01" }),
+    )
+    .await?;
+    api.post_ok(
+        &format!("/api/v1/connectors/{cid}/devices/00AB01/data"),
+        json!({ "values": { "temperature": 21.5 } }),
+    )
+    .await?;
+    let metrics = |api: testkit::Api| async move {
+        let (_, text) = api.get("/metrics").await?;
+        anyhow::Ok(text.as_str().unwrap_or_default().to_owned())
+    };
+    let text = metrics(api.clone()).await?;
+    assert!(text.contains("west_hub_link_refused 1"), "{text}");
+    assert!(text.contains("west_hub_link_up 0"), "{text}");
+    let message = link(&a).await?["message"].clone();
+    assert!(
+        message.as_str().unwrap_or("").starts_with("Hub: refused"),
+        "{message}"
+    );
+
+    // The operator corrects the file: the running site picks it up, no restart.
+    std::fs::write(&file, format!("{right}\n"))?;
+    wait_link(&a, true).await?;
+    wait_hub_sees(&hub, "site-a", true).await?;
+    let text = metrics(api.clone()).await?;
+    assert!(text.contains("west_hub_link_refused 0"), "{text}");
+
+    // A name the hub never heard of, even with a real credential of another site: refused
+    // too, and the site stays up.
+    a.kill9().await?;
+    let (x, _file, _dir) = site_with_credential_file(&hub, "site-x", &right).await?;
+    let reason = wait_refused(&x).await?;
+    assert!(reason.contains("unknown_site"), "{reason}");
     assert!(hub.log_contains("site site-x is not registered"));
     assert!(
         hub.metrics()
