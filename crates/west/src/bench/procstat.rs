@@ -9,8 +9,9 @@
 //! - [`ClientMeter`]: the same for this process, over one scenario only, so that a baseline
 //!   run after ours in the same process is not charged for ours.
 //! - [`disk_written`]: bytes a process caused to be written to storage (`write_bytes` of
-//!   `/proc/PID/io`: counted when a page is dirtied, so the WAL, the database and its
-//!   checkpoints all count, whenever the kernel writes them back).
+//!   `/proc/PID/io`: the WAL, the database and its checkpoints all count; a page counts when
+//!   it turns from clean to dirty, so one rewritten before it reaches the disk counts once,
+//!   and short runs under-count).
 //! - [`dir_size`]: bytes of all files under a directory.
 //!
 //! Deliberately absent: sampling over time; nothing here is portable beyond Linux.

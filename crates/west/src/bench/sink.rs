@@ -39,6 +39,8 @@ type Commits = Arc<Mutex<Option<Vec<(u64, Instant)>>>>;
 pub struct Sink {
     applied: Arc<AtomicU64>,
     record: Commits,
+    /// Why the consumer stopped, once it has.
+    failed: Arc<Mutex<Option<String>>>,
     task: AbortOnDropHandle<anyhow::Result<()>>,
 }
 
@@ -64,15 +66,25 @@ impl Sink {
             .await
             .context("creating the store's consumer on site-b's mirror")?;
         let record = Arc::new(Mutex::new(None));
-        let task = tokio::spawn(consume(
-            consumer,
-            store,
-            Arc::clone(&applied),
-            Arc::clone(&record),
-        ));
+        let failed = Arc::new(Mutex::new(None));
+        let task = tokio::spawn({
+            let (applied, record, failed) = (
+                Arc::clone(&applied),
+                Arc::clone(&record),
+                Arc::clone(&failed),
+            );
+            async move {
+                let result = consume(consumer, store, applied, record).await;
+                if let Err(e) = &result {
+                    *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{e:#}"));
+                }
+                result
+            }
+        });
         Ok(Self {
             applied,
             record,
+            failed,
             task: AbortOnDropHandle::new(task),
         })
     }
@@ -85,7 +97,15 @@ impl Sink {
     /// Fails with the consumer's error once it has stopped.
     pub fn check(&self) -> anyhow::Result<()> {
         if self.task.is_finished() {
-            bail!("the store's consumer on site-b stopped");
+            let why = self
+                .failed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            bail!(
+                "the store's consumer on site-b stopped: {}",
+                why.unwrap_or_else(|| "its stream of messages ended".into())
+            );
         }
         Ok(())
     }
