@@ -36,7 +36,7 @@
 //! 2. Latency: `--rate` points/s for `--seconds`, in messages of up to `--nats-batch` points
 //!    published as soon as their points are due; for every message, the time from its ack on
 //!    site-a until an ordered consumer on site-b's mirror receives it (or its commit in the
-//!    store); p50/p99/max.
+//!    store); p50/p99/max; and p50/p99 from its publish, which adds site-a's ingest.
 //! 3. Catch-up (unless `--outage-points 0`): site-b is killed (SIGKILL) with the store's
 //!    consumer, the outage backlog is published, site-b is started again on the same ports and
 //!    store; catch-up points/s = backlog / time from the restart until the mirror (or store)
@@ -251,7 +251,7 @@ pub async fn run(args: &NatsArgs, progress: &mut Progress) -> anyhow::Result<Rep
         store: store.as_ref(),
         server: &net.b,
     };
-    let hist = latency(&js_a, site_b, &mut w, args.rate, count, progress).await?;
+    let (hist, from_send) = latency(&js_a, site_b, &mut w, args.rate, count, progress).await?;
 
     // 3. Catch-up after an outage of site-b.
     let outage = args.outage_points();
@@ -337,6 +337,9 @@ pub async fn run(args: &NatsArgs, progress: &mut Progress) -> anyhow::Result<Rep
     report.add("latency p50", ms(0.50), "ms");
     report.add("latency p99", ms(0.99), "ms");
     report.add("latency max", hist.max() as f64 / 1000.0, "ms");
+    let ms = |q: f64| from_send.value_at_quantile(q) as f64 / 1000.0;
+    report.add("latency p50 from send", ms(0.50), "ms");
+    report.add("latency p99 from send", ms(0.99), "ms");
     if let Some((secs, first_point)) = catch_up {
         report.add("catch-up", outage as f64 / secs, "points/s");
         report.add("  catch-up time", secs, "s");
@@ -719,9 +722,9 @@ struct SiteB<'a> {
 }
 
 /// Publishes `count` points at `rate` points/s in messages of up to `--nats-batch` points
-/// (no more than a second's worth), paced, and returns the distribution of (receipt by a
-/// consumer on site-b's mirror, or commit in site-b's store) − (ack by site-a), µs, one
-/// sample a message.
+/// (no more than a second's worth), paced, and returns the distributions of (receipt by a
+/// consumer on site-b's mirror, or commit in site-b's store) − (ack by site-a), and of the
+/// same − (publish), µs, one sample a message.
 async fn latency(
     js_a: &jetstream::Context,
     site_b: SiteB<'_>,
@@ -729,7 +732,7 @@ async fn latency(
     rate: u64,
     count: u64,
     progress: &Progress,
-) -> anyhow::Result<Histogram<u64>> {
+) -> anyhow::Result<(Histogram<u64>, Histogram<u64>)> {
     let SiteB {
         mirror,
         store,
@@ -777,9 +780,9 @@ async fn latency(
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let acked = AbortOnDropHandle::new(tokio::spawn(async move {
         let mut acked = Vec::new();
-        while let Some((seq, ack)) = rx.recv().await {
+        while let Some((seq, sent_at, ack)) = rx.recv().await {
             check_ack(seq, ack).await?;
-            acked.push(Instant::now());
+            acked.push((sent_at, Instant::now()));
         }
         anyhow::Ok(acked)
     }));
@@ -795,8 +798,9 @@ async fn latency(
         while sent < due && (due - sent >= per_message || due == count) {
             let n = per_message.min(count - sent);
             let (subject, payload) = w.take(n);
+            let sent_at = Instant::now();
             let ack = js_a.publish(subject, payload).await?;
-            tx.send((w.msgs, ack))
+            tx.send((w.msgs, sent_at, ack))
                 .map_err(|_| anyhow::anyhow!("the ack collector stopped"))?;
             sent += n;
             progress.inc(n);
@@ -827,13 +831,19 @@ async fn latency(
         }
     }
     let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).context("histogram")?;
-    for (i, (ack, got)) in acked.iter().zip(&received).enumerate() {
+    let mut from_send = hist.clone();
+    for (i, ((sent_at, ack), got)) in acked.iter().zip(&received).enumerate() {
         let got =
             got.with_context(|| format!("site-b never received sequence {}", first + i as u64))?;
-        let us = u64::try_from(got.saturating_duration_since(*ack).as_micros()).unwrap_or(u64::MAX);
-        hist.record(us.max(1)).context("recording latency")?;
+        let us = |since: &Instant| {
+            u64::try_from(got.saturating_duration_since(*since).as_micros()).unwrap_or(u64::MAX)
+        };
+        hist.record(us(ack).max(1)).context("recording latency")?;
+        from_send
+            .record(us(sent_at).max(1))
+            .context("recording latency")?;
     }
-    Ok(hist)
+    Ok((hist, from_send))
 }
 
 /// The hub and the two sites.

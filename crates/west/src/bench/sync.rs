@@ -14,7 +14,8 @@
 //!    database, WAL included) / points.
 //! 2. Latency: `--rate` points/s for `--seconds` (one bulk request per 1,000 points, paced);
 //!    for each request, the time from the Source's acknowledgement until its last point is
-//!    readable on the Target (polled through the data API); p50/p99/max.
+//!    readable on the Target (polled through the data API); p50/p99/max; and p50/p99 from
+//!    sending the request, which adds the Source's ingest.
 //! 3. Catch-up: the Target is killed (SIGKILL), `--outage-points` points are written (one
 //!    hour at 1,000 points/s by default), the Target is restarted; catch-up points/s = points
 //!    / time from the restart until the Target has applied them all (and, apart, the time
@@ -354,23 +355,29 @@ pub async fn run(args: SyncArgs, progress: &mut Progress) -> anyhow::Result<Repo
     let requests = (args.rate * args.seconds() / per_request).max(1);
     progress.phase("west: latency", requests * per_request);
     let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).context("histogram")?;
-    let mut waiting: VecDeque<(Instant, String, i64)> = VecDeque::new();
+    let mut from_send = hist.clone();
+    let mut waiting: VecDeque<(Instant, Instant, String, i64)> = VecDeque::new();
     let phase = Instant::now();
     let mut sent = 0;
     while sent < requests || !waiting.is_empty() {
         let due = phase + interval.mul_f64(sent as f64);
         if sent < requests && Instant::now() >= due {
+            let sent_at = Instant::now();
             let (device, t) = b.write(per_request).await?;
-            waiting.push_back((Instant::now(), device, t));
+            waiting.push_back((sent_at, Instant::now(), device, t));
             sent += 1;
             progress.inc(per_request);
             continue;
         }
-        if let Some((acked, device, t)) = waiting.front().cloned()
+        if let Some((sent_at, acked, device, t)) = waiting.front().cloned()
             && b.visible(&device, t).await?
         {
-            let us = u64::try_from(acked.elapsed().as_micros()).unwrap_or(u64::MAX);
-            hist.record(us.max(1)).context("recording latency")?;
+            let us =
+                |since: Instant| u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
+            hist.record(us(acked).max(1)).context("recording latency")?;
+            from_send
+                .record(us(sent_at).max(1))
+                .context("recording latency")?;
             waiting.pop_front();
             continue;
         }
@@ -411,6 +418,16 @@ pub async fn run(args: SyncArgs, progress: &mut Progress) -> anyhow::Result<Repo
     report.add("latency p50", ms(0.50), "ms");
     report.add("latency p99", ms(0.99), "ms");
     report.add("latency max", hist.max() as f64 / 1000.0, "ms");
+    report.add(
+        "latency p50 from send",
+        from_send.value_at_quantile(0.5) as f64 / 1000.0,
+        "ms",
+    );
+    report.add(
+        "latency p99 from send",
+        from_send.value_at_quantile(0.99) as f64 / 1000.0,
+        "ms",
+    );
     if let Some((secs, first_point)) = catch_up {
         report.add("catch-up", outage as f64 / secs, "points/s");
         report.add("  catch-up time", secs, "s");

@@ -46,6 +46,8 @@ fn shared_keys() -> Vec<String> {
         "latency_p50_ms",
         "latency_p99_ms",
         "latency_max_ms",
+        "latency_p50_from_send_ms",
+        "latency_p99_from_send_ms",
         "catch_up_points_per_s",
         "__catch_up_time_s",
         "__restart_to_first_point_s",
