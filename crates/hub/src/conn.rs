@@ -2,13 +2,16 @@
 //!
 //! ```text
 //!  site ── Hello ──▶ check version, then credential (registry) ── Refused ──▶ close
+//!                    (unknown, removed and wrong credential: one answer; the log tells which)
 //!                    │ accepted: attach route (the older connection of that name is closed)
 //!  site ◀─ Welcome ──┘
-//!  reader: Route ─▶ from.site == this site? ─▶ policy ─▶ lookup(to.site) ─▶ peer's queue
+//!  reader: Route ─▶ from.site == this site? ─▶ policy (claims.rs: a service only answers)
+//!                                               ─▶ lookup(to.site) ─▶ peer's queue
 //!                                               │         └ none / stalled ─▶ Undelivered back
 //!                                               └ not paired ─▶ Undelivered{NotPaired} back
 //!          (Undelivered carries Offline / UnknownSite / NotPaired; version 1 gets PeerOffline)
-//!          Claims (v2) ─▶ registry (hub.db) ─▶ claim table: this site's pairings, replaced
+//!          Claims (v2) ─▶ rate limit (per site) ─▶ registry (hub.db) ─▶ claim table
+//!          (a site sending Claims faster than the limit waits; its frames stay in order)
 //!          Ping ─▶ Pong back; silence past the deadline, bad or oversized frame ─▶ Refused, close
 //!  writer: own queue ─▶ socket (batched); a kick (superseded, removed, shutdown) ─▶ Refused, close
 //! ```
@@ -117,23 +120,25 @@ pub(crate) async fn serve(socket: WebSocket, remote: SocketAddr, hub: Arc<Shared
     let generation = match verdict {
         Ok(Ok(Verdict::Accepted { generation })) => generation,
         Ok(Ok(v)) => {
-            let refusal = match v {
-                Verdict::UnknownSite => Refusal::new(
+            // The log and the metrics tell the three apart; the unauthenticated client gets
+            // one answer, so that it cannot learn which site names exist (issue 13 #10).
+            let (code, why) = match v {
+                Verdict::UnknownSite => (
                     RefusalCode::UnknownSite,
                     format!("site {site} is not registered on this hub (west hub add-site {site})"),
                 ),
-                Verdict::Removed => Refusal::new(
+                Verdict::Removed => (
                     RefusalCode::Revoked,
                     format!("site {site} was removed from this hub"),
                 ),
-                _ => Refusal::new(
+                _ => (
                     RefusalCode::WrongCredential,
                     format!("the credential is not the current one of site {site}"),
                 ),
             };
-            tracing::warn!(site, %remote, code = refusal.code, "refused a site: {}", refusal.message);
-            hub.stats.refused(&refusal.code);
-            return refuse(&mut sink, refusal).await;
+            tracing::warn!(site, %remote, code = code.as_str(), "refused a site: {why}");
+            hub.stats.refused(code.as_str());
+            return refuse(&mut sink, credential_refusal(&site)).await;
         }
         Ok(Err(e)) => {
             tracing::error!(site, %remote, error = %e, "could not check a credential");
@@ -234,6 +239,18 @@ pub(crate) async fn serve(socket: WebSocket, remote: SocketAddr, hub: Arc<Shared
     }
 }
 
+/// The one answer to a hello whose site is unknown, removed, or whose credential is wrong.
+pub(crate) fn credential_refusal(site: &str) -> Refusal {
+    Refusal::new(
+        RefusalCode::WrongCredential,
+        format!(
+            "this hub does not accept site {site} with that credential (the site is not \
+             registered, was removed, or the credential is not its current one; the hub's \
+             log says which)"
+        ),
+    )
+}
+
 fn shutdown_refusal() -> Refusal {
     Refusal::new(RefusalCode::Shutdown, "the hub is shutting down")
 }
@@ -317,7 +334,18 @@ async fn read_loop(
                     }
                 }
             }
-            Frame::Claims(c) => claim(hub, site, c.pairings).await,
+            Frame::Claims(c) => {
+                let wait = hub.claim_limiter.charge(site, c.pairings.len());
+                if !wait.is_zero() {
+                    tracing::warn!(site, pairings = c.pairings.len(), ?wait, "claims rate-limited: the site sends Claims faster than the hub applies them");
+                    tokio::select! {
+                        () = kick.kicked() => return Exit::Refused(kick.reason().unwrap_or_else(shutdown_refusal)),
+                        () = hub.shutdown.cancelled() => return Exit::Refused(shutdown_refusal()),
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                }
+                claim(hub, site, c.pairings).await;
+            }
             Frame::Ping(n) => {
                 if !queue(own, &Frame::Pong(n)).await {
                     return Exit::Closed("own queue closed".into());
@@ -337,14 +365,20 @@ async fn read_loop(
 /// Forwards a routed frame (the very `bytes` that arrived) if the policy allows it and its
 /// site takes it; otherwise says why nothing was delivered.
 async fn route(hub: &Shared, r: &Routed, bytes: Bytes) -> Option<UndeliveredReason> {
-    if !hub.policy.allows(&r.from, &r.to) {
-        tracing::info!(from = %r.from, to = %r.to, "route refused: the connectors are not paired");
+    if !hub.claims.admits(r) {
+        tracing::info!(from = %r.from, to = %r.to, kind = ?r.kind, "route refused: the connectors are not paired (or a service answered nothing it was asked)");
         return Some(UndeliveredReason::NotPaired);
     }
     if let Some(peer) = hub.routing.lookup(&r.to.site) {
+        // Recorded before the hand-over: the answer may come back before `deliver` returns.
+        if !hub.claims.expect_answer(r) {
+            tracing::warn!(from = %r.from, to = %r.to, "route refused: too many unanswered service requests from this site");
+            return Some(UndeliveredReason::Offline);
+        }
         return match peer.deliver(bytes, hub.config.delivery_patience).await {
             Ok(()) => None,
             Err(e) => {
+                hub.claims.undelivered(r);
                 tracing::warn!(from = %r.from, to = %r.to, error = %e, "frame not delivered");
                 hub.stats
                     .site(&r.to.site)

@@ -21,14 +21,17 @@
 //!   routed frame and forwards the very bytes it received. It persists only its registry.
 //! - Nothing is forwarded for a connection that has not been authenticated, nor a frame whose
 //!   sender is not that connection's site, nor a frame between two connectors that have not
-//!   both claimed each other (built-in `_` services excepted). Every frame not forwarded is
-//!   answered with the reason.
+//!   both claimed each other (a built-in `_` service may be addressed by anyone, and answers
+//!   only the requests it received). Every frame not forwarded is answered with the reason.
+//! - A client gets [`HubConfig::header_timeout`] to send a request's headers; at most
+//!   [`HubConfig::max_connections`] connections are open at once (`http`).
 //! - Every task belongs to something that stops it: connection tasks to a `TaskTracker`
 //!   awaited on shutdown, the accept loop and the registry watcher to `JoinSet`s.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod claims;
 mod conn;
+pub mod http;
 pub mod registry;
 pub mod routing;
 pub mod stats;
@@ -53,7 +56,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use claims::{ClaimTable, PairedOnly};
+pub use claims::{ClaimLimiter, ClaimTable, PairedOnly};
 pub use registry::{Registry, RegistryError, SiteEntry};
 pub use routing::{AllowAll, LocalRouting, RoutePolicy, Routing};
 pub use tls::{TlsMaterial, TlsSource};
@@ -91,6 +94,12 @@ pub struct HubConfig {
     /// Whether `/metrics` and the per-site part of `/health` answer clients that are not on
     /// loopback. Default: false (site names stay private to the hub's operator).
     pub status_public: bool,
+    /// How long a client may take to send an HTTP request's headers (the WebSocket upgrade
+    /// included). Default: 10 s.
+    pub header_timeout: Duration,
+    /// Connections open at once, sites' links included; more are closed on accept.
+    /// Default: 10,000.
+    pub max_connections: usize,
 }
 
 impl HubConfig {
@@ -106,6 +115,8 @@ impl HubConfig {
             queue_frames: 256,
             delivery_patience: Duration::from_secs(5),
             status_public: false,
+            header_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
         }
     }
 }
@@ -161,10 +172,11 @@ pub(crate) struct Shared {
     config: HubConfig,
     registry: Arc<Registry>,
     routing: Arc<dyn Routing>,
-    /// The claimed pairings: updated by each site's Claims, read by `policy`.
+    /// The claimed pairings (updated by each site's Claims) and the outstanding service
+    /// requests: which routes are forwarded.
     claims: Arc<PairedOnly>,
-    /// Which routes are forwarded (the same object as `claims`).
-    policy: Arc<dyn RoutePolicy>,
+    /// How fast each site's Claims are applied.
+    claim_limiter: ClaimLimiter,
     stats: Stats,
     /// Cancelled when the hub shuts down: connections say goodbye and end.
     shutdown: CancellationToken,
@@ -192,13 +204,14 @@ pub async fn serve(
     let token = CancellationToken::new();
     let claims = Arc::new(PairedOnly {
         table: prepared.claims,
+        answers: claims::ServiceAnswers::default(),
     });
     tracing::info!(pairings = claims.table.len(), "claimed pairings loaded");
     let shared = Arc::new(Shared {
         registry: prepared.registry,
         routing: Arc::new(LocalRouting::default()),
-        policy: Arc::clone(&claims) as Arc<dyn RoutePolicy>,
         claims,
+        claim_limiter: ClaimLimiter::default(),
         stats: Stats::default(),
         shutdown: token.clone(),
         tracker: TaskTracker::new(),
@@ -224,16 +237,15 @@ pub async fn serve(
         .with_state(Arc::clone(&shared));
     tracing::info!(%addr, cert = %prepared.tls.cert_path.display(), "hub listening");
     let stop = token.clone();
-    let result = axum::serve(
-        tls_listener,
-        app.into_make_service_with_connect_info::<PeerAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    background.spawn(async move {
         shutdown.await;
         stop.cancel();
-    })
-    .await
-    .map_err(HubError::Serve);
+    });
+    let limits = http::HttpLimits {
+        header_timeout: shared.config.header_timeout,
+        max_connections: shared.config.max_connections,
+    };
+    http::serve(tls_listener, app, limits, token.clone()).await;
 
     token.cancel();
     for peer in shared.routing.attached() {
@@ -251,7 +263,7 @@ pub async fn serve(
     }
     background.shutdown().await;
     tracing::info!("hub stopped");
-    result
+    Ok(())
 }
 
 /// Cuts off connected sites whose credential was removed or replaced in the registry, within

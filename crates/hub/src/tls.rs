@@ -153,6 +153,10 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
     f.write_all(bytes).map_err(err)
 }
 
+/// TLS handshakes in progress at once; connections beyond are closed (each handshake also
+/// has a deadline).
+const MAX_HANDSHAKES: usize = 1024;
+
 /// The remote address of a connection, as handlers see it through `ConnectInfo`.
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
@@ -215,6 +219,10 @@ async fn accept_loop(
                         continue;
                     }
                 };
+                if handshakes.len() >= MAX_HANDSHAKES {
+                    tracing::warn!(%addr, "too many TLS handshakes in progress; closing");
+                    continue;
+                }
                 let _ = tcp.set_nodelay(true);
                 let acceptor = acceptor.clone();
                 let ready = ready.clone();

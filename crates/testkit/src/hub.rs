@@ -185,6 +185,12 @@ impl HubProc {
         Ok(())
     }
 
+    /// A raw TLS connection to the hub's port, for what no HTTP client sends (a header
+    /// trickled byte by byte, a connection held open).
+    pub async fn tls(&self) -> anyhow::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        tls_connect(self.addr, &self.ca).await
+    }
+
     /// Whether the hub's log contains `needle`.
     pub fn log_contains(&self, needle: &str) -> bool {
         std::fs::read_to_string(&self.proc.log_path)

@@ -81,6 +81,9 @@ struct ServeArgs {
     /// Serve /metrics and per-site /health to any client, not only loopback ones.
     #[arg(long, env = "WEST_METRICS_PUBLIC")]
     metrics_public: bool,
+    /// Connections open at once, sites' links included; more are closed [default: 10000].
+    #[arg(long, env = "WEST_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
     /// TOML file with any of the settings above (flag and environment win over it).
     #[arg(long, env = "WEST_CONFIG")]
     config: Option<PathBuf>,
@@ -201,6 +204,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "--silent-after must be longer than --heartbeat"
     );
     cfg.status_public = args.metrics_public || file.metrics_public.unwrap_or(false);
+    if let Some(n) = args.max_connections {
+        anyhow::ensure!(n > 0, "--max-connections must be at least 1");
+        cfg.max_connections = n;
+    }
 
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
