@@ -262,9 +262,7 @@ impl ClaimLimiter {
     pub fn charge(&self, site: &str, pairings: usize) -> Duration {
         let now = Instant::now();
         let mut sites = self.sites.lock().unwrap_or_else(|p| p.into_inner());
-        let (level, at) = sites
-            .entry(site.to_owned())
-            .or_insert((CLAIMS_BURST, now));
+        let (level, at) = sites.entry(site.to_owned()).or_insert((CLAIMS_BURST, now));
         *level = (*level + now.duration_since(*at).as_secs_f64() * CLAIMS_PER_SECOND)
             .min(CLAIMS_BURST)
             - Self::cost(pairings);
@@ -371,7 +369,10 @@ mod tests {
         let p = PairedOnly::default();
         // Unasked: refused, whatever the kind.
         for kind in [Kind::Request, Kind::Message, Kind::Response, Kind::Failure] {
-            assert!(!p.admits(&routed("b/_pairing", "a/c1", kind, 7)), "{kind:?}");
+            assert!(
+                !p.admits(&routed("b/_pairing", "a/c1", kind, 7)),
+                "{kind:?}"
+            );
         }
         let request = routed("a/c1", "b/_pairing", Kind::Request, 7);
         assert!(p.admits(&request));

@@ -337,7 +337,12 @@ async fn read_loop(
             Frame::Claims(c) => {
                 let wait = hub.claim_limiter.charge(site, c.pairings.len());
                 if !wait.is_zero() {
-                    tracing::warn!(site, pairings = c.pairings.len(), ?wait, "claims rate-limited: the site sends Claims faster than the hub applies them");
+                    tracing::warn!(
+                        site,
+                        pairings = c.pairings.len(),
+                        ?wait,
+                        "claims rate-limited: the site sends Claims faster than the hub applies them"
+                    );
                     tokio::select! {
                         () = kick.kicked() => return Exit::Refused(kick.reason().unwrap_or_else(shutdown_refusal)),
                         () = hub.shutdown.cancelled() => return Exit::Refused(shutdown_refusal()),

@@ -169,9 +169,11 @@ async fn a_flood_of_claims_is_slowed_and_the_last_claims_still_hold() -> anyhow:
     }
     // The last word, confirmed by the Pong behind it: the hub applies claims in order.
     a.claim(&[("c1", Address::new("site-b", "c2"))]).await?;
-    eventually("the hub to log that it slowed the flood", DEADLINE, || async {
-        Ok(hub.log_contains("claims rate-limited").then_some(()))
-    })
+    eventually(
+        "the hub to log that it slowed the flood",
+        DEADLINE,
+        || async { Ok(hub.log_contains("claims rate-limited").then_some(())) },
+    )
     .await?;
     // The other site was never held up, and the final claims are the ones enforced.
     b.claim(&[("c2", Address::new("site-a", "c1"))]).await?;
