@@ -75,7 +75,7 @@ pub(super) fn record(
     if let Some(r) = stored_record(conn, cid, identity)? {
         return Ok(Some(r));
     }
-    match get_device(conn, cid, identity) {
+    match get_device(conn, cid, identity, None) {
         Ok(d) => Ok(Some(DeviceRecord::create(
             identity.clone(),
             zero_stamp(),
@@ -406,8 +406,8 @@ pub(super) fn adopt_config(
 
 /// Deletes a device's rows, its points and latest values (configuration cascades).
 pub(super) fn delete_rows(conn: &Connection, id: i64) -> Result<()> {
+    super::series::delete_device(conn, id)?;
     for sql in [
-        "DELETE FROM points WHERE device = ?1",
         "DELETE FROM latest WHERE device = ?1",
         "DELETE FROM devices WHERE id = ?1",
     ] {

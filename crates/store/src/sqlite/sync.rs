@@ -785,7 +785,6 @@ struct PointWriter {
     devices: HashMap<Identity, i64>,
     /// Points of deleted devices, dropped.
     dropped: u64,
-    newest: HashMap<(i64, i64), (i64, Value)>,
     refused: BTreeMap<ResourceName, Refused>,
 }
 
@@ -794,7 +793,6 @@ impl PointWriter {
         Self {
             devices: HashMap::new(),
             dropped: 0,
-            newest: HashMap::new(),
             refused: BTreeMap::new(),
         }
     }
@@ -863,37 +861,13 @@ impl PointWriter {
         let Some(device) = self.device(conn, cid, &identity, now)? else {
             return Ok(());
         };
-        conn.prepare_cached(
-            "INSERT INTO points (device, resource, t, v) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (device, resource, t) DO UPDATE SET v = excluded.v",
-        )
-        .and_then(|mut s| s.execute(params![device, rid, t, value_to_sql(&value)]))
-        .map_err(backend("applying points"))?;
-        match self.newest.get(&(device, rid)) {
-            Some((old, _)) if *old > t => {}
-            _ => {
-                self.newest.insert((device, rid), (t, value));
-            }
-        }
-        Ok(())
+        super::series::append(conn, device, rid, t, value)
     }
 
     fn finish(self, conn: &Connection, cid: &ConnectorId, now: i64) -> Result<()> {
         if self.dropped > 0 {
             tracing::info!(connector = %cid, points = self.dropped,
                 "dropped replicated points of devices deleted on either side");
-        }
-        let mut latest = conn
-            .prepare_cached(
-                "INSERT INTO latest (device, resource, t, v) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (device, resource) DO UPDATE SET t = excluded.t, v = excluded.v
-                 WHERE excluded.t >= latest.t",
-            )
-            .map_err(backend("updating latest values"))?;
-        for ((device, resource), (t, v)) in &self.newest {
-            latest
-                .execute(params![device, resource, t, value_to_sql(v)])
-                .map_err(backend("updating latest values"))?;
         }
         for (resource, r) in self.refused {
             tracing::warn!(connector = %cid, %resource, points = r.points,

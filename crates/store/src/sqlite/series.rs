@@ -1,0 +1,490 @@
+//! Time series: an append-only point log, its in-memory tail index, and per-series
+//! compressed blocks the writer folds the log into. Schema: `migrations/0006_point_log.sql`;
+//! design: `docs/sync.md` ("Storage").
+//!
+//! ```text
+//!  ingest / apply job ──▶ INSERT INTO point_log (pos = next)     only the log's tail pages
+//!                     └─▶ Op::Put (thread-local, per job)        dropped with a refused job
+//!  writer, after COMMIT ──▶ ops applied to the Tail (RwLock)     then callers hear back
+//!  writer, tail ≥ fold_points ──▶ one transaction: point_blocks (bucket, device, resource,
+//!                                 gen) + series_buckets + latest, DELETE FROM point_log;
+//!                                 after its COMMIT the Tail is cleared
+//!  read ──▶ lock Tail, first statement (the snapshot), copy the tail's part, unlock
+//!           ──▶ blocks of the series' buckets in range, merged (later gen wins), tail wins
+//! ```
+//!
+//! Invariants:
+//! - Every point of an acknowledged commit is in `point_log` or in `point_blocks`, never
+//!   lost between them: a fold writes the blocks and deletes the log in one transaction.
+//! - The Tail holds exactly the rows of `point_log`, one value per `(device, resource, t)`
+//!   (the latest written); it is rebuilt from the log on open.
+//! - For a repeated `(device, resource, t)` the last write wins in every read: the tail over
+//!   blocks, a later block generation over an earlier one (generations grow per series and
+//!   bucket; a fold only ever holds the newest value of a `t`).
+//! - A reader takes the Tail's lock before its transaction's first statement and copies what
+//!   it needs before releasing it; the writer clears the Tail only after the fold committed,
+//!   under the write lock. So a reader either sees the fold in its snapshot or finds the
+//!   folded points still in the Tail: never neither.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::RwLock;
+
+use proto::model::{Format, Identity, ResourceName, Value};
+use proto::sync::{Point as SyncPoint, Record, codec};
+use rusqlite::{Connection, params};
+
+use super::{backend, value_from_sql, value_to_sql};
+use crate::{Order, Point, Result, StoreError};
+
+/// Length of a block's time bucket, µs (one hour).
+pub(super) const BUCKET_US: i64 = 3_600_000_000;
+/// Most points in one block; a fold splits longer runs of a series' bucket.
+const MAX_BLOCK_POINTS: usize = 1024;
+
+type Series = BTreeMap<i64, Value>;
+
+/// The not-yet-folded points, indexed by device, resource and time.
+#[derive(Default)]
+pub(super) struct Tail {
+    devices: HashMap<i64, HashMap<i64, Series>>,
+    points: usize,
+}
+
+impl Tail {
+    /// Points held (one per distinct `(device, resource, t)`).
+    pub(super) fn len(&self) -> usize {
+        self.points
+    }
+
+    fn put(&mut self, device: i64, resource: i64, t: i64, value: Value) {
+        let series = self
+            .devices
+            .entry(device)
+            .or_default()
+            .entry(resource)
+            .or_default();
+        if series.insert(t, value).is_none() {
+            self.points += 1;
+        }
+    }
+
+    fn forget(&mut self, device: i64) {
+        if let Some(d) = self.devices.remove(&device) {
+            self.points -= d.values().map(BTreeMap::len).sum::<usize>();
+        }
+    }
+
+    fn apply(&mut self, ops: Vec<Op>) {
+        for op in ops {
+            match op {
+                Op::Put {
+                    device,
+                    resource,
+                    t,
+                    value,
+                } => self.put(device, resource, t, value),
+                Op::Forget(device) => self.forget(device),
+            }
+        }
+    }
+
+    /// The first `limit` points of a series with `lo <= t < hi`, in `order`.
+    fn range(
+        &self,
+        device: i64,
+        resource: i64,
+        (lo, hi): (i64, i64),
+        order: Order,
+        limit: usize,
+    ) -> Vec<(i64, Value)> {
+        let Some(series) = self.devices.get(&device).and_then(|d| d.get(&resource)) else {
+            return Vec::new();
+        };
+        if lo >= hi {
+            return Vec::new();
+        }
+        let range = series.range(lo..hi).map(|(t, v)| (*t, v.clone()));
+        match order {
+            Order::Asc => range.take(limit).collect(),
+            Order::Desc => range.rev().take(limit).collect(),
+        }
+    }
+
+    /// The newest tail point of each resource of a device, with the puts of the writer's
+    /// current transaction over them (none outside the writer thread).
+    pub(super) fn newest(&self, device: i64) -> HashMap<i64, (i64, Value)> {
+        let mut out: HashMap<i64, (i64, Value)> = self
+            .devices
+            .get(&device)
+            .into_iter()
+            .flatten()
+            .filter_map(|(r, s)| s.last_key_value().map(|(t, v)| (*r, (*t, v.clone()))))
+            .collect();
+        OPS.with_borrow(|ops| {
+            for op in ops {
+                match op {
+                    Op::Put {
+                        device: d,
+                        resource,
+                        t,
+                        value,
+                    } if *d == device && out.get(resource).is_none_or(|(old, _)| t >= old) => {
+                        out.insert(*resource, (*t, value.clone()));
+                    }
+                    Op::Forget(d) if *d == device => out.clear(),
+                    _ => {}
+                }
+            }
+        });
+        out
+    }
+}
+
+/// A change of the Tail, made by a job and applied once its commit is durable.
+pub(super) enum Op {
+    Put {
+        device: i64,
+        resource: i64,
+        t: i64,
+        value: Value,
+    },
+    Forget(i64),
+}
+
+thread_local! {
+    /// The Tail changes of the writer's open transaction, in order.
+    static OPS: RefCell<Vec<Op>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Where the current job's changes start (to drop them if its savepoint rolls back).
+pub(super) fn mark() -> usize {
+    OPS.with_borrow(Vec::len)
+}
+
+/// Drops the changes of a job whose savepoint rolled back.
+pub(super) fn rollback_to(mark: usize) {
+    OPS.with_borrow_mut(|ops| ops.truncate(mark));
+}
+
+/// The changes of the transaction just ended (empty them whether it committed or not).
+pub(super) fn take_ops() -> Vec<Op> {
+    OPS.with_borrow_mut(std::mem::take)
+}
+
+/// Applies a committed transaction's changes to the Tail; returns the points it added.
+pub(super) fn apply(tail: &RwLock<Tail>, ops: Vec<Op>) {
+    if ops.is_empty() {
+        return;
+    }
+    if let Ok(mut tail) = tail.write() {
+        tail.apply(ops);
+    }
+}
+
+/// Appends one point to the log (in the caller's transaction) and queues it for the Tail.
+pub(super) fn append(
+    conn: &Connection,
+    device: i64,
+    resource: i64,
+    t: i64,
+    value: Value,
+) -> Result<()> {
+    conn.prepare_cached("INSERT INTO point_log (device, resource, t, v) VALUES (?1, ?2, ?3, ?4)")
+        .and_then(|mut s| s.execute(params![device, resource, t, value_to_sql(&value)]))
+        .map_err(backend("appending points"))?;
+    OPS.with_borrow_mut(|ops| {
+        ops.push(Op::Put {
+            device,
+            resource,
+            t,
+            value,
+        })
+    });
+    Ok(())
+}
+
+/// Deletes every point of a device: its log rows, blocks and bucket list.
+pub(super) fn delete_device(conn: &Connection, device: i64) -> Result<()> {
+    let op = "deleting a device's points";
+    let buckets = super::select_rows(
+        conn,
+        "SELECT resource, bucket FROM series_buckets WHERE device = ?1",
+        [device],
+        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+        op,
+    )?;
+    let mut blocks = conn
+        .prepare_cached(
+            "DELETE FROM point_blocks WHERE bucket = ?1 AND device = ?2 AND resource = ?3",
+        )
+        .map_err(backend(op))?;
+    for (resource, bucket) in buckets {
+        blocks
+            .execute(params![bucket, device, resource])
+            .map_err(backend(op))?;
+    }
+    for sql in [
+        "DELETE FROM series_buckets WHERE device = ?1",
+        "DELETE FROM point_log WHERE device = ?1",
+    ] {
+        conn.prepare_cached(sql)
+            .and_then(|mut s| s.execute([device]))
+            .map_err(backend(op))?;
+    }
+    OPS.with_borrow_mut(|ops| ops.push(Op::Forget(device)));
+    Ok(())
+}
+
+/// Reads the whole log into a Tail (in log order, so the last write of a `t` wins). Rows of
+/// resources that no longer exist are skipped.
+pub(super) fn replay(conn: &Connection, upto: Option<i64>) -> Result<(Tail, Option<i64>)> {
+    let op = "reading the point log";
+    let mut stmt = conn
+        .prepare(
+            "SELECT l.pos, l.device, l.resource, l.t, l.v, r.format FROM point_log l
+             JOIN resources r ON r.id = l.resource
+             WHERE l.pos <= ?1 ORDER BY l.pos",
+        )
+        .map_err(backend(op))?;
+    let mut rows = stmt
+        .query([upto.unwrap_or(i64::MAX)])
+        .map_err(backend(op))?;
+    let mut tail = Tail::default();
+    let mut last = None;
+    while let Some(r) = rows.next().map_err(backend(op))? {
+        let pos: i64 = r.get(0).map_err(backend(op))?;
+        let format: String = r.get(5).map_err(backend(op))?;
+        let format = Format::parse(&format).map_err(|e| StoreError::Backend {
+            op,
+            source: Box::new(e),
+        })?;
+        let value = value_from_sql(format, r.get_ref(4).map_err(backend(op))?);
+        tail.put(
+            r.get(1).map_err(backend(op))?,
+            r.get(2).map_err(backend(op))?,
+            r.get(3).map_err(backend(op))?,
+            value,
+        );
+        last = Some(pos);
+    }
+    Ok((tail, last))
+}
+
+/// The position of the `n`-th row of the log, if it has that many.
+pub(super) fn log_position(conn: &Connection, n: usize) -> Result<Option<i64>> {
+    conn.query_row(
+        "SELECT pos FROM point_log ORDER BY pos LIMIT 1 OFFSET ?1",
+        [i64::try_from(n.saturating_sub(1)).unwrap_or(i64::MAX)],
+        |r| r.get(0),
+    )
+    .map(Some)
+    .or_else(|e| match e {
+        rusqlite::Error::QueryReturnedNoRows => Ok(None),
+        e => Err(e),
+    })
+    .map_err(backend("measuring the point log"))
+}
+
+fn codec_err(op: &'static str) -> impl FnOnce(codec::CodecError) -> StoreError {
+    move |e| StoreError::Backend {
+        op,
+        source: Box::new(e),
+    }
+}
+
+/// Writes a Tail's points as blocks (and `latest`), then deletes the log rows up to `upto`
+/// (all when `None`), in the caller's transaction. Returns the blocks written.
+pub(super) fn fold(conn: &Connection, tail: &Tail, upto: Option<i64>) -> Result<usize> {
+    let op = "folding the point log";
+    // The codec wants a device and resource per point; a block belongs to one series,
+    // named by its key, so these placeholders are all it stores of them.
+    let (nobody, nothing) = (
+        Identity::parse("_").map_err(|e| StoreError::Backend {
+            op,
+            source: Box::new(e),
+        })?,
+        ResourceName::parse("_").map_err(|e| StoreError::Backend {
+            op,
+            source: Box::new(e),
+        })?,
+    );
+    let mut encoder = codec::Encoder::new();
+    let mut series: Vec<(i64, i64, &Series)> = tail
+        .devices
+        .iter()
+        .flat_map(|(d, rs)| rs.iter().map(move |(r, s)| (*d, *r, s)))
+        .filter(|(_, _, s)| !s.is_empty())
+        .collect();
+    series.sort_by_key(|(d, r, _)| (*d, *r));
+    let mut next_gen = conn
+        .prepare_cached(
+            "SELECT COALESCE(MAX(gen), 0) + 1 FROM point_blocks
+             WHERE bucket = ?1 AND device = ?2 AND resource = ?3",
+        )
+        .map_err(backend(op))?;
+    let mut insert = conn
+        .prepare_cached(
+            "INSERT INTO point_blocks (bucket, device, resource, gen, t_min, t_max, n, data)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .map_err(backend(op))?;
+    let mut bucket_row = conn
+        .prepare_cached(
+            "INSERT OR IGNORE INTO series_buckets (device, resource, bucket) VALUES (?1, ?2, ?3)",
+        )
+        .map_err(backend(op))?;
+    let mut latest = conn
+        .prepare_cached(
+            "INSERT INTO latest (device, resource, t, v) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (device, resource) DO UPDATE SET t = excluded.t, v = excluded.v
+             WHERE excluded.t >= latest.t",
+        )
+        .map_err(backend(op))?;
+    let mut written = 0;
+    let mut records = Vec::with_capacity(MAX_BLOCK_POINTS);
+    for (device, resource, points) in series {
+        let mut iter = points.iter().peekable();
+        while let Some(&(&t0, _)) = iter.peek() {
+            let bucket = t0.div_euclid(BUCKET_US);
+            records.clear();
+            while let Some(&(&t, v)) = iter.peek() {
+                if t.div_euclid(BUCKET_US) != bucket || records.len() >= MAX_BLOCK_POINTS {
+                    break;
+                }
+                records.push(Record::Point(SyncPoint {
+                    device: nobody.clone(),
+                    resource: nothing.clone(),
+                    t,
+                    value: v.clone(),
+                }));
+                iter.next();
+            }
+            let (t_min, t_max) = match (records.first(), records.last()) {
+                (Some(Record::Point(a)), Some(Record::Point(b))) => (a.t, b.t),
+                _ => continue,
+            };
+            let data = encoder.encode(&records).map_err(codec_err(op))?;
+            let generation: i64 = next_gen
+                .query_row(params![bucket, device, resource], |r| r.get(0))
+                .map_err(backend(op))?;
+            insert
+                .execute(params![
+                    bucket,
+                    device,
+                    resource,
+                    generation,
+                    t_min,
+                    t_max,
+                    records.len() as i64,
+                    data
+                ])
+                .map_err(backend(op))?;
+            bucket_row
+                .execute(params![device, resource, bucket])
+                .map_err(backend(op))?;
+            written += 1;
+        }
+        if let Some((t, v)) = points.last_key_value() {
+            latest
+                .execute(params![device, resource, t, value_to_sql(v)])
+                .map_err(backend(op))?;
+        }
+    }
+    match upto {
+        None => conn.execute("DELETE FROM point_log", []),
+        Some(pos) => conn.execute("DELETE FROM point_log WHERE pos <= ?1", [pos]),
+    }
+    .map_err(backend(op))?;
+    Ok(written)
+}
+
+/// The Tail's part of a series read, copied under its lock.
+pub(super) struct TailPart(Vec<(i64, Value)>);
+
+/// What a series read needs of the Tail: the first `limit` points in `[lo, hi)`, in order.
+pub(super) fn tail_part(
+    tail: &Tail,
+    device: i64,
+    resource: i64,
+    window: (i64, i64),
+    order: Order,
+    limit: usize,
+) -> TailPart {
+    TailPart(tail.range(device, resource, window, order, limit))
+}
+
+/// A page of one series, `lo <= t < hi`, in `order`, at most `limit`: blocks merged with the
+/// tail's part (the tail wins on a repeated `t`, a later block over an earlier one).
+pub(super) fn read(
+    conn: &Connection,
+    (device, resource): (i64, i64),
+    (lo, hi): (i64, i64),
+    order: Order,
+    limit: usize,
+    tail: TailPart,
+) -> Result<Vec<Point>> {
+    let op = "reading points";
+    if lo >= hi || limit == 0 {
+        return Ok(Vec::new());
+    }
+    let mut merged: BTreeMap<i64, Value> = BTreeMap::new();
+    let sql = match order {
+        Order::Asc => {
+            "SELECT bucket FROM series_buckets WHERE device = ?1 AND resource = ?2
+             AND bucket >= ?3 AND bucket <= ?4 ORDER BY bucket ASC"
+        }
+        Order::Desc => {
+            "SELECT bucket FROM series_buckets WHERE device = ?1 AND resource = ?2
+             AND bucket >= ?3 AND bucket <= ?4 ORDER BY bucket DESC"
+        }
+    };
+    let mut buckets = conn.prepare_cached(sql).map_err(backend(op))?;
+    let mut blocks = conn
+        .prepare_cached(
+            "SELECT data FROM point_blocks WHERE bucket = ?1 AND device = ?2 AND resource = ?3
+             AND t_max >= ?4 AND t_min < ?5 ORDER BY gen",
+        )
+        .map_err(backend(op))?;
+    let mut rows = buckets
+        .query(params![
+            device,
+            resource,
+            lo.div_euclid(BUCKET_US),
+            (hi - 1).div_euclid(BUCKET_US)
+        ])
+        .map_err(backend(op))?;
+    let mut decoder = codec::Decoder::new();
+    while let Some(r) = rows.next().map_err(backend(op))? {
+        let bucket: i64 = r.get(0).map_err(backend(op))?;
+        let mut data = blocks
+            .query(params![bucket, device, resource, lo, hi])
+            .map_err(backend(op))?;
+        while let Some(b) = data.next().map_err(backend(op))? {
+            let bytes = b.get_ref(0).map_err(backend(op))?;
+            let bytes = bytes.as_blob().map_err(|e| StoreError::Backend {
+                op,
+                source: Box::new(e),
+            })?;
+            for record in decoder.decode(bytes).map_err(codec_err(op))? {
+                if let Record::Point(p) = record
+                    && (lo..hi).contains(&p.t)
+                {
+                    merged.insert(p.t, p.value);
+                }
+            }
+        }
+        // Whole buckets only: a later bucket cannot hold an earlier point.
+        if merged.len() >= limit {
+            break;
+        }
+    }
+    for (t, v) in tail.0 {
+        merged.insert(t, v);
+    }
+    let points = merged.into_iter().map(|(t, v)| Point { t, v });
+    Ok(match order {
+        Order::Asc => points.take(limit).collect(),
+        Order::Desc => points.rev().take(limit).collect(),
+    })
+}
