@@ -7,7 +7,9 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod channel;
+pub mod lookup;
 pub mod model;
 pub mod pairing;
+pub mod service;
 pub mod sync;
 pub mod wire;

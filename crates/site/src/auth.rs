@@ -101,6 +101,16 @@ pub fn cookie<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
+impl AppState {
+    /// The user a login token belongs to, if it is valid now.
+    pub async fn user_for_token(&self, token: &str) -> Result<Option<String>, ApiError> {
+        Ok(self
+            .store
+            .token_user(token_hash(token), crate::clock::now_micros())
+            .await?)
+    }
+}
+
 /// A signed-in user, from a login token.
 #[derive(Debug, Clone)]
 pub struct User(pub String);

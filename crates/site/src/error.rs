@@ -1,5 +1,7 @@
 //! The one error type of the HTTP API: each kind maps to a status and the stable `error` code
-//! of API.md. Internal details go to the log, never to the client.
+//! of docs/api.md ("Errors"). Internal details go to the log, never to the client. The
+//! domain's refusals ([`ops::Error`]) map one to one; the API adds its own for bodies and
+//! queries it cannot read.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -7,6 +9,8 @@ use axum::response::{IntoResponse, Response};
 use proto::model::ModelError;
 use serde_json::json;
 use store::StoreError;
+
+use crate::ops;
 
 /// An API failure as the client sees it.
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +59,7 @@ impl ApiError {
         }
     }
 
-    /// The stable snake_case code of API.md.
+    /// The stable snake_case code of docs/api.md.
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::InvalidJson(_) => "invalid_json",
@@ -81,6 +85,23 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<ops::Error> for ApiError {
+    fn from(e: ops::Error) -> Self {
+        match e {
+            ops::Error::Invalid(m) => ApiError::InvalidValue(m),
+            ops::Error::InvalidQuery(m) => ApiError::InvalidQuery(m),
+            ops::Error::NotFound(m) => ApiError::NotFound(m),
+            ops::Error::Conflict(m) => ApiError::Conflict(m),
+            ops::Error::Forbidden(m) => ApiError::Forbidden(m),
+            ops::Error::Unauthorized(m) => ApiError::Unauthorized(m),
+            ops::Error::PeerOffline(m) => ApiError::PeerOffline(m),
+            ops::Error::PairingExpired(m) => ApiError::PairingExpired(m),
+            ops::Error::PairingCodeWrong(m) => ApiError::PairingCodeWrong(m),
+            ops::Error::Internal => ApiError::Internal,
+        }
+    }
+}
+
 impl From<ModelError> for ApiError {
     fn from(e: ModelError) -> Self {
         ApiError::InvalidValue(e.to_string())
@@ -89,23 +110,6 @@ impl From<ModelError> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::ConnectorNotFound(_)
-            | StoreError::DeviceNotFound(_)
-            | StoreError::ResourceNotFound(_) => ApiError::NotFound(e.to_string()),
-            StoreError::ResourceExists(_)
-            | StoreError::DeviceExists(_)
-            | StoreError::UserExists(_)
-            | StoreError::SyncState { .. }
-            | StoreError::SyncCursor { .. } => ApiError::Conflict(e.to_string()),
-            StoreError::DeviceLocked(_) => ApiError::Forbidden(e.to_string()),
-            StoreError::NotSettable(_) | StoreError::Invalid(_) => {
-                ApiError::InvalidValue(e.to_string())
-            }
-            StoreError::Backend { .. } | StoreError::Closed => {
-                tracing::error!(error = %e, "storage error");
-                ApiError::Internal
-            }
-        }
+        ops::Error::from(e).into()
     }
 }

@@ -11,9 +11,11 @@
 
 pub mod api;
 pub mod auth;
+pub mod clock;
 pub mod error;
 pub mod link;
 pub mod metrics;
+pub mod ops;
 pub mod remote;
 pub mod state;
 pub mod ui;
@@ -50,7 +52,7 @@ pub struct SiteConfig {
     pub pairing_window: std::time::Duration,
     /// Retention, disk budget and clock of resource data synchronisation (default: 30 days,
     /// no budget, the system clock).
-    pub sync: remote::sync::SyncSettings,
+    pub sync: remote::status::SyncSettings,
 }
 
 impl SiteConfig {
@@ -64,7 +66,7 @@ impl SiteConfig {
             body_limit: 8 * 1024 * 1024,
             synchronous: Synchronous::Normal,
             pairing_window: std::time::Duration::from_secs(600),
-            sync: remote::sync::SyncSettings::default(),
+            sync: remote::status::SyncSettings::default(),
         }
     }
 }
@@ -128,7 +130,7 @@ pub async fn prepare(config: &SiteConfig) -> anyhow::Result<Prepared> {
         metrics_public: config.metrics_public,
         body_limit: config.body_limit,
         pairing_window: config.pairing_window,
-        pairings: remote::pairing::Pairings::default(),
+        pairings: remote::windows::Pairings::default(),
         remote,
         sync: config.sync.clone(),
     });

@@ -12,7 +12,7 @@ use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 use crate::link::Link;
-use crate::remote::sync::SyncStatus;
+use crate::remote::status::SyncStatus;
 
 /// Handles on every metric the site records.
 pub struct SiteMetrics {

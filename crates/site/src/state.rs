@@ -1,14 +1,17 @@
-//! The state every handler shares: the store, the site's identity, its metrics and the hub
-//! link. Cheap to clone (one `Arc`).
+//! The state every handler and task shares: the store, the site's identity, its metrics, the
+//! hub link and the live view of its peers. Cheap to clone (one `Arc`).
+//!
+//! Only data lives here: what changes it is `ops` (and the `remote` tasks for the peers).
 
 use std::sync::Arc;
 
 use store::Store;
 
-use crate::auth;
-use crate::error::ApiError;
 use crate::link::Link;
 use crate::metrics::SiteMetrics;
+use crate::remote::registry::Remote;
+use crate::remote::status::SyncSettings;
+use crate::remote::windows::Pairings;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -31,11 +34,11 @@ pub struct Inner {
     /// How long a pairing code stays valid.
     pub pairing_window: std::time::Duration,
     /// The Source's open pairing windows (countdowns and attempts in flight).
-    pub pairings: crate::remote::pairing::Pairings,
-    /// Encrypted sessions of paired connectors with their peers.
-    pub remote: crate::remote::Remote,
+    pub pairings: Pairings,
+    /// Encrypted sessions of paired connectors with their peers, and their sync drivers.
+    pub remote: Remote,
     /// Retention, disk budget and clock of resource data synchronisation.
-    pub sync: crate::remote::sync::SyncSettings,
+    pub sync: SyncSettings,
 }
 
 impl std::ops::Deref for AppState {
@@ -51,31 +54,4 @@ impl AppState {
             inner: Arc::new(inner),
         }
     }
-
-    /// The user a login token belongs to, if it is valid now.
-    pub async fn user_for_token(&self, token: &str) -> Result<Option<String>, ApiError> {
-        Ok(self
-            .store
-            .token_user(auth::token_hash(token), now_micros())
-            .await?)
-    }
-}
-
-/// Microseconds since the Unix epoch, from the system clock.
-pub fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
-/// An RFC 3339 rendering of a µs timestamp, for the `_at` fields of API.md.
-pub fn rfc3339(micros: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
 }

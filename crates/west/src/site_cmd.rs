@@ -113,7 +113,7 @@ pub async fn run(args: SiteArgs) -> anyhow::Result<()> {
     }
     cfg.sync.disk_budget = args.sync_disk_budget_mib.map(|m| m.saturating_mul(1 << 20));
     if let Some(path) = args.test_clock_offset_file {
-        cfg.sync.clock = site::remote::sync::offset_clock(path);
+        cfg.sync.clock = site::remote::status::offset_clock(path);
     }
     cfg.metrics_public = args.metrics_public || file.metrics_public.unwrap_or(false);
     cfg.synchronous = match args.synchronous.or(file.synchronous) {

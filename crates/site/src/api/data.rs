@@ -14,10 +14,12 @@ use serde::Deserialize;
 use serde_json::{Value as Json_, json};
 use store::{Order, PointsIn, RangeQuery};
 
-use super::{ApiBytes, QueryPairs, connector_id, identity, parse_json, resource_name};
+use super::extract::{ApiBytes, QueryPairs, parse_json};
 use crate::auth::{User, Writer};
+use crate::clock::now_micros;
 use crate::error::ApiError;
-use crate::state::{AppState, now_micros};
+use crate::ops::{self, connector_id, identity, resource_name};
+use crate::state::AppState;
 
 const ONLY_OWN: &str = "a device token may write only its own device's data";
 const DEFAULT_PAGE: i64 = 1000;
@@ -122,30 +124,9 @@ async fn store_points(
     points: Result<Vec<PointsIn>, ApiError>,
     started: Instant,
 ) -> Result<Json<Json_>, ApiError> {
-    let result = match points {
-        Ok(points) => state
-            .store
-            .ingest(cid, points)
-            .await
-            .map_err(ApiError::from),
-        Err(e) => Err(e),
-    };
-    match result {
-        Ok(n) => {
-            // Wake the connector's sync driver: the outbox may have grown.
-            state.remote.sync.appended(cid);
-            state.metrics.ingest_points.increment(n as u64);
-            state
-                .metrics
-                .ingest_seconds
-                .record(started.elapsed().as_secs_f64());
-            Ok(Json(json!({ "accepted": n })))
-        }
-        Err(e) => {
-            state.metrics.ingest_refused.increment(1);
-            Err(e)
-        }
-    }
+    let points = points.inspect_err(|_| ops::data::refused(state))?;
+    let n = ops::data::ingest(state, cid, points, started).await?;
+    Ok(Json(json!({ "accepted": n })))
 }
 
 pub async fn read(
@@ -174,24 +155,21 @@ pub async fn read(
                 ApiError::InvalidQuery("cursor is not one this site gave out".into())
             })?),
         };
-    let want = usize::try_from(limit).unwrap_or(usize::MAX);
     let query = RangeQuery {
         since,
         until,
         after,
-        limit: want + 1,
+        limit: usize::try_from(limit).unwrap_or(usize::MAX),
         order,
     };
-    let mut points = state.store.points(&cid, &id, &name, query).await?;
+    let series = ops::data::series(&state, &cid, &id, &name, query).await?;
     let mut page = json!({});
-    if points.len() > want {
-        points.truncate(want);
-        if let Some(last) = points.last() {
-            page["next"] = json!(last.t.to_string());
-        }
+    if let Some(t) = series.next {
+        page["next"] = json!(t.to_string());
     }
     page["points"] = Json_::Array(
-        points
+        series
+            .points
             .iter()
             .map(|p| json!({ "t": p.t, "v": p.v.to_json() }))
             .collect(),

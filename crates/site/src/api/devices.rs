@@ -5,45 +5,41 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use proto::model::{self, ConnectorId, DeviceState, Identity, Permission, ResourceName, Tags};
+use proto::model::{DeviceState, Identity, Permission, ResourceName, Tags};
 use serde::Deserialize;
 use serde_json::{Value as Json_, json};
-use store::{DevicePatch, DeviceQuery, NewDevice};
 
-use super::{ApiJson, QueryPairs, connector_id, device_json, identity};
-use crate::auth::{self, User};
+use super::extract::{ApiJson, QueryPairs};
+use super::render::{device_json, device_page_json};
+use crate::auth::User;
 use crate::error::ApiError;
-use crate::state::{AppState, now_micros};
-
-/// Default and largest page of the device list.
-const DEFAULT_PAGE: i64 = 100;
-const MAX_PAGE: i64 = 1000;
+use crate::ops::devices::{self, DEFAULT_PAGE, DeviceChange, ListQuery, MAX_PAGE, NewDevice};
+use crate::ops::{self, connector_id, identity};
+use crate::state::AppState;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBody {
-    pub identity: String,
+    identity: String,
     #[serde(default)]
-    pub tags: Tags,
+    tags: Tags,
     #[serde(default)]
-    pub permissions: Vec<Permission>,
+    permissions: Vec<Permission>,
     #[serde(default)]
-    pub state: DeviceState,
+    state: DeviceState,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct PatchBody {
-    pub tags: Option<Tags>,
-    pub permissions: Option<Vec<Permission>>,
-    pub state: Option<DeviceState>,
-    pub config: Option<BTreeMap<String, Json_>>,
+    tags: Option<Tags>,
+    permissions: Option<Vec<Permission>>,
+    state: Option<DeviceState>,
+    config: Option<BTreeMap<String, Json_>>,
 }
 
-/// Turns `?tag=K:V&limit=N&cursor=C` into a store query.
-pub fn device_query(q: &QueryPairs) -> Result<DeviceQuery, ApiError> {
+/// Turns `?tag=K:V&limit=N&cursor=C` into a list query.
+pub fn list_query(q: &QueryPairs) -> Result<ListQuery, ApiError> {
     let mut tags = Vec::new();
     for (k, v) in q.0.iter().filter(|(k, _)| k == "tag") {
         let (key, value) = v.split_once(':').ok_or_else(|| {
@@ -51,45 +47,13 @@ pub fn device_query(q: &QueryPairs) -> Result<DeviceQuery, ApiError> {
         })?;
         tags.push((key.to_owned(), value.to_owned()));
     }
-    let limit = q.number("limit", DEFAULT_PAGE, 1..=MAX_PAGE)?;
-    let after = match q.get("cursor") {
-        None => None,
-        Some(c) => Some(
-            URL_SAFE_NO_PAD
-                .decode(c)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .and_then(|s| Identity::parse(&s).ok())
-                .ok_or_else(|| {
-                    ApiError::InvalidQuery("cursor is not one this site gave out".into())
-                })?,
-        ),
-    };
-    Ok(DeviceQuery {
+    let limit = q.number("limit", i64::from(DEFAULT_PAGE), 1..=i64::from(MAX_PAGE))?;
+    let after = q.get("cursor").map(devices::parse_cursor).transpose()?;
+    Ok(ListQuery {
         tags,
         after,
-        // One more than asked, to know whether a next page exists.
-        limit: usize::try_from(limit + 1).unwrap_or(usize::MAX),
+        limit: u32::try_from(limit).unwrap_or(MAX_PAGE),
     })
-}
-
-/// One page of devices as `{"devices": [...], "next"?}`.
-pub async fn device_page(
-    state: &AppState,
-    cid: &ConnectorId,
-    query: DeviceQuery,
-) -> Result<Json_, ApiError> {
-    let want = query.limit - 1;
-    let mut devices = state.store.devices(cid, query).await?;
-    let mut page = json!({});
-    if devices.len() > want {
-        devices.truncate(want);
-        if let Some(last) = devices.last() {
-            page["next"] = json!(URL_SAFE_NO_PAD.encode(last.identity.as_str()));
-        }
-    }
-    page["devices"] = Json_::Array(devices.iter().map(device_json).collect());
-    Ok(page)
 }
 
 pub async fn list(
@@ -99,7 +63,8 @@ pub async fn list(
     q: QueryPairs,
 ) -> Result<Json<Json_>, ApiError> {
     let cid = connector_id(&cid)?;
-    Ok(Json(device_page(&state, &cid, device_query(&q)?).await?))
+    let page = devices::page(&state, &cid, list_query(&q)?).await?;
+    Ok(Json(device_page_json(&page)))
 }
 
 pub async fn create(
@@ -108,34 +73,17 @@ pub async fn create(
     Path(cid): Path<String>,
     ApiJson(body): ApiJson<CreateBody>,
 ) -> Result<(StatusCode, Json<Json_>), ApiError> {
-    let (device, token) = create_device(&state, &connector_id(&cid)?, body).await?;
-    let mut out = device_json(&device);
-    out["token"] = json!(token);
-    Ok((StatusCode::CREATED, Json(out)))
-}
-
-/// Creates a device and its token (returned once, never stored in clear); shared with the UI.
-pub async fn create_device(
-    state: &AppState,
-    cid: &ConnectorId,
-    body: CreateBody,
-) -> Result<(store::Device, String), ApiError> {
-    let identity = Identity::parse(body.identity.trim())?;
-    model::check_tags(&body.tags)?;
-    model::check_permissions(&body.permissions)?;
-    let (token, hash) = auth::new_token();
+    let cid = connector_id(&cid)?;
     let new = NewDevice {
-        identity,
+        identity: Identity::parse(body.identity.trim())?,
         tags: body.tags,
         permissions: body.permissions,
         state: body.state,
-        token: hash,
-        created_at: now_micros(),
     };
-    let device = state.store.create_device(cid, new).await?;
-    state.remote.sync.appended(cid);
-    tracing::info!(connector = %cid, device = %device.identity, "created device");
-    Ok((device, token))
+    let (device, token) = devices::create(&state, &cid, new).await?;
+    let mut out = device_json(&device);
+    out["token"] = json!(token);
+    Ok((StatusCode::CREATED, Json(out)))
 }
 
 pub async fn get_one(
@@ -143,10 +91,7 @@ pub async fn get_one(
     _: User,
     Path((cid, id)): Path<(String, String)>,
 ) -> Result<Json<Json_>, ApiError> {
-    let d = state
-        .store
-        .device(&connector_id(&cid)?, &identity(&id)?)
-        .await?;
+    let d = devices::get(&state, &connector_id(&cid)?, &identity(&id)?).await?;
     Ok(Json(device_json(&d)))
 }
 
@@ -156,17 +101,7 @@ pub async fn update(
     Path((cid, id)): Path<(String, String)>,
     ApiJson(body): ApiJson<PatchBody>,
 ) -> Result<Json<Json_>, ApiError> {
-    let d = update_device(&state, &connector_id(&cid)?, &identity(&id)?, body).await?;
-    Ok(Json(device_json(&d)))
-}
-
-/// Applies a device patch; shared with the UI.
-pub async fn update_device(
-    state: &AppState,
-    cid: &ConnectorId,
-    id: &Identity,
-    body: PatchBody,
-) -> Result<store::Device, ApiError> {
+    let (cid, id) = (connector_id(&cid)?, identity(&id)?);
     let config = match body.config {
         None => None,
         Some(map) => {
@@ -178,15 +113,14 @@ pub async fn update_device(
             Some(out)
         }
     };
-    let patch = DevicePatch {
+    let change = DeviceChange {
         tags: body.tags,
         permissions: body.permissions,
         state: body.state,
         config,
     };
-    let device = state.store.update_device(cid, id, patch).await?;
-    state.remote.sync.appended(cid);
-    Ok(device)
+    let d = devices::update(&state, &cid, &id, change).await?;
+    Ok(Json(device_json(&d)))
 }
 
 pub async fn delete(
@@ -194,7 +128,7 @@ pub async fn delete(
     _: User,
     Path((cid, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    delete_device(&state, &connector_id(&cid)?, &identity(&id)?).await?;
+    devices::delete(&state, &connector_id(&cid)?, &identity(&id)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -207,30 +141,7 @@ pub async fn rotate_token(
     Path((cid, id)): Path<(String, String)>,
 ) -> Result<Json<Json_>, ApiError> {
     let id = identity(&id)?;
-    let token = new_device_token(&state, &connector_id(&cid)?, &id).await?;
+    let cid = connector_id(&cid)?;
+    let token = ops::devices::new_token(&state, &cid, &id).await?;
     Ok(Json(json!({ "identity": id, "token": token })))
-}
-
-/// Issues a device a new token (returned once, stored hashed); shared with the UI.
-pub async fn new_device_token(
-    state: &AppState,
-    cid: &ConnectorId,
-    id: &Identity,
-) -> Result<String, ApiError> {
-    let (token, hash) = auth::new_token();
-    state.store.set_device_token(cid, id, hash).await?;
-    tracing::info!(connector = %cid, device = %id, "issued a new device token");
-    Ok(token)
-}
-
-/// Deletes a device with its data, on both sides of a pairing; shared with the UI.
-pub async fn delete_device(
-    state: &AppState,
-    cid: &ConnectorId,
-    id: &Identity,
-) -> Result<(), ApiError> {
-    state.store.delete_device(cid, id).await?;
-    state.remote.sync.appended(cid);
-    tracing::info!(connector = %cid, device = %id, "deleted device");
-    Ok(())
 }

@@ -8,21 +8,16 @@
 //!
 //! Deliberately absent: any way to send arbitrary payloads to other sites from HTTP.
 
-use std::time::Duration;
-
 use axum::Json;
 use axum::extract::State;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::ApiJson;
+use super::extract::ApiJson;
 use crate::auth::User;
 use crate::error::ApiError;
-use crate::link::LinkError;
+use crate::ops;
 use crate::state::AppState;
-
-/// How long a ping waits for the echo.
-const PING_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,39 +30,9 @@ pub async fn ping(
     _: User,
     ApiJson(body): ApiJson<PingBody>,
 ) -> Result<Json<Value>, ApiError> {
-    if !proto::wire::is_valid_name(&body.site) {
-        return Err(ApiError::InvalidValue(format!(
-            "{:?} is not a valid site name",
-            body.site
-        )));
-    }
-    match state.link.ping(&body.site, PING_TIMEOUT).await {
-        Ok(rtt) => Ok(Json(json!({
-            "site": body.site,
-            "rtt_ms": rtt.as_secs_f64() * 1000.0,
-        }))),
-        Err(e) => Err(link_error(e)),
-    }
-}
-
-/// How a failed call over the link reaches an API client.
-pub fn link_error(e: LinkError) -> ApiError {
-    match e {
-        LinkError::Disabled => {
-            ApiError::PeerOffline("this site runs without a hub (start it with --hub)".into())
-        }
-        LinkError::UnknownSite { .. } => ApiError::NotFound(e.to_string()),
-        LinkError::NotPaired { .. } => ApiError::Conflict(e.to_string()),
-        LinkError::NotConnected(_)
-        | LinkError::PeerOffline { .. }
-        | LinkError::Timeout { .. }
-        | LinkError::Failed { .. } => ApiError::PeerOffline(e.to_string()),
-        LinkError::TooLarge { .. } | LinkError::BadAddress(_) => {
-            ApiError::InvalidValue(e.to_string())
-        }
-        LinkError::Config(_) => {
-            tracing::error!(error = %e, "hub link misconfigured");
-            ApiError::Internal
-        }
-    }
+    let rtt = ops::peer::ping_site(&state, &body.site).await?;
+    Ok(Json(json!({
+        "site": body.site,
+        "rtt_ms": rtt.as_secs_f64() * 1000.0,
+    })))
 }

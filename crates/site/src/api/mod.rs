@@ -1,32 +1,30 @@
-//! The HTTP API of API.md: routes, request extraction with API.md's error codes, and the
-//! JSON shapes of answers. Handlers are thin: parse and check input into `proto::model`
-//! values, call the store, render the answer.
+//! The HTTP API of docs/api.md: routes, request extraction with its error codes, and the
+//! JSON shapes of answers. Handlers are thin: read the request into `ops`' typed inputs,
+//! call `ops` (or read the store), render the answer (`render`).
 
-pub(crate) mod connectors;
+mod connectors;
 mod data;
-pub(crate) mod devices;
-pub(crate) mod hub;
-pub(crate) mod remote;
-pub(crate) mod render;
-pub(crate) mod resources;
+mod devices;
+pub mod extract;
+mod hub;
+mod remote;
+pub mod render;
+mod resources;
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use proto::model::{ConnectorId, Identity, ResourceName};
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::auth::{self, User};
 use crate::error::ApiError;
-use crate::state::{AppState, now_micros};
-
-pub use render::{connector_json, device_json, remote_sync_json};
+use crate::ops;
+use crate::state::AppState;
+use extract::ApiJson;
 
 pub fn routes(state: AppState) -> Router {
     let limit = state.body_limit;
@@ -107,113 +105,7 @@ pub fn routes(state: AppState) -> Router {
 }
 
 async fn api_not_found() -> ApiError {
-    ApiError::NotFound("no such API call; see API.md".into())
-}
-
-/// A request body as bytes, refused with `payload_too_large` over the body limit.
-pub struct ApiBytes(pub Bytes);
-
-impl FromRequest<AppState> for ApiBytes {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        Bytes::from_request(req, state)
-            .await
-            .map(ApiBytes)
-            .map_err(|e| {
-                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::TooLarge {
-                        limit: state.body_limit,
-                    }
-                } else {
-                    ApiError::InvalidJson(format!("could not read the request body: {e}"))
-                }
-            })
-    }
-}
-
-/// A JSON body, refused with API.md's codes: `invalid_json` for bytes that are not JSON,
-/// `invalid_value` for JSON of the wrong shape, `payload_too_large` over the body limit.
-pub struct ApiJson<T>(pub T);
-
-impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let ApiBytes(bytes) = ApiBytes::from_request(req, state).await?;
-        parse_json(&bytes).map(ApiJson)
-    }
-}
-
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => {
-            ApiError::InvalidValue(format!("the body does not fit this call: {e}"))
-        }
-        _ => ApiError::InvalidJson(format!("the body is not valid JSON: {e}")),
-    })
-}
-
-/// The raw query string as ordered pairs, so that a key may repeat (`tag=a:1&tag=b:2`).
-pub struct QueryPairs(pub Vec<(String, String)>);
-
-impl<S: Send + Sync> FromRequestParts<S> for QueryPairs {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        let q = parts.uri.query().unwrap_or("");
-        serde_urlencoded::from_str(q)
-            .map(QueryPairs)
-            .map_err(|e| ApiError::InvalidQuery(format!("the query string is malformed: {e}")))
-    }
-}
-
-impl QueryPairs {
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// A numeric parameter, `default` when absent, refused when malformed or outside `range`.
-    pub fn number(
-        &self,
-        key: &str,
-        default: i64,
-        range: std::ops::RangeInclusive<i64>,
-    ) -> Result<i64, ApiError> {
-        match self.get(key) {
-            None => Ok(default),
-            Some(v) => v
-                .parse::<i64>()
-                .ok()
-                .filter(|n| range.contains(n))
-                .ok_or_else(|| {
-                    ApiError::InvalidQuery(format!(
-                        "{key} must be a whole number from {} to {}, not {v:?}",
-                        range.start(),
-                        range.end()
-                    ))
-                }),
-        }
-    }
-}
-
-/// Path segments are parsed into domain types; one that cannot be valid names nothing that
-/// exists, so it answers 404.
-pub fn connector_id(s: &str) -> Result<ConnectorId, ApiError> {
-    ConnectorId::parse(s).map_err(|_| ApiError::NotFound(format!("connector {s} does not exist")))
-}
-
-pub fn identity(s: &str) -> Result<Identity, ApiError> {
-    Identity::parse(s)
-        .map_err(|_| ApiError::NotFound(format!("device {s} does not exist in this connector")))
-}
-
-pub fn resource_name(s: &str) -> Result<ResourceName, ApiError> {
-    ResourceName::parse(s)
-        .map_err(|_| ApiError::NotFound(format!("resource {s} does not exist in this connector")))
+    ApiError::NotFound("no such API call; see docs/api.md".into())
 }
 
 #[derive(Deserialize)]
@@ -227,33 +119,13 @@ async fn login(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<LoginBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let token = sign_in(&state, &body.username, &body.password).await?;
+    let token = ops::users::sign_in(&state, &body.username, &body.password).await?;
     Ok(Json(json!({ "token": token })))
-}
-
-/// Checks a password and issues a login token; shared by the API and the UI's login form.
-pub async fn sign_in(state: &AppState, username: &str, password: &str) -> Result<String, ApiError> {
-    const WRONG: ApiError = ApiError::Unauthorized("wrong username or password");
-    let hash = state.store.password_hash(username).await?.ok_or(WRONG)?;
-    let password = password.to_owned();
-    let ok = tokio::task::spawn_blocking(move || auth::verify_password(&password, &hash))
-        .await
-        .map_err(|_| ApiError::Internal)?;
-    if !ok {
-        tracing::warn!(username, "failed sign-in");
-        return Err(WRONG);
-    }
-    let (token, hash) = auth::new_token();
-    state
-        .store
-        .create_token(hash, username, now_micros() + auth::TOKEN_LIFETIME_MICROS)
-        .await?;
-    Ok(token)
 }
 
 async fn logout(State(state): State<AppState>, parts: Parts) -> Result<StatusCode, ApiError> {
     if let Some(token) = auth::request_token(&parts, &state.site_name) {
-        state.store.delete_token(auth::token_hash(&token)).await?;
+        ops::users::sign_out(&state, &token).await?;
     }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,20 +1,23 @@
 //! `/api/v1/connectors/{cid}/remote/…`: the peer's devices, looked up live through the hub
-//! over the connector's end-to-end encrypted session (SPEC §5), and the drift check between
-//! the two registries.
+//! over the connector's end-to-end encrypted session (`ops::peer`), and the drift check
+//! between the two registries.
 //!
-//! The peer answers with its own `api::devices` functions, so a remote list or device has
-//! exactly the local answer's shape. Refusals: 409 `conflict` when the connector is not
-//! paired, 503 `peer_offline` when the session is down or the peer does not answer within
-//! `remote::lookup::TIMEOUT`, and the peer's own `not_found` or `invalid_query`.
+//! A remote list or device has exactly the local answer's shape: the peer answers with typed
+//! views (`proto::lookup`) that this site renders as it renders its own devices. Refusals:
+//! 409 `conflict` when the connector is not paired, 503 `peer_offline` when the session is
+//! down or the peer does not answer within `ops::peer::TIMEOUT`, and the peer's own
+//! `not_found` or `invalid_query`.
 
 use axum::Json;
 use axum::extract::{Path, State};
 use serde_json::Value as Json_;
 
-use super::{QueryPairs, connector_id, identity};
+use super::devices::list_query;
+use super::extract::{ApiJson, QueryPairs};
+use super::render::{device_json, device_page_json, drift_json, resent_json};
 use crate::auth::User;
 use crate::error::ApiError;
-use crate::remote::lookup::{self, Op};
+use crate::ops::{self, connector_id, identity};
 use crate::state::AppState;
 
 /// `GET …/remote/devices?tag=K:V&limit=N&cursor=C`: one page of the peer's device list.
@@ -25,11 +28,8 @@ pub async fn list(
     q: QueryPairs,
 ) -> Result<Json<Json_>, ApiError> {
     let c = state.store.connector(&connector_id(&cid)?).await?;
-    // Refuse a malformed query here, without a round trip; the peer checks it again.
-    crate::api::devices::device_query(&q)?;
-    Ok(Json(
-        lookup::request(&state, &c, Op::List { query: q.0 }).await?,
-    ))
+    let page = ops::peer::list(&state, &c, list_query(&q)?).await?;
+    Ok(Json(device_page_json(&page)))
 }
 
 /// `GET …/remote/devices/{identity}`: one device as the peer has it.
@@ -39,11 +39,8 @@ pub async fn get_one(
     Path((cid, id)): Path<(String, String)>,
 ) -> Result<Json<Json_>, ApiError> {
     let c = state.store.connector(&connector_id(&cid)?).await?;
-    let id = identity(&id)?;
-    let op = Op::Device {
-        identity: id.to_string(),
-    };
-    Ok(Json(lookup::request(&state, &c, op).await?))
+    let d = ops::peer::device(&state, &c, &identity(&id)?).await?;
+    Ok(Json(device_json(&d)))
 }
 
 /// `GET …/remote/diff`: the drift check, `{"in_sync", "differences": […], …}`.
@@ -53,7 +50,7 @@ pub async fn diff(
     Path(cid): Path<String>,
 ) -> Result<Json<Json_>, ApiError> {
     let c = state.store.connector(&connector_id(&cid)?).await?;
-    Ok(Json(lookup::diff(&state, &c).await?))
+    Ok(Json(drift_json(&ops::peer::diff(&state, &c).await?)))
 }
 
 #[derive(serde::Deserialize)]
@@ -68,8 +65,11 @@ pub async fn resend(
     State(state): State<AppState>,
     _: User,
     Path(cid): Path<String>,
-    crate::api::ApiJson(body): crate::api::ApiJson<ResendBody>,
+    ApiJson(body): ApiJson<ResendBody>,
 ) -> Result<Json<Json_>, ApiError> {
     let c = state.store.connector(&connector_id(&cid)?).await?;
-    Ok(Json(lookup::resend(&state, &c, body.identities).await?))
+    let ids = ops::devices::identities(&body.identities)?;
+    Ok(Json(resent_json(
+        &ops::peer::resend(&state, &c, ids).await?,
+    )))
 }

@@ -1,12 +1,16 @@
-//! The JSON shapes of API.md's answers, in one place so that the API, the UI's live parts and
-//! (later) the peer lookup render a connector or a device the same way.
+//! The JSON shapes of the API's answers (docs/api.md), in one place so that the API and the
+//! UI's live parts render a connector or a device the same way, whether it is this site's or
+//! the peer's.
 
 use serde_json::{Map, Value as Json, json};
 use store::{Connector, Device, Resource};
 
-use crate::state::{AppState, rfc3339};
+use crate::clock::rfc3339;
+use crate::ops::devices::{Page, cursor};
+use crate::ops::peer::{Drift, Resent};
+use crate::state::AppState;
 
-/// `RemoteSync` of API.md.
+/// `RemoteSync` of docs/api.md.
 pub fn remote_sync_json(state: &AppState, c: &Connector) -> Json {
     let mut rs = Map::new();
     rs.insert("role".into(), json!(c.role.as_str()));
@@ -53,7 +57,7 @@ pub fn remote_sync_json(state: &AppState, c: &Connector) -> Json {
 /// the samples taken at or after `since` (µs), oldest first, and since when this site has
 /// kept them (in memory: the history starts empty when the site starts).
 pub fn sync_history_json(state: &AppState, c: &Connector, since: i64) -> Json {
-    use crate::remote::sync::{HISTORY_EVERY, HISTORY_LEN};
+    use crate::remote::status::{HISTORY_EVERY, HISTORY_LEN};
     let h = state.remote.sync.history(&c.id);
     let samples: Vec<Json> = h
         .as_ref()
@@ -79,7 +83,7 @@ pub fn sync_history_json(state: &AppState, c: &Connector, since: i64) -> Json {
     })
 }
 
-/// `Gap` of API.md, with the reason and the Source's sequence range as extra fields.
+/// `Gap` of docs/api.md, with the reason and the Source's sequence range as extra fields.
 pub fn gap_json(g: &store::GapRow) -> Json {
     json!({
         "resource": g.resource,
@@ -93,7 +97,7 @@ pub fn gap_json(g: &store::GapRow) -> Json {
     })
 }
 
-/// `Connector` of API.md, with the list's counts as extra fields.
+/// `Connector` of docs/api.md, with the list's counts as extra fields.
 pub fn connector_json(state: &AppState, c: &Connector) -> Json {
     json!({
         "id": c.id,
@@ -117,7 +121,7 @@ pub fn resource_json(r: &Resource) -> Json {
     })
 }
 
-/// `Device` of API.md.
+/// `Device` of docs/api.md.
 pub fn device_json(d: &Device) -> Json {
     let config: Map<String, Json> = d
         .config
@@ -140,4 +144,58 @@ pub fn device_json(d: &Device) -> Json {
         "last_seen": d.last_seen(),
         "sync": { "pending": d.sync_pending },
     })
+}
+
+/// One page of a device list as `{"devices": [Device], "next"?}`.
+pub fn device_page_json(page: &Page) -> Json {
+    let mut out = json!({});
+    if let Some(last) = &page.next {
+        out["next"] = json!(cursor(last));
+    }
+    out["devices"] = Json::Array(page.devices.iter().map(device_json).collect());
+    out
+}
+
+/// The drift check: `{"in_sync", "devices": {"local", "remote"}, "differing", "truncated",
+/// "changing"?, "differences": [{"identity", "local"?, "remote"?, "only"?, "fields"}]}`.
+pub fn drift_json(d: &Drift) -> Json {
+    let differences: Vec<Json> = d
+        .differences
+        .iter()
+        .map(|x| {
+            let mut entry = json!({ "identity": x.identity, "fields": x.fields });
+            if let Some(l) = &x.local {
+                entry["local"] = device_json(l);
+            }
+            if let Some(r) = &x.remote {
+                entry["remote"] = device_json(r);
+            }
+            match (&x.local, &x.remote) {
+                (Some(_), None) => entry["only"] = json!("local"),
+                (None, Some(_)) => entry["only"] = json!("remote"),
+                _ => {}
+            }
+            entry
+        })
+        .collect();
+    let mut out = json!({
+        "in_sync": d.in_sync,
+        "devices": { "local": d.local_count, "remote": d.remote_count },
+        "differing": d.differing,
+        "truncated": d.truncated,
+        "differences": differences,
+    });
+    if d.changing {
+        out["changing"] = json!(true);
+    }
+    out
+}
+
+/// A re-send: `{"queued", "peer": {"queued"} | {"error"}}`.
+pub fn resent_json(r: &Resent) -> Json {
+    let peer = match &r.peer {
+        Ok(n) => json!({ "queued": n }),
+        Err(e) => json!({ "error": e }),
+    };
+    json!({ "queued": r.queued, "peer": peer })
 }

@@ -3,27 +3,28 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use proto::model::{Format, ModelError, ResourceName};
+use proto::model::{Format, ResourceName};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value as Json_;
-use store::{NewResource, ResourcePatch};
 
+use super::extract::ApiJson;
 use super::render::resource_json;
-use super::{ApiJson, connector_id, resource_name};
 use crate::auth::User;
 use crate::error::ApiError;
-use crate::state::{AppState, now_micros};
+use crate::ops::resources::{NewResource, ResourceChange};
+use crate::ops::{self, connector_id, resource_name};
+use crate::state::AppState;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBody {
-    pub name: String,
-    pub format: String,
-    pub unit: Option<String>,
+    name: String,
+    format: String,
+    unit: Option<String>,
     #[serde(default)]
-    pub settable: bool,
+    settable: bool,
     #[serde(default)]
-    pub remote_sync: bool,
+    remote_sync: bool,
 }
 
 /// `unit: null` clears the unit; an absent `unit` leaves it.
@@ -31,21 +32,13 @@ pub struct CreateBody {
 #[serde(deny_unknown_fields)]
 pub struct PatchBody {
     #[serde(default, deserialize_with = "present")]
-    pub unit: Option<Option<String>>,
-    pub settable: Option<bool>,
-    pub remote_sync: Option<bool>,
+    unit: Option<Option<String>>,
+    settable: Option<bool>,
+    remote_sync: Option<bool>,
 }
 
 fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
     Option::<String>::deserialize(d).map(Some)
-}
-
-fn check_unit(unit: Option<String>) -> Result<Option<String>, ApiError> {
-    match unit.map(|u| u.trim().to_owned()) {
-        Some(u) if u.is_empty() => Ok(None),
-        Some(u) if u.chars().count() > 32 => Err(ModelError::Unit.into()),
-        other => Ok(other),
-    }
 }
 
 pub async fn list(
@@ -63,11 +56,8 @@ pub async fn get_one(
     Path((cid, name)): Path<(String, String)>,
 ) -> Result<Json<Json_>, ApiError> {
     let name = resource_name(&name)?;
-    let all = state.store.resources(&connector_id(&cid)?).await?;
-    let r = all.iter().find(|r| r.name == name).ok_or_else(|| {
-        ApiError::NotFound(format!("resource {name} does not exist in this connector"))
-    })?;
-    Ok(Json(resource_json(r)))
+    let r = ops::resources::get(&state, &connector_id(&cid)?, &name).await?;
+    Ok(Json(resource_json(&r)))
 }
 
 pub async fn create(
@@ -76,27 +66,16 @@ pub async fn create(
     Path(cid): Path<String>,
     ApiJson(body): ApiJson<CreateBody>,
 ) -> Result<(StatusCode, Json<Json_>), ApiError> {
-    let r = create_resource(&state, &connector_id(&cid)?, body).await?;
-    Ok((StatusCode::CREATED, Json(resource_json(&r))))
-}
-
-/// Creates a resource; shared by the API and the UI's form.
-pub async fn create_resource(
-    state: &AppState,
-    cid: &proto::model::ConnectorId,
-    body: CreateBody,
-) -> Result<store::Resource, ApiError> {
+    let cid = connector_id(&cid)?;
     let new = NewResource {
         name: ResourceName::parse(&body.name)?,
         format: Format::parse(&body.format)?,
-        unit: check_unit(body.unit)?,
+        unit: body.unit,
         settable: body.settable,
         remote_sync: body.remote_sync,
-        created_at: now_micros(),
     };
-    let r = state.store.create_resource(cid, new).await?;
-    tracing::info!(connector = %cid, resource = %r.name, format = %r.format, "created resource");
-    Ok(r)
+    let r = ops::resources::create(&state, &cid, new).await?;
+    Ok((StatusCode::CREATED, Json(resource_json(&r))))
 }
 
 pub async fn update(
@@ -105,21 +84,12 @@ pub async fn update(
     Path((cid, name)): Path<(String, String)>,
     ApiJson(body): ApiJson<PatchBody>,
 ) -> Result<Json<Json_>, ApiError> {
-    let r = update_resource(&state, &connector_id(&cid)?, &resource_name(&name)?, body).await?;
-    Ok(Json(resource_json(&r)))
-}
-
-/// Changes a resource's unit, settable flag or Remote-Sync toggle; shared with the UI.
-pub async fn update_resource(
-    state: &AppState,
-    cid: &proto::model::ConnectorId,
-    name: &ResourceName,
-    body: PatchBody,
-) -> Result<store::Resource, ApiError> {
-    let patch = ResourcePatch {
-        unit: body.unit.map(check_unit).transpose()?,
+    let change = ResourceChange {
+        unit: body.unit,
         settable: body.settable,
         remote_sync: body.remote_sync,
     };
-    Ok(state.store.update_resource(cid, name, patch).await?)
+    let (cid, name) = (connector_id(&cid)?, resource_name(&name)?);
+    let r = ops::resources::update(&state, &cid, &name, change).await?;
+    Ok(Json(resource_json(&r)))
 }

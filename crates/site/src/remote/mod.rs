@@ -11,135 +11,39 @@
 //!
 //! The supervisor task owns every task it starts; cancelling its token stops them all.
 //! Sessions start at boot for every paired connector, and when a pairing completes.
+//!
+//! `remote` has two halves. The lower half is shared data and handles that `state` holds
+//! and `ops` uses: `registry` (the session handles, pings and lookups waiting for answers),
+//! `status` (each sync driver's wake-up, status and rate history), `windows` (the Source's
+//! open pairing windows) and `peer` (one session's task and handle). The upper half is the
+//! peer-facing front end, beside `api` and `ui`: this module's supervisor and connector
+//! tasks, the sync drivers (`sync`), the `_pairing` service (`pairing`) and the answering
+//! side of device lookups (`lookup`); like the other front ends it calls `ops` and knows
+//! nothing of HTTP.
 
 pub mod lookup;
 pub mod pairing;
 pub mod peer;
+pub mod registry;
+pub mod status;
 pub mod sync;
+pub mod windows;
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use proto::channel::PinnedPeer;
 use proto::model::{ConnectorId, SyncState};
 use proto::pairing::{ConnectorAddr, StaticKeypair};
+use proto::service;
 use proto::wire::Address;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::link::Inbound;
 use crate::state::AppState;
 use peer::{PeerEvent, PeerHandle, SessionSpec};
-
-/// First byte of every plaintext on a session: which service it is for.
-pub mod service {
-    /// An end-to-end ping: the peer answers `PONG` with the same nonce.
-    pub const PING: u8 = 0x00;
-    pub const PONG: u8 = 0x01;
-    /// `proto::sync` messages (the Sender and Receiver of both streams).
-    pub const SYNC: u8 = 0x10;
-    /// Device lookup requests and answers: `0x20..=0x2f`, the lookup module's to define.
-    pub const LOOKUP_FIRST: u8 = 0x20;
-    pub const LOOKUP_LAST: u8 = 0x2f;
-}
-
-/// The site's view of its peers: one session handle per paired connector.
-pub struct Remote {
-    peers: Mutex<HashMap<ConnectorId, PeerHandle>>,
-    /// Stops a connector's session, sync driver and connector task.
-    stops: Mutex<HashMap<ConnectorId, CancellationToken>>,
-    /// Asks the supervisor to start a connector's session (after a pairing completes).
-    start: mpsc::UnboundedSender<ConnectorId>,
-    /// End-to-end pings waiting for their pong, by nonce.
-    pings: Mutex<HashMap<u64, oneshot::Sender<()>>>,
-    /// Device lookups waiting for the peer's answer.
-    pub lookups: lookup::Pending,
-    /// The sync drivers' wake-ups and status, by connector.
-    pub sync: sync::Registry,
-}
-
-/// The supervisor's end of [`Remote::start`]; handed to [`spawn`].
-pub struct Starts(mpsc::UnboundedReceiver<ConnectorId>);
-
-impl Remote {
-    pub fn new() -> (Self, Starts) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (
-            Self {
-                peers: Mutex::new(HashMap::new()),
-                stops: Mutex::new(HashMap::new()),
-                start: tx,
-                pings: Mutex::new(HashMap::new()),
-                lookups: lookup::Pending::default(),
-                sync: sync::Registry::default(),
-            },
-            Starts(rx),
-        )
-    }
-
-    /// Starts the session of a connector that has just been paired.
-    pub fn start(&self, cid: &ConnectorId) {
-        let _ = self.start.send(cid.clone());
-    }
-
-    /// Stops everything running for a connector whose pairing was cancelled.
-    pub fn stop(&self, cid: &ConnectorId) {
-        let token = self
-            .stops
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(cid);
-        if let Some(token) = token {
-            token.cancel();
-        }
-        self.lock_peers().remove(cid);
-        self.sync.unregister(cid);
-    }
-
-    /// The session handle of a paired connector, if its session task runs.
-    pub fn peer(&self, cid: &ConnectorId) -> Option<PeerHandle> {
-        self.lock_peers().get(cid).cloned()
-    }
-
-    fn lock_peers(&self) -> std::sync::MutexGuard<'_, HashMap<ConnectorId, PeerHandle>> {
-        self.peers.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn lock_pings(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<()>>> {
-        self.pings.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// A round trip through the connector's end-to-end session: proof that the peer holds
-    /// the pinned key and answers.
-    pub async fn ping(
-        &self,
-        cid: &ConnectorId,
-        timeout: Duration,
-    ) -> Result<Duration, peer::PeerError> {
-        let handle = self.peer(cid).ok_or(peer::PeerError::NotUp)?;
-        let nonce = rand_core::RngCore::next_u64(&mut rand_core::OsRng);
-        let (tx, rx) = oneshot::channel();
-        self.lock_pings().insert(nonce, tx);
-        let started = Instant::now();
-        let mut msg = vec![service::PING];
-        msg.extend_from_slice(&nonce.to_le_bytes());
-        let sent = handle.send(msg).await;
-        let answer = match sent {
-            Ok(()) => tokio::time::timeout(timeout, rx).await,
-            Err(e) => {
-                self.lock_pings().remove(&nonce);
-                return Err(e);
-            }
-        };
-        self.lock_pings().remove(&nonce);
-        match answer {
-            Ok(Ok(())) => Ok(started.elapsed()),
-            _ => Err(peer::PeerError::NotUp),
-        }
-    }
-}
+pub use registry::{Remote, Starts};
 
 /// Starts the services; they stop when `cancel` is cancelled.
 pub fn spawn(
@@ -160,7 +64,7 @@ pub fn spawn(
                 biased;
                 () = cancel.cancelled() => break,
                 _ = tick.tick() => {
-                    if let Err(e) = pairing::expire(&state).await {
+                    if let Err(e) = crate::ops::pairing::expire(&state).await {
                         tracing::warn!(error = %e, "could not expire pairing windows");
                     }
                 }

@@ -1,7 +1,8 @@
-//! Pairing a Source connector with a Target connector (SPEC §4), as this site does it: the
-//! Source's countdown and its answers to pairing messages, and the Target's side of creating
-//! a connector with a pairing code. The cryptography is `proto::pairing`; this module
-//! persists, routes and maps failures to API.md's error codes.
+//! Pairing a Source connector with a Target connector (docs/spec.md, "Pairing"), the
+//! Source's answers: this site's `_pairing` service, which answers the Target's pairing
+//! messages against the open windows (`remote::windows`). The cryptography is
+//! `proto::pairing`; the operator's side (opening and cancelling windows, the Target's
+//! creation of a connector with a code) is `ops::pairing`.
 //!
 //! ```text
 //!  Target site (create connector)             hub            Source site (window open)
@@ -20,110 +21,26 @@
 //! whole exchange succeeded.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::Duration;
 
 use proto::model::{ConnectorId, SyncState};
 use proto::pairing::{
-    AbortReason, AttemptId, ConnectorAddr, InitiatorStep, PairingCode, PairingError,
-    PairingInitiator, PairingMessage, PairingResponder, PairingWindow, StaticKeypair, WindowClosed,
+    AbortReason, PairingCode, PairingError, PairingMessage, PairingResponder, PairingWindow,
+    StaticKeypair, WindowClosed,
 };
 use proto::wire::Address;
 use rand_core::OsRng;
-use store::{Connector, ConnectorKeys, NewConnector, Peer};
+use store::{ConnectorKeys, Peer};
 
-use crate::error::ApiError;
-use crate::link::{Inbound, LinkError};
-use crate::state::{AppState, now_micros};
+use super::windows::SourceWindow;
+use crate::clock::now_micros;
+use crate::link::Inbound;
+use crate::state::AppState;
 
 /// The built-in service that answers pairing messages on every site.
-pub const PAIRING_SERVICE: &str = "_pairing";
-/// How long the Target waits for each answer of the Source.
-const STEP_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The Source's open pairing windows, in memory beside what the store keeps.
-#[derive(Default)]
-pub struct Pairings {
-    open: Mutex<HashMap<ConnectorId, SourceWindow>>,
-}
-
-/// One connector's countdown: the window, the key it will pin, and the attempts in flight.
-struct SourceWindow {
-    window: PairingWindow,
-    keypair: StaticKeypair,
-    attempts: HashMap<AttemptId, PairingResponder>,
-}
+pub const PAIRING_SERVICE: &str = proto::service::PAIRING;
 
 fn now_us() -> u64 {
     u64::try_from(now_micros()).unwrap_or(0)
-}
-
-/// `POST …/remote-sync/enable`: opens a countdown with a fresh code.
-pub async fn enable(state: &AppState, cid: &ConnectorId) -> Result<Connector, ApiError> {
-    if state.link.site_name().is_none() {
-        return Err(ApiError::Conflict(
-            "this site runs without a hub; start it with --hub to pair connectors".into(),
-        ));
-    }
-    let code = PairingCode::generate(&mut OsRng);
-    let window_us = u64::try_from(state.pairing_window.as_micros()).unwrap_or(u64::MAX);
-    let window = PairingWindow::open(code.clone(), now_us(), window_us);
-    let expires_at = i64::try_from(window.expires_at_us()).unwrap_or(i64::MAX);
-    let c = state
-        .store
-        .open_pairing(cid, &code.to_string(), expires_at)
-        .await?;
-    let entry = SourceWindow {
-        window,
-        keypair: StaticKeypair::generate(&mut OsRng),
-        attempts: HashMap::new(),
-    };
-    state.pairings.lock().insert(cid.clone(), entry);
-    tracing::info!(connector = %cid, expires_at = %crate::state::rfc3339(expires_at), "pairing window opened");
-    Ok(c)
-}
-
-/// `POST …/remote-sync/disable`: cancels a countdown.
-pub async fn disable(state: &AppState, cid: &ConnectorId) -> Result<Connector, ApiError> {
-    let c = state.store.connector(cid).await?;
-    if c.state == SyncState::Paired && c.pairing_confirmed {
-        return Err(ApiError::Conflict(format!(
-            "connector {cid} is paired; a pairing cannot be undone"
-        )));
-    }
-    if c.state == SyncState::Paired {
-        // The Target never opened a session: its Confirm may have been lost, leaving it
-        // without a connector. The operator may cancel, and pair again.
-        state.remote.stop(cid);
-        let c = state.store.cancel_unconfirmed_pairing(cid).await?;
-        state.link.remove_pairing(cid.as_str());
-        tracing::warn!(connector = %cid, "cancelled a pairing its Target never confirmed");
-        return Ok(c);
-    }
-    state.pairings.lock().remove(cid);
-    let c = state.store.close_pairing(cid).await?;
-    tracing::info!(connector = %cid, "pairing window cancelled");
-    Ok(c)
-}
-
-/// Closes every countdown that has run out; run about once a second.
-pub async fn expire(state: &AppState) -> Result<(), ApiError> {
-    let now = now_micros();
-    for c in state.store.list_connectors().await? {
-        if c.state == SyncState::Pairing && c.pairing_expires_at.is_some_and(|at| at <= now) {
-            state.pairings.lock().remove(&c.id);
-            state.store.close_pairing(&c.id).await?;
-            tracing::info!(connector = %c.id, "pairing window expired");
-        }
-    }
-    Ok(())
-}
-
-impl Pairings {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ConnectorId, SourceWindow>> {
-        // A panic while holding the lock leaves plain data behind; keep serving.
-        self.open.lock().unwrap_or_else(|e| e.into_inner())
-    }
 }
 
 /// Answers one pairing message addressed to this site's `_pairing` service (Source side).
@@ -336,152 +253,5 @@ async fn close_if_exhausted(state: &AppState, cid: &ConnectorId, error: &Pairing
             tracing::error!(connector = %cid, error = %e, "could not close a pairing window");
         }
         tracing::warn!(connector = %cid, "pairing window closed after too many wrong codes");
-    }
-}
-
-/// What the Target operator entered to pair a new connector.
-pub struct TargetRequest {
-    pub name: String,
-    pub description: String,
-    pub remote_site: String,
-    pub remote_connector_id: String,
-    pub pairing_code: String,
-}
-
-/// Creates a Target connector by pairing it with its Source through the hub; creates nothing
-/// unless pairing completes.
-pub async fn create_target(state: &AppState, req: TargetRequest) -> Result<Connector, ApiError> {
-    let my_site = state.link.site_name().ok_or_else(|| {
-        ApiError::PeerOffline(format!(
-            "this site runs without a hub, so it cannot reach site {:?} to pair",
-            req.remote_site
-        ))
-    })?;
-    let code = PairingCode::parse(&req.pairing_code)
-        .map_err(|e| ApiError::PairingCodeWrong(format!("the pairing code is not valid: {e}")))?;
-    let remote_cid = ConnectorId::parse(req.remote_connector_id.trim())?;
-    let remote_site = req.remote_site.trim().to_owned();
-    if remote_site == my_site {
-        return Err(ApiError::InvalidValue(
-            "the remote site is this site; pair with a connector on another site".into(),
-        ));
-    }
-    if !proto::wire::is_valid_name(&remote_site) {
-        return Err(ApiError::InvalidValue(format!(
-            "{remote_site:?} is not a valid site name"
-        )));
-    }
-    let mut id = [0u8; proto::model::CONNECTOR_ID_LEN];
-    rand_core::RngCore::fill_bytes(&mut OsRng, &mut id);
-    let cid = ConnectorId::from_random(id);
-    let local = ConnectorAddr::new(my_site, cid.clone())
-        .map_err(|e| ApiError::InvalidValue(e.to_string()))?;
-    let remote = ConnectorAddr::new(remote_site.clone(), remote_cid.clone())
-        .map_err(|e| ApiError::InvalidValue(e.to_string()))?;
-    let keypair = StaticKeypair::generate(&mut OsRng);
-    let keys = (*keypair.private_bytes(), *keypair.public());
-    let (mut initiator, start) = PairingInitiator::start(local, keypair, remote, &code, &mut OsRng);
-    let to = Address::new(remote_site.clone(), PAIRING_SERVICE);
-    tracing::info!(connector = %cid, remote_site, remote_connector = %remote_cid, "pairing as target");
-
-    let mut outgoing = start;
-    let paired = loop {
-        let answer = state
-            .link
-            .request(cid.as_str(), to.clone(), outgoing, STEP_TIMEOUT)
-            .await
-            .map_err(|e| link_failure(e, &remote_site, &remote_cid))?;
-        match initiator.on_message(&answer) {
-            Ok(InitiatorStep::Send(next)) => outgoing = next,
-            Ok(InitiatorStep::Paired(p)) => break p,
-            Err(f) => {
-                if let Some(abort) = f.reply {
-                    let _ = state.link.send(cid.as_str(), to.clone(), 0, abort).await;
-                }
-                return Err(pairing_failure(&f.error, &remote_site, &remote_cid));
-            }
-        }
-    };
-    let new = NewConnector {
-        id: cid.clone(),
-        name: req.name,
-        description: req.description,
-        created_at: now_micros(),
-    };
-    let peer = Peer {
-        site: remote_site,
-        connector_id: remote_cid,
-    };
-    let keys = ConnectorKeys {
-        static_private: keys.0,
-        static_public: keys.1,
-        peer_static_public: paired.peer_static_public,
-    };
-    let c = state.store.create_target_connector(new, peer, keys).await?;
-    state.remote.start(&cid);
-    tracing::info!(connector = %cid, "paired as target");
-    Ok(c)
-}
-
-fn link_failure(e: LinkError, site: &str, cid: &ConnectorId) -> ApiError {
-    match e {
-        LinkError::Failed { reason, .. } => ApiError::NotFound(reason),
-        LinkError::UnknownSite { .. } => ApiError::NotFound(format!(
-            "site {site:?} is not registered on the hub; check the remote site name"
-        )),
-        LinkError::PeerOffline { .. } => ApiError::PeerOffline(format!(
-            "site {site:?} is offline (registered on the hub but not connected); check that it is running"
-        )),
-        LinkError::Timeout { .. } => ApiError::PeerOffline(format!(
-            "site {site:?} did not answer in time while pairing with connector {cid}"
-        )),
-        other => crate::api::hub::link_error(other),
-    }
-}
-
-fn pairing_failure(e: &PairingError, site: &str, cid: &ConnectorId) -> ApiError {
-    let wrong_code = || {
-        ApiError::PairingCodeWrong(
-            "the pairing code is wrong; check it on the source site (the source allows five tries)"
-                .into(),
-        )
-    };
-    let not_waiting = || {
-        ApiError::PairingExpired(format!(
-            "connector {cid} on site {site} is not waiting for a pairing: the countdown expired or was cancelled; click ENABLE REMOTE-SYNC on the source again"
-        ))
-    };
-    let exhausted = || {
-        ApiError::PairingExpired(
-            "too many wrong pairing codes were tried; click ENABLE REMOTE-SYNC on the source again"
-                .into(),
-        )
-    };
-    let already = || {
-        ApiError::Conflict(format!(
-            "connector {cid} on site {site} is already paired with another target"
-        ))
-    };
-    match e {
-        PairingError::WrongCode | PairingError::PeerAborted(AbortReason::WrongCode) => wrong_code(),
-        PairingError::NotPairing
-        | PairingError::Closed(WindowClosed::Expired | WindowClosed::Cancelled)
-        | PairingError::PeerAborted(
-            AbortReason::Expired | AbortReason::Cancelled | AbortReason::NotPairing,
-        ) => not_waiting(),
-        PairingError::Closed(WindowClosed::TooManyAttempts)
-        | PairingError::PeerAborted(AbortReason::TooManyAttempts) => exhausted(),
-        PairingError::Closed(WindowClosed::AlreadyPaired)
-        | PairingError::PeerAborted(AbortReason::AlreadyPaired) => already(),
-        PairingError::WrongConnector { .. }
-        | PairingError::PeerAborted(AbortReason::WrongConnector) => ApiError::NotFound(format!(
-            "site {site} has no connector {cid} waiting for a pairing"
-        )),
-        other => {
-            tracing::warn!(error = %other, "pairing failed");
-            ApiError::PeerOffline(format!(
-                "pairing with site {site} failed: {other}; nothing was created, try again"
-            ))
-        }
     }
 }

@@ -13,11 +13,14 @@ use proto::model::{Role, SyncState};
 use serde::Deserialize;
 use store::Connector;
 
+use super::error_page::{OrPage, UiResult, connector_crumbs, load_connector, status_of};
+use super::frame::{Crumb, Frame, see_other};
+use super::session::Ctx;
 use super::session::{flash_error_redirect, flash_redirect};
 use super::view::When;
-use super::{Crumb, Ctx, Frame, OrPage, UiResult, connector_crumbs, load_connector, see_other};
-use crate::api::connectors::{CreateBody, TargetBody, create_connector, delete_connector};
 use crate::api::render::remote_sync_json;
+use crate::ops;
+use crate::ops::connectors::{NewConnector, PairWith};
 use crate::state::AppState;
 
 /// A connector as its pages show it.
@@ -164,18 +167,16 @@ pub async fn create(
     State(state): State<AppState>,
     Form(form): Form<CreateForm>,
 ) -> Response {
-    let body = CreateBody {
+    let new = NewConnector {
         name: form.name.clone(),
         description: form.description.trim().to_owned(),
-        // HOOK(pairing): `create_connector` completes the pairing once the hub link exists;
-        // this form already sends what the Target operator entered.
-        remote_sync_target: form.target.is_some().then(|| TargetBody {
+        pair_with: form.target.is_some().then(|| PairWith {
             remote_site: form.remote_site.trim().to_owned(),
             remote_connector_id: form.remote_connector_id.trim().to_owned(),
             pairing_code: form.pairing_code.trim().to_owned(),
         }),
     };
-    match create_connector(&state, body).await {
+    match ops::connectors::create(&state, new).await {
         Ok(c) => flash_redirect(
             &format!("/connectors/{}/devices", c.id),
             &format!("Connector {} created.", c.name),
@@ -186,7 +187,7 @@ pub async fn create(
                 form,
                 error: Some(e.to_string()),
             });
-            *resp.status_mut() = e.status();
+            *resp.status_mut() = status_of(&e);
             resp
         }
     }
@@ -239,7 +240,8 @@ struct RemotePage {
 /// covers the hour. `kept_since` and `now` are µs.
 fn history_note(kept_since: Option<i64>, now: i64) -> Option<String> {
     let hour = i64::try_from(
-        (crate::remote::sync::HISTORY_EVERY * crate::remote::sync::HISTORY_LEN as u32).as_micros(),
+        (crate::remote::status::HISTORY_EVERY * crate::remote::status::HISTORY_LEN as u32)
+            .as_micros(),
     )
     .unwrap_or(i64::MAX);
     let covered = match kept_since {
@@ -287,7 +289,7 @@ async fn sync_view(state: &AppState, c: &Connector) -> Option<SyncView> {
     let gaps = state.store.sync_gaps(&c.id).await.unwrap_or_default();
     let kept_since = state.remote.sync.history(&c.id).map(|h| h.since());
     Some(SyncView {
-        history_note: history_note(kept_since, crate::state::now_micros()),
+        history_note: history_note(kept_since, crate::clock::now_micros()),
         lag: format!("{:.1} s · {} points", s.lag_seconds, s.backlog_points),
         backlog: format!(
             "{} points · {:.1} MiB in {} partitions",
@@ -306,7 +308,7 @@ async fn sync_view(state: &AppState, c: &Connector) -> Option<SyncView> {
         },
         last_applied: s
             .last_applied_at
-            .map(crate::state::rfc3339)
+            .map(crate::clock::rfc3339)
             .unwrap_or_else(|| "—".into()),
         gaps: gaps
             .iter()
@@ -365,7 +367,7 @@ pub async fn enable_remote_sync(
 ) -> UiResult {
     let c = load_connector(&state, &ctx, &cid).await?;
     let back = format!("/connectors/{}/settings/remote-sync", c.id);
-    match crate::remote::pairing::enable(&state, &c.id).await {
+    match ops::pairing::enable(&state, &c.id).await {
         Ok(_) => Ok(flash_redirect(
             &back,
             "Pairing started: give the Target operator the site name, connector ID and code below.",
@@ -375,7 +377,7 @@ pub async fn enable_remote_sync(
 }
 
 /// Cancel on the countdown closes the pairing window; **Cancel pairing** on a paired Source
-/// its Target has not confirmed yet forgets the pairing (`remote::pairing::disable` either
+/// its Target has not confirmed yet forgets the pairing (`ops::pairing::disable` either
 /// way, which refuses a confirmed pairing).
 pub async fn disable_remote_sync(
     ctx: Ctx,
@@ -392,7 +394,7 @@ pub async fn disable_remote_sync(
         ),
         _ => "Pairing cancelled.".to_owned(),
     };
-    match crate::remote::pairing::disable(&state, &c.id).await {
+    match ops::pairing::disable(&state, &c.id).await {
         Ok(_) => Ok(flash_redirect(&back, &done)),
         Err(e) => Ok(flash_error_redirect(&back, &e.to_string())),
     }
@@ -400,7 +402,7 @@ pub async fn disable_remote_sync(
 
 pub async fn delete(ctx: Ctx, State(state): State<AppState>, Path(cid): Path<String>) -> UiResult {
     let c = load_connector(&state, &ctx, &cid).await?;
-    match delete_connector(&state, &c.id).await {
+    match ops::connectors::delete(&state, &c.id).await {
         Ok(()) => Ok(flash_redirect(
             "/",
             &format!("Connector {} deleted.", c.name),

@@ -2,9 +2,9 @@
 //! one-time token), the device page (tags, permissions, configuration, latest values, a
 //! chart per resource) and the data view of one resource over time.
 //!
-//! The list is read through `api::devices::device_page`, the same function as
+//! The list is read through `ops::devices::page`, the same function as
 //! `GET /api/v1/connectors/{cid}/devices`, so paging and tag filtering behave the same in
-//! both. Every edit is a `DevicePatch` through `api::devices::update_device`.
+//! both. Every edit is a `DeviceChange` through `ops::devices::update`.
 //!
 //! Paired connectors also show the peer's side, looked up live (SPEC §5): the Devices tab's
 //! switch *This site / Remote site* (`?side=remote`) and the device page's *Remote view*.
@@ -30,15 +30,17 @@ use serde_json::Value as Json;
 use store::{Device, Resource};
 
 use super::connectors::ConnView;
+use super::error_page::{OrPage, UiError, UiResult, connector_crumbs, load_connector};
+use super::frame::{Crumb, Frame};
+use super::session::Ctx;
 use super::session::{flash_error_redirect, flash_redirect};
 use super::view::{When, parse_tag_filter, parse_tags, value_input, value_text};
-use super::{Crumb, Ctx, Frame, OrPage, UiError, UiResult, connector_crumbs, load_connector};
-use crate::api::devices::{
-    CreateBody, PatchBody, create_device, device_page, device_query, update_device,
-};
-use crate::api::{QueryPairs, identity, resource_name};
+use crate::api::render::device_json;
+use crate::clock::now_micros;
 use crate::error::ApiError;
-use crate::state::{AppState, now_micros};
+use crate::ops::devices::{self as dev_ops, DeviceChange, NewDevice};
+use crate::ops::{self, identity, resource_name};
+use crate::state::AppState;
 
 /// Rows of one page of the device list.
 const PAGE: usize = 100;
@@ -89,27 +91,20 @@ pub struct DeviceRow {
 }
 
 impl DeviceRow {
-    fn from_json(d: &Json) -> Self {
+    fn from_device(d: &Device) -> Self {
         Self {
-            identity: d["identity"].as_str().unwrap_or_default().to_owned(),
-            tags: d["tags"]
-                .as_object()
-                .map(|m| {
-                    m.iter()
-                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            state: d["state"].as_str().unwrap_or_default().to_owned(),
-            last_seen: d["last_seen"].as_i64().map(When::ago),
-            pending: d["sync"]["pending"].as_bool().unwrap_or(false),
+            identity: d.identity.to_string(),
+            tags: d.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            state: d.state.as_str().to_owned(),
+            last_seen: d.last_seen().map(When::ago),
+            pending: d.sync_pending,
         }
     }
 }
 
 /// The Devices tab's filter, as the query string carries it.
 #[derive(Deserialize, Default)]
-pub struct ListQuery {
+pub struct ListFilter {
     #[serde(default)]
     tag: String,
     #[serde(default)]
@@ -122,7 +117,7 @@ pub struct ListQuery {
     side: String,
 }
 
-impl ListQuery {
+impl ListFilter {
     /// Whether a row passes the state and last-seen filters (tags are filtered by the store).
     fn keeps(&self, row: &DeviceRow, now: i64) -> bool {
         let state_ok = self.state.is_empty() || row.state == self.state;
@@ -163,7 +158,7 @@ struct ListPage {
     frame: Frame,
     c: ConnView,
     tab: &'static str,
-    q: ListQuery,
+    q: ListFilter,
     rows: Vec<DeviceRow>,
     next: Option<String>,
     error: Option<String>,
@@ -190,7 +185,7 @@ pub async fn list(
     ctx: Ctx,
     State(state): State<AppState>,
     Path(cid): Path<String>,
-    Query(q): Query<ListQuery>,
+    Query(q): Query<ListFilter>,
 ) -> UiResult {
     let c = load_connector(&state, &ctx, &cid).await?;
     let mut crumbs = connector_crumbs(&c);
@@ -213,24 +208,33 @@ pub async fn list(
             ));
         }
         Ok(tags) => {
-            let mut cursor = q.cursor.clone();
+            let mut after = q
+                .cursor
+                .as_deref()
+                .map(ops::devices::parse_cursor)
+                .transpose()
+                .or_page(&ctx)?;
             for _ in 0..MAX_SCAN_PAGES {
-                let pairs = api_query(&tags, cursor.as_ref());
-                let query = device_query(&QueryPairs(pairs)).or_page(&ctx)?;
-                let page = device_page(&state, &c.id, query).await.or_page(&ctx)?;
-                let devices = page["devices"].as_array().cloned().unwrap_or_default();
+                let query = dev_ops::ListQuery {
+                    tags: tags.clone(),
+                    after,
+                    limit: PAGE as u32,
+                };
+                let page = ops::devices::page(&state, &c.id, query)
+                    .await
+                    .or_page(&ctx)?;
                 rows.extend(
-                    devices
+                    page.devices
                         .iter()
-                        .map(DeviceRow::from_json)
+                        .map(DeviceRow::from_device)
                         .filter(|r| q.keeps(r, now)),
                 );
-                cursor = page["next"].as_str().map(str::to_owned);
-                if cursor.is_none() || rows.len() >= PAGE {
+                after = page.next;
+                if after.is_none() || rows.len() >= PAGE {
                     break;
                 }
             }
-            next = cursor.map(|cur| q.with_cursor(&cur));
+            next = after.map(|last| q.with_cursor(&ops::devices::cursor(&last)));
         }
     }
     let remote_base = serde_urlencoded::to_string([("side", "remote"), ("tag", q.tag.as_str())])
@@ -316,13 +320,14 @@ pub async fn create(
 ) -> UiResult {
     let c = load_connector(&state, &ctx, &cid).await?;
     let result = async {
-        let body = CreateBody {
-            identity: form.identity.trim().to_owned(),
-            tags: parse_tags(&form.tags)?,
+        let tags = parse_tags(&form.tags)?;
+        let new = NewDevice {
+            identity: Identity::parse(form.identity.trim())?,
+            tags,
             permissions: Vec::new(),
             state: DeviceState::parse(&form.state).unwrap_or_default(),
         };
-        create_device(&state, &c.id, body).await
+        Ok::<_, ApiError>(ops::devices::create(&state, &c.id, new).await?)
     }
     .await;
     match result {
@@ -549,7 +554,7 @@ pub async fn page(
         range: range_or_default(q.range.as_deref()),
         ranges: range_opts(range_or_default(q.range.as_deref())),
         pending: d.sync_pending,
-        managed: managed_fields(&crate::api::device_json(&d)),
+        managed: managed_fields(&device_json(&d)),
     }))
 }
 
@@ -562,7 +567,7 @@ pub async fn new_token(
 ) -> UiResult {
     let (c, d, back) = device_for_edit(&ctx, &state, &cid, &id).await?;
     Ok(
-        match crate::api::devices::new_device_token(&state, &c.id, &d.identity).await {
+        match ops::devices::new_token(&state, &c.id, &d.identity).await {
             Ok(token) => {
                 let mut crumbs = connector_crumbs(&c);
                 crumbs.push(Crumb::link(
@@ -605,11 +610,13 @@ async fn apply(
     c: &store::Connector,
     d: &Device,
     back: &str,
-    patch: Result<PatchBody, ApiError>,
+    change: Result<DeviceChange, ApiError>,
     done: &str,
 ) -> Response {
-    let result = match patch {
-        Ok(patch) => update_device(state, &c.id, &d.identity, patch).await,
+    let result = match change {
+        Ok(change) => ops::devices::update(state, &c.id, &d.identity, change)
+            .await
+            .map_err(ApiError::from),
         Err(e) => Err(e),
     };
     match result {
@@ -643,9 +650,9 @@ pub async fn tags(
         tags.insert(key.clone(), form.value.trim().to_owned());
         format!("Tag {key} set.")
     };
-    let patch = PatchBody {
+    let patch = DeviceChange {
         tags: Some(tags),
-        ..PatchBody::default()
+        ..DeviceChange::default()
     };
     Ok(apply(&state, &c, &d, &back, Ok(patch), &done).await)
 }
@@ -687,9 +694,9 @@ pub async fn permissions(
             format!("{principal} may now {} this device.", form.access),
         )
     };
-    let patch = patch.map(|()| PatchBody {
+    let patch = patch.map(|()| DeviceChange {
         permissions: Some(perms),
-        ..PatchBody::default()
+        ..DeviceChange::default()
     });
     Ok(apply(&state, &c, &d, &back, patch, &done).await)
 }
@@ -731,9 +738,12 @@ pub async fn config(
         } else {
             typed_value(r.format, &form.value)?
         };
-        Ok(PatchBody {
-            config: Some(BTreeMap::from([(name.to_string(), value)])),
-            ..PatchBody::default()
+        Ok(DeviceChange {
+            config: Some(BTreeMap::from([(
+                name,
+                (!value.is_null()).then_some(value),
+            )])),
+            ..DeviceChange::default()
         })
     }
     .await;
@@ -758,9 +768,9 @@ pub async fn set_state(
 ) -> UiResult {
     let (c, d, back) = device_for_edit(&ctx, &state, &cid, &id).await?;
     let patch = DeviceState::parse(&form.state)
-        .map(|s| PatchBody {
+        .map(|s| DeviceChange {
             state: Some(s),
-            ..PatchBody::default()
+            ..DeviceChange::default()
         })
         .ok_or_else(|| {
             ApiError::InvalidValue(format!(
@@ -779,7 +789,7 @@ pub async fn delete(
 ) -> UiResult {
     let (c, d, back) = device_for_edit(&ctx, &state, &cid, &id).await?;
     Ok(
-        match crate::api::devices::delete_device(&state, &c.id, &d.identity).await {
+        match ops::devices::delete(&state, &c.id, &d.identity).await {
             Ok(()) => flash_redirect(
                 &format!("/connectors/{}/devices", c.id),
                 &format!("Device {} deleted.", d.identity),
@@ -872,10 +882,10 @@ mod tests {
             last_seen: seen.map(When::ago),
             pending: false,
         };
-        let q = |state: &str, seen: &str| ListQuery {
+        let q = |state: &str, seen: &str| ListFilter {
             state: state.into(),
             seen: seen.into(),
-            ..ListQuery::default()
+            ..ListFilter::default()
         };
         let fresh = row("provisioned", Some(now - 1000));
         let old = row("locked", Some(now - 2 * RANGES[1].2));

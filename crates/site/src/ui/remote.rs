@@ -2,13 +2,13 @@
 //! remote*): "in sync", or the devices that differ with this site's record beside the peer's
 //! and the differing fields marked.
 //!
-//! It renders `remote::lookup::diff`, the same function as `GET …/remote/diff`, once per
+//! It renders `ops::peer::diff`, the same function as `GET …/remote/diff`, once per
 //! request: the operator asks for a comparison, so the page may take the lookup's timeout to
 //! answer, and then says "Remote site offline" rather than waiting longer. Comparing changes
 //! nothing.
 //!
 //! When devices differ, **Re-send these devices** posts the listed identities to
-//! [`resend`], which calls `remote::lookup::resend` (the same function as
+//! [`resend`], which calls `ops::peer::resend` (the same function as
 //! `POST …/remote/resend`): both sites queue their record of those devices on the durable
 //! sync stream, and each merges what it receives, so once delivered both hold the same
 //! devices. The post redirects back to the comparison with what each side queued (or why the
@@ -20,10 +20,12 @@ use axum::extract::{Path, State};
 use serde_json::Value as Json;
 
 use super::connectors::ConnView;
+use super::error_page::{UiResult, connector_crumbs, load_connector};
+use super::frame::{Crumb, Frame};
+use super::session::Ctx;
 use super::session::{flash_error_redirect, flash_redirect};
-use super::{Crumb, Ctx, Frame, UiResult, connector_crumbs, load_connector};
-use crate::error::ApiError;
-use crate::remote::lookup;
+use crate::api::render::{drift_json, resent_json};
+use crate::ops;
 use crate::state::AppState;
 
 /// One field of a differing device, side by side.
@@ -255,7 +257,11 @@ pub async fn resend(
     }
     let asked = identities.len() as u64;
     let peer = c.peer.as_ref().map(|p| p.site.clone()).unwrap_or_default();
-    Ok(match lookup::resend(&state, &c, identities).await {
+    let resent = match ops::devices::identities(&identities) {
+        Ok(ids) => ops::peer::resend(&state, &c, ids).await,
+        Err(e) => Err(e),
+    };
+    Ok(match resent.map(|r| resent_json(&r)) {
         Ok(answer) => match resend_notice(asked, &answer, &state.site_name, &peer) {
             (words, true) => flash_redirect(&back, &words),
             (words, false) => flash_error_redirect(&back, &words),
@@ -292,7 +298,7 @@ pub async fn compare(ctx: Ctx, State(state): State<AppState>, Path(cid): Path<St
         rows: Vec::new(),
         c: view,
     };
-    match lookup::diff(&state, &c).await {
+    match ops::peer::diff(&state, &c).await.map(|d| drift_json(&d)) {
         Ok(d) => {
             page.in_sync = d["in_sync"] == true;
             page.changing = d["changing"] == true;
@@ -308,7 +314,7 @@ pub async fn compare(ctx: Ctx, State(state): State<AppState>, Path(cid): Path<St
                 .collect();
         }
         Err(e) => {
-            page.offline = matches!(e, ApiError::PeerOffline(_));
+            page.offline = matches!(e, ops::Error::PeerOffline(_));
             page.failure = Some(e.to_string());
         }
     }

@@ -5,14 +5,17 @@ use askama::Template;
 use axum::Form;
 use axum::extract::{Path, State};
 use axum::response::Response;
-use proto::model::{Format, Role};
+use proto::model::{Format, ResourceName, Role};
 use serde::Deserialize;
 use store::Resource;
 
 use super::connectors::ConnView;
+use super::error_page::{OrPage, UiError, UiResult, connector_crumbs, load_connector, status_of};
+use super::frame::{Crumb, Frame};
+use super::session::Ctx;
 use super::session::{flash_error_redirect, flash_redirect};
-use super::{Crumb, Ctx, Frame, OrPage, UiResult, connector_crumbs, load_connector};
-use crate::api::resources::{CreateBody, PatchBody, create_resource, update_resource};
+use crate::ops;
+use crate::ops::resources::{NewResource, ResourceChange};
 use crate::state::AppState;
 
 /// A resource as its pages show it.
@@ -108,20 +111,24 @@ pub async fn create(
     Form(form): Form<CreateForm>,
 ) -> UiResult {
     let c = load_connector(&state, &ctx, &cid).await?;
-    let body = CreateBody {
-        name: form.name.trim().to_owned(),
-        format: form.format.clone(),
-        unit: Some(form.unit.clone()),
-        settable: form.settable.is_some(),
-        remote_sync: false,
-    };
-    match create_resource(&state, &c.id, body).await {
+    let result = async {
+        let new = NewResource {
+            name: ResourceName::parse(form.name.trim())?,
+            format: Format::parse(&form.format)?,
+            unit: Some(form.unit.clone()),
+            settable: form.settable.is_some(),
+            remote_sync: false,
+        };
+        ops::resources::create(&state, &c.id, new).await
+    }
+    .await;
+    match result {
         Ok(r) => Ok(flash_redirect(
             &format!("/connectors/{}/resources", c.id),
             &format!("Resource {} created.", r.name),
         )),
         Err(e) => {
-            let status = e.status();
+            let status = status_of(&e);
             let mut resp = list_page(&ctx, &state, &cid, form, Some(e.to_string())).await?;
             *resp.status_mut() = status;
             Ok(resp)
@@ -144,7 +151,7 @@ pub async fn settings(
     Path((cid, name)): Path<(String, String)>,
 ) -> UiResult {
     let c = load_connector(&state, &ctx, &cid).await?;
-    let wanted = crate::api::resource_name(&name).or_page(&ctx)?;
+    let wanted = ops::resource_name(&name).or_page(&ctx)?;
     let all = state.store.resources(&c.id).await.or_page(&ctx)?;
     let r = all
         .iter()
@@ -178,21 +185,23 @@ pub async fn update(
     State(state): State<AppState>,
     Path((cid, name)): Path<(String, String)>,
     Form(form): Form<UpdateForm>,
-) -> Result<Response, super::UiError> {
+) -> Result<Response, UiError> {
     let c = load_connector(&state, &ctx, &cid).await?;
-    let name = crate::api::resource_name(&name).or_page(&ctx)?;
+    let name = ops::resource_name(&name).or_page(&ctx)?;
     let back = format!("/connectors/{}/resources/{}", c.id, name);
     // A Target's data comes from its Source: its Remote-Sync switch is not the operator's.
     let remote_sync = (c.role != Role::Target).then_some(form.remote_sync.is_some());
-    let body = PatchBody {
+    let change = ResourceChange {
         unit: Some(Some(form.unit)),
         settable: Some(form.settable.is_some()),
         remote_sync,
     };
     // HOOK(sync): when Remote-Sync goes from off to on while data exists, offer to send the
     // history still inside the retention window, with a progress bar.
-    Ok(match update_resource(&state, &c.id, &name, body).await {
-        Ok(r) => flash_redirect(&back, &format!("Resource {} saved.", r.name)),
-        Err(e) => flash_error_redirect(&back, &e.to_string()),
-    })
+    Ok(
+        match ops::resources::update(&state, &c.id, &name, change).await {
+            Ok(r) => flash_redirect(&back, &format!("Resource {} saved.", r.name)),
+            Err(e) => flash_error_redirect(&back, &e.to_string()),
+        },
+    )
 }

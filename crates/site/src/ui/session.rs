@@ -17,7 +17,7 @@ use axum::http::{HeaderValue, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 
-use super::{Crumb, Frame, hub_class, render};
+use super::frame::{Crumb, Frame, hub_class, render};
 use crate::auth::{self, cookie};
 use crate::state::AppState;
 
@@ -164,7 +164,7 @@ pub struct LoginForm {
 
 pub async fn login(State(state): State<AppState>, Form(form): Form<LoginForm>) -> Response {
     let next = safe_next(form.next.as_deref());
-    match crate::api::sign_in(&state, form.username.trim(), &form.password).await {
+    match crate::ops::users::sign_in(&state, form.username.trim(), &form.password).await {
         Ok(token) => {
             let mut resp = Redirect::to(&next).into_response();
             let name = auth::session_cookie(&state.site_name);
@@ -181,7 +181,7 @@ pub async fn login(State(state): State<AppState>, Form(form): Form<LoginForm>) -
                 next,
                 error: Some(e.to_string()),
             });
-            *resp.status_mut() = e.status();
+            *resp.status_mut() = crate::error::ApiError::from(e).status();
             resp
         }
     }

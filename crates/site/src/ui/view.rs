@@ -8,8 +8,8 @@ use std::fmt;
 
 use proto::model::{Tags, Value};
 
+use crate::clock::rfc3339;
 use crate::error::ApiError;
-use crate::state::rfc3339;
 
 /// A point in time (µs since the epoch) as a `<time>` element; render with `|safe` (it holds
 /// only digits and punctuation, never operator input).

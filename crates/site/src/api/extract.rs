@@ -1,0 +1,102 @@
+//! What the API reads from a request: bodies (refused with `payload_too_large` over the
+//! body limit), JSON bodies (`invalid_json` for bytes that are not JSON, `invalid_value` for
+//! JSON of the wrong shape) and query strings whose keys may repeat.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// A request body as bytes, refused with `payload_too_large` over the body limit.
+pub struct ApiBytes(pub Bytes);
+
+impl FromRequest<AppState> for ApiBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        Bytes::from_request(req, state)
+            .await
+            .map(ApiBytes)
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::TooLarge {
+                        limit: state.body_limit,
+                    }
+                } else {
+                    ApiError::InvalidJson(format!("could not read the request body: {e}"))
+                }
+            })
+    }
+}
+
+/// A JSON body, refused with API.md's codes: `invalid_json` for bytes that are not JSON,
+/// `invalid_value` for JSON of the wrong shape, `payload_too_large` over the body limit.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let ApiBytes(bytes) = ApiBytes::from_request(req, state).await?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => {
+            ApiError::InvalidValue(format!("the body does not fit this call: {e}"))
+        }
+        _ => ApiError::InvalidJson(format!("the body is not valid JSON: {e}")),
+    })
+}
+
+/// The raw query string as ordered pairs, so that a key may repeat (`tag=a:1&tag=b:2`).
+pub struct QueryPairs(pub Vec<(String, String)>);
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryPairs {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let q = parts.uri.query().unwrap_or("");
+        serde_urlencoded::from_str(q)
+            .map(QueryPairs)
+            .map_err(|e| ApiError::InvalidQuery(format!("the query string is malformed: {e}")))
+    }
+}
+
+impl QueryPairs {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// A numeric parameter, `default` when absent, refused when malformed or outside `range`.
+    pub fn number(
+        &self,
+        key: &str,
+        default: i64,
+        range: std::ops::RangeInclusive<i64>,
+    ) -> Result<i64, ApiError> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<i64>()
+                .ok()
+                .filter(|n| range.contains(n))
+                .ok_or_else(|| {
+                    ApiError::InvalidQuery(format!(
+                        "{key} must be a whole number from {} to {}, not {v:?}",
+                        range.start(),
+                        range.end()
+                    ))
+                }),
+        }
+    }
+}
