@@ -25,7 +25,7 @@ use crate::{DEADLINE, eventually};
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
-/// Window size of every session: a laptop screen, as UI.md asks the UI to fit.
+/// Window size of every session: a laptop screen, as docs/ui.md asks the UI to fit.
 pub const WINDOW: (u32, u32) = (1280, 800);
 
 /// A headless Chromium session and the `chromedriver` serving it.

@@ -8,7 +8,7 @@
 //! only starts the processes and the simulated devices again.
 //!
 //! The children never outlive this process: Ctrl-C or SIGTERM stops the sites, then the
-//! hub; any other end (a panic, SIGKILL) still reaches them, because `testkit` spawns every
+//! hub; any other end (a panic, SIGKILL) still reaches them, because `launch` spawns every
 //! child with a parent-death signal (SIGTERM, `prctl(PR_SET_PDEATHSIG)` on Linux) and
 //! `kill_on_drop`. Children are spawned from the runtime's own threads, which live as long as
 //! the process, never from a `spawn_blocking` thread (the signal follows the spawning thread).
@@ -18,9 +18,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use launch::{Api, DEADLINE, SiteOpts, SiteProc, WestProc, eventually};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use testkit::{Api, DEADLINE, SiteOpts, SiteProc, WestProc, eventually};
 
 #[derive(Args)]
 pub struct QuickstartArgs {
@@ -175,7 +175,7 @@ async fn add_site(bin: &Path, hub_dir: &Path, name: &str) -> anyhow::Result<Stri
         cmd.args(["hub", verb, name, "--data-dir"])
             .arg(hub_dir)
             .kill_on_drop(true);
-        testkit::process::die_with_parent(&mut cmd);
+        launch::process::die_with_parent(&mut cmd);
         cmd.output()
     };
     let mut out = run("add-site").await.context("running west hub add-site")?;

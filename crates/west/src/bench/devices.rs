@@ -18,7 +18,7 @@ use anyhow::Context;
 use clap::Args;
 use hdrhistogram::Histogram;
 use serde_json::json;
-use testkit::Api;
+use launch::Api;
 
 use super::Report;
 use super::ingest::sensor_value;

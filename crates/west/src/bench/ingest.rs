@@ -13,8 +13,8 @@ use anyhow::Context;
 use clap::Args;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
+use launch::{Api, SiteOpts, SiteProc};
 use serde_json::{Value, json};
-use testkit::{Api, SiteOpts, SiteProc};
 
 use super::Report;
 

@@ -30,7 +30,7 @@ use progress::Progress;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// `west bench [--points N] [--devices N] [--rate R] [--baseline nats] [--json]` (API.md)
+/// `west bench [--points N] [--devices N] [--rate R] [--baseline nats] [--json]` (docs/api.md)
 /// runs every part (`--parts`): the end-to-end scenario, device-shaped load, the scale curve
 /// and the reads; a scenario name runs that one with all its flags.
 #[derive(Args)]

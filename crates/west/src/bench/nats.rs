@@ -50,7 +50,7 @@
 //! devices scenario: one connection per device, one publish per reading.
 //!
 //! Invariants: every child is killed when the benchmark ends or fails (`kill_on_drop`), or is
-//! killed itself (a parent-death signal, `testkit::process::die_with_parent`); the run
+//! killed itself (a parent-death signal, `launch::process::die_with_parent`); the run
 //! fails unless site-a acknowledged every message exactly once, in order, site-b's mirror
 //! holds exactly that many, and the store (if any) holds every point. Nothing here asserts a speed, uses TLS or authentication, or
 //! leaves loopback.
@@ -199,7 +199,7 @@ pub async fn run(args: &NatsArgs, progress: &mut Progress) -> anyhow::Result<Rep
         .context("creating the mirror on site-b")?;
     // The mirror is live once site-b has heard from its consumer on site-a (a mirror's
     // consumer is internal: site-a's consumer count does not show it).
-    testkit::eventually("site-b's mirror to start", STALL, || {
+    launch::eventually("site-b's mirror to start", STALL, || {
         let mut mirror = mirror.clone();
         async move {
             let info = mirror.info().await?;
@@ -272,7 +272,7 @@ pub async fn run(args: &NatsArgs, progress: &mut Progress) -> anyhow::Result<Rep
         mirror = open_stream(&js_b, &net.b).await?;
         if args.store {
             store = Some(
-                testkit::eventually(
+                launch::eventually(
                     "the store's consumer after site-b's restart",
                     STALL,
                     || async { Ok(Sink::start(&js_b, STREAM, &db).await.ok()) },
@@ -412,7 +412,7 @@ pub async fn run_devices(
         .create_stream(mirror_config())
         .await
         .context("creating the mirror on site-b")?;
-    testkit::eventually("site-b's mirror to start", STALL, || {
+    launch::eventually("site-b's mirror to start", STALL, || {
         let mut mirror = mirror.clone();
         async move {
             let info = mirror.info().await?;
@@ -540,7 +540,7 @@ async fn connect(server: &Server) -> anyhow::Result<async_nats::Client> {
 
 /// The mirror on a restarted site-b, once its JetStream answers.
 async fn open_stream(js: &jetstream::Context, b: &Server) -> anyhow::Result<stream::Stream> {
-    testkit::eventually("site-b's mirror after its restart", STALL, || async {
+    launch::eventually("site-b's mirror after its restart", STALL, || async {
         Ok(js.get_stream(STREAM).await.ok())
     })
     .await
@@ -882,7 +882,7 @@ impl Topology {
             meter,
             http: reqwest::Client::new(),
         };
-        testkit::eventually("both sites' leafnode links", STALL, || async {
+        launch::eventually("both sites' leafnode links", STALL, || async {
             Ok((net.leafz().await?["leafnodes"] == 2).then_some(()))
         })
         .await
@@ -1062,7 +1062,7 @@ impl Server {
             .stderr(Stdio::from(log))
             .kill_on_drop(true);
         // A benchmark killed outright leaves no nats-server behind.
-        testkit::process::die_with_parent(&mut cmd);
+        launch::process::die_with_parent(&mut cmd);
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {} for {}", self.bin.display(), self.name))?;
@@ -1107,11 +1107,11 @@ impl Server {
                     self.log_tail(20)
                 );
             }
-            if start.elapsed() > testkit::DEADLINE {
+            if start.elapsed() > launch::DEADLINE {
                 bail!(
                     "{} not ready after {:?}; log tail:\n{}",
                     self.name,
-                    testkit::DEADLINE,
+                    launch::DEADLINE,
                     self.log_tail(20)
                 );
             }

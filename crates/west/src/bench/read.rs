@@ -17,7 +17,7 @@ use std::time::Instant;
 use anyhow::{Context, ensure};
 use clap::Args;
 use serde_json::{Value, json};
-use testkit::{Api, SiteOpts, SiteProc};
+use launch::{Api, SiteOpts, SiteProc};
 
 use super::Report;
 use super::ingest::sensor_value;

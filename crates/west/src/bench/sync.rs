@@ -27,7 +27,7 @@
 //!
 //! Waits poll the Target's sync status every 5 ms (the wait is what is measured) and give
 //! up when its applied sequence has not moved for a minute. Children die with this process
-//! (`testkit`'s `kill_on_drop` and parent-death signal). Nothing here asserts a speed; it
+//! (`launch`'s `kill_on_drop` and parent-death signal). Nothing here asserts a speed; it
 //! reports one.
 
 use std::collections::VecDeque;
@@ -36,8 +36,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Args;
 use hdrhistogram::Histogram;
+use launch::{Api, HubProc, SiteOpts, SiteProc};
 use serde_json::{Value, json};
-use testkit::{Api, HubProc, SiteOpts, SiteProc};
 
 use super::Report;
 use super::ingest::sensor_value;
@@ -151,12 +151,12 @@ impl Bench {
         let a = sites.pop().context("two sites")?;
         let (api_a, api_b) = (a.admin().await?, b.admin().await?);
         for api in [&api_a, &api_b] {
-            testkit::eventually("the hub link", testkit::DEADLINE, || async {
+            launch::eventually("the hub link", launch::DEADLINE, || async {
                 Ok((api.get_ok("/health").await?["hub"]["connected"] == true).then_some(()))
             })
             .await?;
         }
-        let (src, tgt) = testkit::pair(&api_a, &api_b, "bench").await?;
+        let (src, tgt) = launch::pair(&api_a, &api_b, "bench").await?;
         api_a
             .post_ok(
                 &format!("/api/v1/connectors/{src}/resources"),

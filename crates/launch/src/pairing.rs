@@ -1,4 +1,4 @@
-//! Pairing two sites' connectors through their public APIs (API.md, SPEC §4), the way the
+//! Pairing two sites' connectors through their public APIs (docs/api.md, docs/spec.md §4), the way the
 //! end-to-end tests and the benchmark do it: the Source creates a connector and opens its
 //! pairing window, the Target creates its connector with the Source's address and code.
 //!

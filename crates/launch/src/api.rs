@@ -1,4 +1,4 @@
-//! A small HTTP client for a site's API.md surface. Every call returns the status and the
+//! A small HTTP client for a site's docs/api.md surface. Every call returns the status and the
 //! parsed JSON body (or `null`), so tests assert on both.
 
 use anyhow::Context;
