@@ -1,5 +1,7 @@
 //! `west site`: one deployment, configured by flags, `WEST_*` environment and an optional
-//! TOML file.
+//! TOML file. Every setting is all three: the flag `--pairing-window`, the variable
+//! `WEST_PAIRING_WINDOW` and the key `pairing_window` (tests below keep it so); the one
+//! exception is the hidden, test-only `--test-clock-offset-file`.
 
 use std::path::PathBuf;
 
@@ -75,7 +77,8 @@ enum SyncMode {
     Full,
 }
 
-/// The TOML file's shape: the same settings as the flags, all optional.
+/// The TOML file's shape: the same settings as the flags, all optional; durations are
+/// strings as on the command line (`retention = "30d"`).
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
@@ -87,12 +90,46 @@ struct FileConfig {
     site_credential_file: Option<PathBuf>,
     hub_ca: Option<PathBuf>,
     admin_password: Option<String>,
+    retention: Option<String>,
+    sync_disk_budget_mib: Option<u64>,
+    pairing_window: Option<String>,
     metrics_public: Option<bool>,
     synchronous: Option<SyncMode>,
 }
 
+/// A duration of the file, read as its flag would be; the error names the key.
+fn file_duration(key: &str, value: Option<String>) -> anyhow::Result<Option<std::time::Duration>> {
+    value
+        .map(|v| config::parse_duration(&v).map_err(|e| anyhow::anyhow!("config key {key}: {e}")))
+        .transpose()
+}
+
 pub async fn run(args: SiteArgs) -> anyhow::Result<()> {
     let file: FileConfig = config::load(args.config.as_deref())?;
+    let (cfg, http) = resolve(args, file)?;
+    if let Some(hub) = &cfg.hub {
+        // A missing or empty file is an operator's slip to show, not a reason to refuse
+        // to start: the link reports it and keeps trying. Say so at once all the same.
+        if let Err(why) = hub.credential.read() {
+            tracing::warn!("{why}; the site starts and keeps trying");
+        }
+    }
+    let listener = tokio::net::TcpListener::bind(&http)
+        .await
+        .with_context(|| format!("binding the HTTP listener on {http}"))?;
+    let addr = listener.local_addr().context("reading the HTTP address")?;
+    let prepared = site::prepare(&cfg).await?;
+    if let Some(password) = &prepared.generated_admin_password {
+        say!("admin password (shown once): {password}");
+    }
+    say!("site {} listening on http://{addr}", cfg.name);
+    retry_link_on_sighup(prepared.state.link.clone());
+    site::serve(listener, prepared, crate::shutdown_signal()).await
+}
+
+/// The site's configuration and HTTP address from flags and environment (`args`) over the
+/// file over the defaults; checks without I/O.
+fn resolve(args: SiteArgs, file: FileConfig) -> anyhow::Result<(SiteConfig, String)> {
     let name = args.name.or(file.name).unwrap_or_else(|| "site".into());
     let data_dir = args
         .data_dir
@@ -104,14 +141,25 @@ pub async fn run(args: SiteArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| "127.0.0.1:8080".into());
     let mut cfg = SiteConfig::new(name, data_dir);
     cfg.admin_password = args.admin_password.or(file.admin_password);
-    if let Some(w) = args.pairing_window {
+    let pairing_window = match args.pairing_window {
+        Some(w) => Some(w),
+        None => file_duration("pairing_window", file.pairing_window)?,
+    };
+    if let Some(w) = pairing_window {
         cfg.pairing_window = w;
     }
-    if let Some(r) = args.retention {
+    let retention = match args.retention {
+        Some(r) => Some(r),
+        None => file_duration("retention", file.retention)?,
+    };
+    if let Some(r) = retention {
         anyhow::ensure!(!r.is_zero(), "--retention must be longer than zero");
         cfg.sync.retention = r;
     }
-    cfg.sync.disk_budget = args.sync_disk_budget_mib.map(|m| m.saturating_mul(1 << 20));
+    cfg.sync.disk_budget = args
+        .sync_disk_budget_mib
+        .or(file.sync_disk_budget_mib)
+        .map(|m| m.saturating_mul(1 << 20));
     if let Some(path) = args.test_clock_offset_file {
         cfg.sync.clock = site::remote::status::offset_clock(path);
     }
@@ -132,18 +180,11 @@ pub async fn run(args: SiteArgs) -> anyhow::Result<()> {
         },
     };
     cfg.hub = match (args.hub.or(file.hub), credential) {
-        (Some(url), Some(credential)) => {
-            // A missing or empty file is an operator's slip to show, not a reason to refuse
-            // to start: the link reports it and keeps trying. Say so at once all the same.
-            if let Err(why) = credential.read() {
-                tracing::warn!("{why}; the site starts and keeps trying");
-            }
-            Some(LinkConfig {
-                url,
-                credential,
-                ca_pem: args.hub_ca.or(file.hub_ca),
-            })
-        }
+        (Some(url), Some(credential)) => Some(LinkConfig {
+            url,
+            credential,
+            ca_pem: args.hub_ca.or(file.hub_ca),
+        }),
         (Some(_), None) => anyhow::bail!(
             "--hub needs --site-credential-file or --site-credential (from `west hub add-site`)"
         ),
@@ -151,17 +192,7 @@ pub async fn run(args: SiteArgs) -> anyhow::Result<()> {
         (None, None) => None,
     };
 
-    let listener = tokio::net::TcpListener::bind(&http)
-        .await
-        .with_context(|| format!("binding the HTTP listener on {http}"))?;
-    let addr = listener.local_addr().context("reading the HTTP address")?;
-    let prepared = site::prepare(&cfg).await?;
-    if let Some(password) = &prepared.generated_admin_password {
-        say!("admin password (shown once): {password}");
-    }
-    say!("site {} listening on http://{addr}", cfg.name);
-    retry_link_on_sighup(prepared.state.link.clone());
-    site::serve(listener, prepared, crate::shutdown_signal()).await
+    Ok((cfg, http))
 }
 
 /// SIGHUP asks the hub link to try again now (after correcting the credential file, say).
@@ -179,4 +210,118 @@ fn retry_link_on_sighup(link: site::link::Link) {
     });
     #[cfg(not(unix))]
     let _ = link;
+}
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        site: SiteArgs,
+    }
+
+    /// A file holding every setting, none of them its default; `site_credential`, which
+    /// excludes `site_credential_file`, is checked on its own below.
+    const EVERY_KEY: &str = r#"
+        name = "plant-7"
+        data_dir = "/var/lib/west/plant-7"
+        http = "0.0.0.0:9090"
+        hub = "wss://hub.example.com:7443"
+        site_credential_file = "/etc/west/credential"
+        hub_ca = "/etc/west/hub.pem"
+        admin_password = "correct horse"
+        retention = "7d"
+        sync_disk_budget_mib = 512
+        pairing_window = "15m"
+        metrics_public = true
+        synchronous = "full"
+    "#;
+
+    fn keys_of(toml_text: &str) -> Vec<String> {
+        let table: toml::Table = toml::from_str(toml_text).unwrap();
+        table.keys().cloned().collect()
+    }
+
+    #[test]
+    fn every_setting_is_a_flag_a_variable_and_a_key() {
+        let mut flags = Vec::new();
+        for arg in Cli::command().get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if arg.is_hide_set() || long == "config" {
+                continue;
+            }
+            let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+            let expected = format!("WEST_{}", long.replace('-', "_").to_uppercase());
+            assert_eq!(env.as_deref(), Some(expected.as_str()), "--{long}");
+            flags.push(long.replace('-', "_"));
+        }
+        let mut keys = keys_of(EVERY_KEY);
+        keys.push("site_credential".into());
+        flags.sort();
+        keys.sort();
+        assert_eq!(flags, keys, "the flags and the keys of a full file");
+    }
+
+    #[test]
+    fn a_file_holding_every_setting_configures_the_site() {
+        let file: FileConfig = toml::from_str(EVERY_KEY).unwrap();
+        let args = Cli::try_parse_from(["west"]).unwrap().site;
+        let (cfg, http) = resolve(args, file).unwrap();
+        assert_eq!(http, "0.0.0.0:9090");
+        assert_eq!(cfg.name, "plant-7");
+        assert_eq!(cfg.data_dir, PathBuf::from("/var/lib/west/plant-7"));
+        let hub = cfg.hub.expect("a hub");
+        assert_eq!(hub.url, "wss://hub.example.com:7443");
+        assert!(
+            matches!(&hub.credential, Credential::File(f) if f == std::path::Path::new("/etc/west/credential"))
+        );
+        assert_eq!(hub.ca_pem, Some(PathBuf::from("/etc/west/hub.pem")));
+        assert_eq!(cfg.admin_password.as_deref(), Some("correct horse"));
+        assert_eq!(cfg.sync.retention, Duration::from_secs(7 * 86_400));
+        assert_eq!(cfg.sync.disk_budget, Some(512 << 20));
+        assert_eq!(cfg.pairing_window, Duration::from_secs(15 * 60));
+        assert!(cfg.metrics_public);
+        assert_eq!(cfg.synchronous, Synchronous::Full);
+    }
+
+    #[test]
+    fn a_credential_may_be_given_in_the_file_itself() {
+        let text = EVERY_KEY.replace(
+            "site_credential_file = \"/etc/west/credential\"",
+            "site_credential = \"c-123\"",
+        );
+        let file: FileConfig = toml::from_str(&text).unwrap();
+        let args = Cli::try_parse_from(["west"]).unwrap().site;
+        let (cfg, _) = resolve(args, file).unwrap();
+        let hub = cfg.hub.expect("a hub");
+        assert!(matches!(&hub.credential, Credential::Value(c) if c == "c-123"));
+    }
+
+    #[test]
+    fn a_flag_wins_over_the_file() {
+        let file: FileConfig = toml::from_str(EVERY_KEY).unwrap();
+        let args = Cli::try_parse_from(["west", "--retention", "2d", "--pairing-window", "1m"])
+            .unwrap()
+            .site;
+        let (cfg, _) = resolve(args, file).unwrap();
+        assert_eq!(cfg.sync.retention, Duration::from_secs(2 * 86_400));
+        assert_eq!(cfg.pairing_window, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn bad_keys_and_values_are_refused_by_name() {
+        let Err(err) = toml::from_str::<FileConfig>("retention_days = 3") else {
+            panic!("an unknown key is refused");
+        };
+        assert!(err.to_string().contains("retention_days"), "{err}");
+        let file: FileConfig = toml::from_str(r#"retention = "3 weeks""#).unwrap();
+        let args = Cli::try_parse_from(["west"]).unwrap().site;
+        let err = resolve(args, file).expect_err("a bad duration is refused");
+        assert!(err.to_string().contains("config key retention"), "{err}");
+    }
 }

@@ -17,8 +17,8 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 use hdrhistogram::Histogram;
-use serde_json::json;
 use launch::Api;
+use serde_json::json;
 
 use super::Report;
 use super::ingest::sensor_value;

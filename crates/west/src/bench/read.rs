@@ -16,8 +16,8 @@ use std::time::Instant;
 
 use anyhow::{Context, ensure};
 use clap::Args;
-use serde_json::{Value, json};
 use launch::{Api, SiteOpts, SiteProc};
+use serde_json::{Value, json};
 
 use super::Report;
 use super::ingest::sensor_value;
