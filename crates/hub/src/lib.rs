@@ -1,5 +1,5 @@
 //! The Connectivity Hub: a relay both sites dial out to, so that two deployments behind
-//! firewalls can talk (SPEC §1–§2). One TLS port serves the WebSocket link of every site at
+//! firewalls can talk (docs/spec.md §1–§2). One TLS port serves the WebSocket link of every site at
 //! `/link` (frames of `proto::wire`), plus `/health` and `/metrics`.
 //!
 //! ```text

@@ -1,4 +1,4 @@
-//! The domain of SPEC §3: identifiers, resource formats, values, devices' tags, permissions
+//! The domain of docs/spec.md §3: identifiers, resource formats, values, devices' tags, permissions
 //! and states, each with the validation that decides what a site accepts.
 //!
 //! Everything here is plain data with `parse`/`check` constructors: a value of one of these
@@ -422,7 +422,7 @@ impl Role {
     }
 }
 
-/// Where a connector stands in the pairing process of SPEC §4.
+/// Where a connector stands in the pairing process of docs/spec.md §4.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SyncState {

@@ -1,4 +1,4 @@
-//! One West Connectivity deployment ("site"): the REST API of API.md, the web UI of UI.md,
+//! One West Connectivity deployment ("site"): the REST API of docs/api.md, the web UI of docs/ui.md,
 //! the device API, and (as the product grows) the sync driver that feeds `proto`'s state
 //! machines from the store and the hub link.
 //!

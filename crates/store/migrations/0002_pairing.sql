@@ -1,4 +1,4 @@
--- Pairing (SPEC §4). The Source keeps its one-time code only while the countdown runs:
+-- Pairing (docs/spec.md §4). The Source keeps its one-time code only while the countdown runs:
 -- SPAKE2 needs the code itself, and the row forgets it when the window closes. Each paired
 -- connector keeps its long-term static key and the peer's pinned public key.
 ALTER TABLE connectors ADD COLUMN pairing_code TEXT;

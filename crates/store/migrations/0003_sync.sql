@@ -1,4 +1,4 @@
--- Resource data synchronisation (SPEC §6, §7; docs/sync.md "Storage"). Times are µs.
+-- Resource data synchronisation (docs/spec.md §6, §7; docs/sync.md "Storage"). Times are µs.
 --
 -- Sending side. Every paired Source connector has an outbox: records numbered by a gap-free
 -- `seq` assigned in the ingest transaction. The records themselves live in one table per

@@ -1,4 +1,4 @@
--- Device convergence (SPEC §5; docs/sync.md "Device convergence"). Times are µs.
+-- Device convergence (docs/spec.md §5; docs/sync.md "Device convergence"). Times are µs.
 --
 -- The replicated record of every device this site knows of, live or deleted: JSON of
 -- `proto::sync::DeviceRecord` (per-field last-writer-wins registers with their stamps, and

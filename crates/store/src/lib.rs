@@ -91,7 +91,7 @@ pub trait Store: Send + Sync + 'static {
     async fn connector(&self, id: &ConnectorId) -> Result<Connector>;
     async fn delete_connector(&self, id: &ConnectorId) -> Result<()>;
 
-    // Pairing (SPEC §4).
+    // Pairing (docs/spec.md §4).
     /// Opens (or reopens with a fresh code) the pairing window of a standalone or
     /// previously expired connector: role `source`, state `pairing`.
     async fn open_pairing(
@@ -176,7 +176,7 @@ pub trait Store: Send + Sync + 'static {
         query: RangeQuery,
     ) -> Result<Vec<Point>>;
 
-    // Sync (SPEC §6, §7; docs/sync.md). `ingest` appends the points of remote-synced
+    // Sync (docs/spec.md §6, §7; docs/sync.md). `ingest` appends the points of remote-synced
     // resources of a paired Source to its outbox in the same transaction, under gap-free
     // seqs; these methods are the sync driver's side of `proto::sync` (sending: the outbox,
     // lease, acknowledgement, retention; receiving: the cursor, applied data, gaps).

@@ -188,7 +188,7 @@ impl std::fmt::Debug for ConnectorKeys {
 }
 
 // ---------------------------------------------------------------------------------------
-// Sync (SPEC §6, §7; docs/sync.md).
+// Sync (docs/spec.md §6, §7; docs/sync.md).
 
 /// What a connector's sync driver restores its state machines from, plus the gauges of its
 /// outbox. All zero for a connector that never synced.
@@ -274,7 +274,7 @@ impl GapReason {
     }
 }
 
-/// A recorded loss of one resource's data (API.md `Gap`).
+/// A recorded loss of one resource's data (docs/api.md `Gap`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GapRow {
     pub resource: ResourceName,

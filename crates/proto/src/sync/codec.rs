@@ -41,7 +41,7 @@ use crate::model::{Identity, MAX_TEXT_VALUE, MAX_TIMESTAMP, ResourceName, Value}
 const CODEC_VERSION: u8 = 1;
 /// The largest body (before compression) that [`encode`] produces and [`decode`] accepts.
 pub const MAX_BODY_LEN: usize = 16 * 1024 * 1024;
-/// zstd level: LIMITS.md measured level 3 to gain under 5 % on 1k-point batches.
+/// zstd level: docs/limits.md measured level 3 to gain under 5 % on 1k-point batches.
 const ZSTD_LEVEL: i32 = 1;
 /// Largest power of ten tried by the decimal encoding.
 const MAX_DECIMAL_EXP: u8 = 9;

@@ -1,4 +1,4 @@
-//! Device convergence (SPEC §5): a device's replicated record, the per-field
+//! Device convergence (docs/spec.md §5): a device's replicated record, the per-field
 //! last-writer-wins [`merge`], and the view an operator sees.
 //!
 //! A [`DeviceRecord`] is both the state a site stores and the change it sends: a change is

@@ -15,7 +15,7 @@
 //! Invariants:
 //! - `tick` and `observe` return a reading strictly greater than any earlier reading of the
 //!   same clock, and `observe(remote, _)` returns one strictly greater than `remote`.
-//! - [`Stamp`]s are totally ordered: by clock, then by site name (SPEC §5's tie-break).
+//! - [`Stamp`]s are totally ordered: by clock, then by site name (docs/spec.md §5's tie-break).
 
 use std::cmp::Ordering;
 

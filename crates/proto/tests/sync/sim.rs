@@ -1,4 +1,4 @@
-//! Layer 2 of STYLE.md: a seeded simulation of one pairing, driving the real `proto::sync`
+//! Layer 2 of docs/style.md: a seeded simulation of one pairing, driving the real `proto::sync`
 //! state machines through their public driver API, the way a site's sync driver will.
 //!
 //! Each site is its state machines plus an in-memory model of its durable store: the outbox

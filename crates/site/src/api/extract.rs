@@ -33,7 +33,7 @@ impl FromRequest<AppState> for ApiBytes {
     }
 }
 
-/// A JSON body, refused with API.md's codes: `invalid_json` for bytes that are not JSON,
+/// A JSON body, refused with docs/api.md's codes: `invalid_json` for bytes that are not JSON,
 /// `invalid_value` for JSON of the wrong shape, `payload_too_large` over the body limit.
 pub struct ApiJson<T>(pub T);
 

@@ -273,7 +273,7 @@ async fn connector_task(
 }
 
 /// The first end-to-end session proves the peer holds the pairing: a Source's pairing is
-/// confirmed, and can no longer be cancelled (SPEC §4).
+/// confirmed, and can no longer be cancelled (docs/spec.md §4).
 async fn confirm_pairing(state: &AppState, cid: &ConnectorId) {
     match state.store.confirm_pairing(cid).await {
         Ok(true) => {

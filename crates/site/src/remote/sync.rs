@@ -1,4 +1,4 @@
-//! Resource data synchronisation of one paired connector (SPEC §6, §7): the driver that
+//! Resource data synchronisation of one paired connector (docs/spec.md §6, §7): the driver that
 //! feeds `proto::sync`'s [`Sender`] and [`Receiver`] from the store and the encrypted peer
 //! session, and publishes their gauges for the API, the UI and `/metrics`.
 //!

@@ -6,7 +6,7 @@
 //! `GET /api/v1/connectors/{cid}/devices`, so paging and tag filtering behave the same in
 //! both. Every edit is a `DeviceChange` through `ops::devices::update`.
 //!
-//! Paired connectors also show the peer's side, looked up live (SPEC §5): the Devices tab's
+//! Paired connectors also show the peer's side, looked up live (docs/spec.md §5): the Devices tab's
 //! switch *This site / Remote site* (`?side=remote`) and the device page's *Remote view*.
 //! Both render a shell that `app.js` fills from `GET …/remote/devices[/{id}]` and keeps
 //! fresh, so a page never waits on the peer: an offline peer shows "Remote site offline"

@@ -1,4 +1,4 @@
-//! The web UI of UI.md: server-rendered pages from askama templates (`web/templates`), forms
+//! The web UI of docs/ui.md: server-rendered pages from askama templates (`web/templates`), forms
 //! that POST to UI routes and redirect after the post, and a little plain JavaScript
 //! (`web/static/app.js`) for the live parts: the header's hub dot polls `/health`, charts
 //! and latest values poll the data API with the session cookie.

@@ -1,4 +1,4 @@
-//! The SQL of device convergence (SPEC §5; docs/sync.md "Device convergence"): each device's
+//! The SQL of device convergence (docs/spec.md §5; docs/sync.md "Device convergence"): each device's
 //! replicated record, the site's hybrid logical clock, and the projection of a merged record
 //! onto the `devices` and `config` rows an operator reads. Schema:
 //! `migrations/0004_devices.sql`.

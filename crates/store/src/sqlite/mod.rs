@@ -16,7 +16,7 @@
 //! waiting in its queue and runs them in one transaction (group commit), each job inside its
 //! own savepoint so that a refused request rolls back alone; a job's caller hears back only
 //! after the commit. Under load this turns many small ingest requests into one large
-//! transaction, which is what SQLite needs to be fast (see LIMITS.md), at no cost in latency
+//! transaction, which is what SQLite needs to be fast (see docs/limits.md), at no cost in latency
 //! when the queue is short.
 //!
 //! Checkpoints (copying the WAL into the database) run on their own thread, off the commit
@@ -89,7 +89,7 @@ pub struct SqliteConfig {
     /// Length of one outbox time partition, µs: retention drops whole partitions. Default:
     /// 10 minutes (4,320 partitions at most in 30 days of outage).
     pub sync_partition_us: i64,
-    /// This site's name: the tie-break of device change stamps (SPEC §5). Default: `site`.
+    /// This site's name: the tie-break of device change stamps (docs/spec.md §5). Default: `site`.
     pub site: String,
     /// Points the in-memory tail of the point log may hold before the writer folds it into
     /// blocks (`series.rs`); it bounds memory and the replay on open. Default: 65,536.

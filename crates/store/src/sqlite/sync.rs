@@ -1,4 +1,4 @@
-//! The SQL of resource data synchronisation (SPEC §6, §7): the Source's outbox in time
+//! The SQL of resource data synchronisation (docs/spec.md §6, §7): the Source's outbox in time
 //! partitions with its lease, acknowledgement and lost spans, and the Target's applied
 //! cursor, pending points and gaps. Schema: `migrations/0003_sync.sql`; design:
 //! `docs/sync.md` ("Storage").

@@ -1,4 +1,4 @@
-//! Device changes across a pair (SPEC §5) between real processes: an edit made while the
+//! Device changes across a pair (docs/spec.md §5) between real processes: an edit made while the
 //! peer is down waits durably and arrives when it returns; edits of the same device on both
 //! sides during a hub outage converge to the same device on both, per field (last writer
 //! wins on the hybrid logical clock), with a delete winning over a concurrent edit; and the

@@ -1,4 +1,4 @@
-//! Live lookup of the peer's devices and the drift check (SPEC §5), between two real sites
+//! Live lookup of the peer's devices and the drift check (docs/spec.md §5), between two real sites
 //! paired through a real hub: `GET …/remote/devices[/{identity}]` answers what the peer's
 //! own API answers (tags, permissions, tag filter, paging), `peer_offline` when the peer is
 //! down instead of hanging, and `GET …/remote/diff` says "in sync" or lists what differs.

@@ -1,5 +1,5 @@
 //! End-to-end tests: the real `west` binary as separate processes on loopback, driven through
-//! the public contract of API.md. One test binary for the whole crate (see STYLE.md).
+//! the public contract of docs/api.md. One test binary for the whole crate (see docs/style.md).
 
 mod bench_nats;
 mod device_sync;

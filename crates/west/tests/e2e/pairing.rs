@@ -1,4 +1,4 @@
-//! Pairing a Source connector with a Target connector through a real hub (SPEC §4): the
+//! Pairing a Source connector with a Target connector through a real hub (docs/spec.md §4): the
 //! happy path and its consequences (roles, 409 on delete and disable, survival across
 //! restarts), and every failure path with its error code and nothing created.
 //!

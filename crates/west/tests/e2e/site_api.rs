@@ -1,4 +1,4 @@
-//! The site's REST API of API.md against a real `west site` process: the happy path from
+//! The site's REST API of docs/api.md against a real `west site` process: the happy path from
 //! connector to read-back, every refusal with its stable code (and nothing stored), and
 //! durability of acknowledged data across `kill -9`.
 

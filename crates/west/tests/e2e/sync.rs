@@ -1,4 +1,4 @@
-//! Resource data synchronisation between real processes (SPEC §6, §7): a Source streams
+//! Resource data synchronisation between real processes (docs/spec.md §6, §7): a Source streams
 //! points of a remote-synced resource to its Target through a real hub while the Source,
 //! the Target and the hub are killed with SIGKILL, or while the link is blackholed; then
 //! the Target must hold exactly the Source's points (full datasets compared, not counts).
