@@ -73,22 +73,40 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Everything a site persists. Methods are async so that a networked database fits behind
 /// the same trait as the embedded one.
+///
+/// Contract of every method: an `Err` changed nothing; an `Ok` of a write is durable (on
+/// disk per the store's configured synchronous level) before it returns. Times are µs since
+/// the Unix epoch. Not-found and conflict outcomes are [`StoreError`] variants, never
+/// `Backend`; a connector that does not exist is [`StoreError::ConnectorNotFound`] for
+/// every method that takes one.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     // Users and tokens.
+    /// How many users exist (0 on a fresh site: time to create `admin`).
     async fn user_count(&self) -> Result<u64>;
+    /// Creates a user with an argon2 hash of its password; [`StoreError::UserExists`] if
+    /// the name is taken.
     async fn create_user(&self, username: &str, password_hash: &str) -> Result<()>;
+    /// Replaces a user's password hash.
     async fn set_password(&self, username: &str, password_hash: &str) -> Result<()>;
+    /// A user's password hash, or `None` when there is no such user.
     async fn password_hash(&self, username: &str) -> Result<Option<String>>;
+    /// Stores the SHA-256 of a login token for `username`, valid until `expires_at`.
     async fn create_token(&self, token: TokenHash, username: &str, expires_at: i64) -> Result<()>;
     /// The user a login token belongs to, if it exists and has not expired at `now`.
     async fn token_user(&self, token: TokenHash, now: i64) -> Result<Option<String>>;
+    /// Revokes a login token (signing out); nothing happens for an unknown one.
     async fn delete_token(&self, token: TokenHash) -> Result<()>;
 
     // Connectors.
+    /// Creates a standalone connector (role `none`, state `disabled`).
     async fn create_connector(&self, new: NewConnector) -> Result<Connector>;
+    /// Every connector with its device and resource counts, by name.
     async fn list_connectors(&self) -> Result<Vec<Connector>>;
+    /// One connector with its counts.
     async fn connector(&self, id: &ConnectorId) -> Result<Connector>;
+    /// Deletes a connector with its resources, devices and data. The store does
+    /// not check the pairing: refusing to delete a paired connector is the caller's rule.
     async fn delete_connector(&self, id: &ConnectorId) -> Result<()>;
 
     // Pairing (docs/spec.md §4).
@@ -134,8 +152,13 @@ pub trait Store: Send + Sync + 'static {
     async fn connector_keys(&self, cid: &ConnectorId) -> Result<Option<ConnectorKeys>>;
 
     // Resources.
+    /// Creates a resource; [`StoreError::ResourceExists`] if the name is taken. On a Target,
+    /// points kept pending for a resource of this name are applied in the same commit.
     async fn create_resource(&self, cid: &ConnectorId, new: NewResource) -> Result<Resource>;
+    /// A connector's resources, by name.
     async fn resources(&self, cid: &ConnectorId) -> Result<Vec<Resource>>;
+    /// Changes a resource's unit, settable flag or Remote-Sync switch; fields that are
+    /// `None` in `patch` stay as they are.
     async fn update_resource(
         &self,
         cid: &ConnectorId,
@@ -143,16 +166,25 @@ pub trait Store: Send + Sync + 'static {
         patch: ResourcePatch,
     ) -> Result<Resource>;
 
-    // Devices.
+    // Devices. Every change is stamped, merged into the device's replicated record and, on
+    // a paired connector, appended to its outbox in the same commit (docs/sync.md "Device
+    // convergence").
+    /// Creates a device with the hash of its token; [`StoreError::DeviceExists`] if the
+    /// identity is taken.
     async fn create_device(&self, cid: &ConnectorId, new: NewDevice) -> Result<Device>;
+    /// One page of the device list, as [`DeviceQuery`] describes it.
     async fn devices(&self, cid: &ConnectorId, query: DeviceQuery) -> Result<Vec<Device>>;
+    /// One device with its configuration, latest values and pending mark.
     async fn device(&self, cid: &ConnectorId, identity: &Identity) -> Result<Device>;
+    /// Changes a device's tags, permissions, state or configuration (only of settable
+    /// resources, [`StoreError::NotSettable`] otherwise); `None` fields stay as they are.
     async fn update_device(
         &self,
         cid: &ConnectorId,
         identity: &Identity,
         patch: DevicePatch,
     ) -> Result<Device>;
+    /// Deletes a device and its data; its record stays as a tombstone for the peer.
     async fn delete_device(&self, cid: &ConnectorId, identity: &Identity) -> Result<()>;
     /// Replaces a device's token (the old one stops working in the same commit).
     async fn set_device_token(
@@ -168,6 +200,7 @@ pub trait Store: Send + Sync + 'static {
     /// Checks and stores every point of `points` in one atomic step; returns how many values
     /// were stored.
     async fn ingest(&self, cid: &ConnectorId, points: Vec<PointsIn>) -> Result<usize>;
+    /// One page of one device's series of one resource, as [`RangeQuery`] describes it.
     async fn points(
         &self,
         cid: &ConnectorId,

@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::ConnectorAddr;
+use super::keys::ConnectorAddr;
 
 /// Version of the pairing protocol; the first byte of every message.
 pub const PAIRING_VERSION: u8 = 1;
