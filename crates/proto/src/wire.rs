@@ -26,8 +26,9 @@
 //!   apart. Later versions add variants after the last one; they never reorder or change one.
 //! - No frame longer than [`MAX_FRAME_LEN`] is produced by [`encode`] or accepted by
 //!   [`decode`]; names and reasons have their own limits, checked on both sides.
-//! - Payloads are opaque bytes: this module neither reads nor changes them (later issues put
-//!   end-to-end encrypted messages in them, which the hub cannot read).
+//! - Payloads are opaque bytes: this module neither reads nor changes them (between paired
+//!   connectors they are messages of the end-to-end session, `channel`, which the hub
+//!   cannot read).
 //!
 //! Deliberately absent: I/O, clocks and randomness (this crate is sans-IO); the ids of
 //! requests and ping nonces are chosen by the caller.

@@ -16,8 +16,8 @@
 //!
 //! Deliberately absent: durability (a frame queued while the link is down is not kept, a
 //! request fails at once with [`LinkError::NotConnected`]; the sync layer stores and
-//! resends), payload encryption (later issues put end-to-end encrypted messages in the
-//! payloads), and any HTTP.
+//! resends), payload encryption (the end-to-end session of each pairing, `remote::peer`,
+//! seals what it sends here), and any HTTP.
 //!
 //! Invariants: every task belongs to the [`LinkTask`]; dropping it stops them. Every request
 //! ends exactly once: with its answer, a failure, an undeliverable answer of the hub (peer

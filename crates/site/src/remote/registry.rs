@@ -31,7 +31,7 @@ pub struct Remote {
     /// Device lookups waiting for the peer's answer.
     pub lookups: Pending,
     /// The sync drivers' wake-ups and status, by connector.
-    pub sync: super::status::Registry,
+    pub sync: super::status::SyncDrivers,
 }
 
 /// The supervisor's end of [`Remote::start`]; handed to [`spawn`].
@@ -47,7 +47,7 @@ impl Remote {
                 start: tx,
                 pings: Mutex::new(HashMap::new()),
                 lookups: Pending::default(),
-                sync: super::status::Registry::default(),
+                sync: super::status::SyncDrivers::default(),
             },
             Starts(rx),
         )

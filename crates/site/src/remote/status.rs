@@ -219,11 +219,11 @@ pub(crate) struct Shared {
 
 /// Every running driver's wake-up and status, by connector.
 #[derive(Default)]
-pub struct Registry {
+pub struct SyncDrivers {
     drivers: Mutex<HashMap<ConnectorId, Arc<Shared>>>,
 }
 
-impl Registry {
+impl SyncDrivers {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ConnectorId, Arc<Shared>>> {
         self.drivers.lock().unwrap_or_else(|e| e.into_inner())
     }

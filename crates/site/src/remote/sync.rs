@@ -3,8 +3,8 @@
 //! session, and publishes their gauges for the API, the UI and `/metrics`.
 //!
 //! ```text
-//!  ingest (api::data) ── commit ──▶ Registry::appended ── Notify ──┐
-//!                                                                  ▼
+//!  ops (ingest, device change) ── commit ──▶ SyncDrivers::appended ── Notify ──┐
+//!                                                                              ▼
 //!  connector task ── SyncEvent::{Up, Down, Message} ──▶ driver task (one per paired connector)
 //!      Sender   (Source: points and device changes; Target: device changes)
 //!        Read ─▶ store.outbox_read ─▶ on_read          Lease ─▶ store.outbox_lease ─▶ on_lease
@@ -14,7 +14,7 @@
 //!                             (cursor CAS + points + gaps + cursor) ─▶ on_applied
 //!      Send(bytes) ─▶ PeerHandle::send(SYNC ++ bytes) ─▶ sealed, hub, peer
 //!      Reconnect{reason} ─▶ logged, PeerHandle::reset(reason)
-//!      every 5 s: store.sync_expire (retention, disk budget) on the site's clock
+//!      every 3 s: store.sync_expire (retention, disk budget) on the site's clock
 //! ```
 //!
 //! Invariants:
@@ -26,10 +26,9 @@
 //!   with the store about what is applied.
 //! - Ingest never waits for this task: it only wakes it.
 //!
-//! The status publisher also keeps each connector's [`RateHistory`]: one sample of the send
-//! and apply rates and the backlog every [`HISTORY_EVERY`], the last hour of them, in memory
-//! only (no store writes), for the Remote-Sync tab's chart. It starts empty when the site
-//! starts, and when a connector's pairing is cancelled.
+//! The status publisher also feeds each connector's rate history (`status::RateHistory`):
+//! one sample of the send and apply rates and the backlog every `status::HISTORY_EVERY`,
+//! the last hour of them, in memory only, for the Remote-Sync tab's chart.
 //!
 //! Deliberately absent: any SQL, and any knowledge of what a record holds: points and device
 //! changes are both records, which the store appends and applies (docs/sync.md).
@@ -101,7 +100,7 @@ struct ApplyJob {
 
 type Applied = (u64, Result<Vec<u64>, store::StoreError>);
 
-struct Driver {
+struct SyncDriver {
     state: AppState,
     cid: ConnectorId,
     role: Role,
@@ -126,7 +125,7 @@ struct Driver {
     points_expired: u64,
 }
 
-impl Driver {
+impl SyncDriver {
     fn now(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
@@ -533,7 +532,7 @@ async fn run(
         done_tx,
     ));
     let started = Instant::now();
-    let mut d = Driver {
+    let mut d = SyncDriver {
         sender: Sender::new(
             SenderConfig::default(),
             SenderDurable {

@@ -8,7 +8,6 @@
 //! look at; the test asserts on the DOM, never on pixels.
 
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, ensure};
 use fantoccini::Locator;
@@ -90,13 +89,6 @@ async fn wait_attr(
         Ok(ok(&v).then_some(v))
     })
     .await
-}
-
-fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }
 
 #[tokio::test]
@@ -194,7 +186,7 @@ async fn operator_creates_a_connector_resource_and_device_and_sees_data_on_the_c
     click(&b, "#open-device").await?;
     let chart = "figure.chart[data-resource='temperature'] svg.plot";
     wait_attr(&b, chart, "data-points", |v| v == "0").await?;
-    let now = now_micros();
+    let now = site::clock::now_micros();
     let points: Vec<_> = (0..POINTS)
         .map(|i| {
             let minutes_ago = (POINTS - 1 - i) as i64;
