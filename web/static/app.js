@@ -92,16 +92,18 @@
   async function pollHealth() {
     const dot = $("#hub-dot"), words = $("#hub-words");
     if (!dot || !words) return;
-    let cls = "bad", text = "Site unreachable";
+    let cls = "bad", text = "Site unreachable", h = null;
     try {
       const r = await fetch("/health", { cache: "no-store" });
-      const h = await r.json();
+      h = await r.json();
       const state = h.hub && h.hub.link && h.hub.link.state;
       cls = h.hub && h.hub.connected ? "ok" : (HUB_CLASS[state] || "off");
       text = (h.hub && h.hub.message) || (h.hub && h.hub.connected ? "Hub: connected" : "Hub: not connected");
     } catch (_) { /* the site itself is unreachable: say so */ }
     dot.className = "dot " + cls;
     words.textContent = text;
+    const full = $("#storage-full");
+    if (full) full.hidden = !(h && h.storage && h.storage.full);
   }
 
   // ---- Copy buttons --------------------------------------------------------------------

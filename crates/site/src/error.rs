@@ -37,9 +37,14 @@ pub enum ApiError {
     Unauthorized(&'static str),
     #[error("{0}")]
     Forbidden(String),
+    #[error("the site's disk is full; nothing of this request was stored; try again later")]
+    StorageFull,
     #[error("the site could not complete the request; the site's log says why")]
     Internal,
 }
+
+/// What a client is told to wait before retrying a write refused for a full disk.
+pub const STORAGE_FULL_RETRY_AFTER_SECS: u64 = 10;
 
 impl ApiError {
     pub fn status(&self) -> StatusCode {
@@ -55,6 +60,7 @@ impl ApiError {
             ApiError::PairingCodeWrong(_) => StatusCode::FORBIDDEN,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -73,6 +79,7 @@ impl ApiError {
             ApiError::PairingCodeWrong(_) => "pairing_code_wrong",
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
+            ApiError::StorageFull => "storage_full",
             ApiError::Internal => "internal",
         }
     }
@@ -81,7 +88,14 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": self.code(), "message": self.to_string() });
-        (self.status(), Json(body)).into_response()
+        let mut response = (self.status(), Json(body)).into_response();
+        if matches!(self, ApiError::StorageFull) {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(STORAGE_FULL_RETRY_AFTER_SECS),
+            );
+        }
+        response
     }
 }
 
@@ -97,6 +111,7 @@ impl From<ops::Error> for ApiError {
             ops::Error::PeerOffline(m) => ApiError::PeerOffline(m),
             ops::Error::PairingExpired(m) => ApiError::PairingExpired(m),
             ops::Error::PairingCodeWrong(m) => ApiError::PairingCodeWrong(m),
+            ops::Error::StorageFull => ApiError::StorageFull,
             ops::Error::Internal => ApiError::Internal,
         }
     }

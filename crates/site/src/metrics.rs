@@ -35,6 +35,10 @@ pub struct SiteMetrics {
     /// 1 while the hub refuses this site (its credential, say), else 0: the site keeps
     /// serving locally and an operator must act.
     hub_link_refused: Gauge,
+    /// 1 while writes fail because the disk is full (set by a write that failed so, cleared
+    /// by the next one that succeeds).
+    storage_full: Gauge,
+    storage_full_now: std::sync::atomic::AtomicBool,
 }
 
 impl SiteMetrics {
@@ -55,9 +59,29 @@ impl SiteMetrics {
                 .register_gauge(&Key::from_static_name("west_hub_rtt_seconds"), &meta),
             hub_link_refused: recorder
                 .register_gauge(&Key::from_static_name("west_hub_link_refused"), &meta),
+            storage_full: recorder
+                .register_gauge(&Key::from_static_name("west_storage_full"), &meta),
+            storage_full_now: std::sync::atomic::AtomicBool::new(false),
             handle,
             recorder,
         }
+    }
+
+    /// Records whether the last write found the disk full.
+    pub fn set_storage_full(&self, full: bool) {
+        use std::sync::atomic::Ordering;
+        if self.storage_full_now.swap(full, Ordering::Relaxed) != full {
+            self.storage_full.set(if full { 1.0 } else { 0.0 });
+            if !full {
+                tracing::info!("the disk has room again; writes are accepted");
+            }
+        }
+    }
+
+    /// Whether the last write found the disk full.
+    pub fn storage_full(&self) -> bool {
+        self.storage_full_now
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Publishes one connector's sync status: link, lag, backlog, throughput, gaps, bytes.

@@ -69,6 +69,32 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// Whether the failure is the disk (or the filesystem's quota) being full: the request
+    /// may succeed once space frees, so callers answer "try again later", not "bug".
+    pub fn is_storage_full(&self) -> bool {
+        let Self::Backend { source, .. } = self else {
+            return false;
+        };
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+        while let Some(e) = cause {
+            if let Some(sql) = e.downcast_ref::<rusqlite::Error>()
+                && sql.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+            {
+                return true;
+            }
+            if let Some(io) = e.downcast_ref::<std::io::Error>()
+                && (io.kind() == std::io::ErrorKind::StorageFull
+                    || io.kind() == std::io::ErrorKind::QuotaExceeded)
+            {
+                return true;
+            }
+            cause = e.source();
+        }
+        false
+    }
+}
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Everything a site persists. Methods are async so that a networked database fits behind

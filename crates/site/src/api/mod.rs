@@ -136,6 +136,7 @@ async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
         "status": "ok",
         "site": state.site_name,
         "hub": { "connected": link.connected(), "link": link, "message": link.describe() },
+        "storage": { "full": state.metrics.storage_full() },
     }))
 }
 

@@ -20,7 +20,14 @@ pub async fn ingest(
     points: Vec<PointsIn>,
     started: Instant,
 ) -> Result<usize> {
-    match state.store.ingest(cid, points).await {
+    let result = state.store.ingest(cid, points).await.map_err(super::Error::from);
+    // Ingest is the site's main writer: it tells whether the disk has room (`/health`).
+    match &result {
+        Ok(_) => state.metrics.set_storage_full(false),
+        Err(super::Error::StorageFull) => state.metrics.set_storage_full(true),
+        Err(_) => {}
+    }
+    match result {
         Ok(n) => {
             // Wake the connector's sync driver: the outbox may have grown.
             state.remote.sync.appended(cid);
@@ -33,7 +40,7 @@ pub async fn ingest(
         }
         Err(e) => {
             refused(state);
-            Err(e.into())
+            Err(e)
         }
     }
 }

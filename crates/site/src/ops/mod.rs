@@ -61,6 +61,10 @@ pub enum Error {
     PairingExpired(String),
     #[error("{0}")]
     PairingCodeWrong(String),
+    /// The disk is full: nothing was stored; the same request may succeed once space
+    /// frees (`storage_full`).
+    #[error("the site's disk is full; nothing of this request was stored; try again later")]
+    StorageFull,
     /// Something failed inside the site; the log says what.
     #[error("the site could not complete the request; the site's log says why")]
     Internal,
@@ -79,6 +83,7 @@ impl Error {
             Error::PeerOffline(_) => "peer_offline",
             Error::PairingExpired(_) => "pairing_expired",
             Error::PairingCodeWrong(_) => "pairing_code_wrong",
+            Error::StorageFull => "storage_full",
             Error::Internal => "internal",
         }
     }
@@ -103,6 +108,10 @@ impl From<StoreError> for Error {
             | StoreError::SyncCursor { .. } => Error::Conflict(e.to_string()),
             StoreError::DeviceLocked(_) => Error::Forbidden(e.to_string()),
             StoreError::NotSettable(_) | StoreError::Invalid(_) => Error::Invalid(e.to_string()),
+            StoreError::Backend { .. } if e.is_storage_full() => {
+                tracing::warn!(error = %e, "the disk is full; writes are refused until space frees");
+                Error::StorageFull
+            }
             StoreError::Backend { .. } | StoreError::Closed => {
                 tracing::error!(error = %e, "storage error");
                 Error::Internal

@@ -117,8 +117,34 @@ struct Done {
     reply: Reply,
 }
 
-/// Answers a job's caller, given the commit's error message if the commit failed.
-type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
+/// Answers a job's caller, given the commit's failure if the commit failed.
+type Reply = Box<dyn FnOnce(Option<&CommitFailure>) + Send>;
+
+/// Why a commit failed, kept so that every caller of the batch gets its own error with the
+/// same SQLite code (a full disk must read as one to each of them).
+struct CommitFailure {
+    extended_code: std::ffi::c_int,
+    message: String,
+}
+
+impl CommitFailure {
+    fn new(e: &rusqlite::Error) -> Self {
+        Self {
+            extended_code: match e {
+                rusqlite::Error::SqliteFailure(f, _) => f.extended_code,
+                _ => rusqlite::ffi::SQLITE_ERROR,
+            },
+            message: e.to_string(),
+        }
+    }
+
+    fn to_error(&self) -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(self.extended_code),
+            Some(self.message.clone()),
+        )
+    }
+}
 
 type Job = Box<dyn FnOnce(&Connection) -> Done + Send>;
 
@@ -248,9 +274,9 @@ impl SqliteStore {
                 reply: Box::new(move |commit_error| {
                     let answer = match commit_error {
                         None => result,
-                        Some(message) => Err(StoreError::Backend {
+                        Some(failure) => Err(StoreError::Backend {
                             op: "committing",
-                            source: message.into(),
+                            source: Box::new(failure.to_error()),
                         }),
                     };
                     let _ = tx.send(answer);
@@ -513,16 +539,18 @@ fn writer(
             }
             replies.push(done.reply);
         }
-        let commit = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+        let commit = conn
+            .execute_batch("COMMIT")
+            .map_err(|e| CommitFailure::new(&e));
         let ops = series::take_ops();
-        if let Err(message) = &commit {
-            tracing::error!(error = %message, "commit failed; rolling back");
+        if let Err(failure) = &commit {
+            tracing::error!(error = %failure.message, "commit failed; rolling back");
             let _ = conn.execute_batch("ROLLBACK");
         } else {
             // Durable: readers may see it now, before its callers hear back.
             series::apply(&folding.tail, ops);
         }
-        let error = commit.as_ref().err().map(String::as_str);
+        let error = commit.as_ref().err();
         for reply in replies {
             reply(error);
         }

@@ -78,3 +78,176 @@ async fn a_site_whose_log_goes_to_a_full_disk_still_starts_and_serves() -> anyho
     );
     Ok(())
 }
+
+/// A small tmpfs mounted on a fresh directory, unmounted on drop: a disk that really fills.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// `None` where this process may not mount (not root): the test then says so and passes,
+    /// as it cannot build its disk. CI runs as root, so there it always runs.
+    fn mount(mib: u32) -> anyhow::Result<Option<Self>> {
+        let dir = tempfile::tempdir()?;
+        let ok = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={mib}m,mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        Ok(ok.then_some(Self { dir }))
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Every point of `device` on the site, counted through the paged data API.
+async fn stored(api: &Api, cid: &str, device: &str) -> anyhow::Result<u64> {
+    let mut n = 0;
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = format!(
+            "/api/v1/connectors/{cid}/devices/{device}/resources/temperature/data?limit=10000"
+        );
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let page = api.get_ok(&path).await?;
+        n += page["points"].as_array().map_or(0, Vec::len) as u64;
+        match page["next"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return Ok(n),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_refuses_writes_with_507_keeps_reads_and_recovers_by_itself()
+-> anyhow::Result<()> {
+    let Some(disk) = SmallDisk::mount(8)? else {
+        println!("skipped: mounting a tmpfs needs root");
+        return Ok(());
+    };
+    // Ballast that the "operator" deletes later to free space.
+    let ballast = disk.path().join("ballast");
+    std::fs::write(&ballast, vec![0u8; 3 << 20])?;
+    let mut opts = testkit::SiteOpts::new("site-a");
+    opts.extra = vec![];
+    let site = testkit::SiteProc::start_in(
+        util::bin(),
+        opts,
+        &disk.path().join("site-a"),
+        "127.0.0.1:0",
+    )
+    .await?;
+    let api = site.admin().await?;
+    let cid = api
+        .post_ok("/api/v1/connectors", json!({ "name": "plant" }))
+        .await?["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    api.post_ok(
+        &format!("/api/v1/connectors/{cid}/resources"),
+        json!({ "name": "temperature", "format": "number" }),
+    )
+    .await?;
+    let devices: Vec<String> = (0..10).map(|i| format!("d{i}")).collect();
+    for d in &devices {
+        api.post_ok(
+            &format!("/api/v1/connectors/{cid}/devices"),
+            json!({ "identity": d }),
+        )
+        .await?;
+    }
+    let http = reqwest::Client::new();
+    let token = api.token.clone().unwrap_or_default();
+    let batch = |k: i64| -> serde_json::Value {
+        json!(
+            (0..1000)
+                .map(|i| json!({
+                    "device": format!("d{}", i % 10),
+                    "t": 1_764_150_000_000_000i64 + k * 1000 + i,
+                    "values": { "temperature": i }
+                }))
+                .collect::<Vec<_>>()
+        )
+    };
+    let post = |k: i64| {
+        http.post(format!("{}/api/v1/connectors/{cid}/data", site.url))
+            .bearer_auth(&token)
+            .json(&batch(k))
+            .send()
+    };
+
+    // Fill the disk: every batch is either acknowledged whole or refused whole.
+    let mut accepted = 0u64;
+    let mut k = 0i64;
+    let refusal = loop {
+        anyhow::ensure!(k < 5_000, "the disk never filled after {accepted} points");
+        let r = post(k).await?;
+        if r.status().is_success() {
+            accepted += 1000;
+            k += 1;
+            continue;
+        }
+        break r;
+    };
+    assert_eq!(refusal.status().as_u16(), 507, "a full disk is not a bug");
+    assert!(refusal.headers().contains_key("retry-after"));
+    let body: serde_json::Value = refusal.json().await?;
+    assert_eq!(body["error"], "storage_full", "{body}");
+    let health = Api::new(&site.url).get_ok("/health").await?;
+    assert_eq!(health["storage"]["full"], true, "{health}");
+    let (_, metrics) = api.get("/metrics").await?;
+    assert!(
+        metrics
+            .as_str()
+            .unwrap_or("")
+            .contains("west_storage_full 1"),
+        "{metrics}"
+    );
+
+    // Reads go on while full, and hold exactly what was acknowledged.
+    let mut total = 0;
+    for d in &devices {
+        total += stored(&api, &cid, d).await?;
+    }
+    assert_eq!(
+        total, accepted,
+        "acknowledged points lost or extra ones stored"
+    );
+
+    // Space frees: the same request is accepted again, without a restart.
+    std::fs::remove_file(&ballast)?;
+    eventually("ingest to be accepted again", DEADLINE, || async {
+        Ok(post(k).await?.status().is_success().then_some(()))
+    })
+    .await?;
+    accepted += 1000;
+    let health = Api::new(&site.url).get_ok("/health").await?;
+    assert_eq!(health["storage"]["full"], false, "{health}");
+    let mut total = 0;
+    for d in &devices {
+        total += stored(&api, &cid, d).await?;
+    }
+    assert_eq!(total, accepted);
+    Ok(())
+}
