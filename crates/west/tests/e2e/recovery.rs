@@ -145,9 +145,6 @@ async fn a_full_disk_refuses_writes_with_507_keeps_reads_and_recovers_by_itself(
         println!("skipped: mounting a tmpfs needs root");
         return Ok(());
     };
-    // Ballast that the "operator" deletes later to free space.
-    let ballast = disk.path().join("ballast");
-    std::fs::write(&ballast, vec![0u8; 3 << 20])?;
     let mut opts = testkit::SiteOpts::new("site-a");
     opts.extra = vec![];
     let site = testkit::SiteProc::start_in(
@@ -177,6 +174,17 @@ async fn a_full_disk_refuses_writes_with_507_keeps_reads_and_recovers_by_itself(
         )
         .await?;
     }
+    // Ballast that the "operator" deletes later to free space: it takes all but ~1 MiB.
+    let ballast = disk.path().join("ballast");
+    std::fs::create_dir(&ballast)?;
+    let chunk = vec![0x5au8; 256 << 10];
+    let mut chunks = 0;
+    while std::fs::write(ballast.join(chunks.to_string()), &chunk).is_ok() {
+        chunks += 1;
+    }
+    for i in (0..chunks).rev().take(4) {
+        std::fs::remove_file(ballast.join(i.to_string()))?;
+    }
     let http = reqwest::Client::new();
     let token = api.token.clone().unwrap_or_default();
     let batch = |k: i64| -> serde_json::Value {
@@ -201,7 +209,7 @@ async fn a_full_disk_refuses_writes_with_507_keeps_reads_and_recovers_by_itself(
     let mut accepted = 0u64;
     let mut k = 0i64;
     let refusal = loop {
-        anyhow::ensure!(k < 5_000, "the disk never filled after {accepted} points");
+        anyhow::ensure!(k < 2_000, "the disk never filled after {accepted} points");
         let r = post(k).await?;
         if r.status().is_success() {
             accepted += 1000;
@@ -236,7 +244,7 @@ async fn a_full_disk_refuses_writes_with_507_keeps_reads_and_recovers_by_itself(
     );
 
     // Space frees: the same request is accepted again, without a restart.
-    std::fs::remove_file(&ballast)?;
+    std::fs::remove_dir_all(&ballast)?;
     eventually("ingest to be accepted again", DEADLINE, || async {
         Ok(post(k).await?.status().is_success().then_some(()))
     })
