@@ -20,7 +20,11 @@ pub async fn ingest(
     points: Vec<PointsIn>,
     started: Instant,
 ) -> Result<usize> {
-    let result = state.store.ingest(cid, points).await.map_err(super::Error::from);
+    let result = state
+        .store
+        .ingest(cid, points)
+        .await
+        .map_err(super::Error::from);
     // Ingest is the site's main writer: it tells whether the disk has room (`/health`).
     match &result {
         Ok(_) => state.metrics.set_storage_full(false),
