@@ -22,7 +22,11 @@
 //! Invariants: every task belongs to the [`LinkTask`]; dropping it stops them. Every request
 //! ends exactly once: with its answer, a failure, an undeliverable answer of the hub (peer
 //! offline, unknown site, not paired), a timeout, or `NotConnected` when the connection it
-//! went out on is lost. The pairings set by [`Link::set_pairings`] are declared to the hub
+//! went out on is lost. Every connection that comes up gets the next *epoch*
+//! ([`Link::watch_connection`]), so a watcher sees every reconnection however brief; a
+//! caller waiting for room in the outbound queue stops waiting as soon as the connection it
+//! meant is not up ([`Link::reserve`]), and a frame meant for one connection is never sent
+//! on a later one. The pairings set by [`Link::set_pairings`] are declared to the hub
 //! before any other frame of every connection (protocol version 2 and later), and again
 //! whenever they change. A response is accepted only from
 //! the site the request was sent to (the hub stamps the sender's site).
@@ -278,6 +282,47 @@ enum Phase {
     Refused { reason: String },
 }
 
+/// Which connection to the hub is up, if any: [`Link::watch_connection`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Connection {
+    /// Grows by one each time a connection comes up (0: none has yet); a frame meant for
+    /// one connection is never sent on a later one.
+    pub epoch: u64,
+    pub connected: bool,
+}
+
+/// Room for one frame in the outbound queue, taken for one connection
+/// ([`Link::reserve`]): sending it fails if that connection has ended meanwhile. Sending
+/// never waits.
+pub struct Slot<'a> {
+    shared: &'a Shared,
+    permit: mpsc::Permit<'a, Bytes>,
+    epoch: u64,
+}
+
+impl Slot<'_> {
+    /// Sends a one-way message from `from_connector` on this site to `to`, if the connection
+    /// the slot was taken for is still up.
+    pub fn send(
+        self,
+        from_connector: &str,
+        to: Address,
+        id: u64,
+        payload: Vec<u8>,
+    ) -> Result<(), LinkError> {
+        self.shared.check_epoch(self.epoch)?;
+        let frame = encode_route(Routed {
+            from: Address::new(self.shared.site.clone(), from_connector),
+            to,
+            kind: Kind::Message,
+            id,
+            payload,
+        })?;
+        self.permit.send(frame);
+        Ok(())
+    }
+}
+
 /// The request waiting for its answer.
 struct Pending {
     /// The site the request went to: the only one whose answer counts.
@@ -288,6 +333,9 @@ struct Pending {
 struct Shared {
     site: String,
     phase: watch::Sender<Phase>,
+    /// Which connection is up: the epoch grows by one each time a connection comes up, so a
+    /// watcher sees every reconnection, however brief.
+    conn: watch::Sender<Connection>,
     out: mpsc::Sender<Bytes>,
     pending: Mutex<HashMap<u64, Pending>>,
     next_id: AtomicU64,
@@ -314,7 +362,28 @@ impl Shared {
     }
 
     fn set_phase(&self, phase: Phase) {
+        let connected = phase == Phase::Connected;
         self.phase.send_replace(phase);
+        self.conn.send_if_modified(|c| {
+            let changed = c.connected != connected;
+            if connected && !c.connected {
+                c.epoch += 1;
+            }
+            c.connected = connected;
+            changed
+        });
+    }
+
+    /// Fails unless connection `epoch` is the one up now.
+    fn check_epoch(&self, epoch: u64) -> Result<(), LinkError> {
+        let c = *self.conn.borrow();
+        if c.connected && c.epoch == epoch {
+            Ok(())
+        } else {
+            Err(LinkError::NotConnected(
+                "the connection to the hub was lost".into(),
+            ))
+        }
     }
 }
 
@@ -385,8 +454,10 @@ impl Link {
         let (out_tx, out_rx) = mpsc::channel(tuning.outbound_capacity.max(1));
         let (in_tx, in_rx) = mpsc::channel(tuning.inbound_capacity.max(1));
         let (phase, _) = watch::channel(Phase::Connecting);
+        let (conn, _) = watch::channel(Connection::default());
         let (claims, claims_rx) = watch::channel(Vec::new());
         let shared = Arc::new(Shared {
+            conn,
             claims,
             site: site_name.to_owned(),
             phase,
@@ -527,6 +598,52 @@ impl Link {
             .is_ok_and(|r| r.is_ok())
     }
 
+    /// The connection up now, if any (epoch 0 and not connected without a hub).
+    pub fn connection(&self) -> Connection {
+        self.shared
+            .as_ref()
+            .map_or_else(Connection::default, |s| *s.conn.borrow())
+    }
+
+    /// Watches the connection: every reconnection shows as a new epoch, even one shorter
+    /// than any poll. `None` without a hub.
+    pub fn watch_connection(&self) -> Option<watch::Receiver<Connection>> {
+        self.shared.as_ref().map(|s| s.conn.subscribe())
+    }
+
+    /// Waits for room in the outbound queue for a frame on connection `epoch`; fails at once
+    /// (rather than wait) as soon as that connection is not up, so no caller ever waits
+    /// through an outage for a queue that only the next connection drains.
+    pub async fn reserve(&self, epoch: u64) -> Result<Slot<'_>, LinkError> {
+        let shared = self.shared.as_deref().ok_or(LinkError::Disabled)?;
+        shared.check_epoch(epoch)?;
+        let mut conn = shared.conn.subscribe();
+        tokio::select! {
+            biased;
+            _ = conn.wait_for(|c| c.epoch != epoch || !c.connected) => {
+                Err(LinkError::NotConnected("the connection to the hub was lost".into()))
+            }
+            permit = shared.out.reserve() => permit
+                .map(|permit| Slot { shared, permit, epoch })
+                .map_err(|_| LinkError::NotConnected("the link has stopped".into())),
+        }
+    }
+
+    /// Like [`reserve`](Self::reserve), without waiting: fails when the queue is full.
+    pub fn try_reserve(&self, epoch: u64) -> Result<Slot<'_>, LinkError> {
+        let shared = self.shared.as_deref().ok_or(LinkError::Disabled)?;
+        shared.check_epoch(epoch)?;
+        shared
+            .out
+            .try_reserve()
+            .map(|permit| Slot {
+                shared,
+                permit,
+                epoch,
+            })
+            .map_err(|_| LinkError::NotConnected("the outbound queue to the hub is full".into()))
+    }
+
     fn connected_shared(&self) -> Result<&Arc<Shared>, LinkError> {
         let shared = self.shared.as_ref().ok_or(LinkError::Disabled)?;
         let state = self.state();
@@ -546,6 +663,7 @@ impl Link {
         timeout: Duration,
     ) -> Result<Vec<u8>, LinkError> {
         let shared = self.connected_shared()?;
+        let epoch = shared.conn.borrow().epoch;
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = encode_route(Routed {
             from: Address::new(shared.site.clone(), from_connector),
@@ -564,11 +682,14 @@ impl Link {
         );
         // Removes the entry however this call ends (answer, timeout, or the caller giving up).
         let _guard = PendingGuard { shared, id };
-        shared
-            .out
-            .send(frame)
+        let slot = tokio::time::timeout(timeout, self.reserve(epoch))
             .await
-            .map_err(|_| LinkError::NotConnected("the link has stopped".into()))?;
+            .map_err(|_| LinkError::Timeout {
+                to: to.to_string(),
+                after: timeout,
+            })??;
+        slot.shared.check_epoch(slot.epoch)?;
+        slot.permit.send(frame);
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(_)) => Err(LinkError::NotConnected("the link has stopped".into())),
@@ -579,7 +700,8 @@ impl Link {
         }
     }
 
-    /// Sends a one-way message; `Ok` means it left this site, not that it arrived.
+    /// Sends a one-way message; `Ok` means it left this site, not that it arrived. Waits
+    /// for room in the outbound queue only while the connection it was called on is up.
     pub async fn send(
         &self,
         from_connector: &str,
@@ -587,19 +709,10 @@ impl Link {
         id: u64,
         payload: Vec<u8>,
     ) -> Result<(), LinkError> {
-        let shared = self.connected_shared()?;
-        let frame = encode_route(Routed {
-            from: Address::new(shared.site.clone(), from_connector),
-            to,
-            kind: Kind::Message,
-            id,
-            payload,
-        })?;
-        shared
-            .out
-            .send(frame)
-            .await
-            .map_err(|_| LinkError::NotConnected("the link has stopped".into()))
+        let epoch = self.connected_shared()?.conn.borrow().epoch;
+        self.reserve(epoch)
+            .await?
+            .send(from_connector, to, id, payload)
     }
 
     /// A round trip to `site`'s built-in echo service, through the hub: proves that both
