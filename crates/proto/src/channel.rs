@@ -3,19 +3,23 @@
 //! hub relays ciphertext it can neither read nor alter, replay, reorder or drop unnoticed.
 //!
 //! ```text
-//!  Target (initiator)                         hub                   Source (responder)
+//!  initiator (either side)                    hub                          responder
 //!  Session::initiator ── Init{id, e, es, ss} ───────────▶ Session::responder
 //!                                                           (fails unless the sender
-//!                                                            holds the pinned Target key)
+//!                                                            holds the pinned peer key)
 //!  on_handshake ◀────────── Response{id, e, ee, se} ────── established
-//!  (fails unless the sender holds the pinned Source key)
+//!  (fails unless the sender holds the pinned peer key)
 //!  seal ───────────────────────── Data ───────────────────▶ open   (and the other way)
 //! ```
 //!
-//! Who initiates: always the Target; the Source only responds. A new handshake (a fresh
-//! ephemeral on each side, hence fresh keys) runs after every reconnect or error, so a
-//! message from an earlier session never opens in a later one. A responder that receives
-//! an Init while it has a session replaces it.
+//! Who initiates: either side (KK is symmetric once both static keys are pinned; the
+//! prologue binds who was initiator and who responder). A driver starts a handshake on
+//! start, after every reconnect and after every error, so a new handshake (a fresh
+//! ephemeral on each side, hence fresh keys) means a message from an earlier session never
+//! opens in a later one. A responder that receives an Init while it has a session replaces
+//! it, unless the Init is the one that session was made from ([`handshake_id`] tells). When
+//! both sides' Inits cross, the side whose [`ConnectorAddr`] sorts lower wins: it ignores
+//! the other's Init and sends its own again; the other answers it (see `site::remote::peer`).
 //!
 //! Frames. The first byte says what a frame is (version 1 in the high nibble), so a driver
 //! can route it with [`FrameKind::of`] without other context:
@@ -30,7 +34,7 @@
 //! Replay protection: Noise transport nonces are implicit counters, one per direction,
 //! and the hub delivers in order over one stream; a replayed, reordered, dropped-then-late,
 //! truncated, extended, forged or altered frame fails to authenticate. The first such
-//! failure poisons the session: the caller tears it down and the Target handshakes again.
+//! failure poisons the session: the caller tears it down and handshakes again.
 //! Two errors are not failures but stale leftovers of an earlier session, and leave the
 //! session as it was: [`ChannelError::NotEstablished`] (data before the Response) and
 //! [`ChannelError::StaleHandshake`] (the Response to an older Init); see
@@ -39,7 +43,7 @@
 //! What it does not do: I/O, timers, compression (compress before sealing), rekeying
 //! within a session (sessions are short-lived next to 2^64 messages), or deciding when to
 //! reconnect. The responder's session is established on receipt of the Init, but the
-//! Target has not proven it is live (an Init can be replayed) until the first `open`
+//! initiator has not proven it is live (an Init can be replayed) until the first `open`
 //! succeeds; [`Session::peer_confirmed`] says so.
 
 use rand_core::{CryptoRng, RngCore};
@@ -80,12 +84,22 @@ pub const fn sealed_len(plaintext_len: usize) -> usize {
     1 + plaintext_len + TAG_LEN * (plaintext_len / MAX_CHUNK_PLAINTEXT + 1)
 }
 
+/// The handshake id of an Init or Response frame (which handshake it belongs to), if the
+/// frame is one; nothing is verified.
+pub fn handshake_id(frame: &[u8]) -> Option<[u8; HANDSHAKE_ID_LEN]> {
+    let kind = FrameKind::of(frame).ok()?;
+    if kind == FrameKind::Data || frame.len() != HANDSHAKE_FRAME_LEN {
+        return None;
+    }
+    frame[1..1 + HANDSHAKE_ID_LEN].try_into().ok()
+}
+
 /// What a frame is, read from its first byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameKind {
-    /// From the Target: start a new session ([`Session::responder`]).
+    /// From the initiator: start a new session ([`Session::responder`]).
     HandshakeInit,
-    /// From the Source: finish the Target's handshake ([`Session::on_handshake`]).
+    /// From the responder: finish the initiator's handshake ([`Session::on_handshake`]).
     HandshakeResponse,
     /// A sealed message ([`Session::open`]).
     Data,
@@ -180,7 +194,7 @@ enum State {
 }
 
 impl Session {
-    /// The Target starts a session: returns it (not yet established) and the Init frame.
+    /// Starts a session as initiator: returns it (not yet established) and the Init frame.
     pub fn initiator(
         local_addr: &ConnectorAddr,
         local_static: &StaticKeypair,
@@ -208,7 +222,7 @@ impl Session {
         Ok((session, frame))
     }
 
-    /// The Source answers a Target's Init: returns the established session and the
+    /// Answers the peer's Init as responder: returns the established session and the
     /// Response frame. Fails unless the Init was made with the pinned peer's key for this
     /// pair of addresses.
     pub fn responder(
@@ -247,7 +261,7 @@ impl Session {
         Ok((session, frame))
     }
 
-    /// The Target takes the Source's Response. A Response to an older Init is
+    /// The initiator takes the responder's Response. A Response to an older Init is
     /// [`ChannelError::StaleHandshake`] and changes nothing; any other failure poisons.
     pub fn on_handshake(&mut self, response: &[u8]) -> Result<(), ChannelError> {
         let mut handshake = match std::mem::replace(&mut self.state, State::Poisoned) {
@@ -284,6 +298,11 @@ impl Session {
         self.state = State::Established(Box::new(transport));
         self.peer_confirmed = true;
         Ok(())
+    }
+
+    /// The id of the handshake this session comes from (chosen by its initiator).
+    pub fn handshake_id(&self) -> [u8; HANDSHAKE_ID_LEN] {
+        self.handshake_id
     }
 
     /// Whether `seal` and `open` can be used.
@@ -509,6 +528,25 @@ mod tests {
             assert!(t.is_established() && s.is_established());
             (t, s)
         }
+    }
+
+    #[test]
+    fn the_source_may_initiate_too_and_frames_name_their_handshake() {
+        let p = pair(11);
+        let mut rng = TestRng::new(12);
+        // The Source as initiator: the same KK, roles swapped.
+        let (mut s, init) = Session::initiator(&p.source, &p.source_key, &p.target_pin(), &mut rng)
+            .expect("initiator");
+        let (mut t, response) =
+            Session::responder(&p.target, &p.target_key, &p.source_pin(), &init, &mut rng)
+                .expect("responder");
+        assert_eq!(handshake_id(&init), Some(s.handshake_id()));
+        assert_eq!(handshake_id(&response), Some(t.handshake_id()));
+        s.on_handshake(&response).expect("response verifies");
+        let sealed = s.seal(b"from the Source").expect("seals");
+        assert_eq!(handshake_id(&sealed), None);
+        assert_eq!(t.open(&sealed).expect("opens"), b"from the Source");
+        assert_eq!(handshake_id(&[]), None);
     }
 
     const SIZES: [usize; 9] = [

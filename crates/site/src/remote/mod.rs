@@ -4,13 +4,17 @@
 //!
 //! ```text
 //!  link inbound ──▶ dispatch ──┬─ "_pairing"            ──▶ pairing::on_message (own task)
-//!                              └─ a paired connector id ──▶ its PeerHandle (sender checked)
-//!  per paired connector: peer session task ⇄ connector task (answers pings; the sync
-//!  driver joins here)
+//!                              └─ a paired connector id ──▶ its PeerHandle (sender checked;
+//!                                                           opened there, never waits)
+//!  per paired connector: PeerHandle ──messages (lossy), session state (watch)──▶ connector
+//!  task (answers pings, hands sync and lookup messages on) ──▶ sync driver ──▶ PeerHandle
 //! ```
 //!
-//! The supervisor task owns every task it starts; cancelling its token stops them all.
-//! Sessions start at boot for every paired connector, and when a pairing completes.
+//! No cycle of waits: the session never waits on the connector task (messages are
+//! dropped and counted when it lags; Up and Down come from a watch, so none is lost), and
+//! dispatch never waits on a session, so one stuck connector cannot stop the link's inbound
+//! traffic. The supervisor task owns every task it starts; cancelling its token stops them
+//! all. Sessions start at boot for every paired connector, and when a pairing completes.
 //!
 //! `remote` has two halves. The lower half is shared data and handles that `state` holds
 //! and `ops` uses: `registry` (the session handles, pings and lookups waiting for answers),
@@ -42,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::link::Inbound;
 use crate::state::AppState;
-use peer::{PeerEvent, PeerHandle, SessionSpec};
+use peer::{PeerHandle, PeerMessage, SessionSpec, SessionState};
 pub use registry::{Remote, Starts};
 
 /// Starts the services; they stop when `cancel` is cancelled.
@@ -123,7 +127,7 @@ async fn dispatch(state: &AppState, msg: Inbound, tasks: &mut JoinSet<()>) {
         .and_then(|cid| state.remote.peer(&cid));
     match handle {
         // Only the pinned peer's address, as the hub authenticated it, reaches a session.
-        Some(h) if h.peer == msg.from => h.deliver(msg.payload).await,
+        Some(h) if h.peer == msg.from => h.deliver(msg.payload),
         Some(h) => {
             tracing::warn!(from = %msg.from, expected = %h.peer, "session frame from a site that is not the peer; dropped");
         }
@@ -160,7 +164,7 @@ async fn start_connector(
         cid.as_str(),
         Address::new(spec.peer.addr.site(), spec.peer.addr.connector().as_str()),
     );
-    let (events_tx, events_rx) = mpsc::channel(1024);
+    let (messages_tx, messages_rx) = mpsc::channel(1024);
     let cancel = cancel.child_token();
     state
         .remote
@@ -171,7 +175,7 @@ async fn start_connector(
     let handle = peer::spawn(
         spec,
         state.link.clone(),
-        events_tx,
+        messages_tx,
         cancel.child_token(),
         tasks,
     );
@@ -184,7 +188,7 @@ async fn start_connector(
         state.clone(),
         cid.clone(),
         handle,
-        events_rx,
+        messages_rx,
         sync,
         cancel.child_token(),
     ));
@@ -216,13 +220,14 @@ async fn session_spec(state: &AppState, cid: &ConnectorId) -> anyhow::Result<Ses
     })
 }
 
-/// Consumes one connector's session events: answers pings, and hands sync and lookup
-/// messages to their services.
+/// Consumes one connector's session: forwards every Up and Down to the sync driver, in
+/// order and none lost, answers pings, and hands sync and lookup messages to their services.
+/// A message of an earlier session generation than the one up is stale and dropped.
 async fn connector_task(
     state: AppState,
     cid: ConnectorId,
     handle: PeerHandle,
-    mut events: mpsc::Receiver<PeerEvent>,
+    mut messages: mpsc::Receiver<PeerMessage>,
     sync: Option<mpsc::Sender<sync::SyncEvent>>,
     cancel: CancellationToken,
 ) {
@@ -234,40 +239,59 @@ async fn connector_task(
             }
         }
     };
+    let mut sessions = handle.watch_state();
+    let mut seen = SessionState::default();
     loop {
-        let event = tokio::select! {
+        let message = tokio::select! {
             biased;
             () = cancel.cancelled() => break,
-            e = events.recv() => match e { Some(e) => e, None => break },
+            changed = sessions.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                None
+            }
+            m = messages.recv() => match m { Some(m) => Some(m), None => break },
         };
-        match event {
-            PeerEvent::Up => {
+        // Catch up with the session state first: a message's session is announced before it.
+        let now = *sessions.borrow_and_update();
+        if now != seen {
+            if seen.up && (!now.up || now.generation != seen.generation) {
+                to_sync(sync::SyncEvent::Down).await;
+            }
+            if now.up && (!seen.up || now.generation != seen.generation) {
                 confirm_pairing(&state, &cid).await;
                 to_sync(sync::SyncEvent::Up).await;
             }
-            PeerEvent::Down { .. } => to_sync(sync::SyncEvent::Down).await,
-            PeerEvent::Message(msg) => match msg.split_first() {
-                Some((&service::SYNC, body)) => {
-                    to_sync(sync::SyncEvent::Message(body.to_vec())).await;
-                }
-                Some((tag, _)) if (service::LOOKUP_FIRST..=service::LOOKUP_LAST).contains(tag) => {
-                    lookup::on_message(&state, &cid, &handle, &msg).await;
-                }
-                Some((&service::PING, nonce)) => {
-                    let mut pong = vec![service::PONG];
-                    pong.extend_from_slice(nonce);
-                    let _ = handle.send(pong).await;
-                }
-                Some((&service::PONG, nonce)) => {
-                    if let Ok(bytes) = <[u8; 8]>::try_from(nonce) {
-                        let nonce = u64::from_le_bytes(bytes);
-                        if let Some(tx) = state.remote.lock_pings().remove(&nonce) {
-                            let _ = tx.send(());
-                        }
+            seen = now;
+        }
+        let Some((generation, msg)) = message else {
+            continue;
+        };
+        if !seen.up || generation != seen.generation {
+            continue;
+        }
+        match msg.split_first() {
+            Some((&service::SYNC, body)) => {
+                to_sync(sync::SyncEvent::Message(body.to_vec())).await;
+            }
+            Some((tag, _)) if (service::LOOKUP_FIRST..=service::LOOKUP_LAST).contains(tag) => {
+                lookup::on_message(&state, &cid, &handle, &msg).await;
+            }
+            Some((&service::PING, nonce)) => {
+                let mut pong = vec![service::PONG];
+                pong.extend_from_slice(nonce);
+                let _ = handle.send(pong).await;
+            }
+            Some((&service::PONG, nonce)) => {
+                if let Ok(bytes) = <[u8; 8]>::try_from(nonce) {
+                    let nonce = u64::from_le_bytes(bytes);
+                    if let Some(tx) = state.remote.lock_pings().remove(&nonce) {
+                        let _ = tx.send(());
                     }
                 }
-                _ => tracing::debug!(connector = %cid, "message for an unknown service"),
-            },
+            }
+            _ => tracing::debug!(connector = %cid, "message for an unknown service"),
         }
     }
 }

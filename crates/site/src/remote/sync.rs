@@ -423,9 +423,10 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(4);
 /// Unanswered pings in a row that end the session (one may wait behind a busy peer).
 const KEEPALIVE_MISSES: u32 = 2;
 
-/// The Target's liveness check of an established session. The Source only answers
-/// handshakes, so when it lost the session (its hub link dropped, say) while the Target's
-/// link stayed up, only the Target can notice, by an unanswered ping, and start over.
+/// The Target's liveness check of an established session. Either side handshakes on start
+/// and whenever its own hub link reconnects, so a restarted or reconnected peer replaces
+/// the session at once; this catches what no link notices (a session the peer lost in
+/// between, say): an unanswered ping, and the Target starts over.
 async fn keepalive(state: AppState, cid: ConnectorId, handle: PeerHandle) {
     let mut misses = 0;
     loop {

@@ -8,6 +8,7 @@ mod lookup;
 mod pairing;
 mod quickstart;
 mod recovery;
+mod restarts;
 mod security_hub;
 mod site_api;
 mod sync;
