@@ -8,11 +8,23 @@
 
 use std::sync::OnceLock;
 
-use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 use crate::link::Link;
 use crate::remote::status::SyncStatus;
+
+/// `# HELP` of the session gauges that say a pairing needs attention.
+const SYNC_HELP: &[(&str, &str)] = &[
+    (
+        "west_sync_session_stalled",
+        "1 while a paired connector's hub link has been up for 30 s or more without an encrypted session with its peer (sync cannot resume; the site keeps trying), else 0",
+    ),
+    (
+        "west_sync_session_down_seconds",
+        "Seconds the hub link has been up without an encrypted session with the peer; 0 while the session is up or the link down",
+    ),
+];
 
 /// Handles on every metric the site records.
 pub struct SiteMetrics {
@@ -48,6 +60,9 @@ impl SiteMetrics {
         let meta = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
         let counter =
             |name: &'static str| recorder.register_counter(&Key::from_static_name(name), &meta);
+        for (name, help) in SYNC_HELP {
+            recorder.describe_gauge(KeyName::from_const_str(name), None, (*help).into());
+        }
         Self {
             ingest_points: counter("west_ingest_points_total"),
             ingest_refused: counter("west_ingest_refused_total"),
@@ -94,6 +109,14 @@ impl SiteMetrics {
             self.recorder.register_gauge(&key(name), &meta).set(v);
         };
         gauge("west_sync_link_up", if s.session_up { 1.0 } else { 0.0 });
+        gauge(
+            "west_sync_session_stalled",
+            if s.session_stalled { 1.0 } else { 0.0 },
+        );
+        gauge(
+            "west_sync_session_down_seconds",
+            s.session_down_seconds.unwrap_or(0.0),
+        );
         gauge("west_sync_lag_seconds", s.lag_seconds);
         gauge("west_sync_backlog_points", s.backlog_points as f64);
         gauge("west_sync_backlog_bytes", s.outbox_bytes as f64);
@@ -113,6 +136,10 @@ impl SiteMetrics {
         counter("west_sync_wire_bytes_sent_total", s.bytes_sent);
         counter("west_sync_wire_bytes_received_total", s.bytes_received);
         counter("west_sync_reconnects_total", s.reconnects);
+        counter(
+            "west_sync_session_messages_dropped_total",
+            s.messages_dropped,
+        );
     }
 
     /// Makes the rendered metrics show `link`'s state and round trip. The first call wins.
@@ -152,6 +179,37 @@ mod tests {
         text.lines()
             .find_map(|l| l.strip_prefix(&format!("{metric} ")))
             .map(str::to_owned)
+    }
+
+    #[test]
+    fn a_stalled_session_is_a_gauge_with_its_help() {
+        let m = SiteMetrics::new();
+        let cid = proto::model::ConnectorId::parse("sourceconn0001").expect("valid id");
+        let mut s = SyncStatus {
+            session_down_seconds: Some(42.5),
+            session_stalled: true,
+            ..SyncStatus::default()
+        };
+        m.sync_status(&cid, &s);
+        let text = m.render();
+        let stalled = "west_sync_session_stalled{connector=\"sourceconn0001\"}";
+        assert_eq!(value(&text, stalled).as_deref(), Some("1"), "{text}");
+        assert_eq!(
+            value(
+                &text,
+                "west_sync_session_down_seconds{connector=\"sourceconn0001\"}"
+            )
+            .as_deref(),
+            Some("42.5")
+        );
+        assert!(
+            text.contains("# HELP west_sync_session_stalled 1 while"),
+            "{text}"
+        );
+        s.session_down_seconds = None;
+        s.session_stalled = false;
+        m.sync_status(&cid, &s);
+        assert_eq!(value(&m.render(), stalled).as_deref(), Some("0"));
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub fn remote_sync_json(state: &AppState, c: &Connector) -> Json {
             "outbox_head": s.outbox_head,
             "acked_seq": s.acked,
             "expired_points": s.points_expired,
+            "session_stalled": s.session_stalled,
+            "session_down_seconds": s.session_down_seconds.map(f64::floor),
         });
         if let Some(at) = s.last_applied_at {
             link["last_applied_at"] = json!(rfc3339(at));

@@ -93,6 +93,13 @@ pub struct SyncStatus {
     pub apply_rate: f64,
     /// Seconds until the backlog is delivered at the current rate, if it is moving.
     pub eta_seconds: Option<f64>,
+    /// How long the hub link has been up without an encrypted session, if it is now.
+    pub session_down_seconds: Option<f64>,
+    /// Whether that has lasted [`STALL_AFTER`](super::peer::STALL_AFTER) or longer: the
+    /// session layer keeps trying, but something is wrong (the peer's keys, say).
+    pub session_stalled: bool,
+    /// Session messages dropped because this driver lagged, since the site started.
+    pub messages_dropped: u64,
 }
 
 /// How often the rate history takes a sample.

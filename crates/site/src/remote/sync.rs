@@ -365,6 +365,7 @@ impl SyncDriver {
             _ => 0.0,
         };
         let (send_rate, apply_rate) = (rate(|s| s.1), rate(|s| s.2));
+        let session_down = self.handle.session_down_for();
         let (backlog, lag, rate) = match self.role {
             Role::Target => (
                 rt.lag_records,
@@ -400,6 +401,9 @@ impl SyncDriver {
             send_rate,
             apply_rate,
             eta_seconds: (backlog > 0 && rate > 0.0).then(|| backlog as f64 / rate),
+            session_down_seconds: session_down.map(|d| d.as_secs_f64()),
+            session_stalled: session_down.is_some_and(|d| d >= super::peer::STALL_AFTER),
+            messages_dropped: self.handle.dropped(),
         };
         self.state.metrics.sync_status(&self.cid, &status);
         self.shared

@@ -65,6 +65,14 @@ impl ConnView {
                     class: "warn",
                     words: format!("waiting for {peer_site} to connect for the first time"),
                 }
+            } else if l["session_stalled"] == true {
+                let secs = l["session_down_seconds"].as_f64().unwrap_or(0.0);
+                LinkView {
+                    class: "bad",
+                    words: format!(
+                        "no encrypted session for {secs:.0} s although the hub link is up: still trying; both sites' logs say why"
+                    ),
+                }
             } else if connected {
                 LinkView {
                     class: if lag > 60.0 { "warn" } else { "ok" },

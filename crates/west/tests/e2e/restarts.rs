@@ -219,6 +219,9 @@ async fn sync_resumes_after_every_hub_kill9_under_load() -> anyhow::Result<()> {
     }
     stop.store(true, Ordering::SeqCst);
     ingest.await?;
+    // Nothing to report: the session is back on both sides.
+    let link = p.source_link().await?;
+    assert_eq!(link["session_stalled"], false, "{link}");
     let steps = done.load(Ordering::SeqCst);
     p.caught_up().await?;
     // Exactly once: every device's series is the same on both sides, one point per step.
