@@ -7,6 +7,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod channel;
+mod envelope;
 pub mod lookup;
 pub mod model;
 pub mod pairing;

@@ -34,6 +34,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+use crate::envelope::{self, EnvelopeError};
 use crate::model::{DeviceState, Identity, Permission, ResourceName, Tags, Value};
 use crate::service;
 
@@ -140,21 +141,18 @@ pub enum LookupError {
 
 fn encode<T: Serialize>(tag: u8, msg: &T) -> Vec<u8> {
     // Serialising plain data into a Vec cannot fail; an empty body would be refused by the
-    // peer as malformed, never misread.
-    postcard::to_extend(msg, vec![tag]).unwrap_or_else(|_| vec![tag])
+    // peer as malformed, never misread. The size of an answer is `remote::lookup`'s to keep.
+    envelope::encode(Some(tag), msg, usize::MAX).unwrap_or_else(|_| vec![tag])
 }
 
 fn decode<'a, T: Deserialize<'a>>(tag: u8, bytes: &'a [u8]) -> Result<T, LookupError> {
-    let (&first, body) = bytes.split_first().ok_or(LookupError::Empty)?;
-    if first != tag {
-        return Err(LookupError::Service(first));
-    }
-    let (msg, rest) =
-        postcard::take_from_bytes::<T>(body).map_err(|e| LookupError::Malformed(e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(LookupError::Trailing(rest.len()));
-    }
-    Ok(msg)
+    envelope::decode(Some(tag), bytes, usize::MAX).map_err(|e| match e {
+        EnvelopeError::Empty => LookupError::Empty,
+        EnvelopeError::Tag(b) => LookupError::Service(b),
+        EnvelopeError::Trailing(n) => LookupError::Trailing(n),
+        EnvelopeError::Malformed(e) => LookupError::Malformed(e.to_string()),
+        EnvelopeError::TooLarge { len, .. } => LookupError::Malformed(format!("{len} bytes")),
+    })
 }
 
 impl Request {

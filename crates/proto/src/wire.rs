@@ -35,6 +35,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::envelope::{self, EnvelopeError};
+
 /// The first four bytes a [`Hello`] carries, so that a hub can tell a West site from anything
 /// else that connects.
 pub const MAGIC: [u8; 4] = *b"WEST";
@@ -406,31 +408,28 @@ impl WireError {
 /// Encodes a frame after checking every limit a receiver will check.
 pub fn encode(frame: &Frame) -> Result<Vec<u8>, WireError> {
     validate(frame)?;
-    let bytes = postcard::to_allocvec(frame).map_err(|e| WireError::Malformed(e.to_string()))?;
-    if bytes.len() > MAX_FRAME_LEN {
-        return Err(WireError::TooLarge {
-            len: bytes.len(),
-            max: MAX_FRAME_LEN,
-        });
-    }
-    Ok(bytes)
+    envelope::encode(None, frame, MAX_FRAME_LEN).map_err(WireError::from)
 }
 
 /// Decodes one frame: the whole of `bytes`, no more, no less, and only within the limits.
 pub fn decode(bytes: &[u8]) -> Result<Frame, WireError> {
-    if bytes.len() > MAX_FRAME_LEN {
-        return Err(WireError::TooLarge {
-            len: bytes.len(),
-            max: MAX_FRAME_LEN,
-        });
-    }
-    let (frame, rest) = postcard::take_from_bytes::<Frame>(bytes)
-        .map_err(|e| WireError::Malformed(e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(WireError::TrailingBytes(rest.len()));
-    }
+    let frame: Frame = envelope::decode(None, bytes, MAX_FRAME_LEN)?;
     validate(&frame)?;
     Ok(frame)
+}
+
+impl From<EnvelopeError> for WireError {
+    fn from(e: EnvelopeError) -> Self {
+        match e {
+            EnvelopeError::TooLarge { len, max } => WireError::TooLarge { len, max },
+            EnvelopeError::Trailing(n) => WireError::TrailingBytes(n),
+            EnvelopeError::Malformed(e) => WireError::Malformed(e.to_string()),
+            // Frames have no leading byte of their own.
+            EnvelopeError::Empty | EnvelopeError::Tag(_) => {
+                WireError::Malformed("unexpected leading byte".into())
+            }
+        }
+    }
 }
 
 /// The version two sides speak, given the range of each; `None` when they share none.

@@ -12,6 +12,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::keys::ConnectorAddr;
+use crate::envelope::{self, EnvelopeError};
 
 /// Version of the pairing protocol; the first byte of every message.
 pub const PAIRING_VERSION: u8 = 1;
@@ -100,6 +101,19 @@ pub enum DecodeError {
     FieldTooLong(usize),
 }
 
+impl From<EnvelopeError> for DecodeError {
+    fn from(e: EnvelopeError) -> Self {
+        match e {
+            EnvelopeError::Empty => DecodeError::Empty,
+            EnvelopeError::Tag(v) => DecodeError::Version(v),
+            EnvelopeError::Malformed(e) => DecodeError::Postcard(e),
+            EnvelopeError::Trailing(n) => DecodeError::Trailing(n),
+            // No limit is passed, so none can be exceeded.
+            EnvelopeError::TooLarge { len, .. } => DecodeError::FieldTooLong(len),
+        }
+    }
+}
+
 impl PairingMessage {
     pub fn attempt(&self) -> AttemptId {
         match self {
@@ -123,22 +137,14 @@ impl PairingMessage {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![PAIRING_VERSION];
-        // Serialising plain data into a Vec cannot fail.
-        let body = postcard::to_allocvec(self).expect("pairing messages always serialise");
-        out.extend_from_slice(&body);
-        out
+        // Serialising plain data into a Vec cannot fail, and pairing messages have no size
+        // limit of their own (the link's frame limit applies).
+        envelope::encode(Some(PAIRING_VERSION), self, usize::MAX)
+            .expect("pairing messages always serialise")
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
-        if version != PAIRING_VERSION {
-            return Err(DecodeError::Version(version));
-        }
-        let (msg, rest) = postcard::take_from_bytes::<Self>(body).map_err(DecodeError::Postcard)?;
-        if !rest.is_empty() {
-            return Err(DecodeError::Trailing(rest.len()));
-        }
+        let msg: Self = envelope::decode(Some(PAIRING_VERSION), bytes, usize::MAX)?;
         msg.check_fields()?;
         Ok(msg)
     }

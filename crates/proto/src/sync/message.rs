@@ -21,6 +21,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::record::LostSpan;
+use crate::envelope::{self, EnvelopeError};
 
 /// Version byte in front of every sync message.
 pub const SYNC_VERSION: u8 = 1;
@@ -106,36 +107,26 @@ pub enum MessageError {
 /// Encodes a message after checking what [`decode`] will check.
 pub fn encode(msg: &Message) -> Result<Vec<u8>, MessageError> {
     validate(msg)?;
-    let out = postcard::to_extend(msg, vec![SYNC_VERSION])
-        .map_err(|e| MessageError::Malformed(e.to_string()))?;
-    if out.len() > MAX_MESSAGE_LEN {
-        return Err(MessageError::TooLarge {
-            len: out.len(),
-            max: MAX_MESSAGE_LEN,
-        });
-    }
-    Ok(out)
+    envelope::encode(Some(SYNC_VERSION), msg, MAX_MESSAGE_LEN).map_err(MessageError::from)
 }
 
 /// Decodes one message: all of `bytes`, within the limits.
 pub fn decode(bytes: &[u8]) -> Result<Message, MessageError> {
-    if bytes.len() > MAX_MESSAGE_LEN {
-        return Err(MessageError::TooLarge {
-            len: bytes.len(),
-            max: MAX_MESSAGE_LEN,
-        });
-    }
-    let (&version, body) = bytes.split_first().ok_or(MessageError::Empty)?;
-    if version != SYNC_VERSION {
-        return Err(MessageError::Version(version));
-    }
-    let (msg, rest) = postcard::take_from_bytes::<Message>(body)
-        .map_err(|e| MessageError::Malformed(e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(MessageError::TrailingBytes(rest.len()));
-    }
+    let msg: Message = envelope::decode(Some(SYNC_VERSION), bytes, MAX_MESSAGE_LEN)?;
     validate(&msg)?;
     Ok(msg)
+}
+
+impl From<EnvelopeError> for MessageError {
+    fn from(e: EnvelopeError) -> Self {
+        match e {
+            EnvelopeError::TooLarge { len, max } => MessageError::TooLarge { len, max },
+            EnvelopeError::Empty => MessageError::Empty,
+            EnvelopeError::Tag(v) => MessageError::Version(v),
+            EnvelopeError::Malformed(e) => MessageError::Malformed(e.to_string()),
+            EnvelopeError::Trailing(n) => MessageError::TrailingBytes(n),
+        }
+    }
 }
 
 fn validate(msg: &Message) -> Result<(), MessageError> {
