@@ -18,6 +18,7 @@
 
 mod devices;
 pub mod ingest;
+mod live;
 mod nats;
 mod procstat;
 mod progress;

@@ -14,7 +14,10 @@
 //!    database, WAL included) / points.
 //! 2. Latency: `--rate` points/s for `--seconds` (one bulk request per 1,000 points, paced);
 //!    for each request, the time from the Source's acknowledgement until its last point is
-//!    readable on the Target (polled through the data API); p50/p99/max; and p50/p99 from
+//!    visible on the Target: its event on the Target's live stream (`live.rs`), as the
+//!    baseline subscribes to its mirror, or, on a site without one, readable through the
+//!    data API (polled every 1 ms; also for a point the stream has not shown after 2 s, and
+//!    after it lagged; `latency samples polled` counts those); p50/p99/max; and p50/p99 from
 //!    sending the request, which adds the Source's ingest.
 //! 3. Catch-up: the Target is killed (SIGKILL), `--outage-points` points are written (one
 //!    hour at 1,000 points/s by default), the Target is restarted; catch-up points/s = points
@@ -41,6 +44,7 @@ use serde_json::{Value, json};
 
 use super::Report;
 use super::ingest::sensor_value;
+use super::live::Live;
 use super::procstat::{self, ClientMeter, Usage};
 use super::progress::Progress;
 
@@ -81,6 +85,9 @@ impl SyncArgs {
 }
 
 const T0: i64 = 1_700_000_000_000_000;
+/// How long the latency phase waits for a point on the Target's live stream before it
+/// polls the data API for it instead.
+const LIVE_PATIENCE: Duration = Duration::from_secs(2);
 /// Points a bulk request, as a gateway sends them.
 const PER_REQUEST: u64 = 1_000;
 /// How long a wait may see no progress before the benchmark gives up.
@@ -194,15 +201,6 @@ impl Bench {
         bench.applied(0, head, &Progress::off()).await?;
         bench.seq0 = head;
         Ok(bench)
-    }
-
-    /// Writes the next `n` points in one request; returns the last point's (device, t).
-    async fn write(&mut self, n: u64) -> anyhow::Result<(String, i64)> {
-        let (body, last) = self.body(n);
-        self.api_a
-            .post_ok(&format!("/api/v1/connectors/{}/data", self.src), body)
-            .await?;
-        Ok(last)
     }
 
     /// The next `n` points as one bulk request, and the (device, t) of its last point.
@@ -357,32 +355,60 @@ pub async fn run(args: SyncArgs, progress: &mut Progress) -> anyhow::Result<Repo
     let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).context("histogram")?;
     let mut from_send = hist.clone();
     let mut waiting: VecDeque<(Instant, Instant, String, i64)> = VecDeque::new();
+    // The Target's live stream says when a point is visible, if it has one; else polling.
+    let live = Live::subscribe(&b.b.url, b.api_b.token.as_deref(), &b.tgt).await?;
+    let mut polled = 0u64;
+    let path = format!("/api/v1/connectors/{}/data", b.src);
     let phase = Instant::now();
     let mut sent = 0;
     while sent < requests || !waiting.is_empty() {
         let due = phase + interval.mul_f64(sent as f64);
         if sent < requests && Instant::now() >= due {
+            let (body, (device, t)) = b.body(per_request);
+            if let Some(live) = &live {
+                live.want(&device, t);
+            }
             let sent_at = Instant::now();
-            let (device, t) = b.write(per_request).await?;
+            b.api_a.post_ok(&path, body).await?;
             waiting.push_back((sent_at, Instant::now(), device, t));
             sent += 1;
             progress.inc(per_request);
             continue;
         }
-        if let Some((sent_at, acked, device, t)) = waiting.front().cloned()
-            && b.visible(&device, t).await?
-        {
-            let us =
-                |since: Instant| u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
-            hist.record(us(acked).max(1)).context("recording latency")?;
-            from_send
-                .record(us(sent_at).max(1))
-                .context("recording latency")?;
-            waiting.pop_front();
-            continue;
+        if let Some((sent_at, acked, device, t)) = waiting.front().cloned() {
+            let seen = match &live {
+                Some(live) => match live.take(&device, t) {
+                    Some(at) => Some(at),
+                    // A stream that lagged, ended or stays silent: poll instead, and say so.
+                    None if live.broken() || acked.elapsed() > LIVE_PATIENCE => {
+                        let at = b.visible(&device, t).await?.then(Instant::now);
+                        polled += u64::from(at.is_some());
+                        at
+                    }
+                    None => None,
+                },
+                None => {
+                    let at = b.visible(&device, t).await?.then(Instant::now);
+                    polled += u64::from(at.is_some());
+                    at
+                }
+            };
+            if let Some(at) = seen {
+                let us = |since: Instant| {
+                    u64::try_from(at.saturating_duration_since(since).as_micros())
+                        .unwrap_or(u64::MAX)
+                };
+                hist.record(us(acked).max(1)).context("recording latency")?;
+                from_send
+                    .record(us(sent_at).max(1))
+                    .context("recording latency")?;
+                waiting.pop_front();
+                continue;
+            }
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
+    drop(live);
 
     // 3. Catch-up after an outage of the Target.
     let outage = args.outage_points();
@@ -418,6 +444,11 @@ pub async fn run(args: SyncArgs, progress: &mut Progress) -> anyhow::Result<Repo
     report.add("latency p50", ms(0.50), "ms");
     report.add("latency p99", ms(0.99), "ms");
     report.add("latency max", hist.max() as f64 / 1000.0, "ms");
+    report.add(
+        "  latency samples polled, not streamed",
+        polled as f64,
+        "samples",
+    );
     report.add(
         "latency p50 from send",
         from_send.value_at_quantile(0.5) as f64 / 1000.0,
