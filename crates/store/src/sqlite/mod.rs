@@ -42,6 +42,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::*;
 
+#[cfg(test)]
+mod crash_tests;
 mod devices;
 #[cfg(test)]
 mod fixtures;

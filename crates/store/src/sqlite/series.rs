@@ -396,6 +396,8 @@ pub(super) fn fold(conn: &Connection, tail: &Tail, upto: Option<i64>) -> Result<
         Some(pos) => conn.execute("DELETE FROM point_log WHERE pos <= ?1", [pos]),
     }
     .map_err(backend(op))?;
+    #[cfg(test)]
+    super::crash_tests::failpoint("fold");
     Ok(written)
 }
 

@@ -1000,6 +1000,8 @@ pub(super) fn apply(
         applied = last;
     }
     writer.finish(conn, cid, now)?;
+    #[cfg(test)]
+    super::crash_tests::failpoint("apply");
     conn.prepare_cached(
         "INSERT INTO sync_in (connector, applied, last_applied_at) VALUES (?1, ?2, ?3)
          ON CONFLICT (connector) DO UPDATE SET applied = excluded.applied,
