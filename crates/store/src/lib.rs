@@ -95,6 +95,9 @@ impl StoreError {
     }
 }
 
+/// Batches a [`Store::live`] receiver may fall behind before it misses some.
+pub const LIVE_CAPACITY: usize = 1024;
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Everything a site persists. Methods are async so that a networked database fits behind
@@ -234,6 +237,12 @@ pub trait Store: Send + Sync + 'static {
         resource: &ResourceName,
         query: RangeQuery,
     ) -> Result<Vec<Point>>;
+    /// Subscribes to the points made durable from now on: one [`LiveBatch`] per connector
+    /// and commit, sent once the commit is durable and before its caller hears back, in
+    /// commit order (so each series in the order written, each point once). A receiver that
+    /// falls more than [`LIVE_CAPACITY`] batches behind misses the oldest and is told how
+    /// many (`RecvError::Lagged`).
+    fn live(&self) -> tokio::sync::broadcast::Receiver<std::sync::Arc<LiveBatch>>;
 
     // Sync (docs/spec.md §6, §7; docs/sync.md). `ingest` appends the points of remote-synced
     // resources of a paired Source to its outbox in the same transaction, under gap-free

@@ -161,6 +161,25 @@ pub struct RangeQuery {
     pub order: Order,
 }
 
+/// The points of one connector that one commit made durable (an ingest, a sync apply,
+/// pending points adopted by a new resource), as [`Store::live`](crate::Store::live) hands
+/// them out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveBatch {
+    pub connector: ConnectorId,
+    /// In the order they were written.
+    pub points: Vec<LivePoint>,
+}
+
+/// One point of a [`LiveBatch`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct LivePoint {
+    pub device: Identity,
+    pub resource: ResourceName,
+    pub t: i64,
+    pub v: Value,
+}
+
 /// The Source's open pairing window, as stored while the countdown runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PairingWindowRow {

@@ -7,6 +7,7 @@ mod data;
 mod devices;
 pub mod extract;
 mod hub;
+mod live;
 mod remote;
 pub mod render;
 mod resources;
@@ -83,6 +84,7 @@ pub fn routes(state: AppState) -> Router {
             post(data::ingest_device),
         )
         .route("/connectors/{cid}/data", post(data::ingest_bulk))
+        .route("/connectors/{cid}/data/live", get(live::live))
         .route("/connectors/{cid}/remote/devices", get(remote::list))
         .route(
             "/connectors/{cid}/remote/devices/{identity}",

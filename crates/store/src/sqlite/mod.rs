@@ -159,6 +159,7 @@ pub struct SqliteStore {
     tail: Arc<RwLock<series::Tail>>,
     /// Asks the writer to fold the tail after its current transaction.
     fold_due: Arc<AtomicBool>,
+    live: tokio::sync::broadcast::Sender<Arc<LiveBatch>>,
 }
 
 fn backend(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
@@ -192,10 +193,12 @@ impl SqliteStore {
         let checkpoints = open_connection(&config, 1)?;
         let restart_due = Arc::new(AtomicBool::new(false));
         let due = Arc::clone(&restart_due);
+        let (live, _) = tokio::sync::broadcast::channel(LIVE_CAPACITY);
         let folding = Folding {
             tail: Arc::clone(&tail),
             due: Arc::clone(&fold_due),
             at: config.fold_points.max(1),
+            live: live.clone(),
         };
         std::thread::Builder::new()
             .name("west-store-checkpointer".into())
@@ -217,6 +220,7 @@ impl SqliteStore {
             config,
             tail,
             fold_due,
+            live,
         })
     }
 
@@ -440,6 +444,8 @@ struct Folding {
     tail: Arc<RwLock<series::Tail>>,
     due: Arc<AtomicBool>,
     at: usize,
+    /// The live stream: committed points go out here.
+    live: tokio::sync::broadcast::Sender<Arc<LiveBatch>>,
 }
 
 /// Opens the tail: a log grown past `fold_points` (a migrated `points` table, say) is
@@ -512,6 +518,7 @@ fn writer(
             }
         }
         let mut replies = Vec::with_capacity(batch.len());
+        series::listen(folding.live.receiver_count() > 0);
         let begin = conn.execute_batch("BEGIN IMMEDIATE");
         if let Err(e) = begin {
             let message = e.to_string();
@@ -545,12 +552,16 @@ fn writer(
             .execute_batch("COMMIT")
             .map_err(|e| CommitFailure::new(&e));
         let ops = series::take_ops();
+        let live = series::take_live();
         if let Err(failure) = &commit {
             tracing::error!(error = %failure.message, "commit failed; rolling back");
             let _ = conn.execute_batch("ROLLBACK");
         } else {
             // Durable: readers may see it now, before its callers hear back.
             series::apply(&folding.tail, ops);
+            for batch in live {
+                let _ = folding.live.send(Arc::new(batch));
+            }
         }
         let error = commit.as_ref().err();
         for reply in replies {
@@ -1031,7 +1042,7 @@ fn ingest_points(
             {
                 outbox.push(conn, &p.identity, res.id, p.t, &value)?;
             }
-            series::append(conn, device, res.id, p.t, value)?;
+            series::append(conn, (device, res.id), (cid, &p.identity, name), p.t, value)?;
             stored += 1;
         }
     }
@@ -1788,6 +1799,10 @@ impl Store for SqliteStore {
         .await
     }
 
+    fn live(&self) -> tokio::sync::broadcast::Receiver<Arc<LiveBatch>> {
+        self.live.subscribe()
+    }
+
     async fn sync_state(&self, cid: &ConnectorId) -> Result<SyncDurable> {
         let cid = cid.clone();
         self.read(move |conn| sync::state(conn, &cid)).await
@@ -2367,6 +2382,46 @@ mod tests {
             points,
             points / started.elapsed().as_secs_f64()
         );
+    }
+
+    #[tokio::test]
+    async fn the_live_stream_carries_committed_points_once_and_nothing_refused() {
+        let (_dir, store) = fixture().await;
+        let mut live = store.live();
+        store
+            .ingest(&cid(), vec![points(10, json!(1.5)), points(5, json!(2.5))])
+            .await
+            .unwrap();
+        assert!(
+            store
+                .ingest(&cid(), vec![points(30, json!(3)), points(40, json!("hot"))])
+                .await
+                .is_err()
+        );
+        store
+            .ingest(&cid(), vec![points(20, json!(4))])
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let batch = live.recv().await.unwrap();
+            assert_eq!(batch.connector, cid());
+            seen.extend(
+                batch
+                    .points
+                    .iter()
+                    .map(|p| (p.device.to_string(), p.t, p.v.clone())),
+            );
+        }
+        assert_eq!(
+            seen,
+            vec![
+                ("dev1".to_string(), 10, Value::Number(1.5)),
+                ("dev1".to_string(), 5, Value::Number(2.5)),
+                ("dev1".to_string(), 20, Value::Number(4.0)),
+            ]
+        );
+        assert!(live.try_recv().is_err(), "nothing else");
     }
 
     #[tokio::test]

@@ -26,16 +26,16 @@
 //!   under the write lock. So a reader either sees the fold in its snapshot or finds the
 //!   folded points still in the Tail: never neither.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::RwLock;
 
-use proto::model::{Format, Identity, ResourceName, Value};
+use proto::model::{ConnectorId, Format, Identity, ResourceName, Value};
 use proto::sync::{Point as SyncPoint, Record, codec};
 use rusqlite::{Connection, params};
 
 use super::{backend, value_from_sql, value_to_sql};
-use crate::{Order, Point, Result, StoreError};
+use crate::{LiveBatch, LivePoint, Order, Point, Result, StoreError};
 
 /// Length of a block's time bucket, µs (one hour).
 pub(super) const BUCKET_US: i64 = 3_600_000_000;
@@ -155,21 +155,47 @@ pub(super) enum Op {
 thread_local! {
     /// The Tail changes of the writer's open transaction, in order.
     static OPS: RefCell<Vec<Op>> = const { RefCell::new(Vec::new()) };
+    /// The points of the open transaction for the live stream, while anyone listens.
+    static LIVE: RefCell<Vec<(ConnectorId, LivePoint)>> = const { RefCell::new(Vec::new()) };
+    /// Whether anyone listens to the live stream (set by the writer per transaction).
+    static LISTENED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Where the current job's changes start (to drop them if its savepoint rolls back).
-pub(super) fn mark() -> usize {
-    OPS.with_borrow(Vec::len)
+pub(super) fn mark() -> (usize, usize) {
+    (OPS.with_borrow(Vec::len), LIVE.with_borrow(Vec::len))
 }
 
 /// Drops the changes of a job whose savepoint rolled back.
-pub(super) fn rollback_to(mark: usize) {
-    OPS.with_borrow_mut(|ops| ops.truncate(mark));
+pub(super) fn rollback_to((ops, live): (usize, usize)) {
+    OPS.with_borrow_mut(|o| o.truncate(ops));
+    LIVE.with_borrow_mut(|l| l.truncate(live));
 }
 
 /// The changes of the transaction just ended (empty them whether it committed or not).
 pub(super) fn take_ops() -> Vec<Op> {
     OPS.with_borrow_mut(std::mem::take)
+}
+
+/// Starts a transaction's collection of live points, if anyone listens.
+pub(super) fn listen(on: bool) {
+    LISTENED.set(on);
+}
+
+/// The live points of the transaction just ended, one batch per run of a connector.
+pub(super) fn take_live() -> Vec<LiveBatch> {
+    let points = LIVE.with_borrow_mut(std::mem::take);
+    let mut out: Vec<LiveBatch> = Vec::new();
+    for (connector, point) in points {
+        match out.last_mut() {
+            Some(b) if b.connector == connector => b.points.push(point),
+            _ => out.push(LiveBatch {
+                connector,
+                points: vec![point],
+            }),
+        }
+    }
+    out
 }
 
 /// Applies a committed transaction's changes to the Tail; returns the points it added.
@@ -182,17 +208,35 @@ pub(super) fn apply(tail: &RwLock<Tail>, ops: Vec<Op>) {
     }
 }
 
-/// Appends one point to the log (in the caller's transaction) and queues it for the Tail.
+/// The names of a point's series, for the live stream.
+pub(super) type Names<'a> = (&'a ConnectorId, &'a Identity, &'a ResourceName);
+
+/// Appends one point to the log (in the caller's transaction) and queues it for the Tail
+/// (and the live stream).
 pub(super) fn append(
     conn: &Connection,
-    device: i64,
-    resource: i64,
+    (device, resource): (i64, i64),
+    names: Names<'_>,
     t: i64,
     value: Value,
 ) -> Result<()> {
     conn.prepare_cached("INSERT INTO point_log (device, resource, t, v) VALUES (?1, ?2, ?3, ?4)")
         .and_then(|mut s| s.execute(params![device, resource, t, value_to_sql(&value)]))
         .map_err(backend("appending points"))?;
+    if LISTENED.get() {
+        let (cid, identity, name) = names;
+        LIVE.with_borrow_mut(|l| {
+            l.push((
+                cid.clone(),
+                LivePoint {
+                    device: identity.clone(),
+                    resource: name.clone(),
+                    t,
+                    v: value.clone(),
+                },
+            ))
+        });
+    }
     OPS.with_borrow_mut(|ops| {
         ops.push(Op::Put {
             device,

@@ -861,7 +861,7 @@ impl PointWriter {
         let Some(device) = self.device(conn, cid, &identity, now)? else {
             return Ok(());
         };
-        super::series::append(conn, device, rid, t, value)
+        super::series::append(conn, (device, rid), (cid, &identity, name), t, value)
     }
 
     fn finish(self, conn: &Connection, cid: &ConnectorId, now: i64) -> Result<()> {

@@ -4,6 +4,7 @@
 mod bench_nats;
 mod device_sync;
 mod hub;
+mod live;
 mod lookup;
 mod pairing;
 mod quickstart;
