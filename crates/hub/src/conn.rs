@@ -10,8 +10,12 @@
 //!                                               │         └ none / stalled ─▶ Undelivered back
 //!                                               └ not paired ─▶ Undelivered{NotPaired} back
 //!          (Undelivered carries Offline / UnknownSite / NotPaired; version 1 gets PeerOffline)
-//!          Claims (v2) ─▶ rate limit (per site) ─▶ registry (hub.db) ─▶ claim table
-//!          (a site sending Claims faster than the limit waits; its frames stay in order)
+//!          cluster node: no route here ─▶ NATS west.hub.site.<to> (answer comes later)
+//!  inbox (cluster node): frames other nodes forward to this site ─▶ its queue, answered
+//!          (a service's answer is checked there, where the request was recorded)
+//!          Claims (v2) ─▶ rate limit (per site) ─▶ registry (hub.db or the cluster's
+//!          bucket) ─▶ claim table (a site sending Claims faster than the limit waits; its
+//!          frames stay in order)
 //!          Ping ─▶ Pong back; silence past the deadline, bad or oversized frame ─▶ Refused, close
 //!  writer: own queue ─▶ socket (batched); a kick (superseded, removed, shutdown) ─▶ Refused, close
 //! ```
@@ -33,9 +37,10 @@ use bytes::Bytes;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use proto::wire::{
-    self, Frame, Pairing, Refusal, RefusalCode, Routed, Undelivered, UndeliveredReason, Welcome,
+    self, Address, Frame, Kind, Pairing, Refusal, RefusalCode, Routed, Undelivered,
+    UndeliveredReason, Welcome,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 
 use crate::Shared;
 use crate::registry::Verdict;
@@ -114,12 +119,10 @@ pub(crate) async fn serve(socket: WebSocket, remote: SocketAddr, hub: Arc<Shared
         return refuse(&mut sink, refusal).await;
     };
 
-    let registry = Arc::clone(&hub.registry);
-    let (name, credential) = (site.clone(), hello.credential);
-    let verdict = tokio::task::spawn_blocking(move || registry.verify(&name, &credential)).await;
+    let verdict = hub.directory.verify(&site, &hello.credential).await;
     let generation = match verdict {
-        Ok(Ok(Verdict::Accepted { generation })) => generation,
-        Ok(Ok(v)) => {
+        Ok(Verdict::Accepted { generation }) => generation,
+        Ok(v) => {
             // The log and the metrics tell the three apart; the unauthenticated client gets
             // one answer, so that it cannot learn which site names exist (issue 13 #10).
             let (code, why) = match v {
@@ -140,17 +143,14 @@ pub(crate) async fn serve(socket: WebSocket, remote: SocketAddr, hub: Arc<Shared
             hub.stats.refused(code.as_str());
             return refuse(&mut sink, credential_refusal(&site)).await;
         }
-        Ok(Err(e)) => {
+        Err(e) => {
             tracing::error!(site, %remote, error = %e, "could not check a credential");
+            // `hub_shutdown`: the site tries again (another node of a cluster, if it has a list).
             return refuse(
                 &mut sink,
                 Refusal::new(RefusalCode::Shutdown, "the hub could not read its registry"),
             )
             .await;
-        }
-        Err(e) => {
-            tracing::error!(site, %remote, error = %e, "credential check panicked");
-            return;
         }
     };
 
@@ -175,7 +175,7 @@ pub(crate) async fn serve(socket: WebSocket, remote: SocketAddr, hub: Arc<Shared
     if send_frame(&mut sink, &welcome).await.is_err() {
         return;
     }
-    if let Some(older) = hub.routing.attach(me) {
+    if let Some(older) = hub.routing.attach(me.clone()) {
         tracing::warn!(
             site,
             %remote,
@@ -191,10 +191,19 @@ pub(crate) async fn serve(socket: WebSocket, remote: SocketAddr, hub: Arc<Shared
     if hub.shutdown.is_cancelled() {
         kick.kick(shutdown_refusal());
     }
+    // In a cluster: frames other nodes forward to this site, and the record that this node
+    // holds it (which closes an older connection on another node).
+    let inbox = match &hub.cluster {
+        Some(c) => {
+            let inbox = c.inbox(&site).await;
+            c.announce(&me).await;
+            inbox
+        }
+        None => None,
+    };
     // So may a `remove-site` that the registry watcher checked before this route existed.
-    let (registry, name) = (Arc::clone(&hub.registry), site.clone());
-    let current = tokio::task::spawn_blocking(move || registry.current_generation(&name)).await;
-    if !matches!(current, Ok(Ok(Some(g))) if g == generation) {
+    let current = hub.directory.current_generation(&site).await;
+    if !matches!(current, Ok(Some(g)) if g == generation) {
         kick.kick(Refusal::new(
             RefusalCode::Revoked,
             format!("site {site} was removed from this hub"),
@@ -204,10 +213,30 @@ pub(crate) async fn serve(socket: WebSocket, remote: SocketAddr, hub: Arc<Shared
     tracing::info!(site, %remote, version, conn = id, "site connected");
 
     let exit = {
-        let reader = read_loop(&mut stream, &site, version, &tx, &hub, &counters, &kick);
+        let out = Outbound {
+            own: tx.clone(),
+            version,
+            counters: Arc::clone(&counters),
+            window: Arc::new(Semaphore::new(crate::cluster::FORWARD_WINDOW)),
+        };
+        let reader = read_loop(&mut stream, &site, &out, &hub, &kick);
         let writer = write_loop(&mut sink, rx, &kick, &counters);
+        let forwarded = async {
+            if let (Some(c), Some(inbox)) = (&hub.cluster, inbox) {
+                c.serve_inbox(
+                    inbox,
+                    me,
+                    &hub.claims,
+                    hub.config.delivery_patience,
+                    &counters,
+                )
+                .await;
+            }
+            std::future::pending::<Exit>().await
+        };
         tokio::pin!(writer);
         tokio::select! {
+            exit = forwarded => exit,
             exit = reader => {
                 if let Exit::Refused(r) = &exit {
                     kick.kick(r.clone());
@@ -225,6 +254,9 @@ pub(crate) async fn serve(socket: WebSocket, remote: SocketAddr, hub: Arc<Shared
         }
     };
     hub.routing.detach(&site, id);
+    if let Some(c) = &hub.cluster {
+        c.release(&site, id).await;
+    }
     counters.disconnects.fetch_add(1, Ordering::Relaxed);
     match exit {
         Exit::Closed(why) => tracing::info!(site, %remote, conn = id, "site disconnected: {why}"),
@@ -255,16 +287,24 @@ fn shutdown_refusal() -> Refusal {
     Refusal::new(RefusalCode::Shutdown, "the hub is shutting down")
 }
 
+/// The way back to a connection's site, for answers that arrive later.
+struct Outbound {
+    own: mpsc::Sender<Bytes>,
+    version: u16,
+    counters: Arc<SiteCounters>,
+    /// Frames in flight to other nodes of a cluster.
+    window: Arc<Semaphore>,
+}
+
 /// Reads frames until the connection ends or must be closed.
 async fn read_loop(
     stream: &mut Stream,
     site: &str,
-    version: u16,
-    own: &mpsc::Sender<Bytes>,
-    hub: &Shared,
-    counters: &SiteCounters,
+    out: &Outbound,
+    hub: &Arc<Shared>,
     kick: &Kick,
 ) -> Exit {
+    let (own, version, counters) = (&out.own, out.version, &*out.counters);
     loop {
         let next = tokio::select! {
             biased;
@@ -321,7 +361,7 @@ async fn read_loop(
                         ),
                     ));
                 }
-                if let Some(reason) = route(hub, &r, bytes).await {
+                if let Some(reason) = route(hub, &r, bytes, out).await {
                     let answer = undelivered(r, reason, version);
                     match reason {
                         UndeliveredReason::Offline => &counters.peer_offline,
@@ -369,8 +409,26 @@ async fn read_loop(
 
 /// Forwards a routed frame (the very `bytes` that arrived) if the policy allows it and its
 /// site takes it; otherwise says why nothing was delivered.
-async fn route(hub: &Shared, r: &Routed, bytes: Bytes) -> Option<UndeliveredReason> {
-    if !hub.claims.admits(r) {
+async fn route(
+    hub: &Shared,
+    r: &Routed,
+    bytes: Bytes,
+    out: &Outbound,
+) -> Option<UndeliveredReason> {
+    let remote = hub.cluster.is_some() && hub.routing.lookup(&r.to.site).is_none();
+    // A service's answer to a site held by another node is checked there, where the
+    // request was recorded (see `Cluster::serve_inbox`).
+    let answer = wire::is_service(&r.from.connector) && !wire::is_service(&r.to.connector);
+    let mut allowed = (remote && answer) || hub.claims.admits(r);
+    // In a cluster, the other site's claims may not have reached this node yet: read them.
+    if !allowed
+        && remote
+        && let Some(c) = &hub.cluster
+        && c.refresh_claims(hub, &r.to.site).await
+    {
+        allowed = hub.claims.admits(r);
+    }
+    if !allowed {
         tracing::info!(from = %r.from, to = %r.to, kind = ?r.kind, "route refused: the connectors are not paired (or a service answered nothing it was asked)");
         return Some(UndeliveredReason::NotPaired);
     }
@@ -393,17 +451,33 @@ async fn route(hub: &Shared, r: &Routed, bytes: Bytes) -> Option<UndeliveredReas
             }
         };
     }
-    // Only on this (rare) path does the registry say whether the site exists at all.
-    let (registry, name) = (Arc::clone(&hub.registry), r.to.site.clone());
-    match tokio::task::spawn_blocking(move || registry.current_generation(&name)).await {
-        Ok(Ok(Some(_))) => Some(UndeliveredReason::Offline),
-        Ok(Ok(None)) => Some(UndeliveredReason::UnknownSite),
-        Ok(Err(e)) => {
-            tracing::warn!(to = %r.to, error = %e, "could not look a site up; answering offline");
-            Some(UndeliveredReason::Offline)
+    // Not held here: in a cluster, whichever node holds it (answered later, or at once by
+    // NATS when no node does).
+    if let Some(cluster) = &hub.cluster {
+        if !hub.claims.expect_answer(r) {
+            tracing::warn!(from = %r.from, to = %r.to, "route refused: too many unanswered service requests from this site");
+            return Some(UndeliveredReason::Offline);
         }
+        return cluster
+            .forward(
+                r,
+                bytes,
+                answer,
+                &hub.claims,
+                out.version,
+                &out.own,
+                &out.counters,
+                &out.window,
+                hub.config.delivery_patience,
+            )
+            .await;
+    }
+    // Only on this (rare) path does the registry say whether the site exists at all.
+    match hub.directory.current_generation(&r.to.site).await {
+        Ok(Some(_)) => Some(UndeliveredReason::Offline),
+        Ok(None) => Some(UndeliveredReason::UnknownSite),
         Err(e) => {
-            tracing::error!(to = %r.to, error = %e, "site lookup panicked; answering offline");
+            tracing::warn!(to = %r.to, error = %e, "could not look a site up; answering offline");
             Some(UndeliveredReason::Offline)
         }
     }
@@ -411,11 +485,23 @@ async fn route(hub: &Shared, r: &Routed, bytes: Bytes) -> Option<UndeliveredReas
 
 /// The answer to an undelivered frame in the connection's protocol version.
 fn undelivered(r: Routed, reason: UndeliveredReason, version: u16) -> Frame {
+    undelivered_frame(r.to, r.from.connector, r.kind, r.id, reason, version)
+}
+
+/// The answer to an undelivered frame, from its addresses, in the protocol `version`.
+pub(crate) fn undelivered_frame(
+    to: Address,
+    from_connector: String,
+    kind: Kind,
+    id: u64,
+    reason: UndeliveredReason,
+    version: u16,
+) -> Frame {
     let u = Undelivered {
-        to: r.to,
-        from_connector: r.from.connector,
-        kind: r.kind,
-        id: r.id,
+        to,
+        from_connector,
+        kind,
+        id,
         reason,
     };
     if version >= wire::CLAIMS_VERSION {
@@ -427,21 +513,52 @@ fn undelivered(r: Routed, reason: UndeliveredReason, version: u16) -> Frame {
 
 /// Records `site`'s claimed pairings: in `hub.db` first, so that a restarted hub enforces
 /// them, then in the table the routing check reads. An unchanged set writes nothing.
-async fn claim(hub: &Shared, site: &str, pairings: Vec<Pairing>) {
+async fn claim(hub: &Arc<Shared>, site: &str, pairings: Vec<Pairing>) {
     if hub.claims.table.is_current(site, &pairings) {
         tracing::debug!(site, pairings = pairings.len(), "claims unchanged");
         return;
     }
-    let (registry, name, rows) = (Arc::clone(&hub.registry), site.to_owned(), pairings.clone());
-    match tokio::task::spawn_blocking(move || registry.replace_claims(&name, &rows)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
+    if let Err(e) = hub.directory.replace_claims(site, pairings.clone()).await {
+        if hub.cluster.is_some() {
+            // The other nodes learn claims only from the bucket: keep trying (NATS may be
+            // electing a new leader) for as long as these are the site's latest claims.
+            tracing::warn!(site, error = %e, "could not store claimed pairings yet; retrying");
+            tokio::spawn(store_claims_later(
+                Arc::clone(hub),
+                site.to_owned(),
+                pairings.clone(),
+            ));
+        } else {
             tracing::error!(site, error = %e, "could not store claimed pairings; enforcing them until the hub restarts");
         }
-        Err(e) => tracing::error!(site, error = %e, "storing claimed pairings panicked"),
     }
     hub.claims.table.replace(site, &pairings);
     tracing::info!(site, pairings = pairings.len(), "pairings claimed");
+}
+
+/// Retries storing a site's claims in the cluster's bucket until it works, the site claims
+/// something else, or the hub stops.
+async fn store_claims_later(hub: Arc<Shared>, site: String, pairings: Vec<Pairing>) {
+    loop {
+        tokio::select! {
+            () = hub.shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        if !hub.claims.table.is_current(&site, &pairings) {
+            return;
+        }
+        match hub.directory.replace_claims(&site, pairings.clone()).await {
+            Ok(()) => {
+                tracing::info!(
+                    site,
+                    pairings = pairings.len(),
+                    "pairings claimed (stored late)"
+                );
+                return;
+            }
+            Err(e) => tracing::debug!(site, error = %e, "claims still not stored"),
+        }
+    }
 }
 
 /// Writes queued frames until kicked (then sends the reason and closes) or the queue ends.

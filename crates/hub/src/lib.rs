@@ -13,6 +13,12 @@
 //!                  └───────────────────────────────┘
 //! ```
 //!
+//! With [`HubConfig::cluster`] the hub is one node of a cluster on NATS (see [`cluster`]):
+//! the registry and the claims live in a JetStream key-value bucket that every node
+//! watches, and a frame for a site held by another node goes to it over NATS. `SIGTERM`
+//! (the shutdown future) drains a node: its sites are told `hub_shutdown` and move to
+//! another node; it exits once they are gone.
+//!
 //! The library never binds sockets or reads the environment: the binary hands [`serve`] a
 //! bound listener, a [`HubConfig`] and a shutdown future (as `site::serve` does).
 //!
@@ -26,11 +32,14 @@
 //! - A client gets [`HubConfig::header_timeout`] to send a request's headers; at most
 //!   [`HubConfig::max_connections`] connections are open at once (`http`).
 //! - Every task belongs to something that stops it: connection tasks to a `TaskTracker`
-//!   awaited on shutdown, the accept loop and the registry watcher to `JoinSet`s.
+//!   awaited on shutdown, the accept loop, the registry watcher and a cluster node's tasks
+//!   to `JoinSet`s (a claim write being retried ends with the hub's shutdown token).
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod claims;
+pub mod cluster;
 mod conn;
+mod directory;
 pub mod http;
 pub mod registry;
 pub mod routing;
@@ -57,10 +66,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use claims::{ClaimLimiter, ClaimTable, PairedOnly};
+pub use cluster::{Cluster, ClusterConfig, ClusterRegistry};
 pub use registry::{Registry, RegistryError, SiteEntry};
 pub use routing::{AllowAll, LocalRouting, RoutePolicy, Routing};
 pub use tls::{TlsMaterial, TlsSource};
 
+use crate::directory::Directory;
 use crate::stats::Stats;
 use crate::tls::{PeerAddr, TlsListener};
 
@@ -100,6 +111,9 @@ pub struct HubConfig {
     /// Connections open at once, sites' links included; more are closed on accept.
     /// Default: 10,000.
     pub max_connections: usize,
+    /// Run as one node of a cluster on NATS (registry in a JetStream bucket, routing between
+    /// nodes over NATS) instead of alone with `hub.db`. Default: alone.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl HubConfig {
@@ -117,6 +131,7 @@ impl HubConfig {
             status_public: false,
             header_timeout: Duration::from_secs(10),
             max_connections: 10_000,
+            cluster: None,
         }
     }
 }
@@ -132,6 +147,8 @@ pub enum HubError {
     Registry(#[from] RegistryError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error("joining the cluster: {0}")]
+    Cluster(RegistryError),
     #[error("reading the listener's address: {0}")]
     Listener(std::io::Error),
     #[error("serving: {0}")]
@@ -142,9 +159,10 @@ pub enum HubError {
 #[derive(Debug)]
 pub struct Prepared {
     pub tls: TlsMaterial,
-    registry: Arc<Registry>,
+    /// `hub.db`; `None` for a node of a cluster (whose registry is on NATS).
+    registry: Option<Arc<Registry>>,
     /// The claimed pairings as `hub.db` held them at start, enforced before any site
-    /// reconnects.
+    /// reconnects (a cluster node loads them from the bucket before it serves sites).
     claims: ClaimTable,
     config: HubConfig,
 }
@@ -156,8 +174,13 @@ pub fn prepare(config: HubConfig) -> Result<Prepared, HubError> {
         path: config.data_dir.clone(),
         source,
     })?;
-    let registry = Arc::new(Registry::open(&config.data_dir)?);
-    let claims = ClaimTable::from_rows(registry.claims()?);
+    let (registry, claims) = if config.cluster.is_some() {
+        (None, ClaimTable::default())
+    } else {
+        let registry = Arc::new(Registry::open(&config.data_dir)?);
+        let claims = ClaimTable::from_rows(registry.claims()?);
+        (Some(registry), claims)
+    };
     let tls = tls::load(&config.data_dir, &config.tls)?;
     Ok(Prepared {
         tls,
@@ -170,7 +193,10 @@ pub fn prepare(config: HubConfig) -> Result<Prepared, HubError> {
 /// State shared by every connection and HTTP handler.
 pub(crate) struct Shared {
     config: HubConfig,
-    registry: Arc<Registry>,
+    /// `hub.db`, or the cluster's bucket.
+    directory: Directory,
+    /// This node's membership of a cluster, if it is one.
+    cluster: Option<Arc<Cluster>>,
     routing: Arc<dyn Routing>,
     /// The claimed pairings (updated by each site's Claims) and the outstanding service
     /// requests: which routes are forwarded.
@@ -206,9 +232,26 @@ pub async fn serve(
         table: prepared.claims,
         answers: claims::ServiceAnswers::default(),
     });
-    tracing::info!(pairings = claims.table.len(), "claimed pairings loaded");
+    let (directory, cluster) = match (prepared.registry, &prepared.config.cluster) {
+        (Some(registry), _) => {
+            tracing::info!(pairings = claims.table.len(), "claimed pairings loaded");
+            (Directory::Local(registry), None)
+        }
+        (None, Some(config)) => {
+            let cluster = Cluster::connect(config.clone())
+                .await
+                .map_err(HubError::Cluster)?;
+            (Directory::Cluster(Arc::clone(&cluster)), Some(cluster))
+        }
+        (None, None) => {
+            return Err(HubError::Cluster(RegistryError::Cluster(
+                "no registry and no cluster".into(),
+            )));
+        }
+    };
     let shared = Arc::new(Shared {
-        registry: prepared.registry,
+        directory,
+        cluster: cluster.clone(),
         routing: Arc::new(LocalRouting::default()),
         claims,
         claim_limiter: ClaimLimiter::default(),
@@ -228,7 +271,15 @@ pub async fn serve(
     .map_err(HubError::Listener)?;
 
     let mut background = JoinSet::new();
-    background.spawn(watch_registry(Arc::clone(&shared)));
+    match &cluster {
+        Some(c) => {
+            c.set_listen(addr.to_string());
+            background.spawn(Arc::clone(c).run(Arc::clone(&shared)));
+        }
+        None => {
+            background.spawn(watch_registry(Arc::clone(&shared)));
+        }
+    }
 
     let app = axum::Router::new()
         .route("/link", get(link))
@@ -261,14 +312,20 @@ pub async fn serve(
     {
         tracing::warn!("some site connections did not end within 5 s of shutdown");
     }
+    if let Some(c) = &cluster {
+        c.leave().await;
+    }
     background.shutdown().await;
     tracing::info!("hub stopped");
     Ok(())
 }
 
-/// Cuts off connected sites whose credential was removed or replaced in the registry, within
-/// one poll of the change.
+/// Cuts off connected sites whose credential was removed or replaced in `hub.db`, within
+/// one poll of the change (a cluster node watches its bucket instead).
 async fn watch_registry(hub: Arc<Shared>) {
+    let Directory::Local(registry) = &hub.directory else {
+        return;
+    };
     let mut last = None;
     let mut tick = tokio::time::interval(hub.config.registry_poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -277,14 +334,14 @@ async fn watch_registry(hub: Arc<Shared>) {
             () = hub.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let h = Arc::clone(&hub);
+        let (h, registry) = (Arc::clone(&hub), Arc::clone(registry));
         let seen = last;
         let check = tokio::task::spawn_blocking(move || -> Result<_, RegistryError> {
-            let version = h.registry.changed()?;
+            let version = registry.changed()?;
             let mut stale = Vec::new();
             if seen != Some(version) {
                 for peer in h.routing.attached() {
-                    if h.registry.current_generation(&peer.site)? != Some(peer.generation) {
+                    if registry.current_generation(&peer.site)? != Some(peer.generation) {
                         stale.push(peer);
                     }
                 }
@@ -339,13 +396,11 @@ async fn health(
         "sites_connected": attached.len(),
     });
     if may_see_detail(&hub, remote) {
-        let registry = Arc::clone(&hub.registry);
-        let list = tokio::task::spawn_blocking(move || registry.list_sites())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_default();
+        let list = hub.directory.list_sites().await.unwrap_or_default();
         body["sites"] = hub.stats.sites_json(&list, &attached);
+        if let Some(c) = &hub.cluster {
+            body["cluster"] = c.health_json();
+        }
     }
     Json(body)
 }
@@ -361,10 +416,11 @@ async fn metrics(
         )
             .into_response();
     }
-    (
-        [("content-type", "text/plain; version=0.0.4")],
-        hub.stats
-            .prometheus(&hub.routing.attached(), hub.claims.table.len()),
-    )
-        .into_response()
+    let mut text = hub
+        .stats
+        .prometheus(&hub.routing.attached(), hub.claims.table.len());
+    if let Some(c) = &hub.cluster {
+        stats::cluster_prometheus(&mut text, c);
+    }
+    ([("content-type", "text/plain; version=0.0.4")], text).into_response()
 }

@@ -1,6 +1,7 @@
 //! The hub's registry in `hub.db` (SQLite, WAL): which sites may connect, the SHA-256 of
 //! each one's credential, and the pairings each site has claimed for its connectors. `west hub add-site` and `remove-site` write it from another process
-//! while the hub runs; the hub notices through [`Registry::changed`] and acts at once.
+//! while the hub runs; the hub notices through [`Registry::changed`] and acts at once. A node
+//! of a cluster uses [`crate::cluster::ClusterRegistry`] (on NATS) instead.
 //!
 //! Deliberately absent: the credentials themselves (only their hashes are stored; a
 //! credential is shown once, by [`Registry::add_site`]) and any payload data.
@@ -45,6 +46,11 @@ pub enum RegistryError {
     NotFound(String),
     #[error("drawing a random credential: {0}")]
     Random(String),
+    /// The cluster's registry (a JetStream key-value bucket) could not be read or written.
+    #[error("cluster registry: {0}")]
+    Cluster(String),
+    #[error("site {0} changed while this was being written; try again")]
+    Conflict(String),
 }
 
 /// One row of the registry, as `list-sites` shows it.
@@ -319,7 +325,7 @@ fn migrate(conn: &Connection) -> Result<(), RegistryError> {
 
 /// `west_` and 32 random bytes in base64url: safe on a command line (the prefix keeps a
 /// credential from starting with `-` and being taken for a flag) and easy to recognise.
-fn new_credential() -> Result<String, RegistryError> {
+pub(crate) fn new_credential() -> Result<String, RegistryError> {
     let mut bytes = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
     if bytes.iter().all(|b| *b == 0) {
@@ -332,15 +338,15 @@ fn new_credential() -> Result<String, RegistryError> {
 }
 
 /// Credentials are 256 random bits, so a fast hash is enough: no password to stretch.
-fn credential_hash(credential: &str) -> String {
+pub(crate) fn credential_hash(credential: &str) -> String {
     hex::encode(Sha256::digest(credential.as_bytes()))
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn now_micros() -> i64 {
+pub(crate) fn now_micros() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))

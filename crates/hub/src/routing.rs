@@ -1,6 +1,6 @@
-//! Where a routed frame goes: the table of live site connections, behind the [`Routing`]
-//! trait so that "the peer is connected to another hub node" can become one more
-//! implementation (docs/spec.md §10: several nodes sharing a registry and forwarding through NATS).
+//! Where a routed frame goes: the table of this process's live site connections, behind the
+//! [`Routing`] trait. A site held by another node of a cluster has no route here; `conn`
+//! then hands the frame to [`crate::cluster`], which forwards it through NATS.
 //!
 //! Deliberately absent: payload inspection, queuing for offline sites (the hub answers
 //! "peer offline" at once; durable retry is the sites' job) and any persistence.

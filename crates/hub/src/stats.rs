@@ -130,6 +130,36 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
+/// The cluster part of `/metrics` of a node: NATS reachable, nodes seen, frames in flight
+/// to other nodes.
+pub(crate) fn cluster_prometheus(out: &mut String, cluster: &crate::cluster::Cluster) {
+    let name = "west_hub_cluster_nats_connected";
+    family(
+        out,
+        name,
+        "gauge",
+        "Whether this node is connected to NATS.",
+    );
+    let up = u8::from(cluster.nats_state() == "connected");
+    let _ = writeln!(out, "{name}{{node=\"{}\"}} {up}", cluster.node());
+    let name = "west_hub_cluster_nodes_seen";
+    family(
+        out,
+        name,
+        "gauge",
+        "Hub nodes whose heartbeat this node saw recently (itself included).",
+    );
+    let _ = writeln!(out, "{name} {}", cluster.nodes_seen().len());
+    let name = "west_hub_cluster_forwards_in_flight";
+    family(
+        out,
+        name,
+        "gauge",
+        "Frames sent to other nodes whose answer has not come back yet.",
+    );
+    let _ = writeln!(out, "{name} {}", cluster.in_flight());
+}
+
 /// Every counter of the hub.
 #[derive(Debug, Default)]
 pub struct Stats {

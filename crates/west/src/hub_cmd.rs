@@ -3,7 +3,10 @@
 //! TOML file.
 //!
 //! The registry commands write `hub.db` directly; they work while the hub runs (SQLite WAL),
-//! and a running hub cuts a removed site off within half a second.
+//! and a running hub cuts a removed site off within half a second. With `--cluster
+//! nats://…` (or `WEST_CLUSTER`) the hub runs as one node of a cluster and the registry
+//! commands write the cluster's JetStream bucket instead, from any machine that reaches NATS;
+//! the node holding a removed site cuts it off at once.
 //!
 //! Output contract (tests and scripts parse it): `hub listening on wss://ADDR` on stdout once
 //! the port is open; `add-site` prints the credential alone on its last line of stdout.
@@ -13,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use hub::{HubConfig, Registry, TlsSource};
+use hub::{ClusterConfig, ClusterRegistry, HubConfig, Registry, SiteEntry, TlsSource};
 use serde::Deserialize;
 
 use crate::config;
@@ -49,6 +52,10 @@ struct DirArgs {
     /// Directory of the hub's registry [default: ./west-data/hub].
     #[arg(long, env = "WEST_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// NATS URLs of a hub cluster (comma-separated): manage its registry instead of hub.db.
+    /// Put credentials for NATS in the environment (WEST_CLUSTER), not on the command line.
+    #[arg(long, env = "WEST_CLUSTER")]
+    cluster: Option<String>,
     /// TOML file with `data_dir` (flag and environment win over it).
     #[arg(long, env = "WEST_CONFIG")]
     config: Option<PathBuf>,
@@ -84,6 +91,18 @@ struct ServeArgs {
     /// Connections open at once, sites' links included; more are closed [default: 10000].
     #[arg(long, env = "WEST_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
+    /// Run as one node of a hub cluster on NATS (comma-separated URLs): the registry lives in
+    /// NATS JetStream and frames for sites on other nodes go through NATS. Put credentials for
+    /// NATS in the environment (WEST_CLUSTER), not on the command line.
+    #[arg(long, env = "WEST_CLUSTER")]
+    cluster: Option<String>,
+    /// This node's name in the cluster [default: HOSTNAME-PORT].
+    #[arg(long, env = "WEST_NODE_NAME", requires = "cluster")]
+    node_name: Option<String>,
+    /// Replicas of the registry bucket if this node creates it [default: 3 if the NATS
+    /// cluster allows, else 1].
+    #[arg(long, env = "WEST_KV_REPLICAS", requires = "cluster")]
+    kv_replicas: Option<usize>,
     /// TOML file with any of the settings above (flag and environment win over it).
     #[arg(long, env = "WEST_CONFIG")]
     config: Option<PathBuf>,
@@ -101,6 +120,9 @@ struct FileConfig {
     heartbeat: Option<String>,
     silent_after: Option<String>,
     metrics_public: Option<bool>,
+    cluster: Option<String>,
+    node_name: Option<String>,
+    kv_replicas: Option<usize>,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -111,9 +133,10 @@ pub async fn run(args: HubArgs) -> anyhow::Result<()> {
     match args.action {
         None => serve(args.serve).await,
         Some(HubAction::AddSite(a)) => {
-            let registry = open_registry(a.dir)?;
+            let registry = open_registry(a.dir).await?;
             let credential = registry
                 .add_site(&a.name)
+                .await
                 .with_context(|| format!("adding site {}", a.name))?;
             say!(
                 "site {} registered; start it with --name {} --site-credential and this credential (shown once):",
@@ -124,16 +147,17 @@ pub async fn run(args: HubArgs) -> anyhow::Result<()> {
             Ok(())
         }
         Some(HubAction::RemoveSite(a)) => {
-            let registry = open_registry(a.dir)?;
+            let registry = open_registry(a.dir).await?;
             registry
                 .remove_site(&a.name)
+                .await
                 .with_context(|| format!("removing site {}", a.name))?;
             say!("site {} removed; a running hub cuts it off at once", a.name);
             Ok(())
         }
         Some(HubAction::ListSites(dir)) => {
-            let registry = open_registry(dir)?;
-            for s in registry.list_sites().context("listing sites")? {
+            let registry = open_registry(dir).await?;
+            for s in registry.list_sites().await.context("listing sites")? {
                 let state = if s.active { "active" } else { "removed" };
                 say!("{}\t{state}\tgeneration {}", s.name, s.generation);
             }
@@ -142,15 +166,74 @@ pub async fn run(args: HubArgs) -> anyhow::Result<()> {
     }
 }
 
-fn open_registry(args: DirArgs) -> anyhow::Result<Registry> {
+/// The registry the commands manage: `hub.db`, or a cluster's bucket.
+enum AnyRegistry {
+    Local(Registry),
+    Cluster(Box<ClusterRegistry>),
+}
+
+impl AnyRegistry {
+    async fn add_site(&self, name: &str) -> Result<String, hub::RegistryError> {
+        match self {
+            AnyRegistry::Local(r) => r.add_site(name),
+            AnyRegistry::Cluster(r) => r.add_site(name).await,
+        }
+    }
+
+    async fn remove_site(&self, name: &str) -> Result<(), hub::RegistryError> {
+        match self {
+            AnyRegistry::Local(r) => r.remove_site(name),
+            AnyRegistry::Cluster(r) => r.remove_site(name).await,
+        }
+    }
+
+    async fn list_sites(&self) -> Result<Vec<SiteEntry>, hub::RegistryError> {
+        match self {
+            AnyRegistry::Local(r) => r.list_sites(),
+            AnyRegistry::Cluster(r) => r.list_sites().await,
+        }
+    }
+}
+
+async fn open_registry(args: DirArgs) -> anyhow::Result<AnyRegistry> {
     let file: FileConfig = config::load(args.config.as_deref())?;
+    if let Some(servers) = args.cluster.or(file.cluster) {
+        let client = hub::cluster::connect_once(&servers).await?;
+        let registry = ClusterRegistry::open(&client, file.kv_replicas)
+            .await
+            .context("opening the cluster's registry")?;
+        return Ok(AnyRegistry::Cluster(Box::new(registry)));
+    }
     let dir = args
         .data_dir
         .or(file.data_dir)
         .unwrap_or_else(default_data_dir);
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("creating data dir {}", dir.display()))?;
-    Registry::open(&dir).with_context(|| format!("opening the registry in {}", dir.display()))
+    Registry::open(&dir)
+        .map(AnyRegistry::Local)
+        .with_context(|| format!("opening the registry in {}", dir.display()))
+}
+
+/// `HOSTNAME-PORT`, with anything a node name may not hold replaced by `-`.
+fn default_node_name(port: u16) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "hub".into());
+    let host: String = host
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(40)
+        .collect();
+    format!("{}-{port}", if host.is_empty() { "hub" } else { &host })
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -213,6 +296,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the hub listener on {listen}"))?;
     let addr = listener.local_addr().context("reading the hub's address")?;
+    if let Some(servers) = args.cluster.or(file.cluster) {
+        let node = args
+            .node_name
+            .or(file.node_name)
+            .unwrap_or_else(|| default_node_name(addr.port()));
+        anyhow::ensure!(
+            proto::wire::is_valid_name(&node),
+            "--node-name {node:?}: use 1 to 64 of a-z A-Z 0-9 . _ -"
+        );
+        cfg.cluster = Some(ClusterConfig {
+            servers,
+            node,
+            replicas: args.kv_replicas.or(file.kv_replicas),
+        });
+    }
     let prepared = hub::prepare(cfg)?;
     if prepared.tls.generated {
         say!(
