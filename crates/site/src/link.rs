@@ -14,6 +14,10 @@
 //!              └────────────────────────────────────────────────────────────┘
 //! ```
 //!
+//! The hub may be several nodes of a cluster (`--hub wss://h1,wss://h2`): the link dials the
+//! first, and after a lost connection (or a node's `hub_shutdown`, at once) another one, in
+//! random order; [`Link::hub_node`] names the one it is connected to.
+//!
 //! Deliberately absent: durability (a frame queued while the link is down is not kept, a
 //! request fails at once with [`LinkError::NotConnected`]; the sync layer stores and
 //! resends), payload encryption (the end-to-end session of each pairing, `remote::peer`,
@@ -62,7 +66,9 @@ pub const LINK: &str = "_link";
 /// How to reach the hub.
 #[derive(Debug, Clone)]
 pub struct LinkConfig {
-    /// `wss://host:port` of the hub.
+    /// `wss://host:port` of the hub, or of the nodes of a hub cluster, comma-separated: the
+    /// link connects to one of them and, when that connection is lost, to another, trying
+    /// them in a random order.
     pub url: String,
     /// The credential `west hub add-site` printed for this site.
     pub credential: Credential,
@@ -341,6 +347,8 @@ struct Shared {
     next_id: AtomicU64,
     /// Round trip of the last heartbeat to the hub, in µs (0 before the first).
     hub_rtt_us: AtomicU64,
+    /// The URL of the hub (node) the link is connected to, or last was.
+    node: Mutex<Option<String>>,
     /// This site's paired connectors, sorted and without duplicates: the writer declares
     /// them to the hub after every Welcome and whenever they change.
     claims: watch::Sender<Vec<Pairing>>,
@@ -449,7 +457,7 @@ impl Link {
                 "site name {site_name:?} cannot be used on a hub: use 1 to 64 of a-z A-Z 0-9 . _ -"
             )));
         }
-        let target = Target::parse(&config.url)?;
+        let targets = Target::parse_list(&config.url)?;
         let tls = tls_config(config.ca_pem.as_deref())?;
         let (out_tx, out_rx) = mpsc::channel(tuning.outbound_capacity.max(1));
         let (in_tx, in_rx) = mpsc::channel(tuning.inbound_capacity.max(1));
@@ -466,11 +474,13 @@ impl Link {
             next_id: AtomicU64::new(1),
             hub_rtt_us: AtomicU64::new(0),
             retry: tokio::sync::Notify::new(),
+            node: Mutex::new(None),
         });
         let cancel = CancellationToken::new();
         let driver = Driver {
             shared: Arc::clone(&shared),
-            target,
+            order: Order::new(targets.len()),
+            targets,
             tls,
             credential: config.credential,
             last_credential: None,
@@ -514,6 +524,17 @@ impl Link {
     /// This site's name on the hub, `None` without a hub.
     pub fn site_name(&self) -> Option<&str> {
         self.shared.as_deref().map(|s| s.site.as_str())
+    }
+
+    /// The URL of the hub node the link is connected to (or last was), `None` before the
+    /// first connection and without a hub.
+    pub fn hub_node(&self) -> Option<String> {
+        let shared = self.shared.as_ref()?;
+        shared
+            .node
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Round trip of the last heartbeat to the hub, if one has come back.
@@ -766,6 +787,20 @@ struct Target {
 }
 
 impl Target {
+    /// A comma-separated list of hub URLs (the nodes of a cluster), at least one.
+    fn parse_list(urls: &str) -> Result<Vec<Self>, LinkError> {
+        let list = urls
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(Self::parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        if list.is_empty() {
+            return Err(LinkError::Config("no hub URL given".into()));
+        }
+        Ok(list)
+    }
+
     fn parse(url: &str) -> Result<Self, LinkError> {
         let bad = |why: &str| LinkError::Config(format!("hub URL {url:?} {why}"));
         let uri: Uri = url.parse().map_err(|_| bad("is not a URL"))?;
@@ -818,6 +853,46 @@ fn tls_config(ca_pem: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConf
     Ok(Arc::new(config))
 }
 
+/// The order in which the hub URLs are tried: the first URL first (so that an operator can
+/// spread sites over the nodes by the order of their lists), then the others in a random
+/// order, one step after every connection that ends; then all again, drawn anew.
+#[derive(Debug)]
+struct Order {
+    perm: Vec<usize>,
+    at: usize,
+}
+
+impl Order {
+    fn new(n: usize) -> Self {
+        use rand::seq::SliceRandom;
+        let mut perm: Vec<usize> = (0..n.max(1)).collect();
+        perm[1..].shuffle(&mut rand::rng());
+        Self { perm, at: 0 }
+    }
+
+    fn shuffle(&mut self) {
+        use rand::seq::SliceRandom;
+        self.perm.shuffle(&mut rand::rng());
+        self.at = 0;
+    }
+
+    fn current(&self) -> usize {
+        self.perm[self.at]
+    }
+
+    /// Moves on to another URL (never the same one twice in a row when there are several).
+    fn advance(&mut self) {
+        let was = self.current();
+        self.at += 1;
+        if self.at == self.perm.len() {
+            self.shuffle();
+            if self.perm.len() > 1 && self.current() == was {
+                self.perm.swap(0, 1);
+            }
+        }
+    }
+}
+
 /// How one connection ended.
 enum Outcome {
     /// Never got as far as a Welcome.
@@ -837,7 +912,9 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<Tcp
 /// The task that keeps the link up.
 struct Driver {
     shared: Arc<Shared>,
-    target: Target,
+    /// The hub, or the nodes of a hub cluster; `order` says which one is dialled next.
+    targets: Vec<Target>,
+    order: Order,
     tls: Arc<rustls::ClientConfig>,
     credential: Credential,
     /// The credential of the last connection attempt, to notice a corrected one.
@@ -854,12 +931,16 @@ struct Driver {
 }
 
 impl Driver {
+    fn target(&self) -> &Target {
+        &self.targets[self.order.current()]
+    }
+
     async fn run(mut self) {
-        let url = self.target.url.clone();
         let mut failures: u32 = 0;
         let mut refused = false;
-        tracing::info!(%url, site = %self.shared.site, "hub link: connecting");
+        tracing::info!(url = %self.target().url, site = %self.shared.site, "hub link: connecting");
         loop {
+            let url = self.target().url.clone();
             let outcome = self.connect_and_serve().await;
             self.shared
                 .fail_pending("the connection to the hub was lost");
@@ -890,7 +971,12 @@ impl Driver {
                         self.cancel.cancelled().await;
                         break;
                     }
-                    if code.is_none_or(RefusalCode::is_credential_problem)
+                    if code == Some(RefusalCode::Shutdown) && self.targets.len() > 1 {
+                        // A node of a cluster going away (or unable to read the registry):
+                        // another node takes the site at once.
+                        failures = 0;
+                        pause = Some(Duration::ZERO);
+                    } else if code.is_none_or(RefusalCode::is_credential_problem)
                         || code == Some(RefusalCode::UnsupportedVersion)
                     {
                         // The site keeps serving its own devices; it shows the refusal
@@ -917,11 +1003,13 @@ impl Driver {
                     rand::random::<f64>(),
                 )
             });
+            // The next attempt goes to another node of a cluster (a single hub: the same).
+            self.order.advance();
             if !refused {
                 self.shared.set_phase(Phase::Reconnecting {
                     at: Instant::now() + pause,
                 });
-                tracing::info!(%url, "hub link: reconnecting in {pause:?}");
+                tracing::info!(url = %self.target().url, "hub link: reconnecting in {pause:?}");
             }
             tokio::select! {
                 () = self.cancel.cancelled() => break,
@@ -938,7 +1026,7 @@ impl Driver {
             }
         }
         self.shared.fail_pending("the link has stopped");
-        tracing::info!(%url, "hub link: stopped");
+        tracing::info!(site = %self.shared.site, "hub link: stopped");
     }
 
     /// Completes once the credential differs from the one last tried: for a credential
@@ -981,8 +1069,10 @@ impl Driver {
         // Frames queued for an earlier connection belong to requests that have already
         // failed; the new connection starts clean.
         while self.out_rx.try_recv().is_ok() {}
+        *self.shared.node.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(self.target().url.clone());
         self.shared.set_phase(Phase::Connected);
-        tracing::info!(url = %self.target.url, site = %self.shared.site, "hub link: connected");
+        tracing::info!(url = %self.target().url, site = %self.shared.site, "hub link: connected");
         self.serve(ws, heartbeat, version).await
     }
 
@@ -990,12 +1080,13 @@ impl Driver {
     async fn connect(&self, credential: String) -> Result<(Ws, Duration, u16), Outcome> {
         let failed =
             |what: &str, e: &dyn std::fmt::Display| Outcome::Failed(format!("{what}: {e}"));
-        let tcp = TcpStream::connect((self.target.host.as_str(), self.target.port))
+        let target = self.target();
+        let tcp = TcpStream::connect((target.host.as_str(), target.port))
             .await
             .map_err(|e| failed("TCP connect", &e))?;
         let _ = tcp.set_nodelay(true);
-        let name = ServerName::try_from(self.target.host.clone())
-            .map_err(|e| failed("hub host name", &e))?;
+        let name =
+            ServerName::try_from(target.host.clone()).map_err(|e| failed("hub host name", &e))?;
         let tls = tokio_rustls::TlsConnector::from(Arc::clone(&self.tls))
             .connect(name, tcp)
             .await
@@ -1003,13 +1094,10 @@ impl Driver {
         let config = WebSocketConfig::default()
             .max_message_size(Some(wire::MAX_FRAME_LEN))
             .max_frame_size(Some(wire::MAX_FRAME_LEN));
-        let (mut ws, _) = tokio_tungstenite::client_async_with_config(
-            self.target.url.as_str(),
-            tls,
-            Some(config),
-        )
-        .await
-        .map_err(|e| failed("WebSocket handshake", &e))?;
+        let (mut ws, _) =
+            tokio_tungstenite::client_async_with_config(target.url.as_str(), tls, Some(config))
+                .await
+                .map_err(|e| failed("WebSocket handshake", &e))?;
         let hello = Frame::Hello(Hello {
             magic: wire::MAGIC,
             min_version: wire::MIN_VERSION,
@@ -1286,6 +1374,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_order_starts_with_the_first_hub_and_visits_every_hub_before_repeating() {
+        for n in 1..5 {
+            let mut o = Order::new(n);
+            assert_eq!(o.current(), 0, "the first URL first");
+            let mut last = None;
+            for _ in 0..20 {
+                let mut round = std::collections::BTreeSet::new();
+                for _ in 0..n {
+                    let c = o.current();
+                    if n > 1 {
+                        assert_ne!(Some(c), last, "the same hub twice in a row");
+                    }
+                    round.insert(c);
+                    last = Some(c);
+                    o.advance();
+                }
+                assert_eq!(round.len(), n, "every hub once per round");
+            }
+        }
+    }
+
+    #[test]
     fn backoff_grows_caps_and_jitters() {
         let (min, max) = (Duration::from_millis(250), Duration::from_secs(30));
         assert_eq!(backoff(0, min, max, 1.0), min);
@@ -1327,6 +1437,10 @@ mod tests {
         let t = Target::parse("wss://[::1]:9").expect("parses");
         assert_eq!(t.host, "::1");
         assert!(Target::parse("ws://127.0.0.1:1").is_err());
+        let list = Target::parse_list("wss://h1:1, wss://h2:2,").expect("parses");
+        assert_eq!(list.iter().map(|t| t.port).collect::<Vec<_>>(), vec![1, 2]);
+        assert!(Target::parse_list(" , ").is_err());
+        assert!(Target::parse_list("wss://h1:1,ws://h2:2").is_err());
         assert!(Target::parse("not a url").is_err());
     }
 

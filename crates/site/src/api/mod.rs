@@ -137,7 +137,8 @@ async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
     Json(json!({
         "status": "ok",
         "site": state.site_name,
-        "hub": { "connected": link.connected(), "link": link, "message": link.describe() },
+        "hub": { "connected": link.connected(), "link": link, "message": link.describe(),
+                 "node": state.link.hub_node() },
         "storage": { "full": state.metrics.storage_full() },
     }))
 }
