@@ -3,6 +3,10 @@
 //! `/health` and `/metrics` over TLS (trusting its self-signed certificate), and restarts
 //! it on the same port.
 //!
+//! [`HubProc::start_node`] starts one node of a hub cluster on NATS; its registry commands
+//! then go to the cluster (`--cluster`), and it is ready once its `/health` says the
+//! registry is loaded.
+//!
 //! Deliberately absent: any hub logic; everything goes through the process's public surface.
 
 use std::net::SocketAddr;
@@ -27,6 +31,8 @@ pub struct HubProc {
     pub data_dir: PathBuf,
     /// The hub's self-signed certificate, for `--hub-ca`.
     pub ca: PathBuf,
+    /// The NATS URLs of its cluster, for a node of one.
+    pub cluster: Option<String>,
     bin: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -39,6 +45,66 @@ impl HubProc {
 
     /// Starts a hub with extra flags (e.g. `--heartbeat 500ms`).
     pub async fn start_with(bin: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::start_inner(bin, extra, None, None).await
+    }
+
+    /// Starts node `node` of the hub cluster on NATS `cluster` (comma-separated URLs) and
+    /// waits until it serves sites. With `tls_from`, it presents that node's certificate (all
+    /// nodes of a cluster present one certificate); otherwise it makes its own.
+    pub async fn start_node(
+        bin: &Path,
+        cluster: &str,
+        node: &str,
+        tls_from: Option<&HubProc>,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        let mut args: Vec<String> = vec![
+            "--cluster".into(),
+            cluster.into(),
+            "--node-name".into(),
+            node.into(),
+        ];
+        if let Some(first) = tls_from {
+            let key = first.data_dir.join("hub-key.pem");
+            args.extend([
+                "--tls-cert".into(),
+                first.ca.display().to_string(),
+                "--tls-key".into(),
+                key.display().to_string(),
+            ]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let hub = Self::start_inner(
+            bin,
+            &args,
+            Some(cluster.to_owned()),
+            tls_from.map(|f| f.ca.clone()),
+        )
+        .await?;
+        hub.wait_cluster_ready().await?;
+        Ok(hub)
+    }
+
+    /// Waits until a node's `/health` says its registry is loaded.
+    pub async fn wait_cluster_ready(&self) -> anyhow::Result<()> {
+        crate::eventually(
+            "the hub node to load the registry",
+            crate::DEADLINE,
+            || async {
+                let h = self.health().await?;
+                Ok((h["cluster"]["registry"] == "ready").then_some(()))
+            },
+        )
+        .await
+    }
+
+    async fn start_inner(
+        bin: &Path,
+        extra: &[&str],
+        cluster: Option<String>,
+        ca: Option<PathBuf>,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir().context("making a temp dir")?;
         let data_dir = dir.path().join("hub");
         std::fs::create_dir_all(&data_dir)?;
@@ -67,7 +133,8 @@ impl HubProc {
             proc,
             url,
             addr,
-            ca: data_dir.join("hub-cert.pem"),
+            ca: ca.unwrap_or_else(|| data_dir.join("hub-cert.pem")),
+            cluster,
             data_dir,
             bin: bin.to_owned(),
             _dir: dir,
@@ -92,12 +159,15 @@ impl HubProc {
     }
 
     async fn registry_cmd(&self, args: &[&str]) -> anyhow::Result<Vec<String>> {
-        let out = tokio::process::Command::new(&self.bin)
-            .arg("hub")
-            .args(args)
-            .arg("--data-dir")
-            .arg(&self.data_dir)
+        let mut cmd = tokio::process::Command::new(&self.bin);
+        cmd.arg("hub").args(args);
+        match &self.cluster {
+            Some(urls) => cmd.arg("--cluster").arg(urls),
+            None => cmd.arg("--data-dir").arg(&self.data_dir),
+        };
+        let out = cmd
             .env_remove("WEST_DATA_DIR")
+            .env_remove("WEST_CLUSTER")
             .output()
             .await
             .with_context(|| format!("running west hub {args:?}"))?;
@@ -172,6 +242,10 @@ impl HubProc {
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.proc.restart()?;
         self.proc.wait_line("hub listening on wss://").await?;
+        // A node of a cluster: until it serves sites.
+        if self.cluster.is_some() {
+            self.wait_cluster_ready().await?;
+        }
         Ok(())
     }
 

@@ -1,16 +1,19 @@
 //! Fixtures for end-to-end tests: the real `west` binary as child processes on loopback
 //! (from `launch`, the product's own process supervision, re-exported here), a browser for
 //! the web UI (`browser`), a proxy that injects faults between a site and the hub
-//! (`proxy`), and a raw client of the hub's wire protocol (`hub`).
+//! (`proxy`), a raw client of the hub's wire protocol (`hub`), and real `nats-server`
+//! processes for the hub cluster (`nats`).
 //!
 //! Nothing here sleeps to wait for something: [`eventually`] polls with a deadline.
 
 pub mod browser;
 pub mod hub;
+pub mod nats;
 pub mod proxy;
 
 pub use hub::RawClient;
 pub use launch::{
     Api, DEADLINE, HubProc, SiteOpts, SiteProc, WestProc, api, eventually, pair, pairing, process,
 };
+pub use nats::Nats;
 pub use proxy::FaultProxy;

@@ -20,9 +20,9 @@ use testkit::{Api, FaultProxy, HubProc, SiteOpts, SiteProc, eventually};
 
 use crate::util;
 
-const T0: i64 = 1_700_000_000_000_000;
+pub(crate) const T0: i64 = 1_700_000_000_000_000;
 /// Catching up after several crashes takes longer than one ordinary wait.
-const CATCH_UP: Duration = Duration::from_secs(90);
+pub(crate) const CATCH_UP: Duration = Duration::from_secs(90);
 
 /// Two sites paired through the hub: site-a's connector `src` is the Source of site-b's `tgt`.
 struct Paired {
@@ -121,7 +121,7 @@ impl Paired {
     }
 }
 
-async fn create_target_resource(b: &Api, tgt: &str) -> anyhow::Result<Value> {
+pub(crate) async fn create_target_resource(b: &Api, tgt: &str) -> anyhow::Result<Value> {
     b.post_ok(
         &format!("/api/v1/connectors/{tgt}/resources"),
         json!({"name": "temperature", "format": "number"}),
@@ -129,22 +129,27 @@ async fn create_target_resource(b: &Api, tgt: &str) -> anyhow::Result<Value> {
     .await
 }
 
-fn device(d: usize) -> String {
+pub(crate) fn device(d: usize) -> String {
     format!("dev-{d:04}")
 }
 
 /// A sensor-like value on 0.01 steps.
-fn value(d: usize, step: u64) -> f64 {
+pub(crate) fn value(d: usize, step: u64) -> f64 {
     ((20.0 + (d % 17) as f64 + (step % 50) as f64 * 0.37) * 100.0).round() / 100.0
 }
 
-async fn remote_sync(api: &Api, cid: &str) -> anyhow::Result<Value> {
+pub(crate) async fn remote_sync(api: &Api, cid: &str) -> anyhow::Result<Value> {
     api.get_ok(&format!("/api/v1/connectors/{cid}/remote-sync"))
         .await
 }
 
 /// Writes one point per device at step `step` in one bulk request.
-async fn ingest_step(api: &Api, cid: &str, devices: usize, step: u64) -> anyhow::Result<()> {
+pub(crate) async fn ingest_step(
+    api: &Api,
+    cid: &str,
+    devices: usize,
+    step: u64,
+) -> anyhow::Result<()> {
     let body: Vec<Value> = (0..devices)
         .map(|d| {
             json!({"device": device(d), "t": T0 + step as i64 * 1_000_000,
@@ -161,10 +166,14 @@ async fn ingest_step(api: &Api, cid: &str, devices: usize, step: u64) -> anyhow:
     Ok(())
 }
 
-type Series = Vec<(i64, f64)>;
+pub(crate) type Series = Vec<(i64, f64)>;
 
 /// Every point of `temperature` of every device, through the data read API.
-async fn dataset(api: &Api, cid: &str, devices: usize) -> anyhow::Result<BTreeMap<String, Series>> {
+pub(crate) async fn dataset(
+    api: &Api,
+    cid: &str,
+    devices: usize,
+) -> anyhow::Result<BTreeMap<String, Series>> {
     let mut out = BTreeMap::new();
     for d in 0..devices {
         let path = format!(
@@ -208,7 +217,7 @@ async fn same_datasets(p: &Paired, devices: usize) -> anyhow::Result<usize> {
 
 /// Streams steps from a task that retries a step until the Source acknowledges it (the
 /// Source may be down); `progress` counts acknowledged steps.
-fn streamer(
+pub(crate) fn streamer(
     url: String,
     password: String,
     cid: String,
@@ -247,7 +256,7 @@ fn streamer(
     })
 }
 
-async fn reached(progress: &AtomicU64, step: u64) -> anyhow::Result<()> {
+pub(crate) async fn reached(progress: &AtomicU64, step: u64) -> anyhow::Result<()> {
     eventually(&format!("step {step} acknowledged"), CATCH_UP, || async {
         Ok((progress.load(Ordering::SeqCst) >= step).then_some(()))
     })
