@@ -206,9 +206,10 @@ async fn every_node_refuses_forged_and_unpaired_traffic_and_the_newer_connection
             matches!(&answer, Frame::Refused(r) if r.code == "wrong_credential"),
             "{answer:?}"
         );
+        // An unknown name gets the same answer (no enumerating site names).
         let (_, answer) = RawClient::hello(node, "site-q", &cred_a).await?;
         assert!(
-            matches!(&answer, Frame::Refused(r) if r.code == "unknown_site"),
+            matches!(&answer, Frame::Refused(r) if r.code == "wrong_credential"),
             "{answer:?}"
         );
     }
@@ -250,6 +251,23 @@ async fn every_node_refuses_forged_and_unpaired_traffic_and_the_newer_connection
     match next(&mut a).await? {
         Some(Frame::Undelivered(u)) => assert_eq!(u.reason, UndeliveredReason::NotPaired),
         other => anyhow::bail!("expected not paired, got {other:?}"),
+    }
+
+    // A service may answer a connector on another node only what that connector asked it:
+    // node-1 (where site-a's requests are recorded) refuses an unasked answer.
+    b.send(&Frame::Route(Routed {
+        from: Address::new("site-b", "_svc"),
+        to: Address::new("site-a", "c1"),
+        kind: Kind::Response,
+        id: 77,
+        payload: b"unasked".to_vec(),
+    }))
+    .await?;
+    match next(&mut b).await? {
+        Some(Frame::Undelivered(u)) => {
+            assert_eq!((u.id, u.reason), (77, UndeliveredReason::NotPaired));
+        }
+        other => anyhow::bail!("expected the unasked answer refused, got {other:?}"),
     }
 
     // A forged sender on node-2 is cut off there.
