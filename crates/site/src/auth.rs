@@ -2,8 +2,12 @@
 //! users, and device tokens for the device API.
 //!
 //! Tokens are 32 random bytes in base64url. The store only ever sees their SHA-256, so a copy
-//! of the database lets nobody sign in. Password checks run on the blocking pool: argon2 is
-//! slow on purpose and must not stall the async workers.
+//! of the database lets nobody sign in.
+//!
+//!
+//! Password checks go through [`crate::login::LoginGuard`].
+
+use std::net::IpAddr;
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -108,6 +112,24 @@ impl AppState {
             .store
             .token_user(token_hash(token), crate::clock::now_micros())
             .await?)
+    }
+}
+
+/// The client's address, when the server loop recorded it (`ConnectInfo`); `None` for a
+/// router served some other way (tests).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
     }
 }
 

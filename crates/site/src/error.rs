@@ -39,6 +39,12 @@ pub enum ApiError {
     Forbidden(String),
     #[error("the site's disk is full; nothing of this request was stored; try again later")]
     StorageFull,
+    #[error("too many failed sign-ins from this address or for this user; try again in {} s", ceil_secs(*.0))]
+    TooManyAttempts(std::time::Duration),
+    #[error("the site is busy checking other sign-ins; try again in a second")]
+    Busy,
+    #[error("{0}")]
+    CrossSite(&'static str),
     #[error("the site could not complete the request; the site's log says why")]
     Internal,
 }
@@ -59,8 +65,10 @@ impl ApiError {
             ApiError::PairingExpired(_) => StatusCode::GONE,
             ApiError::PairingCodeWrong(_) => StatusCode::FORBIDDEN,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_) | ApiError::CrossSite(_) => StatusCode::FORBIDDEN,
             ApiError::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -80,22 +88,37 @@ impl ApiError {
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::StorageFull => "storage_full",
+            ApiError::TooManyAttempts(_) => "too_many_attempts",
+            ApiError::Busy => "busy",
+            ApiError::CrossSite(_) => "cross_site_request",
             ApiError::Internal => "internal",
         }
     }
+
+    /// The `Retry-After` of an answer that asks the client to come back later, in seconds.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::TooManyAttempts(d) => Some(ceil_secs(*d)),
+            ApiError::StorageFull => Some(STORAGE_FULL_RETRY_AFTER_SECS),
+            ApiError::Busy => Some(1),
+            _ => None,
+        }
+    }
+}
+
+fn ceil_secs(d: std::time::Duration) -> u64 {
+    (d.as_secs_f64().ceil() as u64).max(1)
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": self.code(), "message": self.to_string() });
-        let mut response = (self.status(), Json(body)).into_response();
-        if matches!(self, ApiError::StorageFull) {
-            response.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from(STORAGE_FULL_RETRY_AFTER_SECS),
-            );
+        let mut resp = (self.status(), Json(body)).into_response();
+        if let Some(secs) = self.retry_after() {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
         }
-        response
+        resp
     }
 }
 
@@ -112,6 +135,8 @@ impl From<ops::Error> for ApiError {
             ops::Error::PairingExpired(m) => ApiError::PairingExpired(m),
             ops::Error::PairingCodeWrong(m) => ApiError::PairingCodeWrong(m),
             ops::Error::StorageFull => ApiError::StorageFull,
+            ops::Error::TooManyAttempts(d) => ApiError::TooManyAttempts(d),
+            ops::Error::Busy => ApiError::Busy,
             ops::Error::Internal => ApiError::Internal,
         }
     }

@@ -13,7 +13,10 @@ pub mod api;
 pub mod auth;
 pub mod clock;
 pub mod error;
+pub mod guard;
+pub mod http;
 pub mod link;
+pub mod login;
 pub mod metrics;
 pub mod ops;
 pub mod remote;
@@ -53,6 +56,10 @@ pub struct SiteConfig {
     /// Retention, disk budget and clock of resource data synchronisation (default: 30 days,
     /// no budget, the system clock).
     pub sync: remote::status::SyncSettings,
+    /// PEM certificate chain and key of the HTTP listener; `None` serves plain HTTP.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Header deadline and connection cap of the HTTP listener.
+    pub http_limits: http::HttpLimits,
 }
 
 impl SiteConfig {
@@ -67,6 +74,8 @@ impl SiteConfig {
             synchronous: Synchronous::Normal,
             pairing_window: std::time::Duration::from_secs(600),
             sync: remote::status::SyncSettings::default(),
+            tls: None,
+            http_limits: http::HttpLimits::default(),
         }
     }
 }
@@ -83,10 +92,17 @@ pub struct Prepared {
     pub inbound: Option<tokio::sync::mpsc::Receiver<link::Inbound>>,
     /// Requests to start a paired connector's session, for the remote supervisor.
     pub starts: remote::Starts,
+    /// The HTTP listener's TLS, when configured.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub http_limits: http::HttpLimits,
 }
 
 /// Opens the store, runs migrations and creates the admin user on first start.
 pub async fn prepare(config: &SiteConfig) -> anyhow::Result<Prepared> {
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(http::tls_acceptor(cert, key)?),
+        None => None,
+    };
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let mut db = SqliteConfig::new(config.data_dir.join("site.db"));
@@ -133,6 +149,8 @@ pub async fn prepare(config: &SiteConfig) -> anyhow::Result<Prepared> {
         pairings: remote::windows::Pairings::default(),
         remote,
         sync: config.sync.clone(),
+        login: login::LoginGuard::default(),
+        tls: config.tls.is_some(),
     });
     Ok(Prepared {
         state,
@@ -140,6 +158,8 @@ pub async fn prepare(config: &SiteConfig) -> anyhow::Result<Prepared> {
         link_task,
         inbound,
         starts,
+        tls,
+        http_limits: config.http_limits,
     })
 }
 
@@ -164,22 +184,31 @@ pub async fn serve(
     let addr = listener
         .local_addr()
         .context("reading the listener's address")?;
-    tracing::info!(%addr, "site listening");
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serving HTTP");
+    tracing::info!(%addr, tls = prepared.tls.is_some(), "site listening");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let trigger = stop.clone();
+    services.spawn(async move {
+        shutdown.await;
+        trigger.cancel();
+    });
+    http::serve(listener, prepared.tls, app, prepared.http_limits, stop).await;
     cancel.cancel();
     while services.join_next().await.is_some() {}
     if let Some(task) = prepared.link_task {
         task.shutdown().await;
     }
-    result
+    Ok(())
 }
 
-/// The whole HTTP surface: API, UI, health and metrics.
+/// The whole HTTP surface: API, UI, health and metrics, behind the cross-site checks and
+/// security headers of [`guard`].
 pub fn router(state: AppState) -> axum::Router {
     api::routes(state.clone())
         .merge(ui::routes(state.clone()))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::csrf,
+        ))
+        .layer(axum::middleware::from_fn(guard::headers))
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }

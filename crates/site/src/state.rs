@@ -39,6 +39,10 @@ pub struct Inner {
     pub remote: Remote,
     /// Retention, disk budget and clock of resource data synchronisation.
     pub sync: SyncSettings,
+    /// Bounds concurrent password checks and slows repeated failures.
+    pub login: crate::login::LoginGuard,
+    /// Whether the HTTP listener speaks TLS (cookies are then `Secure`, origins `https`).
+    pub tls: bool,
 }
 
 impl std::ops::Deref for AppState {

@@ -62,6 +62,16 @@ pub struct SiteArgs {
     /// Serve /metrics without a token.
     #[arg(long, env = "WEST_METRICS_PUBLIC")]
     metrics_public: bool,
+    /// PEM certificate chain of the web UI and API; with --tls-key the site serves HTTPS
+    /// only, and its session cookie is `Secure`.
+    #[arg(long, env = "WEST_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "WEST_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Connections open at once; more are closed [default: 1024].
+    #[arg(long, env = "WEST_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
     /// Commit durability: `normal` survives a crash of the process, `full` a power cut too.
     #[arg(long, env = "WEST_SYNCHRONOUS", value_enum)]
     synchronous: Option<SyncMode>,
@@ -95,6 +105,9 @@ struct FileConfig {
     pairing_window: Option<String>,
     metrics_public: Option<bool>,
     synchronous: Option<SyncMode>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    max_connections: Option<usize>,
 }
 
 /// A duration of the file, read as its flag would be; the error names the key.
@@ -122,7 +135,8 @@ pub async fn run(args: SiteArgs) -> anyhow::Result<()> {
     if let Some(password) = &prepared.generated_admin_password {
         say!("admin password (shown once): {password}");
     }
-    say!("site {} listening on http://{addr}", cfg.name);
+    let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+    say!("site {} listening on {scheme}://{addr}", cfg.name);
     retry_link_on_sighup(prepared.state.link.clone());
     site::serve(listener, prepared, crate::shutdown_signal()).await
 }
@@ -164,6 +178,18 @@ fn resolve(args: SiteArgs, file: FileConfig) -> anyhow::Result<(SiteConfig, Stri
         cfg.sync.clock = site::remote::status::offset_clock(path);
     }
     cfg.metrics_public = args.metrics_public || file.metrics_public.unwrap_or(false);
+    cfg.tls = match (
+        args.tls_cert.or(file.tls_cert),
+        args.tls_key.or(file.tls_key),
+    ) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => anyhow::bail!("tls_cert and tls_key go together: give both or neither"),
+    };
+    if let Some(n) = args.max_connections.or(file.max_connections) {
+        anyhow::ensure!(n > 0, "--max-connections must be at least 1");
+        cfg.http_limits.max_connections = n;
+    }
     cfg.synchronous = match args.synchronous.or(file.synchronous) {
         Some(SyncMode::Full) => Synchronous::Full,
         _ => Synchronous::Normal,

@@ -47,9 +47,17 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
 }
 
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // serde stops at the first byte that does not fit `T` (`{not json` for a list is
+    // "invalid type: map"): a shape error is checked once more as plain JSON, on the error
+    // path only, so that a body that is not JSON at all is `invalid_json` whatever `T` is.
     serde_json::from_slice(bytes).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => {
-            ApiError::InvalidValue(format!("the body does not fit this call: {e}"))
+            match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                Err(syntax) => {
+                    ApiError::InvalidJson(format!("the body is not valid JSON: {syntax}"))
+                }
+                Ok(_) => ApiError::InvalidValue(format!("the body does not fit this call: {e}")),
+            }
         }
         _ => ApiError::InvalidJson(format!("the body is not valid JSON: {e}")),
     })

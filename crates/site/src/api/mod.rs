@@ -119,9 +119,10 @@ struct LoginBody {
 
 async fn login(
     State(state): State<AppState>,
+    client: auth::ClientAddr,
     ApiJson(body): ApiJson<LoginBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let token = ops::users::sign_in(&state, &body.username, &body.password).await?;
+    let token = ops::users::sign_in(&state, client.0, &body.username, &body.password).await?;
     Ok(Json(json!({ "token": token })))
 }
 

@@ -65,6 +65,12 @@ pub enum Error {
     /// frees (`storage_full`).
     #[error("the site's disk is full; nothing of this request was stored; try again later")]
     StorageFull,
+    /// Too many failed sign-ins from this address or for this user: try again after this.
+    #[error("too many failed sign-ins from this address or for this user; try again in {} s", (.0.as_secs_f64().ceil() as u64).max(1))]
+    TooManyAttempts(std::time::Duration),
+    /// Too many sign-ins are being checked at once.
+    #[error("the site is busy checking other sign-ins; try again in a second")]
+    Busy,
     /// Something failed inside the site; the log says what.
     #[error("the site could not complete the request; the site's log says why")]
     Internal,
@@ -84,6 +90,8 @@ impl Error {
             Error::PairingExpired(_) => "pairing_expired",
             Error::PairingCodeWrong(_) => "pairing_code_wrong",
             Error::StorageFull => "storage_full",
+            Error::TooManyAttempts(_) => "too_many_attempts",
+            Error::Busy => "busy",
             Error::Internal => "internal",
         }
     }

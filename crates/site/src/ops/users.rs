@@ -8,16 +8,30 @@ use crate::state::AppState;
 
 const WRONG: Error = Error::Unauthorized("wrong username or password");
 
-/// Checks a password and issues a login token.
-pub async fn sign_in(state: &AppState, username: &str, password: &str) -> Result<String> {
-    let hash = state.store.password_hash(username).await?.ok_or(WRONG)?;
-    let password = password.to_owned();
-    let ok = tokio::task::spawn_blocking(move || auth::verify_password(&password, &hash))
-        .await
-        .map_err(|_| Error::Internal)?;
-    if !ok {
-        tracing::warn!(username, "failed sign-in");
-        return Err(WRONG);
+/// Checks a password from `client` (within the limits of [`auth::LoginGuard`]: bounded
+/// concurrent checks, backoff per address and per user, an unknown user costing what a
+/// wrong password costs) and issues a login token.
+pub async fn sign_in(
+    state: &AppState,
+    client: Option<std::net::IpAddr>,
+    username: &str,
+    password: &str,
+) -> Result<String> {
+    let hash = state.store.password_hash(username).await?;
+    match state.login.check(client, username, password, hash).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!(username, client = ?client, "failed sign-in");
+            return Err(WRONG);
+        }
+        Err(crate::login::Refused::BackingOff(wait)) => {
+            tracing::warn!(username, client = ?client, ?wait, "sign-in refused: backing off after repeated failures");
+            return Err(Error::TooManyAttempts(wait));
+        }
+        Err(crate::login::Refused::Busy) => {
+            tracing::warn!(username, client = ?client, "sign-in refused: too many in progress");
+            return Err(Error::Busy);
+        }
     }
     let (token, hash) = auth::new_token();
     state

@@ -22,6 +22,8 @@ pub struct Frame {
     pub flash: Option<String>,
     /// Whether that notice reports a refusal rather than a success.
     pub flash_bad: bool,
+    /// The session's form token, sent back by every form (`guard::csrf`).
+    pub csrf: String,
 }
 
 /// One step of the breadcrumb; the last one has no link.

@@ -28,6 +28,8 @@ const FLASH_COOKIE: &str = "west_flash";
 /// require a session.
 pub struct Ctx {
     pub user: String,
+    /// The session's form token (`guard::form_token`).
+    csrf: String,
     site: String,
     link: crate::link::LinkState,
     flash: Option<String>,
@@ -48,6 +50,7 @@ impl Ctx {
                 .as_ref()
                 .map(|m| m.trim_start_matches('!').to_owned()),
             flash_bad: self.flash.as_ref().is_some_and(|m| m.starts_with('!')),
+            csrf: self.csrf.clone(),
         }
     }
 
@@ -64,10 +67,21 @@ impl Ctx {
     }
 }
 
-/// Where to come back to after signing in: a local path only, never another site.
+/// Where to come back to after signing in: a path on this site only. Anything with a
+/// control character, whitespace or non-ASCII byte is refused outright (a browser strips a
+/// tab or newline and would read `/\t/evil.example` as `//evil.example`), and what remains
+/// must parse as a path with neither scheme nor authority.
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.into(),
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && n.bytes().all(|b| b.is_ascii_graphic() && b != b'\\')
+                && n.parse::<Uri>()
+                    .is_ok_and(|u| u.scheme().is_none() && u.authority().is_none()) =>
+        {
+            n.into()
+        }
         _ => "/".into(),
     }
 }
@@ -102,6 +116,7 @@ impl FromRequestParts<AppState> for Ctx {
             .filter(|m| !m.is_empty());
         Ok(Ctx {
             user,
+            csrf: crate::guard::form_token(token),
             site: state.site_name.clone(),
             link: state.link.state(),
             flash,
@@ -162,13 +177,21 @@ pub struct LoginForm {
     next: Option<String>,
 }
 
-pub async fn login(State(state): State<AppState>, Form(form): Form<LoginForm>) -> Response {
+pub async fn login(
+    State(state): State<AppState>,
+    client: auth::ClientAddr,
+    Form(form): Form<LoginForm>,
+) -> Response {
     let next = safe_next(form.next.as_deref());
-    match crate::ops::users::sign_in(&state, form.username.trim(), &form.password).await {
+    match crate::ops::users::sign_in(&state, client.0, form.username.trim(), &form.password).await {
         Ok(token) => {
             let mut resp = Redirect::to(&next).into_response();
             let name = auth::session_cookie(&state.site_name);
-            let cookie = format!("{name}={token}; Path=/; HttpOnly; SameSite=Strict");
+            let secure = if state.tls { "; Secure" } else { "" };
+            let cookie = format!(
+                "{name}={token}; Path=/; Max-Age={}; HttpOnly; SameSite=Strict{secure}",
+                auth::TOKEN_LIFETIME_MICROS / 1_000_000
+            );
             if let Ok(v) = HeaderValue::from_str(&cookie) {
                 resp.headers_mut().append(SET_COOKIE, v);
             }
@@ -181,7 +204,12 @@ pub async fn login(State(state): State<AppState>, Form(form): Form<LoginForm>) -
                 next,
                 error: Some(e.to_string()),
             });
-            *resp.status_mut() = crate::error::ApiError::from(e).status();
+            let e = crate::error::ApiError::from(e);
+            *resp.status_mut() = e.status();
+            if let Some(secs) = e.retry_after() {
+                resp.headers_mut()
+                    .insert(axum::http::header::RETRY_AFTER, secs.into());
+            }
             resp
         }
     }
@@ -214,5 +242,12 @@ mod tests {
         check(Some("//evil.example/"), "/");
         check(Some("https://evil.example/"), "/");
         check(Some("/\\evil.example"), "/");
+        // The probes of issue 13: a tab or newline a browser would strip, and friends.
+        check(Some("/\t/evil.example"), "/");
+        check(Some("/\n/evil.example"), "/");
+        check(Some("/\r\n/evil.example"), "/");
+        check(Some("/ /evil.example"), "/");
+        check(Some("/\u{3000}/evil.example"), "/");
+        check(Some("/connectors?x=1"), "/connectors?x=1");
     }
 }

@@ -12,6 +12,7 @@ mod quickstart;
 mod recovery;
 mod restarts;
 mod security_hub;
+mod security_site;
 mod site_api;
 mod sync;
 mod ui;
