@@ -6,7 +6,10 @@
 //! `acked` and `lease`, the applied cursor, applied points, recorded gaps and the device
 //! table. Store work (reads, applies, persisting acks and leases) is queued and completes
 //! later, as group commit does. The network drops, duplicates, delays and reorders
-//! messages; the link goes down and up; the clock jumps past retention; either site crashes
+//! messages; the link goes down and up, and the two sites' sessions come up at different
+//! moments (either first; what reaches a site before its own is up is lost), as the
+//! encrypted session does when either side may initiate; the clock jumps past retention;
+//! either site crashes
 //! (its queue of store work and its state machines are lost, its store is kept).
 //!
 //! Checked after every step: no point applied twice; every series applied in timestamp
@@ -155,6 +158,12 @@ struct World {
     sites: [Site; 2],
     net: Vec<Net>,
     link_up: bool,
+    /// Each site's own view of the session: the two do not come up at the same moment (the
+    /// responder is up when it answers, the initiator when the answer arrives; either side
+    /// may be either), and a message reaching a site whose session is not up yet is lost.
+    session: [bool; 2],
+    /// The site whose session comes up later, and when.
+    pending_up: Option<(usize, u64)>,
     truth: Truth,
     trace: bool,
     next_t: HashMap<(Identity, ResourceName), i64>,
@@ -231,6 +240,8 @@ impl World {
             sites,
             net: Vec::new(),
             link_up: false,
+            session: [false; 2],
+            pending_up: None,
             truth: Truth::default(),
             trace,
             next_t: HashMap::new(),
@@ -255,13 +266,30 @@ impl World {
             return;
         }
         self.link_up = true;
-        self.log(|| "link up".into());
-        for i in 0..2 {
-            let session = self.rng.random::<u64>();
-            let now = self.now;
-            self.sites[i].sender.link_up(now);
-            self.sites[i].receiver.link_up(now, session);
-            self.drain(i);
+        let first = self.rng.random_range(0..2);
+        let later = self.now + self.rng.random_range(0..=2 * self.p.max_delay_us);
+        self.log(|| format!("link up; {} first", NAMES[first]));
+        self.pending_up = Some((1 - first, later));
+        self.session_up(first);
+    }
+
+    fn session_up(&mut self, i: usize) {
+        let session = self.rng.random::<u64>();
+        let now = self.now;
+        self.session[i] = true;
+        self.log(|| format!("{} session up", NAMES[i]));
+        self.sites[i].sender.link_up(now);
+        self.sites[i].receiver.link_up(now, session);
+        self.drain(i);
+    }
+
+    /// Brings up the session that comes up second, once its time has come.
+    fn pending_sessions(&mut self) {
+        if let Some((i, at)) = self.pending_up
+            && at <= self.now
+        {
+            self.pending_up = None;
+            self.session_up(i);
         }
     }
 
@@ -270,12 +298,15 @@ impl World {
             return;
         }
         self.link_up = false;
+        self.pending_up = None;
         self.log(|| "link down".into());
         self.net.clear();
         let now = self.now;
-        for s in &mut self.sites {
-            s.sender.link_down(now);
-            s.receiver.link_down(now);
+        for (s, up) in self.sites.iter_mut().zip(&mut self.session) {
+            if std::mem::take(up) {
+                s.sender.link_down(now);
+                s.receiver.link_down(now);
+            }
         }
         for i in 0..2 {
             self.drain(i);
@@ -404,6 +435,11 @@ impl World {
         for m in due {
             if !self.link_up {
                 break;
+            }
+            if !self.session[m.to] {
+                // Its session is not up yet: the message is a stale leftover there.
+                self.counts.dropped += 1;
+                continue;
             }
             let msg = message::decode(&m.bytes).expect("our own messages decode");
             self.log(|| format!("→ {}: {}", NAMES[m.to], describe(&msg)));
@@ -745,6 +781,7 @@ impl World {
             self.crash(side);
         }
         self.expire();
+        self.pending_sessions();
         self.deliver_due();
         for i in 0..2 {
             let n = self.rng.random_range(0..4);
@@ -790,6 +827,7 @@ impl World {
                 .net
                 .iter()
                 .map(|m| m.at)
+                .chain(self.pending_up.map(|(_, at)| at))
                 .chain(self.sites.iter().flat_map(|s| {
                     [s.sender.next_timeout(), s.receiver.next_timeout()]
                         .into_iter()
@@ -800,6 +838,7 @@ impl World {
                 Some(at) if at > self.now => at.min(self.now + 1_000_000),
                 _ => self.now + self.rng.random_range(0..2_000),
             };
+            self.pending_sessions();
             self.deliver_due();
             for i in 0..2 {
                 let n = self.sites[i].ops.len();
