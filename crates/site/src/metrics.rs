@@ -14,18 +14,6 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, Prometheu
 use crate::link::Link;
 use crate::remote::status::SyncStatus;
 
-/// `# HELP` of the session gauges that say a pairing needs attention.
-const SYNC_HELP: &[(&str, &str)] = &[
-    (
-        "west_sync_session_stalled",
-        "1 while a paired connector's hub link has been up for 30 s or more without an encrypted session with its peer (sync cannot resume; the site keeps trying), else 0",
-    ),
-    (
-        "west_sync_session_down_seconds",
-        "Seconds the hub link has been up without an encrypted session with the peer; 0 while the session is up or the link down",
-    ),
-];
-
 /// Handles on every metric the site records.
 pub struct SiteMetrics {
     handle: PrometheusHandle,
@@ -53,16 +41,127 @@ pub struct SiteMetrics {
     storage_full_now: std::sync::atomic::AtomicBool,
 }
 
+/// The `# HELP` text of every metric the site exposes: Prometheus and Grafana show it to the
+/// operator, and `promtool check metrics` requires it. A metric missing here fails the
+/// `every_metric_has_help` test.
+const HELP: &[(&str, &str)] = &[
+    (
+        "west_ingest_points_total",
+        "Points stored by the device API (single and bulk).",
+    ),
+    (
+        "west_ingest_refused_total",
+        "Ingest requests refused (bad input, unknown device, full disk).",
+    ),
+    (
+        "west_ingest_seconds",
+        "Seconds from receiving an ingest request to its durable acknowledgement.",
+    ),
+    (
+        "west_hub_link_up",
+        "1 while the link to the Connectivity Hub is connected, else 0.",
+    ),
+    (
+        "west_hub_rtt_seconds",
+        "Round trip of the last heartbeat to the hub; NaN before the first.",
+    ),
+    (
+        "west_hub_link_refused",
+        "1 while the hub refuses this site (credential, version); the site keeps serving locally.",
+    ),
+    (
+        "west_storage_full",
+        "1 while writes fail because the disk is full; ingest answers 507 storage_full.",
+    ),
+    (
+        "west_sync_link_up",
+        "1 while the connector's end-to-end encrypted session with its peer is up.",
+    ),
+    (
+        "west_sync_lag_seconds",
+        "Age in seconds of the oldest record not yet applied on the Target.",
+    ),
+    (
+        "west_sync_backlog_points",
+        "Records still to deliver: on a Source the unacknowledged outbox, on a Target what the Source reported beyond the cursor.",
+    ),
+    (
+        "west_sync_backlog_bytes",
+        "Estimated bytes of undelivered data the Source keeps for its peer.",
+    ),
+    (
+        "west_sync_outbox_partitions",
+        "Time partitions of the Source's outbox still held.",
+    ),
+    (
+        "west_sync_send_rate",
+        "Points per second sent to the peer over the last few seconds.",
+    ),
+    (
+        "west_sync_apply_rate",
+        "Points per second applied from the peer over the last few seconds.",
+    ),
+    (
+        "west_sync_points_sent_total",
+        "Records sent to the peer since the site started.",
+    ),
+    (
+        "west_sync_points_applied_total",
+        "Records applied from the peer since the site started.",
+    ),
+    (
+        "west_sync_gaps_total",
+        "Gaps (data the Source's retention dropped before delivery) recorded since the site started.",
+    ),
+    (
+        "west_sync_points_lost_total",
+        "Points inside recorded gaps since the site started.",
+    ),
+    (
+        "west_sync_points_expired_total",
+        "Undelivered points this site's retention dropped (reported to the peer as gaps) since it started.",
+    ),
+    (
+        "west_sync_wire_bytes_sent_total",
+        "Sync bytes sent to the peer (compressed, before encryption) since the site started.",
+    ),
+    (
+        "west_sync_wire_bytes_received_total",
+        "Sync bytes received from the peer since the site started.",
+    ),
+    (
+        "west_sync_reconnects_total",
+        "Times the sync layer asked for a new session (no progress, errors) since the site started.",
+    ),
+    (
+        "west_sync_session_stalled",
+        "1 while a paired connector's hub link has been up for 30 s or more without an encrypted session with its peer (sync cannot resume; the site keeps trying), else 0",
+    ),
+    (
+        "west_sync_session_down_seconds",
+        "Seconds the hub link has been up without an encrypted session with the peer; 0 while the session is up or the link down",
+    ),
+    (
+        "west_sync_session_messages_dropped_total",
+        "Messages from the peer dropped because this site's session could not take them in time (the sync layer resends them).",
+    ),
+];
+
 impl SiteMetrics {
     pub fn new() -> Self {
         let recorder = PrometheusBuilder::new().build_recorder();
+        for (name, help) in HELP {
+            // The exporter prints one HELP line per metric name, whatever its kind.
+            recorder.describe_gauge(
+                KeyName::from_const_str(name),
+                None,
+                metrics::SharedString::const_str(help),
+            );
+        }
         let handle = recorder.handle();
         let meta = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
         let counter =
             |name: &'static str| recorder.register_counter(&Key::from_static_name(name), &meta);
-        for (name, help) in SYNC_HELP {
-            recorder.describe_gauge(KeyName::from_const_str(name), None, (*help).into());
-        }
         Self {
             ingest_points: counter("west_ingest_points_total"),
             ingest_refused: counter("west_ingest_refused_total"),
@@ -210,6 +309,29 @@ mod tests {
         s.session_stalled = false;
         m.sync_status(&cid, &s);
         assert_eq!(value(&m.render(), stalled).as_deref(), Some("0"));
+    }
+
+    #[test]
+    fn every_metric_has_help() {
+        let m = SiteMetrics::new();
+        let cid = proto::model::ConnectorId::parse("58s2flofdl92if").unwrap();
+        m.sync_status(&cid, &SyncStatus::default());
+        m.ingest_seconds.record(0.01);
+        let text = m.render();
+        let helped: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# HELP "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        let typed: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert!(typed.len() >= HELP.len(), "{text}");
+        for name in typed {
+            assert!(helped.contains(&name), "{name} has no HELP line:\n{text}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod device_sync;
 mod hub;
 mod live;
 mod lookup;
+mod observability;
 mod pairing;
 mod quickstart;
 mod recovery;
