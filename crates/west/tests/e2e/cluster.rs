@@ -510,3 +510,34 @@ async fn failover_time() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Not a pass/fail test: the same stream with Source and Target on one node (routed in the
+/// node) and on two nodes (routed through NATS), from the first ingest until the Target has
+/// applied everything; prints points/s of each and the ratio. Run like `failover_time`.
+#[tokio::test]
+#[ignore = "a measurement, not a check"]
+async fn cross_node_throughput() -> anyhow::Result<()> {
+    const DEVICES: usize = 500;
+    const STEPS: u64 = 100;
+    let mut rates = Vec::new();
+    for (label, order_b) in [("one node", [0usize, 1]), ("two nodes", [1, 0])] {
+        let p = Paired::start(Nats::single().await?, 2, &[0, 1], &order_b).await?;
+        p.setup(DEVICES).await?;
+        let a = p.a.admin().await?;
+        // The devices reach the Target first, so that only points are measured.
+        p.same_data(DEVICES).await.ok();
+        let start = Instant::now();
+        for step in 0..STEPS {
+            sync::ingest_step(&a, &p.src, DEVICES, step).await?;
+        }
+        let n = p.same_data(DEVICES).await?;
+        let rate = n as f64 / start.elapsed().as_secs_f64();
+        println!(
+            "{label}: {n} points in {:?}: {rate:.0} points/s",
+            start.elapsed()
+        );
+        rates.push(rate);
+    }
+    println!("two nodes / one node: {:.2}", rates[1] / rates[0]);
+    Ok(())
+}
