@@ -54,7 +54,7 @@ impl NatsServer {
 
     fn config(&self) -> String {
         let mut c = format!(
-            "server_name: \"{}\"\nlisten: \"127.0.0.1:{}\"\n\
+            "server_name: \"{}\"\nlisten: \"127.0.0.1:{}\"\nmax_payload: 2MB\n\
              jetstream {{ store_dir: \"{}\" }}\n",
             self.name,
             self.port,
