@@ -282,12 +282,12 @@ impl SiteProc {
             data_dir.display().to_string(),
             "--http".into(),
             http.into(),
-            "--admin-password".into(),
-            opts.admin_password.clone(),
         ];
         args.extend(opts.extra.iter().cloned());
         let log = data_dir.with_extension("log");
-        let mut proc = WestProc::spawn(bin, &args, &[], &log)?;
+        // In the environment, not on the command line, where any local user could read it.
+        let env = [("WEST_ADMIN_PASSWORD".into(), opts.admin_password.clone())];
+        let mut proc = WestProc::spawn(bin, &args, &env, &log)?;
         let line = proc.wait_line("listening on http://").await?;
         let url = line
             .split_whitespace()

@@ -826,9 +826,13 @@ impl Target {
     }
 }
 
+/// The hub's trust: the public web roots, or with `--hub-ca` that certificate alone (a pin:
+/// a publicly trusted certificate for the hub's name is then not enough, issue 13 #8).
 fn tls_config(ca_pem: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, LinkError> {
     let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if ca_pem.is_none() {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
     if let Some(path) = ca_pem {
         let bad = |e: &dyn std::fmt::Display| {
             LinkError::Config(format!("reading --hub-ca {}: {e}", path.display()))

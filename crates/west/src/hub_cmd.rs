@@ -311,6 +311,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             replicas: args.kv_replicas.or(file.kv_replicas),
         });
     }
+    crate::perms::warn_if_loose(&cfg.data_dir, &["hub.db", "hub-key.pem"]);
     let prepared = hub::prepare(cfg)?;
     if prepared.tls.generated {
         say!(

@@ -14,6 +14,7 @@ macro_rules! say {
 mod bench;
 mod config;
 mod hub_cmd;
+mod perms;
 mod quickstart;
 mod site_cmd;
 
@@ -61,6 +62,7 @@ enum Command {
 }
 
 fn main() {
+    perms::private_umask();
     let cli = Cli::parse();
     init_logging(cli.log_format, &cli.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -60,6 +60,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let memory_path = args.data_dir.join("quickstart.json");
+    crate::perms::warn_if_loose(&args.data_dir, &["quickstart.json"]);
     let mut memory: Remembered = match std::fs::read_to_string(&memory_path) {
         Ok(text) => serde_json::from_str(&text)
             .with_context(|| format!("reading {}", memory_path.display()))?,
@@ -105,11 +106,19 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
     for (name, port) in [("site-a", args.port_a), ("site-b", args.port_b)] {
         let mut opts = SiteOpts::new(name);
         opts.admin_password = memory.admin_password.clone();
+        // Secrets in a private file (the process runs with umask 077), never on a command
+        // line that every local user can read.
+        let site_dir = args.data_dir.join(name);
+        std::fs::create_dir_all(&site_dir)
+            .with_context(|| format!("creating {}", site_dir.display()))?;
+        let credential_file = site_dir.join("hub-credential");
+        std::fs::write(&credential_file, format!("{}\n", memory.credentials[name]))
+            .with_context(|| format!("writing {}", credential_file.display()))?;
         opts.extra = vec![
             "--hub".into(),
             hub_url.clone(),
-            "--site-credential".into(),
-            memory.credentials[name].clone(),
+            "--site-credential-file".into(),
+            credential_file.display().to_string(),
             "--hub-ca".into(),
             ca.display().to_string(),
         ];

@@ -43,8 +43,17 @@ pub struct SiteArgs {
     #[arg(long, env = "WEST_HUB_CA")]
     hub_ca: Option<PathBuf>,
     /// Password of user `admin` on first start; generated and printed once if absent.
+    /// Prefer --admin-password-file or the environment: a command line is visible to every
+    /// local user.
     #[arg(long, env = "WEST_ADMIN_PASSWORD", hide_env_values = true)]
     admin_password: Option<String>,
+    /// A file whose first line is the password of user `admin` on first start.
+    #[arg(
+        long,
+        env = "WEST_ADMIN_PASSWORD_FILE",
+        conflicts_with = "admin_password"
+    )]
+    admin_password_file: Option<PathBuf>,
     /// How long undelivered data is kept for the peer [default: 30d].
     #[arg(long, env = "WEST_RETENTION", value_parser = config::parse_duration)]
     retention: Option<std::time::Duration>,
@@ -100,6 +109,7 @@ struct FileConfig {
     site_credential_file: Option<PathBuf>,
     hub_ca: Option<PathBuf>,
     admin_password: Option<String>,
+    admin_password_file: Option<PathBuf>,
     retention: Option<String>,
     sync_disk_budget_mib: Option<u64>,
     pairing_window: Option<String>,
@@ -108,6 +118,15 @@ struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     max_connections: Option<usize>,
+}
+
+/// The first line of a secret's file, refused when missing or empty.
+fn read_secret(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the secret in {}", path.display()))?;
+    let line = text.lines().next().unwrap_or("").trim().to_owned();
+    anyhow::ensure!(!line.is_empty(), "{} is empty", path.display());
+    Ok(line)
 }
 
 /// A duration of the file, read as its flag would be; the error names the key.
@@ -131,6 +150,7 @@ pub async fn run(args: SiteArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the HTTP listener on {http}"))?;
     let addr = listener.local_addr().context("reading the HTTP address")?;
+    crate::perms::warn_if_loose(&cfg.data_dir, &["site.db", "site.db-wal", "site.db-shm"]);
     let prepared = site::prepare(&cfg).await?;
     if let Some(password) = &prepared.generated_admin_password {
         say!("admin password (shown once): {password}");
@@ -154,7 +174,15 @@ fn resolve(args: SiteArgs, file: FileConfig) -> anyhow::Result<(SiteConfig, Stri
         .or(file.http)
         .unwrap_or_else(|| "127.0.0.1:8080".into());
     let mut cfg = SiteConfig::new(name, data_dir);
-    cfg.admin_password = args.admin_password.or(file.admin_password);
+    let password_file = args.admin_password_file.or(file.admin_password_file);
+    cfg.admin_password = match (args.admin_password.or(file.admin_password), password_file) {
+        (Some(_), Some(_)) => {
+            anyhow::bail!("admin_password and admin_password_file both given; keep one")
+        }
+        (Some(p), None) => Some(p),
+        (None, Some(path)) => Some(read_secret(&path)?),
+        (None, None) => None,
+    };
     let pairing_window = match args.pairing_window {
         Some(w) => Some(w),
         None => file_duration("pairing_window", file.pairing_window)?,

@@ -43,7 +43,18 @@ pub enum DeviceError {
         identity: Identity,
         source: crate::model::ModelError,
     },
+    #[error(
+        "device {identity} carries a stamp {ahead_us} µs ahead of this site's clock (at most \
+         {MAX_DRIFT_US} µs accepted)"
+    )]
+    StampAhead { identity: Identity, ahead_us: u64 },
 }
+
+/// How far ahead of the local clock a received stamp may be. Beyond it the change is
+/// refused: observing a stamp at `i64::MAX` would saturate the hybrid clock for ever
+/// (issue 13 #11). One hour tolerates badly set clocks; a change refused for it shows in
+/// the drift check.
+pub const MAX_DRIFT_US: u64 = 3_600_000_000;
 
 /// A last-writer-wins register: a value and the stamp of the write that set it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -222,6 +233,20 @@ impl DeviceRecord {
             .max()
     }
 
+    /// [`Self::check`], and that no stamp is more than [`MAX_DRIFT_US`] ahead of `now_us`.
+    pub fn check_received(&self, now_us: u64) -> Result<(), DeviceError> {
+        self.check()?;
+        match self.max_stamp() {
+            Some(s) if s.hlc.wall_us > now_us.saturating_add(MAX_DRIFT_US) => {
+                Err(DeviceError::StampAhead {
+                    identity: self.identity.clone(),
+                    ahead_us: s.hlc.wall_us - now_us,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Checks a received record against the domain's limits (tag keys and values, grants).
     pub fn check(&self) -> Result<(), DeviceError> {
         let invalid = |source| DeviceError::Invalid {
@@ -311,6 +336,19 @@ pub(crate) mod tests {
         changes
             .iter()
             .fold(DeviceRecord::empty(id()), |acc, c| merge(&acc, c).unwrap())
+    }
+
+    #[test]
+    fn a_received_stamp_far_ahead_of_the_clock_is_refused() {
+        let now = 1_700_000_000_000_000;
+        let ok = DeviceRecord::create(id(), st(now + MAX_DRIFT_US, "a"), DeviceEdit::default());
+        assert_eq!(ok.check_received(now), Ok(()));
+        let ahead = DeviceRecord::create(id(), st(i64::MAX as u64, "a"), DeviceEdit::default());
+        assert!(matches!(
+            ahead.check_received(now),
+            Err(DeviceError::StampAhead { .. })
+        ));
+        assert_eq!(DeviceRecord::empty(id()).check_received(now), Ok(()));
     }
 
     #[test]

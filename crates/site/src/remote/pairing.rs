@@ -112,7 +112,17 @@ async fn answer(state: &AppState, from: &Address, bytes: &[u8]) -> Result<Vec<u8
                 };
                 (result, w.window.attempts_used())
             };
-            persist_attempts(state, &cid, used).await;
+            if !persist_attempts(state, &cid, used).await {
+                // Unrecorded, the attempt would come back after a restart: answer nothing
+                // that lets the Target test its code (issue 13 #12).
+                if let Some(w) = state.pairings.lock().get_mut(&cid) {
+                    w.attempts.remove(&attempt);
+                }
+                return Err(format!(
+                    "the source site could not record the pairing attempt; try again \
+                     (connector {cid})"
+                ));
+            }
             match result {
                 Ok(challenge) => Ok(challenge),
                 Err(f) => {
@@ -224,18 +234,24 @@ async fn restore_window(state: &AppState, cid: &ConnectorId) -> Result<(), Strin
     Ok(())
 }
 
-/// Stores how many attempts the window has answered, so a restart grants none back.
-async fn persist_attempts(state: &AppState, cid: &ConnectorId, used: u8) {
+/// Stores how many attempts the window has answered, so a restart grants none back; false
+/// when that could not be stored (the caller then answers nothing that tests a code).
+async fn persist_attempts(state: &AppState, cid: &ConnectorId, used: u8) -> bool {
     let stored = match state.store.pairing_window(cid).await {
         Ok(Some(row)) => row.failed_attempts,
-        _ => return,
+        Ok(None) => return true,
+        Err(e) => {
+            tracing::error!(connector = %cid, error = %e, "could not read a pairing window's attempts");
+            return false;
+        }
     };
     for _ in stored..u32::from(used) {
         if let Err(e) = state.store.record_failed_attempt(cid).await {
             tracing::error!(connector = %cid, error = %e, "could not count a pairing attempt");
-            return;
+            return false;
         }
     }
+    true
 }
 
 /// Five wrong codes close the window: the connector goes back to standalone.

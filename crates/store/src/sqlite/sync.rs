@@ -965,7 +965,7 @@ pub(super) fn apply(
                             // Authenticated, so never forged; a record this version cannot
                             // accept is kept out of the registry, loudly, and the stream
                             // goes on (the drift check will show the device).
-                            if let Err(e) = d.check() {
+                            if let Err(e) = d.check_received(u64::try_from(now).unwrap_or(0)) {
                                 tracing::error!(connector = %cid, error = %e,
                                     "refused a replicated device change");
                                 continue;

@@ -12,6 +12,7 @@ mod pairing;
 mod quickstart;
 mod recovery;
 mod restarts;
+mod security_files;
 mod security_hub;
 mod security_site;
 mod site_api;
