@@ -68,8 +68,6 @@ pub async fn resend(
     ApiJson(body): ApiJson<ResendBody>,
 ) -> Result<Json<Json_>, ApiError> {
     let c = state.store.connector(&connector_id(&cid)?).await?;
-    let ids = ops::devices::identities(&body.identities)?;
-    Ok(Json(resent_json(
-        &ops::peer::resend(&state, &c, ids).await?,
-    )))
+    let resent = ops::peer::resend(&state, &c, &body.identities).await?;
+    Ok(Json(resent_json(&resent)))
 }

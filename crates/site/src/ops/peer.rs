@@ -308,12 +308,16 @@ pub struct Resent {
 /// records merge as a join, so once both arrive both sides hold the same device, whichever
 /// side had the newer fields. This site's part is durable even when the peer cannot be asked
 /// (it then sends its side when it next changes the device, or on the next re-send).
-pub async fn resend(state: &AppState, c: &Connector, ids: Vec<Identity>) -> Result<Resent> {
+///
+/// The identities are as the operator named them: at most `MAX_RESEND`, each valid, checked
+/// after the pairing.
+pub async fn resend(state: &AppState, c: &Connector, identities: &[String]) -> Result<Resent> {
     if c.state != SyncState::Paired {
         return Err(Error::Conflict(
             "this connector is not paired, so there is no peer to re-send to".into(),
         ));
     }
+    let ids = devices::identities(identities)?;
     let queued = devices::resend(state, &c.id, ids.clone()).await?;
     tracing::info!(connector = %c.id, devices = queued, "re-sending devices to the peer");
     let peer = match ask(state, c, Op::Resend(ids)).await {

@@ -257,10 +257,7 @@ pub async fn resend(
     }
     let asked = identities.len() as u64;
     let peer = c.peer.as_ref().map(|p| p.site.clone()).unwrap_or_default();
-    let resent = match ops::devices::identities(&identities) {
-        Ok(ids) => ops::peer::resend(&state, &c, ids).await,
-        Err(e) => Err(e),
-    };
+    let resent = ops::peer::resend(&state, &c, &identities).await;
     Ok(match resent.map(|r| resent_json(&r)) {
         Ok(answer) => match resend_notice(asked, &answer, &state.site_name, &peer) {
             (words, true) => flash_redirect(&back, &words),
