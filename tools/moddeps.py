@@ -2,7 +2,7 @@
 """Module dependency graph inside one crate: which module (file) uses which, from
 `crate::…` paths anywhere in code (grouped `use crate::{…}` too), `super::…` paths and a
 mod.rs naming its own children; then the cycles (strongly connected components of more
-than one module) and the graph between top-level modules. Tests (`#[cfg(test)] mod tests`)
+than one module) and the graph between top-level modules, with its cycles. Tests (`#[cfg(test)] mod tests`)
 and comments are left out. Exits 1 when there is a cycle.
 
 Usage: python3 tools/moddeps.py crates/site/src"""
@@ -91,4 +91,20 @@ for m, ts in edges.items():
 print()
 print("top-level modules:")
 for a in sorted(top): print(f"  {a:10} -> {', '.join(sorted(top[a]))}")
+# The same between top-level modules (a folder and its files as one).
+def reaches(a, b, seen=None):
+    seen = seen or set()
+    for n in top.get(a, ()):
+        if n == b:
+            return True
+        if n not in seen:
+            seen.add(n)
+            if reaches(n, b, seen):
+                return True
+    return False
+loops = sorted({tuple(sorted((a, b))) for a in top for b in top[a] if reaches(b, a)})
+for a, b in loops:
+    print(f"top-level cycle through {a} and {b}")
+if loops:
+    exit_code = 1
 sys.exit(exit_code)

@@ -19,7 +19,7 @@
 //! opens in a later one. A responder that receives an Init while it has a session replaces
 //! it, unless the Init is the one that session was made from ([`handshake_id`] tells). When
 //! both sides' Inits cross, the side whose [`ConnectorAddr`] sorts lower wins: it ignores
-//! the other's Init and sends its own again; the other answers it (see `site::remote::peer`).
+//! the other's Init and sends its own again; the other answers it (see `site::peers::peer`).
 //!
 //! Frames. The first byte says what a frame is (version 1 in the high nibble), so a driver
 //! can route it with [`FrameKind::of`] without other context:

@@ -1,16 +1,13 @@
 //! The one error type of the HTTP API: each kind maps to a status and the stable `error` code
 //! of docs/api.md ("Errors"). Internal details go to the log, never to the client. The
-//! domain's refusals ([`ops::Error`]) map one to one; the API adds its own for bodies and
-//! queries it cannot read.
+//! domain's refusals (`ops::Error`) map one to one (`api::errors`); the API adds its own for
+//! bodies and queries it cannot read.
 
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use proto::model::ModelError;
 use serde_json::json;
-use store::StoreError;
-
-use crate::ops;
 
 /// An API failure as the client sees it.
 #[derive(Debug, thiserror::Error)]
@@ -122,34 +119,8 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<ops::Error> for ApiError {
-    fn from(e: ops::Error) -> Self {
-        match e {
-            ops::Error::Invalid(m) => ApiError::InvalidValue(m),
-            ops::Error::InvalidQuery(m) => ApiError::InvalidQuery(m),
-            ops::Error::NotFound(m) => ApiError::NotFound(m),
-            ops::Error::Conflict(m) => ApiError::Conflict(m),
-            ops::Error::Forbidden(m) => ApiError::Forbidden(m),
-            ops::Error::Unauthorized(m) => ApiError::Unauthorized(m),
-            ops::Error::PeerOffline(m) => ApiError::PeerOffline(m),
-            ops::Error::PairingExpired(m) => ApiError::PairingExpired(m),
-            ops::Error::PairingCodeWrong(m) => ApiError::PairingCodeWrong(m),
-            ops::Error::StorageFull => ApiError::StorageFull,
-            ops::Error::TooManyAttempts(d) => ApiError::TooManyAttempts(d),
-            ops::Error::Busy => ApiError::Busy,
-            ops::Error::Internal => ApiError::Internal,
-        }
-    }
-}
-
 impl From<ModelError> for ApiError {
     fn from(e: ModelError) -> Self {
         ApiError::InvalidValue(e.to_string())
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        ops::Error::from(e).into()
     }
 }

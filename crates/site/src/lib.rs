@@ -19,6 +19,7 @@ pub mod link;
 pub mod login;
 pub mod metrics;
 pub mod ops;
+pub mod peers;
 pub mod remote;
 pub mod state;
 pub mod ui;
@@ -55,7 +56,7 @@ pub struct SiteConfig {
     pub pairing_window: std::time::Duration,
     /// Retention, disk budget and clock of resource data synchronisation (default: 30 days,
     /// no budget, the system clock).
-    pub sync: remote::status::SyncSettings,
+    pub sync: peers::status::SyncSettings,
     /// PEM certificate chain and key of the HTTP listener; `None` serves plain HTTP.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Header deadline and connection cap of the HTTP listener.
@@ -73,7 +74,7 @@ impl SiteConfig {
             body_limit: 8 * 1024 * 1024,
             synchronous: Synchronous::Normal,
             pairing_window: std::time::Duration::from_secs(600),
-            sync: remote::status::SyncSettings::default(),
+            sync: peers::status::SyncSettings::default(),
             tls: None,
             http_limits: http::HttpLimits::default(),
         }
@@ -146,7 +147,7 @@ pub async fn prepare(config: &SiteConfig) -> anyhow::Result<Prepared> {
         metrics_public: config.metrics_public,
         body_limit: config.body_limit,
         pairing_window: config.pairing_window,
-        pairings: remote::windows::Pairings::default(),
+        pairings: peers::windows::Pairings::default(),
         remote,
         sync: config.sync.clone(),
         login: login::LoginGuard::default(),

@@ -20,7 +20,7 @@
 //!
 //! Deliberately absent: durability (a frame queued while the link is down is not kept, a
 //! request fails at once with [`LinkError::NotConnected`]; the sync layer stores and
-//! resends), payload encryption (the end-to-end session of each pairing, `remote::peer`,
+//! resends), payload encryption (the end-to-end session of each pairing, `peers::peer`,
 //! seals what it sends here), and any HTTP.
 //!
 //! Invariants: every task belongs to the [`LinkTask`]; dropping it stops them. Every request

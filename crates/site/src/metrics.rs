@@ -12,7 +12,7 @@ use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, R
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 use crate::link::Link;
-use crate::remote::status::SyncStatus;
+use crate::peers::status::SyncStatus;
 
 /// Handles on every metric the site records.
 pub struct SiteMetrics {

@@ -9,9 +9,9 @@ use store::Store;
 
 use crate::link::Link;
 use crate::metrics::SiteMetrics;
-use crate::remote::registry::Remote;
-use crate::remote::status::SyncSettings;
-use crate::remote::windows::Pairings;
+use crate::peers::registry::Remote;
+use crate::peers::status::SyncSettings;
+use crate::peers::windows::Pairings;
 
 #[derive(Clone)]
 pub struct AppState {

@@ -203,7 +203,7 @@ fn resolve(args: SiteArgs, file: FileConfig) -> anyhow::Result<(SiteConfig, Stri
         .or(file.sync_disk_budget_mib)
         .map(|m| m.saturating_mul(1 << 20));
     if let Some(path) = args.test_clock_offset_file {
-        cfg.sync.clock = site::remote::status::offset_clock(path);
+        cfg.sync.clock = site::peers::status::offset_clock(path);
     }
     cfg.metrics_public = args.metrics_public || file.metrics_public.unwrap_or(false);
     cfg.tls = match (

@@ -5,6 +5,7 @@
 mod connectors;
 mod data;
 mod devices;
+mod errors;
 pub mod extract;
 mod hub;
 mod live;

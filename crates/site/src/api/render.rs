@@ -59,7 +59,7 @@ pub fn remote_sync_json(state: &AppState, c: &Connector) -> Json {
 /// the samples taken at or after `since` (µs), oldest first, and since when this site has
 /// kept them (in memory: the history starts empty when the site starts).
 pub fn sync_history_json(state: &AppState, c: &Connector, since: i64) -> Json {
-    use crate::remote::status::{HISTORY_EVERY, HISTORY_LEN};
+    use crate::peers::status::{HISTORY_EVERY, HISTORY_LEN};
     let h = state.remote.sync.history(&c.id);
     let samples: Vec<Json> = h
         .as_ref()

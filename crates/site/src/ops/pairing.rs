@@ -21,7 +21,7 @@ use super::connectors::PairWith;
 use super::{Error, Result};
 use crate::clock::now_micros;
 use crate::link::LinkError;
-use crate::remote::windows::SourceWindow;
+use crate::peers::windows::SourceWindow;
 use crate::state::AppState;
 
 /// How long the Target waits for each answer of the Source.

@@ -3,7 +3,7 @@
 //! re-send of the devices it found different, and a ping of any site on the hub.
 //!
 //! A lookup is one `proto::lookup` request over the connector's end-to-end session; the
-//! answer is awaited in `remote::registry::Pending` (the peer's side is `remote::lookup`).
+//! answer is awaited in `peers::registry::Pending` (the peer's side is `remote::lookup`).
 //! Deliberately absent: anything durable. A lookup that gets no answer in [`TIMEOUT`] is
 //! `peer_offline`; nothing is retried or queued (propagating device changes is the sync
 //! layer's job).
@@ -17,7 +17,7 @@ use store::{Connector, Device};
 
 use super::devices::{self, Page};
 use super::{Error, Result, link_error};
-use crate::remote::peer::PeerHandle;
+use crate::peers::peer::PeerHandle;
 use crate::state::AppState;
 
 /// How long a lookup waits for the peer's answer before saying the peer is offline.

@@ -22,8 +22,8 @@ use proto::lookup::{
 use proto::model::ConnectorId;
 use proto::service;
 
-use super::peer::PeerHandle;
 use crate::ops::{self, devices};
+use crate::peers::peer::PeerHandle;
 use crate::state::AppState;
 
 /// Handles a lookup message from the peer (the service byte included).

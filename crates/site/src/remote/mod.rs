@@ -1,6 +1,8 @@
-//! Everything this site does with other sites over the hub link: the built-in services other
-//! sites address (`_pairing`), the encrypted session of every paired connector with its peer
-//! (`peer`), and background duties such as closing expired pairing windows.
+//! Everything this site does with other sites over the hub link, as a front end beside `api`
+//! and `ui`: the built-in services other sites address (`_pairing`), the tasks of every
+//! paired connector (its encrypted session, from `peers::peer`; its connector task; its sync
+//! driver, `sync`), the answers to the peer's device lookups (`lookup`), and background
+//! duties such as closing expired pairing windows.
 //!
 //! ```text
 //!  link inbound ──▶ dispatch ──┬─ "_pairing"            ──▶ pairing::on_message (own task)
@@ -16,22 +18,13 @@
 //! traffic. The supervisor task owns every task it starts; cancelling its token stops them
 //! all. Sessions start at boot for every paired connector, and when a pairing completes.
 //!
-//! `remote` has two halves. The lower half is shared data and handles that `state` holds
-//! and `ops` uses: `registry` (the session handles, pings and lookups waiting for answers),
-//! `status` (each sync driver's wake-up, status and rate history), `windows` (the Source's
-//! open pairing windows) and `peer` (one session's task and handle). The upper half is the
-//! peer-facing front end, beside `api` and `ui`: this module's supervisor and connector
-//! tasks, the sync drivers (`sync`), the `_pairing` service (`pairing`) and the answering
-//! side of device lookups (`lookup`); like the other front ends it calls `ops` and knows
-//! nothing of HTTP.
+//! Like the other front ends it calls `ops` and knows nothing of HTTP. What it shares with
+//! the rest of the site (session handles, sync status, pairing windows) lives below `state`
+//! in `peers`, so that `ops` can use it without depending on this module.
 
 pub mod lookup;
 pub mod pairing;
-pub mod peer;
-pub mod registry;
-pub mod status;
 pub mod sync;
-pub mod windows;
 
 use std::time::Duration;
 
@@ -45,9 +38,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::link::Inbound;
+use crate::peers::peer::{self, PeerHandle, PeerMessage, SessionSpec, SessionState};
+pub use crate::peers::registry::{Remote, Starts};
 use crate::state::AppState;
-use peer::{PeerHandle, PeerMessage, SessionSpec, SessionState};
-pub use registry::{Remote, Starts};
 
 /// Starts the services; they stop when `cancel` is cancelled.
 pub fn spawn(

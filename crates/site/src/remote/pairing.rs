@@ -1,6 +1,6 @@
 //! Pairing a Source connector with a Target connector (docs/spec.md, "Pairing"), the
 //! Source's answers: this site's `_pairing` service, which answers the Target's pairing
-//! messages against the open windows (`remote::windows`). The cryptography is
+//! messages against the open windows (`peers::windows`). The cryptography is
 //! `proto::pairing`; the operator's side (opening and cancelling windows, the Target's
 //! creation of a connector with a code) is `ops::pairing`.
 //!
@@ -31,9 +31,9 @@ use proto::wire::Address;
 use rand_core::OsRng;
 use store::{ConnectorKeys, Peer};
 
-use super::windows::SourceWindow;
 use crate::clock::now_micros;
 use crate::link::Inbound;
+use crate::peers::windows::SourceWindow;
 use crate::state::AppState;
 
 /// The built-in service that answers pairing messages on every site.

@@ -50,8 +50,8 @@ use tokio_util::sync::CancellationToken;
 
 use proto::service;
 
-use super::peer::PeerHandle;
-use super::status::{Shared, SyncStatus};
+use crate::peers::peer::{self, PeerHandle};
+use crate::peers::status::{Shared, SyncStatus};
 use crate::state::AppState;
 
 /// What the connector task hands the sync driver.
@@ -402,7 +402,7 @@ impl SyncDriver {
             apply_rate,
             eta_seconds: (backlog > 0 && rate > 0.0).then(|| backlog as f64 / rate),
             session_down_seconds: session_down.map(|d| d.as_secs_f64()),
-            session_stalled: session_down.is_some_and(|d| d >= super::peer::STALL_AFTER),
+            session_stalled: session_down.is_some_and(|d| d >= peer::STALL_AFTER),
             messages_dropped: self.handle.dropped(),
         };
         self.state.metrics.sync_status(&self.cid, &status);

@@ -248,7 +248,7 @@ struct RemotePage {
 /// covers the hour. `kept_since` and `now` are µs.
 fn history_note(kept_since: Option<i64>, now: i64) -> Option<String> {
     let hour = i64::try_from(
-        (crate::remote::status::HISTORY_EVERY * crate::remote::status::HISTORY_LEN as u32)
+        (crate::peers::status::HISTORY_EVERY * crate::peers::status::HISTORY_LEN as u32)
             .as_micros(),
     )
     .unwrap_or(i64::MAX);

@@ -3,9 +3,8 @@
 //! start a newly paired connector, the end-to-end pings and device lookups waiting for their
 //! answer, and the sync drivers' wake-ups and status.
 //!
-//! This is the lower half of `remote`: plain shared data and the session handles, below
-//! `state` and `ops`. The tasks that fill it (the supervisor, the connector tasks, the sync
-//! drivers) are the upper half, in `remote`'s other modules.
+//! Plain shared data and the session handles, below `state` and `ops`; the tasks that fill
+//! it (the supervisor, the connector tasks, the sync drivers) are `remote`'s.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
