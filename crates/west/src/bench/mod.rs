@@ -1,17 +1,23 @@
 //! `west bench`: measurements against real `west` processes on loopback, printed as one
-//! table (or one JSON object with `--json`). Nothing here asserts a speed; it reports one.
+//! table per part (or one JSON object with `--json`). Nothing here asserts a speed; it
+//! reports one. `west bench` alone runs the parts of `--parts` (main = `sync`, `devices`,
+//! `scale`, `read`), each beside the NATS baselines with `--baseline nats`.
 //!
 //! Scenarios:
 //! - `ingest`: one site; bulk ingest throughput (batches of `--batch` points from
 //!   `--clients` concurrent clients) and the latency of single-point writes from one client.
-//! - `nats`: the NATS JetStream baseline, the same figures and row names as `sync` through
-//!   three `nats-server` processes (see `nats.rs`).
+//! - `nats`: a NATS JetStream baseline, the same figures and row names as `sync` through
+//!   three `nats-server` processes: one point a message, `--nats-batch` points a message,
+//!   and with `--store` a consumer writing them into SQLite on site-b (`nats.rs`, `sink.rs`).
+//! - `devices`: device-shaped load, each device posting its own readings, one a request,
+//!   over its own connection; NATS beside with one publish per reading.
+//! - `scale`: the throughput and latency phases of `sync` per fleet size.
 //! - `read`: one site; reading a day of one series (86,400 points, paged) and the latest
 //!   values of 1,000 devices.
 //! - `sync`: a hub and two paired sites; end-to-end replicated points/s, latency from the
-//!   Source's acknowledgement to visibility on the Target at a fixed rate, catch-up after an
-//!   outage, wire bytes per point counted at the hub, stored bytes per point on the Target,
-//!   peak RSS and CPU of every process.
+//!   Source's acknowledgement to visibility on the Target at a fixed rate (seen on its live
+//!   stream, `live.rs`), catch-up after an outage, wire bytes per point counted at the hub,
+//!   stored and disk-written bytes per point, peak RSS and CPU of every process.
 //!
 //! `procstat` measures processes and directories the same way for every scenario;
 //! `progress` shows the run's phases on stderr.
