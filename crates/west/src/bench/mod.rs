@@ -48,7 +48,8 @@ pub struct BenchArgs {
     /// Points in the throughput phase of the end-to-end run [default: 500000].
     #[arg(long)]
     points: Option<u64>,
-    /// Devices the points are spread over [default: 1000].
+    /// Devices the points are spread over; also the fleet of the devices part and the
+    /// devices whose latest values the read part reads [default: 1000].
     #[arg(long)]
     devices: Option<u64>,
     /// Rate of the latency phase, points/s [default: 10000].
@@ -131,8 +132,9 @@ const NATS_VARIANTS: [(&str, bool, bool); 3] = [
 enum Scenario {
     /// Ingest throughput and single-point latency of one site.
     Ingest(ingest::IngestArgs),
-    /// The NATS JetStream baseline: the same figures through three nats-server processes
-    /// (hub, site-a's stream, site-b's mirror of it over leafnodes).
+    /// A NATS JetStream baseline: the same figures through three nats-server processes
+    /// (hub, site-a's stream, site-b's mirror of it over leafnodes); one point a message,
+    /// or `--nats-batch N`, and `--store` for a SQLite store on site-b.
     Nats(nats::NatsArgs),
     /// Hub and two paired sites: replicated points/s, latency Source ack → Target visible,
     /// catch-up after an outage, wire bytes per point.
