@@ -59,6 +59,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../../migrations/0004_devices.sql")),
     (5, include_str!("../../migrations/0005_pairing_confirm.sql")),
     (6, include_str!("../../migrations/0006_point_log.sql")),
+    (7, include_str!("../../migrations/0007_outbox_is_log.sql")),
 ];
 
 /// Most jobs the writer folds into one transaction.
@@ -508,6 +509,7 @@ fn writer(
     restart_due: &AtomicBool,
     folding: &Folding,
 ) {
+    series::set_current_tail(Arc::clone(&folding.tail));
     let mut batch = Vec::with_capacity(MAX_JOBS_PER_COMMIT);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -1040,9 +1042,12 @@ fn ingest_points(
                 && let Some(outbox) = &mut outbox
                 && outbox.points
             {
+                // The outbox record is the point's log entry: stored once.
                 outbox.push(conn, &p.identity, res.id, p.t, &value)?;
+                series::put((device, res.id), (cid, &p.identity, name), p.t, value);
+            } else {
+                series::append(conn, (device, res.id), (cid, &p.identity, name), p.t, value)?;
             }
-            series::append(conn, (device, res.id), (cid, &p.identity, name), p.t, value)?;
             stored += 1;
         }
     }
@@ -1489,6 +1494,11 @@ impl Store for SqliteStore {
             let unit = patch.unit.unwrap_or(current.unit);
             let settable = patch.settable.unwrap_or(current.settable);
             let remote_sync = patch.remote_sync.unwrap_or(current.remote_sync);
+            if remote_sync != current.remote_sync {
+                // The series' unfolded points move from the outbox to the log or back:
+                // fold them first, so that none is in both (series.rs).
+                series::fold_unfolded_outbox(conn)?;
+            }
             conn.execute(
                 "UPDATE resources SET unit = ?3, settable = ?4, remote_sync = ?5
                  WHERE connector = ?1 AND name = ?2",
@@ -2237,7 +2247,8 @@ mod tests {
         let conn = Connection::open(&path).unwrap();
         conn.execute_batch(
             "DROP TABLE point_log; DROP TABLE point_blocks; DROP TABLE series_buckets;
-             DELETE FROM schema_migrations WHERE version = 6;
+             ALTER TABLE sync_out DROP COLUMN folded;
+             DELETE FROM schema_migrations WHERE version >= 6;
              CREATE TABLE points (device INTEGER NOT NULL, resource INTEGER NOT NULL,
                  t INTEGER NOT NULL, v, PRIMARY KEY (device, resource, t)) WITHOUT ROWID;",
         )

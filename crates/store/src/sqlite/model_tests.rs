@@ -2,9 +2,13 @@
 //! repeated timestamps, refused requests and several devices), reads (ranges, both orders,
 //! paging), latest values, folds (asked for, and forced by a small `fold_points`), device
 //! deletion and reopening, each compared with a `BTreeMap` that keeps the last write of every
-//! `(device, t)`.
+//! `(device, t)`. On a paired Source too, where a remote-synced point's only copy is its
+//! outbox record until folded: with acknowledgements, retention expiring partitions, and
+//! Remote-Sync toggled on the resource.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use proptest::prelude::*;
 use proto::model::{DeviceState, Format, Value};
@@ -42,6 +46,14 @@ enum Op {
     Recreate {
         device: usize,
     },
+    /// The clock moves to the next outbox partition.
+    Tick,
+    /// The peer acknowledges everything (fully delivered partitions are dropped).
+    Ack,
+    /// Retention drops every partition that ended (as lost spans when undelivered).
+    Expire,
+    /// Remote-Sync of the resource is switched.
+    Toggle,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -57,14 +69,24 @@ fn op() -> impl Strategy<Value = Op> {
                 limit,
             }),
         1 => Just(Op::Fold),
-        1 => Just(Op::Reopen),
+        2 => Just(Op::Reopen),
         1 => (0..DEVICES.len()).prop_map(|device| Op::Recreate { device }),
+        2 => Just(Op::Tick),
+        2 => Just(Op::Ack),
+        1 => Just(Op::Expire),
+        1 => Just(Op::Toggle),
     ]
 }
 
-async fn open(dir: &std::path::Path, fold_points: usize) -> SqliteStore {
+/// Length of an outbox partition on the test's clock.
+const PART: i64 = 1_000;
+
+async fn open(dir: &std::path::Path, fold_points: usize, now: &Arc<AtomicI64>) -> SqliteStore {
     let mut config = SqliteConfig::new(dir.join("site.db"));
     config.fold_points = fold_points;
+    config.sync_partition_us = PART;
+    let clock = Arc::clone(now);
+    config.clock = Clock::new(move || clock.load(Ordering::SeqCst));
     SqliteStore::open(config).unwrap()
 }
 
@@ -108,9 +130,10 @@ async fn read_pages(store: &SqliteStore, device: &str, q: RangeQuery) -> Vec<Vec
     }
 }
 
-async fn run(ops: Vec<Op>, fold_points: usize) -> Result<(), TestCaseError> {
+async fn run(ops: Vec<Op>, fold_points: usize, paired: bool) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
-    let mut store = open(dir.path(), fold_points).await;
+    let now = Arc::new(AtomicI64::new(PART));
+    let mut store = open(dir.path(), fold_points, &now).await;
     create_plant(&store).await;
     store
         .create_resource(
@@ -120,7 +143,7 @@ async fn run(ops: Vec<Op>, fold_points: usize) -> Result<(), TestCaseError> {
                 format: Format::Integer,
                 unit: None,
                 settable: false,
-                remote_sync: false,
+                remote_sync: paired,
                 created_at: 1,
             },
         )
@@ -128,6 +151,18 @@ async fn run(ops: Vec<Op>, fold_points: usize) -> Result<(), TestCaseError> {
         .unwrap();
     for d in DEVICES {
         create_device(&store, d).await;
+    }
+    let mut remote_sync = paired;
+    if paired {
+        store.open_pairing(&cid(), "CODE", i64::MAX).await.unwrap();
+        let peer = Peer {
+            site: "b".into(),
+            connector_id: proto::model::ConnectorId::parse("abcdefghijklmn").unwrap(),
+        };
+        store
+            .complete_pairing(&cid(), peer, keys(), 1)
+            .await
+            .unwrap();
     }
     // (device, t) → value: the last write wins.
     let mut model: BTreeMap<(usize, i64), i64> = BTreeMap::new();
@@ -204,7 +239,39 @@ async fn run(ops: Vec<Op>, fold_points: usize) -> Result<(), TestCaseError> {
             }
             Op::Reopen => {
                 drop(store);
-                store = open(dir.path(), fold_points).await;
+                store = open(dir.path(), fold_points, &now).await;
+            }
+            Op::Tick => {
+                now.fetch_add(PART, Ordering::SeqCst);
+            }
+            Op::Ack => {
+                let head = store.outbox_head(&cid()).await.unwrap();
+                store.outbox_acked(&cid(), head).await.unwrap();
+            }
+            Op::Expire => {
+                let at = now.fetch_add(2 * PART, Ordering::SeqCst) + 2 * PART;
+                store
+                    .sync_expire(
+                        &cid(),
+                        Retention {
+                            now: at,
+                            keep_us: PART,
+                            budget_bytes: None,
+                        },
+                    )
+                    .await
+                    .unwrap();
+            }
+            Op::Toggle => {
+                remote_sync = !remote_sync;
+                let patch = ResourcePatch {
+                    remote_sync: Some(remote_sync),
+                    ..Default::default()
+                };
+                store
+                    .update_resource(&cid(), &name("n"), patch)
+                    .await
+                    .unwrap();
             }
             Op::Recreate { device } => {
                 store
@@ -220,14 +287,47 @@ async fn run(ops: Vec<Op>, fold_points: usize) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
     #[test]
     fn the_store_reads_what_a_last_write_wins_model_holds(
         ops in prop::collection::vec(op(), 1..40),
         fold_points in prop_oneof![Just(4usize), Just(16), Just(1_000)],
+        paired in any::<bool>(),
     ) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(run(ops, fold_points))?;
+        rt.block_on(run(ops, fold_points, paired))?;
     }
+}
+
+/// The outbox is the log: an acknowledged partition whose points are not folded yet must
+/// be folded before it is dropped, or a restart loses them.
+#[tokio::test]
+async fn acknowledged_records_are_folded_before_their_partition_is_dropped() {
+    let ingest = |device, slot| Op::Ingest {
+        device,
+        points: vec![(slot, 1), (slot + 1, 2)],
+        bad: false,
+    };
+    let read = Op::Read {
+        device: 0,
+        since: 0,
+        until: SLOTS * STEP,
+        desc: false,
+        limit: 3,
+    };
+    let ops = vec![
+        ingest(0, 0),
+        Op::Tick,
+        ingest(0, 4),
+        Op::Ack,
+        Op::Reopen,
+        read.clone(),
+        Op::Toggle,
+        ingest(0, 8),
+        Op::Expire,
+        Op::Reopen,
+        read,
+    ];
+    run(ops, 1_000, true).await.unwrap();
 }

@@ -4,6 +4,8 @@
 //!
 //! ```text
 //!  ingest / apply job ──▶ INSERT INTO point_log (pos = next)     only the log's tail pages
+//!                         (a remote-synced point of a paired Source: its outbox record
+//!                          instead, replayed from `sync_out.folded` on; see `put`)
 //!                     └─▶ Op::Put (thread-local, per job)        dropped with a refused job
 //!  writer, after COMMIT ──▶ ops applied to the Tail (RwLock)     then callers hear back
 //!  writer, tail ≥ fold_points ──▶ one transaction: point_blocks (bucket, device, resource,
@@ -16,8 +18,10 @@
 //! Invariants:
 //! - Every point of an acknowledged commit is in `point_log` or in `point_blocks`, never
 //!   lost between them: a fold writes the blocks and deletes the log in one transaction.
-//! - The Tail holds exactly the rows of `point_log`, one value per `(device, resource, t)`
-//!   (the latest written); it is rebuilt from the log on open.
+//! - The Tail holds exactly the rows of `point_log` and the outbox point records above
+//!   `sync_out.folded`, one value per `(device, resource, t)` (the latest written); it is
+//!   rebuilt from both on open. A series' unfolded points are all in one of the two
+//!   ([`fold_unfolded_outbox`] runs inside a job before anything would break that).
 //! - For a repeated `(device, resource, t)` the last write wins in every read: the tail over
 //!   blocks, a later block generation over an earlier one (generations grow per series and
 //!   bucket; a fold only ever holds the newest value of a `t`).
@@ -28,7 +32,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use proto::model::{ConnectorId, Format, Identity, ResourceName, Value};
 use proto::sync::{Point as SyncPoint, Record, codec};
@@ -85,6 +89,7 @@ impl Tail {
                     value,
                 } => self.put(device, resource, t, value),
                 Op::Forget(device) => self.forget(device),
+                Op::Folded => *self = Tail::default(),
             }
         }
     }
@@ -133,6 +138,7 @@ impl Tail {
                         out.insert(*resource, (*t, value.clone()));
                     }
                     Op::Forget(d) if *d == device => out.clear(),
+                    // Folded points are in `latest` now, with the same values.
                     _ => {}
                 }
             }
@@ -150,6 +156,8 @@ pub(super) enum Op {
         value: Value,
     },
     Forget(i64),
+    /// Everything before it in the transaction, and the committed tail, was folded.
+    Folded,
 }
 
 thread_local! {
@@ -223,6 +231,13 @@ pub(super) fn append(
     conn.prepare_cached("INSERT INTO point_log (device, resource, t, v) VALUES (?1, ?2, ?3, ?4)")
         .and_then(|mut s| s.execute(params![device, resource, t, value_to_sql(&value)]))
         .map_err(backend("appending points"))?;
+    put((device, resource), names, t, value);
+    Ok(())
+}
+
+/// Queues a point for the Tail (and the live stream) whose durable copy the caller wrote
+/// elsewhere in its transaction: a remote-synced point's outbox record.
+pub(super) fn put((device, resource): (i64, i64), names: Names<'_>, t: i64, value: Value) {
     if LISTENED.get() {
         let (cid, identity, name) = names;
         LIVE.with_borrow_mut(|l| {
@@ -245,12 +260,71 @@ pub(super) fn append(
             value,
         })
     });
+}
+
+thread_local! {
+    /// The writer's Tail (set once on the writer thread), for folds inside a job.
+    static CURRENT_TAIL: RefCell<Option<Arc<RwLock<Tail>>>> = const { RefCell::new(None) };
+}
+
+/// Makes the writer's Tail reachable from its jobs (called once on the writer thread).
+pub(super) fn set_current_tail(tail: Arc<RwLock<Tail>>) {
+    CURRENT_TAIL.set(Some(tail));
+}
+
+/// Whether some connector's outbox holds points not folded yet.
+fn outbox_unfolded(conn: &Connection) -> Result<bool> {
+    conn.prepare_cached("SELECT 1 FROM sync_out WHERE folded < head")
+        .and_then(|mut s| s.exists([]))
+        .map_err(backend("reading the fold position"))
+}
+
+/// Folds everything unfolded (the committed tail and this transaction's points so far)
+/// inside the caller's job, if some outbox holds unfolded points: called before a change
+/// that would otherwise leave a series' unfolded points in both the log and the outbox, or
+/// drop outbox records whose points exist nowhere else. The Tail is emptied when the
+/// transaction commits (`Op::Folded`); a rolled-back job takes its fold with it.
+pub(super) fn fold_unfolded_outbox(conn: &Connection) -> Result<()> {
+    if !outbox_unfolded(conn)? {
+        return Ok(());
+    }
+    let mut merged = Tail::default();
+    let shared = CURRENT_TAIL.with_borrow(Clone::clone);
+    if let Some(shared) = shared {
+        let held = shared.read().map_err(|_| StoreError::Closed)?;
+        for (device, resources) in &held.devices {
+            for (resource, series) in resources {
+                for (t, v) in series {
+                    merged.put(*device, *resource, *t, v.clone());
+                }
+            }
+        }
+    }
+    OPS.with_borrow(|ops| {
+        for op in ops {
+            match op {
+                Op::Put {
+                    device,
+                    resource,
+                    t,
+                    value,
+                } => merged.put(*device, *resource, *t, value.clone()),
+                Op::Forget(device) => merged.forget(*device),
+                Op::Folded => merged = Tail::default(),
+            }
+        }
+    });
+    fold(conn, &merged, None)?;
+    OPS.with_borrow_mut(|ops| ops.push(Op::Folded));
     Ok(())
 }
 
 /// Deletes every point of a device: its log rows, blocks and bucket list.
 pub(super) fn delete_device(conn: &Connection, device: i64) -> Result<()> {
     let op = "deleting a device's points";
+    // Its unfolded outbox records stay (they are still sent): folded first, they are not
+    // replayed as the points of a device of the same row id later.
+    fold_unfolded_outbox(conn)?;
     let buckets = super::select_rows(
         conn,
         "SELECT resource, bucket FROM series_buckets WHERE device = ?1",
@@ -312,6 +386,11 @@ pub(super) fn replay(conn: &Connection, upto: Option<i64>) -> Result<(Tail, Opti
         );
         last = Some(pos);
     }
+    drop(rows);
+    if upto.is_none() {
+        // The rest of the log: remote-synced points, stored as outbox records.
+        super::sync::replay_unfolded(conn, |d, r, t, v| tail.put(d, r, t, v))?;
+    }
     Ok((tail, last))
 }
 
@@ -338,7 +417,9 @@ fn codec_err(op: &'static str) -> impl FnOnce(codec::CodecError) -> StoreError {
 }
 
 /// Writes a Tail's points as blocks (and `latest`), then deletes the log rows up to `upto`
-/// (all when `None`), in the caller's transaction. Returns the blocks written.
+/// (all when `None`: the Tail is then everything unfolded, the outboxes' records too, and
+/// every outbox's `folded` moves to its head), in the caller's transaction. Returns the
+/// blocks written.
 pub(super) fn fold(conn: &Connection, tail: &Tail, upto: Option<i64>) -> Result<usize> {
     let op = "folding the point log";
     // The codec wants a device and resource per point; a block belongs to one series,
@@ -436,7 +517,9 @@ pub(super) fn fold(conn: &Connection, tail: &Tail, upto: Option<i64>) -> Result<
         }
     }
     match upto {
-        None => conn.execute("DELETE FROM point_log", []),
+        None => conn.execute("DELETE FROM point_log", []).and_then(|_| {
+            conn.execute("UPDATE sync_out SET folded = head WHERE folded < head", [])
+        }),
         Some(pos) => conn.execute("DELETE FROM point_log WHERE pos <= ?1", [pos]),
     }
     .map_err(backend(op))?;

@@ -4,7 +4,8 @@
 //! `docs/sync.md` ("Storage").
 //!
 //! ```text
-//!  ingest job ──▶ points + latest ──▶ (Source, paired, remote_sync on) sync_out_<cid>_<part>
+//!  ingest job ──▶ point log, or (Source, paired, remote_sync on) sync_out_<cid>_<part>:
+//!                 the record is the point's only copy until folded (`sync_out.folded`)
 //!                                      seq = head + 1 …, head in sync_out, same transaction
 //!  driver: read(from) ◀── partitions in seq order, or the lost span holding `from`
 //!          lease(upto), acked(n) ──▶ sync_out; fully acknowledged older partitions dropped
@@ -330,6 +331,8 @@ fn drop_partition(conn: &Connection, cid: &ConnectorId, part: i64) -> Result<()>
 /// session): the outbox and its partitions, lost spans, the cursor, pending points, gaps,
 /// and which device changes were queued.
 pub(super) fn forget(conn: &Connection, cid: &ConnectorId) -> Result<()> {
+    // The unfolded points of its records exist nowhere else yet.
+    super::series::fold_unfolded_outbox(conn)?;
     for p in partitions(conn, cid)? {
         drop_partition(conn, cid, p.part)?;
     }
@@ -352,6 +355,88 @@ pub(super) fn forget(conn: &Connection, cid: &ConnectorId) -> Result<()> {
     )
     .map_err(backend("forgetting a connector's sync state"))?;
     Ok(())
+}
+
+/// Calls `f(device, resource, t, value)` for every point record not folded yet (above
+/// `sync_out.folded`), connector by connector in seq order: the part of the point log that
+/// lives in outboxes (`series::replay`). Records of devices or resources that no longer
+/// exist are skipped.
+pub(super) fn replay_unfolded(
+    conn: &Connection,
+    mut f: impl FnMut(i64, i64, i64, Value),
+) -> Result<()> {
+    let op = "replaying the outbox";
+    let outs = select_rows(
+        conn,
+        "SELECT connector, folded FROM sync_out WHERE folded < head",
+        [],
+        |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
+        op,
+    )?;
+    for (cid, folded) in outs {
+        let cid = parse_col(
+            cid,
+            |s| ConnectorId::parse(s).ok(),
+            "reading a connector id",
+        )?;
+        let formats: HashMap<i64, Format> = resource_rows(conn, &cid)?
+            .into_values()
+            .map(|r| (r.id, r.format))
+            .collect();
+        let mut ids: HashMap<String, Option<i64>> = HashMap::new();
+        for p in partitions(conn, &cid)?
+            .into_iter()
+            .filter(|p| to_i64(p.last) > folded)
+        {
+            let mut stmt = conn
+                .prepare(&format!(
+                    "SELECT device, resource, t, v FROM {} WHERE seq > ?1 ORDER BY seq",
+                    table(&cid, p.part)
+                ))
+                .map_err(backend(op))?;
+            let mut rows = stmt.query([folded]).map_err(backend(op))?;
+            while let Some(r) = rows.next().map_err(backend(op))? {
+                let rid: i64 = r.get(1).map_err(backend(op))?;
+                let Some(format) = formats.get(&rid) else {
+                    continue; // a device change, or a resource that is gone
+                };
+                let identity: String = r.get(0).map_err(backend(op))?;
+                let id = match ids.get(&identity) {
+                    Some(id) => *id,
+                    None => {
+                        let id = conn
+                            .prepare_cached(
+                                "SELECT id FROM devices WHERE connector = ?1 AND identity = ?2",
+                            )
+                            .and_then(|mut s| {
+                                s.query_row([cid.as_str(), identity.as_str()], |r| r.get(0))
+                                    .optional()
+                            })
+                            .map_err(backend(op))?;
+                        ids.insert(identity, id);
+                        id
+                    }
+                };
+                let Some(device) = id else { continue };
+                let t: i64 = r.get(2).map_err(backend(op))?;
+                let value = value_from_sql(*format, r.get_ref(3).map_err(backend(op))?);
+                f(device, rid, t, value);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The highest seq of the connector's outbox whose points are folded (0: none).
+fn folded(conn: &Connection, cid: &ConnectorId) -> Result<u64> {
+    Ok(conn
+        .prepare_cached("SELECT folded FROM sync_out WHERE connector = ?1")
+        .and_then(|mut s| {
+            s.query_row([cid.as_str()], |r| r.get::<_, i64>(0))
+                .optional()
+        })
+        .map_err(backend("reading the fold position"))?
+        .map_or(0, to_u64))
 }
 
 pub(super) fn head(conn: &Connection, cid: &ConnectorId) -> Result<u64> {
@@ -483,10 +568,17 @@ pub(super) fn acked(conn: &Connection, cid: &ConnectorId, applied: u64) -> Resul
     conn.prepare_cached("DELETE FROM sync_lost WHERE connector = ?1 AND last_seq <= ?2")
         .and_then(|mut s| s.execute(params![cid.as_str(), to_i64(acked)]))
         .map_err(backend("forgetting delivered lost spans"))?;
-    for p in partitions(conn, cid)? {
-        if p.last <= acked && p.part < last_part {
-            drop_partition(conn, cid, p.part)?;
-        }
+    let droppable: Vec<Part> = partitions(conn, cid)?
+        .into_iter()
+        .filter(|p| p.last <= acked && p.part < last_part)
+        .collect();
+    let folded_at = folded(conn, cid)?;
+    if droppable.last().is_some_and(|p| p.last > folded_at) {
+        // Their points are only in these records yet (the outbox is the log).
+        super::series::fold_unfolded_outbox(conn)?;
+    }
+    for p in droppable {
+        drop_partition(conn, cid, p.part)?;
     }
     Ok(())
 }
@@ -504,6 +596,14 @@ pub(super) fn expire(
     let pin = acked.max(lease);
     let parts = partitions(conn, cid)?;
     let mut total: u64 = parts.iter().map(|p| p.bytes).sum();
+    let expiring = parts.first().is_some_and(|p| {
+        p.part.saturating_add(1).saturating_mul(partition_us) <= cutoff
+            || retention.budget_bytes.is_some_and(|b| total > b)
+    });
+    if expiring && folded(conn, cid)? < parts.last().map_or(0, |p| p.last) {
+        // Dropped records may hold the only copy of unfolded points (the outbox is the log).
+        super::series::fold_unfolded_outbox(conn)?;
+    }
     let mut runs: Vec<Vec<Part>> = Vec::new();
     for p in parts {
         let end = p.part.saturating_add(1).saturating_mul(partition_us);
