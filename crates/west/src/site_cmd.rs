@@ -294,6 +294,9 @@ mod tests {
         pairing_window = "15m"
         metrics_public = true
         synchronous = "full"
+        tls_cert = "/etc/west/site-cert.pem"
+        tls_key = "/etc/west/site-key.pem"
+        max_connections = 64
     "#;
 
     fn keys_of(toml_text: &str) -> Vec<String> {
@@ -341,6 +344,14 @@ mod tests {
         assert_eq!(cfg.pairing_window, Duration::from_secs(15 * 60));
         assert!(cfg.metrics_public);
         assert_eq!(cfg.synchronous, Synchronous::Full);
+        assert_eq!(
+            cfg.tls,
+            Some((
+                PathBuf::from("/etc/west/site-cert.pem"),
+                PathBuf::from("/etc/west/site-key.pem")
+            ))
+        );
+        assert_eq!(cfg.http_limits.max_connections, 64);
     }
 
     #[test]
