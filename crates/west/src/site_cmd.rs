@@ -279,8 +279,9 @@ mod tests {
         site: SiteArgs,
     }
 
-    /// A file holding every setting, none of them its default; `site_credential`, which
-    /// excludes `site_credential_file`, is checked on its own below.
+    /// A file holding every setting, none of them its default; `site_credential` and
+    /// `admin_password_file`, which exclude `site_credential_file` and `admin_password`,
+    /// are checked on their own below.
     const EVERY_KEY: &str = r#"
         name = "plant-7"
         data_dir = "/var/lib/west/plant-7"
@@ -318,7 +319,9 @@ mod tests {
             flags.push(long.replace('-', "_"));
         }
         let mut keys = keys_of(EVERY_KEY);
+        // Each excludes a key of the full file (admin_password, site_credential_file).
         keys.push("site_credential".into());
+        keys.push("admin_password_file".into());
         flags.sort();
         keys.sort();
         assert_eq!(flags, keys, "the flags and the keys of a full file");
@@ -365,6 +368,21 @@ mod tests {
         let (cfg, _) = resolve(args, file).unwrap();
         let hub = cfg.hub.expect("a hub");
         assert!(matches!(&hub.credential, Credential::Value(c) if c == "c-123"));
+    }
+
+    #[test]
+    fn the_admin_password_may_come_from_a_file_named_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("admin-password");
+        std::fs::write(&secret, "from-a-file\n").unwrap();
+        let text = EVERY_KEY.replace(
+            "admin_password = \"correct horse\"",
+            &format!("admin_password_file = {:?}", secret.display().to_string()),
+        );
+        let file: FileConfig = toml::from_str(&text).unwrap();
+        let args = Cli::try_parse_from(["west"]).unwrap().site;
+        let (cfg, _) = resolve(args, file).unwrap();
+        assert_eq!(cfg.admin_password.as_deref(), Some("from-a-file"));
     }
 
     #[test]
