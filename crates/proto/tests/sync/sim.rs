@@ -1008,7 +1008,7 @@ fn run_half(half: u64) {
 }
 
 /// Seeds per `cargo test` run, split over two tests; `WEST_SIM_SEEDS` overrides.
-const DEFAULT_SEEDS: u64 = 1600;
+const DEFAULT_SEEDS: u64 = 10_000;
 
 #[test]
 fn simulation_even_seeds() {
