@@ -268,22 +268,7 @@ async fn a_refused_site_keeps_serving_its_devices_and_takes_a_corrected_credenti
 
     // Refused, the site still serves its own platform: devices write and read.
     let api = a.admin().await?;
-    let cid = api
-        .post_ok("/api/v1/connectors", json!({ "name": "plant" }))
-        .await?["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    api.post_ok(
-        &format!("/api/v1/connectors/{cid}/resources"),
-        json!({ "name": "temperature", "format": "number" }),
-    )
-    .await?;
-    api.post_ok(
-        &format!("/api/v1/connectors/{cid}/devices"),
-        json!({ "identity": "00AB01" }),
-    )
-    .await?;
+    let cid = util::thermometers(&api, &["00AB01".to_owned()]).await?;
     api.post_ok(
         &format!("/api/v1/connectors/{cid}/devices/00AB01/data"),
         json!({ "values": { "temperature": 21.5 } }),

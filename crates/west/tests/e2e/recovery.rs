@@ -40,24 +40,8 @@ async fn a_site_whose_log_goes_to_a_full_disk_still_starts_and_serves() -> anyho
 
     // Everything that logs (sign-in, writes, reads) works, and the process stays up.
     let api = Api::login(&base, "admin", "correct-horse-battery").await?;
-    let cid = api
-        .post_ok("/api/v1/connectors", json!({ "name": "plant" }))
-        .await?["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    api.post_ok(
-        &format!("/api/v1/connectors/{cid}/resources"),
-        json!({ "name": "temperature", "format": "number" }),
-    )
-    .await?;
-    for i in 0..100 {
-        api.post_ok(
-            &format!("/api/v1/connectors/{cid}/devices"),
-            json!({ "identity": format!("d{i}") }),
-        )
-        .await?;
-    }
+    let devices: Vec<String> = (0..100).map(|i| format!("d{i}")).collect();
+    let cid = util::thermometers(&api, &devices).await?;
     let points: Vec<_> = (0..100)
         .map(|i| json!({ "device": format!("d{i}"), "t": 1_764_150_000_000_000i64 + i, "values": { "temperature": i } }))
         .collect();
@@ -155,25 +139,8 @@ async fn a_full_disk_refuses_writes_with_507_keeps_reads_and_recovers_by_itself(
     )
     .await?;
     let api = site.admin().await?;
-    let cid = api
-        .post_ok("/api/v1/connectors", json!({ "name": "plant" }))
-        .await?["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    api.post_ok(
-        &format!("/api/v1/connectors/{cid}/resources"),
-        json!({ "name": "temperature", "format": "number" }),
-    )
-    .await?;
     let devices: Vec<String> = (0..10).map(|i| format!("d{i}")).collect();
-    for d in &devices {
-        api.post_ok(
-            &format!("/api/v1/connectors/{cid}/devices"),
-            json!({ "identity": d }),
-        )
-        .await?;
-    }
+    let cid = util::thermometers(&api, &devices).await?;
     // Ballast that the "operator" deletes later to free space: it takes all but ~1 MiB.
     let ballast = disk.path().join("ballast");
     std::fs::create_dir(&ballast)?;

@@ -123,3 +123,27 @@ pub async fn wait_device(
     })
     .await
 }
+
+/// A connector `plant` with a number resource `temperature` and the devices `identities`;
+/// returns the connector's id.
+pub async fn thermometers(api: &testkit::Api, identities: &[String]) -> anyhow::Result<String> {
+    let cid = api
+        .post_ok("/api/v1/connectors", serde_json::json!({ "name": "plant" }))
+        .await?["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    api.post_ok(
+        &format!("/api/v1/connectors/{cid}/resources"),
+        serde_json::json!({ "name": "temperature", "format": "number" }),
+    )
+    .await?;
+    for identity in identities {
+        api.post_ok(
+            &format!("/api/v1/connectors/{cid}/devices"),
+            serde_json::json!({ "identity": identity }),
+        )
+        .await?;
+    }
+    Ok(cid)
+}
