@@ -1,7 +1,7 @@
 //! Starting and supervising `west` processes: a hub and sites as children of the calling
 //! process on loopback (`quickstart`, `bench`, and the end-to-end tests through
 //! `testkit`), waiting for them to be ready, talking to a site's HTTP API, and pairing two
-//! sites' connectors through it.
+//! sites' connectors through it; and `nats-server` processes for a hub cluster (`nats`).
 //!
 //! Nothing here sleeps to wait for something: [`eventually`] polls with a deadline.
 //! Children are killed when their handle drops, and on Linux also when the process that
@@ -13,11 +13,13 @@
 
 pub mod api;
 pub mod hub;
+pub mod nats;
 pub mod pairing;
 pub mod process;
 
 pub use api::Api;
 pub use hub::HubProc;
+pub use nats::Nats;
 pub use pairing::pair;
 pub use process::{SiteOpts, SiteProc, WestProc};
 

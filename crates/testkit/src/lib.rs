@@ -2,18 +2,17 @@
 //! (from `launch`, the product's own process supervision, re-exported here), a browser for
 //! the web UI (`browser`), a proxy that injects faults between a site and the hub
 //! (`proxy`), a raw client of the hub's wire protocol (`hub`), and real `nats-server`
-//! processes for the hub cluster (`nats`).
+//! processes for the hub cluster (`nats`, from `launch` too: the benchmark starts them).
 //!
 //! Nothing here sleeps to wait for something: [`eventually`] polls with a deadline.
 
 pub mod browser;
 pub mod hub;
-pub mod nats;
 pub mod proxy;
 
 pub use hub::RawClient;
+pub use launch::nats::{self, Nats};
 pub use launch::{
     Api, DEADLINE, HubProc, SiteOpts, SiteProc, WestProc, api, eventually, pair, pairing, process,
 };
-pub use nats::Nats;
 pub use proxy::FaultProxy;

@@ -163,7 +163,7 @@ pub async fn run(args: &NatsArgs, progress: &mut Progress) -> anyhow::Result<Rep
         args.nats_batch
     );
     let name = label(args);
-    let bin = nats_server_bin()?;
+    let bin = launch::nats::nats_server_bin()?;
     let tick = procstat::clock_ticks().await;
     let client = ClientMeter::start(tick)?;
     progress.phase(
@@ -388,7 +388,7 @@ pub async fn run_devices(
     args: &super::devices::DevicesArgs,
     progress: &mut Progress,
 ) -> anyhow::Result<Report> {
-    let bin = nats_server_bin()?;
+    let bin = launch::nats::nats_server_bin()?;
     let tick = procstat::clock_ticks().await;
     let client = ClientMeter::start(tick)?;
     progress.phase(
@@ -498,19 +498,6 @@ pub async fn run_devices(
     usage.push(("client", client.finish(tick)?));
     procstat::report(&mut report, &usage);
     Ok(report)
-}
-
-/// `nats-server` from PATH, or from /usr/sbin where Debian puts it (not on a user's PATH).
-fn nats_server_bin() -> anyhow::Result<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin")])
-        .map(|d| d.join("nats-server"))
-        .find(|p| p.is_file())
-        .context(
-            "nats-server is not installed (not on PATH): on Debian, \
-             `apt-get install nats-server` installs it",
-        )
 }
 
 fn mirror_config() -> stream::Config {

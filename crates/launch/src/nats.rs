@@ -1,10 +1,12 @@
-//! Real `nats-server` processes for tests of the hub cluster: one server, or a cluster of
-//! several joined by routes, each with JetStream in its own temp dir, on loopback ports
-//! chosen at start and kept across restarts.
+//! Real `nats-server` processes for a hub cluster on loopback (the benchmark's cluster part
+//! and the cluster's end-to-end tests): one server, or a cluster of several joined by
+//! routes, each with JetStream in its own temp dir, on loopback ports chosen at start and
+//! kept across restarts. They die with the process that started them, as `west` children do.
 //!
-//! `nats-server` is looked up on PATH and in /usr/sbin (where Debian's package puts it).
+//! `nats-server` is looked up on PATH, then in /usr/sbin (where Debian's package puts it)
+//! and /usr/local/bin.
 //!
-//! Deliberately absent: TLS and authentication between the test's processes (loopback only).
+//! Deliberately absent: TLS and authentication between these processes (loopback only).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -22,7 +24,10 @@ pub fn nats_server_bin() -> anyhow::Result<PathBuf> {
         .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/bin")])
         .map(|d| d.join("nats-server"))
         .find(|p| p.is_file())
-        .context("nats-server is not installed (on Debian: apt-get install nats-server)")
+        .context(
+            "nats-server is not installed (not on PATH, in /usr/sbin or /usr/local/bin): \
+             on Debian, `apt-get install nats-server` installs it",
+        )
 }
 
 /// A free loopback port (bound and released; the server binds it a moment later).
@@ -91,7 +96,7 @@ impl NatsServer {
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
             .kill_on_drop(true);
-        launch::process::die_with_parent(&mut cmd);
+        crate::process::die_with_parent(&mut cmd);
         self.child = Some(cmd.spawn().context("starting nats-server")?);
         let start = Instant::now();
         loop {
