@@ -107,9 +107,9 @@ async fn run_west(args: &DevicesArgs, progress: &mut Progress) -> anyhow::Result
         hist.add(done.context("a device panicked")??)?;
     }
     let ingested = started.elapsed().as_secs_f64();
-    b.next += total;
+    b.written_elsewhere(total);
     progress.stage("Target applying");
-    b.applied_points(base, b.next, progress).await?;
+    b.applied_all(base, progress).await?;
     let secs = started.elapsed().as_secs_f64();
     let disk = b.disk_written()?;
 
@@ -126,7 +126,7 @@ async fn run_west(args: &DevicesArgs, progress: &mut Progress) -> anyhow::Result
         );
     }
     let usage = [
-        ("hub", Usage::of(b.hub.proc.pid(), tick)?),
+        ("hub", Usage::of(b.hub().proc.pid(), tick)?),
         ("site-a", Usage::of(b.a.proc.pid(), tick)?),
         ("site-b", Usage::of(b.b.proc.pid(), tick)?),
         ("client", client.finish(tick)?),

@@ -1,7 +1,8 @@
 //! `west bench`: measurements against real `west` processes on loopback, printed as one
 //! table per part (or one JSON object with `--json`). Nothing here asserts a speed; it
 //! reports one. `west bench` alone runs the parts of `--parts` (main = `sync`, `devices`,
-//! `scale`, `read`), each beside the NATS baselines with `--baseline nats`.
+//! `scale`, `cluster`, `read`), each beside the NATS baselines where it has them, with
+//! `--baseline nats`.
 //!
 //! Scenarios:
 //! - `ingest`: one site; bulk ingest throughput (batches of `--batch` points from
@@ -12,6 +13,9 @@
 //! - `devices`: device-shaped load, each device posting its own readings, one a request,
 //!   over its own connection; NATS beside with one publish per reading.
 //! - `scale`: the throughput and latency phases of `sync` per fleet size.
+//! - `cluster`: the throughput and latency phases of `sync` through one hub and through a
+//!   hub cluster on NATS (`--hub-nodes`, the Source and the Target on different nodes), their
+//!   ratios, and the failover time when a site's node is SIGKILLed (`cluster.rs`).
 //! - `read`: one site; reading a day of one series (86,400 points, paged) and the latest
 //!   values of 1,000 devices.
 //! - `sync`: a hub and two paired sites; end-to-end replicated points/s, latency from the
@@ -22,6 +26,7 @@
 //! `procstat` measures processes and directories the same way for every scenario;
 //! `progress` shows the run's phases on stderr.
 
+mod cluster;
 mod devices;
 pub mod ingest;
 mod live;
@@ -38,8 +43,8 @@ use progress::Progress;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// `west bench [--points N] [--devices N] [--rate R] [--baseline nats] [--json]` (docs/api.md)
-/// runs every part (`--parts`): the end-to-end scenario, device-shaped load, the scale curve
-/// and the reads; a scenario name runs that one with all its flags.
+/// runs every part (`--parts`): the end-to-end scenario, device-shaped load, the scale curve,
+/// the hub cluster and the reads; a scenario name runs that one with all its flags.
 #[derive(Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
@@ -79,6 +84,12 @@ pub struct BenchArgs {
     /// Points in each throughput phase of the scale part [default: 200000].
     #[arg(long)]
     scale_points: Option<u64>,
+    /// Hub nodes of the cluster part, on three nats-server processes [default: 3].
+    #[arg(long)]
+    hub_nodes: Option<usize>,
+    /// SIGKILLs of a site's hub node for the cluster part's failover time [default: 10].
+    #[arg(long)]
+    kills: Option<u32>,
     /// Print the results as one JSON object instead of a table.
     #[arg(long, global = true)]
     json: bool,
@@ -92,13 +103,21 @@ enum Part {
     Devices,
     /// Replicated points/s and latency per fleet size (`scale`).
     Scale,
+    /// One hub against a hub cluster on NATS, and its failover time (`cluster`).
+    Cluster,
     /// A day of one series and the latest values of every device, on one site (`read`).
     Read,
 }
 
 impl Part {
     fn all() -> Vec<Self> {
-        vec![Self::Main, Self::Devices, Self::Scale, Self::Read]
+        vec![
+            Self::Main,
+            Self::Devices,
+            Self::Scale,
+            Self::Cluster,
+            Self::Read,
+        ]
     }
 }
 
@@ -145,6 +164,10 @@ enum Scenario {
     Devices(devices::DevicesArgs),
     /// The scale curve: replicated points/s and latency per fleet size.
     Scale(scale::ScaleArgs),
+    /// One hub against a cluster of hub nodes on NATS (Source and Target on different
+    /// nodes): throughput and latency of each and their ratios, and the failover time when
+    /// a site's node is SIGKILLed.
+    Cluster(cluster::ClusterArgs),
 }
 
 /// Length of the latency phase when `--seconds` is not given: 20 s, shorter for small runs
@@ -198,6 +221,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(Scenario::Nats(_) | Scenario::Sync(_)) => Progress::new(PHASES),
         Some(Scenario::Devices(a)) => Progress::new(if a.nats { 4 } else { 2 }),
         Some(Scenario::Scale(a)) => Progress::new(scale::phases(a)),
+        Some(Scenario::Cluster(a)) => Progress::new(cluster::phases(a)),
         None => Progress::new(phases(&args)?),
     };
     let result = run_with(&args, &mut progress).await;
@@ -261,6 +285,7 @@ fn phases(args: &BenchArgs) -> anyhow::Result<usize> {
             Part::Main => sides * PHASES,
             Part::Devices => 2 * if nats { 2 } else { 1 },
             Part::Scale => scale::phases(&scale_args(args)?),
+            Part::Cluster => cluster::phases(&cluster_args(args)?),
             Part::Read => 1,
         };
     }
@@ -280,6 +305,28 @@ fn scale_args(args: &BenchArgs) -> anyhow::Result<scale::ScaleArgs> {
     }
     a.nats = args.baseline.is_some();
     a.nats_batch = args.nats_batch;
+    Ok(a)
+}
+
+/// The cluster part's flags: the end-to-end part's sizes, `--hub-nodes` and `--kills`.
+fn cluster_args(args: &BenchArgs) -> anyhow::Result<cluster::ClusterArgs> {
+    let mut a: cluster::ClusterArgs = scenario_args_from(&[])?;
+    if let Some(points) = args.points {
+        a.points = points;
+    }
+    if let Some(devices) = args.devices {
+        a.devices = devices;
+    }
+    if let Some(rate) = args.rate {
+        a.rate = rate;
+    }
+    a.seconds = args.seconds;
+    if let Some(nodes) = args.hub_nodes {
+        a.hub_nodes = nodes;
+    }
+    if let Some(kills) = args.kills {
+        a.kills = kills;
+    }
     Ok(a)
 }
 
@@ -303,6 +350,7 @@ async fn run_with(args: &BenchArgs, progress: &mut Progress) -> anyhow::Result<V
             let (ours, theirs) = scale::run(a, progress).await?;
             return Ok(vec![(None, ours, theirs)]);
         }
+        Some(Scenario::Cluster(a)) => return single(cluster::run(a, progress).await?),
         None => {}
     }
     let mut sections = Vec::new();
@@ -348,6 +396,11 @@ async fn run_with(args: &BenchArgs, progress: &mut Progress) -> anyhow::Result<V
                 let (ours, theirs) = scale::run(&scale_args(args)?, progress).await?;
                 (Some("scale: per fleet size"), ours, theirs)
             }
+            Part::Cluster => (
+                Some("cluster: one hub, then a hub cluster on NATS with the Source and the Target on different nodes"),
+                cluster::run(&cluster_args(args)?, progress).await?,
+                Vec::new(),
+            ),
             Part::Read => {
                 progress.phase("west: read", 0);
                 let mut a: read::ReadArgs = scenario_args_from(&[])?;

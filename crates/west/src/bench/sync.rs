@@ -3,7 +3,7 @@
 //! the Source, values that drift like a sensor.
 //!
 //! 0. The devices are created after the pairing, so they are replicated first; the
-//!    measurements start once the Target has them.
+//!    measurements start once the Target has them all.
 //! 1. Throughput: `--points` points in bulk requests of 1,000 points, round-robin over the
 //!    devices, `--clients` requests in flight at once (4), as fast as the Source takes them;
 //!    replicated points/s = points / time from the first request until the Target has
@@ -28,8 +28,9 @@
 //! it holds), and the peak RSS (VmHWM) and CPU seconds of the hub, site-a, site-b (both of
 //! its lives) and the client (this process, over this scenario only).
 //!
-//! Waits poll the Target's sync status every 5 ms (the wait is what is measured) and give
-//! up when its applied sequence has not moved for a minute. Children die with this process
+//! A wait for the Target polls its data API every 5 ms for the point that ends the stream
+//! (the wait is what is measured; `Bench::applied_all`) and gives up when the applied
+//! sequence of its sync status has not moved for a minute. Children die with this process
 //! (`launch`'s `kill_on_drop` and parent-death signal). Nothing here asserts a speed; it
 //! reports one.
 
@@ -39,7 +40,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Args;
 use hdrhistogram::Histogram;
-use launch::{Api, HubProc, SiteOpts, SiteProc};
+use launch::{Api, HubProc, Nats, SiteOpts, SiteProc};
 use serde_json::{Value, json};
 
 use super::Report;
@@ -121,10 +122,25 @@ async fn create_devices(api: &Api, cid: &str, devices: u64) -> anyhow::Result<Ve
         .collect()
 }
 
-/// The hub, the two paired sites and the workload's position; shared with the devices
-/// scenario.
+/// Where the two sites' hub is.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Hubs {
+    /// One `west hub` with its `hub.db`.
+    One,
+    /// `nodes` nodes of a hub cluster (`west hub --cluster`) on three `nats-server`
+    /// processes joined as a JetStream cluster; the Source dials node 0 first, the Target
+    /// node 1, so that their frames cross NATS.
+    Cluster { nodes: usize },
+}
+
+/// The NATS servers of a cluster: three, so that the registry is kept in 3 replicas.
+const NATS_SERVERS: usize = 3;
+
+/// The hub (or the hub nodes), the two paired sites and the workload's position; shared
+/// with the devices and cluster scenarios.
 pub(super) struct Bench {
-    pub(super) hub: HubProc,
+    /// The hub, or every node of the cluster (the Source's first, then the Target's).
+    pub(super) hubs: Vec<HubProc>,
     /// The Source.
     pub(super) a: SiteProc,
     /// The Target.
@@ -138,20 +154,57 @@ pub(super) struct Bench {
     pub(super) tokens: Vec<String>,
     /// Next point number: step = n / devices, device = n % devices.
     pub(super) next: u64,
+    /// Points of which the one last on the stream is (the last point of each request
+    /// that may have been committed last); empty when that is not known.
+    tail: Vec<u64>,
     /// Records of the stream before the first point: the devices, which are replicated
     /// too. Point n has seq `seq0 + n + 1`.
     seq0: u64,
     clients: usize,
+    /// The NATS servers of a cluster; dropped (killed) after the hub nodes.
+    _nats: Option<Nats>,
 }
 
 impl Bench {
+    /// One hub and two paired sites.
     pub(super) async fn start(devices: u64, clients: usize) -> anyhow::Result<Self> {
+        Self::start_on(Hubs::One, devices, clients).await
+    }
+
+    /// Two paired sites on `hubs`, `devices` devices on the Source, replicated to the
+    /// Target before this returns.
+    pub(super) async fn start_on(hubs: Hubs, devices: u64, clients: usize) -> anyhow::Result<Self> {
         let bin = std::env::current_exe().context("finding the west binary")?;
-        let hub = HubProc::start(&bin).await?;
+        let (hubs, nats) = match hubs {
+            Hubs::One => (vec![HubProc::start(&bin).await?], None),
+            Hubs::Cluster { nodes } => {
+                anyhow::ensure!(
+                    nodes >= 2,
+                    "a cluster needs 2 hub nodes or more, to put the Source and the Target on \
+                     different nodes"
+                );
+                let nats = Nats::cluster(NATS_SERVERS).await?;
+                let urls = nats.urls();
+                let first = HubProc::start_node(&bin, &urls, "node-1", None, &[]).await?;
+                let mut all = vec![first];
+                for i in 2..=nodes {
+                    // Every node presents the first node's certificate.
+                    let node =
+                        HubProc::start_node(&bin, &urls, &format!("node-{i}"), Some(&all[0]), &[])
+                            .await?;
+                    all.push(node);
+                }
+                (all, Some(nats))
+            }
+        };
         let mut sites = Vec::new();
-        for name in ["site-a", "site-b"] {
+        for (name, first) in [("site-a", 0), ("site-b", 1 % hubs.len())] {
+            // Each site knows every node, its own first.
+            let order: Vec<&str> = (0..hubs.len())
+                .map(|i| hubs[(first + i) % hubs.len()].url.as_str())
+                .collect();
             let mut opts = SiteOpts::new(name);
-            opts.extra = hub.site_args(&hub.add_site(name).await?);
+            opts.extra = hubs[0].site_args_via(&order.join(","), &hubs[0].add_site(name).await?);
             sites.push(SiteProc::start(&bin, opts).await?);
         }
         let b = sites.pop().context("two sites")?;
@@ -178,7 +231,7 @@ impl Bench {
             .await?;
         let tokens = create_devices(&api_a, &src, devices).await?;
         let mut bench = Self {
-            hub,
+            hubs,
             a,
             b,
             api_a,
@@ -188,23 +241,39 @@ impl Bench {
             devices,
             tokens,
             next: 0,
+            tail: Vec::new(),
             seq0: 0,
             clients: clients.max(1),
+            _nats: nats,
         };
         // The devices travel first; the points' seqs start after them.
-        let head = bench
-            .api_a
-            .get_ok(&format!("/api/v1/connectors/{}/remote-sync", bench.src))
-            .await?["link"]["outbox_head"]
-            .as_u64()
-            .context("the Source's outbox head")?;
-        bench.applied(0, head, &Progress::off()).await?;
-        bench.seq0 = head;
+        bench.seq0 = bench.devices_replicated().await?;
         Ok(bench)
     }
 
+    /// Waits until the Target holds every device, and the Source's outbox head (a gauge
+    /// refreshed every second, so read until it has counted every device) and the Target's
+    /// applied sequence agree; that head.
+    async fn devices_replicated(&self) -> anyhow::Result<u64> {
+        let (source, target) = (
+            format!("/api/v1/connectors/{}/remote-sync", self.src),
+            format!("/api/v1/connectors/{}", self.tgt),
+        );
+        launch::eventually("the devices to reach the Target", STALL, || async {
+            let held = self.api_b.get_ok(&target).await?["device_count"].as_u64();
+            if held != Some(self.devices) {
+                return Ok(None);
+            }
+            let head = self.api_a.get_ok(&source).await?["link"]["outbox_head"].as_u64();
+            let head = head.context("the Source's outbox head")?;
+            let applied = self.applied_seq().await;
+            Ok((head >= self.devices && applied == Some(head)).then_some(head))
+        })
+        .await
+    }
+
     /// The next `n` points as one bulk request, and the (device, t) of its last point.
-    fn body(&mut self, n: u64) -> (Value, (String, i64)) {
+    pub(super) fn body(&mut self, n: u64) -> (Value, (String, i64)) {
         let mut last = (String::new(), 0);
         let body: Vec<Value> = (0..n)
             .map(|k| {
@@ -217,52 +286,98 @@ impl Bench {
             })
             .collect();
         self.next += n;
+        // Written alone (the caller awaits it before the next), it ends the stream.
+        self.tail = vec![self.next - 1];
         (Value::Array(body), last)
     }
 
+    /// The seq of point `n` (counted from 0) on the stream.
+    pub(super) fn seq_of_point(&self, n: u64) -> u64 {
+        self.seq0 + n + 1
+    }
+
+    /// The hub, or the node the Source dials first.
+    pub(super) fn hub(&self) -> &HubProc {
+        &self.hubs[0]
+    }
+
     /// The Target's applied sequence, or `None` while it does not answer (restarting).
-    async fn applied_seq(&self) -> Option<u64> {
+    pub(super) async fn applied_seq(&self) -> Option<u64> {
         let path = format!("/api/v1/connectors/{}/remote-sync", self.tgt);
         let t = self.api_b.get_ok(&path).await.ok()?;
         t["link"]["applied_seq"].as_u64()
     }
 
-    /// Waits until the Target has applied point `n` (seq `seq0 + n`), showing progress from
-    /// point `from`; returns when it was first seen past `from`. Fails when the applied
-    /// sequence has not moved for [`STALL`].
-    pub(super) async fn applied_points(
-        &self,
-        from: u64,
-        n: u64,
-        progress: &Progress,
-    ) -> anyhow::Result<Instant> {
-        self.applied(self.seq0 + from, self.seq0 + n, progress)
-            .await
+    /// The device and timestamp of point `n` (counted from 0).
+    fn point(&self, n: u64) -> (String, i64) {
+        let (d, step) = (n % self.devices, n / self.devices);
+        (
+            device_name(d),
+            T0 + i64::try_from(step).unwrap_or(0) * 1_000_000,
+        )
     }
 
-    /// Waits until the Target has applied stream record `seq` (see [`applied_points`]).
-    async fn applied(&self, from: u64, seq: u64, progress: &Progress) -> anyhow::Result<Instant> {
+    /// Whether point `n` is readable on the Target (not while it does not answer).
+    pub(super) async fn point_visible(&self, n: u64) -> bool {
+        let (device, t) = self.point(n);
+        matches!(self.visible(&device, t).await, Ok(true))
+    }
+
+    /// Waits until the Target has applied every point written so far, showing progress from
+    /// point `from`; returns when point `from` was first seen there.
+    ///
+    /// The Target applies in stream order, so once the point that ends the stream (the
+    /// last of the last request, or of any request that may have been committed after it,
+    /// see `write_bulk`) is readable there, every point is: the wait polls the data API for
+    /// those (and for point `from`) every 5 ms. The applied sequence of the Target's sync
+    /// status moves the progress bar; it is a gauge published at most every 100 ms, and up
+    /// to half a second late when the stream goes quiet, so it times the end only when the
+    /// order of the last points is not known (the devices scenario). Fails when it has not
+    /// moved for [`STALL`].
+    pub(super) async fn applied_all(
+        &self,
+        from: u64,
+        progress: &Progress,
+    ) -> anyhow::Result<Instant> {
+        let n = self.next;
         let mut last = (None, Instant::now());
         let mut moved = None;
+        let mut status_read: Option<Instant> = None;
+        let mut tail = self.tail.clone();
         loop {
-            let applied = self.applied_seq().await;
-            if let Some(a) = applied {
-                progress.set(a.saturating_sub(from));
-                if a > from {
-                    moved.get_or_insert_with(Instant::now);
+            let mut done = false;
+            if status_read.is_none_or(|at| at.elapsed() >= Duration::from_millis(100))
+                || tail.is_empty()
+            {
+                status_read = Some(Instant::now());
+                let applied = self.applied_seq().await;
+                if let Some(a) = applied {
+                    progress.set(a.saturating_sub(self.seq0 + from));
+                    done = tail.is_empty() && a >= self.seq0 + n;
                 }
-                if a >= seq {
-                    return Ok(moved.unwrap_or_else(Instant::now));
+                if applied != last.0 {
+                    last = (applied, Instant::now());
+                } else if last.1.elapsed() > STALL {
+                    bail!(
+                        "the Target's applied sequence stayed at {applied:?} for {STALL:?} \
+                         (waiting for {}); its log tail:\n{}",
+                        self.seq0 + n,
+                        self.b.proc.log_tail(20)
+                    );
                 }
             }
-            if applied != last.0 {
-                last = (applied, Instant::now());
-            } else if last.1.elapsed() > STALL {
-                bail!(
-                    "the Target's applied sequence stayed at {applied:?} of {seq} for {STALL:?}; \
-                     its log tail:\n{}",
-                    self.b.proc.log_tail(20)
-                );
+            if moved.is_none() && (from >= n || self.point_visible(from).await) {
+                moved = Some(Instant::now());
+            }
+            while let Some(&p) = tail.last() {
+                if !self.point_visible(p).await {
+                    break;
+                }
+                tail.pop();
+                done = tail.is_empty();
+            }
+            if done || n == 0 {
+                return Ok(moved.unwrap_or_else(Instant::now));
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -275,20 +390,42 @@ impl Bench {
         let batch = PER_REQUEST;
         let path = format!("/api/v1/connectors/{}/data", self.src);
         let mut in_flight = futures::stream::FuturesUnordered::new();
+        // The last point of each request in flight.
+        let mut open = std::collections::BTreeSet::new();
+        let mut tail = Vec::new();
         let mut written = 0;
         while written < points || !in_flight.is_empty() {
             while written < points && in_flight.len() < self.clients {
                 let n = batch.min(points - written);
                 let (body, _) = self.body(n);
+                let last = self.next - 1;
+                open.insert(last);
                 let (api, path) = (self.api_a.clone(), path.clone());
-                in_flight.push(async move { api.post_ok(&path, body).await.map(|_| n) });
+                in_flight.push(async move { api.post_ok(&path, body).await.map(|_| (n, last)) });
                 written += n;
+                if written == points {
+                    // Every request acknowledged before this one was sent has its points
+                    // before this one's on the stream: the stream ends with one of these.
+                    tail = open.iter().copied().collect();
+                }
             }
             if let Some(done) = in_flight.next().await {
-                progress.inc(done?);
+                let (n, last) = done?;
+                open.remove(&last);
+                progress.inc(n);
             }
         }
+        if !tail.is_empty() {
+            self.tail = tail;
+        }
         Ok(())
+    }
+
+    /// Counts `n` points written by others (the devices scenario's devices), in an order
+    /// not known here.
+    pub(super) fn written_elsewhere(&mut self, n: u64) {
+        self.next += n;
+        self.tail.clear();
     }
 
     /// Bytes site-a and site-b have written to disk so far (`/proc/PID/io`).
@@ -310,48 +447,96 @@ impl Bench {
     }
 }
 
-pub async fn run(args: SyncArgs, progress: &mut Progress) -> anyhow::Result<Report> {
-    anyhow::ensure!(
-        args.points > 0 && args.devices > 0 && args.rate > 0,
-        "counts must be positive"
-    );
-    let tick = procstat::clock_ticks().await;
-    let client = ClientMeter::start(tick)?;
-    progress.phase("west: start, pair, create devices", 0);
-    let mut b = Bench::start(args.devices, args.clients).await?;
-    let mut report = Report::default();
+/// What the throughput phase measured.
+pub(super) struct Throughput {
+    /// Points written.
+    pub(super) points: u64,
+    /// From the first request until the Target had applied the last point.
+    pub(super) secs: f64,
+    /// From the first request until the Source had acknowledged the last one.
+    pub(super) ingested: f64,
+}
 
-    // 1. Throughput, wire bytes, stored bytes.
-    progress.phase("west: throughput", args.points);
+impl Throughput {
+    pub(super) fn replicated(&self) -> f64 {
+        self.points as f64 / self.secs
+    }
+
+    pub(super) fn ingest(&self) -> f64 {
+        self.points as f64 / self.ingested
+    }
+}
+
+/// The throughput phase (`name` prefixes its progress lines): `points` points in bulk
+/// requests, as fast as the Source takes them, until the Target has applied them all.
+pub(super) async fn throughput(
+    b: &mut Bench,
+    points: u64,
+    name: &str,
+    progress: &mut Progress,
+) -> anyhow::Result<Throughput> {
+    progress.phase(&format!("{name}: throughput"), points);
     progress.stage("Source ingest");
-    let wire_before = b
-        .hub
-        .counter("west_hub_bytes_received_total", "site-a")
-        .await?;
-    let disk_before = b.disk_written()?;
     let started = Instant::now();
     let base = b.next;
-    b.write_bulk(args.points, progress).await?;
+    b.write_bulk(points, progress).await?;
     let ingested = started.elapsed().as_secs_f64();
-    // Every point is remote-synced, so the outbox head is the number of points written.
     progress.stage("Target applying");
-    b.applied_points(base, b.next, progress).await?;
-    let secs = started.elapsed().as_secs_f64();
-    let wire = b
-        .hub
-        .counter("west_hub_bytes_received_total", "site-a")
-        .await?
-        - wire_before;
-    let disk = b.disk_written()?;
-    let stored_early =
-        procstat::dir_size(&b.b.data_dir).context("measuring the Target's data dir")?;
-    let written = b.next - base;
+    b.applied_all(base, progress).await?;
+    Ok(Throughput {
+        points: b.next - base,
+        secs: started.elapsed().as_secs_f64(),
+        ingested,
+    })
+}
 
-    // 2. Latency at a fixed rate.
-    let per_request = 1_000.min(args.rate);
-    let interval = Duration::from_secs_f64(per_request as f64 / args.rate as f64);
-    let requests = (args.rate * args.seconds() / per_request).max(1);
-    progress.phase("west: latency", requests * per_request);
+/// What the latency phase measured, per request of up to 1,000 points (µs).
+pub(super) struct Latency {
+    /// From the Source's acknowledgement until the request's last point was visible on the
+    /// Target.
+    pub(super) from_ack: Histogram<u64>,
+    /// From sending the request.
+    pub(super) from_send: Histogram<u64>,
+    /// Samples whose visibility was polled through the data API instead of streamed.
+    pub(super) polled: u64,
+}
+
+impl Latency {
+    /// A quantile of the latency from the acknowledgement, ms.
+    pub(super) fn ms(&self, q: f64) -> f64 {
+        self.from_ack.value_at_quantile(q) as f64 / 1000.0
+    }
+
+    /// The rows of the main part: p50, p99, max, polled samples, p50 and p99 from send.
+    fn add_rows(&self, report: &mut Report) {
+        report.add("latency p50", self.ms(0.50), "ms");
+        report.add("latency p99", self.ms(0.99), "ms");
+        report.add("latency max", self.from_ack.max() as f64 / 1000.0, "ms");
+        report.add(
+            "  latency samples polled, not streamed",
+            self.polled as f64,
+            "samples",
+        );
+        let send = |q: f64| self.from_send.value_at_quantile(q) as f64 / 1000.0;
+        report.add("latency p50 from send", send(0.5), "ms");
+        report.add("latency p99 from send", send(0.99), "ms");
+    }
+}
+
+/// The latency phase (`name` prefixes its progress line): `rate` points/s for `seconds` in
+/// paced requests of up to 1,000 points; per request, from its acknowledgement (and from
+/// its sending) until its last point is visible on the Target.
+pub(super) async fn latency(
+    b: &mut Bench,
+    rate: u64,
+    seconds: u64,
+    name: &str,
+    progress: &mut Progress,
+) -> anyhow::Result<Latency> {
+    let per_request = 1_000.min(rate);
+    let interval = Duration::from_secs_f64(per_request as f64 / rate as f64);
+    let requests = (rate * seconds / per_request).max(1);
+    progress.phase(&format!("{name}: latency"), requests * per_request);
     let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).context("histogram")?;
     let mut from_send = hist.clone();
     let mut waiting: VecDeque<(Instant, Instant, String, i64)> = VecDeque::new();
@@ -408,7 +593,43 @@ pub async fn run(args: SyncArgs, progress: &mut Progress) -> anyhow::Result<Repo
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    drop(live);
+    Ok(Latency {
+        from_ack: hist,
+        from_send,
+        polled,
+    })
+}
+
+pub async fn run(args: SyncArgs, progress: &mut Progress) -> anyhow::Result<Report> {
+    anyhow::ensure!(
+        args.points > 0 && args.devices > 0 && args.rate > 0,
+        "counts must be positive"
+    );
+    let tick = procstat::clock_ticks().await;
+    let client = ClientMeter::start(tick)?;
+    progress.phase("west: start, pair, create devices", 0);
+    let mut b = Bench::start(args.devices, args.clients).await?;
+    let mut report = Report::default();
+
+    // 1. Throughput, wire bytes, stored bytes.
+    let wire_before = b
+        .hub()
+        .counter("west_hub_bytes_received_total", "site-a")
+        .await?;
+    let disk_before = b.disk_written()?;
+    let speed = throughput(&mut b, args.points, "west", progress).await?;
+    let wire = b
+        .hub()
+        .counter("west_hub_bytes_received_total", "site-a")
+        .await?
+        - wire_before;
+    let disk = b.disk_written()?;
+    let stored_early =
+        procstat::dir_size(&b.b.data_dir).context("measuring the Target's data dir")?;
+    let written = speed.points;
+
+    // 2. Latency at a fixed rate.
+    let lat = latency(&mut b, args.rate, args.seconds(), "west", progress).await?;
 
     // 3. Catch-up after an outage of the Target.
     let outage = args.outage_points();
@@ -421,12 +642,11 @@ pub async fn run(args: SyncArgs, progress: &mut Progress) -> anyhow::Result<Repo
         b.b.kill9().await?;
         let held = b.next;
         b.write_bulk(outage, progress).await?;
-        let head = b.next;
         progress.stage("Target catching up");
         let restarted = Instant::now();
         b.b.restart().await?;
         b.api_b = b.b.admin().await?;
-        let moved = b.applied_points(held, head, progress).await?;
+        let moved = b.applied_all(held, progress).await?;
         catch_up = Some((
             restarted.elapsed().as_secs_f64(),
             moved.saturating_duration_since(restarted).as_secs_f64(),
@@ -434,31 +654,9 @@ pub async fn run(args: SyncArgs, progress: &mut Progress) -> anyhow::Result<Repo
     }
     let stored = procstat::dir_size(&b.b.data_dir).context("measuring the Target's data dir")?;
 
-    report.add("replicated", written as f64 / secs, "points/s");
-    report.add(
-        "  source ingest alone",
-        written as f64 / ingested,
-        "points/s",
-    );
-    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
-    report.add("latency p50", ms(0.50), "ms");
-    report.add("latency p99", ms(0.99), "ms");
-    report.add("latency max", hist.max() as f64 / 1000.0, "ms");
-    report.add(
-        "  latency samples polled, not streamed",
-        polled as f64,
-        "samples",
-    );
-    report.add(
-        "latency p50 from send",
-        from_send.value_at_quantile(0.5) as f64 / 1000.0,
-        "ms",
-    );
-    report.add(
-        "latency p99 from send",
-        from_send.value_at_quantile(0.99) as f64 / 1000.0,
-        "ms",
-    );
+    report.add("replicated", speed.replicated(), "points/s");
+    report.add("  source ingest alone", speed.ingest(), "points/s");
+    lat.add_rows(&mut report);
     if let Some((secs, first_point)) = catch_up {
         report.add("catch-up", outage as f64 / secs, "points/s");
         report.add("  catch-up time", secs, "s");
@@ -482,7 +680,7 @@ pub async fn run(args: SyncArgs, progress: &mut Progress) -> anyhow::Result<Repo
         );
     }
     let usage = [
-        ("hub", Usage::of(b.hub.proc.pid(), tick)?),
+        ("hub", Usage::of(b.hub().proc.pid(), tick)?),
         ("site-a", Usage::of(b.a.proc.pid(), tick)?),
         ("site-b", b_before.and(Usage::of(b.b.proc.pid(), tick)?)),
         ("client", client.finish(tick)?),

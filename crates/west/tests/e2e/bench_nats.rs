@@ -3,7 +3,8 @@
 //! Checks that every figure is reported and positive and that site-b holds exactly what
 //! site-a acknowledged (its mirror, or its SQLite store); the speeds themselves are reported,
 //! never asserted. Then the default form, `west bench --baseline nats`: our end-to-end
-//! scenario and the three baselines in one run, with every figure of each on our side too.
+//! scenario and the three baselines in one run, with every figure of each on our side too;
+//! and the other parts alone (devices, scale, the hub cluster with its failovers, reads).
 
 use std::process::Stdio;
 
@@ -185,6 +186,52 @@ async fn bench_scale_reports_each_fleet_size() -> anyhow::Result<()> {
         })
         .collect();
     assert_positive(&report, &keys);
+    Ok(())
+}
+
+#[tokio::test]
+async fn bench_cluster_compares_one_hub_with_three_nodes_and_times_every_failover()
+-> anyhow::Result<()> {
+    let (report, _) = run(&[
+        "cluster",
+        "--points",
+        "3000",
+        "--devices",
+        "20",
+        "--rate",
+        "1000",
+        "--seconds",
+        "1",
+        "--kills",
+        "2",
+    ])
+    .await?;
+    let mut keys: Vec<String> = [
+        "replicated_ratio_3_nodes_to_one_hub_x",
+        "failover_p50_ms",
+        "failover_p99_ms",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for side in ["one_hub", "3_nodes"] {
+        for row in ["replicated", "source_ingest_alone"] {
+            keys.push(format!("{row}_{side}_points_per_s"));
+        }
+        for row in ["latency_p50", "latency_p99"] {
+            keys.push(format!("{row}_{side}_ms"));
+        }
+    }
+    assert_positive(&report, &keys);
+    // What the cluster adds may be negative; it must be there.
+    for key in [
+        "latency_p50_added_by_3_nodes_ms",
+        "latency_p99_added_by_3_nodes_ms",
+    ] {
+        assert!(report[key].is_number(), "{key} missing: {report}");
+    }
+    // Both kills happened, and the stream moved again after each.
+    assert_eq!(report["failover_kills_kills"], 2.0, "{report}");
     Ok(())
 }
 
