@@ -773,6 +773,47 @@
     }
   }
 
+  // ---- Points waiting on the Target for a missing resource (paired Source) ----------------
+  //
+  // The Source asks its Target (through this site's API, live) which resources its points
+  // wait for; the Target's own pages have a Create button for each.
+
+  async function pollWaiting() {
+    const host = $("[data-waiting-src]");
+    if (!host || host.dataset.busy || (document.hidden && host.dataset.loaded)) return;
+    host.dataset.busy = "1";
+    const peer = host.dataset.peer;
+    try {
+      const res = await fetchJson(host.dataset.waitingSrc);
+      host.dataset.loaded = "1";
+      const rows = res.ok ? (res.body.resources || []) : [];
+      host.dataset.state = res.ok ? "ok" : "error";
+      if (!rows.length) { host.hidden = true; host.replaceChildren(); return; }
+      const list = node("ul", "waiting");
+      for (const w of rows) {
+        const li = node("li");
+        li.dataset.waiting = w.resource;
+        li.append(`${countText(w.points, "point")} of `, node("code", "", w.resource),
+          ` (${w.format}) from ${countText(w.devices, "device")} wait for the resource on ${peer} — create it there (`,
+          node("strong", "", `Create ${w.resource}`), ` on the connector's Resources or Remote-Sync tab on ${peer}).`);
+        list.append(li);
+      }
+      const head = node("p");
+      head.append(node("strong", "", `${peer} has no resource for some of the data it receives.`),
+        ` Its points are kept there and applied once the resource is created; after the retention period they are dropped and recorded as a gap.`);
+      host.replaceChildren(head, list);
+      host.hidden = false;
+    } catch (_) {
+      /* this site itself is unreachable: the header's dot says so */
+    } finally {
+      delete host.dataset.busy;
+    }
+  }
+
+  function countText(n, noun) {
+    return n === 1 ? `1 ${noun}` : `${Number(n).toLocaleString("en-US")} ${noun}s`;
+  }
+
   // ---- Wiring --------------------------------------------------------------------------
 
   document.addEventListener("click", (e) => {
@@ -797,4 +838,5 @@
   if ($("[data-device-src]")) setInterval(pollDevice, POLL_MS);
   if ($("[data-remote-list]")) { pollRemoteList(); setInterval(pollRemoteList, POLL_MS); }
   if ($("[data-remote-device]")) { pollRemoteDevice(); setInterval(pollRemoteDevice, POLL_MS); }
+  if ($("[data-waiting-src]")) { pollWaiting(); setInterval(pollWaiting, POLL_MS); }
 })();

@@ -19,6 +19,8 @@
 //! - `Devices` — those devices that exist ([`Answer::Devices`]), at most [`MAX_FETCH`].
 //! - `Resend` — the peer queues its record of those devices (at most [`MAX_RESEND`]) on the
 //!   durable sync stream and answers how many ([`Answer::Queued`]).
+//! - `Waiting` — the points the peer keeps for resources it does not have yet, per
+//!   resource ([`Answer::Waiting`]): a Target shows them to the Source's operator too.
 //!
 //! Any request may be answered [`Answer::Refused`] with a stable code (`not_found`,
 //! `invalid_query`, `invalid_value`, `too_large`, …) and a sentence for humans.
@@ -35,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::envelope::{self, EnvelopeError};
-use crate::model::{DeviceState, Identity, Permission, ResourceName, Tags, Value};
+use crate::model::{DeviceState, Format, Identity, Permission, ResourceName, Tags, Value};
 use crate::service;
 
 /// Number of buckets of the registry digest.
@@ -65,6 +67,7 @@ pub enum Op {
     Hashes(Vec<u8>),
     Devices(Vec<Identity>),
     Resend(Vec<Identity>),
+    Waiting,
 }
 
 /// One page of a device list: devices carrying every tag of `tags`, whose identity sorts
@@ -96,10 +99,24 @@ pub enum Answer {
     Hashes(Vec<(Identity, [u8; 32])>),
     Devices(Vec<DeviceView>),
     Queued(u64),
+    Waiting(Vec<WaitingView>),
     Refused {
         code: String,
         message: String,
     },
+}
+
+/// Points one site keeps for a resource it does not have: they are applied once it is
+/// created there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitingView {
+    pub resource: ResourceName,
+    pub format: Format,
+    pub points: u64,
+    pub devices: u64,
+    /// Times of the oldest and newest point (µs).
+    pub from: i64,
+    pub until: i64,
 }
 
 /// A device as one site shows it to the other.
@@ -457,6 +474,7 @@ mod tests {
                 proptest::collection::vec(any::<u8>(), 0..8).prop_map(Op::Hashes),
                 ids().prop_map(Op::Devices),
                 ids().prop_map(Op::Resend),
+                Just(Op::Waiting),
             ]
         }
 
@@ -477,6 +495,29 @@ mod tests {
                     .prop_map(Answer::Hashes),
                 proptest::collection::vec(view(), 0..3).prop_map(Answer::Devices),
                 any::<u64>().prop_map(Answer::Queued),
+                proptest::collection::vec(
+                    (
+                        "[a-z][a-z0-9_]{0,10}",
+                        0..5usize,
+                        any::<u64>(),
+                        any::<u64>(),
+                        any::<i64>(),
+                        any::<i64>()
+                    ),
+                    0..3
+                )
+                .prop_map(|rows| Answer::Waiting(
+                    rows.into_iter()
+                        .map(|(r, f, points, devices, from, until)| WaitingView {
+                            resource: ResourceName::parse(&r).expect("a valid name"),
+                            format: Format::ALL[f],
+                            points,
+                            devices,
+                            from,
+                            until,
+                        })
+                        .collect()
+                )),
                 ("[a-z_]{1,12}", ".{0,20}")
                     .prop_map(|(code, message)| Answer::Refused { code, message }),
             ]

@@ -272,4 +272,7 @@ pub trait Store: Send + Sync + 'static {
     async fn resend_devices(&self, cid: &ConnectorId, identities: Vec<Identity>) -> Result<u64>;
     /// Every loss recorded on this side, oldest first.
     async fn sync_gaps(&self, cid: &ConnectorId) -> Result<Vec<GapRow>>;
+    /// The points this side keeps for resources it does not have (a Target's points that
+    /// arrived before their resource was created here), summed per resource in name order.
+    async fn sync_waiting(&self, cid: &ConnectorId) -> Result<Vec<WaitingResource>>;
 }

@@ -307,6 +307,22 @@ pub struct GapRow {
     pub reason: GapReason,
 }
 
+/// Points kept for a resource this side does not have yet, summed (`Store::sync_waiting`):
+/// creating the resource applies them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaitingResource {
+    pub resource: ResourceName,
+    /// The format of the values waiting (of the newest kind when they differ).
+    pub format: proto::model::Format,
+    pub points: u64,
+    pub devices: u64,
+    /// Times of the oldest and newest point, µs.
+    pub from_us: i64,
+    pub until_us: i64,
+    /// When the first of them arrived (the site's clock, µs): retention drops them from then.
+    pub since: i64,
+}
+
 /// The wall clock the store stamps outbox appends with (µs since the epoch). The site passes
 /// its own, which a test-only flag can move forward, so that retention can be tested
 /// without waiting 30 days.

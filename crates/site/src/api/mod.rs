@@ -12,6 +12,7 @@ mod live;
 mod remote;
 pub mod render;
 mod resources;
+mod waiting;
 
 use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
 use axum::http::StatusCode;
@@ -57,6 +58,10 @@ pub fn routes(state: AppState) -> Router {
         .route(
             "/connectors/{cid}/remote-sync/history",
             get(connectors::remote_sync_history),
+        )
+        .route(
+            "/connectors/{cid}/remote-sync/waiting",
+            get(waiting::waiting),
         )
         .route(
             "/connectors/{cid}/resources",

@@ -50,6 +50,10 @@ pub fn remote_sync_json(state: &AppState, c: &Connector) -> Json {
         if let Some(at) = s.last_applied_at {
             link["last_applied_at"] = json!(rfc3339(at));
         }
+        link["peer_apply_rate"] = json!(s.peer_apply_rate.round());
+        if let Some(at) = s.peer_applied_at {
+            link["peer_applied_at"] = json!(rfc3339(at));
+        }
         rs.insert("link".into(), link);
     }
     Json::Object(rs)
@@ -200,4 +204,19 @@ pub fn resent_json(r: &Resent) -> Json {
         Err(e) => json!({ "error": e }),
     };
     json!({ "queued": r.queued, "peer": peer })
+}
+
+/// Where points wait for missing resources (docs/api.md `GET …/remote-sync/waiting`).
+pub fn waiting_json(site: &str, waiting: &[proto::lookup::WaitingView]) -> Json {
+    json!({
+        "site": site,
+        "resources": waiting.iter().map(|w| json!({
+            "resource": w.resource,
+            "format": w.format.as_str(),
+            "points": w.points,
+            "devices": w.devices,
+            "from": w.from,
+            "until": w.until,
+        })).collect::<Vec<_>>(),
+    })
 }

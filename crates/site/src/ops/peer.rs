@@ -1,6 +1,7 @@
 //! What an operator asks of the peer site, live, through the hub: the peer's devices
 //! (docs/spec.md, "Remote lookup"), the drift check between the two device registries, the
-//! re-send of the devices it found different, and a ping of any site on the hub.
+//! re-send of the devices it found different, where points wait for a missing resource, and
+//! a ping of any site on the hub.
 //!
 //! A lookup is one `proto::lookup` request over the connector's end-to-end session; the
 //! answer is awaited in `peers::registry::Pending` (the peer's side is `remote::lookup`).
@@ -11,7 +12,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use proto::lookup::{Answer, BUCKETS, ListQuery, MAX_FETCH, MAX_HASH_ENTRIES, Op, Request};
+use proto::lookup::{
+    Answer, BUCKETS, ListQuery, MAX_FETCH, MAX_HASH_ENTRIES, Op, Request, WaitingView,
+};
 use proto::model::{Identity, SyncState};
 use store::{Connector, Device};
 
@@ -326,6 +329,42 @@ pub async fn resend(state: &AppState, c: &Connector, identities: &[String]) -> R
         Err(e) => Err(e.to_string()),
     };
     Ok(Resent { queued, peer })
+}
+
+/// Where points wait for resources that do not exist on the receiving side: the site they
+/// wait on and, per resource, how many (docs/api.md `GET …/remote-sync/waiting`). Points
+/// travel from the Source to the Target, so they wait on the Target: a Target answers from
+/// its own store, a Source asks its Target (`peer_offline` when it cannot).
+pub async fn waiting(state: &AppState, c: &Connector) -> Result<(String, Vec<WaitingView>)> {
+    let site = peer_site(c)?.to_owned();
+    if c.role == proto::model::Role::Target {
+        return Ok((state.site_name.clone(), waiting_here(state, &c.id).await?));
+    }
+    match ask(state, c, Op::Waiting).await? {
+        Answer::Waiting(w) => Ok((site, w)),
+        _ => Err(unexpected(c)),
+    }
+}
+
+/// The points this site keeps for resources it does not have, per resource.
+pub async fn waiting_here(
+    state: &AppState,
+    cid: &proto::model::ConnectorId,
+) -> Result<Vec<WaitingView>> {
+    Ok(state
+        .store
+        .sync_waiting(cid)
+        .await?
+        .into_iter()
+        .map(|w| WaitingView {
+            resource: w.resource,
+            format: w.format,
+            points: w.points,
+            devices: w.devices,
+            from: w.from_us,
+            until: w.until_us,
+        })
+        .collect())
 }
 
 /// A request through the hub to the built-in echo service of site `site`: proof that both

@@ -91,6 +91,12 @@ pub struct SyncStatus {
     /// Points per second over the last few seconds.
     pub send_rate: f64,
     pub apply_rate: f64,
+    /// Records per second the peer acknowledged as applied, over the last few seconds: on
+    /// a Source, how fast its Target applies the data stream.
+    pub peer_apply_rate: f64,
+    /// When (µs, system clock) the peer's acknowledgement last moved forward, since this
+    /// process started.
+    pub peer_applied_at: Option<i64>,
     /// Seconds until the backlog is delivered at the current rate, if it is moving.
     pub eta_seconds: Option<f64>,
     /// How long the hub link has been up without an encrypted session, if it is now.
@@ -113,7 +119,8 @@ pub struct RateSample {
     /// When it was taken: µs since the Unix epoch on the system clock (the viewer's time,
     /// not the sync engine's retention clock, which a test may move).
     pub t: i64,
-    /// Points per second sent (applied) over the interval that ends at `t`.
+    /// Points per second sent and applied over the interval that ends at `t`; on a Source
+    /// "applied" is what its Target acknowledged, on a Target what it applied itself.
     pub send_rate: f64,
     pub apply_rate: f64,
     /// Records still to deliver at `t`, as [`SyncStatus::backlog_points`].

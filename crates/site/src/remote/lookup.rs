@@ -101,6 +101,7 @@ async fn answer(state: &AppState, cid: &ConnectorId, op: Op) -> ops::Result<Answ
             tracing::info!(connector = %cid, devices = queued, "re-sending devices the peer asked for");
             Answer::Queued(queued)
         }
+        Op::Waiting => Answer::Waiting(ops::peer::waiting_here(state, cid).await?),
     })
 }
 

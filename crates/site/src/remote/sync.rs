@@ -28,7 +28,9 @@
 //!
 //! The status publisher also feeds each connector's rate history (`status::RateHistory`):
 //! one sample of the send and apply rates and the backlog every `status::HISTORY_EVERY`,
-//! the last hour of them, in memory only, for the Remote-Sync tab's chart.
+//! the last hour of them, in memory only, for the Remote-Sync tab's chart. On a Source the
+//! apply rate (there and in `SyncStatus::peer_apply_rate`) is the Target's, read from its
+//! acknowledgements.
 //!
 //! Deliberately absent: any SQL, and any knowledge of what a record holds: points and device
 //! changes are both records, which the store appends and applies (docs/sync.md).
@@ -118,8 +120,13 @@ struct SyncDriver {
     /// `(remote head, when first seen)`: the Target's lag is the age of the oldest head
     /// sample its cursor has not reached.
     heads: VecDeque<(u64, Instant)>,
-    /// `(when, points sent, points applied)` samples for rates.
-    samples: VecDeque<(Instant, u64, u64)>,
+    /// `(when, points sent, points applied, peer's acknowledgement)` samples for rates.
+    samples: VecDeque<(Instant, u64, u64, u64)>,
+    /// The peer's acknowledgement when the driver started, and when (µs, system clock) it
+    /// last moved forward: the Source's view of its Target's progress.
+    acked_at_start: u64,
+    peer_acked: u64,
+    peer_applied_at: Option<i64>,
     durable: store::SyncDurable,
     reconnects: u64,
     points_expired: u64,
@@ -345,8 +352,12 @@ impl SyncDriver {
         while self.heads.front().is_some_and(|(h, _)| *h <= rt.applied) {
             self.heads.pop_front();
         }
+        if st.acked > self.peer_acked {
+            self.peer_acked = st.acked;
+            self.peer_applied_at = Some(crate::clock::now_micros());
+        }
         self.samples
-            .push_back((at, st.records_sent, rt.records_applied));
+            .push_back((at, st.records_sent, rt.records_applied, st.acked));
         while self.samples.len() > 2
             && self
                 .samples
@@ -355,7 +366,7 @@ impl SyncDriver {
         {
             self.samples.pop_front();
         }
-        let rate = |pick: fn(&(Instant, u64, u64)) -> u64| match (
+        let rate = |pick: fn(&(Instant, u64, u64, u64)) -> u64| match (
             self.samples.front(),
             self.samples.back(),
         ) {
@@ -364,7 +375,8 @@ impl SyncDriver {
             }
             _ => 0.0,
         };
-        let (send_rate, apply_rate) = (rate(|s| s.1), rate(|s| s.2));
+        let (send_rate, apply_rate, peer_apply_rate) =
+            (rate(|s| s.1), rate(|s| s.2), rate(|s| s.3));
         let session_down = self.handle.session_down_for();
         let (backlog, lag, rate) = match self.role {
             Role::Target => (
@@ -400,12 +412,20 @@ impl SyncDriver {
             reconnects: self.reconnects,
             send_rate,
             apply_rate,
+            peer_apply_rate,
+            peer_applied_at: self.peer_applied_at,
             eta_seconds: (backlog > 0 && rate > 0.0).then(|| backlog as f64 / rate),
             session_down_seconds: session_down.map(|d| d.as_secs_f64()),
             session_stalled: session_down.is_some_and(|d| d >= peer::STALL_AFTER),
             messages_dropped: self.handle.dropped(),
         };
         self.state.metrics.sync_status(&self.cid, &status);
+        // A Source's chart shows what its Target applied (acknowledged); a Target's what it
+        // applied itself.
+        let applied = match self.role {
+            Role::Target => rt.records_applied,
+            _ => st.acked.saturating_sub(self.acked_at_start),
+        };
         self.shared
             .history
             .lock()
@@ -414,7 +434,7 @@ impl SyncDriver {
                 at,
                 crate::clock::now_micros(),
                 st.records_sent,
-                rt.records_applied,
+                applied,
                 backlog,
             );
         *self.shared.status.lock().unwrap_or_else(|e| e.into_inner()) = status;
@@ -560,6 +580,9 @@ async fn run(
         ack_pending: None,
         heads: VecDeque::new(),
         samples: VecDeque::new(),
+        acked_at_start: durable.acked,
+        peer_acked: durable.acked,
+        peer_applied_at: None,
         durable,
         reconnects: 0,
         points_expired: 0,

@@ -1,9 +1,11 @@
 //! Connector pages: the connector list (home), the Create a Connector form with its
 //! Remote-Sync Target toggle, and the Settings tab with its General and Remote-Sync sub-tabs.
 //!
-//! Pairing itself is not built yet: the Target fields go to `create_connector`, which
-//! answers why it cannot pair, and ENABLE REMOTE-SYNC posts to a hook that says so. Both
-//! places are marked `HOOK(pairing)`.
+//! The Remote-Sync tab's figures all come from one status of the connector's sync driver
+//! (`peers::status::SyncStatus`), in plural-aware words; a Source shows its Target's
+//! progress from the Target's acknowledgements, and a Target the points that wait for a
+//! resource it does not have, with a **Create** button each (the Source's page asks the
+//! Target for them live, from `app.js`, through `GET …/remote-sync/waiting`).
 
 use askama::Template;
 use axum::Form;
@@ -267,16 +269,49 @@ fn history_note(kept_since: Option<i64>, now: i64) -> Option<String> {
     ))
 }
 
-/// The Remote-Sync tab's figures, rendered as text.
+/// The Remote-Sync tab's figures, rendered as text, every one from the same status of the
+/// sync driver. On a Source the Target's progress comes from its acknowledgements.
 struct SyncView {
     /// Why the chart covers less than an hour, if it does.
     history_note: Option<String>,
-    lag: String,
+    /// Records still to deliver, in words ("none", "1 point").
     backlog: String,
+    /// Age of the oldest of them, in words.
+    lag: String,
+    /// What the outbox holds on disk (Source), when it holds anything.
+    outbox: Option<String>,
     rates: String,
     eta: String,
-    last_applied: String,
+    /// Who applied up to where: "site-b has applied 1,200 of 1,250".
+    applied: String,
+    /// When that last moved: a `<time>` (local time, like every time of the UI), or why
+    /// there is none.
+    applied_at: Option<When>,
+    applied_never: &'static str,
+    /// Points waiting here (a Target) for resources that do not exist.
+    waiting: Vec<WaitingRow>,
     gaps: Vec<GapView>,
+}
+
+/// Points waiting on a Target for a resource it does not have: "6 points of `pressure` …".
+pub struct WaitingRow {
+    pub resource: String,
+    pub format: &'static str,
+    /// "6 points", "1 point".
+    pub points: String,
+    /// "2 devices".
+    pub devices: String,
+}
+
+impl WaitingRow {
+    pub fn new(w: &proto::lookup::WaitingView) -> Self {
+        Self {
+            resource: w.resource.to_string(),
+            format: w.format.as_str(),
+            points: super::view::count(w.points, "point"),
+            devices: super::view::count(w.devices, "device"),
+        }
+    }
 }
 
 struct GapView {
@@ -289,6 +324,83 @@ struct GapView {
     reason: &'static str,
 }
 
+/// The figures of the Remote-Sync tab from one status of the driver.
+fn sync_figures(s: &crate::peers::status::SyncStatus, role: Role, peer: &str) -> SyncView {
+    use super::view::{count, thousands};
+    let source = role != Role::Target;
+    let backlog = if s.backlog_points == 0 {
+        "none: everything is delivered".to_owned()
+    } else if source {
+        format!(
+            "{} still to deliver to {peer}",
+            count(s.backlog_points, "point")
+        )
+    } else {
+        format!(
+            "{} still to come from {peer}",
+            count(s.backlog_points, "point")
+        )
+    };
+    let lag = if s.backlog_points == 0 {
+        "none".to_owned()
+    } else {
+        format!("{:.1} s (the oldest point not yet applied)", s.lag_seconds)
+    };
+    let outbox = (source && s.outbox_bytes > 0).then(|| {
+        format!(
+            "{} in {} on disk: a partition is deleted once {peer} applied all of it",
+            super::view::bytes_text(s.outbox_bytes),
+            count(s.outbox_partitions, "partition"),
+        )
+    });
+    let rates = if source {
+        format!(
+            "sending {} points/s · {peer} applies {} points/s",
+            thousands(s.send_rate.round() as u64),
+            thousands(s.peer_apply_rate.round() as u64)
+        )
+    } else {
+        format!(
+            "applying {} points/s",
+            thousands(s.apply_rate.round() as u64)
+        )
+    };
+    let (applied, applied_at, applied_never) = if source {
+        (
+            format!(
+                "{peer} has applied {} of {}",
+                thousands(s.acked),
+                thousands(s.outbox_head)
+            ),
+            s.peer_applied_at.map(When::at),
+            "nothing since this site started",
+        )
+    } else {
+        (
+            format!("this site has applied {} from {peer}", thousands(s.applied)),
+            s.last_applied_at.map(When::at),
+            "never",
+        )
+    };
+    SyncView {
+        history_note: None,
+        backlog,
+        lag,
+        outbox,
+        rates,
+        eta: match s.eta_seconds {
+            Some(secs) => format!("about {secs:.0} s"),
+            None if s.backlog_points == 0 => "caught up".into(),
+            None => "not moving".into(),
+        },
+        applied,
+        applied_at,
+        applied_never,
+        waiting: Vec::new(),
+        gaps: Vec::new(),
+    }
+}
+
 async fn sync_view(state: &AppState, c: &Connector) -> Option<SyncView> {
     if c.state != SyncState::Paired {
         return None;
@@ -296,46 +408,35 @@ async fn sync_view(state: &AppState, c: &Connector) -> Option<SyncView> {
     let s = state.remote.sync.status(&c.id).unwrap_or_default();
     let gaps = state.store.sync_gaps(&c.id).await.unwrap_or_default();
     let kept_since = state.remote.sync.history(&c.id).map(|h| h.since());
-    Some(SyncView {
-        history_note: history_note(kept_since, crate::clock::now_micros()),
-        lag: format!("{:.1} s · {} points", s.lag_seconds, s.backlog_points),
-        backlog: format!(
-            "{} points · {:.1} MiB in {} partitions",
-            s.backlog_points,
-            s.outbox_bytes as f64 / (1024.0 * 1024.0),
-            s.outbox_partitions
-        ),
-        rates: format!(
-            "sent {:.0} points/s · applied {:.0} points/s",
-            s.send_rate, s.apply_rate
-        ),
-        eta: match s.eta_seconds {
-            Some(secs) => format!("about {secs:.0} s"),
-            None if s.backlog_points == 0 => "caught up".into(),
-            None => "not moving".into(),
-        },
-        last_applied: s
-            .last_applied_at
-            .map(crate::clock::rfc3339)
-            .unwrap_or_else(|| "—".into()),
-        gaps: gaps
+    let peer = c.peer.as_ref().map(|p| p.site.as_str()).unwrap_or_default();
+    let mut view = sync_figures(&s, c.role, peer);
+    view.history_note = history_note(kept_since, crate::clock::now_micros());
+    if c.role == Role::Target {
+        view.waiting = ops::peer::waiting_here(state, &c.id)
+            .await
+            .unwrap_or_default()
             .iter()
-            .rev()
-            .map(|g| GapView {
-                resource: g.resource.to_string(),
-                devices: g.devices,
-                points: g.points,
-                from: When::at(g.from_us),
-                until: When::at(g.until_us),
-                detected: When::at(g.detected_at),
-                reason: match g.reason {
-                    store::GapReason::Retention => "the Source's retention expired",
-                    store::GapReason::PendingExpired => "no such resource here in time",
-                    store::GapReason::Format => "value does not fit the resource format",
-                },
-            })
-            .collect(),
-    })
+            .map(WaitingRow::new)
+            .collect();
+    }
+    view.gaps = gaps
+        .iter()
+        .rev()
+        .map(|g| GapView {
+            resource: g.resource.to_string(),
+            devices: g.devices,
+            points: g.points,
+            from: When::at(g.from_us),
+            until: When::at(g.until_us),
+            detected: When::at(g.detected_at),
+            reason: match g.reason {
+                store::GapReason::Retention => "the Source's retention expired",
+                store::GapReason::PendingExpired => "no such resource here in time",
+                store::GapReason::Format => "value does not fit the resource format",
+            },
+        })
+        .collect();
+    Some(view)
 }
 
 pub async fn remote_sync(
@@ -454,5 +555,60 @@ mod tests {
         check(Some(now - 60 * MIN + 1), Some("only the last 59 min"));
         check(Some(now - 60 * MIN), None);
         check(Some(now - 600 * MIN), None);
+    }
+
+    #[test]
+    fn a_source_shows_its_targets_progress_in_plural_aware_words() {
+        let s = crate::peers::status::SyncStatus {
+            backlog_points: 1,
+            lag_seconds: 2.25,
+            outbox_bytes: 734_003,
+            outbox_partitions: 1,
+            outbox_head: 1_250,
+            acked: 1_249,
+            send_rate: 10.2,
+            apply_rate: 0.0,
+            peer_apply_rate: 9.8,
+            peer_applied_at: Some(1_700_000_000_000_000),
+            ..Default::default()
+        };
+        let v = sync_figures(&s, Role::Source, "site-b");
+        assert_eq!(v.backlog, "1 point still to deliver to site-b");
+        assert_eq!(v.lag, "2.2 s (the oldest point not yet applied)");
+        assert_eq!(
+            v.outbox.as_deref(),
+            Some(
+                "716.8 KiB in 1 partition on disk: a partition is deleted once site-b applied all of it"
+            )
+        );
+        assert_eq!(v.rates, "sending 10 points/s · site-b applies 10 points/s");
+        assert_eq!(v.applied, "site-b has applied 1,249 of 1,250");
+        assert_eq!(v.applied_at.map(|w| w.us), Some(1_700_000_000_000_000));
+
+        // Caught up: no backlog, no lag, whatever the outbox still holds on disk.
+        let idle = crate::peers::status::SyncStatus {
+            outbox_bytes: 734_003,
+            outbox_partitions: 2,
+            ..Default::default()
+        };
+        let v = sync_figures(&idle, Role::Source, "site-b");
+        assert_eq!(
+            (v.backlog.as_str(), v.lag.as_str()),
+            ("none: everything is delivered", "none")
+        );
+        assert!(v.outbox.unwrap().contains("in 2 partitions"));
+        assert_eq!(v.eta, "caught up");
+
+        let t = crate::peers::status::SyncStatus {
+            backlog_points: 20,
+            applied: 5,
+            apply_rate: 10.0,
+            ..Default::default()
+        };
+        let v = sync_figures(&t, Role::Target, "site-a");
+        assert_eq!(v.backlog, "20 points still to come from site-a");
+        assert_eq!(v.rates, "applying 10 points/s");
+        assert_eq!(v.applied, "this site has applied 5 from site-a");
+        assert!(v.outbox.is_none() && v.applied_at.is_none());
     }
 }

@@ -9,7 +9,7 @@ use proto::model::{Format, ResourceName, Role};
 use serde::Deserialize;
 use store::Resource;
 
-use super::connectors::ConnView;
+use super::connectors::{ConnView, WaitingRow};
 use super::error_page::{OrPage, UiError, UiResult, connector_crumbs, load_connector, status_of};
 use super::frame::{Crumb, Frame};
 use super::session::Ctx;
@@ -49,6 +49,10 @@ pub struct CreateForm {
     #[serde(default)]
     unit: String,
     settable: Option<String>,
+    /// `remote-sync`: the form was the **Create** button of a resource that points wait for
+    /// on the Remote-Sync tab, which the operator returns to.
+    #[serde(default)]
+    back: String,
 }
 
 fn default_format() -> String {
@@ -62,6 +66,7 @@ impl Default for CreateForm {
             format: default_format(),
             unit: String::new(),
             settable: None,
+            back: String::new(),
         }
     }
 }
@@ -73,6 +78,8 @@ struct ListPage {
     c: ConnView,
     tab: &'static str,
     resources: Vec<ResView>,
+    /// On a Target: points that wait for resources it does not have.
+    waiting: Vec<WaitingRow>,
     formats: Vec<&'static str>,
     form: CreateForm,
     error: Option<String>,
@@ -87,9 +94,20 @@ async fn list_page(
 ) -> UiResult {
     let c = load_connector(state, ctx, cid).await?;
     let resources = state.store.resources(&c.id).await.or_page(ctx)?;
+    let waiting = if c.role == Role::Target {
+        ops::peer::waiting_here(state, &c.id)
+            .await
+            .or_page(ctx)?
+            .iter()
+            .map(WaitingRow::new)
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut crumbs = connector_crumbs(&c);
     crumbs.push(Crumb::here("Resources"));
     Ok(ctx.page(&ListPage {
+        waiting,
         frame: ctx.frame(format!("{} · Resources", c.name), crumbs),
         c: ConnView::new(state, &c),
         tab: "resources",
@@ -123,6 +141,13 @@ pub async fn create(
     }
     .await;
     match result {
+        Ok(r) if form.back == "remote-sync" => Ok(flash_redirect(
+            &format!("/connectors/{}/settings/remote-sync", c.id),
+            &format!(
+                "Resource {} created: the points that waited for it are applied.",
+                r.name
+            ),
+        )),
         Ok(r) => Ok(flash_redirect(
             &format!("/connectors/{}/resources", c.id),
             &format!("Resource {} created.", r.name),

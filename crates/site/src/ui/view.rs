@@ -55,6 +55,48 @@ impl fmt::Display for When {
     }
 }
 
+/// `n` with thousands separators: `12,345`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A count with its noun, plural-aware: "1 point", "12,345 points", "0 points".
+pub fn count(n: u64, noun: &str) -> String {
+    let plural = match noun.strip_suffix('y') {
+        Some(stem) => format!("{stem}ies"),
+        None => format!("{noun}s"),
+    };
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{} {plural}", thousands(n))
+    }
+}
+
+/// A size in bytes, in the largest binary unit that keeps it at 1 or more: "512 B",
+/// "3.4 KiB", "0.7 MiB" never (that is "716.8 KiB").
+pub fn bytes_text(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut x = n as f64 / 1024.0;
+    let mut unit = 0;
+    while x >= 1024.0 && unit + 1 < UNITS.len() {
+        x /= 1024.0;
+        unit += 1;
+    }
+    format!("{x:.1} {}", UNITS[unit])
+}
+
 /// A value as the operator reads it, with its unit when it has one.
 pub fn value_text(v: &Value, unit: Option<&str>) -> String {
     let text = match v {
@@ -124,6 +166,20 @@ mod tests {
         assert!(html.contains("2023-11-14 22:13:20 UTC"), "{html}");
         assert!(!html.contains("data-rel"));
         assert!(When::ago(0).to_string().contains("data-rel"));
+    }
+
+    #[test]
+    fn counts_are_plural_aware_with_separators() {
+        assert_eq!(count(0, "point"), "0 points");
+        assert_eq!(count(1, "partition"), "1 partition");
+        assert_eq!(count(2, "partition"), "2 partitions");
+        assert_eq!(count(1_234_567, "point"), "1,234,567 points");
+        assert_eq!(count(3, "try"), "3 tries");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(bytes_text(512), "512 B");
+        assert_eq!(bytes_text(734_003), "716.8 KiB");
+        assert_eq!(bytes_text(3 * 1024 * 1024), "3.0 MiB");
     }
 
     #[test]

@@ -51,6 +51,7 @@ mod fixtures;
 mod model_tests;
 mod series;
 mod sync;
+mod waiting;
 
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/0001_init.sql")),
@@ -1905,6 +1906,11 @@ impl Store for SqliteStore {
     async fn sync_gaps(&self, cid: &ConnectorId) -> Result<Vec<GapRow>> {
         let cid = cid.clone();
         self.read(move |conn| sync::gaps(conn, &cid)).await
+    }
+
+    async fn sync_waiting(&self, cid: &ConnectorId) -> Result<Vec<WaitingResource>> {
+        let cid = cid.clone();
+        self.read(move |conn| waiting::waiting(conn, &cid)).await
     }
 }
 

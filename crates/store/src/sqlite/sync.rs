@@ -1589,8 +1589,22 @@ mod tests {
         };
         let kept = store.sync_expire(&cid(), retention(1_400)).await.unwrap();
         assert_eq!(kept.pending_expired, 0);
+        let waiting = store.sync_waiting(&cid()).await.unwrap();
+        assert_eq!(
+            waiting,
+            vec![crate::WaitingResource {
+                resource: name("humidity"),
+                format: proto::model::Format::Number,
+                points: 2,
+                devices: 2,
+                from_us: 5,
+                until_us: 7,
+                since: 1_000,
+            }]
+        );
         let report = store.sync_expire(&cid(), retention(1_600)).await.unwrap();
         assert_eq!(report.pending_expired, 2);
+        assert!(store.sync_waiting(&cid()).await.unwrap().is_empty());
         let gaps = store.sync_gaps(&cid()).await.unwrap();
         assert_eq!(
             (

@@ -258,3 +258,154 @@ async fn a_pairing_its_target_never_confirmed_is_cancelled_in_the_ui_and_paired_
     );
     b.close().await
 }
+
+/// Item 1 of #16: both sides tell the same story. The Source shows its Target's progress
+/// from the Target's acknowledgements (applied position, rate, time), and points that wait on
+/// the Target for a resource it does not have are named on both sides; one click on the
+/// Target creates the resource and applies them. A Target's resources say where their data
+/// comes from.
+#[tokio::test]
+async fn both_sides_show_the_targets_progress_and_the_points_waiting_for_a_resource()
+-> anyhow::Result<()> {
+    let (_hub, sites, cid, tid) = util::paired_sites().await?;
+    let (a, t) = (sites[0].admin().await?, sites[1].admin().await?);
+    for name in ["temperature", "pressure"] {
+        a.post_ok(
+            &format!("/api/v1/connectors/{cid}/resources"),
+            json!({"name": name, "format": "number", "remote_sync": true}),
+        )
+        .await?;
+    }
+    // The Target has `temperature` only.
+    t.post_ok(
+        &format!("/api/v1/connectors/{tid}/resources"),
+        json!({"name": "temperature", "format": "number"}),
+    )
+    .await?;
+    for d in ["00AB01", "00AB02"] {
+        a.post_ok(
+            &format!("/api/v1/connectors/{cid}/devices"),
+            json!({"identity": d}),
+        )
+        .await?;
+    }
+    let t0 = 1_764_150_000_000_000i64;
+    let batch: Vec<Value> = (0..6)
+        .map(|i| {
+            json!({"device": if i % 2 == 0 { "00AB01" } else { "00AB02" }, "t": t0 + i * 1_000_000,
+                   "values": {"temperature": 20.0 + i as f64, "pressure": 1000.0 + i as f64}})
+        })
+        .collect();
+    a.post_ok(&format!("/api/v1/connectors/{cid}/data"), json!(batch))
+        .await?;
+
+    // The API of both sites: six points of `pressure` from two devices wait on site-b.
+    for (api, id) in [(&t, &tid), (&a, &cid)] {
+        let w = eventually("points waiting for pressure", testkit::DEADLINE, || async {
+            let (status, w) = api
+                .get(&format!("/api/v1/connectors/{id}/remote-sync/waiting"))
+                .await?;
+            Ok(
+                (status == reqwest::StatusCode::OK && w["resources"][0]["points"] == 6)
+                    .then_some(w),
+            )
+        })
+        .await?;
+        ensure!(
+            w["site"] == "site-b"
+                && w["resources"].as_array().map(Vec::len) == Some(1)
+                && w["resources"][0]["resource"] == "pressure"
+                && w["resources"][0]["format"] == "number"
+                && w["resources"][0]["devices"] == 2,
+            "{w}"
+        );
+    }
+    // The Source's link carries the Target's progress, from its acknowledgements.
+    let link = eventually(
+        "the Target's acknowledgement",
+        testkit::DEADLINE,
+        || async {
+            let rs = a
+                .get_ok(&format!("/api/v1/connectors/{cid}/remote-sync"))
+                .await?;
+            let l = rs["link"].clone();
+            Ok(
+                (l["acked_seq"] == l["outbox_head"] && l["peer_applied_at"].is_string())
+                    .then_some(l),
+            )
+        },
+    )
+    .await?;
+    ensure!(link["peer_apply_rate"].is_number(), "{link}");
+
+    // The Source's Remote-Sync tab.
+    let b = Browser::start().await?;
+    sign_in(&b, &sites[0].url, &sites[0].opts.admin_password).await?;
+    b.goto(&format!(
+        "{}/connectors/{cid}/settings/remote-sync",
+        sites[0].url
+    ))
+    .await?;
+    let waiting = wait_text(&b, "#sync-waiting", "6 points of pressure").await?;
+    ensure!(
+        waiting.contains("from 2 devices wait for the resource on site-b"),
+        "{waiting}"
+    );
+    wait_text(&b, "#sync-backlog", "none: everything is delivered").await?;
+    wait_text(&b, "#sync-applied", "site-b has applied").await?;
+    wait_text(&b, "#sync-rates", "site-b applies").await?;
+    // The time of the last acknowledgement, in the viewer's time like every time of the UI
+    // (the script rewrote the UTC text).
+    let at = b
+        .wait_for("#sync-last-applied time[data-us]")
+        .await?
+        .text()
+        .await?;
+    ensure!(
+        at.len() == 19 && !at.contains("UTC") && !at.contains('T'),
+        "{at}"
+    );
+    shot(&b, "63-remote-sync-waiting-source").await?;
+
+    // The Target's Resources tab: where its data comes from, and one click creates the
+    // missing resource.
+    sign_in(&b, &sites[1].url, &sites[1].opts.admin_password).await?;
+    b.goto(&format!("{}/connectors/{tid}/resources", sites[1].url))
+        .await?;
+    wait_text(&b, "#resources", "receiving from site-a").await?;
+    wait_text(
+        &b,
+        "#waiting-resources",
+        "6 points of pressure (number) from 2 devices wait",
+    )
+    .await?;
+    b.goto(&format!(
+        "{}/connectors/{tid}/settings/remote-sync",
+        sites[1].url
+    ))
+    .await?;
+    wait_text(
+        &b,
+        "#sync-waiting-here",
+        "6 points of pressure (number) from 2 devices wait for the resource on this site",
+    )
+    .await?;
+    shot(&b, "64-remote-sync-waiting-target").await?;
+    click(&b, "#create-pressure").await?;
+    wait_text(&b, "#flash", "Resource pressure created").await?;
+    let d = t
+        .get_ok(&format!(
+            "/api/v1/connectors/{tid}/devices/00AB01/resources/pressure/data"
+        ))
+        .await?;
+    ensure!(d["points"].as_array().map(Vec::len) == Some(3), "{d}");
+    let w = t
+        .get_ok(&format!("/api/v1/connectors/{tid}/remote-sync/waiting"))
+        .await?;
+    ensure!(w["resources"] == json!([]), "{w}");
+    ensure!(
+        !has(&b, "#sync-waiting-here").await?,
+        "nothing waits any more"
+    );
+    b.close().await
+}
