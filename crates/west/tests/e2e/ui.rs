@@ -336,7 +336,7 @@ fn last_applied_is_none(facts: &str) -> bool {
     facts
         .split("Last applied")
         .nth(1)
-        .is_some_and(|rest| rest.trim_start().starts_with('—'))
+        .is_some_and(|rest| rest.trim_start().starts_with("never"))
 }
 
 /// The first window of the browser (the Source's tab).
