@@ -6,11 +6,16 @@
 //!  writer ──after a commit──▶ checkpointer thread: passive WAL checkpoint, at most every
 //!                             100 ms; asks the writer to restart a fully copied WAL ≥ 16 MiB
 //!  writer ──after a commit──▶ the committed points into the in-memory tail, then replies;
-//!                             tail ≥ fold_points: fold it into blocks (series.rs)
+//!                             active part ≥ fold_points: freeze it ──▶ compactor thread:
+//!                             encode blocks ──install job──▶ mpsc (a job like any other)
+//!                             tail ≥ 3 × fold_points: fold it all here (back-pressure)
 //! ```
 //!
-//! Points are appended to a log and folded into per-series blocks by the writer, so that a
-//! commit writes about the bytes of its points rather than a page per series (`series.rs`).
+//! Points are appended to a log and folded into per-series blocks, so that a commit writes
+//! about the bytes of its points rather than a page per series (`series.rs`). A fold never
+//! makes a commit wait: the compactor encodes off the commit path and its result is
+//! installed as one small job; only a tail past its hard bound (the compactor behind) is
+//! folded by the writer itself, so that memory stays bounded and ingest slows down instead.
 //!
 //! All writes go through one thread that owns the only write connection. It takes every job
 //! waiting in its queue and runs them in one transaction (group commit), each job inside its
@@ -95,8 +100,9 @@ pub struct SqliteConfig {
     pub sync_partition_us: i64,
     /// This site's name: the tie-break of device change stamps (docs/spec.md §5). Default: `site`.
     pub site: String,
-    /// Points the in-memory tail of the point log may hold before the writer folds it into
-    /// blocks (`series.rs`); it bounds memory and the replay on open. Default: 65,536.
+    /// Points the active part of the in-memory tail holds before it is frozen and folded
+    /// into blocks by the compactor (`series.rs`); with the hard bound (three times this) it
+    /// bounds memory and the replay on open. Default: 65,536.
     pub fold_points: usize,
 }
 
@@ -152,6 +158,33 @@ impl CommitFailure {
 
 type Job = Box<dyn FnOnce(&Connection) -> Done + Send>;
 
+/// A job running `f` in the writer's transaction, and where its answer arrives (after the
+/// commit, with the commit's failure if it failed).
+fn job<R, F>(f: F) -> (Job, oneshot::Receiver<Result<R>>)
+where
+    R: Send + 'static,
+    F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+{
+    let (tx, rx) = oneshot::channel();
+    let job: Job = Box::new(move |conn| {
+        let result = f(conn);
+        Done {
+            ok: result.is_ok(),
+            reply: Box::new(move |commit_error| {
+                let answer = match commit_error {
+                    None => result,
+                    Some(failure) => Err(StoreError::Backend {
+                        op: "committing",
+                        source: Box::new(failure.to_error()),
+                    }),
+                };
+                let _ = tx.send(answer);
+            }),
+        }
+    });
+    (job, rx)
+}
+
 /// A SQLite store: one writer thread and a small pool of read connections.
 pub struct SqliteStore {
     jobs: mpsc::Sender<Job>,
@@ -159,8 +192,6 @@ pub struct SqliteStore {
     config: SqliteConfig,
     /// The not-yet-folded points, indexed (see `series.rs`).
     tail: Arc<RwLock<series::Tail>>,
-    /// Asks the writer to fold the tail after its current transaction.
-    fold_due: Arc<AtomicBool>,
     live: tokio::sync::broadcast::Sender<Arc<LiveBatch>>,
 }
 
@@ -189,19 +220,29 @@ impl SqliteStore {
         conn.execute("UPDATE sync_out SET lease = MIN(lease, head)", [])
             .map_err(backend("trimming send leases"))?;
         let tail = Arc::new(RwLock::new(open_tail(&conn, config.fold_points.max(1))?));
-        let fold_due = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel::<Job>(1024);
         let (committed, commits) = std::sync::mpsc::sync_channel::<()>(1);
         let checkpoints = open_connection(&config, 1)?;
         let restart_due = Arc::new(AtomicBool::new(false));
         let due = Arc::clone(&restart_due);
         let (live, _) = tokio::sync::broadcast::channel(LIVE_CAPACITY);
+        let (frozen, parts) = std::sync::mpsc::channel();
+        let at = config.fold_points.max(1);
         let folding = Folding {
             tail: Arc::clone(&tail),
-            due: Arc::clone(&fold_due),
-            at: config.fold_points.max(1),
+            at,
+            bound: at.saturating_mul(HARD_BOUND_PARTS),
+            compactor: frozen,
             live: live.clone(),
         };
+        let weak = tx.downgrade();
+        std::thread::Builder::new()
+            .name("west-store-compactor".into())
+            .spawn(move || compactor(parts, weak))
+            .map_err(|e| StoreError::Backend {
+                op: "starting the compactor thread",
+                source: Box::new(e),
+            })?;
         std::thread::Builder::new()
             .name("west-store-checkpointer".into())
             .spawn(move || checkpointer(checkpoints, commits, &due))
@@ -221,7 +262,6 @@ impl SqliteStore {
             readers: Arc::new(Mutex::new(Vec::new())),
             config,
             tail,
-            fold_due,
             live,
         })
     }
@@ -234,10 +274,7 @@ impl SqliteStore {
     /// [`SqliteConfig::fold_points`]; returns once the fold has run. For tests and tools:
     /// nothing needs it to stay correct.
     pub async fn fold(&self) -> Result<()> {
-        self.fold_due.store(true, Ordering::SeqCst);
-        // The writer folds after the transaction of the first job; the second runs after it.
-        self.write(|_| Ok(())).await?;
-        self.write(|_| Ok(())).await
+        self.write(series::fold_now).await
     }
 
     /// Points in the in-memory tail (not folded yet).
@@ -274,25 +311,9 @@ impl SqliteStore {
         R: Send + 'static,
         F: FnOnce(&Connection) -> Result<R> + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
-            let result = f(conn);
-            Done {
-                ok: result.is_ok(),
-                reply: Box::new(move |commit_error| {
-                    let answer = match commit_error {
-                        None => result,
-                        Some(failure) => Err(StoreError::Backend {
-                            op: "committing",
-                            source: Box::new(failure.to_error()),
-                        }),
-                    };
-                    let _ = tx.send(answer);
-                }),
-            }
-        });
+        let (job, answer) = job(f);
         self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Runs `f` on a pooled read connection on the blocking thread pool.
@@ -440,15 +461,24 @@ fn wal_checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<(i64, i64)>
     })
 }
 
-/// What the writer needs to fold the point log: the tail, a fold asked for, the size that
-/// forces one.
+/// What the writer needs to keep the point log folded: the tail, the compactor's queue,
+/// the sizes that freeze a part and that force a fold on the commit path.
 struct Folding {
     tail: Arc<RwLock<series::Tail>>,
-    due: Arc<AtomicBool>,
+    /// Points of the active part that freeze it for the compactor.
     at: usize,
+    /// Points of the whole tail past which the writer folds everything itself
+    /// ([`HARD_BOUND_PARTS`] × `at`).
+    bound: usize,
+    compactor: std::sync::mpsc::Sender<series::Frozen>,
     /// The live stream: committed points go out here.
     live: tokio::sync::broadcast::Sender<Arc<LiveBatch>>,
 }
+
+/// The tail may hold this many parts' worth of points (the active one and those frozen for
+/// the compactor) before the writer folds it on the commit path: memory stays bounded when
+/// the compactor falls behind, and ingest slows down (its callers wait) instead.
+const HARD_BOUND_PARTS: usize = 3;
 
 /// Opens the tail: a log grown past `fold_points` (a migrated `points` table, say) is
 /// folded first in slices of that size, each its own transaction; the rest is replayed.
@@ -457,7 +487,7 @@ fn open_tail(conn: &Connection, fold_points: usize) -> Result<series::Tail> {
         conn.execute_batch("BEGIN IMMEDIATE")
             .map_err(backend("folding the point log"))?;
         let folded = series::replay(conn, Some(pos))
-            .and_then(|(tail, _)| series::fold(conn, &tail, Some(pos)))
+            .and_then(|(tail, _)| series::fold(conn, tail.active(), Some(pos)))
             .and_then(|_| {
                 conn.execute_batch("COMMIT")
                     .map_err(backend("folding the point log"))
@@ -471,34 +501,97 @@ fn open_tail(conn: &Connection, fold_points: usize) -> Result<series::Tail> {
     Ok(series::replay(conn, None)?.0)
 }
 
-/// Folds the whole tail into blocks in one transaction, then empties it. A failure leaves
-/// the log and the tail as they were (a later fold retries).
-fn fold_tail(conn: &Connection, tail: &RwLock<series::Tail>) {
-    let Ok(held) = tail.read() else { return };
-    if held.len() == 0 {
+/// Freezes the active part of the tail and hands it to the compactor. Runs in the writer
+/// between transactions, so the log's extent is exactly what the tail holds. A failure
+/// leaves the part active (the next commit tries again).
+fn freeze(conn: &Connection, folding: &Folding) {
+    let (upto, outbox) = match series::log_extent(conn) {
+        Ok(extent) => extent,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot measure the point log; not folding yet");
+            return;
+        }
+    };
+    let Ok(mut tail) = folding.tail.write() else {
         return;
-    }
-    let points = held.len();
+    };
+    let frozen = tail.freeze(upto, outbox);
+    drop(tail);
+    // A compactor that is gone leaves the part frozen: the hard bound folds it.
+    let _ = folding.compactor.send(frozen);
+}
+
+/// Folds the whole tail on the commit path, in one job of its own: the hard bound was
+/// reached because the compactor fell behind (or fails).
+fn fold_all(conn: &Connection, folding: &Folding) {
     let result = conn
         .execute_batch("BEGIN IMMEDIATE")
         .map_err(backend("folding the point log"))
-        .and_then(|()| series::fold(conn, &held, None))
-        .and_then(|blocks| {
+        .and_then(|()| series::fold_now(conn))
+        .and_then(|()| {
             conn.execute_batch("COMMIT")
-                .map_err(backend("folding the point log"))?;
-            Ok(blocks)
+                .map_err(backend("folding the point log"))
         });
-    drop(held);
+    let ops = series::take_ops();
     match result {
-        Ok(blocks) => {
-            if let Ok(mut t) = tail.write() {
-                *t = series::Tail::default();
-            }
-            tracing::debug!(points, blocks, "folded the point log");
+        Ok(()) => {
+            tracing::warn!(
+                points = folding.bound,
+                "the tail reached its bound before the compactor caught up; folded it on the commit path"
+            );
+            series::apply(&folding.tail, ops);
         }
         Err(e) => {
             let _ = conn.execute_batch("ROLLBACK");
             tracing::warn!(error = %e, "cannot fold the point log; it stays in the tail");
+        }
+    }
+}
+
+/// The compactor thread: encodes each frozen part of the tail into blocks off the commit
+/// path, then has the writer install the result as one ordinary job (a few inserts and the
+/// log rows' delete, in the next group commit). Parts are installed in the order they were
+/// frozen; an install that fails is retried. Ends with the writer.
+fn compactor(parts: std::sync::mpsc::Receiver<series::Frozen>, jobs: mpsc::WeakSender<Job>) {
+    while let Ok(frozen) = parts.recv() {
+        #[cfg(test)]
+        while tests::COMPACTOR_PAUSED.load(Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let encoded = match series::encode(&frozen.part) {
+            Ok(e) => Arc::new(e),
+            Err(e) => {
+                // The hard bound then folds it on the commit path, which reports its own error.
+                tracing::warn!(error = %e, "cannot encode a part of the point log");
+                continue;
+            }
+        };
+        let frozen = Arc::new(frozen);
+        let mut pause = std::time::Duration::from_millis(50);
+        loop {
+            let Some(sender) = jobs.upgrade() else { return };
+            let (f, e) = (Arc::clone(&frozen), Arc::clone(&encoded));
+            let (job, answer) = job(move |conn| series::install(conn, &f, &e));
+            if sender.blocking_send(job).is_err() {
+                return;
+            }
+            drop(sender);
+            match answer.blocking_recv() {
+                Ok(Ok(installed)) => {
+                    if installed {
+                        tracing::debug!(points = encoded.points, "folded a part of the point log");
+                    }
+                    #[cfg(test)]
+                    tests::COMPACTED.fetch_add(1, Ordering::SeqCst);
+                    break;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot install a fold of the point log; retrying");
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_secs(5));
+                }
+                Err(_) => return,
+            }
         }
     }
 }
@@ -570,9 +663,15 @@ fn writer(
         for reply in replies {
             reply(error);
         }
-        let tail_full = folding.tail.read().map(|t| t.len()).unwrap_or(0) >= folding.at;
-        if tail_full || folding.due.swap(false, Ordering::SeqCst) {
-            fold_tail(&conn, &folding.tail);
+        let (active, total) = folding
+            .tail
+            .read()
+            .map(|t| (t.active_len(), t.len()))
+            .unwrap_or((0, 0));
+        if total >= folding.bound {
+            fold_all(&conn, folding);
+        } else if active >= folding.at {
+            freeze(&conn, folding);
         }
         if restart_due.swap(false, Ordering::Relaxed)
             && let Err(e) = wal_checkpoint(&conn, "RESTART")
@@ -1924,9 +2023,21 @@ mod tests {
         ConnectorId::parse("09iolmnn8090ol").unwrap()
     }
 
+    /// Holds the compactor before it encodes a part (each test runs in its own process).
+    pub(super) static COMPACTOR_PAUSED: AtomicBool = AtomicBool::new(false);
+    /// Parts the compactor is done with (installed, or skipped as folded already).
+    pub(super) static COMPACTED: std::sync::atomic::AtomicUsize =
+        std::sync::atomic::AtomicUsize::new(0);
+
     async fn fixture() -> (tempfile::TempDir, SqliteStore) {
+        fixture_folding_at(SqliteConfig::new("").fold_points).await
+    }
+
+    async fn fixture_folding_at(fold_points: usize) -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(SqliteConfig::new(dir.path().join("site.db"))).unwrap();
+        let mut config = SqliteConfig::new(dir.path().join("site.db"));
+        config.fold_points = fold_points;
+        let store = SqliteStore::open(config).unwrap();
         create_plant(&store).await;
         for (name, format, settable) in [
             ("temp", Format::Number, false),
@@ -2461,5 +2572,100 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    /// Ingest of one `t` per point at `times`, all of value `v`.
+    async fn ingest_at(store: &SqliteStore, times: std::ops::Range<i64>, v: f64) {
+        let batch = times.map(|t| points(t, json!(v))).collect();
+        store.ingest(&cid(), batch).await.unwrap();
+    }
+
+    /// Polls `done` until it holds (a deadline against a hang, not a timing assertion).
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !done() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "gave up waiting for {what}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn values(store: &SqliteStore) -> Vec<(i64, f64)> {
+        let dev = Identity::parse("dev1").unwrap();
+        let temp = ResourceName::parse("temp").unwrap();
+        store
+            .points(&cid(), &dev, &temp, all())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| match p.v {
+                Value::Number(x) => (p.t, x),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect()
+    }
+
+    /// A fold runs beside the commits: with the compactor held in the middle of folding two
+    /// parts of the tail, ingest is still acknowledged and reads see every point, the newest
+    /// value of a rewritten `t` included; released, it installs both parts and nothing changes.
+    #[tokio::test]
+    async fn ingest_is_acknowledged_while_a_fold_is_held() {
+        let (_dir, store) = fixture_folding_at(10).await;
+        COMPACTOR_PAUSED.store(true, Ordering::SeqCst);
+        ingest_at(&store, 0..10, 1.0).await;
+        ingest_at(&store, 10..20, 2.0).await;
+        // Both parts are frozen, neither folded; a rewrite of t = 5 goes to the active part.
+        ingest_at(&store, 5..6, 3.0).await;
+        let mut want: Vec<(i64, f64)> = (0..20)
+            .map(|t| (t, if t < 10 { 1.0 } else { 2.0 }))
+            .collect();
+        want[5].1 = 3.0;
+        assert_eq!(store.tail_len(), 21);
+        assert_eq!(values(&store).await, want);
+        assert_eq!(
+            store
+                .device(&cid(), &Identity::parse("dev1").unwrap())
+                .await
+                .unwrap()
+                .values[&ResourceName::parse("temp").unwrap()],
+            Point {
+                t: 19,
+                v: Value::Number(2.0)
+            }
+        );
+        COMPACTOR_PAUSED.store(false, Ordering::SeqCst);
+        until("both parts folded", || store.tail_len() == 1).await;
+        assert_eq!(values(&store).await, want);
+        store.fold().await.unwrap();
+        assert_eq!(store.tail_len(), 0);
+        assert_eq!(values(&store).await, want);
+    }
+
+    /// A compactor that falls behind does not let the tail grow without bound: the writer
+    /// folds it itself, and the parts the compactor folds afterwards are not installed over
+    /// the newer values.
+    #[tokio::test]
+    async fn a_held_compactor_bounds_the_tail_and_its_late_folds_change_nothing() {
+        let (_dir, store) = fixture_folding_at(10).await;
+        COMPACTOR_PAUSED.store(true, Ordering::SeqCst);
+        ingest_at(&store, 0..10, 1.0).await;
+        ingest_at(&store, 0..10, 2.0).await;
+        // The third part reaches the bound (3 × 10 points): folded on the commit path.
+        ingest_at(&store, 0..10, 3.0).await;
+        until("the bound to fold the tail", || store.tail_len() == 0).await;
+        let want: Vec<(i64, f64)> = (0..10).map(|t| (t, 3.0)).collect();
+        assert_eq!(values(&store).await, want);
+        COMPACTOR_PAUSED.store(false, Ordering::SeqCst);
+        until("the compactor to be done with both parts", || {
+            COMPACTED.load(Ordering::SeqCst) == 2
+        })
+        .await;
+        assert_eq!(values(&store).await, want);
+        let dir = store.path().to_owned();
+        drop(store);
+        let store = SqliteStore::open(SqliteConfig::new(dir)).unwrap();
+        assert_eq!(values(&store).await, want);
     }
 }

@@ -1,5 +1,5 @@
 //! Time series: an append-only point log, its in-memory tail index, and per-series
-//! compressed blocks the writer folds the log into. Schema: `migrations/0006_point_log.sql`;
+//! compressed blocks the log is folded into. Schema: `migrations/0006_point_log.sql`;
 //! design: `docs/sync.md` ("Storage").
 //!
 //! ```text
@@ -8,27 +8,34 @@
 //!                          instead, replayed from `sync_out.folded` on; see `put`)
 //!                     └─▶ Op::Put (thread-local, per job)        dropped with a refused job
 //!  writer, after COMMIT ──▶ ops applied to the Tail (RwLock)     then callers hear back
-//!  writer, tail ≥ fold_points ──▶ one transaction: point_blocks (bucket, device, resource,
-//!                                 gen) + series_buckets + latest, DELETE FROM point_log;
-//!                                 after its COMMIT the Tail is cleared
+//!  writer, active part ≥ fold_points ──▶ freeze it (Frozen: log pos and outbox heads it
+//!                                        covers) ──▶ compactor: `encode` (no database)
+//!  compactor ──install job──▶ `install`: point_blocks (bucket, device, resource, gen) +
+//!                             series_buckets + latest, DELETE FROM point_log up to its
+//!                             pos, sync_out.folded to its heads; Op::Installed at COMMIT
 //!  read ──▶ lock Tail, first statement (the snapshot), copy the tail's part, unlock
 //!           ──▶ blocks of the series' buckets in range, merged (later gen wins), tail wins
 //! ```
 //!
 //! Invariants:
 //! - Every point of an acknowledged commit is in `point_log` or in `point_blocks`, never
-//!   lost between them: a fold writes the blocks and deletes the log in one transaction.
+//!   lost between them: an install (or a fold) writes the blocks and deletes the log in one
+//!   transaction.
 //! - The Tail holds exactly the rows of `point_log` and the outbox point records above
-//!   `sync_out.folded`, one value per `(device, resource, t)` (the latest written); it is
-//!   rebuilt from both on open. A series' unfolded points are all in one of the two
-//!   ([`fold_unfolded_outbox`] runs inside a job before anything would break that).
+//!   `sync_out.folded`, one value per `(device, resource, t)` and part (the latest
+//!   written); it is rebuilt from both on open. A series' unfolded points are all in one of
+//!   the two ([`fold_unfolded_outbox`] runs inside a job before anything would break that).
 //! - For a repeated `(device, resource, t)` the last write wins in every read: the tail over
-//!   blocks, a later block generation over an earlier one (generations grow per series and
-//!   bucket; a fold only ever holds the newest value of a `t`).
+//!   blocks, a later part of the tail over an earlier one, a later block generation over an
+//!   earlier one (generations grow per series and bucket; frozen parts are installed in the
+//!   order they were frozen, a part that a fold of everything took is never installed).
 //! - A reader takes the Tail's lock before its transaction's first statement and copies what
-//!   it needs before releasing it; the writer clears the Tail only after the fold committed,
-//!   under the write lock. So a reader either sees the fold in its snapshot or finds the
-//!   folded points still in the Tail: never neither.
+//!   it needs before releasing it; the writer removes a part only after its install (or a
+//!   fold) committed, under the write lock. So a reader either sees the fold in its
+//!   snapshot or finds the folded points still in the Tail: never neither.
+//!
+//! Deliberately absent: any database access by the compactor (it encodes from memory; the
+//! writer's connection installs), and a second write connection (SQLite has one writer).
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
@@ -48,19 +55,15 @@ const MAX_BLOCK_POINTS: usize = 1024;
 
 type Series = BTreeMap<i64, Value>;
 
-/// The not-yet-folded points, indexed by device, resource and time.
+/// Points of one part of the tail, indexed by device, resource and time (one value per
+/// `(device, resource, t)`: the latest written).
 #[derive(Default)]
-pub(super) struct Tail {
+pub(super) struct Part {
     devices: HashMap<i64, HashMap<i64, Series>>,
     points: usize,
 }
 
-impl Tail {
-    /// Points held (one per distinct `(device, resource, t)`).
-    pub(super) fn len(&self) -> usize {
-        self.points
-    }
-
+impl Part {
     fn put(&mut self, device: i64, resource: i64, t: i64, value: Value) {
         let series = self
             .devices
@@ -79,17 +82,13 @@ impl Tail {
         }
     }
 
-    fn apply(&mut self, ops: Vec<Op>) {
-        for op in ops {
-            match op {
-                Op::Put {
-                    device,
-                    resource,
-                    t,
-                    value,
-                } => self.put(device, resource, t, value),
-                Op::Forget(device) => self.forget(device),
-                Op::Folded => *self = Tail::default(),
+    /// Every point of `other` over this part's (the later write wins).
+    fn overlay(&mut self, other: &Part) {
+        for (device, resources) in &other.devices {
+            for (resource, series) in resources {
+                for (t, v) in series {
+                    self.put(*device, *resource, *t, v.clone());
+                }
             }
         }
     }
@@ -115,17 +114,152 @@ impl Tail {
             Order::Desc => range.rev().take(limit).collect(),
         }
     }
+}
+
+/// Per connector, an outbox seq.
+pub(super) type OutboxHeads = Vec<(String, i64)>;
+
+/// A part of the tail handed to the compactor (`compactor` in `mod.rs`): what installing
+/// its fold removes from the log.
+pub(super) struct Frozen {
+    pub(super) id: u64,
+    pub(super) part: Arc<Part>,
+    /// The highest `point_log` position whose row it holds.
+    pub(super) log_upto: Option<i64>,
+    /// Per connector, the outbox seq up to which it holds the records (`sync_out.head`
+    /// when it was frozen).
+    pub(super) outbox: OutboxHeads,
+}
+
+impl Frozen {
+    /// The same part, for the compactor.
+    pub(super) fn share(&self) -> Self {
+        Self {
+            id: self.id,
+            part: Arc::clone(&self.part),
+            log_upto: self.log_upto,
+            outbox: self.outbox.clone(),
+        }
+    }
+}
+
+/// The not-yet-folded points: the active part, which commits add to, and the parts frozen
+/// for the compactor, oldest first. A later part wins over an earlier one on a repeated
+/// `(device, resource, t)`.
+#[derive(Default)]
+pub(super) struct Tail {
+    frozen: Vec<Frozen>,
+    active: Part,
+    next_id: u64,
+}
+
+impl Tail {
+    /// Points held, frozen ones included (one per distinct `(device, resource, t)` of a part).
+    pub(super) fn len(&self) -> usize {
+        self.active.points + self.frozen.iter().map(|f| f.part.points).sum::<usize>()
+    }
+
+    /// Points of the active part.
+    pub(super) fn active_len(&self) -> usize {
+        self.active.points
+    }
+
+    /// The active part.
+    pub(super) fn active(&self) -> &Part {
+        &self.active
+    }
+
+    /// Whether some part waits for the compactor.
+    pub(super) fn has_frozen(&self) -> bool {
+        !self.frozen.is_empty()
+    }
+
+    /// Freezes the active part for the compactor (`log_upto` and `outbox`: what the
+    /// committed log holds now, all of it in the tail) and returns it; a new active part
+    /// starts empty.
+    pub(super) fn freeze(&mut self, log_upto: Option<i64>, outbox: OutboxHeads) -> Frozen {
+        self.next_id += 1;
+        let frozen = Frozen {
+            id: self.next_id,
+            part: Arc::new(std::mem::take(&mut self.active)),
+            log_upto,
+            outbox,
+        };
+        let shared = frozen.share();
+        self.frozen.push(frozen);
+        shared
+    }
+
+    fn parts(&self) -> impl Iterator<Item = &Part> {
+        self.frozen
+            .iter()
+            .map(|f| &*f.part)
+            .chain(std::iter::once(&self.active))
+    }
+
+    /// Every point of every part in one part (the later part wins).
+    fn merged(&self) -> Part {
+        let mut merged = Part::default();
+        for part in self.parts() {
+            merged.overlay(part);
+        }
+        merged
+    }
+
+    fn apply(&mut self, ops: Vec<Op>) {
+        for op in ops {
+            match op {
+                Op::Put {
+                    device,
+                    resource,
+                    t,
+                    value,
+                } => self.active.put(device, resource, t, value),
+                // A device is deleted only with no part frozen (`delete_device`).
+                Op::Forget(device) => self.active.forget(device),
+                Op::Folded => {
+                    self.frozen.clear();
+                    self.active = Part::default();
+                }
+                Op::Installed(id) => self.frozen.retain(|f| f.id != id),
+            }
+        }
+    }
+
+    /// The first `limit` points of a series with `lo <= t < hi`, in `order`, over all parts.
+    fn range(
+        &self,
+        device: i64,
+        resource: i64,
+        window: (i64, i64),
+        order: Order,
+        limit: usize,
+    ) -> Vec<(i64, Value)> {
+        // The first `limit` of the union are among the first `limit` of each part.
+        let mut merged: BTreeMap<i64, Value> = BTreeMap::new();
+        for part in self.parts() {
+            merged.extend(part.range(device, resource, window, order, limit));
+        }
+        let points = merged.into_iter();
+        match order {
+            Order::Asc => points.take(limit).collect(),
+            Order::Desc => points.rev().take(limit).collect(),
+        }
+    }
 
     /// The newest tail point of each resource of a device, with the puts of the writer's
     /// current transaction over them (none outside the writer thread).
     pub(super) fn newest(&self, device: i64) -> HashMap<i64, (i64, Value)> {
-        let mut out: HashMap<i64, (i64, Value)> = self
-            .devices
-            .get(&device)
-            .into_iter()
-            .flatten()
-            .filter_map(|(r, s)| s.last_key_value().map(|(t, v)| (*r, (*t, v.clone()))))
-            .collect();
+        let mut out: HashMap<i64, (i64, Value)> = HashMap::new();
+        for part in self.parts() {
+            for (r, s) in part.devices.get(&device).into_iter().flatten() {
+                if let Some((t, v)) = s.last_key_value()
+                    && out.get(r).is_none_or(|(old, _)| t >= old)
+                {
+                    out.insert(*r, (*t, v.clone()));
+                }
+            }
+        }
         OPS.with_borrow(|ops| {
             for op in ops {
                 match op {
@@ -158,6 +292,8 @@ pub(super) enum Op {
     Forget(i64),
     /// Everything before it in the transaction, and the committed tail, was folded.
     Folded,
+    /// The fold of a frozen part was installed (`install`).
+    Installed(u64),
 }
 
 thread_local! {
@@ -288,18 +424,28 @@ pub(super) fn fold_unfolded_outbox(conn: &Connection) -> Result<()> {
     if !outbox_unfolded(conn)? {
         return Ok(());
     }
-    let mut merged = Tail::default();
+    fold_now(conn)
+}
+
+/// Whether the writer's Tail has parts waiting for the compactor.
+fn frozen_pending() -> Result<bool> {
     let shared = CURRENT_TAIL.with_borrow(Clone::clone);
-    if let Some(shared) = shared {
-        let held = shared.read().map_err(|_| StoreError::Closed)?;
-        for (device, resources) in &held.devices {
-            for (resource, series) in resources {
-                for (t, v) in series {
-                    merged.put(*device, *resource, *t, v.clone());
-                }
-            }
-        }
-    }
+    let Some(shared) = shared else {
+        return Ok(false);
+    };
+    let held = shared.read().map_err(|_| StoreError::Closed)?;
+    Ok(held.has_frozen())
+}
+
+/// Folds everything unfolded, the committed tail (frozen parts included: their pending
+/// installs are then skipped) and this transaction's points so far, inside the caller's
+/// job; the Tail is emptied when the transaction commits (`Op::Folded`).
+pub(super) fn fold_now(conn: &Connection) -> Result<()> {
+    let shared = CURRENT_TAIL.with_borrow(Clone::clone);
+    let mut merged = match shared {
+        Some(shared) => shared.read().map_err(|_| StoreError::Closed)?.merged(),
+        None => Part::default(),
+    };
     OPS.with_borrow(|ops| {
         for op in ops {
             match op {
@@ -310,7 +456,9 @@ pub(super) fn fold_unfolded_outbox(conn: &Connection) -> Result<()> {
                     value,
                 } => merged.put(*device, *resource, *t, value.clone()),
                 Op::Forget(device) => merged.forget(*device),
-                Op::Folded => merged = Tail::default(),
+                Op::Folded => merged = Part::default(),
+                // Its points are in blocks now; folding them again changes no value.
+                Op::Installed(_) => {}
             }
         }
     });
@@ -319,12 +467,71 @@ pub(super) fn fold_unfolded_outbox(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// Installs the compactor's fold of a frozen part in the caller's job: its blocks and
+/// `latest`, its log rows deleted, its outbox records marked folded. Returns `false` (and
+/// changes nothing) when the part is no longer pending: a fold of everything (`fold_now`)
+/// took it, committed or earlier in this transaction.
+pub(super) fn install(conn: &Connection, frozen: &Frozen, encoded: &Encoded) -> Result<bool> {
+    let op = "installing a fold";
+    let folded_here = OPS.with_borrow(|ops| ops.iter().any(|o| matches!(o, Op::Folded)));
+    let shared = CURRENT_TAIL.with_borrow(Clone::clone);
+    let pending = match shared {
+        Some(shared) => shared
+            .read()
+            .map_err(|_| StoreError::Closed)?
+            .frozen
+            .iter()
+            .any(|f| f.id == frozen.id),
+        None => false,
+    };
+    if folded_here || !pending {
+        return Ok(false);
+    }
+    write_encoded(conn, encoded)?;
+    if let Some(pos) = frozen.log_upto {
+        conn.prepare_cached("DELETE FROM point_log WHERE pos <= ?1")
+            .and_then(|mut s| s.execute([pos]))
+            .map_err(backend(op))?;
+    }
+    for (cid, head) in &frozen.outbox {
+        conn.prepare_cached("UPDATE sync_out SET folded = ?2 WHERE connector = ?1 AND folded < ?2")
+            .and_then(|mut s| s.execute(params![cid, head]))
+            .map_err(backend(op))?;
+    }
+    #[cfg(test)]
+    super::crash_tests::failpoint("fold");
+    OPS.with_borrow_mut(|ops| ops.push(Op::Installed(frozen.id)));
+    Ok(true)
+}
+
+/// What a fold of the log holds now (read by the writer between transactions, when it
+/// freezes the active part): the highest log position, and each outbox head with records
+/// not folded yet.
+pub(super) fn log_extent(conn: &Connection) -> Result<(Option<i64>, OutboxHeads)> {
+    let op = "measuring the point log";
+    let upto: Option<i64> = conn
+        .prepare_cached("SELECT MAX(pos) FROM point_log")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .map_err(backend(op))?;
+    let outbox = super::select_rows(
+        conn,
+        "SELECT connector, head FROM sync_out WHERE folded < head",
+        [],
+        |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
+        op,
+    )?;
+    Ok((upto, outbox))
+}
+
 /// Deletes every point of a device: its log rows, blocks and bucket list.
 pub(super) fn delete_device(conn: &Connection, device: i64) -> Result<()> {
     let op = "deleting a device's points";
     // Its unfolded outbox records stay (they are still sent): folded first, they are not
-    // replayed as the points of a device of the same row id later.
-    fold_unfolded_outbox(conn)?;
+    // replayed as the points of a device of the same row id later. A part frozen for the
+    // compactor is folded too: its install would bring the device's points back.
+    if frozen_pending()? || outbox_unfolded(conn)? {
+        fold_now(conn)?;
+    }
     let buckets = super::select_rows(
         conn,
         "SELECT resource, bucket FROM series_buckets WHERE device = ?1",
@@ -378,7 +585,7 @@ pub(super) fn replay(conn: &Connection, upto: Option<i64>) -> Result<(Tail, Opti
             source: Box::new(e),
         })?;
         let value = value_from_sql(format, r.get_ref(4).map_err(backend(op))?);
-        tail.put(
+        tail.active.put(
             r.get(1).map_err(backend(op))?,
             r.get(2).map_err(backend(op))?,
             r.get(3).map_err(backend(op))?,
@@ -389,7 +596,7 @@ pub(super) fn replay(conn: &Connection, upto: Option<i64>) -> Result<(Tail, Opti
     drop(rows);
     if upto.is_none() {
         // The rest of the log: remote-synced points, stored as outbox records.
-        super::sync::replay_unfolded(conn, |d, r, t, v| tail.put(d, r, t, v))?;
+        super::sync::replay_unfolded(conn, |d, r, t, v| tail.active.put(d, r, t, v))?;
     }
     Ok((tail, last))
 }
@@ -416,11 +623,28 @@ fn codec_err(op: &'static str) -> impl FnOnce(codec::CodecError) -> StoreError {
     }
 }
 
-/// Writes a Tail's points as blocks (and `latest`), then deletes the log rows up to `upto`
-/// (all when `None`: the Tail is then everything unfolded, the outboxes' records too, and
-/// every outbox's `folded` moves to its head), in the caller's transaction. Returns the
-/// blocks written.
-pub(super) fn fold(conn: &Connection, tail: &Tail, upto: Option<i64>) -> Result<usize> {
+/// One block of a fold, encoded (its generation is given when it is written).
+struct Block {
+    bucket: i64,
+    device: i64,
+    resource: i64,
+    t_min: i64,
+    t_max: i64,
+    n: i64,
+    data: Vec<u8>,
+}
+
+/// A fold of a part, encoded without touching the database (the compactor's work): its
+/// blocks and the newest point of each series, for `latest`.
+pub(super) struct Encoded {
+    blocks: Vec<Block>,
+    latest: Vec<(i64, i64, i64, Value)>,
+    pub(super) points: usize,
+}
+
+/// Encodes a part's points as blocks: per series and hour bucket, at most
+/// [`MAX_BLOCK_POINTS`] each.
+pub(super) fn encode(part: &Part) -> Result<Encoded> {
     let op = "folding the point log";
     // The codec wants a device and resource per point; a block belongs to one series,
     // named by its key, so these placeholders are all it stores of them.
@@ -435,13 +659,61 @@ pub(super) fn fold(conn: &Connection, tail: &Tail, upto: Option<i64>) -> Result<
         })?,
     );
     let mut encoder = codec::Encoder::new();
-    let mut series: Vec<(i64, i64, &Series)> = tail
+    let mut series: Vec<(i64, i64, &Series)> = part
         .devices
         .iter()
         .flat_map(|(d, rs)| rs.iter().map(move |(r, s)| (*d, *r, s)))
         .filter(|(_, _, s)| !s.is_empty())
         .collect();
     series.sort_by_key(|(d, r, _)| (*d, *r));
+    let mut out = Encoded {
+        blocks: Vec::new(),
+        latest: Vec::with_capacity(series.len()),
+        points: part.points,
+    };
+    let mut records = Vec::with_capacity(MAX_BLOCK_POINTS);
+    for (device, resource, points) in series {
+        let mut iter = points.iter().peekable();
+        while let Some(&(&t0, _)) = iter.peek() {
+            let bucket = t0.div_euclid(BUCKET_US);
+            records.clear();
+            while let Some(&(&t, v)) = iter.peek() {
+                if t.div_euclid(BUCKET_US) != bucket || records.len() >= MAX_BLOCK_POINTS {
+                    break;
+                }
+                records.push(Record::Point(SyncPoint {
+                    device: nobody.clone(),
+                    resource: nothing.clone(),
+                    t,
+                    value: v.clone(),
+                }));
+                iter.next();
+            }
+            let (t_min, t_max) = match (records.first(), records.last()) {
+                (Some(Record::Point(a)), Some(Record::Point(b))) => (a.t, b.t),
+                _ => continue,
+            };
+            out.blocks.push(Block {
+                bucket,
+                device,
+                resource,
+                t_min,
+                t_max,
+                n: records.len() as i64,
+                data: encoder.encode(&records).map_err(codec_err(op))?,
+            });
+        }
+        if let Some((t, v)) = points.last_key_value() {
+            out.latest.push((device, resource, *t, v.clone()));
+        }
+    }
+    Ok(out)
+}
+
+/// Writes encoded blocks (each the next generation of its series and bucket) and `latest`
+/// in the caller's transaction; returns the blocks written.
+fn write_encoded(conn: &Connection, encoded: &Encoded) -> Result<usize> {
+    let op = "folding the point log";
     let mut next_gen = conn
         .prepare_cached(
             "SELECT COALESCE(MAX(gen), 0) + 1 FROM point_blocks
@@ -466,56 +738,34 @@ pub(super) fn fold(conn: &Connection, tail: &Tail, upto: Option<i64>) -> Result<
              WHERE excluded.t >= latest.t",
         )
         .map_err(backend(op))?;
-    let mut written = 0;
-    let mut records = Vec::with_capacity(MAX_BLOCK_POINTS);
-    for (device, resource, points) in series {
-        let mut iter = points.iter().peekable();
-        while let Some(&(&t0, _)) = iter.peek() {
-            let bucket = t0.div_euclid(BUCKET_US);
-            records.clear();
-            while let Some(&(&t, v)) = iter.peek() {
-                if t.div_euclid(BUCKET_US) != bucket || records.len() >= MAX_BLOCK_POINTS {
-                    break;
-                }
-                records.push(Record::Point(SyncPoint {
-                    device: nobody.clone(),
-                    resource: nothing.clone(),
-                    t,
-                    value: v.clone(),
-                }));
-                iter.next();
-            }
-            let (t_min, t_max) = match (records.first(), records.last()) {
-                (Some(Record::Point(a)), Some(Record::Point(b))) => (a.t, b.t),
-                _ => continue,
-            };
-            let data = encoder.encode(&records).map_err(codec_err(op))?;
-            let generation: i64 = next_gen
-                .query_row(params![bucket, device, resource], |r| r.get(0))
-                .map_err(backend(op))?;
-            insert
-                .execute(params![
-                    bucket,
-                    device,
-                    resource,
-                    generation,
-                    t_min,
-                    t_max,
-                    records.len() as i64,
-                    data
-                ])
-                .map_err(backend(op))?;
-            bucket_row
-                .execute(params![device, resource, bucket])
-                .map_err(backend(op))?;
-            written += 1;
-        }
-        if let Some((t, v)) = points.last_key_value() {
-            latest
-                .execute(params![device, resource, t, value_to_sql(v)])
-                .map_err(backend(op))?;
-        }
+    for b in &encoded.blocks {
+        let generation: i64 = next_gen
+            .query_row(params![b.bucket, b.device, b.resource], |r| r.get(0))
+            .map_err(backend(op))?;
+        insert
+            .execute(params![
+                b.bucket, b.device, b.resource, generation, b.t_min, b.t_max, b.n, b.data
+            ])
+            .map_err(backend(op))?;
+        bucket_row
+            .execute(params![b.device, b.resource, b.bucket])
+            .map_err(backend(op))?;
     }
+    for (device, resource, t, v) in &encoded.latest {
+        latest
+            .execute(params![device, resource, t, value_to_sql(v)])
+            .map_err(backend(op))?;
+    }
+    Ok(encoded.blocks.len())
+}
+
+/// Writes a part's points as blocks (and `latest`), then deletes the log rows up to `upto`
+/// (all when `None`: the part is then everything unfolded, the outboxes' records too, and
+/// every outbox's `folded` moves to its head), in the caller's transaction. Returns the
+/// blocks written.
+pub(super) fn fold(conn: &Connection, part: &Part, upto: Option<i64>) -> Result<usize> {
+    let op = "folding the point log";
+    let written = write_encoded(conn, &encode(part)?)?;
     match upto {
         None => conn.execute("DELETE FROM point_log", []).and_then(|_| {
             conn.execute("UPDATE sync_out SET folded = head WHERE folded < head", [])
