@@ -176,12 +176,7 @@ async fn points(api: &Api, cid: &str, dev: &str) -> anyhow::Result<Vec<(i64, f64
         .collect())
 }
 
-// Ignored in the default run until the stall it found twice is understood: in two runs of
-// the whole suite (never alone, 7 runs) the Source acknowledged no ingest for 30 s, about
-// 14 s in, when its unfolded tail reached the first fold (65,536 points). Run it with
-// `cargo nextest run -p west --test e2e --run-ignored all -E 'test(sync_resumes)'`.
 #[tokio::test]
-#[ignore = "an ingest stall seen twice in full-suite runs is under investigation"]
 async fn sync_resumes_after_every_hub_kill9_under_load() -> anyhow::Result<()> {
     const DEVICES: usize = 50;
     const KILLS: usize = 20;
