@@ -2424,11 +2424,22 @@ mod tests {
 
     /// A measurement, not a check: disk bytes written per point while 1,000 devices send
     /// 200 points each in requests of 1,000 points (50 in flight), on a paired Source whose
-    /// resource is remote-synced. Run with `cargo nextest run -p west-store --run-ignored
-    /// only disk_bytes --no-capture` (on a disk, not tmpfs).
+    /// resource is remote-synced (the outbox is the log). Run with `cargo nextest run -p
+    /// west-store --run-ignored only disk_bytes --no-capture` (on a disk, not tmpfs).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[ignore]
     async fn disk_bytes_per_point() {
+        disk_bytes(true).await;
+    }
+
+    /// The same on a standalone connector: the points go to the point log (as on a Target).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore]
+    async fn disk_bytes_per_point_standalone() {
+        disk_bytes(false).await;
+    }
+
+    async fn disk_bytes(paired: bool) {
         let dir =
             tempfile::tempdir_in(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target")).unwrap();
         let store =
@@ -2442,7 +2453,7 @@ mod tests {
                     format: Format::Number,
                     unit: None,
                     settable: false,
-                    remote_sync: true,
+                    remote_sync: paired,
                     created_at: 1,
                 },
             )
@@ -2466,17 +2477,19 @@ mod tests {
                 .await
                 .unwrap();
         }
-        store.open_pairing(&cid(), "CODE", i64::MAX).await.unwrap();
-        let peer = Peer {
-            site: "b".into(),
-            connector_id: ConnectorId::parse("abcdefghijklmn").unwrap(),
-        };
-        let keys = ConnectorKeys {
-            static_private: [1; 32],
-            static_public: [2; 32],
-            peer_static_public: [3; 32],
-        };
-        store.complete_pairing(&cid(), peer, keys, 1).await.unwrap();
+        if paired {
+            store.open_pairing(&cid(), "CODE", i64::MAX).await.unwrap();
+            let peer = Peer {
+                site: "b".into(),
+                connector_id: ConnectorId::parse("abcdefghijklmn").unwrap(),
+            };
+            let keys = ConnectorKeys {
+                static_private: [1; 32],
+                static_public: [2; 32],
+                peer_static_public: [3; 32],
+            };
+            store.complete_pairing(&cid(), peer, keys, 1).await.unwrap();
+        }
         let before = write_bytes();
         let started = std::time::Instant::now();
         let rounds = 200;
@@ -2504,7 +2517,12 @@ mod tests {
         let points = (rounds * 1000) as f64;
         let written = write_bytes() - before;
         println!(
-            "disk_bytes_per_point: {:.1} B/point ({} bytes, {} points, {:.0} points/s)",
+            "disk_bytes_per_point ({}): {:.1} B/point ({} bytes, {} points, {:.0} points/s)",
+            if paired {
+                "paired Source, outbox"
+            } else {
+                "standalone, point log"
+            },
             written as f64 / points,
             written,
             points,
