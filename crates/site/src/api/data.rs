@@ -82,17 +82,23 @@ pub async fn ingest_device(
     if !writer.may_write(&cid, &id) {
         return Err(ApiError::Forbidden(ONLY_OWN.into()));
     }
-    let now = now_micros();
-    let bodies: Vec<PointBody> = if is_array(&body) {
-        parse_json(&body)?
+    let points = parse_device_body(&body, &id, now_micros());
+    store_points(&state, &cid, points, started).await
+}
+
+/// The points of a one-device ingest body (one object or an array of them) for device
+/// `id`, stamped `now` where a body has no `t`. Pure (no I/O), so that it can be fuzzed
+/// (fuzz/fuzz_targets/ingest_json.rs); the answer's error is the call's error.
+pub fn parse_device_body(body: &[u8], id: &Identity, now: i64) -> Result<Vec<PointsIn>, ApiError> {
+    let bodies: Vec<PointBody> = if is_array(body) {
+        parse_json(body)?
     } else {
-        vec![parse_json(&body)?]
+        vec![parse_json(body)?]
     };
-    let points = bodies
+    bodies
         .into_iter()
         .map(|b| points_in(id.clone(), b.t, b.values, now))
-        .collect::<Result<Vec<_>, _>>();
-    store_points(&state, &cid, points, started).await
+        .collect()
 }
 
 pub async fn ingest_bulk(
@@ -103,19 +109,29 @@ pub async fn ingest_bulk(
 ) -> Result<Json<Json_>, ApiError> {
     let started = Instant::now();
     let cid = connector_id(&cid)?;
-    let now = now_micros();
-    let bodies: Vec<BulkBody> = parse_json(&body)?;
-    let points = bodies
+    let points = parse_bulk_body(&body, now_micros(), |id| writer.may_write(&cid, id));
+    store_points(&state, &cid, points, started).await
+}
+
+/// The points of a bulk ingest body (an array of entries naming their devices), stamped
+/// `now` where an entry has no `t`; `may_write` is asked for each entry's device, in order.
+/// Pure (no I/O), so that it can be fuzzed (fuzz/fuzz_targets/ingest_json.rs).
+pub fn parse_bulk_body(
+    body: &[u8],
+    now: i64,
+    may_write: impl Fn(&Identity) -> bool,
+) -> Result<Vec<PointsIn>, ApiError> {
+    let bodies: Vec<BulkBody> = parse_json(body)?;
+    bodies
         .into_iter()
         .map(|b| {
             let id = Identity::parse(&b.device)?;
-            if !writer.may_write(&cid, &id) {
+            if !may_write(&id) {
                 return Err(ApiError::Forbidden(ONLY_OWN.into()));
             }
             points_in(id, b.t, b.values, now)
         })
-        .collect::<Result<Vec<_>, _>>();
-    store_points(&state, &cid, points, started).await
+        .collect()
 }
 
 async fn store_points(

@@ -29,6 +29,9 @@ use crate::ops;
 use crate::state::AppState;
 use extract::ApiJson;
 
+/// The ingest bodies' parsers, pure, for the fuzz target `fuzz/fuzz_targets/ingest_json.rs`.
+pub use data::{parse_bulk_body, parse_device_body};
+
 pub fn routes(state: AppState) -> Router {
     let limit = state.body_limit;
     let api = Router::new()
