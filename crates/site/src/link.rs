@@ -829,9 +829,18 @@ impl Target {
 /// The hub's trust: the public web roots, or with `--hub-ca` that certificate alone (a pin:
 /// a publicly trusted certificate for the hub's name is then not enough, issue 13 #8).
 fn tls_config(ca_pem: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, LinkError> {
+    tls_config_over(webpki_roots::TLS_SERVER_ROOTS.to_vec(), ca_pem)
+}
+
+/// [`tls_config`] with `public` standing for the public web roots (a test stands in a
+/// "public" CA of its own, to show that the pin refuses it).
+fn tls_config_over(
+    public: Vec<rustls::pki_types::TrustAnchor<'static>>,
+    ca_pem: Option<&std::path::Path>,
+) -> Result<Arc<rustls::ClientConfig>, LinkError> {
     let mut roots = rustls::RootCertStore::empty();
     if ca_pem.is_none() {
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        roots.extend(public);
     }
     if let Some(path) = ca_pem {
         let bad = |e: &dyn std::fmt::Display| {
@@ -1376,6 +1385,83 @@ pub fn backoff(failures: u32, min: Duration, max: Duration, jitter: f64) -> Dura
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A CA of the test's own: its certificate (DER and PEM) and an issuer to sign with.
+    fn ca(name: &str) -> (rcgen::Certificate, rcgen::Issuer<'static, rcgen::KeyPair>) {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        (cert, rcgen::Issuer::new(params, key))
+    }
+
+    /// Whether a client with `config` completes a TLS handshake with a server presenting a
+    /// certificate for `localhost` signed by `issuer`, over a real loopback connection.
+    async fn handshake(
+        config: Arc<rustls::ClientConfig>,
+        issuer: &rcgen::Issuer<'static, rcgen::KeyPair>,
+    ) -> bool {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&key, issuer)
+            .unwrap();
+        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let serving = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            acceptor.accept(tcp).await.is_ok()
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let client = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await;
+        let _ = serving.await;
+        client.is_ok()
+    }
+
+    #[tokio::test]
+    async fn with_hub_ca_a_hub_certificate_from_a_publicly_trusted_ca_is_refused() {
+        // Issue 13 #8. `public` stands for a CA of the web roots; the operator pinned `own`.
+        let (public_cert, public) = ca("public root");
+        let (own_cert, own) = ca("the hub's own CA");
+        let mut anchors = rustls::RootCertStore::empty();
+        anchors.add(public_cert.der().clone()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let pin = dir.path().join("hub-ca.pem");
+        std::fs::write(&pin, own_cert.pem()).unwrap();
+
+        let unpinned = tls_config_over(anchors.roots.clone(), None).unwrap();
+        assert!(
+            handshake(unpinned, &public).await,
+            "without --hub-ca the public CA is trusted (else this test proves nothing)"
+        );
+        let pinned = tls_config_over(anchors.roots.clone(), Some(&pin)).unwrap();
+        assert!(
+            !handshake(pinned.clone(), &public).await,
+            "with --hub-ca a certificate of a public CA is refused"
+        );
+        assert!(
+            handshake(pinned, &own).await,
+            "with --hub-ca the pinned CA's certificate is taken"
+        );
+    }
 
     #[test]
     fn the_order_starts_with_the_first_hub_and_visits_every_hub_before_repeating() {

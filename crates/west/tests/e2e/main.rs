@@ -14,6 +14,7 @@ mod recovery;
 mod restarts;
 mod security_files;
 mod security_hub;
+mod security_peer;
 mod security_site;
 mod site_api;
 mod sync;

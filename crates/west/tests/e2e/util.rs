@@ -147,3 +147,18 @@ pub async fn thermometers(api: &testkit::Api, identities: &[String]) -> anyhow::
     }
     Ok(cid)
 }
+
+/// Waits until a process's log (its stderr, where tracing writes) holds `needle`.
+pub async fn wait_logged(proc: &testkit::WestProc, needle: &str) -> anyhow::Result<()> {
+    testkit::eventually(
+        &format!("a log line with {needle:?}"),
+        testkit::DEADLINE,
+        || async { Ok(logged(proc, needle).then_some(())) },
+    )
+    .await
+}
+
+/// Whether a process's log holds `needle` now.
+pub fn logged(proc: &testkit::WestProc, needle: &str) -> bool {
+    std::fs::read_to_string(&proc.log_path).is_ok_and(|log| log.contains(needle))
+}
