@@ -40,8 +40,36 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// The promise of the README, for one subcommand's flags (`cmd`): every long flag but
+    /// `--config` and hidden ones has the variable `WEST_<FLAG>` and is a key of
+    /// `full_file`, or one of `excluded_keys` (keys that exclude one of the full file's).
+    pub(crate) fn assert_flags_variables_and_keys(
+        cmd: &clap::Command,
+        full_file: &str,
+        excluded_keys: &[&str],
+    ) {
+        let mut flags = Vec::new();
+        for arg in cmd.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if arg.is_hide_set() || long == "config" {
+                continue;
+            }
+            let key = long.replace('-', "_");
+            let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+            let expected = format!("WEST_{}", key.to_uppercase());
+            assert_eq!(env.as_deref(), Some(expected.as_str()), "--{long}");
+            flags.push(key);
+        }
+        let table: toml::Table = toml::from_str(full_file).expect("the full file is TOML");
+        let mut keys: Vec<String> = table.keys().cloned().collect();
+        keys.extend(excluded_keys.iter().map(|k| (*k).to_owned()));
+        flags.sort();
+        keys.sort();
+        assert_eq!(flags, keys, "the flags and the keys of a full file");
+    }
 
     #[test]
     fn durations() {

@@ -1,6 +1,7 @@
 //! `west hub`: run the Connectivity Hub, or manage its site registry (`add-site`,
 //! `remove-site`, `list-sites`), configured by flags, `WEST_*` environment and an optional
-//! TOML file.
+//! TOML file. Every setting is all three: the flag `--max-connections`, the variable
+//! `WEST_MAX_CONNECTIONS` and the key `max_connections` (tests below keep it so).
 //!
 //! The registry commands write `hub.db` directly; they work while the hub runs (SQLite WAL),
 //! and a running hub cuts a removed site off within half a second. With `--cluster
@@ -77,8 +78,14 @@ struct ServeArgs {
     tls_key: Option<PathBuf>,
     /// Extra DNS names or IP addresses of the self-signed certificate (besides localhost,
     /// 127.0.0.1 and ::1); only used when it is first made.
-    #[arg(long, env = "WEST_TLS_NAMES", value_delimiter = ',')]
-    tls_name: Vec<String>,
+    /// (`--tls-name`, the old spelling, still works.)
+    #[arg(
+        long,
+        visible_alias = "tls-name",
+        env = "WEST_TLS_NAMES",
+        value_delimiter = ','
+    )]
+    tls_names: Vec<String>,
     /// How often sites ping the hub [default: 2s].
     #[arg(long, env = "WEST_HEARTBEAT", value_parser = config::parse_duration)]
     heartbeat: Option<Duration>,
@@ -123,6 +130,7 @@ struct FileConfig {
     cluster: Option<String>,
     node_name: Option<String>,
     kv_replicas: Option<usize>,
+    max_connections: Option<usize>,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -236,8 +244,20 @@ fn default_node_name(port: u16) -> String {
     format!("{}-{port}", if host.is_empty() { "hub" } else { &host })
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let file: FileConfig = config::load(args.config.as_deref())?;
+/// A cluster node's settings before the listener is bound (the default node name needs
+/// its port).
+struct ClusterChoice {
+    servers: String,
+    node: Option<String>,
+    replicas: Option<usize>,
+}
+
+/// The hub's configuration, listen address and cluster choice from flags and environment
+/// (`args`) over the file over the defaults; checks without I/O.
+fn resolve(
+    args: ServeArgs,
+    file: FileConfig,
+) -> anyhow::Result<(HubConfig, String, Option<ClusterChoice>)> {
     let listen = args
         .listen
         .or(file.listen)
@@ -253,16 +273,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     ) {
         (Some(cert), Some(key)) => TlsSource::Files { cert, key },
         (None, None) => TlsSource::SelfSigned {
-            names: if args.tls_name.is_empty() {
+            names: if args.tls_names.is_empty() {
                 file.tls_names.unwrap_or_default()
             } else {
-                args.tls_name
+                args.tls_names
             },
         },
-        _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+        _ => anyhow::bail!("tls_cert and tls_key go together: give both or neither"),
     };
-    let file_duration = |v: Option<String>, what: &str| -> anyhow::Result<Option<Duration>> {
-        v.map(|s| config::parse_duration(&s).map_err(|e| anyhow::anyhow!("{what}: {e}")))
+    let file_duration = |v: Option<String>, key: &str| -> anyhow::Result<Option<Duration>> {
+        v.map(|s| config::parse_duration(&s).map_err(|e| anyhow::anyhow!("config key {key}: {e}")))
             .transpose()
     };
     if let Some(h) = args
@@ -287,28 +307,37 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "--silent-after must be longer than --heartbeat"
     );
     cfg.status_public = args.metrics_public || file.metrics_public.unwrap_or(false);
-    if let Some(n) = args.max_connections {
+    if let Some(n) = args.max_connections.or(file.max_connections) {
         anyhow::ensure!(n > 0, "--max-connections must be at least 1");
         cfg.max_connections = n;
     }
+    let node = args.node_name.or(file.node_name);
+    let replicas = args.kv_replicas.or(file.kv_replicas);
+    let cluster = args.cluster.or(file.cluster).map(|servers| ClusterChoice {
+        servers,
+        node,
+        replicas,
+    });
+    Ok((cfg, listen, cluster))
+}
 
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let file: FileConfig = config::load(args.config.as_deref())?;
+    let (mut cfg, listen, cluster) = resolve(args, file)?;
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("binding the hub listener on {listen}"))?;
     let addr = listener.local_addr().context("reading the hub's address")?;
-    if let Some(servers) = args.cluster.or(file.cluster) {
-        let node = args
-            .node_name
-            .or(file.node_name)
-            .unwrap_or_else(|| default_node_name(addr.port()));
+    if let Some(c) = cluster {
+        let node = c.node.unwrap_or_else(|| default_node_name(addr.port()));
         anyhow::ensure!(
             proto::wire::is_valid_name(&node),
             "--node-name {node:?}: use 1 to 64 of a-z A-Z 0-9 . _ -"
         );
         cfg.cluster = Some(ClusterConfig {
-            servers,
+            servers: c.servers,
             node,
-            replicas: args.kv_replicas.or(file.kv_replicas),
+            replicas: c.replicas,
         });
     }
     crate::perms::warn_if_loose(&cfg.data_dir, &["hub.db", "hub-key.pem"]);
@@ -322,4 +351,105 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     say!("hub listening on wss://{addr}");
     hub::serve(listener, prepared, crate::shutdown_signal()).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        hub: HubArgs,
+    }
+
+    /// A file holding every setting of `west hub`, none of them its default;
+    /// `tls_cert`/`tls_key`, which exclude `tls_names`, are checked on their own below.
+    const EVERY_KEY: &str = r#"
+        listen = "0.0.0.0:8443"
+        data_dir = "/var/lib/west/hub"
+        tls_names = ["hub.example.com", "10.0.0.7"]
+        heartbeat = "5s"
+        silent_after = "30s"
+        metrics_public = true
+        max_connections = 64
+        cluster = "nats://n1:4222,nats://n2:4222"
+        node_name = "hub-1"
+        kv_replicas = 1
+    "#;
+
+    #[test]
+    fn every_setting_is_a_flag_a_variable_and_a_key() {
+        config::tests::assert_flags_variables_and_keys(
+            &Cli::command(),
+            EVERY_KEY,
+            &["tls_cert", "tls_key"],
+        );
+    }
+
+    #[test]
+    fn a_file_holding_every_setting_configures_the_hub() {
+        let file: FileConfig = toml::from_str(EVERY_KEY).unwrap();
+        let args = Cli::try_parse_from(["west"]).unwrap().hub.serve;
+        let (cfg, listen, cluster) = resolve(args, file).unwrap();
+        assert_eq!(listen, "0.0.0.0:8443");
+        assert_eq!(cfg.data_dir, PathBuf::from("/var/lib/west/hub"));
+        assert!(
+            matches!(&cfg.tls, TlsSource::SelfSigned { names } if names == &["hub.example.com", "10.0.0.7"])
+        );
+        assert_eq!(cfg.heartbeat, Duration::from_secs(5));
+        assert_eq!(cfg.silent_after, Duration::from_secs(30));
+        assert!(cfg.status_public);
+        assert_eq!(cfg.max_connections, 64);
+        let cluster = cluster.expect("a cluster");
+        assert_eq!(cluster.servers, "nats://n1:4222,nats://n2:4222");
+        assert_eq!(cluster.node.as_deref(), Some("hub-1"));
+        assert_eq!(cluster.replicas, Some(1));
+    }
+
+    #[test]
+    fn a_certificate_may_be_named_in_the_file() {
+        let file: FileConfig =
+            toml::from_str("tls_cert = \"/etc/west/hub.pem\"\ntls_key = \"/etc/west/hub-key.pem\"")
+                .unwrap();
+        let args = Cli::try_parse_from(["west"]).unwrap().hub.serve;
+        let (cfg, _, _) = resolve(args, file).unwrap();
+        assert!(matches!(&cfg.tls, TlsSource::Files { cert, key }
+            if cert == std::path::Path::new("/etc/west/hub.pem")
+                && key == std::path::Path::new("/etc/west/hub-key.pem")));
+        let half: FileConfig = toml::from_str("tls_cert = \"/etc/west/hub.pem\"").unwrap();
+        let args = Cli::try_parse_from(["west"]).unwrap().hub.serve;
+        assert!(
+            resolve(args, half).is_err(),
+            "a certificate without its key"
+        );
+    }
+
+    #[test]
+    fn a_flag_wins_over_the_file() {
+        let file: FileConfig = toml::from_str(EVERY_KEY).unwrap();
+        let args = Cli::try_parse_from(["west", "--heartbeat", "1s", "--max-connections", "9"])
+            .unwrap()
+            .hub
+            .serve;
+        let (cfg, _, _) = resolve(args, file).unwrap();
+        assert_eq!(cfg.heartbeat, Duration::from_secs(1));
+        assert_eq!(cfg.max_connections, 9);
+    }
+
+    #[test]
+    fn bad_keys_and_values_are_refused_by_name() {
+        let Err(err) = toml::from_str::<FileConfig>("heartbeat_ms = 3") else {
+            panic!("an unknown key is refused");
+        };
+        assert!(err.to_string().contains("heartbeat_ms"), "{err}");
+        let file: FileConfig = toml::from_str(r#"silent_after = "a while""#).unwrap();
+        let args = Cli::try_parse_from(["west"]).unwrap().hub.serve;
+        let Err(err) = resolve(args, file) else {
+            panic!("a bad duration is refused");
+        };
+        assert!(err.to_string().contains("config key silent_after"), "{err}");
+    }
 }

@@ -300,31 +300,14 @@ mod tests {
         max_connections = 64
     "#;
 
-    fn keys_of(toml_text: &str) -> Vec<String> {
-        let table: toml::Table = toml::from_str(toml_text).unwrap();
-        table.keys().cloned().collect()
-    }
-
     #[test]
     fn every_setting_is_a_flag_a_variable_and_a_key() {
-        let mut flags = Vec::new();
-        for arg in Cli::command().get_arguments() {
-            let Some(long) = arg.get_long() else { continue };
-            if arg.is_hide_set() || long == "config" {
-                continue;
-            }
-            let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
-            let expected = format!("WEST_{}", long.replace('-', "_").to_uppercase());
-            assert_eq!(env.as_deref(), Some(expected.as_str()), "--{long}");
-            flags.push(long.replace('-', "_"));
-        }
-        let mut keys = keys_of(EVERY_KEY);
-        // Each excludes a key of the full file (admin_password, site_credential_file).
-        keys.push("site_credential".into());
-        keys.push("admin_password_file".into());
-        flags.sort();
-        keys.sort();
-        assert_eq!(flags, keys, "the flags and the keys of a full file");
+        // site_credential and admin_password_file each exclude a key of the full file.
+        config::tests::assert_flags_variables_and_keys(
+            &Cli::command(),
+            EVERY_KEY,
+            &["site_credential", "admin_password_file"],
+        );
     }
 
     #[test]
