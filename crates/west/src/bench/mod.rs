@@ -50,17 +50,21 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub struct BenchArgs {
     #[command(subcommand)]
     scenario: Option<Scenario>,
-    /// Points in the throughput phase of the end-to-end run [default: 500000].
+    /// Points in the throughput phase of the end-to-end run and of each run of the cluster
+    /// part [default: 500000].
     #[arg(long)]
     points: Option<u64>,
-    /// Devices the points are spread over; also the fleet of the devices part and the
-    /// devices whose latest values the read part reads [default: 1000].
+    /// Devices the points are spread over (in the end-to-end run and the cluster part);
+    /// also the fleet of the devices part and the devices whose latest values the read
+    /// part reads [default: 1000].
     #[arg(long)]
     devices: Option<u64>,
-    /// Rate of the latency phase, points/s [default: 10000].
+    /// Rate of the latency phase, points/s (also of the scale and cluster parts')
+    /// [default: 10000].
     #[arg(long)]
     rate: Option<u64>,
-    /// Length of the latency phase, seconds [default: points / 25,000, from 1 to 20].
+    /// Length of the latency phase, seconds (also of the cluster part's) [default: points /
+    /// 25,000, from 1 to 20].
     #[arg(long)]
     seconds: Option<u64>,
     /// Points written while the Target is down [default: 3,600,000, but at most 10 × points].
