@@ -145,6 +145,8 @@
     $("#confirm-title").textContent = form.dataset.confirmTitle || "Are you sure?";
     $("#confirm-text").textContent = form.dataset.confirm;
     $("#confirm-ok").textContent = form.dataset.confirmOk || "Confirm";
+    // The way back never reads like the action ("Cancel" beside "Cancel pairing").
+    $("#confirm-cancel").textContent = form.dataset.confirmCancel || "Go back";
     dialog.returnValue = "";
     const submitter = e.submitter;
     dialog.addEventListener("close", () => {

@@ -109,6 +109,11 @@ pub async fn remote_sync(
 ) -> Result<Json<Json_>, ApiError> {
     let c = state.store.connector(&connector_id(&cid)?).await?;
     let mut rs = remote_sync_json(&state, &c);
+    if c.state == proto::model::SyncState::Pairing {
+        rs["failed_attempts"] = ops::pairing::attempts_used(&state, &c.id).await.into();
+        rs["max_attempts"] = proto::pairing::MAX_ATTEMPTS.into();
+        rs["window_seconds"] = state.pairing_window.as_secs().into();
+    }
     let gaps = state.store.sync_gaps(&c.id).await?;
     rs["gaps"] = Json_::Array(gaps.iter().map(gap_json).collect());
     Ok(Json(rs))

@@ -27,6 +27,18 @@ pub fn remote_sync_json(state: &AppState, c: &Connector) -> Json {
     if let Some(at) = c.paired_at {
         rs.insert("paired_at".into(), json!(rfc3339(at)));
     }
+    if c.state == proto::model::SyncState::Disabled
+        && let Some(end) = state.pairings.ended(&c.id)
+    {
+        rs.insert(
+            "last_window".into(),
+            json!({
+                "ended_at": rfc3339(end.at),
+                "reason": end.why.as_str(),
+                "failed_attempts": end.failed_attempts,
+            }),
+        );
+    }
     if c.state == proto::model::SyncState::Paired {
         rs.insert("confirmed".into(), json!(c.pairing_confirmed));
         let s = state.remote.sync.status(&c.id).unwrap_or_default();

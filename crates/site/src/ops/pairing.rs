@@ -21,7 +21,7 @@ use super::connectors::PairWith;
 use super::{Error, Result};
 use crate::clock::now_micros;
 use crate::link::LinkError;
-use crate::peers::windows::SourceWindow;
+use crate::peers::windows::{SourceWindow, WindowEnd, WindowEnded};
 use crate::state::AppState;
 
 /// How long the Target waits for each answer of the Source.
@@ -52,6 +52,7 @@ pub async fn enable(state: &AppState, cid: &ConnectorId) -> Result<Connector> {
         attempts: HashMap::new(),
     };
     state.pairings.lock().insert(cid.clone(), entry);
+    state.pairings.set_ended(cid, None);
     tracing::info!(connector = %cid, expires_at = %crate::clock::rfc3339(expires_at), "pairing window opened");
     Ok(c)
 }
@@ -74,10 +75,47 @@ pub async fn disable(state: &AppState, cid: &ConnectorId) -> Result<Connector> {
         tracing::warn!(connector = %cid, "cancelled a pairing its Target never confirmed");
         return Ok(c);
     }
+    let failed_attempts = attempts_used(state, cid).await;
     state.pairings.lock().remove(cid);
     let c = state.store.close_pairing(cid).await?;
+    state
+        .pairings
+        .set_ended(cid, Some(ended(WindowEnd::Cancelled, failed_attempts)));
     tracing::info!(connector = %cid, "pairing window cancelled");
     Ok(c)
+}
+
+fn ended(why: WindowEnd, failed_attempts: u32) -> WindowEnded {
+    WindowEnded {
+        at: now_micros(),
+        why,
+        failed_attempts,
+    }
+}
+
+/// How many wrong codes the open window of `cid` has answered (0 when none is open).
+pub async fn attempts_used(state: &AppState, cid: &ConnectorId) -> u32 {
+    match state.store.pairing_window(cid).await {
+        Ok(Some(row)) => row.failed_attempts,
+        Ok(None) => 0,
+        Err(e) => {
+            tracing::error!(connector = %cid, error = %e, "could not read a pairing window");
+            0
+        }
+    }
+}
+
+/// The length of the pairing window in words: "10 minutes", "90 seconds", "1 hour".
+pub fn window_words(window: Duration) -> String {
+    let secs = window.as_secs();
+    let (n, unit) = if secs >= 3600 && secs.is_multiple_of(3600) {
+        (secs / 3600, "hour")
+    } else if secs >= 60 && secs.is_multiple_of(60) {
+        (secs / 60, "minute")
+    } else {
+        (secs, "second")
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
 }
 
 /// Closes every countdown that has run out; run about once a second.
@@ -85,8 +123,12 @@ pub async fn expire(state: &AppState) -> Result<()> {
     let now = now_micros();
     for c in state.store.list_connectors().await? {
         if c.state == SyncState::Pairing && c.pairing_expires_at.is_some_and(|at| at <= now) {
+            let failed_attempts = attempts_used(state, &c.id).await;
             state.pairings.lock().remove(&c.id);
             state.store.close_pairing(&c.id).await?;
+            state
+                .pairings
+                .set_ended(&c.id, Some(ended(WindowEnd::Expired, failed_attempts)));
             tracing::info!(connector = %c.id, "pairing window expired");
         }
     }
@@ -234,5 +276,19 @@ fn pairing_failure(e: &PairingError, site: &str, cid: &ConnectorId) -> Error {
                 "pairing with site {site} failed: {other}; nothing was created, try again"
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_is_said_in_the_unit_it_was_given() {
+        assert_eq!(window_words(Duration::from_secs(600)), "10 minutes");
+        assert_eq!(window_words(Duration::from_secs(90)), "90 seconds");
+        assert_eq!(window_words(Duration::from_secs(60)), "1 minute");
+        assert_eq!(window_words(Duration::from_secs(7200)), "2 hours");
+        assert_eq!(window_words(Duration::from_secs(1)), "1 second");
     }
 }

@@ -46,7 +46,16 @@ fn now_us() -> u64 {
 /// Answers one pairing message addressed to this site's `_pairing` service (Source side).
 pub async fn on_message(state: &AppState, inbound: Inbound) {
     let Some(reply) = inbound.reply else {
-        return; // Pairing messages are requests; a one-way one is noise.
+        // Pairing messages are requests, but for the Target's Abort of an attempt (after a
+        // wrong code), which it sends one-way: that failure counts against the window. Any
+        // other one-way message is noise.
+        if matches!(
+            PairingMessage::decode(&inbound.payload),
+            Ok(PairingMessage::Abort { .. })
+        ) {
+            let _ = answer(state, &inbound.from, &inbound.payload).await;
+        }
+        return;
     };
     let sent = match answer(state, &inbound.from, &inbound.payload).await {
         Ok(bytes) => reply.respond(bytes).await,
@@ -195,8 +204,22 @@ async fn answer(state: &AppState, from: &Address, bytes: &[u8]) -> Result<Vec<u8
             }
         }
         PairingMessage::Abort { .. } => {
-            for w in state.pairings.lock().values_mut() {
-                w.attempts.remove(&attempt);
+            // The Target gave up on this attempt (its key confirmation failed: a wrong
+            // code). The failure counts against the window, which five of them close; just
+            // dropping the attempt left a window whose tries were all used counting down.
+            let failed = {
+                let mut open = state.pairings.lock();
+                open.iter_mut().find_map(|(cid, w)| {
+                    w.attempts.remove(&attempt).map(|responder| {
+                        let result = responder.on_message(&mut w.window, now_us(), bytes);
+                        (cid.clone(), result.err(), w.window.attempts_used())
+                    })
+                })
+            };
+            if let Some((cid, Some(f), used)) = failed {
+                tracing::info!(connector = %cid, error = %f.error, "pairing attempt abandoned by the target");
+                persist_attempts(state, &cid, used).await;
+                close_if_exhausted(state, &cid, &f.error).await;
             }
             Ok(Vec::new())
         }
@@ -265,6 +288,14 @@ async fn close_if_exhausted(state: &AppState, cid: &ConnectorId, error: &Pairing
         });
     if exhausted {
         state.pairings.lock().remove(cid);
+        state.pairings.set_ended(
+            cid,
+            Some(crate::peers::windows::WindowEnded {
+                at: crate::clock::now_micros(),
+                why: crate::peers::windows::WindowEnd::TooManyAttempts,
+                failed_attempts: u32::from(proto::pairing::MAX_ATTEMPTS),
+            }),
+        );
         if let Err(e) = state.store.close_pairing(cid).await {
             tracing::error!(connector = %cid, error = %e, "could not close a pairing window");
         }

@@ -241,6 +241,14 @@ struct RemotePage {
     site: String,
     /// The one-time code while the countdown runs.
     pairing_code: Option<String>,
+    /// The length of the pairing window in words ("10 minutes").
+    window_words: String,
+    /// While the countdown runs: how many of the tries the Target has used, in words.
+    tries: String,
+    /// Whether the wrong codes tried so far call for the operator's attention.
+    tries_warn: bool,
+    /// On a standalone connector whose last window closed without a pairing: how and when.
+    last_window: Option<(String, When)>,
     /// Progress of the data stream, for a paired connector.
     sync: Option<SyncView>,
 }
@@ -439,12 +447,56 @@ async fn sync_view(state: &AppState, c: &Connector) -> Option<SyncView> {
     Some(view)
 }
 
+/// "No wrong code yet", "2 of 5 tries used": the Target's wrong codes the window answered.
+fn tries_words(used: u32) -> String {
+    let max = u32::from(proto::pairing::MAX_ATTEMPTS);
+    match used {
+        0 => format!("No wrong code yet: {max} tries."),
+        n if n >= max => format!("All {max} tries used."),
+        n => format!(
+            "{n} of {max} tries used: {} wrong code{} entered on the Target site; {} left.",
+            n,
+            if n == 1 { " was" } else { "s were" },
+            super::view::count(u64::from(max - n), "try")
+        ),
+    }
+}
+
+/// How the last pairing window ended, as the sentence before its time.
+fn ended_words(end: &crate::peers::windows::WindowEnded) -> String {
+    use crate::peers::windows::WindowEnd;
+    let max = proto::pairing::MAX_ATTEMPTS;
+    let wrong = match end.failed_attempts {
+        0 => String::new(),
+        1 => " after 1 wrong code was tried".to_owned(),
+        n => format!(" after {n} wrong codes were tried"),
+    };
+    match end.why {
+        WindowEnd::Expired => format!(
+            "The last pairing window expired with no Target paired{wrong}. Enable Remote-Sync              again for a new code, and enter it on the Target site before the countdown ends."
+        ),
+        WindowEnd::TooManyAttempts => format!(
+            "The last pairing window closed after {max} wrong codes: the code was mistyped or              someone guessed. Enable Remote-Sync again for a new code and check that it is              entered exactly."
+        ),
+        WindowEnd::Cancelled => format!("The last pairing window was cancelled{wrong}."),
+    }
+}
+
 pub async fn remote_sync(
     ctx: Ctx,
     State(state): State<AppState>,
     Path(cid): Path<String>,
 ) -> UiResult {
     let c = load_connector(&state, &ctx, &cid).await?;
+    let used = if c.state == SyncState::Pairing {
+        ops::pairing::attempts_used(&state, &c.id).await
+    } else {
+        0
+    };
+    let last_window = (c.state == SyncState::Disabled)
+        .then(|| state.pairings.ended(&c.id))
+        .flatten()
+        .map(|end| (ended_words(&end), When::at(end.at)));
     let mut crumbs = connector_crumbs(&c);
     crumbs.push(Crumb::link(
         "Settings",
@@ -465,6 +517,10 @@ pub async fn remote_sync(
             .flatten()
             .map(|w| w.code),
         sync: sync_view(&state, &c).await,
+        window_words: ops::pairing::window_words(state.pairing_window),
+        tries: tries_words(used),
+        tries_warn: used > 0,
+        last_window,
     }))
 }
 
@@ -555,6 +611,40 @@ mod tests {
         check(Some(now - 60 * MIN + 1), Some("only the last 59 min"));
         check(Some(now - 60 * MIN), None);
         check(Some(now - 600 * MIN), None);
+    }
+
+    #[test]
+    fn tries_and_closed_windows_are_said_in_words() {
+        use crate::peers::windows::{WindowEnd, WindowEnded};
+        assert_eq!(tries_words(0), "No wrong code yet: 5 tries.");
+        assert_eq!(
+            tries_words(1),
+            "1 of 5 tries used: 1 wrong code was entered on the Target site; 4 tries left."
+        );
+        assert_eq!(
+            tries_words(4),
+            "4 of 5 tries used: 4 wrong codes were entered on the Target site; 1 try left."
+        );
+        let end = |why, failed_attempts| WindowEnded {
+            at: 0,
+            why,
+            failed_attempts,
+        };
+        assert!(
+            ended_words(&end(WindowEnd::TooManyAttempts, 5))
+                .starts_with("The last pairing window closed after 5 wrong codes")
+        );
+        assert!(ended_words(&end(WindowEnd::Expired, 2)).starts_with(
+            "The last pairing window expired with no Target paired after 2 wrong codes were tried."
+        ));
+        assert!(
+            ended_words(&end(WindowEnd::Expired, 0))
+                .starts_with("The last pairing window expired with no Target paired. Enable")
+        );
+        assert_eq!(
+            ended_words(&end(WindowEnd::Cancelled, 1)),
+            "The last pairing window was cancelled after 1 wrong code was tried."
+        );
     }
 
     #[test]

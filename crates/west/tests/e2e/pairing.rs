@@ -58,7 +58,7 @@ async fn connector_count(api: &Api) -> anyhow::Result<usize> {
 }
 
 /// A code that passes the check character but is not the one the Source shows.
-fn other_code(code: &str) -> String {
+pub(crate) fn other_code(code: &str) -> String {
     // Codes are Crockford base-32 with a check character; generate valid wrong ones by
     // walking candidates until one parses and differs.
     let alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";

@@ -409,3 +409,104 @@ async fn both_sides_show_the_targets_progress_and_the_points_waiting_for_a_resou
     );
     b.close().await
 }
+
+/// Item 4 of #16: the Source's operator sees the Target's failed tries while the window is
+/// open, and why it closed afterwards (five wrong codes, expiry, cancelled); the text names
+/// the window the site really runs with, and no dialog puts "Cancel" next to "Cancel
+/// pairing".
+#[tokio::test]
+async fn the_source_sees_failed_tries_and_why_its_pairing_window_closed() -> anyhow::Result<()> {
+    let (_hub, sites) =
+        util::hub_and_sites(&[("site-a", &["--pairing-window", "30s"]), ("site-b", &[])]).await?;
+    let (a, t) = (sites[0].admin().await?, sites[1].admin().await?);
+    let cid = a
+        .post_ok("/api/v1/connectors", json!({"name": "plant"}))
+        .await?["id"]
+        .as_str()
+        .context("id")?
+        .to_owned();
+    let b = Browser::start().await?;
+    sign_in(&b, &sites[0].url, &sites[0].opts.admin_password).await?;
+    let page = format!("{}/connectors/{cid}/settings/remote-sync", sites[0].url);
+    b.goto(&page).await?;
+    wait_text(
+        &b,
+        "main",
+        "enters within 30 seconds to complete the pairing",
+    )
+    .await?;
+
+    // Enabling asks first, with buttons that cannot be confused.
+    click(&b, "#enable-remote-sync").await?;
+    wait_text(&b, "#confirm-cancel", "Not now").await?;
+    wait_text(&b, "#confirm-ok", "Enable Remote-Sync").await?;
+    click(&b, "#confirm-ok").await?;
+    let code = b.wait_for("#pairing-code").await?.text().await?;
+    wait_text(&b, "#pairing-tries", "No wrong code yet").await?;
+    wait_text(&b, "main", "within 30 seconds of enabling").await?;
+
+    // Two wrong codes on the Target: the Source's page counts them without a reload.
+    let wrong = crate::pairing::other_code(&code);
+    let try_wrong = || async {
+        let (status, body) =
+            testkit::pairing::request_target(&t, "plant-copy", "site-a", &cid, &wrong).await?;
+        ensure!(
+            body["error"] == "pairing_code_wrong" || body["error"] == "pairing_expired",
+            "{status} {body}"
+        );
+        Ok::<_, anyhow::Error>(())
+    };
+    for _ in 0..2 {
+        try_wrong().await?;
+    }
+    wait_text(&b, "#pairing-tries", "2 of 5 tries used").await?;
+    let rs = a
+        .get_ok(&format!("/api/v1/connectors/{cid}/remote-sync"))
+        .await?;
+    ensure!(
+        rs["failed_attempts"] == 2 && rs["max_attempts"] == 5 && rs["window_seconds"] == 30,
+        "{rs}"
+    );
+    shot(&b, "65-pairing-tries").await?;
+
+    // Three more close the window: the page says so instead of silently going back.
+    for _ in 0..3 {
+        try_wrong().await?;
+    }
+    wait_text(&b, "#pairing-ended", "closed after 5 wrong codes").await?;
+    let rs = a
+        .get_ok(&format!("/api/v1/connectors/{cid}/remote-sync"))
+        .await?;
+    ensure!(
+        rs["state"] == "disabled"
+            && rs["last_window"]["reason"] == "too_many_attempts"
+            && rs["last_window"]["failed_attempts"] == 5,
+        "{rs}"
+    );
+    shot(&b, "66-pairing-closed-after-wrong-codes").await?;
+
+    // Stopping a countdown: "Stop pairing" or "Keep waiting".
+    click(&b, "#enable-remote-sync").await?;
+    click(&b, "#confirm-ok").await?;
+    b.wait_for("#pairing-code").await?;
+    click(&b, "#cancel-pairing").await?;
+    wait_text(&b, "#confirm-cancel", "Keep waiting").await?;
+    wait_text(&b, "#confirm-ok", "Stop pairing").await?;
+    click(&b, "#confirm-ok").await?;
+    wait_text(&b, "#pairing-ended", "was cancelled").await?;
+
+    // A countdown that runs out says it expired.
+    click(&b, "#enable-remote-sync").await?;
+    click(&b, "#confirm-ok").await?;
+    b.wait_for("#pairing-code").await?;
+    eventually("the window to expire", Duration::from_secs(60), || async {
+        let (_, rs) = a
+            .get(&format!("/api/v1/connectors/{cid}/remote-sync"))
+            .await?;
+        Ok((rs["last_window"]["reason"] == "expired").then_some(()))
+    })
+    .await?;
+    wait_text(&b, "#pairing-ended", "expired with no Target paired").await?;
+    shot(&b, "67-pairing-expired").await?;
+    b.close().await
+}
