@@ -7,7 +7,8 @@
 //! `POST /api/v1/connectors/{cid}/devices/{identity}/data` client with its device token.
 //! Figures: sustained points/s on the Source (points / time until the last answer), p50/p99/
 //! max of the request latency (request sent → durable acknowledgement), replicated points/s
-//! (points / time until the Target has applied the last one), disk bytes written per point,
+//! (points / time until the Target has applied the last one: a point written in bulk after
+//! the last answer ends the stream, and is polled for on the Target), disk bytes written per point,
 //! peak RSS and CPU. Beside it, with `--nats`, NATS JetStream with one publish per reading:
 //! each device its own connection to site-a, publishing and awaiting the ack of each
 //! reading (see `nats::run_devices`), under the same row names.
@@ -108,6 +109,13 @@ async fn run_west(args: &DevicesArgs, progress: &mut Progress) -> anyhow::Result
     }
     let ingested = started.elapsed().as_secs_f64();
     b.written_elsewhere(total);
+    // One more point, written after every device's last answer, ends the stream: once it
+    // is readable on the Target, every reading is (the Target applies in stream order).
+    let (marker, _) = b.body(1);
+    b.api_a
+        .post_ok(&format!("/api/v1/connectors/{}/data", b.src), marker)
+        .await
+        .context("writing the point that ends the stream")?;
     progress.stage("Target applying");
     b.applied_all(base, progress).await?;
     let secs = started.elapsed().as_secs_f64();

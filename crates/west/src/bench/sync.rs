@@ -332,8 +332,8 @@ impl Bench {
     /// those (and for point `from`) every 5 ms. The applied sequence of the Target's sync
     /// status moves the progress bar; it is a gauge published at most every 100 ms, and up
     /// to half a second late when the stream goes quiet, so it times the end only when the
-    /// order of the last points is not known (the devices scenario). Fails when it has not
-    /// moved for [`STALL`].
+    /// order of the last points is not known (after `written_elsewhere` without a point
+    /// written here after it). Fails when it has not moved for [`STALL`].
     pub(super) async fn applied_all(
         &self,
         from: u64,
