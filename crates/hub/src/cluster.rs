@@ -48,7 +48,7 @@ use crate::registry::{
     RegistryError, SiteEntry, Verdict, constant_time_eq, credential_hash, new_credential,
     now_micros,
 };
-use crate::routing::{ConnId, DeliveryError, PeerHandle};
+use crate::routing::{ConnId, DeliveryError, SiteHandle};
 use crate::stats::SiteCounters;
 
 /// The key-value bucket of the cluster's registry.
@@ -614,7 +614,7 @@ impl Cluster {
 
     /// Says that this node now holds `peer`'s site, closing an older connection another node
     /// may still hold; closes `peer` itself if a newer connection was announced meanwhile.
-    pub(crate) async fn announce(&self, peer: &PeerHandle) {
+    pub(crate) async fn announce(&self, peer: &SiteHandle) {
         let Ok(registry) = self.registry() else {
             return;
         };
@@ -716,7 +716,7 @@ impl Cluster {
     pub(crate) async fn serve_inbox(
         &self,
         mut sub: async_nats::Subscriber,
-        peer: PeerHandle,
+        peer: SiteHandle,
         claims: &PairedOnly,
         patience: Duration,
         stalled: &SiteCounters,

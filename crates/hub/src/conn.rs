@@ -44,7 +44,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::Shared;
 use crate::registry::Verdict;
-use crate::routing::{Kick, PeerHandle};
+use crate::routing::{Kick, SiteHandle};
 use crate::stats::SiteCounters;
 
 type Sink = SplitSink<WebSocket, Message>;
@@ -158,7 +158,7 @@ pub(crate) async fn serve(socket: WebSocket, remote: SocketAddr, hub: Arc<Shared
     let id = hub.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = mpsc::channel::<Bytes>(hub.config.queue_frames);
     let kick = Arc::new(Kick::default());
-    let me = PeerHandle::new(
+    let me = SiteHandle::new(
         id,
         Arc::from(site.as_str()),
         generation,

@@ -40,7 +40,6 @@ pub mod claims;
 pub mod cluster;
 mod conn;
 mod directory;
-pub mod http;
 pub mod registry;
 pub mod routing;
 pub mod stats;
@@ -292,11 +291,19 @@ pub async fn serve(
         shutdown.await;
         stop.cancel();
     });
-    let limits = http::HttpLimits {
+    let limits = serve::HttpLimits {
         header_timeout: shared.config.header_timeout,
         max_connections: shared.config.max_connections,
     };
-    http::serve(tls_listener, app, limits, token.clone()).await;
+    // TLS is the listener's (with its cap on handshakes in progress): nothing to prepare.
+    serve::serve(
+        tls_listener,
+        app,
+        limits,
+        token.clone(),
+        |io, _| async move { Some(io) },
+    )
+    .await;
 
     token.cancel();
     for peer in shared.routing.attached() {

@@ -301,7 +301,14 @@ impl Registry {
     }
 }
 
+/// Applies every migration newer than the registry, each in its own transaction: one that
+/// fails is rolled back whole (the registry stays at the version before it) and the error
+/// names its version.
 fn migrate(conn: &Connection) -> Result<(), RegistryError> {
+    migrate_with(conn, MIGRATIONS)
+}
+
+fn migrate_with(conn: &Connection, migrations: &[(i64, &str)]) -> Result<(), RegistryError> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
     )
@@ -313,12 +320,22 @@ fn migrate(conn: &Connection) -> Result<(), RegistryError> {
             |r| r.get(0),
         )
         .map_err(sql("reading the schema version"))?;
-    for (version, text) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
-        conn.execute_batch(&format!(
+    for (version, text) in migrations.iter().filter(|(v, _)| *v > current) {
+        let script = format!(
             "BEGIN; {text}\nINSERT INTO schema_migrations VALUES ({version}, {}); COMMIT;",
             now_micros()
-        ))
-        .map_err(sql("migrating the schema"))?;
+        );
+        if let Err(e) = conn.execute_batch(&script) {
+            // execute_batch stops at the failing statement, inside the transaction.
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            tracing::error!(version, error = %e, "a registry migration failed; rolled back");
+            return Err(RegistryError::Sql {
+                op: "migrating the schema",
+                source: e,
+            });
+        }
     }
     Ok(())
 }
@@ -346,6 +363,8 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Microseconds since the Unix epoch. The site's and the store's is `store::now_micros`;
+/// the hub does not depend on the store, so it reads the clock here, the same way.
 pub(crate) fn now_micros() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -356,6 +375,35 @@ pub(crate) fn now_micros() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_migration_is_rolled_back_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = Connection::open(dir.path().join(DB_FILE)).expect("opens");
+        let good = (1, "CREATE TABLE a (x INTEGER);");
+        let bad = (
+            2,
+            "CREATE TABLE b (x INTEGER); INSERT INTO a VALUES (1); NOT SQL;",
+        );
+        migrate_with(&conn, &[good]).expect("the first migration applies");
+        let Err(RegistryError::Sql { op, .. }) = migrate_with(&conn, &[good, bad]) else {
+            panic!("a broken migration is refused");
+        };
+        assert_eq!(op, "migrating the schema");
+        assert!(conn.is_autocommit(), "no transaction left open");
+        let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).expect("counts") };
+        assert_eq!(
+            count("SELECT COUNT(*) FROM sqlite_master WHERE name = 'b'"),
+            0,
+            "the failed migration's table is gone"
+        );
+        assert_eq!(count("SELECT COUNT(*) FROM a"), 0, "its insert is gone");
+        assert_eq!(count("SELECT MAX(version) FROM schema_migrations"), 1);
+        // Fixed, it applies on the next open.
+        let fixed = (2, "CREATE TABLE b (x INTEGER);");
+        migrate_with(&conn, &[good, fixed]).expect("the fixed migration applies");
+        assert_eq!(count("SELECT MAX(version) FROM schema_migrations"), 2);
+    }
 
     #[test]
     fn add_verify_remove_and_add_again() {

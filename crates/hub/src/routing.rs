@@ -69,7 +69,7 @@ pub enum DeliveryError {
 
 /// A live route to one site.
 #[derive(Debug, Clone)]
-pub struct PeerHandle {
+pub struct SiteHandle {
     pub id: ConnId,
     /// The authenticated site name.
     pub site: Arc<str>,
@@ -83,7 +83,7 @@ pub struct PeerHandle {
     kick: Arc<Kick>,
 }
 
-impl PeerHandle {
+impl SiteHandle {
     pub fn new(
         id: ConnId,
         site: Arc<str>,
@@ -120,23 +120,23 @@ impl PeerHandle {
 /// The table of routes. Implementations must be cheap to call on every frame.
 pub trait Routing: Send + Sync + 'static {
     /// Makes `peer` the route to its site and returns the connection it replaces.
-    fn attach(&self, peer: PeerHandle) -> Option<PeerHandle>;
+    fn attach(&self, peer: SiteHandle) -> Option<SiteHandle>;
     /// Removes the route to `site` if it still is connection `id`; says whether it was.
     fn detach(&self, site: &str, id: ConnId) -> bool;
     /// The route to `site`, if it is connected.
-    fn lookup(&self, site: &str) -> Option<PeerHandle>;
+    fn lookup(&self, site: &str) -> Option<SiteHandle>;
     /// Every live route.
-    fn attached(&self) -> Vec<PeerHandle>;
+    fn attached(&self) -> Vec<SiteHandle>;
 }
 
 /// The routes of this hub process alone.
 #[derive(Debug, Default)]
 pub struct LocalRouting {
-    table: RwLock<HashMap<Arc<str>, PeerHandle>>,
+    table: RwLock<HashMap<Arc<str>, SiteHandle>>,
 }
 
 impl Routing for LocalRouting {
-    fn attach(&self, peer: PeerHandle) -> Option<PeerHandle> {
+    fn attach(&self, peer: SiteHandle) -> Option<SiteHandle> {
         let mut t = self.table.write().unwrap_or_else(|p| p.into_inner());
         t.insert(Arc::clone(&peer.site), peer)
     }
@@ -151,12 +151,12 @@ impl Routing for LocalRouting {
         }
     }
 
-    fn lookup(&self, site: &str) -> Option<PeerHandle> {
+    fn lookup(&self, site: &str) -> Option<SiteHandle> {
         let t = self.table.read().unwrap_or_else(|p| p.into_inner());
         t.get(site).cloned()
     }
 
-    fn attached(&self) -> Vec<PeerHandle> {
+    fn attached(&self) -> Vec<SiteHandle> {
         let t = self.table.read().unwrap_or_else(|p| p.into_inner());
         t.values().cloned().collect()
     }
@@ -183,11 +183,11 @@ impl RoutePolicy for AllowAll {
 mod tests {
     use super::*;
 
-    fn peer(id: ConnId, site: &str) -> (PeerHandle, mpsc::Receiver<Bytes>) {
+    fn peer(id: ConnId, site: &str) -> (SiteHandle, mpsc::Receiver<Bytes>) {
         let (tx, rx) = mpsc::channel(1);
         let addr: SocketAddr = "127.0.0.1:1".parse().expect("addr");
         (
-            PeerHandle::new(id, site.into(), 1, addr, tx, Arc::default()),
+            SiteHandle::new(id, site.into(), 1, addr, tx, Arc::default()),
             rx,
         )
     }

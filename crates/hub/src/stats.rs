@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::json;
 
 use crate::registry::SiteEntry;
-use crate::routing::PeerHandle;
+use crate::routing::SiteHandle;
 
 /// Counters of one authenticated site; they survive its reconnections.
 #[derive(Debug, Default)]
@@ -193,7 +193,7 @@ impl Stats {
     }
 
     /// Prometheus text exposition of every counter and of which sites are connected.
-    pub fn prometheus(&self, attached: &[PeerHandle], claimed_pairings: usize) -> String {
+    pub fn prometheus(&self, attached: &[SiteHandle], claimed_pairings: usize) -> String {
         let mut out = String::new();
         let sites = self.snapshot();
         for counter in &COUNTERS {
@@ -241,7 +241,7 @@ impl Stats {
     }
 
     /// The `sites` part of `/health`: every registered site with its link and counters.
-    pub fn sites_json(&self, registry: &[SiteEntry], attached: &[PeerHandle]) -> serde_json::Value {
+    pub fn sites_json(&self, registry: &[SiteEntry], attached: &[SiteHandle]) -> serde_json::Value {
         let counters: BTreeMap<String, Arc<SiteCounters>> = self.snapshot().into_iter().collect();
         let list: Vec<serde_json::Value> = registry
             .iter()

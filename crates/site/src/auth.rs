@@ -141,14 +141,14 @@ impl FromRequestParts<AppState> for User {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = request_token(parts, &state.site_name).ok_or(ApiError::Unauthorized(
+        let token = request_token(parts, &state.site_name).ok_or(ApiError::unauthorized(
             "sign in first: POST /api/v1/login, then send Authorization: Bearer TOKEN",
         ))?;
         state
             .user_for_token(&token)
             .await?
             .map(User)
-            .ok_or(ApiError::Unauthorized(
+            .ok_or(ApiError::unauthorized(
                 "the token is unknown or has expired; sign in again",
             ))
     }
@@ -175,7 +175,7 @@ impl FromRequestParts<AppState> for Writer {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = request_token(parts, &state.site_name).ok_or(ApiError::Unauthorized(
+        let token = request_token(parts, &state.site_name).ok_or(ApiError::unauthorized(
             "send Authorization: Bearer with a user token or the device's own token",
         ))?;
         if let Some(user) = state.user_for_token(&token).await? {
@@ -183,7 +183,7 @@ impl FromRequestParts<AppState> for Writer {
         }
         match state.store.device_by_token(token_hash(&token)).await? {
             Some((cid, identity)) => Ok(Writer::Device(cid, identity)),
-            None => Err(ApiError::Unauthorized(
+            None => Err(ApiError::unauthorized(
                 "the token is unknown or has expired",
             )),
         }

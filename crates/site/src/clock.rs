@@ -1,13 +1,9 @@
 //! The site's wall-clock time: microseconds since the Unix epoch, and their RFC 3339
 //! rendering for the `_at` fields of the API (docs/api.md).
 
-/// Microseconds since the Unix epoch, from the system clock.
-pub fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+/// Microseconds since the Unix epoch, from the system clock (the store's reading, so that
+/// the site and its store never disagree about how to read it).
+pub use store::now_micros;
 
 /// An RFC 3339 rendering of a µs timestamp.
 pub fn rfc3339(micros: i64) -> String {

@@ -1,103 +1,163 @@
-//! The one error type of the HTTP API: each kind maps to a status and the stable `error` code
-//! of docs/api.md ("Errors"). Internal details go to the log, never to the client. The
-//! domain's refusals (`ops::Error`) map one to one (`api::errors`); the API adds its own for
-//! bodies and queries it cannot read.
+//! The site's two error types. [`Error`] is the domain's refusal (`ops::Error`): each kind
+//! has the stable `error` code of docs/api.md ("Errors"), which the API answers, the UI
+//! shows and the peer protocol carries. [`ApiError`] is what an API client sees: a domain
+//! refusal, or one of the API's own for requests it cannot read (bodies that are not JSON
+//! or too large, cross-site requests). Internal details go to the log, never to a client.
+//!
+//! Both live here, at the bottom of the site, rather than `Error` in `ops`: `auth` and
+//! `guard`, which `ops` sits above, answer with them too.
 
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use proto::model::ModelError;
 use serde_json::json;
+use store::StoreError;
 
-/// An API failure as the client sees it.
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+/// Why an operation was refused. Each kind has a stable snake_case [`code`](Error::code),
+/// the one the API answers and the peer protocol carries.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// An input is not valid (`invalid_value`).
     #[error("{0}")]
-    InvalidJson(String),
-    #[error("{0}")]
-    InvalidValue(String),
+    Invalid(String),
+    /// A list query is not valid (`invalid_query`).
     #[error("{0}")]
     InvalidQuery(String),
     #[error("{0}")]
     NotFound(String),
+    /// The operation does not fit the current state (a paired connector cannot be deleted…).
     #[error("{0}")]
     Conflict(String),
-    #[error("the request body is larger than {limit} bytes")]
-    TooLarge { limit: usize },
+    #[error("{0}")]
+    Forbidden(String),
+    /// Wrong username or password.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// The peer site (or the hub) cannot be reached now.
     #[error("{0}")]
     PeerOffline(String),
     #[error("{0}")]
     PairingExpired(String),
     #[error("{0}")]
     PairingCodeWrong(String),
-    #[error("{0}")]
-    Unauthorized(&'static str),
-    #[error("{0}")]
-    Forbidden(String),
+    /// The disk is full: nothing was stored; the same request may succeed once space
+    /// frees (`storage_full`).
     #[error("the site's disk is full; nothing of this request was stored; try again later")]
     StorageFull,
+    /// Too many failed sign-ins from this address or for this user: try again after this.
     #[error("too many failed sign-ins from this address or for this user; try again in {} s", ceil_secs(*.0))]
     TooManyAttempts(std::time::Duration),
+    /// Too many sign-ins are being checked at once.
     #[error("the site is busy checking other sign-ins; try again in a second")]
     Busy,
-    #[error("{0}")]
-    CrossSite(&'static str),
+    /// Something failed inside the site; the log says what.
     #[error("the site could not complete the request; the site's log says why")]
     Internal,
+}
+
+impl Error {
+    /// The stable code of this kind of refusal.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Invalid(_) => "invalid_value",
+            Error::InvalidQuery(_) => "invalid_query",
+            Error::NotFound(_) => "not_found",
+            Error::Conflict(_) => "conflict",
+            Error::Forbidden(_) => "forbidden",
+            Error::Unauthorized(_) => "unauthorized",
+            Error::PeerOffline(_) => "peer_offline",
+            Error::PairingExpired(_) => "pairing_expired",
+            Error::PairingCodeWrong(_) => "pairing_code_wrong",
+            Error::StorageFull => "storage_full",
+            Error::TooManyAttempts(_) => "too_many_attempts",
+            Error::Busy => "busy",
+            Error::Internal => "internal",
+        }
+    }
+}
+
+/// An API failure as the client sees it: a refusal of the domain, or of the request itself.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A refusal of the domain, with its own code.
+    #[error(transparent)]
+    Domain(#[from] Error),
+    /// The body is not JSON (`invalid_json`).
+    #[error("{0}")]
+    InvalidJson(String),
+    #[error("the request body is larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    /// A state-changing request from another site (`cross_site_request`).
+    #[error("{0}")]
+    CrossSite(&'static str),
 }
 
 /// What a client is told to wait before retrying a write refused for a full disk.
 pub const STORAGE_FULL_RETRY_AFTER_SECS: u64 = 10;
 
 impl ApiError {
+    /// `invalid_value`.
+    pub fn invalid(message: String) -> Self {
+        Error::Invalid(message).into()
+    }
+
+    /// `invalid_query`.
+    pub fn invalid_query(message: String) -> Self {
+        Error::InvalidQuery(message).into()
+    }
+
+    /// `not_found`.
+    pub fn not_found(message: String) -> Self {
+        Error::NotFound(message).into()
+    }
+
+    /// `forbidden`.
+    pub fn forbidden(message: String) -> Self {
+        Error::Forbidden(message).into()
+    }
+
+    /// `unauthorized`.
+    pub fn unauthorized(message: &'static str) -> Self {
+        Error::Unauthorized(message).into()
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::InvalidJson(_) | ApiError::InvalidValue(_) | ApiError::InvalidQuery(_) => {
-                StatusCode::BAD_REQUEST
-            }
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Domain(e) => match e {
+                Error::Invalid(_) | Error::InvalidQuery(_) => StatusCode::BAD_REQUEST,
+                Error::NotFound(_) => StatusCode::NOT_FOUND,
+                Error::Conflict(_) => StatusCode::CONFLICT,
+                Error::Forbidden(_) | Error::PairingCodeWrong(_) => StatusCode::FORBIDDEN,
+                Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+                Error::PeerOffline(_) | Error::Busy => StatusCode::SERVICE_UNAVAILABLE,
+                Error::PairingExpired(_) => StatusCode::GONE,
+                Error::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
+                Error::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
+                Error::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            ApiError::InvalidJson(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::PeerOffline(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::PairingExpired(_) => StatusCode::GONE,
-            ApiError::PairingCodeWrong(_) => StatusCode::FORBIDDEN,
-            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) | ApiError::CrossSite(_) => StatusCode::FORBIDDEN,
-            ApiError::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
-            ApiError::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::CrossSite(_) => StatusCode::FORBIDDEN,
         }
     }
 
     /// The stable snake_case code of docs/api.md.
     pub fn code(&self) -> &'static str {
         match self {
+            ApiError::Domain(e) => e.code(),
             ApiError::InvalidJson(_) => "invalid_json",
-            ApiError::InvalidValue(_) => "invalid_value",
-            ApiError::InvalidQuery(_) => "invalid_query",
-            ApiError::NotFound(_) => "not_found",
-            ApiError::Conflict(_) => "conflict",
             ApiError::TooLarge { .. } => "payload_too_large",
-            ApiError::PeerOffline(_) => "peer_offline",
-            ApiError::PairingExpired(_) => "pairing_expired",
-            ApiError::PairingCodeWrong(_) => "pairing_code_wrong",
-            ApiError::Unauthorized(_) => "unauthorized",
-            ApiError::Forbidden(_) => "forbidden",
-            ApiError::StorageFull => "storage_full",
-            ApiError::TooManyAttempts(_) => "too_many_attempts",
-            ApiError::Busy => "busy",
             ApiError::CrossSite(_) => "cross_site_request",
-            ApiError::Internal => "internal",
         }
     }
 
     /// The `Retry-After` of an answer that asks the client to come back later, in seconds.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            ApiError::TooManyAttempts(d) => Some(ceil_secs(*d)),
-            ApiError::StorageFull => Some(STORAGE_FULL_RETRY_AFTER_SECS),
-            ApiError::Busy => Some(1),
+            ApiError::Domain(Error::TooManyAttempts(d)) => Some(ceil_secs(*d)),
+            ApiError::Domain(Error::StorageFull) => Some(STORAGE_FULL_RETRY_AFTER_SECS),
+            ApiError::Domain(Error::Busy) => Some(1),
             _ => None,
         }
     }
@@ -119,8 +179,22 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<ModelError> for Error {
+    fn from(e: ModelError) -> Self {
+        Error::Invalid(e.to_string())
+    }
+}
+
 impl From<ModelError> for ApiError {
     fn from(e: ModelError) -> Self {
-        ApiError::InvalidValue(e.to_string())
+        Error::from(e).into()
+    }
+}
+
+/// A store failure reaches a client as the domain's refusal (`ops` maps and logs it), so
+/// that the API and the domain never disagree about one.
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        Error::from(e).into()
     }
 }

@@ -90,7 +90,7 @@ pub struct Prepared {
     pub link_task: Option<link::LinkTask>,
     /// Requests and messages from other sites. Whoever serves them (pairing, device lookup,
     /// sync) takes this before [`serve`]; left here, requests are answered with a failure.
-    pub inbound: Option<tokio::sync::mpsc::Receiver<link::Inbound>>,
+    pub inbound: Option<tokio::sync::mpsc::Receiver<link::Delivery>>,
     /// Requests to start a paired connector's session, for the remote supervisor.
     pub starts: remote::Starts,
     /// The HTTP listener's TLS, when configured.

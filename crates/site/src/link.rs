@@ -9,7 +9,7 @@
 //!   pairings)  │         heartbeat, Claims again whenever they change       │
 //!              │ reader: Response/Failure/Undelivered → pending requests    │
 //!              │         Request to `_echo` → answered here                 │
-//!              │         other Request/Message → Inbound receiver           │
+//!              │         other Request/Message → Delivery receiver           │
 //!              │ silence > dead_after, error, close → Reconnecting{backoff} │
 //!              └────────────────────────────────────────────────────────────┘
 //! ```
@@ -210,7 +210,7 @@ pub enum LinkError {
 /// A request or one-way message from another site, for the site's services (pairing, device
 /// lookup, sync) to handle.
 #[derive(Debug)]
-pub struct Inbound {
+pub struct Delivery {
     /// The sender; its site is the one the hub authenticated.
     pub from: Address,
     /// The connector (or service) on this site it is addressed to.
@@ -451,13 +451,13 @@ impl Link {
         config: LinkConfig,
         site_name: &str,
         tuning: LinkTuning,
-    ) -> Result<(Link, LinkTask, mpsc::Receiver<Inbound>), LinkError> {
+    ) -> Result<(Link, LinkTask, mpsc::Receiver<Delivery>), LinkError> {
         if !wire::is_valid_name(site_name) {
             return Err(LinkError::Config(format!(
                 "site name {site_name:?} cannot be used on a hub: use 1 to 64 of a-z A-Z 0-9 . _ -"
             )));
         }
-        let targets = Target::parse_list(&config.url)?;
+        let hubs = HubUrl::parse_list(&config.url)?;
         let tls = tls_config(config.ca_pem.as_deref())?;
         let (out_tx, out_rx) = mpsc::channel(tuning.outbound_capacity.max(1));
         let (in_tx, in_rx) = mpsc::channel(tuning.inbound_capacity.max(1));
@@ -479,8 +479,8 @@ impl Link {
         let cancel = CancellationToken::new();
         let driver = Driver {
             shared: Arc::clone(&shared),
-            order: Order::new(targets.len()),
-            targets,
+            order: Order::new(hubs.len()),
+            hubs,
             tls,
             credential: config.credential,
             last_credential: None,
@@ -779,14 +779,14 @@ fn encode_route(r: Routed) -> Result<Bytes, LinkError> {
 
 /// The hub's address, checked once at spawn.
 #[derive(Debug, Clone)]
-struct Target {
+struct HubUrl {
     host: String,
     port: u16,
     /// `wss://host:port/path` for the WebSocket handshake.
     url: String,
 }
 
-impl Target {
+impl HubUrl {
     /// A comma-separated list of hub URLs (the nodes of a cluster), at least one.
     fn parse_list(urls: &str) -> Result<Vec<Self>, LinkError> {
         let list = urls
@@ -926,7 +926,7 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<Tcp
 struct Driver {
     shared: Arc<Shared>,
     /// The hub, or the nodes of a hub cluster; `order` says which one is dialled next.
-    targets: Vec<Target>,
+    hubs: Vec<HubUrl>,
     order: Order,
     tls: Arc<rustls::ClientConfig>,
     credential: Credential,
@@ -934,7 +934,7 @@ struct Driver {
     last_credential: Option<String>,
     tuning: LinkTuning,
     out_rx: mpsc::Receiver<Bytes>,
-    inbound: mpsc::Sender<Inbound>,
+    inbound: mpsc::Sender<Delivery>,
     cancel: CancellationToken,
     /// Origin of heartbeat nonces (µs since it), to measure round trips without a clock in
     /// the frames.
@@ -944,16 +944,16 @@ struct Driver {
 }
 
 impl Driver {
-    fn target(&self) -> &Target {
-        &self.targets[self.order.current()]
+    fn hub(&self) -> &HubUrl {
+        &self.hubs[self.order.current()]
     }
 
     async fn run(mut self) {
         let mut failures: u32 = 0;
         let mut refused = false;
-        tracing::info!(url = %self.target().url, site = %self.shared.site, "hub link: connecting");
+        tracing::info!(url = %self.hub().url, site = %self.shared.site, "hub link: connecting");
         loop {
-            let url = self.target().url.clone();
+            let url = self.hub().url.clone();
             let outcome = self.connect_and_serve().await;
             self.shared
                 .fail_pending("the connection to the hub was lost");
@@ -984,7 +984,7 @@ impl Driver {
                         self.cancel.cancelled().await;
                         break;
                     }
-                    if code == Some(RefusalCode::Shutdown) && self.targets.len() > 1 {
+                    if code == Some(RefusalCode::Shutdown) && self.hubs.len() > 1 {
                         // A node of a cluster going away (or unable to read the registry):
                         // another node takes the site at once.
                         failures = 0;
@@ -1022,7 +1022,7 @@ impl Driver {
                 self.shared.set_phase(Phase::Reconnecting {
                     at: Instant::now() + pause,
                 });
-                tracing::info!(url = %self.target().url, "hub link: reconnecting in {pause:?}");
+                tracing::info!(url = %self.hub().url, "hub link: reconnecting in {pause:?}");
             }
             tokio::select! {
                 () = self.cancel.cancelled() => break,
@@ -1082,10 +1082,9 @@ impl Driver {
         // Frames queued for an earlier connection belong to requests that have already
         // failed; the new connection starts clean.
         while self.out_rx.try_recv().is_ok() {}
-        *self.shared.node.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(self.target().url.clone());
+        *self.shared.node.lock().unwrap_or_else(|p| p.into_inner()) = Some(self.hub().url.clone());
         self.shared.set_phase(Phase::Connected);
-        tracing::info!(url = %self.target().url, site = %self.shared.site, "hub link: connected");
+        tracing::info!(url = %self.hub().url, site = %self.shared.site, "hub link: connected");
         self.serve(ws, heartbeat, version).await
     }
 
@@ -1093,7 +1092,7 @@ impl Driver {
     async fn connect(&self, credential: String) -> Result<(Ws, Duration, u16), Outcome> {
         let failed =
             |what: &str, e: &dyn std::fmt::Display| Outcome::Failed(format!("{what}: {e}"));
-        let target = self.target();
+        let target = self.hub();
         let tcp = TcpStream::connect((target.host.as_str(), target.port))
             .await
             .map_err(|e| failed("TCP connect", &e))?;
@@ -1282,7 +1281,7 @@ impl Driver {
     }
 }
 
-async fn handle_route(shared: &Shared, inbound: &mpsc::Sender<Inbound>, r: Routed) {
+async fn handle_route(shared: &Shared, inbound: &mpsc::Sender<Delivery>, r: Routed) {
     match r.kind {
         Kind::Response | Kind::Failure => {
             let mut pending = shared.pending();
@@ -1321,7 +1320,7 @@ async fn handle_route(shared: &Shared, inbound: &mpsc::Sender<Inbound>, r: Route
                 id: r.id,
                 answered: false,
             });
-            let item = Inbound {
+            let item = Delivery {
                 from: r.from,
                 connector: r.to.connector,
                 id: r.id,
@@ -1518,20 +1517,20 @@ mod tests {
 
     #[test]
     fn hub_urls() {
-        let t = Target::parse("wss://127.0.0.1:7443").expect("parses");
+        let t = HubUrl::parse("wss://127.0.0.1:7443").expect("parses");
         assert_eq!((t.host.as_str(), t.port), ("127.0.0.1", 7443));
         assert_eq!(t.url, "wss://127.0.0.1:7443/link");
-        let t = Target::parse("wss://hub.example.com/west/link").expect("parses");
+        let t = HubUrl::parse("wss://hub.example.com/west/link").expect("parses");
         assert_eq!((t.host.as_str(), t.port), ("hub.example.com", 443));
         assert_eq!(t.url, "wss://hub.example.com/west/link");
-        let t = Target::parse("wss://[::1]:9").expect("parses");
+        let t = HubUrl::parse("wss://[::1]:9").expect("parses");
         assert_eq!(t.host, "::1");
-        assert!(Target::parse("ws://127.0.0.1:1").is_err());
-        let list = Target::parse_list("wss://h1:1, wss://h2:2,").expect("parses");
+        assert!(HubUrl::parse("ws://127.0.0.1:1").is_err());
+        let list = HubUrl::parse_list("wss://h1:1, wss://h2:2,").expect("parses");
         assert_eq!(list.iter().map(|t| t.port).collect::<Vec<_>>(), vec![1, 2]);
-        assert!(Target::parse_list(" , ").is_err());
-        assert!(Target::parse_list("wss://h1:1,ws://h2:2").is_err());
-        assert!(Target::parse("not a url").is_err());
+        assert!(HubUrl::parse_list(" , ").is_err());
+        assert!(HubUrl::parse_list("wss://h1:1,ws://h2:2").is_err());
+        assert!(HubUrl::parse("not a url").is_err());
     }
 
     #[test]

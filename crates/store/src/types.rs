@@ -323,6 +323,16 @@ pub struct WaitingResource {
     pub since: i64,
 }
 
+/// Microseconds since the Unix epoch, from the system clock: the reading of the wall clock
+/// of [`Clock::system`] and of the site (`site::clock` re-exports it). The hub, which does
+/// not depend on the store, keeps its own three lines.
+pub fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
 /// The wall clock the store stamps outbox appends with (µs since the epoch). The site passes
 /// its own, which a test-only flag can move forward, so that retention can be tested
 /// without waiting 30 days.
@@ -336,12 +346,7 @@ impl Clock {
 
     /// The system clock.
     pub fn system() -> Self {
-        Self::new(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-                .unwrap_or(0)
-        })
+        Self::new(now_micros)
     }
 
     pub fn now(&self) -> i64 {

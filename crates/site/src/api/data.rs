@@ -49,7 +49,7 @@ fn points_in(
     now: i64,
 ) -> Result<PointsIn, ApiError> {
     if values.is_empty() {
-        return Err(ApiError::InvalidValue(
+        return Err(ApiError::invalid(
             "values must name at least one resource".into(),
         ));
     }
@@ -80,7 +80,7 @@ pub async fn ingest_device(
     let started = Instant::now();
     let (cid, id) = (connector_id(&cid)?, identity(&id)?);
     if !writer.may_write(&cid, &id) {
-        return Err(ApiError::Forbidden(ONLY_OWN.into()));
+        return Err(ApiError::forbidden(ONLY_OWN.into()));
     }
     let points = parse_device_body(&body, &id, now_micros());
     store_points(&state, &cid, points, started).await
@@ -127,7 +127,7 @@ pub fn parse_bulk_body(
         .map(|b| {
             let id = Identity::parse(&b.device)?;
             if !may_write(&id) {
-                return Err(ApiError::Forbidden(ONLY_OWN.into()));
+                return Err(ApiError::forbidden(ONLY_OWN.into()));
             }
             points_in(id, b.t, b.values, now)
         })
@@ -159,7 +159,7 @@ pub async fn read(
         None | Some("asc") => Order::Asc,
         Some("desc") => Order::Desc,
         Some(other) => {
-            return Err(ApiError::InvalidQuery(format!(
+            return Err(ApiError::invalid_query(format!(
                 "order must be asc or desc, not {other:?}"
             )));
         }
@@ -168,7 +168,7 @@ pub async fn read(
         match q.get("cursor") {
             None => None,
             Some(c) => Some(c.parse::<i64>().map_err(|_| {
-                ApiError::InvalidQuery("cursor is not one this site gave out".into())
+                ApiError::invalid_query("cursor is not one this site gave out".into())
             })?),
         };
     let query = RangeQuery {

@@ -43,7 +43,7 @@ pub fn list_query(q: &QueryPairs) -> Result<ListQuery, ApiError> {
     let mut tags = Vec::new();
     for (k, v) in q.0.iter().filter(|(k, _)| k == "tag") {
         let (key, value) = v.split_once(':').ok_or_else(|| {
-            ApiError::InvalidQuery(format!("tag must be KEY:VALUE, not {v:?} ({k})"))
+            ApiError::invalid_query(format!("tag must be KEY:VALUE, not {v:?} ({k})"))
         })?;
         tags.push((key.to_owned(), value.to_owned()));
     }

@@ -56,7 +56,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
                 Err(syntax) => {
                     ApiError::InvalidJson(format!("the body is not valid JSON: {syntax}"))
                 }
-                Ok(_) => ApiError::InvalidValue(format!("the body does not fit this call: {e}")),
+                Ok(_) => ApiError::invalid(format!("the body does not fit this call: {e}")),
             }
         }
         _ => ApiError::InvalidJson(format!("the body is not valid JSON: {e}")),
@@ -73,7 +73,7 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryPairs {
         let q = parts.uri.query().unwrap_or("");
         serde_urlencoded::from_str(q)
             .map(QueryPairs)
-            .map_err(|e| ApiError::InvalidQuery(format!("the query string is malformed: {e}")))
+            .map_err(|e| ApiError::invalid_query(format!("the query string is malformed: {e}")))
     }
 }
 
@@ -99,7 +99,7 @@ impl QueryPairs {
                 .ok()
                 .filter(|n| range.contains(n))
                 .ok_or_else(|| {
-                    ApiError::InvalidQuery(format!(
+                    ApiError::invalid_query(format!(
                         "{key} must be a whole number from {} to {}, not {v:?}",
                         range.start(),
                         range.end()

@@ -5,7 +5,6 @@
 mod connectors;
 mod data;
 mod devices;
-mod errors;
 pub mod extract;
 mod hub;
 mod live;
@@ -116,7 +115,7 @@ pub fn routes(state: AppState) -> Router {
 }
 
 async fn api_not_found() -> ApiError {
-    ApiError::NotFound("no such API call; see docs/api.md".into())
+    ApiError::not_found("no such API call; see docs/api.md".into())
 }
 
 #[derive(Deserialize)]

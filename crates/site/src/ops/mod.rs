@@ -29,79 +29,11 @@ pub mod peer;
 pub mod resources;
 pub mod users;
 
-use proto::model::{ConnectorId, Identity, ModelError, ResourceName};
+use proto::model::{ConnectorId, Identity, ResourceName};
 use store::StoreError;
 
+pub use crate::error::Error;
 use crate::link::LinkError;
-
-/// Why an operation was refused. Each kind has a stable snake_case [`code`](Error::code),
-/// the one the API answers and the peer protocol carries.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Error {
-    /// An input is not valid (`invalid_value`).
-    #[error("{0}")]
-    Invalid(String),
-    /// A list query is not valid (`invalid_query`).
-    #[error("{0}")]
-    InvalidQuery(String),
-    #[error("{0}")]
-    NotFound(String),
-    /// The operation does not fit the current state (a paired connector cannot be deleted…).
-    #[error("{0}")]
-    Conflict(String),
-    #[error("{0}")]
-    Forbidden(String),
-    /// Wrong username or password.
-    #[error("{0}")]
-    Unauthorized(&'static str),
-    /// The peer site (or the hub) cannot be reached now.
-    #[error("{0}")]
-    PeerOffline(String),
-    #[error("{0}")]
-    PairingExpired(String),
-    #[error("{0}")]
-    PairingCodeWrong(String),
-    /// The disk is full: nothing was stored; the same request may succeed once space
-    /// frees (`storage_full`).
-    #[error("the site's disk is full; nothing of this request was stored; try again later")]
-    StorageFull,
-    /// Too many failed sign-ins from this address or for this user: try again after this.
-    #[error("too many failed sign-ins from this address or for this user; try again in {} s", (.0.as_secs_f64().ceil() as u64).max(1))]
-    TooManyAttempts(std::time::Duration),
-    /// Too many sign-ins are being checked at once.
-    #[error("the site is busy checking other sign-ins; try again in a second")]
-    Busy,
-    /// Something failed inside the site; the log says what.
-    #[error("the site could not complete the request; the site's log says why")]
-    Internal,
-}
-
-impl Error {
-    /// The stable code of this kind of refusal.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Error::Invalid(_) => "invalid_value",
-            Error::InvalidQuery(_) => "invalid_query",
-            Error::NotFound(_) => "not_found",
-            Error::Conflict(_) => "conflict",
-            Error::Forbidden(_) => "forbidden",
-            Error::Unauthorized(_) => "unauthorized",
-            Error::PeerOffline(_) => "peer_offline",
-            Error::PairingExpired(_) => "pairing_expired",
-            Error::PairingCodeWrong(_) => "pairing_code_wrong",
-            Error::StorageFull => "storage_full",
-            Error::TooManyAttempts(_) => "too_many_attempts",
-            Error::Busy => "busy",
-            Error::Internal => "internal",
-        }
-    }
-}
-
-impl From<ModelError> for Error {
-    fn from(e: ModelError) -> Self {
-        Error::Invalid(e.to_string())
-    }
-}
 
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {

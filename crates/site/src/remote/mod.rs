@@ -37,7 +37,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::link::Inbound;
+use crate::link::Delivery;
 use crate::peers::peer::{self, PeerHandle, PeerMessage, SessionSpec, SessionState};
 pub use crate::peers::registry::{Remote, Starts};
 use crate::state::AppState;
@@ -45,7 +45,7 @@ use crate::state::AppState;
 /// Starts the services; they stop when `cancel` is cancelled.
 pub fn spawn(
     state: AppState,
-    inbound: Option<mpsc::Receiver<Inbound>>,
+    inbound: Option<mpsc::Receiver<Delivery>>,
     starts: Starts,
     cancel: CancellationToken,
     tasks: &mut JoinSet<()>,
@@ -73,7 +73,7 @@ pub fn spawn(
 /// Dispatches inbound messages and owns every session and connector task.
 async fn supervise(
     state: AppState,
-    mut inbound: mpsc::Receiver<Inbound>,
+    mut inbound: mpsc::Receiver<Delivery>,
     mut starts: Starts,
     cancel: CancellationToken,
 ) {
@@ -109,7 +109,7 @@ async fn supervise(
     tasks.shutdown().await;
 }
 
-async fn dispatch(state: &AppState, msg: Inbound, tasks: &mut JoinSet<()>) {
+async fn dispatch(state: &AppState, msg: Delivery, tasks: &mut JoinSet<()>) {
     if msg.connector == pairing::PAIRING_SERVICE {
         let state = state.clone();
         tasks.spawn(async move { pairing::on_message(&state, msg).await });

@@ -32,7 +32,7 @@ use rand_core::OsRng;
 use store::{ConnectorKeys, Peer};
 
 use crate::clock::now_micros;
-use crate::link::Inbound;
+use crate::link::Delivery;
 use crate::peers::windows::SourceWindow;
 use crate::state::AppState;
 
@@ -44,7 +44,7 @@ fn now_us() -> u64 {
 }
 
 /// Answers one pairing message addressed to this site's `_pairing` service (Source side).
-pub async fn on_message(state: &AppState, inbound: Inbound) {
+pub async fn on_message(state: &AppState, inbound: Delivery) {
     let Some(reply) = inbound.reply else {
         // Pairing messages are requests, but for the Target's Abort of an attempt (after a
         // wrong code), which it sends one-way: that failure counts against the window. Any

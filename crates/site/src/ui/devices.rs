@@ -471,7 +471,7 @@ fn parse_access(s: &str) -> Result<Access, ApiError> {
         "read" => Ok(Access::Read),
         "write" => Ok(Access::Write),
         "manage" => Ok(Access::Manage),
-        other => Err(ApiError::InvalidValue(format!(
+        other => Err(ApiError::invalid(format!(
             "access must be read, write or manage, not {other:?}"
         ))),
     }
@@ -715,7 +715,7 @@ fn typed_value(format: Format, text: &str) -> Result<Json, ApiError> {
     match format {
         Format::String => Ok(Json::String(text.to_owned())),
         _ => serde_json::from_str(text.trim())
-            .map_err(|_| ApiError::InvalidValue(format!("{text:?} is not a valid {format} value"))),
+            .map_err(|_| ApiError::invalid(format!("{text:?} is not a valid {format} value"))),
     }
 }
 
@@ -732,7 +732,7 @@ pub async fn config(
         let r = resources
             .iter()
             .find(|r| r.name == name)
-            .ok_or_else(|| ApiError::NotFound(format!("resource {name} does not exist")))?;
+            .ok_or_else(|| ApiError::not_found(format!("resource {name} does not exist")))?;
         let value = if form.action == "clear" {
             Json::Null
         } else {
@@ -773,7 +773,7 @@ pub async fn set_state(
             ..DeviceChange::default()
         })
         .ok_or_else(|| {
-            ApiError::InvalidValue(format!(
+            ApiError::invalid(format!(
                 "state must be provisioned or locked, not {:?}",
                 form.state
             ))

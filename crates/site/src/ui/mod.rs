@@ -125,7 +125,7 @@ pub fn routes(state: AppState) -> Router {
 async fn not_found(ctx: Ctx) -> UiError {
     UiError::new(
         ctx.frame("Not found", vec![Crumb::link("Connectors", "/")]),
-        ApiError::NotFound("there is no page at this address".into()),
+        ApiError::not_found("there is no page at this address".into()),
     )
 }
 

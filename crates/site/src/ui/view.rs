@@ -128,9 +128,7 @@ pub fn parse_tags(text: &str) -> Result<Tags, ApiError> {
         let (k, v) = item
             .split_once('=')
             .or_else(|| item.split_once(':'))
-            .ok_or_else(|| {
-                ApiError::InvalidValue(format!("tag {item:?} must be written key=value"))
-            })?;
+            .ok_or_else(|| ApiError::invalid(format!("tag {item:?} must be written key=value")))?;
         tags.insert(k.trim().to_owned(), v.trim().to_owned());
     }
     Ok(tags)
@@ -147,7 +145,7 @@ pub fn parse_tag_filter(text: &str) -> Result<Vec<(String, String)>, ApiError> {
                 .or_else(|| item.split_once('='))
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .ok_or_else(|| {
-                    ApiError::InvalidQuery(format!(
+                    ApiError::invalid_query(format!(
                         "search by tag as key:value (for example site:north), not {item:?}"
                     ))
                 })

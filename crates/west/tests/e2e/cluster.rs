@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use testkit::{Api, DEADLINE, HubProc, Nats, RawClient, SiteOpts, SiteProc, eventually};
 
 use crate::sync::{self, CATCH_UP};
-use crate::util;
+use crate::{frames, util};
 
 /// NATS and the hub nodes on it; every node presents the first node's certificate.
 struct Cluster {
@@ -170,20 +170,6 @@ async fn sites_on_different_nodes_reach_each_other_and_removal_cuts_off_across_n
     Ok(())
 }
 
-fn routed(from: &str, to: &str, id: u64) -> Frame {
-    let addr = |s: &str| {
-        let (site, connector) = s.split_once('/').unwrap_or((s, ""));
-        Address::new(site, connector)
-    };
-    Frame::Route(Routed {
-        from: addr(from),
-        to: addr(to),
-        kind: Kind::Message,
-        id,
-        payload: b"hello".to_vec(),
-    })
-}
-
 /// The next frame that is not a ping.
 async fn next(c: &mut RawClient) -> anyhow::Result<Option<Frame>> {
     loop {
@@ -217,7 +203,8 @@ async fn every_node_refuses_forged_and_unpaired_traffic_and_the_newer_connection
     let (mut b, _) = RawClient::hello(&c.nodes[1], "site-b", &cred_b).await?;
 
     // Unpaired connectors: refused by the sender's node, never reaching the other.
-    a.send(&routed("site-a/c1", "site-b/c2", 1)).await?;
+    a.send(&frames::routed("site-a/c1", "site-b/c2", Kind::Message, 1))
+        .await?;
     match next(&mut a).await? {
         Some(Frame::Undelivered(u)) => assert_eq!(u.reason, UndeliveredReason::NotPaired),
         other => anyhow::bail!("expected not paired, got {other:?}"),
@@ -228,7 +215,8 @@ async fn every_node_refuses_forged_and_unpaired_traffic_and_the_newer_connection
     b.claim(&[("c2", Address::new("site-a", "c1"))]).await?;
     let start = Instant::now();
     for id in 10.. {
-        a.send(&routed("site-a/c1", "site-b/c2", id)).await?;
+        a.send(&frames::routed("site-a/c1", "site-b/c2", Kind::Message, id))
+            .await?;
         // Until node-1 has site-b's claims from the registry, it answers "not paired".
         match a.recv_within(Duration::from_millis(300)).await {
             Ok(Some(Frame::Undelivered(u))) => {
@@ -247,7 +235,8 @@ async fn every_node_refuses_forged_and_unpaired_traffic_and_the_newer_connection
             other => anyhow::bail!("site-b got {other:?}"),
         }
     }
-    a.send(&routed("site-a/c9", "site-b/c2", 99)).await?;
+    a.send(&frames::routed("site-a/c9", "site-b/c2", Kind::Message, 99))
+        .await?;
     match next(&mut a).await? {
         Some(Frame::Undelivered(u)) => assert_eq!(u.reason, UndeliveredReason::NotPaired),
         other => anyhow::bail!("expected not paired, got {other:?}"),
@@ -271,7 +260,8 @@ async fn every_node_refuses_forged_and_unpaired_traffic_and_the_newer_connection
     }
 
     // A forged sender on node-2 is cut off there.
-    b.send(&routed("site-a/c1", "site-a/c1", 5)).await?;
+    b.send(&frames::routed("site-a/c1", "site-a/c1", Kind::Message, 5))
+        .await?;
     let refused = next(&mut b).await?;
     assert!(
         matches!(&refused, Some(Frame::Refused(r)) if r.code == "forged_sender"),

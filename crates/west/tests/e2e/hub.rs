@@ -7,11 +7,11 @@
 
 use std::time::Duration;
 
-use proto::wire::{self, Address, Frame, Kind, Routed, Undelivered, UndeliveredReason};
+use proto::wire::{self, Address, Frame, Kind, Routed, UndeliveredReason};
 use serde_json::{Value, json};
 use testkit::{DEADLINE, FaultProxy, HubProc, RawClient, SiteOpts, SiteProc, eventually};
 
-use crate::util;
+use crate::{frames, util};
 
 /// Registers `name` on the hub and starts it as a site dialing `url` (the hub, or a proxy).
 async fn site_via(hub: &HubProc, name: &str, url: &str) -> anyhow::Result<SiteProc> {
@@ -312,17 +312,6 @@ async fn a_refused_site_keeps_serving_its_devices_and_takes_a_corrected_credenti
     Ok(())
 }
 
-/// Reads routed frames until `id` arrives; fails if any other routed frame comes first.
-async fn expect_only(receiver: &mut RawClient, id: u64) -> anyhow::Result<()> {
-    loop {
-        match receiver.recv().await? {
-            Some(Frame::Route(r)) if r.id == id => return Ok(()),
-            Some(Frame::Ping(_)) => continue,
-            other => anyhow::bail!("before the marker, the receiver got {other:?}"),
-        }
-    }
-}
-
 fn route(from: &str, to: &str, id: u64) -> Frame {
     Frame::Route(Routed {
         from: Address::new(from, "c1"),
@@ -396,7 +385,7 @@ async fn frames_from_forged_or_unauthenticated_peers_are_never_forwarded() -> an
         .claim(&[("c1", Address::new("site-b", "c2"))])
         .await?;
     honest.send(&route("site-a", "site-b", 99)).await?;
-    expect_only(&mut receiver, 99).await?;
+    frames::expect_only(&mut receiver, 99).await?;
     // The pong that confirmed its claims, and the frame.
     assert_eq!(
         hub.counter("west_hub_frames_sent_total", "site-b").await?,
@@ -435,7 +424,7 @@ async fn a_second_connection_with_the_same_name_replaces_the_first() -> anyhow::
         ])
         .await?;
     newer.send(&route("site-a", "site-a", 7)).await?;
-    expect_only(&mut newer, 7).await?;
+    frames::expect_only(&mut newer, 7).await?;
     Ok(())
 }
 
@@ -594,41 +583,8 @@ async fn a_site_answers_every_request_echo_or_failure() -> anyhow::Result<()> {
     }
     // A connector, unpaired: the hub answers for the site, which never sees it.
     c.send(&request("09iolmnn8090ol", 3)).await?;
-    expect_undelivered(&mut c, 3, UndeliveredReason::NotPaired).await?;
+    frames::expect_undelivered(&mut c, 3, UndeliveredReason::NotPaired).await?;
     Ok(())
-}
-
-/// Reads the next frame, which must be the hub's `Undelivered` for `id` with `reason`.
-async fn expect_undelivered(
-    c: &mut RawClient,
-    id: u64,
-    reason: UndeliveredReason,
-) -> anyhow::Result<Undelivered> {
-    loop {
-        match c.recv().await? {
-            Some(Frame::Undelivered(u)) if u.id == id => {
-                anyhow::ensure!(u.reason == reason, "{u:?}, wanted {reason:?}");
-                return Ok(u);
-            }
-            Some(Frame::Ping(_)) => continue,
-            other => anyhow::bail!("expected undelivered #{id} ({reason:?}), got {other:?}"),
-        }
-    }
-}
-
-/// A routed frame from `from` to `to` (both `site/connector`).
-fn routed(from: &str, to: &str, kind: Kind, id: u64) -> Frame {
-    let addr = |s: &str| {
-        let (site, connector) = s.split_once('/').unwrap_or((s, ""));
-        Address::new(site, connector)
-    };
-    Frame::Route(Routed {
-        from: addr(from),
-        to: addr(to),
-        kind,
-        id,
-        payload: b"hello".to_vec(),
-    })
 }
 
 #[tokio::test]
@@ -650,53 +606,68 @@ async fn connectors_talk_only_when_both_sites_claim_the_pairing() -> anyhow::Res
     wait_hub_sees(&hub, "site-a", true).await?;
 
     // Nobody claimed anything: refused, with the reason, and the request is handed back.
-    a.send(&routed("site-a/c1", "site-b/c2", Kind::Request, 1))
+    a.send(&frames::routed("site-a/c1", "site-b/c2", Kind::Request, 1))
         .await?;
-    let u = expect_undelivered(&mut a, 1, UndeliveredReason::NotPaired).await?;
+    let u = frames::expect_undelivered(&mut a, 1, UndeliveredReason::NotPaired).await?;
     assert_eq!(
         (u.to, u.from_connector.as_str(), u.kind),
         (Address::new("site-b", "c2"), "c1", Kind::Request)
     );
     // One side alone opens nothing.
     a.claim(&[("c1", Address::new("site-b", "c2"))]).await?;
-    a.send(&routed("site-a/c1", "site-b/c2", Kind::Message, 2))
+    a.send(&frames::routed("site-a/c1", "site-b/c2", Kind::Message, 2))
         .await?;
-    expect_undelivered(&mut a, 2, UndeliveredReason::NotPaired).await?;
+    frames::expect_undelivered(&mut a, 2, UndeliveredReason::NotPaired).await?;
     // Both sides: traffic flows both ways.
     b.claim(&[("c2", Address::new("site-a", "c1"))]).await?;
-    a.send(&routed("site-a/c1", "site-b/c2", Kind::Message, 3))
+    a.send(&frames::routed("site-a/c1", "site-b/c2", Kind::Message, 3))
         .await?;
-    expect_only(&mut b, 3).await?;
-    b.send(&routed("site-b/c2", "site-a/c1", Kind::Message, 4))
+    frames::expect_only(&mut b, 3).await?;
+    b.send(&frames::routed("site-b/c2", "site-a/c1", Kind::Message, 4))
         .await?;
-    expect_only(&mut a, 4).await?;
+    frames::expect_only(&mut a, 4).await?;
     // A third site cannot reach either end, even claiming a pairing of its own with them.
     c.claim(&[
         ("c1", Address::new("site-b", "c2")),
         ("c2", Address::new("site-a", "c1")),
     ])
     .await?;
-    c.send(&routed("site-c/c1", "site-b/c2", Kind::Message, 5))
+    c.send(&frames::routed("site-c/c1", "site-b/c2", Kind::Message, 5))
         .await?;
-    expect_undelivered(&mut c, 5, UndeliveredReason::NotPaired).await?;
-    c.send(&routed("site-c/c2", "site-a/c1", Kind::Request, 6))
+    frames::expect_undelivered(&mut c, 5, UndeliveredReason::NotPaired).await?;
+    c.send(&frames::routed("site-c/c2", "site-a/c1", Kind::Request, 6))
         .await?;
-    expect_undelivered(&mut c, 6, UndeliveredReason::NotPaired).await?;
+    frames::expect_undelivered(&mut c, 6, UndeliveredReason::NotPaired).await?;
     // Services need no pairing; absent sites are told apart.
-    c.send(&routed("site-c/c9", "site-b/_echo", Kind::Message, 7))
-        .await?;
-    expect_only(&mut b, 7).await?;
-    c.send(&routed("site-c/c9", "site-z/_echo", Kind::Request, 8))
-        .await?;
-    expect_undelivered(&mut c, 8, UndeliveredReason::UnknownSite).await?;
-    c.send(&routed("site-c/c9", "site-d/_echo", Kind::Request, 9))
-        .await?;
-    expect_undelivered(&mut c, 9, UndeliveredReason::Offline).await?;
+    c.send(&frames::routed(
+        "site-c/c9",
+        "site-b/_echo",
+        Kind::Message,
+        7,
+    ))
+    .await?;
+    frames::expect_only(&mut b, 7).await?;
+    c.send(&frames::routed(
+        "site-c/c9",
+        "site-z/_echo",
+        Kind::Request,
+        8,
+    ))
+    .await?;
+    frames::expect_undelivered(&mut c, 8, UndeliveredReason::UnknownSite).await?;
+    c.send(&frames::routed(
+        "site-c/c9",
+        "site-d/_echo",
+        Kind::Request,
+        9,
+    ))
+    .await?;
+    frames::expect_undelivered(&mut c, 9, UndeliveredReason::Offline).await?;
     // New claims replace the old: b withdraws, and the route closes again.
     b.claim(&[]).await?;
-    a.send(&routed("site-a/c1", "site-b/c2", Kind::Message, 10))
+    a.send(&frames::routed("site-a/c1", "site-b/c2", Kind::Message, 10))
         .await?;
-    expect_undelivered(&mut a, 10, UndeliveredReason::NotPaired).await?;
+    frames::expect_undelivered(&mut a, 10, UndeliveredReason::NotPaired).await?;
 
     // Every refusal was counted against its sender, by reason.
     assert_eq!(hub.counter("west_hub_not_paired_total", "site-a").await?, 3);
@@ -722,7 +693,7 @@ async fn a_version_1_site_gets_peer_offline_and_cannot_claim() -> anyhow::Result
         "{welcome:?}"
     );
     // Refused for not being paired, but answered in the only form version 1 knows.
-    old.send(&routed("site-a/c1", "site-b/c2", Kind::Request, 1))
+    old.send(&frames::routed("site-a/c1", "site-b/c2", Kind::Request, 1))
         .await?;
     match old.recv().await? {
         Some(Frame::PeerOffline(u)) => assert_eq!((u.id, u.kind), (1, Kind::Request)),
@@ -756,12 +727,12 @@ async fn claimed_pairings_are_enforced_by_a_restarted_hub_before_sites_claim_aga
     let (mut b, _) = RawClient::hello(&hub, "site-b", &cred_b).await?;
     // The Welcome leaves just before the hub routes to the site.
     wait_hub_sees(&hub, "site-b", true).await?;
-    a.send(&routed("site-a/c1", "site-b/c2", Kind::Message, 1))
+    a.send(&frames::routed("site-a/c1", "site-b/c2", Kind::Message, 1))
         .await?;
-    expect_only(&mut b, 1).await?;
-    a.send(&routed("site-a/c3", "site-b/c2", Kind::Message, 2))
+    frames::expect_only(&mut b, 1).await?;
+    a.send(&frames::routed("site-a/c3", "site-b/c2", Kind::Message, 2))
         .await?;
-    expect_undelivered(&mut a, 2, UndeliveredReason::NotPaired).await?;
+    frames::expect_undelivered(&mut a, 2, UndeliveredReason::NotPaired).await?;
     Ok(())
 }
 
@@ -778,25 +749,30 @@ async fn paired_sites_talk_through_a_hub_restart_and_a_third_site_cannot_join_in
     c.claim(&[(tid.as_str(), Address::new("site-a", cid.as_str()))])
         .await?;
     let to_source = format!("site-a/{cid}");
-    c.send(&routed(
+    c.send(&frames::routed(
         &format!("site-c/{tid}"),
         &to_source,
         Kind::Message,
         1,
     ))
     .await?;
-    expect_undelivered(&mut c, 1, UndeliveredReason::NotPaired).await?;
-    c.send(&routed(
+    frames::expect_undelivered(&mut c, 1, UndeliveredReason::NotPaired).await?;
+    c.send(&frames::routed(
         "site-c/c9",
         &format!("site-b/{tid}"),
         Kind::Request,
         2,
     ))
     .await?;
-    expect_undelivered(&mut c, 2, UndeliveredReason::NotPaired).await?;
+    frames::expect_undelivered(&mut c, 2, UndeliveredReason::NotPaired).await?;
     // The sites' services stay reachable for it.
-    c.send(&routed("site-c/c9", "site-a/_echo", Kind::Request, 3))
-        .await?;
+    c.send(&frames::routed(
+        "site-c/c9",
+        "site-a/_echo",
+        Kind::Request,
+        3,
+    ))
+    .await?;
     match c.recv().await? {
         Some(Frame::Route(r)) => assert_eq!((r.kind, r.id), (Kind::Response, 3)),
         other => anyhow::bail!("expected the echo, got {other:?}"),

@@ -4,6 +4,7 @@
 mod bench_nats;
 mod cluster;
 mod device_sync;
+mod frames;
 mod hub;
 mod live;
 mod lookup;

@@ -5,53 +5,11 @@
 //!
 //! Nothing here asserts how fast something happens; waits poll with a deadline.
 
-use proto::wire::{Address, Claims, Frame, Kind, Pairing, Routed, UndeliveredReason};
+use proto::wire::{Address, Claims, Frame, Kind, Pairing, UndeliveredReason};
 use testkit::{DEADLINE, HubProc, RawClient, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::util;
-
-fn routed(from: &str, to: &str, kind: Kind, id: u64) -> Frame {
-    let addr = |s: &str| {
-        let (site, connector) = s.split_once('/').unwrap_or((s, ""));
-        Address::new(site, connector)
-    };
-    Frame::Route(Routed {
-        from: addr(from),
-        to: addr(to),
-        kind,
-        id,
-        payload: b"probe".to_vec(),
-    })
-}
-
-/// The next routed frame must be `id`; anything else routed first fails.
-async fn expect_only(c: &mut RawClient, id: u64) -> anyhow::Result<Routed> {
-    loop {
-        match c.recv().await? {
-            Some(Frame::Route(r)) if r.id == id => return Ok(r),
-            Some(Frame::Ping(_)) => continue,
-            other => anyhow::bail!("expected routed #{id}, got {other:?}"),
-        }
-    }
-}
-
-async fn expect_undelivered(
-    c: &mut RawClient,
-    id: u64,
-    reason: UndeliveredReason,
-) -> anyhow::Result<()> {
-    loop {
-        match c.recv().await? {
-            Some(Frame::Undelivered(u)) if u.id == id => {
-                anyhow::ensure!(u.reason == reason, "{u:?}, wanted {reason:?}");
-                return Ok(());
-            }
-            Some(Frame::Ping(_)) => continue,
-            other => anyhow::bail!("expected undelivered #{id} ({reason:?}), got {other:?}"),
-        }
-    }
-}
+use crate::{frames, util};
 
 async fn wait_connected(hub: &HubProc, site: &str) -> anyhow::Result<()> {
     eventually(&format!("the hub to see {site}"), DEADLINE, || async {
@@ -78,42 +36,67 @@ async fn a_service_named_sender_reaches_a_connector_only_as_the_answer_it_was_as
     let (mut a, mut b) = two_raw(&hub).await?;
 
     // The probe: site-b names its sender `_x` and writes to site-a's connector, unpaired.
-    b.send(&routed("site-b/_x", "site-a/c1", Kind::Message, 1))
+    b.send(&frames::routed("site-b/_x", "site-a/c1", Kind::Message, 1))
         .await?;
-    expect_undelivered(&mut b, 1, UndeliveredReason::NotPaired).await?;
-    b.send(&routed("site-b/_x", "site-a/c1", Kind::Response, 2))
+    frames::expect_undelivered(&mut b, 1, UndeliveredReason::NotPaired).await?;
+    b.send(&frames::routed("site-b/_x", "site-a/c1", Kind::Response, 2))
         .await?;
-    expect_undelivered(&mut b, 2, UndeliveredReason::NotPaired).await?;
+    frames::expect_undelivered(&mut b, 2, UndeliveredReason::NotPaired).await?;
     // Even between paired connectors' sites, a service sender opens nothing.
     a.claim(&[("c1", Address::new("site-b", "c2"))]).await?;
     b.claim(&[("c2", Address::new("site-a", "c1"))]).await?;
-    b.send(&routed("site-b/_x", "site-a/c1", Kind::Request, 3))
+    b.send(&frames::routed("site-b/_x", "site-a/c1", Kind::Request, 3))
         .await?;
-    expect_undelivered(&mut b, 3, UndeliveredReason::NotPaired).await?;
+    frames::expect_undelivered(&mut b, 3, UndeliveredReason::NotPaired).await?;
 
     // A connector's request to a service: the service answers it, once.
-    a.send(&routed("site-a/c1", "site-b/_svc", Kind::Request, 4))
-        .await?;
-    expect_only(&mut b, 4).await?;
-    b.send(&routed("site-b/_svc", "site-a/c1", Kind::Response, 4))
-        .await?;
-    let answer = expect_only(&mut a, 4).await?;
+    a.send(&frames::routed(
+        "site-a/c1",
+        "site-b/_svc",
+        Kind::Request,
+        4,
+    ))
+    .await?;
+    frames::expect_only(&mut b, 4).await?;
+    b.send(&frames::routed(
+        "site-b/_svc",
+        "site-a/c1",
+        Kind::Response,
+        4,
+    ))
+    .await?;
+    let answer = frames::expect_only(&mut a, 4).await?;
     assert_eq!(answer.kind, Kind::Response);
-    b.send(&routed("site-b/_svc", "site-a/c1", Kind::Response, 4))
-        .await?;
-    expect_undelivered(&mut b, 4, UndeliveredReason::NotPaired).await?;
+    b.send(&frames::routed(
+        "site-b/_svc",
+        "site-a/c1",
+        Kind::Response,
+        4,
+    ))
+    .await?;
+    frames::expect_undelivered(&mut b, 4, UndeliveredReason::NotPaired).await?;
     // Another service of the same site cannot answer in its place.
-    a.send(&routed("site-a/c1", "site-b/_svc", Kind::Request, 5))
-        .await?;
-    expect_only(&mut b, 5).await?;
-    b.send(&routed("site-b/_other", "site-a/c1", Kind::Failure, 5))
-        .await?;
-    expect_undelivered(&mut b, 5, UndeliveredReason::NotPaired).await?;
+    a.send(&frames::routed(
+        "site-a/c1",
+        "site-b/_svc",
+        Kind::Request,
+        5,
+    ))
+    .await?;
+    frames::expect_only(&mut b, 5).await?;
+    b.send(&frames::routed(
+        "site-b/_other",
+        "site-a/c1",
+        Kind::Failure,
+        5,
+    ))
+    .await?;
+    frames::expect_undelivered(&mut b, 5, UndeliveredReason::NotPaired).await?;
 
     // Nothing of the refused frames reached site-a: the next thing it gets is this marker.
-    b.send(&routed("site-b/c2", "site-a/c1", Kind::Message, 99))
+    b.send(&frames::routed("site-b/c2", "site-a/c1", Kind::Message, 99))
         .await?;
-    expect_only(&mut a, 99).await?;
+    frames::expect_only(&mut a, 99).await?;
     Ok(())
 }
 
@@ -177,12 +160,17 @@ async fn a_flood_of_claims_is_slowed_and_the_last_claims_still_hold() -> anyhow:
     .await?;
     // The other site was never held up, and the final claims are the ones enforced.
     b.claim(&[("c2", Address::new("site-a", "c1"))]).await?;
-    a.send(&routed("site-a/c1", "site-b/c2", Kind::Message, 7))
+    a.send(&frames::routed("site-a/c1", "site-b/c2", Kind::Message, 7))
         .await?;
-    expect_only(&mut b, 7).await?;
-    a.send(&routed("site-a/c0-0", "site-b/c2", Kind::Message, 8))
-        .await?;
-    expect_undelivered(&mut a, 8, UndeliveredReason::NotPaired).await?;
+    frames::expect_only(&mut b, 7).await?;
+    a.send(&frames::routed(
+        "site-a/c0-0",
+        "site-b/c2",
+        Kind::Message,
+        8,
+    ))
+    .await?;
+    frames::expect_undelivered(&mut a, 8, UndeliveredReason::NotPaired).await?;
     Ok(())
 }
 

@@ -1,23 +1,28 @@
-//! The HTTP server loop in front of the router, with the limits `axum::serve` lacks: a
-//! deadline for a request's headers (a client trickling a partial header is closed, issue 13
-//! #7) and a cap on concurrent connections (those over it are closed at once).
+//! The HTTP server loop of the site and of the hub, with the limits `axum::serve` lacks
+//! (issue 13 #7): a deadline for a request's headers (a client trickling a partial header
+//! is closed) and a cap on concurrent connections (those over it are closed at once).
 //!
 //! ```text
 //!  listener.accept ──▶ permit? ── no ──▶ close (logged once a second at most)
-//!                        │ yes: the permit travels with the socket, through a WebSocket
-//!                        ▼      upgrade, until it closes
+//!                        │ yes: the permit travels with the socket until it closes, through
+//!                        ▼      a WebSocket upgrade too
+//!                      prepare (the caller's: a TLS handshake with its deadline, or nothing)
+//!                        ▼
 //!                      hyper http1 (header_read_timeout) ──▶ router (ConnectInfo set)
 //! ```
 //!
-//! Deliberately absent: HTTP/2 (sites and browsers speak HTTP/1.1 to the hub) and any
-//! per-address accounting (the hub's clients are authenticated sites).
+//! Deliberately absent: HTTP/2 (sites and browsers speak HTTP/1.1), per-address accounting
+//! (the site limits sign-ins per address itself; the hub's clients are authenticated
+//! sites), and TLS itself: each caller brings its own (the hub in its listener, the site in
+//! `prepare`).
 //!
-//! Invariants: every connection holds one permit for its whole life; after `shutdown` no
-//! connection is accepted, open ones are asked to finish and are awaited for at most 5 s.
+//! Invariants: every connection holds one permit for its whole life, its preparation
+//! included; after `shutdown` no connection is accepted, open ones are asked to finish and
+//! are awaited for at most 5 s.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -39,20 +44,25 @@ pub struct HttpLimits {
     pub max_connections: usize,
 }
 
-/// Serves `app` on `listener` until `shutdown` is cancelled.
-pub async fn serve<L>(
+/// Serves `app` on `listener` until `shutdown` is cancelled. Each accepted connection that
+/// gets a permit is first handed to `prepare` (in its own task), which returns the stream to
+/// speak HTTP on, or `None` to close it (a failed TLS handshake, say).
+pub async fn serve<L, P, F, S>(
     mut listener: L,
     app: axum::Router,
     limits: HttpLimits,
     shutdown: CancellationToken,
+    prepare: P,
 ) where
     L: axum::serve::Listener,
-    L::Io: Unpin,
     L::Addr: Clone + Send + Sync + 'static,
+    P: Fn(L::Io, L::Addr) -> F + Clone + Send + 'static,
+    F: Future<Output = Option<S>> + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let tracker = TaskTracker::new();
-    let refused = Arc::new(AtomicU64::new(0));
+    let mut refused: u64 = 0;
     let mut last_warning: Option<Instant> = None;
     loop {
         let (io, addr) = tokio::select! {
@@ -61,46 +71,23 @@ pub async fn serve<L>(
             accepted = listener.accept() => accepted,
         };
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            let n = refused.fetch_add(1, Ordering::Relaxed) + 1;
+            refused += 1;
             if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                 last_warning = Some(Instant::now());
                 tracing::warn!(
                     limit = limits.max_connections,
-                    refused = n,
+                    refused,
                     "connection limit reached; closing new connections"
                 );
             }
             drop(io);
             continue;
         };
-        let app = app.clone();
-        let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-            let mut req = req.map(axum::body::Body::new);
-            req.extensions_mut().insert(ConnectInfo(addr.clone()));
-            app.clone().call(req)
-        });
-        let io = TokioIo::new(Counted {
-            io,
-            _permit: permit,
-        });
-        let stop = shutdown.clone();
+        let (app, stop, prepare) = (app.clone(), shutdown.clone(), prepare.clone());
         tracker.spawn(async move {
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout);
-            let conn = builder.serve_connection(io, service).with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "HTTP connection ended");
-                    }
-                    return;
-                }
-                () = stop.cancelled() => conn.as_mut().graceful_shutdown(),
+            if let Some(io) = prepare(io, addr.clone()).await {
+                serve_conn(io, permit, addr, app, limits, stop).await;
             }
-            let _ = conn.await;
         });
     }
     tracker.close();
@@ -110,6 +97,44 @@ pub async fn serve<L>(
     {
         tracing::warn!("some HTTP requests did not finish within 5 s of shutdown");
     }
+}
+
+async fn serve_conn<I, A>(
+    io: I,
+    permit: OwnedSemaphorePermit,
+    addr: A,
+    app: axum::Router,
+    limits: HttpLimits,
+    stop: CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    A: Clone + Send + Sync + 'static,
+{
+    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        let mut req = req.map(axum::body::Body::new);
+        req.extensions_mut().insert(ConnectInfo(addr.clone()));
+        app.clone().call(req)
+    });
+    let io = TokioIo::new(Counted {
+        io,
+        _permit: permit,
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let conn = builder.serve_connection(io, service).with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "HTTP connection ended");
+            }
+            return;
+        }
+        () = stop.cancelled() => conn.as_mut().graceful_shutdown(),
+    }
+    let _ = conn.await;
 }
 
 /// A connection's socket with its permit, released when the socket closes (also after a
