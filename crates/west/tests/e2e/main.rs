@@ -17,6 +17,7 @@ mod security_files;
 mod security_hub;
 mod security_peer;
 mod security_site;
+mod self_heal;
 mod site_api;
 mod sync;
 mod ui;
