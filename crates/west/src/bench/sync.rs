@@ -205,6 +205,13 @@ impl Bench {
                 .collect();
             let mut opts = SiteOpts::new(name);
             opts.extra = hubs[0].site_args_via(&order.join(","), &hubs[0].add_site(name).await?);
+            if name == "site-a" {
+                // Sized for its fleet: a connection per device (the devices scenario opens
+                // them all at once) on top of the default cap of 1,024 connections, which
+                // 1,000 devices and the benchmark's own clients would exceed.
+                opts.extra.push("--max-connections".into());
+                opts.extra.push((devices + 1_024).to_string());
+            }
             sites.push(SiteProc::start(&bin, opts).await?);
         }
         let b = sites.pop().context("two sites")?;
