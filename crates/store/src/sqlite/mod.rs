@@ -66,6 +66,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("../../migrations/0005_pairing_confirm.sql")),
     (6, include_str!("../../migrations/0006_point_log.sql")),
     (7, include_str!("../../migrations/0007_outbox_is_log.sql")),
+    (8, include_str!("../../migrations/0008_point_batches.sql")),
 ];
 
 /// Most jobs the writer folds into one transaction.
@@ -145,6 +146,21 @@ impl CommitFailure {
                 _ => rusqlite::ffi::SQLITE_ERROR,
             },
             message: e.to_string(),
+        }
+    }
+
+    /// The failure of a job's own last step (writing its log row), for its caller alone.
+    fn of_store(e: &StoreError) -> Self {
+        let sql = match e {
+            StoreError::Backend { source, .. } => source.downcast_ref::<rusqlite::Error>(),
+            _ => None,
+        };
+        match sql {
+            Some(sql) => Self::new(sql),
+            None => Self {
+                extended_code: rusqlite::ffi::SQLITE_ERROR,
+                message: e.to_string(),
+            },
         }
     }
 
@@ -480,14 +496,15 @@ struct Folding {
 /// the compactor falls behind, and ingest slows down (its callers wait) instead.
 const HARD_BOUND_PARTS: usize = 3;
 
-/// Opens the tail: a log grown past `fold_points` (a migrated `points` table, say) is
-/// folded first in slices of that size, each its own transaction; the rest is replayed.
+/// Opens the tail: the rows an older version left in `point_log` (a migrated `points`
+/// table, say) are folded first, in slices of `fold_points`, each its own transaction; the
+/// point batches and the outbox's unfolded records are replayed.
 fn open_tail(conn: &Connection, fold_points: usize) -> Result<series::Tail> {
-    while let Some(pos) = series::log_position(conn, fold_points)? {
+    while let Some(pos) = series::legacy_slice(conn, fold_points)? {
         conn.execute_batch("BEGIN IMMEDIATE")
             .map_err(backend("folding the point log"))?;
-        let folded = series::replay(conn, Some(pos))
-            .and_then(|(tail, _)| series::fold(conn, tail.active(), Some(pos)))
+        let folded = series::replay_legacy(conn, pos)
+            .and_then(|part| series::fold(conn, &part, Some(pos)))
             .and_then(|_| {
                 conn.execute_batch("COMMIT")
                     .map_err(backend("folding the point log"))
@@ -498,7 +515,7 @@ fn open_tail(conn: &Connection, fold_points: usize) -> Result<series::Tail> {
         }
         tracing::info!(upto = pos, "folded a slice of the point log");
     }
-    Ok(series::replay(conn, None)?.0)
+    series::replay(conn)
 }
 
 /// Freezes the active part of the tail and hands it to the compactor. Runs in the writer
@@ -628,7 +645,18 @@ fn writer(
         for job in batch.drain(..) {
             let savepoint = conn.execute_batch("SAVEPOINT job");
             let mark = series::mark();
-            let done = job(&conn);
+            let mut done = job(&conn);
+            // The job's points, one log row: its last write, inside its savepoint.
+            if done.ok
+                && let Err(e) = series::flush_log(&conn)
+            {
+                let failure = CommitFailure::of_store(&e);
+                let reply = done.reply;
+                done = Done {
+                    ok: false,
+                    reply: Box::new(move |_| reply(Some(&failure))),
+                };
+            }
             if !done.ok {
                 series::rollback_to(mark);
             }
@@ -2364,6 +2392,7 @@ mod tests {
         let conn = Connection::open(&path).unwrap();
         conn.execute_batch(
             "DROP TABLE point_log; DROP TABLE point_blocks; DROP TABLE series_buckets;
+             DROP TABLE point_batches;
              ALTER TABLE sync_out DROP COLUMN folded;
              DELETE FROM schema_migrations WHERE version >= 6;
              CREATE TABLE points (device INTEGER NOT NULL, resource INTEGER NOT NULL,
@@ -2388,8 +2417,8 @@ mod tests {
         let mut config = SqliteConfig::new(&path);
         config.fold_points = 10;
         let store = SqliteStore::open(config).unwrap();
-        // Folded in slices of 10 on open; the last 5 stay in the tail.
-        assert_eq!(store.tail_len(), 5);
+        // Folded in slices of 10 on open, the last one of 5 too: nothing writes that table.
+        assert_eq!(store.tail_len(), 0);
         let dev = Identity::parse("dev1").unwrap();
         let temp = ResourceName::parse("temp").unwrap();
         let got = store.points(&cid(), &dev, &temp, all()).await.unwrap();

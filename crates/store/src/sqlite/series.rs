@@ -1,27 +1,28 @@
 //! Time series: an append-only point log, its in-memory tail index, and per-series
-//! compressed blocks the log is folded into. Schema: `migrations/0006_point_log.sql`;
-//! design: `docs/sync.md` ("Storage").
+//! compressed blocks the log is folded into. Schema: `migrations/0006_point_log.sql` and
+//! `0008_point_batches.sql`; design: `docs/sync.md` ("Storage").
 //!
 //! ```text
-//!  ingest / apply job ──▶ INSERT INTO point_log (pos = next)     only the log's tail pages
+//!  ingest / apply job ──▶ `append`: LOG + Op::Put (thread-local) dropped with a refused job
 //!                         (a remote-synced point of a paired Source: its outbox record
 //!                          instead, replayed from `sync_out.folded` on; see `put`)
-//!                     └─▶ Op::Put (thread-local, per job)        dropped with a refused job
+//!  writer, job done ──▶ `flush_log`: INSERT INTO point_batches   one row per job (codec)
 //!  writer, after COMMIT ──▶ ops applied to the Tail (RwLock)     then callers hear back
 //!  writer, active part ≥ fold_points ──▶ freeze it (Frozen: log pos and outbox heads it
 //!                                        covers) ──▶ compactor: `encode` (no database)
 //!  compactor ──install job──▶ `install`: point_blocks (bucket, device, resource, gen) +
-//!                             series_buckets + latest, DELETE FROM point_log up to its
+//!                             series_buckets + latest, DELETE FROM point_batches up to its
 //!                             pos, sync_out.folded to its heads; Op::Installed at COMMIT
 //!  read ──▶ lock Tail, first statement (the snapshot), copy the tail's part, unlock
 //!           ──▶ blocks of the series' buckets in range, merged (later gen wins), tail wins
 //! ```
 //!
 //! Invariants:
-//! - Every point of an acknowledged commit is in `point_log` or in `point_blocks`, never
+//! - Every point of an acknowledged commit is in the log or in `point_blocks`, never
 //!   lost between them: an install (or a fold) writes the blocks and deletes the log in one
 //!   transaction.
-//! - The Tail holds exactly the rows of `point_log` and the outbox point records above
+//! - The Tail holds exactly the points of the log (`point_batches`; `point_log` is empty
+//!   once open) and the outbox point records above
 //!   `sync_out.folded`, one value per `(device, resource, t)` and part (the latest
 //!   written); it is rebuilt from both on open. A series' unfolded points are all in one of
 //!   the two ([`fold_unfolded_outbox`] runs inside a job before anything would break that).
@@ -124,7 +125,7 @@ pub(super) type OutboxHeads = Vec<(String, i64)>;
 pub(super) struct Frozen {
     pub(super) id: u64,
     pub(super) part: Arc<Part>,
-    /// The highest `point_log` position whose row it holds.
+    /// The highest `point_batches` position whose row it holds.
     pub(super) log_upto: Option<i64>,
     /// Per connector, the outbox seq up to which it holds the records (`sync_out.head`
     /// when it was frozen).
@@ -162,16 +163,6 @@ impl Tail {
     /// Points of the active part.
     pub(super) fn active_len(&self) -> usize {
         self.active.points
-    }
-
-    /// The active part.
-    pub(super) fn active(&self) -> &Part {
-        &self.active
-    }
-
-    /// Whether some part waits for the compactor.
-    pub(super) fn has_frozen(&self) -> bool {
-        !self.frozen.is_empty()
     }
 
     /// Freezes the active part for the compactor (`log_upto` and `outbox`: what the
@@ -303,6 +294,9 @@ thread_local! {
     static LIVE: RefCell<Vec<(ConnectorId, LivePoint)>> = const { RefCell::new(Vec::new()) };
     /// Whether anyone listens to the live stream (set by the writer per transaction).
     static LISTENED: Cell<bool> = const { Cell::new(false) };
+    /// The points the current job appended, written as its one log row when it ends
+    /// ([`flush_log`]).
+    static LOG: RefCell<Vec<Record>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Where the current job's changes start (to drop them if its savepoint rolls back).
@@ -314,6 +308,7 @@ pub(super) fn mark() -> (usize, usize) {
 pub(super) fn rollback_to((ops, live): (usize, usize)) {
     OPS.with_borrow_mut(|o| o.truncate(ops));
     LIVE.with_borrow_mut(|l| l.truncate(live));
+    LOG.with_borrow_mut(Vec::clear);
 }
 
 /// The changes of the transaction just ended (empty them whether it committed or not).
@@ -355,19 +350,61 @@ pub(super) fn apply(tail: &RwLock<Tail>, ops: Vec<Op>) {
 /// The names of a point's series, for the live stream.
 pub(super) type Names<'a> = (&'a ConnectorId, &'a Identity, &'a ResourceName);
 
-/// Appends one point to the log (in the caller's transaction) and queues it for the Tail
-/// (and the live stream).
+/// Appends one point to the current job's log row (written when the job ends, see
+/// [`flush_log`]) and queues it for the Tail (and the live stream).
 pub(super) fn append(
-    conn: &Connection,
+    _conn: &Connection,
     (device, resource): (i64, i64),
     names: Names<'_>,
     t: i64,
     value: Value,
 ) -> Result<()> {
-    conn.prepare_cached("INSERT INTO point_log (device, resource, t, v) VALUES (?1, ?2, ?3, ?4)")
-        .and_then(|mut s| s.execute(params![device, resource, t, value_to_sql(&value)]))
-        .map_err(backend("appending points"))?;
+    let op = "appending points";
+    let record = Record::Point(SyncPoint {
+        device: Identity::parse(&device.to_string()).map_err(|e| StoreError::Backend {
+            op,
+            source: Box::new(e),
+        })?,
+        resource: ResourceName::parse(&resource.to_string()).map_err(|e| StoreError::Backend {
+            op,
+            source: Box::new(e),
+        })?,
+        t,
+        value: value.clone(),
+    });
+    LOG.with_borrow_mut(|l| l.push(record));
     put((device, resource), names, t, value);
+    Ok(())
+}
+
+/// Writes the points the current job appended as its log row(s) in `point_batches`, in
+/// the job's savepoint; nothing when it appended none. Called by the writer after each job
+/// that succeeded: a failure fails that job alone.
+pub(super) fn flush_log(conn: &Connection) -> Result<()> {
+    let records = LOG.with_borrow_mut(std::mem::take);
+    if records.is_empty() {
+        return Ok(());
+    }
+    let op = "appending points";
+    let mut encoder = codec::Encoder::new();
+    let mut insert = conn
+        .prepare_cached("INSERT INTO point_batches (data) VALUES (?1)")
+        .map_err(backend(op))?;
+    let mut chunks = vec![&records[..]];
+    while let Some(chunk) = chunks.pop() {
+        match encoder.encode(chunk) {
+            Ok(data) => {
+                insert.execute([data]).map_err(backend(op))?;
+            }
+            // A request of many long strings: in halves, each its own row, in order.
+            Err(codec::CodecError::TooLarge { .. }) if chunk.len() > 1 => {
+                let (first, second) = chunk.split_at(chunk.len() / 2);
+                chunks.push(second);
+                chunks.push(first);
+            }
+            Err(e) => return Err(codec_err(op)(e)),
+        }
+    }
     Ok(())
 }
 
@@ -427,16 +464,6 @@ pub(super) fn fold_unfolded_outbox(conn: &Connection) -> Result<()> {
     fold_now(conn)
 }
 
-/// Whether the writer's Tail has parts waiting for the compactor.
-fn frozen_pending() -> Result<bool> {
-    let shared = CURRENT_TAIL.with_borrow(Clone::clone);
-    let Some(shared) = shared else {
-        return Ok(false);
-    };
-    let held = shared.read().map_err(|_| StoreError::Closed)?;
-    Ok(held.has_frozen())
-}
-
 /// Folds everything unfolded, the committed tail (frozen parts included: their pending
 /// installs are then skipped) and this transaction's points so far, inside the caller's
 /// job; the Tail is emptied when the transaction commits (`Op::Folded`).
@@ -464,6 +491,8 @@ pub(super) fn fold_now(conn: &Connection) -> Result<()> {
     });
     fold(conn, &merged, None)?;
     OPS.with_borrow_mut(|ops| ops.push(Op::Folded));
+    // The job's points so far are folded: no log row for them.
+    LOG.with_borrow_mut(Vec::clear);
     Ok(())
 }
 
@@ -489,7 +518,7 @@ pub(super) fn install(conn: &Connection, frozen: &Frozen, encoded: &Encoded) -> 
     }
     write_encoded(conn, encoded)?;
     if let Some(pos) = frozen.log_upto {
-        conn.prepare_cached("DELETE FROM point_log WHERE pos <= ?1")
+        conn.prepare_cached("DELETE FROM point_batches WHERE pos <= ?1")
             .and_then(|mut s| s.execute([pos]))
             .map_err(backend(op))?;
     }
@@ -510,7 +539,7 @@ pub(super) fn install(conn: &Connection, frozen: &Frozen, encoded: &Encoded) -> 
 pub(super) fn log_extent(conn: &Connection) -> Result<(Option<i64>, OutboxHeads)> {
     let op = "measuring the point log";
     let upto: Option<i64> = conn
-        .prepare_cached("SELECT MAX(pos) FROM point_log")
+        .prepare_cached("SELECT MAX(pos) FROM point_batches")
         .and_then(|mut s| s.query_row([], |r| r.get(0)))
         .map_err(backend(op))?;
     let outbox = super::select_rows(
@@ -529,9 +558,9 @@ pub(super) fn delete_device(conn: &Connection, device: i64) -> Result<()> {
     // Its unfolded outbox records stay (they are still sent): folded first, they are not
     // replayed as the points of a device of the same row id later. A part frozen for the
     // compactor is folded too: its install would bring the device's points back.
-    if frozen_pending()? || outbox_unfolded(conn)? {
-        fold_now(conn)?;
-    }
+    // The log's rows hold many devices' points: everything is folded first (its blocks
+    // of this device go below), so no row of the log holds the device's points either.
+    fold_now(conn)?;
     let buckets = super::select_rows(
         conn,
         "SELECT resource, bucket FROM series_buckets WHERE device = ?1",
@@ -549,71 +578,95 @@ pub(super) fn delete_device(conn: &Connection, device: i64) -> Result<()> {
             .execute(params![bucket, device, resource])
             .map_err(backend(op))?;
     }
-    for sql in [
-        "DELETE FROM series_buckets WHERE device = ?1",
-        "DELETE FROM point_log WHERE device = ?1",
-    ] {
-        conn.prepare_cached(sql)
-            .and_then(|mut s| s.execute([device]))
-            .map_err(backend(op))?;
-    }
+    conn.prepare_cached("DELETE FROM series_buckets WHERE device = ?1")
+        .and_then(|mut s| s.execute([device]))
+        .map_err(backend(op))?;
     OPS.with_borrow_mut(|ops| ops.push(Op::Forget(device)));
     Ok(())
 }
 
-/// Reads the whole log into a Tail (in log order, so the last write of a `t` wins). Rows of
-/// resources that no longer exist are skipped.
-pub(super) fn replay(conn: &Connection, upto: Option<i64>) -> Result<(Tail, Option<i64>)> {
+/// Reads the rows an older version left in `point_log` up to `upto` into a part (in log
+/// order, so the last write of a `t` wins). Rows of resources that no longer exist are
+/// skipped.
+pub(super) fn replay_legacy(conn: &Connection, upto: i64) -> Result<Part> {
     let op = "reading the point log";
     let mut stmt = conn
         .prepare(
-            "SELECT l.pos, l.device, l.resource, l.t, l.v, r.format FROM point_log l
+            "SELECT l.device, l.resource, l.t, l.v, r.format FROM point_log l
              JOIN resources r ON r.id = l.resource
              WHERE l.pos <= ?1 ORDER BY l.pos",
         )
         .map_err(backend(op))?;
-    let mut rows = stmt
-        .query([upto.unwrap_or(i64::MAX)])
-        .map_err(backend(op))?;
-    let mut tail = Tail::default();
-    let mut last = None;
+    let mut rows = stmt.query([upto]).map_err(backend(op))?;
+    let mut part = Part::default();
     while let Some(r) = rows.next().map_err(backend(op))? {
-        let pos: i64 = r.get(0).map_err(backend(op))?;
-        let format: String = r.get(5).map_err(backend(op))?;
+        let format: String = r.get(4).map_err(backend(op))?;
         let format = Format::parse(&format).map_err(|e| StoreError::Backend {
             op,
             source: Box::new(e),
         })?;
-        let value = value_from_sql(format, r.get_ref(4).map_err(backend(op))?);
-        tail.active.put(
+        let value = value_from_sql(format, r.get_ref(3).map_err(backend(op))?);
+        part.put(
+            r.get(0).map_err(backend(op))?,
             r.get(1).map_err(backend(op))?,
             r.get(2).map_err(backend(op))?,
-            r.get(3).map_err(backend(op))?,
             value,
         );
-        last = Some(pos);
     }
-    drop(rows);
-    if upto.is_none() {
-        // The rest of the log: remote-synced points, stored as outbox records.
-        super::sync::replay_unfolded(conn, |d, r, t, v| tail.active.put(d, r, t, v))?;
-    }
-    Ok((tail, last))
+    Ok(part)
 }
 
-/// The position of the `n`-th row of the log, if it has that many.
-pub(super) fn log_position(conn: &Connection, n: usize) -> Result<Option<i64>> {
+/// The position that ends the next slice of at most `n` rows of `point_log`, if it holds any.
+pub(super) fn legacy_slice(conn: &Connection, n: usize) -> Result<Option<i64>> {
     conn.query_row(
-        "SELECT pos FROM point_log ORDER BY pos LIMIT 1 OFFSET ?1",
-        [i64::try_from(n.saturating_sub(1)).unwrap_or(i64::MAX)],
+        "SELECT MAX(pos) FROM (SELECT pos FROM point_log ORDER BY pos LIMIT ?1)",
+        [i64::try_from(n.max(1)).unwrap_or(i64::MAX)],
         |r| r.get(0),
     )
-    .map(Some)
-    .or_else(|e| match e {
-        rusqlite::Error::QueryReturnedNoRows => Ok(None),
-        e => Err(e),
-    })
     .map_err(backend("measuring the point log"))
+}
+
+/// Rebuilds the Tail from the point batches (in log order, so the last write of a `t`
+/// wins), then the outbox records not folded yet. Points of resources that no longer exist
+/// are skipped.
+pub(super) fn replay(conn: &Connection) -> Result<Tail> {
+    let op = "reading the point log";
+    let resources: std::collections::HashSet<i64> =
+        super::select_rows(conn, "SELECT id FROM resources", [], |r| r.get(0), op)?
+            .into_iter()
+            .collect();
+    let mut tail = Tail::default();
+    let mut decoder = codec::Decoder::new();
+    let mut stmt = conn
+        .prepare("SELECT data FROM point_batches ORDER BY pos")
+        .map_err(backend(op))?;
+    let mut rows = stmt.query([]).map_err(backend(op))?;
+    while let Some(r) = rows.next().map_err(backend(op))? {
+        let bytes = r.get_ref(0).map_err(backend(op))?;
+        let bytes = bytes.as_blob().map_err(|e| StoreError::Backend {
+            op,
+            source: Box::new(e),
+        })?;
+        for record in decoder.decode(bytes).map_err(codec_err(op))? {
+            let Record::Point(p) = record else { continue };
+            let (Ok(device), Ok(resource)) = (
+                p.device.as_str().parse::<i64>(),
+                p.resource.as_str().parse::<i64>(),
+            ) else {
+                return Err(StoreError::Backend {
+                    op,
+                    source: format!("a log row names {} / {}", p.device, p.resource).into(),
+                });
+            };
+            if resources.contains(&resource) {
+                tail.active.put(device, resource, p.t, p.value);
+            }
+        }
+    }
+    drop(rows);
+    // The rest of the log: remote-synced points, stored as outbox records.
+    super::sync::replay_unfolded(conn, |d, r, t, v| tail.active.put(d, r, t, v))?;
+    Ok(tail)
 }
 
 fn codec_err(op: &'static str) -> impl FnOnce(codec::CodecError) -> StoreError {
@@ -767,10 +820,13 @@ pub(super) fn fold(conn: &Connection, part: &Part, upto: Option<i64>) -> Result<
     let op = "folding the point log";
     let written = write_encoded(conn, &encode(part)?)?;
     match upto {
-        None => conn.execute("DELETE FROM point_log", []).and_then(|_| {
-            conn.execute("UPDATE sync_out SET folded = head WHERE folded < head", [])
-        }),
-        Some(pos) => conn.execute("DELETE FROM point_log WHERE pos <= ?1", [pos]),
+        None => conn.execute_batch(
+            "DELETE FROM point_batches; DELETE FROM point_log;
+             UPDATE sync_out SET folded = head WHERE folded < head;",
+        ),
+        Some(pos) => conn
+            .execute("DELETE FROM point_log WHERE pos <= ?1", [pos])
+            .map(|_| ()),
     }
     .map_err(backend(op))?;
     #[cfg(test)]
