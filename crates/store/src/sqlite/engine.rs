@@ -1,0 +1,388 @@
+//! The write engine of the SQLite store: one writer thread owning the only write
+//! connection, the checkpointer thread and the compactor thread (module header of `mod.rs`
+//! has the picture).
+//!
+//! Invariants:
+//! - Every write runs as a [`Job`] inside the writer's current transaction, in its own
+//!   savepoint; its caller hears back only after the COMMIT (or with the commit's failure),
+//!   and a refused job rolls back alone, its tail changes and log row with it.
+//! - After a COMMIT the writer applies the transaction's tail changes and sends its live
+//!   points before any caller hears back: a caller that heard back can read its writes.
+//! - Nothing on the commit path folds, except past the tail's hard bound
+//!   ([`HARD_BOUND_PARTS`]): the compactor encodes, and its install is an ordinary job.
+//! - Checkpoints run on the checkpointer's own connection, passive; the writer only
+//!   restarts a WAL the checkpointer found fully copied.
+//!
+//! Deliberately absent: a second write connection (SQLite has one writer; a job waits in
+//! the queue instead of on a lock), and any SQL of the domain (that is in the other
+//! modules; jobs bring it).
+
+use super::*;
+
+/// Most jobs the writer folds into one transaction.
+pub(super) const MAX_JOBS_PER_COMMIT: usize = 256;
+
+/// What a job leaves for the writer: whether to keep its savepoint, and how to answer its
+/// caller once the commit is known.
+pub(super) struct Done {
+    pub(super) ok: bool,
+    pub(super) reply: Reply,
+}
+
+/// Answers a job's caller, given the commit's failure if the commit failed.
+pub(super) type Reply = Box<dyn FnOnce(Option<&CommitFailure>) + Send>;
+
+/// Why a commit failed, kept so that every caller of the batch gets its own error with the
+/// same SQLite code (a full disk must read as one to each of them).
+pub(super) struct CommitFailure {
+    pub(super) extended_code: std::ffi::c_int,
+    pub(super) message: String,
+}
+
+impl CommitFailure {
+    fn new(e: &rusqlite::Error) -> Self {
+        Self {
+            extended_code: match e {
+                rusqlite::Error::SqliteFailure(f, _) => f.extended_code,
+                _ => rusqlite::ffi::SQLITE_ERROR,
+            },
+            message: e.to_string(),
+        }
+    }
+
+    /// The failure of a job's own last step (writing its log row), for its caller alone.
+    fn of_store(e: &StoreError) -> Self {
+        let sql = match e {
+            StoreError::Backend { source, .. } => source.downcast_ref::<rusqlite::Error>(),
+            _ => None,
+        };
+        match sql {
+            Some(sql) => Self::new(sql),
+            None => Self {
+                extended_code: rusqlite::ffi::SQLITE_ERROR,
+                message: e.to_string(),
+            },
+        }
+    }
+
+    fn to_error(&self) -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(self.extended_code),
+            Some(self.message.clone()),
+        )
+    }
+}
+
+pub(super) type Job = Box<dyn FnOnce(&Connection) -> Done + Send>;
+
+/// A job running `f` in the writer's transaction, and where its answer arrives (after the
+/// commit, with the commit's failure if it failed).
+pub(super) fn job<R, F>(f: F) -> (Job, oneshot::Receiver<Result<R>>)
+where
+    R: Send + 'static,
+    F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+{
+    let (tx, rx) = oneshot::channel();
+    let job: Job = Box::new(move |conn| {
+        let result = f(conn);
+        Done {
+            ok: result.is_ok(),
+            reply: Box::new(move |commit_error| {
+                let answer = match commit_error {
+                    None => result,
+                    Some(failure) => Err(StoreError::Backend {
+                        op: "committing",
+                        source: Box::new(failure.to_error()),
+                    }),
+                };
+                let _ = tx.send(answer);
+            }),
+        }
+    });
+    (job, rx)
+}
+
+/// WAL pages beyond which the writer checkpoints itself, the checkpointer having fallen
+/// behind (64 MiB).
+pub(super) const WAL_SAFETY_PAGES: u32 = 16_384;
+/// WAL pages beyond which the checkpointer, once everything is copied, restarts the WAL
+/// from its beginning (16 MiB): with commits arriving all the time a passive checkpoint is
+/// never quite done when the writer looks, so the WAL would only grow.
+pub(super) const WAL_RESTART_PAGES: i64 = 4_096;
+/// Least time between two checkpoints of the checkpointer.
+pub(super) const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Copies committed WAL pages into the database, off the commit path. SQLite's automatic
+/// checkpoint runs inside the commit that crosses its threshold, so the writer (and every
+/// caller waiting for that commit) paid for copying the whole WAL, and with a small WAL the
+/// same hot pages were copied after almost every commit. Here a passive checkpoint (it
+/// never blocks the writer or readers) runs at most every [`CHECKPOINT_EVERY`] after a
+/// commit, on the other core, and a page written by many commits meanwhile is copied once.
+/// Ends when the writer does.
+/// When a pass has copied a WAL of [`WAL_RESTART_PAGES`] or more entirely, it asks the
+/// writer (`restart_due`) to restart the WAL between two transactions: the writer holds the
+/// write lock anyway, and only the pages committed since the pass remain to copy.
+pub(super) fn checkpointer(
+    conn: Connection,
+    commits: std::sync::mpsc::Receiver<()>,
+    restart_due: &AtomicBool,
+) {
+    while commits.recv().is_ok() {
+        match wal_checkpoint(&conn, "PASSIVE") {
+            Ok((log, copied)) if log >= WAL_RESTART_PAGES && copied == log => {
+                restart_due.store(true, Ordering::Relaxed);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "checkpoint failed; the writer's own checkpoints take over")
+            }
+        }
+        std::thread::sleep(CHECKPOINT_EVERY);
+    }
+    let _ = wal_checkpoint(&conn, "PASSIVE");
+}
+
+/// Runs a checkpoint; returns (pages in the WAL, pages copied into the database).
+pub(super) fn wal_checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<(i64, i64)> {
+    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+        Ok((r.get(1)?, r.get(2)?))
+    })
+}
+
+/// What the writer needs to keep the point log folded: the tail, the compactor's queue,
+/// the sizes that freeze a part and that force a fold on the commit path.
+pub(super) struct Folding {
+    pub(super) tail: Arc<RwLock<series::Tail>>,
+    /// Points of the active part that freeze it for the compactor.
+    pub(super) at: usize,
+    /// Points of the whole tail past which the writer folds everything itself
+    /// ([`HARD_BOUND_PARTS`] × `at`).
+    pub(super) bound: usize,
+    pub(super) compactor: std::sync::mpsc::Sender<series::Frozen>,
+    /// The live stream: committed points go out here.
+    pub(super) live: tokio::sync::broadcast::Sender<Arc<LiveBatch>>,
+}
+
+/// The tail may hold this many parts' worth of points (the active one and those frozen for
+/// the compactor) before the writer folds it on the commit path: memory stays bounded when
+/// the compactor falls behind, and ingest slows down (its callers wait) instead.
+pub(super) const HARD_BOUND_PARTS: usize = 3;
+
+/// Opens the tail: the rows an older version left in `point_log` (a migrated `points`
+/// table, say) are folded first, in slices of `fold_points`, each its own transaction; the
+/// point batches and the outbox's unfolded records are replayed.
+pub(super) fn open_tail(conn: &Connection, fold_points: usize) -> Result<series::Tail> {
+    while let Some(pos) = series::legacy_slice(conn, fold_points)? {
+        conn.execute_batch("BEGIN IMMEDIATE")
+            .map_err(backend("folding the point log"))?;
+        let folded = series::replay_legacy(conn, pos)
+            .and_then(|part| series::fold(conn, &part, Some(pos)))
+            .and_then(|_| {
+                conn.execute_batch("COMMIT")
+                    .map_err(backend("folding the point log"))
+            });
+        if let Err(e) = folded {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e);
+        }
+        tracing::info!(upto = pos, "folded a slice of the point log");
+    }
+    series::replay(conn)
+}
+
+/// Freezes the active part of the tail and hands it to the compactor. Runs in the writer
+/// between transactions, so the log's extent is exactly what the tail holds. A failure
+/// leaves the part active (the next commit tries again).
+pub(super) fn freeze(conn: &Connection, folding: &Folding) {
+    let (upto, outbox) = match series::log_extent(conn) {
+        Ok(extent) => extent,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot measure the point log; not folding yet");
+            return;
+        }
+    };
+    let Ok(mut tail) = folding.tail.write() else {
+        return;
+    };
+    let frozen = tail.freeze(upto, outbox);
+    drop(tail);
+    // A compactor that is gone leaves the part frozen: the hard bound folds it.
+    let _ = folding.compactor.send(frozen);
+}
+
+/// Folds the whole tail on the commit path, in one job of its own: the hard bound was
+/// reached because the compactor fell behind (or fails).
+pub(super) fn fold_all(conn: &Connection, folding: &Folding) {
+    let result = conn
+        .execute_batch("BEGIN IMMEDIATE")
+        .map_err(backend("folding the point log"))
+        .and_then(|()| series::fold_now(conn))
+        .and_then(|()| {
+            conn.execute_batch("COMMIT")
+                .map_err(backend("folding the point log"))
+        });
+    let ops = series::take_ops();
+    match result {
+        Ok(()) => {
+            tracing::warn!(
+                points = folding.bound,
+                "the tail reached its bound before the compactor caught up; folded it on the commit path"
+            );
+            series::apply(&folding.tail, ops);
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            tracing::warn!(error = %e, "cannot fold the point log; it stays in the tail");
+        }
+    }
+}
+
+/// The compactor thread: encodes each frozen part of the tail into blocks off the commit
+/// path, then has the writer install the result as one ordinary job (a few inserts and the
+/// log rows' delete, in the next group commit). Parts are installed in the order they were
+/// frozen; an install that fails is retried. Ends with the writer.
+pub(super) fn compactor(
+    parts: std::sync::mpsc::Receiver<series::Frozen>,
+    jobs: mpsc::WeakSender<Job>,
+) {
+    while let Ok(frozen) = parts.recv() {
+        #[cfg(test)]
+        while tests::COMPACTOR_PAUSED.load(Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let encoded = match series::encode(&frozen.part) {
+            Ok(e) => Arc::new(e),
+            Err(e) => {
+                // The hard bound then folds it on the commit path, which reports its own error.
+                tracing::warn!(error = %e, "cannot encode a part of the point log");
+                continue;
+            }
+        };
+        let frozen = Arc::new(frozen);
+        let mut pause = std::time::Duration::from_millis(50);
+        loop {
+            let Some(sender) = jobs.upgrade() else { return };
+            let (f, e) = (Arc::clone(&frozen), Arc::clone(&encoded));
+            let (job, answer) = job(move |conn| series::install(conn, &f, &e));
+            if sender.blocking_send(job).is_err() {
+                return;
+            }
+            drop(sender);
+            match answer.blocking_recv() {
+                Ok(Ok(installed)) => {
+                    if installed {
+                        tracing::debug!(points = encoded.points, "folded a part of the point log");
+                    }
+                    #[cfg(test)]
+                    tests::COMPACTED.fetch_add(1, Ordering::SeqCst);
+                    break;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot install a fold of the point log; retrying");
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_secs(5));
+                }
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// The writer thread: group commit of whatever is queued (see the module header).
+pub(super) fn writer(
+    conn: Connection,
+    mut rx: mpsc::Receiver<Job>,
+    committed: std::sync::mpsc::SyncSender<()>,
+    restart_due: &AtomicBool,
+    folding: &Folding,
+) {
+    series::set_current_tail(Arc::clone(&folding.tail));
+    let mut batch = Vec::with_capacity(MAX_JOBS_PER_COMMIT);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_JOBS_PER_COMMIT {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut replies = Vec::with_capacity(batch.len());
+        series::listen(folding.live.receiver_count() > 0);
+        let begin = conn.execute_batch("BEGIN IMMEDIATE");
+        if let Err(e) = begin {
+            let message = e.to_string();
+            tracing::error!(error = %message, "cannot begin a write transaction");
+            // Answer every caller with the error; nothing of theirs ran.
+            for job in batch.drain(..) {
+                drop(job);
+            }
+            continue;
+        }
+        for job in batch.drain(..) {
+            let savepoint = conn.execute_batch("SAVEPOINT job");
+            let mark = series::mark();
+            let mut done = job(&conn);
+            // The job's points, one log row: its last write, inside its savepoint.
+            if done.ok
+                && let Err(e) = series::flush_log(&conn)
+            {
+                let failure = CommitFailure::of_store(&e);
+                let reply = done.reply;
+                done = Done {
+                    ok: false,
+                    reply: Box::new(move |_| reply(Some(&failure))),
+                };
+            }
+            if !done.ok {
+                series::rollback_to(mark);
+            }
+            if savepoint.is_ok() {
+                let end = if done.ok {
+                    "RELEASE job"
+                } else {
+                    "ROLLBACK TO job; RELEASE job"
+                };
+                if let Err(e) = conn.execute_batch(end) {
+                    tracing::error!(error = %e, "cannot close a savepoint");
+                }
+            }
+            replies.push(done.reply);
+        }
+        let commit = conn
+            .execute_batch("COMMIT")
+            .map_err(|e| CommitFailure::new(&e));
+        let ops = series::take_ops();
+        let live = series::take_live();
+        if let Err(failure) = &commit {
+            tracing::error!(error = %failure.message, "commit failed; rolling back");
+            let _ = conn.execute_batch("ROLLBACK");
+        } else {
+            // Durable: readers may see it now, before its callers hear back.
+            series::apply(&folding.tail, ops);
+            for batch in live {
+                let _ = folding.live.send(Arc::new(batch));
+            }
+        }
+        let error = commit.as_ref().err();
+        for reply in replies {
+            reply(error);
+        }
+        let (active, total) = folding
+            .tail
+            .read()
+            .map(|t| (t.active_len(), t.len()))
+            .unwrap_or((0, 0));
+        if total >= folding.bound {
+            fold_all(&conn, folding);
+        } else if active >= folding.at {
+            freeze(&conn, folding);
+        }
+        if restart_due.swap(false, Ordering::Relaxed)
+            && let Err(e) = wal_checkpoint(&conn, "RESTART")
+        {
+            tracing::warn!(error = %e, "cannot restart the WAL");
+        }
+        // Wakes the checkpointer unless it is already due to run.
+        let _ = committed.try_send(());
+    }
+}

@@ -1,0 +1,910 @@
+//! The [`Store`] trait implemented on [`SqliteStore`]: each method is one job of the
+//! writer (writes) or one pooled read, calling the SQL of the other modules.
+//!
+//! Invariants: the trait's (`lib.rs`): an `Err` changed nothing (the job's savepoint rolled
+//! back), an `Ok` of a write is durable; reads of points and latest values lock the tail
+//! before their first statement (`series.rs`).
+//!
+//! Deliberately absent: SQL beyond the simple registry statements (points are in
+//! `series.rs`, sync in `sync.rs`, device records in `devices.rs`).
+
+use super::*;
+
+/// Appends a set of points to the point log, and queues those of remote-synced resources in
+/// the outbox of a paired Source (`now` stamps the outbox partition); the caller's savepoint
+/// undoes everything if this fails. No per-series page is touched: `latest` and the blocks
+/// are written when the log is folded.
+pub(super) fn ingest_points(
+    conn: &Connection,
+    cid: &ConnectorId,
+    batch: &[PointsIn],
+    now: i64,
+    partition_us: i64,
+) -> Result<usize> {
+    connector_exists(conn, cid)?;
+    let resources = resource_rows(conn, cid)?;
+    let mut outbox = sync::appender(conn, cid, now, partition_us)?;
+    let mut devices: HashMap<&Identity, i64> = HashMap::new();
+    let mut stored = 0;
+    for p in batch {
+        model::check_timestamp(p.t)?;
+        let device = match devices.get(&p.identity) {
+            Some(id) => *id,
+            None => {
+                let id = writable_device_id(conn, cid, &p.identity)?;
+                devices.insert(&p.identity, id);
+                id
+            }
+        };
+        for (name, raw) in &p.values {
+            let res = resources
+                .get(name)
+                .ok_or_else(|| StoreError::ResourceNotFound(name.clone()))?;
+            let value = res.format.check(name, raw)?;
+            if res.remote_sync
+                && let Some(outbox) = &mut outbox
+                && outbox.points
+            {
+                // The outbox record is the point's log entry: stored once.
+                outbox.push(conn, &p.identity, res.id, p.t, &value)?;
+                series::put((device, res.id), (cid, &p.identity, name), p.t, value);
+            } else {
+                series::append(conn, (device, res.id), (cid, &p.identity, name), p.t, value)?;
+            }
+            stored += 1;
+        }
+    }
+    if let Some(outbox) = outbox {
+        outbox.finish(conn)?;
+    }
+    Ok(stored)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn user_count(&self) -> Result<u64> {
+        self.read(|conn| {
+            conn.query_row("SELECT COUNT(*) FROM users", [], |r| r.get::<_, i64>(0))
+                .map(|n| u64::try_from(n).unwrap_or(0))
+                .map_err(backend("counting users"))
+        })
+        .await
+    }
+
+    async fn create_user(&self, username: &str, password_hash: &str) -> Result<()> {
+        let (username, hash) = (username.to_owned(), password_hash.to_owned());
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO users (username, password_hash, created_at) VALUES (?1, ?2, ?3)",
+                params![username, hash, now_micros()],
+            )
+            .map_err(unique_or(
+                StoreError::UserExists(username.clone()),
+                "creating a user",
+            ))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn set_password(&self, username: &str, password_hash: &str) -> Result<()> {
+        let (username, hash) = (username.to_owned(), password_hash.to_owned());
+        self.write(move |conn| {
+            conn.execute(
+                "UPDATE users SET password_hash = ?2 WHERE username = ?1",
+                params![username, hash],
+            )
+            .map_err(backend("setting a password"))?;
+            conn.execute("DELETE FROM tokens WHERE username = ?1", [&username])
+                .map_err(backend("revoking tokens"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn password_hash(&self, username: &str) -> Result<Option<String>> {
+        let username = username.to_owned();
+        self.read(move |conn| {
+            conn.query_row(
+                "SELECT password_hash FROM users WHERE username = ?1",
+                [&username],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(backend("reading a password hash"))
+        })
+        .await
+    }
+
+    async fn create_token(&self, token: TokenHash, username: &str, expires_at: i64) -> Result<()> {
+        let username = username.to_owned();
+        self.write(move |conn| {
+            let now = now_micros();
+            conn.execute("DELETE FROM tokens WHERE expires_at < ?1", [now])
+                .map_err(backend("expiring tokens"))?;
+            conn.execute(
+                "INSERT INTO tokens (hash, username, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                params![&token[..], username, now, expires_at],
+            )
+            .map_err(backend("creating a token"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn token_user(&self, token: TokenHash, now: i64) -> Result<Option<String>> {
+        self.read(move |conn| {
+            conn.prepare_cached("SELECT username FROM tokens WHERE hash = ?1 AND expires_at > ?2")
+                .and_then(|mut s| {
+                    s.query_row(params![&token[..], now], |r| r.get(0))
+                        .optional()
+                })
+                .map_err(backend("checking a token"))
+        })
+        .await
+    }
+
+    async fn delete_token(&self, token: TokenHash) -> Result<()> {
+        self.write(move |conn| {
+            conn.execute("DELETE FROM tokens WHERE hash = ?1", [&token[..]])
+                .map_err(backend("deleting a token"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn create_connector(&self, new: NewConnector) -> Result<Connector> {
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO connectors (id, name, description, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![new.id.as_str(), new.name, new.description, new.created_at],
+            )
+            .map_err(backend("creating a connector"))?;
+            get_connector(conn, &new.id)
+        })
+        .await
+    }
+
+    async fn list_connectors(&self) -> Result<Vec<Connector>> {
+        self.read(|conn| {
+            let sql = format!("SELECT {CONNECTOR_COLUMNS} FROM connectors c ORDER BY c.name, c.id");
+            let mut stmt = conn
+                .prepare_cached(&sql)
+                .map_err(backend("listing connectors"))?;
+            let rows = stmt
+                .query_map([], connector_row)
+                .map_err(backend("listing connectors"))?;
+            rows.map(|r| connector_from(r.map_err(backend("listing connectors"))?))
+                .collect()
+        })
+        .await
+    }
+
+    async fn connector(&self, id: &ConnectorId) -> Result<Connector> {
+        let id = id.clone();
+        self.read(move |conn| get_connector(conn, &id)).await
+    }
+
+    async fn delete_connector(&self, id: &ConnectorId) -> Result<()> {
+        let id = id.clone();
+        self.write(move |conn| {
+            connector_exists(conn, &id)?;
+            let devices = select_rows(
+                conn,
+                "SELECT id FROM devices WHERE connector = ?1",
+                [id.as_str()],
+                |r| r.get::<_, i64>(0),
+                "deleting a connector",
+            )?;
+            for device in devices {
+                series::delete_device(conn, device)?;
+            }
+            for sql in [
+                "DELETE FROM latest WHERE device IN (SELECT id FROM devices WHERE connector = ?1)",
+                "DELETE FROM connectors WHERE id = ?1",
+            ] {
+                conn.execute(sql, [id.as_str()])
+                    .map_err(backend("deleting a connector"))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn open_pairing(
+        &self,
+        cid: &ConnectorId,
+        code: &str,
+        expires_at: i64,
+    ) -> Result<Connector> {
+        let (cid, code) = (cid.clone(), code.to_owned());
+        self.write(move |conn| {
+            let c = get_connector(conn, &cid)?;
+            match (c.role, c.state) {
+                (_, SyncState::Paired) => {
+                    return Err(StoreError::SyncState {
+                        connector: cid,
+                        reason: "it is already paired",
+                    });
+                }
+                (Role::Target, _) => {
+                    return Err(StoreError::SyncState {
+                        connector: cid,
+                        reason: "it is a Remote-Sync target",
+                    });
+                }
+                _ => {}
+            }
+            conn.execute(
+                "UPDATE connectors SET role = 'source', sync_state = 'pairing', pairing_code = ?2,
+                     pairing_expires_at = ?3, pairing_failed_attempts = 0
+                 WHERE id = ?1",
+                params![cid.as_str(), code, expires_at],
+            )
+            .map_err(backend("opening a pairing window"))?;
+            get_connector(conn, &cid)
+        })
+        .await
+    }
+
+    async fn pairing_window(&self, cid: &ConnectorId) -> Result<Option<PairingWindowRow>> {
+        let cid = cid.clone();
+        self.read(move |conn| {
+            connector_exists(conn, &cid)?;
+            let row = conn
+                .query_row(
+                    "SELECT pairing_code, pairing_expires_at, pairing_failed_attempts
+                     FROM connectors WHERE id = ?1 AND sync_state = 'pairing'",
+                    [cid.as_str()],
+                    |r| {
+                        Ok((
+                            r.get::<_, Option<String>>(0)?,
+                            r.get::<_, Option<i64>>(1)?,
+                            r.get::<_, i64>(2)?,
+                        ))
+                    },
+                )
+                .optional()
+                .map_err(backend("reading a pairing window"))?;
+            Ok(match row {
+                Some((Some(code), Some(expires_at), failed)) => Some(PairingWindowRow {
+                    code,
+                    expires_at,
+                    failed_attempts: u32::try_from(failed).unwrap_or(u32::MAX),
+                }),
+                _ => None,
+            })
+        })
+        .await
+    }
+
+    async fn record_failed_attempt(&self, cid: &ConnectorId) -> Result<u32> {
+        let cid = cid.clone();
+        self.write(move |conn| {
+            connector_exists(conn, &cid)?;
+            let n: i64 = conn
+                .query_row(
+                    "UPDATE connectors SET pairing_failed_attempts = pairing_failed_attempts + 1
+                     WHERE id = ?1 RETURNING pairing_failed_attempts",
+                    [cid.as_str()],
+                    |r| r.get(0),
+                )
+                .map_err(backend("counting a failed pairing attempt"))?;
+            Ok(u32::try_from(n).unwrap_or(u32::MAX))
+        })
+        .await
+    }
+
+    async fn close_pairing(&self, cid: &ConnectorId) -> Result<Connector> {
+        let cid = cid.clone();
+        self.write(move |conn| {
+            let c = get_connector(conn, &cid)?;
+            if c.state == SyncState::Paired {
+                return Err(StoreError::SyncState {
+                    connector: cid,
+                    reason: "it is paired, and a pairing cannot be undone",
+                });
+            }
+            conn.execute(
+                "UPDATE connectors SET role = 'none', sync_state = 'disabled', pairing_code = NULL,
+                     pairing_expires_at = NULL, pairing_failed_attempts = 0
+                 WHERE id = ?1 AND sync_state = 'pairing'",
+                [cid.as_str()],
+            )
+            .map_err(backend("closing a pairing window"))?;
+            get_connector(conn, &cid)
+        })
+        .await
+    }
+
+    async fn complete_pairing(
+        &self,
+        cid: &ConnectorId,
+        peer: Peer,
+        keys: ConnectorKeys,
+        paired_at: i64,
+    ) -> Result<Connector> {
+        let cid = cid.clone();
+        let (clock, partition_us) = (self.config.clock.clone(), self.config.sync_partition_us);
+        self.write(move |conn| {
+            let c = get_connector(conn, &cid)?;
+            if c.state != SyncState::Pairing {
+                return Err(StoreError::SyncState {
+                    connector: cid,
+                    reason: "it has no open pairing window",
+                });
+            }
+            conn.execute(
+                "UPDATE connectors SET role = 'source', sync_state = 'paired', pairing_code = NULL,
+                     pairing_expires_at = NULL, pairing_failed_attempts = 0, pairing_confirmed = 0,
+                     peer_site = ?2, peer_connector = ?3, paired_at = ?4,
+                     static_private = ?5, static_public = ?6, peer_static_public = ?7
+                 WHERE id = ?1",
+                params![
+                    cid.as_str(),
+                    peer.site,
+                    peer.connector_id.as_str(),
+                    paired_at,
+                    &keys.static_private[..],
+                    &keys.static_public[..],
+                    &keys.peer_static_public[..]
+                ],
+            )
+            .map_err(backend("completing a pairing"))?;
+            // The Target starts from the Source's registry: every device known here goes
+            // out first, before any data that needs it.
+            let ids = devices::all_identities(conn, &cid)?;
+            devices::resend(conn, &cid, &ids, clock.now(), partition_us, false)?;
+            get_connector(conn, &cid)
+        })
+        .await
+    }
+
+    async fn create_target_connector(
+        &self,
+        new: NewConnector,
+        peer: Peer,
+        keys: ConnectorKeys,
+    ) -> Result<Connector> {
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO connectors (id, name, description, created_at, role, sync_state,
+                     peer_site, peer_connector, paired_at, static_private, static_public,
+                     peer_static_public)
+                 VALUES (?1, ?2, ?3, ?4, 'target', 'paired', ?5, ?6, ?4, ?7, ?8, ?9)",
+                params![
+                    new.id.as_str(),
+                    new.name,
+                    new.description,
+                    new.created_at,
+                    peer.site,
+                    peer.connector_id.as_str(),
+                    &keys.static_private[..],
+                    &keys.static_public[..],
+                    &keys.peer_static_public[..]
+                ],
+            )
+            .map_err(backend("creating a target connector"))?;
+            get_connector(conn, &new.id)
+        })
+        .await
+    }
+
+    async fn connector_keys(&self, cid: &ConnectorId) -> Result<Option<ConnectorKeys>> {
+        let cid = cid.clone();
+        self.read(move |conn| {
+            connector_exists(conn, &cid)?;
+            let row = conn
+                .query_row(
+                    "SELECT static_private, static_public, peer_static_public FROM connectors
+                     WHERE id = ?1",
+                    [cid.as_str()],
+                    |r| {
+                        Ok((
+                            r.get::<_, Option<Vec<u8>>>(0)?,
+                            r.get::<_, Option<Vec<u8>>>(1)?,
+                            r.get::<_, Option<Vec<u8>>>(2)?,
+                        ))
+                    },
+                )
+                .map_err(backend("reading connector keys"))?;
+            let key = |v: Vec<u8>| <[u8; 32]>::try_from(v.as_slice()).ok();
+            Ok(match row {
+                (Some(a), Some(b), Some(c)) => match (key(a), key(b), key(c)) {
+                    (Some(static_private), Some(static_public), Some(peer_static_public)) => {
+                        Some(ConnectorKeys {
+                            static_private,
+                            static_public,
+                            peer_static_public,
+                        })
+                    }
+                    _ => None,
+                },
+                _ => None,
+            })
+        })
+        .await
+    }
+
+    async fn create_resource(&self, cid: &ConnectorId, new: NewResource) -> Result<Resource> {
+        let cid = cid.clone();
+        self.write(move |conn| {
+            connector_exists(conn, &cid)?;
+            conn.execute(
+                "INSERT INTO resources (connector, name, format, unit, settable, remote_sync, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    cid.as_str(),
+                    new.name.as_str(),
+                    new.format.as_str(),
+                    new.unit,
+                    new.settable,
+                    new.remote_sync,
+                    new.created_at
+                ],
+            )
+            .map_err(unique_or(
+                StoreError::ResourceExists(new.name.clone()),
+                "creating a resource",
+            ))?;
+            // Points replicated before the resource existed are applied now.
+            sync::adopt_pending(conn, &cid, &new.name, new.created_at)?;
+            // So is configuration the peer set for it.
+            if new.settable {
+                devices::adopt_config(conn, &cid, &new.name, new.created_at)?;
+            }
+            get_resource(conn, &cid, &new.name)
+        })
+        .await
+    }
+
+    async fn resources(&self, cid: &ConnectorId) -> Result<Vec<Resource>> {
+        let cid = cid.clone();
+        self.read(move |conn| {
+            connector_exists(conn, &cid)?;
+            let names = select_rows(
+                conn,
+                "SELECT name FROM resources WHERE connector = ?1 ORDER BY name",
+                [cid.as_str()],
+                |r| r.get::<_, String>(0),
+                "listing resources",
+            )?;
+            names
+                .into_iter()
+                .map(|n| get_resource(conn, &cid, &resource_col(n, "reading a resource name")?))
+                .collect()
+        })
+        .await
+    }
+
+    async fn update_resource(
+        &self,
+        cid: &ConnectorId,
+        name: &ResourceName,
+        patch: ResourcePatch,
+    ) -> Result<Resource> {
+        let (cid, name) = (cid.clone(), name.clone());
+        self.write(move |conn| {
+            connector_exists(conn, &cid)?;
+            let current = get_resource(conn, &cid, &name)?;
+            let unit = patch.unit.unwrap_or(current.unit);
+            let settable = patch.settable.unwrap_or(current.settable);
+            let remote_sync = patch.remote_sync.unwrap_or(current.remote_sync);
+            if remote_sync != current.remote_sync {
+                // The series' unfolded points move from the outbox to the log or back:
+                // fold them first, so that none is in both (series.rs).
+                series::fold_unfolded_outbox(conn)?;
+            }
+            conn.execute(
+                "UPDATE resources SET unit = ?3, settable = ?4, remote_sync = ?5
+                 WHERE connector = ?1 AND name = ?2",
+                params![cid.as_str(), name.as_str(), unit, settable, remote_sync],
+            )
+            .map_err(backend("updating a resource"))?;
+            get_resource(conn, &cid, &name)
+        })
+        .await
+    }
+
+    async fn create_device(&self, cid: &ConnectorId, new: NewDevice) -> Result<Device> {
+        let cid = cid.clone();
+        let tail = Arc::clone(&self.tail);
+        self.write_device(move |conn, ctx| {
+            connector_exists(conn, &cid)?;
+            model::check_tags(&new.tags)?;
+            model::check_permissions(&new.permissions)?;
+            // A tombstone, when the device existed once: the create must outrank its delete.
+            let before = devices::record(conn, &cid, &new.identity)?;
+            conn.execute(
+                "INSERT INTO devices (connector, identity, tags, permissions, state, token_hash, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    cid.as_str(),
+                    new.identity.as_str(),
+                    to_json_text(&new.tags, "writing tags")?,
+                    to_json_text(&new.permissions, "writing permissions")?,
+                    new.state.as_str(),
+                    &new.token[..],
+                    new.created_at
+                ],
+            )
+            .map_err(unique_or(
+                StoreError::DeviceExists(new.identity.clone()),
+                "creating a device",
+            ))?;
+            let fields = proto::sync::DeviceEdit {
+                state: Some(new.state),
+                permissions: Some(new.permissions.clone()),
+                tags: new.tags.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect(),
+                config: BTreeMap::new(),
+            };
+            devices::local_change(
+                conn,
+                &cid,
+                &new.identity,
+                before,
+                devices::LocalEdit::Create(fields),
+                ctx,
+            )?;
+            get_device(conn, &cid, &new.identity, Some(&*lock_tail(&tail)?))
+        })
+        .await
+    }
+
+    async fn devices(&self, cid: &ConnectorId, query: DeviceQuery) -> Result<Vec<Device>> {
+        let cid = cid.clone();
+        let tail = Arc::clone(&self.tail);
+        self.read(move |conn| {
+            let held = lock_tail(&tail)?;
+            connector_exists(conn, &cid)?;
+            let mut sql = format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE connector = ?1");
+            let mut args: Vec<String> = vec![cid.as_str().to_owned()];
+            if let Some(after) = &query.after {
+                args.push(after.as_str().to_owned());
+                sql.push_str(&format!(" AND identity > ?{}", args.len()));
+            }
+            for (k, v) in &query.tags {
+                args.push(k.clone());
+                args.push(v.clone());
+                sql.push_str(&format!(
+                    " AND EXISTS (SELECT 1 FROM json_each(devices.tags) j
+                       WHERE j.key = ?{} AND j.value = ?{})",
+                    args.len() - 1,
+                    args.len()
+                ));
+            }
+            sql.push_str(&format!(" ORDER BY identity LIMIT {}", query.limit));
+            let resources = resources_by_id(conn, &cid)?;
+            let mut stmt = conn.prepare(&sql).map_err(backend("listing devices"))?;
+            let rows = collect_rows(
+                &mut stmt,
+                rusqlite::params_from_iter(args.iter()),
+                device_row,
+                "listing devices",
+            )?;
+            let newest: Vec<_> = rows.iter().map(|row| held.newest(row.0)).collect();
+            drop(held);
+            rows.into_iter()
+                .zip(newest)
+                .map(|(row, newest)| load_device(conn, &resources, row, newest))
+                .collect()
+        })
+        .await
+    }
+
+    async fn device(&self, cid: &ConnectorId, identity: &Identity) -> Result<Device> {
+        let (cid, identity) = (cid.clone(), identity.clone());
+        let tail = Arc::clone(&self.tail);
+        self.read(move |conn| {
+            let held = lock_tail(&tail)?;
+            connector_exists(conn, &cid)?;
+            get_device(conn, &cid, &identity, Some(&held))
+        })
+        .await
+    }
+
+    async fn update_device(
+        &self,
+        cid: &ConnectorId,
+        identity: &Identity,
+        patch: DevicePatch,
+    ) -> Result<Device> {
+        let (cid, identity) = (cid.clone(), identity.clone());
+        let tail = Arc::clone(&self.tail);
+        self.write_device(move |conn, ctx| {
+            connector_exists(conn, &cid)?;
+            let id = device_id(conn, &cid, &identity)?;
+            let before = devices::record(conn, &cid, &identity)?;
+            let mut config_change = BTreeMap::new();
+            if let Some(tags) = &patch.tags {
+                model::check_tags(tags)?;
+                conn.execute(
+                    "UPDATE devices SET tags = ?2 WHERE id = ?1",
+                    params![id, to_json_text(tags, "writing tags")?],
+                )
+                .map_err(backend("updating tags"))?;
+            }
+            if let Some(perms) = &patch.permissions {
+                model::check_permissions(perms)?;
+                conn.execute(
+                    "UPDATE devices SET permissions = ?2 WHERE id = ?1",
+                    params![id, to_json_text(perms, "writing permissions")?],
+                )
+                .map_err(backend("updating permissions"))?;
+            }
+            if let Some(state) = patch.state {
+                conn.execute(
+                    "UPDATE devices SET state = ?2 WHERE id = ?1",
+                    params![id, state.as_str()],
+                )
+                .map_err(backend("updating the state"))?;
+            }
+            if let Some(config) = &patch.config {
+                let resources = resource_rows(conn, &cid)?;
+                for (name, raw) in config {
+                    let res = resources
+                        .get(name)
+                        .ok_or_else(|| StoreError::ResourceNotFound(name.clone()))?;
+                    if !res.settable {
+                        return Err(StoreError::NotSettable(name.clone()));
+                    }
+                    match raw {
+                        None => {
+                            config_change.insert(name.clone(), None);
+                            conn.execute(
+                                "DELETE FROM config WHERE device = ?1 AND resource = ?2",
+                                params![id, res.id],
+                            )
+                        }
+                        Some(raw) => {
+                            let value = res.format.check(name, raw)?;
+                            let written = conn.execute(
+                                "INSERT INTO config (device, resource, v) VALUES (?1, ?2, ?3)
+                                 ON CONFLICT (device, resource) DO UPDATE SET v = excluded.v",
+                                params![id, res.id, value_to_sql(&value)],
+                            );
+                            config_change.insert(name.clone(), Some(value));
+                            written
+                        }
+                    }
+                    .map_err(backend("updating configuration"))?;
+                }
+            }
+            let edit = devices::EditFields {
+                tags: patch.tags,
+                permissions: patch.permissions,
+                state: patch.state,
+                config: config_change,
+            };
+            devices::local_change(
+                conn,
+                &cid,
+                &identity,
+                before,
+                devices::LocalEdit::Edit(edit),
+                ctx,
+            )?;
+            get_device(conn, &cid, &identity, Some(&*lock_tail(&tail)?))
+        })
+        .await
+    }
+
+    async fn delete_device(&self, cid: &ConnectorId, identity: &Identity) -> Result<()> {
+        let (cid, identity) = (cid.clone(), identity.clone());
+        self.write_device(move |conn, ctx| {
+            connector_exists(conn, &cid)?;
+            let id = device_id(conn, &cid, &identity)?;
+            let before = devices::record(conn, &cid, &identity)?;
+            devices::delete_rows(conn, id)?;
+            devices::local_change(
+                conn,
+                &cid,
+                &identity,
+                before,
+                devices::LocalEdit::Delete,
+                ctx,
+            )
+        })
+        .await
+    }
+
+    async fn set_device_token(
+        &self,
+        cid: &ConnectorId,
+        identity: &Identity,
+        token: TokenHash,
+    ) -> Result<()> {
+        let (cid, identity) = (cid.clone(), identity.clone());
+        self.write(move |conn| {
+            connector_exists(conn, &cid)?;
+            let n = conn
+                .execute(
+                    "UPDATE devices SET token_hash = ?3 WHERE connector = ?1 AND identity = ?2",
+                    params![cid.as_str(), identity.as_str(), &token[..]],
+                )
+                .map_err(backend("replacing a device token"))?;
+            if n == 0 {
+                return Err(StoreError::DeviceNotFound(identity));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn device_by_token(&self, token: TokenHash) -> Result<Option<(ConnectorId, Identity)>> {
+        self.read(move |conn| {
+            let row = conn
+                .prepare_cached("SELECT connector, identity FROM devices WHERE token_hash = ?1")
+                .and_then(|mut s| {
+                    s.query_row([&token[..]], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                    })
+                    .optional()
+                })
+                .map_err(backend("checking a device token"))?;
+            row.map(|(c, i)| {
+                Ok((
+                    parse_col(c, |s| ConnectorId::parse(s).ok(), "reading a connector id")?,
+                    identity_col(i)?,
+                ))
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn ingest(&self, cid: &ConnectorId, points: Vec<PointsIn>) -> Result<usize> {
+        let cid = cid.clone();
+        let (clock, partition_us) = (self.config.clock.clone(), self.config.sync_partition_us);
+        self.write(move |conn| ingest_points(conn, &cid, &points, clock.now(), partition_us))
+            .await
+    }
+
+    async fn points(
+        &self,
+        cid: &ConnectorId,
+        identity: &Identity,
+        resource: &ResourceName,
+        query: RangeQuery,
+    ) -> Result<Vec<Point>> {
+        let (cid, identity, resource) = (cid.clone(), identity.clone(), resource.clone());
+        let tail = Arc::clone(&self.tail);
+        self.read(move |conn| {
+            let held = lock_tail(&tail)?;
+            connector_exists(conn, &cid)?;
+            let device = device_id(conn, &cid, &identity)?;
+            let resources = resource_rows(conn, &cid)?;
+            let res = resources
+                .get(&resource)
+                .ok_or_else(|| StoreError::ResourceNotFound(resource.clone()))?;
+            let (since, until) = match (query.order, query.after) {
+                (Order::Asc, Some(after)) => {
+                    (query.since.max(after.saturating_add(1)), query.until)
+                }
+                (Order::Desc, Some(after)) => (query.since, query.until.min(after)),
+                (_, None) => (query.since, query.until),
+            };
+            let part = series::tail_part(
+                &held,
+                device,
+                res.id,
+                (since, until),
+                query.order,
+                query.limit,
+            );
+            drop(held);
+            series::read(
+                conn,
+                (device, res.id),
+                (since, until),
+                query.order,
+                query.limit,
+                part,
+            )
+        })
+        .await
+    }
+
+    fn live(&self) -> tokio::sync::broadcast::Receiver<Arc<LiveBatch>> {
+        self.live.subscribe()
+    }
+
+    async fn sync_state(&self, cid: &ConnectorId) -> Result<SyncDurable> {
+        let cid = cid.clone();
+        self.read(move |conn| sync::state(conn, &cid)).await
+    }
+
+    async fn outbox_head(&self, cid: &ConnectorId) -> Result<u64> {
+        let cid = cid.clone();
+        self.read(move |conn| sync::head(conn, &cid)).await
+    }
+
+    async fn outbox_read(&self, cid: &ConnectorId, from: u64, max: usize) -> Result<OutboxChunk> {
+        let cid = cid.clone();
+        self.read(move |conn| sync::read(conn, &cid, from, max))
+            .await
+    }
+
+    async fn outbox_lease(&self, cid: &ConnectorId, upto: u64) -> Result<()> {
+        let cid = cid.clone();
+        self.write(move |conn| sync::set_lease(conn, &cid, upto))
+            .await
+    }
+
+    async fn outbox_acked(&self, cid: &ConnectorId, applied: u64) -> Result<()> {
+        let cid = cid.clone();
+        self.write(move |conn| sync::acked(conn, &cid, applied))
+            .await
+    }
+
+    async fn sync_expire(&self, cid: &ConnectorId, retention: Retention) -> Result<ExpiryReport> {
+        let cid = cid.clone();
+        let partition_us = self.config.sync_partition_us;
+        self.write(move |conn| sync::expire(conn, &cid, retention, partition_us))
+            .await
+    }
+
+    async fn sync_apply(&self, cid: &ConnectorId, items: Vec<Inbound>, now: i64) -> Result<u64> {
+        let cid = cid.clone();
+        self.write(move |conn| sync::apply(conn, &cid, items, now))
+            .await
+    }
+
+    async fn confirm_pairing(&self, cid: &ConnectorId) -> Result<bool> {
+        let cid = cid.clone();
+        self.write(move |conn| {
+            let n = conn
+                .execute(
+                    "UPDATE connectors SET pairing_confirmed = 1
+                     WHERE id = ?1 AND sync_state = 'paired' AND pairing_confirmed = 0",
+                    [cid.as_str()],
+                )
+                .map_err(backend("confirming a pairing"))?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn cancel_unconfirmed_pairing(&self, cid: &ConnectorId) -> Result<Connector> {
+        let cid = cid.clone();
+        self.write(move |conn| {
+            let c = get_connector(conn, &cid)?;
+            if c.state != SyncState::Paired || c.role != Role::Source || c.pairing_confirmed {
+                return Err(StoreError::SyncState {
+                    connector: cid,
+                    reason: "only a Source pairing its Target never confirmed can be cancelled",
+                });
+            }
+            sync::forget(conn, &cid)?;
+            conn.execute(
+                "UPDATE connectors SET role = 'none', sync_state = 'disabled', peer_site = NULL,
+                     peer_connector = NULL, paired_at = NULL, static_private = NULL,
+                     static_public = NULL, peer_static_public = NULL, pairing_confirmed = 1
+                 WHERE id = ?1",
+                [cid.as_str()],
+            )
+            .map_err(backend("cancelling a pairing"))?;
+            get_connector(conn, &cid)
+        })
+        .await
+    }
+
+    async fn resend_devices(&self, cid: &ConnectorId, identities: Vec<Identity>) -> Result<u64> {
+        let cid = cid.clone();
+        self.write_device(move |conn, ctx| {
+            connector_exists(conn, &cid)?;
+            devices::resend(conn, &cid, &identities, ctx.now, ctx.partition_us, true)
+        })
+        .await
+    }
+
+    async fn sync_gaps(&self, cid: &ConnectorId) -> Result<Vec<GapRow>> {
+        let cid = cid.clone();
+        self.read(move |conn| sync::gaps(conn, &cid)).await
+    }
+
+    async fn sync_waiting(&self, cid: &ConnectorId) -> Result<Vec<WaitingResource>> {
+        let cid = cid.clone();
+        self.read(move |conn| waiting::waiting(conn, &cid)).await
+    }
+}

@@ -1,0 +1,673 @@
+//! Unit tests of the SQLite store, mostly through the `Store` trait (the model proptest and
+//! the kill -9 tests have their own modules).
+
+use super::fixtures::create_plant;
+use super::*;
+use serde_json::json;
+
+fn cid() -> ConnectorId {
+    ConnectorId::parse("09iolmnn8090ol").unwrap()
+}
+
+/// Holds the compactor before it encodes a part (each test runs in its own process).
+pub(super) static COMPACTOR_PAUSED: AtomicBool = AtomicBool::new(false);
+/// Parts the compactor is done with (installed, or skipped as folded already).
+pub(super) static COMPACTED: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
+async fn fixture() -> (tempfile::TempDir, SqliteStore) {
+    fixture_folding_at(SqliteConfig::new("").fold_points).await
+}
+
+async fn fixture_folding_at(fold_points: usize) -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = SqliteConfig::new(dir.path().join("site.db"));
+    config.fold_points = fold_points;
+    let store = SqliteStore::open(config).unwrap();
+    create_plant(&store).await;
+    for (name, format, settable) in [
+        ("temp", Format::Number, false),
+        ("mode", Format::String, true),
+    ] {
+        store
+            .create_resource(
+                &cid(),
+                NewResource {
+                    name: ResourceName::parse(name).unwrap(),
+                    format,
+                    unit: None,
+                    settable,
+                    remote_sync: false,
+                    created_at: 1,
+                },
+            )
+            .await
+            .unwrap();
+    }
+    store
+        .create_device(
+            &cid(),
+            NewDevice {
+                identity: Identity::parse("dev1").unwrap(),
+                tags: [("zone".to_string(), "north".to_string())].into(),
+                permissions: vec![],
+                state: DeviceState::Provisioned,
+                token: [7; 32],
+                created_at: 1,
+            },
+        )
+        .await
+        .unwrap();
+    (dir, store)
+}
+
+fn points(t: i64, temp: serde_json::Value) -> PointsIn {
+    PointsIn {
+        identity: Identity::parse("dev1").unwrap(),
+        t,
+        values: vec![(ResourceName::parse("temp").unwrap(), temp)],
+    }
+}
+
+fn all() -> RangeQuery {
+    RangeQuery {
+        since: 0,
+        until: i64::MAX,
+        after: None,
+        limit: 1000,
+        order: Order::Asc,
+    }
+}
+
+#[tokio::test]
+async fn ingest_and_read_back() {
+    let (_dir, store) = fixture().await;
+    let n = store
+        .ingest(&cid(), vec![points(10, json!(1.5)), points(20, json!(2.5))])
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    let dev = Identity::parse("dev1").unwrap();
+    let temp = ResourceName::parse("temp").unwrap();
+    let got = store.points(&cid(), &dev, &temp, all()).await.unwrap();
+    assert_eq!(
+        got,
+        vec![
+            Point {
+                t: 10,
+                v: Value::Number(1.5)
+            },
+            Point {
+                t: 20,
+                v: Value::Number(2.5)
+            }
+        ]
+    );
+    let device = store.device(&cid(), &dev).await.unwrap();
+    assert_eq!(
+        device.values[&temp],
+        Point {
+            t: 20,
+            v: Value::Number(2.5)
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_bad_value_stores_nothing_of_its_request() {
+    let (_dir, store) = fixture().await;
+    let err = store
+        .ingest(
+            &cid(),
+            vec![points(10, json!(1.5)), points(20, json!("hot"))],
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+    let dev = Identity::parse("dev1").unwrap();
+    let temp = ResourceName::parse("temp").unwrap();
+    assert!(
+        store
+            .points(&cid(), &dev, &temp, all())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A good request right after is not affected by the refused one.
+    store
+        .ingest(&cid(), vec![points(30, json!(3))])
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .points(&cid(), &dev, &temp, all())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn concurrent_requests_share_commits_but_not_failures() {
+    let (_dir, store) = fixture().await;
+    let store = Arc::new(store);
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            let v = if i % 10 == 0 { json!("bad") } else { json!(i) };
+            store.ingest(&cid(), vec![points(i, v)]).await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        if t.await.unwrap().is_ok() {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 90);
+    let dev = Identity::parse("dev1").unwrap();
+    let temp = ResourceName::parse("temp").unwrap();
+    let got = store.points(&cid(), &dev, &temp, all()).await.unwrap();
+    assert_eq!(got.len(), 90);
+    assert!(got.iter().all(|p| p.t % 10 != 0));
+}
+
+#[tokio::test]
+async fn pages_in_both_orders() {
+    let (_dir, store) = fixture().await;
+    let batch = (0..10).map(|t| points(t, json!(t))).collect();
+    store.ingest(&cid(), batch).await.unwrap();
+    let dev = Identity::parse("dev1").unwrap();
+    let temp = ResourceName::parse("temp").unwrap();
+    for order in [Order::Asc, Order::Desc] {
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let q = RangeQuery {
+                after,
+                limit: 3,
+                order,
+                ..all()
+            };
+            let page = store.points(&cid(), &dev, &temp, q).await.unwrap();
+            if page.is_empty() {
+                break;
+            }
+            after = page.last().map(|p| p.t);
+            seen.extend(page.into_iter().map(|p| p.t));
+        }
+        let mut expected: Vec<i64> = (0..10).collect();
+        if order == Order::Desc {
+            expected.reverse();
+        }
+        assert_eq!(seen, expected, "{order:?}");
+    }
+}
+
+#[tokio::test]
+async fn device_filters_and_config() {
+    let (_dir, store) = fixture().await;
+    let q = |k: &str, v: &str| DeviceQuery {
+        tags: vec![(k.into(), v.into())],
+        after: None,
+        limit: 10,
+    };
+    assert_eq!(
+        store
+            .devices(&cid(), q("zone", "north"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        store
+            .devices(&cid(), q("zone", "south"))
+            .await
+            .unwrap()
+            .len(),
+        0
+    );
+    let dev = Identity::parse("dev1").unwrap();
+    let mode = ResourceName::parse("mode").unwrap();
+    let patch = DevicePatch {
+        config: Some([(mode.clone(), Some(json!("eco")))].into()),
+        ..Default::default()
+    };
+    let d = store.update_device(&cid(), &dev, patch).await.unwrap();
+    assert_eq!(d.config[&mode], Value::String("eco".into()));
+    let temp = ResourceName::parse("temp").unwrap();
+    let patch = DevicePatch {
+        config: Some([(temp.clone(), Some(json!(1)))].into()),
+        ..Default::default()
+    };
+    let err = store.update_device(&cid(), &dev, patch).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotSettable(_)), "{err}");
+}
+
+#[tokio::test]
+async fn pairing_lifecycle() {
+    let (_dir, store) = fixture().await;
+    let c = store
+        .open_pairing(&cid(), "ABCD-EFGH-JK", 100)
+        .await
+        .unwrap();
+    assert_eq!((c.role, c.state), (Role::Source, SyncState::Pairing));
+    let w = store.pairing_window(&cid()).await.unwrap().unwrap();
+    assert_eq!(
+        (w.code.as_str(), w.expires_at, w.failed_attempts),
+        ("ABCD-EFGH-JK", 100, 0)
+    );
+    assert_eq!(store.record_failed_attempt(&cid()).await.unwrap(), 1);
+    let c = store.close_pairing(&cid()).await.unwrap();
+    assert_eq!((c.role, c.state), (Role::None, SyncState::Disabled));
+    assert!(store.pairing_window(&cid()).await.unwrap().is_none());
+
+    // A fresh window, then completion pins the keys and forgets the code.
+    store
+        .open_pairing(&cid(), "ZZZZ-ZZZZ-ZZ", 200)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .pairing_window(&cid())
+            .await
+            .unwrap()
+            .unwrap()
+            .failed_attempts,
+        0
+    );
+    let keys = ConnectorKeys {
+        static_private: [1; 32],
+        static_public: [2; 32],
+        peer_static_public: [3; 32],
+    };
+    let peer = Peer {
+        site: "site-b".into(),
+        connector_id: ConnectorId::parse("abcdefghijklmn").unwrap(),
+    };
+    let c = store
+        .complete_pairing(&cid(), peer.clone(), keys.clone(), 150)
+        .await
+        .unwrap();
+    assert_eq!(
+        (c.state, c.peer.as_ref(), c.paired_at),
+        (SyncState::Paired, Some(&peer), Some(150))
+    );
+    assert_eq!(
+        store.connector_keys(&cid()).await.unwrap(),
+        Some(keys.clone())
+    );
+    assert!(store.pairing_window(&cid()).await.unwrap().is_none());
+    // Paired is final: no new window, no closing.
+    assert!(matches!(
+        store.open_pairing(&cid(), "X", 1).await,
+        Err(StoreError::SyncState { .. })
+    ));
+    assert!(matches!(
+        store.close_pairing(&cid()).await,
+        Err(StoreError::SyncState { .. })
+    ));
+
+    // Unconfirmed until the Target's first session: it may still be cancelled, which
+    // forgets the peer, the keys and whatever was queued for it.
+    assert!(!c.pairing_confirmed);
+    assert!(
+        store.outbox_head(&cid()).await.unwrap() > 0,
+        "the registry is queued"
+    );
+    let c = store.cancel_unconfirmed_pairing(&cid()).await.unwrap();
+    assert_eq!(
+        (c.role, c.state, c.peer),
+        (Role::None, SyncState::Disabled, None)
+    );
+    assert_eq!(store.connector_keys(&cid()).await.unwrap(), None);
+    assert_eq!(store.outbox_head(&cid()).await.unwrap(), 0);
+    assert_eq!(store.sync_state(&cid()).await.unwrap().partitions, 0);
+    // Paired again and confirmed: final.
+    store.open_pairing(&cid(), "YYYY", 300).await.unwrap();
+    store
+        .complete_pairing(&cid(), peer, keys, 350)
+        .await
+        .unwrap();
+    assert!(store.confirm_pairing(&cid()).await.unwrap());
+    assert!(!store.confirm_pairing(&cid()).await.unwrap(), "once");
+    assert!(store.connector(&cid()).await.unwrap().pairing_confirmed);
+    assert!(matches!(
+        store.cancel_unconfirmed_pairing(&cid()).await,
+        Err(StoreError::SyncState { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_data_dir_of_the_points_table_is_migrated_and_folded_on_open() {
+    let (dir, store) = fixture().await;
+    drop(store);
+    // The layout before migration 6: points in a (device, resource, t) B-tree.
+    let path = dir.path().join("site.db");
+    let conn = Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "DROP TABLE point_log; DROP TABLE point_blocks; DROP TABLE series_buckets;
+         DROP TABLE point_batches;
+         ALTER TABLE sync_out DROP COLUMN folded;
+         DELETE FROM schema_migrations WHERE version >= 6;
+         CREATE TABLE points (device INTEGER NOT NULL, resource INTEGER NOT NULL,
+             t INTEGER NOT NULL, v, PRIMARY KEY (device, resource, t)) WITHOUT ROWID;",
+    )
+    .unwrap();
+    let (device, resource): (i64, i64) = conn
+        .query_row(
+            "SELECT d.id, r.id FROM devices d, resources r WHERE r.name = 'temp'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    for t in 0..25 {
+        conn.execute(
+            "INSERT INTO points VALUES (?1, ?2, ?3, ?4)",
+            params![device, resource, t * 1_000_000, t as f64 / 2.0],
+        )
+        .unwrap();
+    }
+    drop(conn);
+    let mut config = SqliteConfig::new(&path);
+    config.fold_points = 10;
+    let store = SqliteStore::open(config).unwrap();
+    // Folded in slices of 10 on open, the last one of 5 too: nothing writes that table.
+    assert_eq!(store.tail_len(), 0);
+    let dev = Identity::parse("dev1").unwrap();
+    let temp = ResourceName::parse("temp").unwrap();
+    let got = store.points(&cid(), &dev, &temp, all()).await.unwrap();
+    let expected: Vec<Point> = (0..25)
+        .map(|t| Point {
+            t: t * 1_000_000,
+            v: Value::Number(t as f64 / 2.0),
+        })
+        .collect();
+    assert_eq!(got, expected);
+    // A write to an old timestamp replaces the migrated value, folded or not.
+    store
+        .ingest(&cid(), vec![points(3_000_000, json!(99))])
+        .await
+        .unwrap();
+    store.fold().await.unwrap();
+    let got = store.points(&cid(), &dev, &temp, all()).await.unwrap();
+    assert_eq!(got[3].v, Value::Number(99.0));
+    assert_eq!(got.len(), 25);
+}
+
+/// Bytes this process wrote to disk (`/proc/self/io` `write_bytes`).
+fn write_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("write_bytes: "))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// A measurement, not a check: disk bytes written per point while 1,000 devices send
+/// 200 points each in requests of 1,000 points (50 in flight), on a paired Source whose
+/// resource is remote-synced (the outbox is the log). Run with `cargo nextest run -p
+/// west-store --run-ignored only disk_bytes --no-capture` (on a disk, not tmpfs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn disk_bytes_per_point() {
+    disk_bytes(true).await;
+}
+
+/// The same on a standalone connector: the points go to the point log (as on a Target).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn disk_bytes_per_point_standalone() {
+    disk_bytes(false).await;
+}
+
+async fn disk_bytes(paired: bool) {
+    let dir = tempfile::tempdir_in(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target")).unwrap();
+    let store = Arc::new(SqliteStore::open(SqliteConfig::new(dir.path().join("site.db"))).unwrap());
+    create_plant(&store).await;
+    store
+        .create_resource(
+            &cid(),
+            NewResource {
+                name: ResourceName::parse("temp").unwrap(),
+                format: Format::Number,
+                unit: None,
+                settable: false,
+                remote_sync: paired,
+                created_at: 1,
+            },
+        )
+        .await
+        .unwrap();
+    for d in 0..1000u64 {
+        let mut token = [0u8; 32];
+        token[..8].copy_from_slice(&d.to_le_bytes());
+        store
+            .create_device(
+                &cid(),
+                NewDevice {
+                    identity: Identity::parse(&format!("dev{d}")).unwrap(),
+                    tags: Default::default(),
+                    permissions: vec![],
+                    state: DeviceState::Provisioned,
+                    token,
+                    created_at: 1,
+                },
+            )
+            .await
+            .unwrap();
+    }
+    if paired {
+        store.open_pairing(&cid(), "CODE", i64::MAX).await.unwrap();
+        let peer = Peer {
+            site: "b".into(),
+            connector_id: ConnectorId::parse("abcdefghijklmn").unwrap(),
+        };
+        let keys = ConnectorKeys {
+            static_private: [1; 32],
+            static_public: [2; 32],
+            peer_static_public: [3; 32],
+        };
+        store.complete_pairing(&cid(), peer, keys, 1).await.unwrap();
+    }
+    let before = write_bytes();
+    let started = std::time::Instant::now();
+    let rounds = 200;
+    let mut tasks = tokio::task::JoinSet::new();
+    let sem = Arc::new(tokio::sync::Semaphore::new(50));
+    for round in 0..rounds {
+        let batch: Vec<PointsIn> = (0..1000u64)
+            .map(|d| PointsIn {
+                identity: Identity::parse(&format!("dev{d}")).unwrap(),
+                t: 1_700_000_000_000_000 + round * 1_000_000 + d as i64,
+                values: vec![(
+                    ResourceName::parse("temp").unwrap(),
+                    json!(20.0 + (round % 50) as f64 / 10.0),
+                )],
+            })
+            .collect();
+        let permit = Arc::clone(&sem).acquire_owned().await.unwrap();
+        let store = Arc::clone(&store);
+        tasks.spawn(async move {
+            store.ingest(&cid(), batch).await.unwrap();
+            drop(permit);
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let points = (rounds * 1000) as f64;
+    let written = write_bytes() - before;
+    println!(
+        "disk_bytes_per_point ({}): {:.1} B/point ({} bytes, {} points, {:.0} points/s)",
+        if paired {
+            "paired Source, outbox"
+        } else {
+            "standalone, point log"
+        },
+        written as f64 / points,
+        written,
+        points,
+        points / started.elapsed().as_secs_f64()
+    );
+}
+
+#[tokio::test]
+async fn the_live_stream_carries_committed_points_once_and_nothing_refused() {
+    let (_dir, store) = fixture().await;
+    let mut live = store.live();
+    store
+        .ingest(&cid(), vec![points(10, json!(1.5)), points(5, json!(2.5))])
+        .await
+        .unwrap();
+    assert!(
+        store
+            .ingest(&cid(), vec![points(30, json!(3)), points(40, json!("hot"))])
+            .await
+            .is_err()
+    );
+    store
+        .ingest(&cid(), vec![points(20, json!(4))])
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let batch = live.recv().await.unwrap();
+        assert_eq!(batch.connector, cid());
+        seen.extend(
+            batch
+                .points
+                .iter()
+                .map(|p| (p.device.to_string(), p.t, p.v.clone())),
+        );
+    }
+    assert_eq!(
+        seen,
+        vec![
+            ("dev1".to_string(), 10, Value::Number(1.5)),
+            ("dev1".to_string(), 5, Value::Number(2.5)),
+            ("dev1".to_string(), 20, Value::Number(4.0)),
+        ]
+    );
+    assert!(live.try_recv().is_err(), "nothing else");
+}
+
+#[tokio::test]
+async fn reopening_keeps_everything() {
+    let (dir, store) = fixture().await;
+    store
+        .ingest(&cid(), vec![points(5, json!(1))])
+        .await
+        .unwrap();
+    drop(store);
+    let store = SqliteStore::open(SqliteConfig::new(dir.path().join("site.db"))).unwrap();
+    assert_eq!(store.list_connectors().await.unwrap().len(), 1);
+    let dev = Identity::parse("dev1").unwrap();
+    let temp = ResourceName::parse("temp").unwrap();
+    assert_eq!(
+        store
+            .points(&cid(), &dev, &temp, all())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+/// Ingest of one `t` per point at `times`, all of value `v`.
+async fn ingest_at(store: &SqliteStore, times: std::ops::Range<i64>, v: f64) {
+    let batch = times.map(|t| points(t, json!(v))).collect();
+    store.ingest(&cid(), batch).await.unwrap();
+}
+
+/// Polls `done` until it holds (a deadline against a hang, not a timing assertion).
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gave up waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+async fn values(store: &SqliteStore) -> Vec<(i64, f64)> {
+    let dev = Identity::parse("dev1").unwrap();
+    let temp = ResourceName::parse("temp").unwrap();
+    store
+        .points(&cid(), &dev, &temp, all())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| match p.v {
+            Value::Number(x) => (p.t, x),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect()
+}
+
+/// A fold runs beside the commits: with the compactor held in the middle of folding two
+/// parts of the tail, ingest is still acknowledged and reads see every point, the newest
+/// value of a rewritten `t` included; released, it installs both parts and nothing changes.
+#[tokio::test]
+async fn ingest_is_acknowledged_while_a_fold_is_held() {
+    let (_dir, store) = fixture_folding_at(10).await;
+    COMPACTOR_PAUSED.store(true, Ordering::SeqCst);
+    ingest_at(&store, 0..10, 1.0).await;
+    ingest_at(&store, 10..20, 2.0).await;
+    // Both parts are frozen, neither folded; a rewrite of t = 5 goes to the active part.
+    ingest_at(&store, 5..6, 3.0).await;
+    let mut want: Vec<(i64, f64)> = (0..20)
+        .map(|t| (t, if t < 10 { 1.0 } else { 2.0 }))
+        .collect();
+    want[5].1 = 3.0;
+    assert_eq!(store.tail_len(), 21);
+    assert_eq!(values(&store).await, want);
+    assert_eq!(
+        store
+            .device(&cid(), &Identity::parse("dev1").unwrap())
+            .await
+            .unwrap()
+            .values[&ResourceName::parse("temp").unwrap()],
+        Point {
+            t: 19,
+            v: Value::Number(2.0)
+        }
+    );
+    COMPACTOR_PAUSED.store(false, Ordering::SeqCst);
+    until("both parts folded", || store.tail_len() == 1).await;
+    assert_eq!(values(&store).await, want);
+    store.fold().await.unwrap();
+    assert_eq!(store.tail_len(), 0);
+    assert_eq!(values(&store).await, want);
+}
+
+/// A compactor that falls behind does not let the tail grow without bound: the writer
+/// folds it itself, and the parts the compactor folds afterwards are not installed over
+/// the newer values.
+#[tokio::test]
+async fn a_held_compactor_bounds_the_tail_and_its_late_folds_change_nothing() {
+    let (_dir, store) = fixture_folding_at(10).await;
+    COMPACTOR_PAUSED.store(true, Ordering::SeqCst);
+    ingest_at(&store, 0..10, 1.0).await;
+    ingest_at(&store, 0..10, 2.0).await;
+    // The third part reaches the bound (3 × 10 points): folded on the commit path.
+    ingest_at(&store, 0..10, 3.0).await;
+    until("the bound to fold the tail", || store.tail_len() == 0).await;
+    let want: Vec<(i64, f64)> = (0..10).map(|t| (t, 3.0)).collect();
+    assert_eq!(values(&store).await, want);
+    COMPACTOR_PAUSED.store(false, Ordering::SeqCst);
+    until("the compactor to be done with both parts", || {
+        COMPACTED.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    assert_eq!(values(&store).await, want);
+    let dir = store.path().to_owned();
+    drop(store);
+    let store = SqliteStore::open(SqliteConfig::new(dir)).unwrap();
+    assert_eq!(values(&store).await, want);
+}
