@@ -154,14 +154,21 @@ async fn a_full_disk_refuses_writes_with_507_keeps_reads_and_recovers_by_itself(
     }
     let http = reqwest::Client::new();
     let token = api.token.clone().unwrap_or_default();
+    // Values that do not compress (a multiplicative hash of the point's number): the log
+    // and the blocks store sequential small numbers in well under a byte each, and 2,000
+    // batches of those would never fill the disk.
     let batch = |k: i64| -> serde_json::Value {
         json!(
             (0..1000)
-                .map(|i| json!({
-                    "device": format!("d{}", i % 10),
-                    "t": 1_764_150_000_000_000i64 + k * 1000 + i,
-                    "values": { "temperature": i }
-                }))
+                .map(|i| {
+                    let n = u64::try_from(k * 1000 + i).unwrap_or(0);
+                    let bits = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
+                    json!({
+                        "device": format!("d{}", i % 10),
+                        "t": 1_764_150_000_000_000i64 + k * 1000 + i,
+                        "values": { "temperature": bits as f64 / (1u64 << 53) as f64 * 100.0 }
+                    })
+                })
                 .collect::<Vec<_>>()
         )
     };
