@@ -399,6 +399,17 @@ async fn a_data_dir_of_the_points_table_is_migrated_and_folded_on_open() {
 }
 
 /// Bytes this process wrote to disk (`/proc/self/io` `write_bytes`).
+/// The test process's peak resident set (`VmHWM` of /proc/self/status).
+fn peak_rss() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
 fn write_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/io")
         .unwrap()
@@ -477,7 +488,11 @@ async fn disk_bytes(paired: bool) {
     }
     let before = write_bytes();
     let started = std::time::Instant::now();
-    let rounds = 200;
+    // More with WEST_STORE_DISK_ROUNDS (a longer run fills the page caches).
+    let rounds: i64 = std::env::var("WEST_STORE_DISK_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(200);
     let mut tasks = tokio::task::JoinSet::new();
     let sem = Arc::new(tokio::sync::Semaphore::new(50));
     for round in 0..rounds {
@@ -502,7 +517,7 @@ async fn disk_bytes(paired: bool) {
     let points = (rounds * 1000) as f64;
     let written = write_bytes() - before;
     println!(
-        "disk_bytes_per_point ({}): {:.1} B/point ({} bytes, {} points, {:.0} points/s)",
+        "disk_bytes_per_point ({}): {:.1} B/point ({} bytes, {} points, {:.0} points/s, peak RSS {})",
         if paired {
             "paired Source, outbox"
         } else {
@@ -511,7 +526,8 @@ async fn disk_bytes(paired: bool) {
         written as f64 / points,
         written,
         points,
-        points / started.elapsed().as_secs_f64()
+        points / started.elapsed().as_secs_f64(),
+        peak_rss()
     );
 }
 
