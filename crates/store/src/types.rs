@@ -124,6 +124,8 @@ pub struct DevicePatch {
 #[derive(Debug, Clone, Default)]
 pub struct DeviceQuery {
     pub tags: Vec<(String, String)>,
+    /// Only identities that start with this, when given.
+    pub prefix: Option<String>,
     pub after: Option<Identity>,
     pub limit: usize,
 }

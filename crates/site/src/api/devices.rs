@@ -49,8 +49,10 @@ pub fn list_query(q: &QueryPairs) -> Result<ListQuery, ApiError> {
     }
     let limit = q.number("limit", i64::from(DEFAULT_PAGE), 1..=i64::from(MAX_PAGE))?;
     let after = q.get("cursor").map(devices::parse_cursor).transpose()?;
+    let prefix = q.get("prefix").map(str::to_owned).filter(|p| !p.is_empty());
     Ok(ListQuery {
         tags,
+        prefix,
         after,
         limit: u32::try_from(limit).unwrap_or(MAX_PAGE),
     })

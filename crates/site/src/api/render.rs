@@ -171,6 +171,9 @@ pub fn device_page_json(page: &Page) -> Json {
         out["next"] = json!(cursor(last));
     }
     out["devices"] = Json::Array(page.devices.iter().map(device_json).collect());
+    if let Some(total) = page.total {
+        out["total"] = json!(total);
+    }
     out
 }
 

@@ -110,6 +110,8 @@ pub async fn get(state: &AppState, cid: &ConnectorId, id: &Identity) -> Result<D
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListQuery {
     pub tags: Vec<(String, String)>,
+    /// Only identities that start with this (a search as the operator types).
+    pub prefix: Option<String>,
     pub after: Option<Identity>,
     pub limit: u32,
 }
@@ -132,6 +134,8 @@ impl ListQuery {
 pub struct Page {
     pub devices: Vec<Device>,
     pub next: Option<Identity>,
+    /// How many devices pass the filter, on every page (not known of the peer's list).
+    pub total: Option<u64>,
 }
 
 /// The cursor this site gives out for the page after `last`.
@@ -155,17 +159,23 @@ pub async fn page(state: &AppState, cid: &ConnectorId, q: ListQuery) -> Result<P
     let want = usize::try_from(q.limit).unwrap_or(usize::MAX);
     let query = DeviceQuery {
         tags: q.tags,
+        prefix: q.prefix,
         after: q.after,
         // One more than asked, to know whether a next page exists.
         limit: want.saturating_add(1),
     };
+    let total = state.store.count_devices(cid, query.clone()).await?;
     let mut devices = state.store.devices(cid, query).await?;
     let mut next = None;
     if devices.len() > want {
         devices.truncate(want);
         next = devices.last().map(|d| d.identity.clone());
     }
-    Ok(Page { devices, next })
+    Ok(Page {
+        devices,
+        next,
+        total: Some(total),
+    })
 }
 
 /// A device as this site shows it to its peer.
@@ -215,6 +225,7 @@ async fn scan(state: &AppState, cid: &ConnectorId, mut each: impl FnMut(&Device)
                 cid,
                 DeviceQuery {
                     tags: Vec::new(),
+                    prefix: None,
                     after: after.take(),
                     limit: SCAN_PAGE,
                 },

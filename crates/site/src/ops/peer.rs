@@ -98,6 +98,11 @@ fn unexpected(c: &Connector) -> Error {
 
 /// One page of the peer's device list.
 pub async fn list(state: &AppState, c: &Connector, q: devices::ListQuery) -> Result<Page> {
+    if q.prefix.is_some() {
+        return Err(Error::InvalidQuery(
+            "the remote device list cannot be searched by identity yet; filter it by tag".into(),
+        ));
+    }
     let q = ListQuery {
         tags: q.tags,
         after: q.after,
@@ -107,6 +112,7 @@ pub async fn list(state: &AppState, c: &Connector, q: devices::ListQuery) -> Res
         Answer::Page { devices, next } => Ok(Page {
             devices: devices.into_iter().map(devices::from_view).collect(),
             next,
+            total: None,
         }),
         _ => Err(unexpected(c)),
     }

@@ -67,7 +67,12 @@ fn refused(e: &ops::Error) -> Answer {
 async fn answer(state: &AppState, cid: &ConnectorId, op: Op) -> ops::Result<Answer> {
     Ok(match op {
         Op::List(ListQuery { tags, after, limit }) => {
-            let q = devices::ListQuery { tags, after, limit };
+            let q = devices::ListQuery {
+                tags,
+                prefix: None,
+                after,
+                limit,
+            };
             let page = devices::page(state, cid, q).await?;
             Answer::Page {
                 devices: page.devices.iter().map(devices::view).collect(),

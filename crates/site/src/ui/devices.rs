@@ -34,7 +34,9 @@ use super::error_page::{OrPage, UiError, UiResult, connector_crumbs, load_connec
 use super::frame::{Crumb, Frame};
 use super::session::Ctx;
 use super::session::{flash_error_redirect, flash_redirect};
-use super::view::{When, parse_tag_filter, parse_tags, value_input, value_text};
+use super::view::{
+    When, count, parse_search, parse_tag_filter, parse_tags, thousands, value_input, value_text,
+};
 use crate::api::render::device_json;
 use crate::clock::now_micros;
 use crate::error::ApiError;
@@ -112,6 +114,10 @@ pub struct ListFilter {
     #[serde(default)]
     seen: String,
     cursor: Option<String>,
+    /// The cursors of the pages before this one, oldest first, joined by `.` (the first
+    /// page's is `0`): what **Previous page** goes back through.
+    #[serde(default)]
+    trail: String,
     /// `remote` shows the peer's list (paired connectors only).
     #[serde(default)]
     side: String,
@@ -140,15 +146,51 @@ impl ListFilter {
         self.side == "remote"
     }
 
-    /// The query string of the next page: this filter with another cursor.
-    fn with_cursor(&self, cursor: &str) -> String {
-        serde_urlencoded::to_string([
+    /// The query string of this filter at `cursor` (none: the first page) with `trail`.
+    fn at(&self, cursor: Option<&str>, trail: &str) -> String {
+        let mut pairs = vec![
             ("tag", self.tag.as_str()),
             ("state", self.state.as_str()),
             ("seen", self.seen.as_str()),
-            ("cursor", cursor),
-        ])
-        .unwrap_or_default()
+        ];
+        if let Some(c) = cursor {
+            pairs.push(("cursor", c));
+        }
+        if !trail.is_empty() {
+            pairs.push(("trail", trail));
+        }
+        serde_urlencoded::to_string(pairs).unwrap_or_default()
+    }
+
+    /// The query string of the next page, which continues after `cursor`.
+    fn next_page(&self, cursor: &str) -> String {
+        let here = self.cursor.as_deref().unwrap_or("0");
+        let trail = if self.trail.is_empty() {
+            here.to_owned()
+        } else {
+            format!("{}.{here}", self.trail)
+        };
+        self.at(Some(cursor), &trail)
+    }
+
+    /// The query string of the previous page, if this is not the first.
+    fn prev_page(&self) -> Option<String> {
+        self.cursor.as_ref()?;
+        let (rest, last) = match self.trail.rsplit_once('.') {
+            Some((rest, last)) => (rest, last),
+            None => ("", self.trail.as_str()),
+        };
+        let cursor = (!last.is_empty() && last != "0").then_some(last);
+        Some(self.at(cursor, rest))
+    }
+
+    /// The number of this page (1 for the first).
+    fn page_number(&self) -> usize {
+        match (&self.cursor, self.trail.is_empty()) {
+            (None, _) => 1,
+            (Some(_), true) => 2,
+            (Some(_), false) => self.trail.split('.').count() + 1,
+        }
     }
 }
 
@@ -161,6 +203,11 @@ struct ListPage {
     q: ListFilter,
     rows: Vec<DeviceRow>,
     next: Option<String>,
+    prev: Option<String>,
+    /// "5,000 devices", "12 of 5,000 devices match" (the search; state and last-seen
+    /// filters apply to the rows of each page).
+    total: Option<String>,
+    page_number: usize,
     error: Option<String>,
     /// On the remote side: the API URL of the peer's page for this filter and cursor.
     remote_src: Option<String>,
@@ -197,9 +244,15 @@ pub async fn list(
     let mut error = None;
     let mut remote_src = None;
     let remote = q.remote() && c.state == proto::model::SyncState::Paired;
-    match parse_tag_filter(&q.tag) {
+    let mut total = None;
+    let search = if remote {
+        parse_tag_filter(&q.tag).map(|tags| (tags, None))
+    } else {
+        parse_search(&q.tag)
+    };
+    match search {
         Err(e) => error = Some(e.to_string()),
-        Ok(tags) if remote => {
+        Ok((tags, _)) if remote => {
             let query = serde_urlencoded::to_string(api_query(&tags, q.cursor.as_ref()))
                 .unwrap_or_default();
             remote_src = Some(format!(
@@ -207,7 +260,7 @@ pub async fn list(
                 c.id
             ));
         }
-        Ok(tags) => {
+        Ok((tags, prefix)) => {
             let mut after = q
                 .cursor
                 .as_deref()
@@ -217,12 +270,27 @@ pub async fn list(
             for _ in 0..MAX_SCAN_PAGES {
                 let query = dev_ops::ListQuery {
                     tags: tags.clone(),
+                    prefix: prefix.clone(),
                     after,
                     limit: PAGE as u32,
                 };
                 let page = ops::devices::page(&state, &c.id, query)
                     .await
                     .or_page(&ctx)?;
+                if total.is_none() {
+                    let all = c.device_count;
+                    let matching = page.total.unwrap_or(all);
+                    total = Some(if tags.is_empty() && prefix.is_none() {
+                        count(all, "device")
+                    } else {
+                        format!(
+                            "{} of {} match{}",
+                            thousands(matching),
+                            count(all, "device"),
+                            if matching == 1 { "es" } else { "" }
+                        )
+                    });
+                }
                 rows.extend(
                     page.devices
                         .iter()
@@ -234,11 +302,13 @@ pub async fn list(
                     break;
                 }
             }
-            next = after.map(|last| q.with_cursor(&ops::devices::cursor(&last)));
+            next = after.map(|last| q.next_page(&ops::devices::cursor(&last)));
         }
     }
     let remote_base = serde_urlencoded::to_string([("side", "remote"), ("tag", q.tag.as_str())])
         .unwrap_or_default();
+    let prev = if remote { None } else { q.prev_page() };
+    let page_number = q.page_number();
     Ok(ctx.page(&ListPage {
         frame,
         c: ConnView::new(&state, &c),
@@ -246,6 +316,9 @@ pub async fn list(
         q,
         rows,
         next,
+        prev,
+        total,
+        page_number,
         error,
         remote_src,
         remote_base,

@@ -134,6 +134,33 @@ pub fn parse_tags(text: &str) -> Result<Tags, ApiError> {
     Ok(tags)
 }
 
+/// The device list's search: tags that must all match, and the start of an identity.
+pub type Search = (Vec<(String, String)>, Option<String>);
+
+/// Parses the device list's search box: `key:value` or `key=value` words are tags (every one
+/// must match); one bare word is the start of an identity ("00AB" finds 00AB01, 00AB02…).
+pub fn parse_search(text: &str) -> Result<Search, ApiError> {
+    let mut tags = Vec::new();
+    let mut prefix: Option<String> = None;
+    for item in text
+        .split([',', ' '])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        match item.split_once(':').or_else(|| item.split_once('=')) {
+            Some((k, v)) => tags.push((k.to_owned(), v.to_owned())),
+            None if prefix.is_none() => prefix = Some(item.to_owned()),
+            None => {
+                return Err(ApiError::InvalidQuery(format!(
+                    "Search one identity at a time (the start of it, like 00AB), and tags as \
+                     key:value; {item:?} is a second identity."
+                )));
+            }
+        }
+    }
+    Ok((tags, prefix))
+}
+
 /// Parses the device list's tag filter: `key:value` or `key=value`, several separated by
 /// spaces or commas.
 pub fn parse_tag_filter(text: &str) -> Result<Vec<(String, String)>, ApiError> {
@@ -205,5 +232,11 @@ mod tests {
             vec![("site".into(), "north".into()), ("rack".into(), "4".into())]
         );
         assert!(parse_tag_filter("north").is_err());
+
+        let (tags, prefix) = parse_search("00AB site:north").unwrap();
+        assert_eq!(tags, vec![("site".into(), "north".into())]);
+        assert_eq!(prefix.as_deref(), Some("00AB"));
+        assert_eq!(parse_search("  ").unwrap(), (vec![], None));
+        assert!(parse_search("00AB 00CD").is_err());
     }
 }

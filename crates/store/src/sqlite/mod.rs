@@ -68,6 +68,7 @@ use schema::*;
 
 #[cfg(test)]
 mod crash_tests;
+mod device_count;
 mod devices;
 mod engine;
 #[cfg(test)]

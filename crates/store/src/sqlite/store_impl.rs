@@ -563,16 +563,7 @@ impl Store for SqliteStore {
                 args.push(after.as_str().to_owned());
                 sql.push_str(&format!(" AND identity > ?{}", args.len()));
             }
-            for (k, v) in &query.tags {
-                args.push(k.clone());
-                args.push(v.clone());
-                sql.push_str(&format!(
-                    " AND EXISTS (SELECT 1 FROM json_each(devices.tags) j
-                       WHERE j.key = ?{} AND j.value = ?{})",
-                    args.len() - 1,
-                    args.len()
-                ));
-            }
+            device_count::filter(&query, &mut sql, &mut args);
             sql.push_str(&format!(" ORDER BY identity LIMIT {}", query.limit));
             let resources = resources_by_id(conn, &cid)?;
             let mut stmt = conn.prepare(&sql).map_err(backend("listing devices"))?;
@@ -901,6 +892,15 @@ impl Store for SqliteStore {
     async fn sync_gaps(&self, cid: &ConnectorId) -> Result<Vec<GapRow>> {
         let cid = cid.clone();
         self.read(move |conn| sync::gaps(conn, &cid)).await
+    }
+
+    async fn count_devices(&self, cid: &ConnectorId, query: DeviceQuery) -> Result<u64> {
+        let cid = cid.clone();
+        self.read(move |conn| {
+            connector_exists(conn, &cid)?;
+            device_count::count(conn, &cid, &query)
+        })
+        .await
     }
 
     async fn sync_waiting(&self, cid: &ConnectorId) -> Result<Vec<WaitingResource>> {

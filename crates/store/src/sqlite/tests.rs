@@ -211,9 +211,62 @@ async fn device_filters_and_config() {
     let (_dir, store) = fixture().await;
     let q = |k: &str, v: &str| DeviceQuery {
         tags: vec![(k.into(), v.into())],
+        prefix: None,
         after: None,
         limit: 10,
     };
+    for (i, id) in ["dev10", "dev2", "de", "ab1"].into_iter().enumerate() {
+        store
+            .create_device(
+                &cid(),
+                NewDevice {
+                    identity: Identity::parse(id).unwrap(),
+                    tags: Default::default(),
+                    permissions: vec![],
+                    state: DeviceState::Provisioned,
+                    token: [u8::try_from(i).unwrap() + 10; 32],
+                    created_at: 1,
+                },
+            )
+            .await
+            .unwrap();
+    }
+    // A prefix keeps the identities that start with it, in order, and counts them.
+    let by_prefix = |p: &str| DeviceQuery {
+        tags: vec![],
+        prefix: Some(p.into()),
+        after: None,
+        limit: 10,
+    };
+    let ids = |ds: Vec<Device>| {
+        ds.iter()
+            .map(|d| d.identity.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(store.devices(&cid(), by_prefix("dev1")).await.unwrap()),
+        ["dev1", "dev10"]
+    );
+    assert_eq!(
+        ids(store.devices(&cid(), by_prefix("de")).await.unwrap()),
+        ["de", "dev1", "dev10", "dev2"]
+    );
+    assert_eq!(
+        store.count_devices(&cid(), by_prefix("de")).await.unwrap(),
+        4
+    );
+    assert_eq!(
+        store.count_devices(&cid(), by_prefix("x")).await.unwrap(),
+        0
+    );
+    assert_eq!(store.count_devices(&cid(), by_prefix("")).await.unwrap(), 5);
+    assert_eq!(
+        store
+            .count_devices(&cid(), q("zone", "north"))
+            .await
+            .unwrap(),
+        1
+    );
     assert_eq!(
         store
             .devices(&cid(), q("zone", "north"))

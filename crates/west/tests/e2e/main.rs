@@ -21,6 +21,7 @@ mod self_heal;
 mod site_api;
 mod sync;
 mod ui;
+mod ui_device_list;
 mod ui_device_sync;
 mod ui_lookup;
 mod ui_remote_sync;

@@ -145,6 +145,8 @@ async fn a_tag_edited_on_one_sites_ui_shows_on_the_others() -> anyhow::Result<()
             .contains("eco"),
         "the live rows show the edit"
     );
+    // The Sync column says so in words rather than going blank.
+    wait_text(&b, "tr[data-device='pump-1'] td.sync", "in sync").await?;
     b.client.switch_to_window(device_tab).await?;
     eventually("the pending badge to go", DEADLINE, || async {
         Ok((!shown(&b, "#device-pending").await?).then_some(()))
