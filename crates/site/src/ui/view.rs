@@ -151,7 +151,7 @@ pub fn parse_search(text: &str) -> Result<Search, ApiError> {
             Some((k, v)) => tags.push((k.to_owned(), v.to_owned())),
             None if prefix.is_none() => prefix = Some(item.to_owned()),
             None => {
-                return Err(ApiError::InvalidQuery(format!(
+                return Err(ApiError::invalid_query(format!(
                     "Search one identity at a time (the start of it, like 00AB), and tags as \
                      key:value; {item:?} is a second identity."
                 )));
