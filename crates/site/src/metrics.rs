@@ -25,6 +25,10 @@ pub struct SiteMetrics {
     pub ingest_refused: Counter,
     /// Seconds from receiving an ingest request to its durable acknowledgement.
     pub ingest_seconds: Histogram,
+    /// Wake-ups of the sync drivers, all connectors together: what idle pairings cost.
+    pub sync_driver_wakeups: Counter,
+    /// Store calls of the sync drivers and of the site's retention pass.
+    pub sync_store_jobs: Counter,
     /// The hub link whose state and round trip the rendered metrics show (set once, when
     /// the site's services start).
     link: OnceLock<Link>,
@@ -145,6 +149,14 @@ const HELP: &[(&str, &str)] = &[
         "west_sync_session_messages_dropped_total",
         "Messages from the peer dropped because this site's session could not take them in time (the sync layer resends them).",
     ),
+    (
+        "west_sync_driver_wakeups_total",
+        "Wake-ups of the sync drivers of all connectors together; idle pairings add none.",
+    ),
+    (
+        "west_sync_store_jobs_total",
+        "Store calls of the sync drivers and of the site's retention pass; idle pairings add none.",
+    ),
 ];
 
 impl SiteMetrics {
@@ -165,6 +177,8 @@ impl SiteMetrics {
         Self {
             ingest_points: counter("west_ingest_points_total"),
             ingest_refused: counter("west_ingest_refused_total"),
+            sync_driver_wakeups: counter("west_sync_driver_wakeups_total"),
+            sync_store_jobs: counter("west_sync_store_jobs_total"),
             ingest_seconds: recorder
                 .register_histogram(&Key::from_static_name("west_ingest_seconds"), &meta),
             link: OnceLock::new(),

@@ -264,6 +264,9 @@ pub trait Store: Send + Sync + 'static {
     /// Drops expired outbox partitions (recording exact lost spans for the undelivered, never
     /// touching the leased ones) and expired pending points (recording gaps).
     async fn sync_expire(&self, cid: &ConnectorId, retention: Retention) -> Result<ExpiryReport>;
+    /// The connectors [`sync_expire`](Self::sync_expire) has anything to look at for, in one
+    /// read for the whole site (so idle pairings cost no retention job each).
+    async fn sync_expiring(&self, retention: Retention) -> Result<Vec<ConnectorId>>;
     /// Applies received batches and gaps, in order, in one transaction with the cursor, after
     /// checking that each starts right after the stored cursor ([`StoreError::SyncCursor`]
     /// otherwise). Creates devices as needed; keeps points of missing resources pending until

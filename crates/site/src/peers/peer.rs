@@ -27,6 +27,9 @@
 //!   leaves on another.
 //! - While the link is up and no session is, a handshake is always under way or scheduled
 //!   (self-healing); how long that has lasted is reported ([`PeerHandle::session_down_for`]).
+//! - An established, idle session arms no timer. When a frame last came from the peer is
+//!   kept ([`PeerHandle::silent_for`]) for the site's liveness check (`remote::sync`), which
+//!   asks about silent sessions' peer sites only.
 //! - Only frames whose hub-authenticated sender is the pinned peer address reach the session
 //!   (checked in `remote::dispatch`); a frame that fails to open tears the session down
 //!   (Down) and a new handshake starts; nothing is persisted. Delivery is not guaranteed: a
@@ -96,6 +99,10 @@ struct Shared {
     wake: Notify,
     /// Messages dropped because the consumer lagged.
     dropped: AtomicU64,
+    /// When the session task started: the origin of `heard`.
+    origin: Instant,
+    /// When a frame last came from the peer, ms since `origin`.
+    heard: AtomicU64,
 }
 
 impl PeerHandle {
@@ -146,6 +153,13 @@ impl PeerHandle {
         core.down_since
             .filter(|_| !core.is_up())
             .map(|since| since.elapsed())
+    }
+
+    /// How long since anything last came from the peer (since the start, if nothing has).
+    /// The site's liveness check asks only about sessions silent this long.
+    pub fn silent_for(&self) -> Duration {
+        let heard = Duration::from_millis(self.shared.heard.load(Ordering::Relaxed));
+        self.shared.origin.elapsed().saturating_sub(heard)
     }
 
     /// Messages from the peer dropped because their consumer lagged, since the start.
@@ -211,6 +225,8 @@ impl Shared {
     }
 
     fn on_frame(&self, frame: &[u8], now: Instant) {
+        let ms = u64::try_from(now.saturating_duration_since(self.origin).as_millis());
+        self.heard.store(ms.unwrap_or(u64::MAX), Ordering::Relaxed);
         let mut core = self.lock();
         let conn = self.link.connection();
         let mut down = core.observe_link(conn, now);
@@ -279,6 +295,8 @@ pub fn spawn(
         messages,
         wake: Notify::new(),
         dropped: AtomicU64::new(0),
+        origin: Instant::now(),
+        heard: AtomicU64::new(0),
     });
     tasks.spawn(run(Arc::clone(&shared), cancel));
     PeerHandle {

@@ -10,6 +10,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -202,6 +203,35 @@ impl RateHistory {
         true
     }
 
+    /// Fills the intervals that ended by `at` (wall clock `wall`, µs) while the driver was
+    /// idle with the samples it would have taken: zero rates (its totals did not move, or it
+    /// would not have been idle) and the last backlog. An idle driver has no timer, so the
+    /// history is completed when it is read and when the driver wakes up.
+    pub fn fill_idle(&mut self, at: Instant, wall: i64) {
+        let backlog = self.samples.back().map_or(0, |s| s.backlog_points);
+        let mut filled = 0;
+        while self.due <= at && filled < self.capacity {
+            let ago = i64::try_from(at.duration_since(self.due).as_micros()).unwrap_or(i64::MAX);
+            if self.samples.len() == self.capacity {
+                self.samples.pop_front();
+            }
+            self.samples.push_back(RateSample {
+                t: wall.saturating_sub(ago),
+                send_rate: 0.0,
+                apply_rate: 0.0,
+                backlog_points: backlog,
+            });
+            self.base.0 = self.due;
+            self.due += self.every;
+            filled += 1;
+        }
+        if self.due <= at {
+            // Idle for longer than the whole history: start the schedule over.
+            self.base.0 = at;
+            self.due = at + self.every;
+        }
+    }
+
     /// The samples taken at or after `since` (µs), oldest first.
     pub fn samples_since(&self, since: i64) -> Vec<RateSample> {
         let first = self.samples.partition_point(|s| s.t < since);
@@ -225,7 +255,13 @@ impl RateHistory {
 }
 
 pub(crate) struct Shared {
+    /// Wakes the driver: its outbox grew, or retention changed it.
     pub(crate) notify: Notify,
+    /// Undelivered points the site's retention pass dropped from this connector's outbox.
+    pub(crate) points_expired: AtomicU64,
+    /// Set while the driver has no timer armed (nothing moves): readers of the history
+    /// complete it up to now ([`RateHistory::fill_idle`]).
+    pub(crate) idle: AtomicBool,
     pub(crate) status: Mutex<SyncStatus>,
     /// The last hour of rates, for the UI's chart; written only by the status publisher.
     pub(crate) history: Mutex<RateHistory>,
@@ -246,6 +282,8 @@ impl SyncDrivers {
         Arc::clone(self.lock().entry(cid.clone()).or_insert_with(|| {
             Arc::new(Shared {
                 notify: Notify::new(),
+                points_expired: AtomicU64::new(0),
+                idle: AtomicBool::new(false),
                 status: Mutex::new(SyncStatus::default()),
                 history: Mutex::new(RateHistory::new(
                     HISTORY_LEN,
@@ -260,6 +298,20 @@ impl SyncDrivers {
     /// Forgets a connector's driver (its pairing was cancelled).
     pub fn unregister(&self, cid: &ConnectorId) {
         self.lock().remove(cid);
+    }
+
+    /// The connectors whose drivers run.
+    pub fn connectors(&self) -> Vec<ConnectorId> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// The site's retention pass dropped `points` undelivered points of `cid`: count them
+    /// and wake its driver, whose gauges changed.
+    pub fn expired(&self, cid: &ConnectorId, points: u64) {
+        if let Some(s) = self.lock().get(cid) {
+            s.points_expired.fetch_add(points, Ordering::Relaxed);
+            s.notify.notify_one();
+        }
     }
 
     /// Ingest committed points of `cid`: wake its driver, if it runs.
@@ -279,8 +331,15 @@ impl SyncDrivers {
     /// The rate history of a connector's driver, if it runs.
     pub fn history(&self, cid: &ConnectorId) -> Option<RateHistory> {
         let shared = self.lock().get(cid).cloned()?;
-        let h = shared.history.lock().unwrap_or_else(|e| e.into_inner());
-        Some(h.clone())
+        let mut h = shared
+            .history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if shared.idle.load(Ordering::Acquire) {
+            h.fill_idle(Instant::now(), crate::clock::now_micros());
+        }
+        Some(h)
     }
 }
 
@@ -367,6 +426,38 @@ mod tests {
         assert!(h.observe(t0 + Duration::from_secs(105), wall(105), 1_050, 0, 0));
         let rates: Vec<f64> = h.samples_since(0).iter().map(|s| s.send_rate).collect();
         assert_eq!(rates, vec![10.0, 10.0]);
+    }
+
+    #[test]
+    fn an_idle_stretch_reads_as_zero_rates_on_schedule() {
+        let t0 = Instant::now();
+        let mut h = history(8, t0);
+        h.observe(t0 + EVERY, wall(10), 100, 0, 7);
+        // Idle from 10 s to 45 s: no timer, no sample, until someone reads or it wakes.
+        h.fill_idle(t0 + Duration::from_secs(45), wall(45));
+        let got: Vec<(i64, f64, u64)> = h
+            .samples_since(0)
+            .iter()
+            .map(|s| (s.t, s.send_rate, s.backlog_points))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (wall(10), 10.0, 7),
+                (wall(20), 0.0, 7),
+                (wall(30), 0.0, 7),
+                (wall(40), 0.0, 7)
+            ]
+        );
+        // It wakes at 47 s and sends 30 points: the next sample counts them over its own
+        // interval only.
+        assert!(h.observe(t0 + Duration::from_secs(50), wall(50), 130, 0, 0));
+        assert_eq!(h.samples_since(wall(50))[0].send_rate, 3.0);
+        // Idle for longer than the whole ring: it holds one ring of zeros.
+        h.fill_idle(t0 + Duration::from_secs(500), wall(500));
+        let all = h.samples_since(0);
+        assert_eq!(all.len(), 8);
+        assert!(all.iter().all(|s| s.send_rate == 0.0));
     }
 
     #[test]

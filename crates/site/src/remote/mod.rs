@@ -54,6 +54,7 @@ pub fn spawn(
     if let Some(inbound) = inbound {
         tasks.spawn(supervise(state.clone(), inbound, starts, cancel.clone()));
     }
+    sync::spawn_site_tasks(&state, cancel.clone(), tasks);
     tasks.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {

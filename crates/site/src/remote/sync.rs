@@ -8,13 +8,19 @@
 //!  connector task ── SyncEvent::{Up, Down, Message} ──▶ driver task (one per paired connector)
 //!      Sender   (Source: points and device changes; Target: device changes)
 //!        Read ─▶ store.outbox_read ─▶ on_read          Lease ─▶ store.outbox_lease ─▶ on_lease
-//!        Acked ─▶ persisted every 500 ms (store.outbox_acked drops delivered partitions)
+//!        Acked ─▶ persisted at once when caught up, else ≤ 500 ms later (store.outbox_acked
+//!                 drops delivered partitions)
 //!      Receiver (Target: data stream; Source: device stream)
 //!        Apply / RecordGap ─▶ applier task: queued items in one store.sync_apply
 //!                             (cursor CAS + points + gaps + cursor) ─▶ on_applied
 //!      Send(bytes) ─▶ PeerHandle::send(SYNC ++ bytes) ─▶ sealed, hub, peer
 //!      Reconnect{reason} ─▶ logged, PeerHandle::reset(reason)
-//!      every 3 s: store.sync_expire (retention, disk budget) on the site's clock
+//!
+//!  site tasks (one each, for all pairings):
+//!      retention: every 3 s store.sync_expiring (one read) ─▶ store.sync_expire for those
+//!                 named (retention, disk budget, on the site's clock) ─▶ wakes the driver
+//!      liveness:  every 10 s, sessions silent ≥ 30 s ─▶ one hub ping per peer site ─▶
+//!                 offline or 2 misses: those sessions reset (they handshake again)
 //! ```
 //!
 //! Invariants:
@@ -25,6 +31,11 @@
 //!   completions of the failed generation are ignored, so the driver can never disagree
 //!   with the store about what is applied.
 //! - Ingest never waits for this task: it only wakes it.
+//! - An idle pairing costs nothing: every timer of a driver is armed only while it has
+//!   something to do (an acknowledgement to persist, gauges changed, a status that changes
+//!   with time, a state machine's deadline), so a caught-up pairing with nothing written
+//!   sleeps until an event (docs/sync.md, "Idle pairings"). Wake-ups and store calls are
+//!   counted (`west_sync_driver_wakeups_total`, `west_sync_store_jobs_total`).
 //!
 //! The status publisher also feeds each connector's rate history (`status::RateHistory`):
 //! one sample of the send and apply rates and the backlog every `status::HISTORY_EVERY`,
@@ -35,7 +46,7 @@
 //! Deliberately absent: any SQL, and any knowledge of what a record holds: points and device
 //! changes are both records, which the store appends and applies (docs/sync.md).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -81,11 +92,15 @@ pub fn spawn(
     Some(tx)
 }
 
-/// How often the acknowledgement is persisted (and delivered partitions dropped).
+/// How long an acknowledgement may wait before it is persisted (and delivered partitions
+/// dropped) while more is in flight; the timer is armed only while one waits, and one that
+/// covers the whole outbox is persisted at once.
 const ACK_FLUSH: Duration = Duration::from_millis(500);
-/// How often retention runs.
+/// How often the site's retention pass looks for anything to expire (one store read for
+/// all pairings; a write only for the connectors that have something).
 const EXPIRY_EVERY: Duration = Duration::from_secs(3);
-/// How often the gauges are refreshed from the store.
+/// Least time between two refreshes of the durable gauges from the store; they are
+/// refreshed only after something changed them.
 const STATUS_EVERY: Duration = Duration::from_secs(1);
 /// Least time between two publications of the live gauges.
 const PUBLISH_EVERY: Duration = Duration::from_millis(100);
@@ -128,13 +143,19 @@ struct SyncDriver {
     peer_acked: u64,
     peer_applied_at: Option<i64>,
     durable: store::SyncDurable,
+    /// The durable gauges changed since they were last read from the store.
+    dirty: bool,
     reconnects: u64,
-    points_expired: u64,
 }
 
 impl SyncDriver {
     fn now(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// Counts one store call (`west_sync_store_jobs_total`).
+    fn store_job(&self) {
+        self.state.metrics.sync_store_jobs.increment(1);
     }
 
     fn link_up(&mut self) {
@@ -187,6 +208,7 @@ impl SyncDriver {
         match out {
             SenderOutput::Send(bytes) => self.send(bytes).await,
             SenderOutput::Read { from, max_records } => {
+                self.store_job();
                 let chunk = match self
                     .state
                     .store
@@ -210,6 +232,7 @@ impl SyncDriver {
                 }
             }
             SenderOutput::Lease { upto } => loop {
+                self.store_job();
                 match self.state.store.outbox_lease(&self.cid, upto).await {
                     Ok(()) => {
                         let now = self.now();
@@ -268,6 +291,7 @@ impl SyncDriver {
         }
         match result {
             Ok(lasts) => {
+                self.dirty = true;
                 for last in lasts {
                     let now = self.now();
                     if let Err(e) = self.receiver.on_applied(now, last) {
@@ -278,6 +302,7 @@ impl SyncDriver {
             Err(e) => {
                 tracing::warn!(connector = %self.cid, error = %e, "sync apply failed; resuming from the stored cursor");
                 self.generation.fetch_add(1, Ordering::SeqCst);
+                self.store_job();
                 let applied = match self.state.store.sync_state(&self.cid).await {
                     Ok(d) => d.applied,
                     Err(_) => self.receiver.applied(),
@@ -292,6 +317,8 @@ impl SyncDriver {
     }
 
     async fn on_appended(&mut self) {
+        self.dirty = true;
+        self.store_job();
         match self.state.store.outbox_head(&self.cid).await {
             Ok(head) => {
                 let now = self.now();
@@ -304,34 +331,21 @@ impl SyncDriver {
     }
 
     async fn flush_ack(&mut self) {
-        if let Some(applied) = self.ack_pending.take()
-            && let Err(e) = self.state.store.outbox_acked(&self.cid, applied).await
-        {
+        let Some(applied) = self.ack_pending.take() else {
+            return;
+        };
+        self.store_job();
+        self.dirty = true;
+        if let Err(e) = self.state.store.outbox_acked(&self.cid, applied).await {
             tracing::error!(connector = %self.cid, error = %e, "cannot persist an acknowledgement");
             self.ack_pending = Some(applied);
         }
     }
 
-    async fn expire(&mut self) {
-        let s = &self.state.sync;
-        let retention = Retention {
-            now: s.clock.now(),
-            keep_us: i64::try_from(s.retention.as_micros()).unwrap_or(i64::MAX),
-            budget_bytes: s.disk_budget,
-        };
-        match self.state.store.sync_expire(&self.cid, retention).await {
-            Ok(r) if r.points_lost > 0 || r.pending_expired > 0 => {
-                self.points_expired += r.points_lost;
-                tracing::warn!(connector = %self.cid, lost = r.points_lost, pending_expired = r.pending_expired,
-                    "retention dropped undelivered data; the Target is told exactly what");
-            }
-            Ok(_) => {}
-            Err(e) => tracing::error!(connector = %self.cid, error = %e, "retention pass failed"),
-        }
-    }
-
     /// Refreshes the durable gauges and publishes the status (and the metrics).
     async fn refresh(&mut self) {
+        self.dirty = false;
+        self.store_job();
         if let Ok(d) = self.state.store.sync_state(&self.cid).await {
             self.durable = d;
             // A safety net for a missed wake-up.
@@ -341,7 +355,9 @@ impl SyncDriver {
         self.publish();
     }
 
-    fn publish(&mut self) {
+    /// Publishes the status; returns whether it changes with time alone (a backlog ages,
+    /// rates decay, a session stays down), so that another publication is due.
+    fn publish(&mut self) -> bool {
         let now = self.now();
         let st = self.sender.stats(now);
         let rt = self.receiver.stats();
@@ -408,7 +424,7 @@ impl SyncDriver {
             bytes_received: rt.bytes_received,
             gaps_recorded: rt.gaps_recorded,
             points_lost: rt.points_lost,
-            points_expired: self.points_expired,
+            points_expired: self.shared.points_expired.load(Ordering::Relaxed),
             reconnects: self.reconnects,
             send_rate,
             apply_rate,
@@ -437,39 +453,127 @@ impl SyncDriver {
                 applied,
                 backlog,
             );
+        let busy = status.backlog_points > 0
+            || status.session_down_seconds.is_some()
+            || status.send_rate > 0.0
+            || status.apply_rate > 0.0;
         *self.shared.status.lock().unwrap_or_else(|e| e.into_inner()) = status;
+        busy
     }
 }
 
-/// How often the Target checks that the peer still answers on an established session.
-const KEEPALIVE_EVERY: Duration = Duration::from_secs(2);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(4);
-/// Unanswered pings in a row that end the session (one may wait behind a busy peer).
-const KEEPALIVE_MISSES: u32 = 2;
+/// How long a session may be silent (nothing at all from the peer) before the site asks
+/// whether the peer's site is still there.
+const SILENCE: Duration = Duration::from_secs(30);
+/// How often the site looks for silent sessions.
+const LIVENESS_EVERY: Duration = Duration::from_secs(10);
+const LIVENESS_TIMEOUT: Duration = Duration::from_secs(5);
+/// Unanswered liveness pings in a row that end the silent sessions with a site (one may
+/// wait behind a busy hub). An answer of the hub that the site is offline ends them at once.
+const LIVENESS_MISSES: u32 = 2;
 
-/// The Target's liveness check of an established session. Either side handshakes on start
-/// and whenever its own hub link reconnects, so a restarted or reconnected peer replaces
-/// the session at once; this catches what no link notices (a session the peer lost in
-/// between, say): an unanswered ping, and the Target starts over.
-async fn keepalive(state: AppState, cid: ConnectorId, handle: PeerHandle) {
-    let mut misses = 0;
+/// Starts the site-wide duties of the sync drivers: one retention pass and one liveness
+/// check for all pairings, so that an idle pairing arms no timer of its own.
+pub fn spawn_site_tasks(state: &AppState, cancel: CancellationToken, tasks: &mut JoinSet<()>) {
+    tasks.spawn(retention(state.clone(), cancel.clone()));
+    tasks.spawn(liveness(state.clone(), cancel));
+}
+
+/// Every [`EXPIRY_EVERY`], one store read finds the connectors that have anything past
+/// retention (or over the disk budget), and only those get a retention pass (a write).
+async fn retention(state: AppState, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(EXPIRY_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::time::sleep(KEEPALIVE_EVERY).await;
-        if !handle.is_up() {
-            misses = 0;
-            continue;
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
         }
-        if state.remote.ping(&cid, KEEPALIVE_TIMEOUT).await.is_ok() {
-            misses = 0;
-            continue;
+        let s = &state.sync;
+        let retention = Retention {
+            now: s.clock.now(),
+            keep_us: i64::try_from(s.retention.as_micros()).unwrap_or(i64::MAX),
+            budget_bytes: s.disk_budget,
+        };
+        let jobs = &state.metrics.sync_store_jobs;
+        jobs.increment(1);
+        let due = match state.store.sync_expiring(retention).await {
+            Ok(due) => due,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot look for expired sync data");
+                continue;
+            }
+        };
+        for cid in due {
+            jobs.increment(1);
+            match state.store.sync_expire(&cid, retention).await {
+                Ok(r) => {
+                    if r.points_lost > 0 || r.pending_expired > 0 {
+                        tracing::warn!(connector = %cid, lost = r.points_lost, pending_expired = r.pending_expired,
+                            "retention dropped undelivered data; the Target is told exactly what");
+                    }
+                    state.remote.sync.expired(&cid, r.points_lost);
+                }
+                Err(e) => tracing::error!(connector = %cid, error = %e, "retention pass failed"),
+            }
         }
-        misses += 1;
-        if misses >= KEEPALIVE_MISSES {
-            misses = 0;
-            tracing::warn!(connector = %cid, "the peer stopped answering; new session");
-            handle
-                .reset("the peer did not answer keepalive pings".into())
-                .await;
+    }
+}
+
+/// The site's liveness check of established sessions. Either side handshakes on start,
+/// whenever its own hub link reconnects and after any failure, so the side that lost a
+/// session always starts a new one; what no one notices is a peer site that went away
+/// while its sessions were idle. Every [`LIVENESS_EVERY`] this looks at the sessions
+/// silent for [`SILENCE`] (any traffic counts, so a busy session costs nothing) and pings
+/// each of their peer *sites* once through the hub; a site that is offline, or misses
+/// [`LIVENESS_MISSES`] pings in a row, has its silent sessions ended (they handshake
+/// again). The cost is per peer site, not per pairing.
+async fn liveness(state: AppState, cancel: CancellationToken) {
+    let mut misses: HashMap<String, u32> = HashMap::new();
+    let mut tick = tokio::time::interval(LIVENESS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let mut silent: HashMap<String, Vec<(ConnectorId, PeerHandle)>> = HashMap::new();
+        for (cid, h) in state.remote.lock_peers().iter() {
+            if h.is_up() && h.silent_for() >= SILENCE {
+                silent
+                    .entry(h.peer.site.clone())
+                    .or_default()
+                    .push((cid.clone(), h.clone()));
+            }
+        }
+        misses.retain(|site, _| silent.contains_key(site));
+        for (site, sessions) in silent {
+            let miss = misses.entry(site.clone()).or_default();
+            let gone = match state.link.ping(&site, LIVENESS_TIMEOUT).await {
+                Ok(_) => {
+                    *miss = 0;
+                    continue;
+                }
+                Err(crate::link::LinkError::PeerOffline { .. }) => true,
+                Err(_) => {
+                    *miss += 1;
+                    *miss >= LIVENESS_MISSES
+                }
+            };
+            if !gone {
+                continue;
+            }
+            *miss = 0;
+            tracing::warn!(peer_site = %site, sessions = sessions.len(), "the peer site stopped answering; its silent sessions start over");
+            for (_, h) in sessions {
+                // Traffic since the look above proves that session live.
+                if h.silent_for() >= SILENCE {
+                    h.reset("the peer's site did not answer liveness pings".into())
+                        .await;
+                }
+            }
         }
     }
 }
@@ -514,6 +618,13 @@ async fn applier(
         if done.send((current, result.map(|_| lasts))).is_err() {
             return;
         }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -584,28 +695,55 @@ async fn run(
         peer_acked: durable.acked,
         peer_applied_at: None,
         durable,
+        dirty: true,
         reconnects: 0,
-        points_expired: 0,
     };
-    if role == Role::Target {
-        local.spawn(keepalive(d.state.clone(), d.cid.clone(), d.handle.clone()));
-    }
-    d.expire().await;
     if d.handle.is_up() {
         d.link_up();
     }
-    let mut next_ack = tokio::time::Instant::now() + ACK_FLUSH;
-    let mut next_expiry = tokio::time::Instant::now() + EXPIRY_EVERY;
-    let mut next_status = tokio::time::Instant::now();
+    // Every timer is armed only while it has something to do: an idle, caught-up pairing
+    // sleeps until an event (docs/sync.md, "Idle pairings").
     let wake = Arc::clone(&d.shared);
-    let mut published = Instant::now();
+    let mut next_ack: Option<tokio::time::Instant> = None;
+    let mut refreshed = tokio::time::Instant::now() - STATUS_EVERY;
+    let mut published = Instant::now() - PUBLISH_EVERY;
+    let mut unpublished = true;
+    let mut busy = true;
     let mut stale_deadline: Option<tokio::time::Instant> = None;
     loop {
         d.drain().await;
-        if published.elapsed() >= PUBLISH_EVERY {
-            d.publish();
-            published = Instant::now();
+        let now_t = tokio::time::Instant::now();
+        if let Some(applied) = d.ack_pending {
+            let head = d.sender.stats(d.now()).head;
+            if applied >= head {
+                // Caught up: nothing to coalesce with, so persist it now (and a status that
+                // says everything is acknowledged is published after it is durable).
+                next_ack = None;
+                d.flush_ack().await;
+            } else if next_ack.is_none() {
+                next_ack = Some(now_t + ACK_FLUSH);
+            }
         }
+        if d.dirty && now_t >= refreshed + STATUS_EVERY {
+            d.refresh().await;
+            refreshed = tokio::time::Instant::now();
+            published = Instant::now();
+            unpublished = false;
+            busy = true;
+        }
+        if unpublished && published.elapsed() >= PUBLISH_EVERY {
+            busy = d.publish();
+            published = Instant::now();
+            unpublished = false;
+        }
+        let refresh_at = d.dirty.then_some(refreshed + STATUS_EVERY);
+        let publish_at = if unpublished {
+            Some(tokio::time::Instant::from_std(published + PUBLISH_EVERY))
+        } else if busy {
+            Some(tokio::time::Instant::from_std(published + STATUS_EVERY))
+        } else {
+            None
+        };
         let mut machine = d
             .sender
             .next_timeout()
@@ -618,7 +756,6 @@ async fn run(
         // idle, caught-up link; fixed, and the simulation now asserts that no deadline
         // survives its tick). A safety net all the same: act on a passed deadline at once
         // the first time, then at most every STALE_TICK while it stays stuck.
-        let now_t = tokio::time::Instant::now();
         if let Some(m) = machine
             && m <= now_t
         {
@@ -630,16 +767,14 @@ async fn run(
         } else {
             stale_deadline = None;
         }
-        let deadline = [
-            Some(next_ack),
-            Some(next_expiry),
-            Some(next_status),
-            machine,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(next_status);
+        let deadline = [next_ack, refresh_at, publish_at, machine]
+            .into_iter()
+            .flatten()
+            .min();
+        let idle = deadline.is_none();
+        if idle {
+            wake.idle.store(true, Ordering::Release);
+        }
         tokio::select! {
             biased;
             () = cancel.cancelled() => break,
@@ -651,25 +786,26 @@ async fn run(
                 Some(SyncEvent::Message(bytes)) => d.on_message(&bytes),
             },
             () = wake.notify.notified() => d.on_appended().await,
-            () = tokio::time::sleep_until(deadline) => {
+            () = sleep_until(deadline) => {
                 let now = d.now();
                 d.sender.tick(now);
                 d.receiver.tick(now);
-                let t = tokio::time::Instant::now();
-                if t >= next_ack {
+                if next_ack.is_some_and(|t| tokio::time::Instant::now() >= t) {
+                    next_ack = None;
                     d.flush_ack().await;
-                    next_ack = t + ACK_FLUSH;
-                }
-                if t >= next_expiry {
-                    d.expire().await;
-                    next_expiry = t + EXPIRY_EVERY;
-                }
-                if t >= next_status {
-                    d.refresh().await;
-                    next_status = t + STATUS_EVERY;
                 }
             }
         }
+        d.state.metrics.sync_driver_wakeups.increment(1);
+        if idle {
+            wake.idle.store(false, Ordering::Release);
+            // The history's idle stretch, before this wake-up's counts go into it.
+            wake.history
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .fill_idle(Instant::now(), crate::clock::now_micros());
+        }
+        unpublished = true;
     }
     d.flush_ack().await;
     local.shutdown().await;

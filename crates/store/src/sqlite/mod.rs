@@ -83,6 +83,7 @@ mod sync;
 #[cfg(test)]
 mod tests;
 mod waiting;
+mod sync_site;
 
 /// Read connections kept open between reads.
 const READ_POOL: usize = 4;

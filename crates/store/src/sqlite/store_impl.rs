@@ -835,6 +835,12 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn sync_expiring(&self, retention: Retention) -> Result<Vec<ConnectorId>> {
+        let partition_us = self.config.sync_partition_us;
+        self.read(move |conn| sync_site::expiring(conn, retention, partition_us))
+            .await
+    }
+
     async fn sync_apply(&self, cid: &ConnectorId, items: Vec<Inbound>, now: i64) -> Result<u64> {
         let cid = cid.clone();
         self.write(move |conn| sync::apply(conn, &cid, items, now))

@@ -18,6 +18,8 @@
 //!   ratios, and the failover time when a site's node is SIGKILLed (`cluster.rs`).
 //! - `read`: one site; reading a day of one series (86,400 points, paged) and the latest
 //!   values of 1,000 devices.
+//! - `idle`: a hub and two sites with 10, 100, 1,000 idle pairings: CPU and RSS per site
+//!   (`idle.rs`; not part of the default run).
 //! - `sync`: a hub and two paired sites; end-to-end replicated points/s, latency from the
 //!   Source's acknowledgement to visibility on the Target at a fixed rate (seen on its live
 //!   stream, `live.rs`), catch-up after an outage, wire bytes per point counted at the hub,
@@ -28,6 +30,7 @@
 
 mod cluster;
 mod devices;
+mod idle;
 pub mod ingest;
 mod live;
 mod nats;
@@ -172,6 +175,8 @@ enum Scenario {
     /// nodes): throughput and latency of each and their ratios, and the failover time when
     /// a site's node is SIGKILLed.
     Cluster(cluster::ClusterArgs),
+    /// What idle pairings cost: CPU and RSS of both sites at 10, 100 and 1,000 pairings.
+    Idle(idle::IdleArgs),
 }
 
 /// Length of the latency phase when `--seconds` is not given: 20 s, shorter for small runs
@@ -221,7 +226,7 @@ fn scenario_args<T: Args>(args: &BenchArgs) -> anyhow::Result<T> {
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut progress = match &args.scenario {
-        Some(Scenario::Ingest(_) | Scenario::Read(_)) => Progress::off(),
+        Some(Scenario::Ingest(_) | Scenario::Read(_) | Scenario::Idle(_)) => Progress::off(),
         Some(Scenario::Nats(_) | Scenario::Sync(_)) => Progress::new(PHASES),
         Some(Scenario::Devices(a)) => Progress::new(if a.nats { 4 } else { 2 }),
         Some(Scenario::Scale(a)) => Progress::new(scale::phases(a)),
@@ -342,6 +347,7 @@ async fn run_with(args: &BenchArgs, progress: &mut Progress) -> anyhow::Result<V
         Some(Scenario::Nats(a)) => return single(nats::run(a, progress).await?),
         Some(Scenario::Sync(a)) => return single(sync::run(a.clone(), progress).await?),
         Some(Scenario::Read(a)) => return single(read::run(a.clone()).await?),
+        Some(Scenario::Idle(a)) => return single(idle::run(a.clone()).await?),
         Some(Scenario::Devices(a)) => {
             let (ours, theirs) = devices::run(a, progress).await?;
             let theirs = theirs

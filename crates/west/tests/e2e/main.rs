@@ -6,6 +6,7 @@ mod cluster;
 mod device_sync;
 mod frames;
 mod hub;
+mod idle;
 mod live;
 mod lookup;
 mod observability;
