@@ -267,6 +267,11 @@ pub trait Store: Send + Sync + 'static {
     /// The connectors [`sync_expire`](Self::sync_expire) has anything to look at for, in one
     /// read for the whole site (so idle pairings cost no retention job each).
     async fn sync_expiring(&self, retention: Retention) -> Result<Vec<ConnectorId>>;
+    /// The connector's bandwidth budget, bytes per second its sync may send (`None`: none).
+    async fn sync_budget(&self, cid: &ConnectorId) -> Result<Option<u64>>;
+    /// Sets (or, with `None`, removes) the connector's bandwidth budget;
+    /// [`StoreError::ConnectorNotFound`] for an unknown connector.
+    async fn set_sync_budget(&self, cid: &ConnectorId, max_bytes_per_s: Option<u64>) -> Result<()>;
     /// Applies received batches and gaps, in order, in one transaction with the cursor, after
     /// checking that each starts right after the stored cursor ([`StoreError::SyncCursor`]
     /// otherwise). Creates devices as needed; keeps points of missing resources pending until

@@ -204,7 +204,9 @@ impl Session {
 /// The sending end of one sync stream (see the module docs).
 #[derive(Debug)]
 pub struct Sender {
+    /// The limits in force: `configured`, or lower under [`Sender::limit_window`].
     cfg: SenderConfig,
+    configured: SenderConfig,
     acked: u64,
     head: u64,
     lease: u64,
@@ -229,6 +231,7 @@ impl Sender {
             head_times.push_back((head, now));
         }
         Self {
+            configured: cfg.clone(),
             cfg,
             acked: durable.acked,
             head,
@@ -242,6 +245,21 @@ impl Sender {
             stats: SenderStats::default(),
             encoder: codec::Encoder::new(),
         }
+    }
+
+    /// Limits the bytes in flight, and the estimated bytes of a batch, to `bytes` (`None`:
+    /// the configured limits again). A driver that paces its sends to a bandwidth budget
+    /// sets it to a few seconds of the budget, so that what is in flight always leaves well
+    /// within the retransmit timeout. One batch may always be in flight.
+    pub fn limit_window(&mut self, now: u64, bytes: Option<u64>) {
+        let base = &self.configured;
+        self.cfg.window_bytes = bytes.map_or(base.window_bytes, |b| b.clamp(1, base.window_bytes));
+        self.cfg.max_batch_bytes = bytes.map_or(base.max_batch_bytes, |b| {
+            usize::try_from(b)
+                .unwrap_or(usize::MAX)
+                .clamp(1, base.max_batch_bytes)
+        });
+        self.pump(now);
     }
 
     /// The next thing the driver must do, if any. Call until `None` after every input.
@@ -801,6 +819,28 @@ mod tests {
         assert_eq!(ranges(&run(&mut s, 5, None)), vec![]);
         s.tick(10);
         assert_eq!(ranges(&run(&mut s, 10, None)), vec![(4, 5)]);
+    }
+
+    #[test]
+    fn a_limited_window_holds_batches_until_acknowledged_and_lifting_it_releases_them() {
+        let mut s = started(9, 0);
+        // A budget's window of 1 byte: one batch in flight at a time.
+        s.limit_window(0, Some(1));
+        let sent = run(&mut s, 0, None);
+        assert_eq!(ranges(&sent), vec![(1, 3)]);
+        s.on_message(
+            1,
+            Message::Ack {
+                session: 9,
+                applied: 3,
+            },
+        )
+        .unwrap();
+        assert_eq!(ranges(&run(&mut s, 1, None)), vec![(4, 6)]);
+        // Lifted: the configured window again, everything readable goes.
+        s.limit_window(2, None);
+        assert_eq!(ranges(&run(&mut s, 2, None)), vec![(7, 9)]);
+        assert_eq!(s.cfg, s.configured);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `/api/v1/connectors…`: create, list, read and delete connectors, and their Remote-Sync
-//! standing: pairing (enable, disable), ping, status and rate history.
+//! standing: pairing (enable, disable), ping, status, rate history and settings (the
+//! bandwidth budget).
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -114,8 +115,39 @@ pub async fn remote_sync(
         rs["max_attempts"] = proto::pairing::MAX_ATTEMPTS.into();
         rs["window_seconds"] = state.pairing_window.as_secs().into();
     }
+    rs["max_bytes_per_s"] = serde_json::json!(ops::budget::get(&state, &c.id).await?);
     let gaps = state.store.sync_gaps(&c.id).await?;
     rs["gaps"] = Json_::Array(gaps.iter().map(gap_json).collect());
+    Ok(Json(rs))
+}
+
+/// `PATCH …/remote-sync`: the connector's Remote-Sync settings; today its bandwidth
+/// budget (`max_bytes_per_s`: bytes per second, or `null` for none; absent: unchanged).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteSyncPatch {
+    #[serde(default, deserialize_with = "present")]
+    max_bytes_per_s: Option<Option<u64>>,
+}
+
+/// A field that is present, `null` included.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u64>>, D::Error> {
+    Option::<u64>::deserialize(d).map(Some)
+}
+
+pub async fn update_remote_sync(
+    State(state): State<AppState>,
+    _: User,
+    Path(cid): Path<String>,
+    ApiJson(body): ApiJson<RemoteSyncPatch>,
+) -> Result<Json<Json_>, ApiError> {
+    let cid = connector_id(&cid)?;
+    let c = match body.max_bytes_per_s {
+        Some(budget) => ops::budget::set(&state, &cid, budget).await?,
+        None => state.store.connector(&cid).await?,
+    };
+    let mut rs = remote_sync_json(&state, &c);
+    rs["max_bytes_per_s"] = serde_json::json!(ops::budget::get(&state, &cid).await?);
     Ok(Json(rs))
 }
 

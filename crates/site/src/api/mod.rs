@@ -46,7 +46,7 @@ pub fn routes(state: AppState) -> Router {
         )
         .route(
             "/connectors/{cid}/remote-sync",
-            get(connectors::remote_sync),
+            get(connectors::remote_sync).patch(connectors::update_remote_sync),
         )
         .route(
             "/connectors/{cid}/remote-sync/enable",

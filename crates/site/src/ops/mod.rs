@@ -21,6 +21,7 @@
 //!   failures are logged here and reach callers only as [`Error::Internal`].
 //! - Nothing here knows HTTP, HTML or JSON shapes of the API.
 
+pub mod budget;
 pub mod connectors;
 pub mod data;
 pub mod devices;

@@ -262,6 +262,8 @@ pub(crate) struct Shared {
     /// Set while the driver has no timer armed (nothing moves): readers of the history
     /// complete it up to now ([`RateHistory::fill_idle`]).
     pub(crate) idle: AtomicBool,
+    /// The connector's bandwidth budget, bytes per second (0: none); the driver follows it.
+    pub(crate) budget: AtomicU64,
     pub(crate) status: Mutex<SyncStatus>,
     /// The last hour of rates, for the UI's chart; written only by the status publisher.
     pub(crate) history: Mutex<RateHistory>,
@@ -284,6 +286,7 @@ impl SyncDrivers {
                 notify: Notify::new(),
                 points_expired: AtomicU64::new(0),
                 idle: AtomicBool::new(false),
+                budget: AtomicU64::new(0),
                 status: Mutex::new(SyncStatus::default()),
                 history: Mutex::new(RateHistory::new(
                     HISTORY_LEN,
@@ -310,6 +313,16 @@ impl SyncDrivers {
     pub fn expired(&self, cid: &ConnectorId, points: u64) {
         if let Some(s) = self.lock().get(cid) {
             s.points_expired.fetch_add(points, Ordering::Relaxed);
+            s.notify.notify_one();
+        }
+    }
+
+    /// The connector's bandwidth budget changed (it is persisted already): its driver, if
+    /// it runs, paces its sends to it from now on.
+    pub fn set_budget(&self, cid: &ConnectorId, max_bytes_per_s: Option<u64>) {
+        if let Some(s) = self.lock().get(cid) {
+            s.budget
+                .store(max_bytes_per_s.unwrap_or(0), Ordering::Relaxed);
             s.notify.notify_one();
         }
     }

@@ -106,6 +106,62 @@ const STATUS_EVERY: Duration = Duration::from_secs(1);
 const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 /// How often a state machine's deadline that its tick did not move is retried.
 const STALE_TICK: Duration = Duration::from_millis(50);
+/// Bytes a sync message costs at the hub beyond its plaintext: the seal, the session
+/// frame, the routed envelope with both addresses, the WebSocket header (an estimate; the
+/// budget is honoured within a few per cent for messages of a few hundred bytes and more).
+const MESSAGE_OVERHEAD: u64 = 80;
+/// Seconds of budget a connector with a bandwidth budget may have in flight (the Sender's
+/// window), well within its retransmit timeout; never less than [`MIN_WINDOW`].
+const BUDGET_WINDOW_SECS: u64 = 2;
+const MIN_WINDOW: u64 = 4096;
+/// Seconds of unused budget that may be saved up for a burst.
+const BUDGET_BURST_SECS: f64 = 1.0;
+
+/// A token bucket in bytes that may go into debt by one message: a message goes when the
+/// balance is not negative, and costs its size.
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(rate: u64) -> Self {
+        Self {
+            rate: rate as f64,
+            tokens: 0.0,
+            at: Instant::now(),
+        }
+    }
+
+    fn refill(&mut self) {
+        let now = Instant::now();
+        let earned = now.duration_since(self.at).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + earned).min(self.rate * BUDGET_BURST_SECS);
+        self.at = now;
+    }
+
+    /// Whether a message may go now.
+    fn open(&mut self) -> bool {
+        self.refill();
+        self.tokens >= 0.0
+    }
+
+    fn charge(&mut self, bytes: usize) {
+        self.tokens -= (bytes as u64 + MESSAGE_OVERHEAD) as f64;
+    }
+
+    /// When the balance is back to zero.
+    fn ready_at(&self) -> Instant {
+        let wait = if self.tokens >= 0.0 {
+            0.0
+        } else {
+            -self.tokens / self.rate
+        };
+        self.at + Duration::from_secs_f64(wait)
+    }
+}
+
 /// Most records the applier folds into one transaction.
 const MAX_APPLY_RECORDS: usize = 32_768;
 
@@ -145,6 +201,10 @@ struct SyncDriver {
     durable: store::SyncDurable,
     /// The durable gauges changed since they were last read from the store.
     dirty: bool,
+    /// The bandwidth budget in force (bytes/s), and its bucket.
+    budget: Option<(u64, Bucket)>,
+    /// The Sender's messages held back by the budget, in order.
+    held: VecDeque<Vec<u8>>,
     reconnects: u64,
 }
 
@@ -168,6 +228,8 @@ impl SyncDriver {
     fn link_down(&mut self) {
         let now = self.now();
         self.up = false;
+        // Sealed for a session that is gone; the Sender resends after the next Up.
+        self.held.clear();
         self.sender.link_down(now);
         self.receiver.link_down(now);
     }
@@ -178,6 +240,56 @@ impl SyncDriver {
         msg.extend_from_slice(&bytes);
         // Refused while the session is down: the state machines resend after the next Up.
         let _ = self.handle.send(msg).await;
+    }
+
+    /// Sends a message of the Sender within the budget: at once while the bucket is open
+    /// and nothing waits before it, else after what is held.
+    async fn send_data(&mut self, bytes: Vec<u8>) {
+        if let Some((_, bucket)) = &mut self.budget {
+            if !self.held.is_empty() || !bucket.open() {
+                self.held.push_back(bytes);
+                return;
+            }
+            bucket.charge(bytes.len());
+        }
+        self.send(bytes).await;
+    }
+
+    /// Sends what the budget held back, as far as it allows now.
+    async fn release_held(&mut self) {
+        while let Some((_, bucket)) = &mut self.budget {
+            if self.held.is_empty() || !bucket.open() {
+                return;
+            }
+            let Some(bytes) = self.held.pop_front() else {
+                return;
+            };
+            bucket.charge(bytes.len());
+            self.send(bytes).await;
+        }
+        // No budget (any more): everything held goes.
+        while let Some(bytes) = self.held.pop_front() {
+            self.send(bytes).await;
+        }
+    }
+
+    /// Follows the budget set through the API: the bucket, and the Sender's window (a few
+    /// seconds of budget, so nothing it sent waits here past its retransmit timeout).
+    fn follow_budget(&mut self) {
+        let want = match self.shared.budget.load(Ordering::Relaxed) {
+            0 => None,
+            b => Some(b),
+        };
+        if want == self.budget.as_ref().map(|(b, _)| *b) {
+            return;
+        }
+        tracing::info!(connector = %self.cid, max_bytes_per_s = ?want, "bandwidth budget");
+        self.budget = want.map(|b| (b, Bucket::new(b)));
+        let now = self.now();
+        self.sender.limit_window(
+            now,
+            want.map(|b| b.saturating_mul(BUDGET_WINDOW_SECS).max(MIN_WINDOW)),
+        );
     }
 
     async fn reconnect(&mut self, reason: String) {
@@ -206,7 +318,7 @@ impl SyncDriver {
 
     async fn on_sender_output(&mut self, out: SenderOutput) {
         match out {
-            SenderOutput::Send(bytes) => self.send(bytes).await,
+            SenderOutput::Send(bytes) => self.send_data(bytes).await,
             SenderOutput::Read { from, max_records } => {
                 self.store_job();
                 let chunk = match self
@@ -255,7 +367,14 @@ impl SyncDriver {
     async fn on_receiver_output(&mut self, out: ReceiverOutput) {
         let generation = self.generation.load(Ordering::SeqCst);
         match out {
-            ReceiverOutput::Send(bytes) => self.send(bytes).await,
+            ReceiverOutput::Send(bytes) => {
+                // Acknowledgements are small and never wait, but they count.
+                if let Some((_, bucket)) = &mut self.budget {
+                    bucket.refill();
+                    bucket.charge(bytes.len());
+                }
+                self.send(bytes).await
+            }
             ReceiverOutput::Apply(a) => {
                 let _ = self.apply_tx.send(ApplyJob {
                     generation,
@@ -696,8 +815,17 @@ async fn run(
         peer_applied_at: None,
         durable,
         dirty: true,
+        budget: None,
+        held: VecDeque::new(),
         reconnects: 0,
     };
+    match d.state.store.sync_budget(&d.cid).await {
+        Ok(b) => d.shared.budget.store(b.unwrap_or(0), Ordering::Relaxed),
+        Err(e) => {
+            tracing::error!(connector = %d.cid, error = %e, "cannot read the bandwidth budget")
+        }
+    }
+    d.follow_budget();
     if d.handle.is_up() {
         d.link_up();
     }
@@ -711,7 +839,9 @@ async fn run(
     let mut busy = true;
     let mut stale_deadline: Option<tokio::time::Instant> = None;
     loop {
+        d.follow_budget();
         d.drain().await;
+        d.release_held().await;
         let now_t = tokio::time::Instant::now();
         if let Some(applied) = d.ack_pending {
             let head = d.sender.stats(d.now()).head;
@@ -767,7 +897,13 @@ async fn run(
         } else {
             stale_deadline = None;
         }
-        let deadline = [next_ack, refresh_at, publish_at, machine]
+        let budget_at = match &d.budget {
+            Some((_, bucket)) if !d.held.is_empty() => {
+                Some(tokio::time::Instant::from_std(bucket.ready_at()))
+            }
+            _ => None,
+        };
+        let deadline = [next_ack, refresh_at, publish_at, machine, budget_at]
             .into_iter()
             .flatten()
             .min();

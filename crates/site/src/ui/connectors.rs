@@ -299,6 +299,8 @@ struct SyncView {
     /// Points waiting here (a Target) for resources that do not exist.
     waiting: Vec<WaitingRow>,
     gaps: Vec<GapView>,
+    /// The bandwidth budget in bytes/s as the form shows it ("" for none).
+    budget: String,
 }
 
 /// Points waiting on a Target for a resource it does not have: "6 points of `pressure` …".
@@ -406,6 +408,7 @@ fn sync_figures(s: &crate::peers::status::SyncStatus, role: Role, peer: &str) ->
         applied_never,
         waiting: Vec::new(),
         gaps: Vec::new(),
+        budget: String::new(),
     }
 }
 
@@ -419,6 +422,11 @@ async fn sync_view(state: &AppState, c: &Connector) -> Option<SyncView> {
     let peer = c.peer.as_ref().map(|p| p.site.as_str()).unwrap_or_default();
     let mut view = sync_figures(&s, c.role, peer);
     view.history_note = history_note(kept_since, crate::clock::now_micros());
+    view.budget = ops::budget::get(state, &c.id)
+        .await
+        .ok()
+        .flatten()
+        .map_or_else(String::new, |b| b.to_string());
     if c.role == Role::Target {
         view.waiting = ops::peer::waiting_here(state, &c.id)
             .await

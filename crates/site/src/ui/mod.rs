@@ -21,6 +21,7 @@
 //! /connectors/{cid}/devices/{id}/resources/{name}   data view: one resource over time
 //! /connectors/{cid}/resources[/{name}]      Resources tab and resource settings
 //! /connectors/{cid}/settings[/remote-sync]  Settings tab: General and Remote-Sync
+//! /connectors/{cid}/settings/remote-sync/budget    (POST) the Source's bandwidth budget
 //! /connectors/{cid}/settings/remote-sync/compare   drift check against the peer
 //! /connectors/{cid}/settings/remote-sync/resend    (POST) re-send the devices it listed
 //! ```
@@ -69,6 +70,10 @@ pub fn routes(state: AppState) -> Router {
         .route(
             "/connectors/{cid}/settings/remote-sync/disable",
             post(connectors::disable_remote_sync),
+        )
+        .route(
+            "/connectors/{cid}/settings/remote-sync/budget",
+            post(remote::set_budget),
         )
         .route(
             "/connectors/{cid}/settings/remote-sync/compare",

@@ -267,6 +267,48 @@ pub async fn resend(
     })
 }
 
+/// `POST /connectors/{cid}/settings/remote-sync/budget`, field `max_bytes_per_s` (empty: no
+/// budget): the Source's bandwidth budget, then back to the Remote-Sync tab.
+pub async fn set_budget(
+    ctx: Ctx,
+    State(state): State<AppState>,
+    Path(cid): Path<String>,
+    Form(fields): Form<Vec<(String, String)>>,
+) -> UiResult {
+    let c = load_connector(&state, &ctx, &cid).await?;
+    let back = format!("/connectors/{}/settings/remote-sync", c.id);
+    let raw = fields
+        .iter()
+        .find(|(k, _)| k == "max_bytes_per_s")
+        .map_or("", |(_, v)| v.trim());
+    let budget = match raw {
+        "" => None,
+        raw => match raw.parse::<u64>() {
+            Ok(b) => Some(b),
+            Err(_) => {
+                return Ok(flash_error_redirect(
+                    &back,
+                    &format!(
+                        "The budget was not changed: {raw:?} is not a whole number of bytes per \
+                         second (leave it empty for no limit)."
+                    ),
+                ));
+            }
+        },
+    };
+    Ok(match ops::budget::set(&state, &c.id, budget).await {
+        Ok(_) => flash_redirect(
+            &back,
+            &match budget {
+                Some(b) => format!("Bandwidth budget set: at most {b} bytes/s to the hub."),
+                None => "Bandwidth budget removed: the sync sends as fast as the link allows."
+                    .to_owned(),
+            },
+        ),
+        Err(e) => flash_error_redirect(&back, &format!("The budget was not changed: {e}")),
+    })
+}
+
 /// `GET /connectors/{cid}/settings/remote-sync/compare`.
 pub async fn compare(ctx: Ctx, State(state): State<AppState>, Path(cid): Path<String>) -> UiResult {
     let c = load_connector(&state, &ctx, &cid).await?;

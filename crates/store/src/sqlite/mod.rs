@@ -80,10 +80,10 @@ mod schema;
 mod series;
 mod store_impl;
 mod sync;
+mod sync_site;
 #[cfg(test)]
 mod tests;
 mod waiting;
-mod sync_site;
 
 /// Read connections kept open between reads.
 const READ_POOL: usize = 4;

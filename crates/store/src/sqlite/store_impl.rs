@@ -835,6 +835,17 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn sync_budget(&self, cid: &ConnectorId) -> Result<Option<u64>> {
+        let cid = cid.clone();
+        self.read(move |conn| sync_site::budget(conn, &cid)).await
+    }
+
+    async fn set_sync_budget(&self, cid: &ConnectorId, max_bytes_per_s: Option<u64>) -> Result<()> {
+        let cid = cid.clone();
+        self.write(move |conn| sync_site::set_budget(conn, &cid, max_bytes_per_s))
+            .await
+    }
+
     async fn sync_expiring(&self, retention: Retention) -> Result<Vec<ConnectorId>> {
         let partition_us = self.config.sync_partition_us;
         self.read(move |conn| sync_site::expiring(conn, retention, partition_us))

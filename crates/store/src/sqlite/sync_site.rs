@@ -6,10 +6,14 @@
 //!   anything for, in one read, so the site runs retention only for those instead of one
 //!   write job per connector every few seconds.
 //!
-//! Deliberately absent: any change to the data; the per-connector passes stay in `sync`.
+//! - [`budget`], [`set_budget`]: each connector's bandwidth budget (`sync_budgets`,
+//!   migration `0009_sync_budget.sql`), which its sync driver enforces.
+//!
+//! Deliberately absent: any change to the synchronised data; the per-connector passes stay
+//! in `sync`.
 
 use proto::model::ConnectorId;
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{backend, collect_rows};
 use crate::{Result, Retention};
@@ -69,6 +73,38 @@ pub(super) fn expiring(
         .collect())
 }
 
+/// The connector's budget in bytes per second, if it has one.
+pub(super) fn budget(conn: &Connection, cid: &ConnectorId) -> Result<Option<u64>> {
+    let v: Option<i64> = conn
+        .prepare_cached("SELECT max_bytes_per_s FROM sync_budgets WHERE connector = ?1")
+        .and_then(|mut s| s.query_row([cid.as_str()], |r| r.get(0)).optional())
+        .map_err(backend("reading a bandwidth budget"))?;
+    Ok(v.and_then(|v| u64::try_from(v).ok()))
+}
+
+/// Sets or (`None`) removes the connector's budget.
+pub(super) fn set_budget(conn: &Connection, cid: &ConnectorId, bytes: Option<u64>) -> Result<()> {
+    super::connector_exists(conn, cid)?;
+    match bytes {
+        Some(b) => conn
+            .prepare_cached(
+                "INSERT INTO sync_budgets (connector, max_bytes_per_s) VALUES (?1, ?2)
+                 ON CONFLICT (connector) DO UPDATE SET max_bytes_per_s = excluded.max_bytes_per_s",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    cid.as_str(),
+                    i64::try_from(b.max(1)).unwrap_or(i64::MAX)
+                ])
+            }),
+        None => conn
+            .prepare_cached("DELETE FROM sync_budgets WHERE connector = ?1")
+            .and_then(|mut s| s.execute([cid.as_str()])),
+    }
+    .map_err(backend("setting a bandwidth budget"))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,6 +133,31 @@ mod tests {
                 .unwrap();
         }
         conn
+    }
+
+    use crate::StoreError;
+
+    #[tokio::test]
+    async fn a_budget_is_kept_across_a_reopen_and_removed_with_null() {
+        use crate::Store;
+        use crate::sqlite::fixtures::{cid, create_plant};
+        use crate::sqlite::{SqliteConfig, SqliteStore};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("site.db");
+        let store = SqliteStore::open(SqliteConfig::new(path.clone())).unwrap();
+        assert!(matches!(
+            store.set_sync_budget(&cid(), Some(5)).await,
+            Err(StoreError::ConnectorNotFound(_))
+        ));
+        create_plant(&store).await;
+        assert_eq!(store.sync_budget(&cid()).await.unwrap(), None);
+        store.set_sync_budget(&cid(), Some(20_000)).await.unwrap();
+        store.set_sync_budget(&cid(), Some(30_000)).await.unwrap();
+        drop(store);
+        let store = SqliteStore::open(SqliteConfig::new(path)).unwrap();
+        assert_eq!(store.sync_budget(&cid()).await.unwrap(), Some(30_000));
+        store.set_sync_budget(&cid(), None).await.unwrap();
+        assert_eq!(store.sync_budget(&cid()).await.unwrap(), None);
     }
 
     fn ids(v: Vec<ConnectorId>) -> Vec<String> {
