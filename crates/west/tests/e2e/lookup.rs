@@ -75,9 +75,23 @@ async fn lookup_answers_with_the_peers_devices_tags_permissions_filter_and_pagin
         )
         .await?;
     }
-    let mut theirs = b
-        .get_ok(&format!("/api/v1/connectors/{tid}/devices"))
-        .await?;
+    // Compared once the Source has acknowledged them (`sync.pending` false), so that both
+    // reads see the same state: each device's flag changes when its acknowledgement is
+    // persisted, which may fall between the two reads.
+    let mut theirs = testkit::eventually(
+        "the Source to acknowledge b's devices",
+        testkit::DEADLINE,
+        || async {
+            let d = b
+                .get_ok(&format!("/api/v1/connectors/{tid}/devices"))
+                .await?;
+            let pending = d["devices"]
+                .as_array()
+                .is_none_or(|ds| ds.iter().any(|x| x["sync"]["pending"] != false));
+            Ok((!pending).then_some(d))
+        },
+    )
+    .await?;
     // The peer protocol carries no total: the remote page is the peer's page without it.
     assert_eq!(theirs["total"], 5);
     theirs.as_object_mut().map(|o| o.remove("total"));
