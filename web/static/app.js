@@ -5,8 +5,8 @@
 // - the header's hub dot polls /health;
 // - charts (figure.chart) draw a resource's series as inline SVG from the data API and poll
 //   it for new points; the same charts draw a paired connector's rate history (several
-//   series of one answer, data-series); the device page's latest values and its pending
-//   badge poll the device API;
+//   series of one answer, data-series); the device page's latest values and charts follow
+//   the live stream (Server-Sent Events), its pending badge polls the device API;
 // - copy buttons, confirmation dialogs for destructive forms, pairing progress and countdown;
 // - paired connectors: the peer's device list and a device's Remote view, looked up live.
 "use strict";
@@ -391,6 +391,8 @@
       if (this.busy || document.hidden) return;
       // A full reload now and then also picks up points written late with older times.
       if (++this.polls % 12 === 0 || this.truncated) return this.reload();
+      // On the live stream, new points arrive by themselves.
+      if (this.live) return;
       const gen = this.gen;
       const last = this.points.length ? this.points[this.points.length - 1].t : (Date.now() - RANGES[this.range]) * 1000 - 1;
       this.busy = true;
@@ -576,8 +578,66 @@
     }
   }
 
+  // A device page follows its data on the live stream (Server-Sent Events of the connector's
+  // commits, this device only): latest values and charts move as each point is stored,
+  // without polling. The charts still reload now and then (points written late with older
+  // times), and after the stream says it lagged or dropped.
+  function setupLive(charts) {
+    const host = $("[data-live-src]");
+    if (!host || !window.EventSource) return;
+    const byResource = new Map();
+    for (const c of charts) if (c.fig.dataset.resource) byResource.set(c.fig.dataset.resource, c);
+    let pending = false;
+    const redraw = new Set();
+    const es = new EventSource(host.dataset.liveSrc);
+    es.addEventListener("open", () => {
+      host.dataset.live = "open";
+      charts.forEach((c) => { c.live = true; });
+    });
+    es.addEventListener("error", () => {
+      host.dataset.live = "closed";
+      charts.forEach((c) => { c.live = false; });
+    });
+    es.addEventListener("lagged", () => charts.forEach((c) => c.reload()));
+    es.addEventListener("points", (e) => {
+      let batch;
+      try { batch = JSON.parse(e.data).points || []; } catch (_) { return; }
+      for (const p of batch) {
+        const shown = $(`[data-time-of="${p.resource}"] time[data-us]`);
+        if (!shown || Number(shown.dataset.us) <= p.t) {
+          $$(`[data-value-of="${p.resource}"]`).forEach((el) => {
+            el.textContent = valueText(p.v, el.dataset.format, el.dataset.unit);
+          });
+          $$(`[data-time-of="${p.resource}"]`).forEach((el) => { el.replaceChildren(timeHtml(p.t, false)); });
+        }
+        const seen = $("#last-seen");
+        const seenAt = seen && $("time[data-us]", seen);
+        if (seen && (!seenAt || Number(seenAt.dataset.us) < p.t)) seen.replaceChildren(timeHtml(p.t, true));
+        const chart = byResource.get(p.resource);
+        if (chart && !chart.busy) {
+          const pts = chart.points;
+          if (!pts.length || pts[pts.length - 1].t < p.t) pts.push({ t: p.t, v: p.v });
+          else {
+            let i = pts.findIndex((q) => q.t >= p.t);
+            if (pts[i].t === p.t) pts[i] = { t: p.t, v: p.v }; else pts.splice(i, 0, { t: p.t, v: p.v });
+          }
+          redraw.add(chart);
+        }
+      }
+      if (!pending && redraw.size) {
+        pending = true;
+        requestAnimationFrame(() => {
+          pending = false;
+          for (const c of redraw) c.draw();
+          redraw.clear();
+        });
+      }
+    });
+  }
+
   function setupCharts() {
     const charts = $$("figure.chart[data-src]").map((f) => new Chart(f));
+    setupLive(charts);
     charts.forEach((c) => c.reload());
     $$("[data-range-picker] a[data-range]").forEach((a) => {
       a.addEventListener("click", (e) => {

@@ -1,7 +1,8 @@
 //! The web UI of docs/ui.md: server-rendered pages from askama templates (`web/templates`), forms
 //! that POST to UI routes and redirect after the post, and a little plain JavaScript
-//! (`web/static/app.js`) for the live parts: the header's hub dot polls `/health`, charts
-//! and latest values poll the data API with the session cookie.
+//! (`web/static/app.js`) for the live parts: the header's hub dot polls `/health`; a device
+//! page's charts and latest values follow the live stream (`GET …/data/live`, SSE), other
+//! charts poll the data API with the session cookie.
 //!
 //! Invariants:
 //! - Every change goes through the same domain operations as the REST API (`ops::…`), so

@@ -109,3 +109,38 @@ async fn the_device_list_searches_by_identity_counts_and_pages_both_ways() -> an
     shot(&b, "70-device-list-search").await?;
     b.close().await
 }
+
+/// Item 7 of #16: a device page follows the live stream — its latest value and chart move
+/// when a point is stored, without a reload.
+#[tokio::test]
+async fn a_device_page_follows_the_live_stream_without_a_reload() -> anyhow::Result<()> {
+    let site = util::site("site-a").await?;
+    let a = site.admin().await?;
+    let cid = util::thermometers(&a, &["d1".to_owned()]).await?;
+    let data = format!("/api/v1/connectors/{cid}/devices/d1/data");
+    a.post_ok(&data, json!({"values": {"temperature": 20.5}}))
+        .await?;
+    let b = Browser::start().await?;
+    sign_in(&b, &site.url, &site.opts.admin_password).await?;
+    b.goto(&format!("{}/connectors/{cid}/devices/d1", site.url))
+        .await?;
+    b.wait_for(".device-head[data-live='open']").await?;
+    b.wait_for("figure.chart svg.plot[data-last='20.5']")
+        .await?;
+    b.client
+        .execute("window.__samePage = true; return true;", vec![])
+        .await?;
+
+    a.post_ok(&data, json!({"values": {"temperature": 42.5}}))
+        .await?;
+    wait_text(&b, "[data-value-of='temperature']", "42.5").await?;
+    b.wait_for("figure.chart svg.plot[data-last='42.5']")
+        .await?;
+    let same = b
+        .client
+        .execute("return window.__samePage === true;", vec![])
+        .await?;
+    ensure!(same == json!(true), "the page was reloaded");
+    shot(&b, "71-device-live").await?;
+    b.close().await
+}
