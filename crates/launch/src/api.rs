@@ -17,7 +17,13 @@ pub struct Api {
 impl Api {
     pub fn new(base: &str) -> Self {
         Self {
-            client: reqwest::Client::new(),
+            // The site closes a keep-alive connection that sends no request for its header
+            // timeout (10 s); a pooled connection reused at that moment is reset under the
+            // request. Keep idle connections for less than that.
+            client: reqwest::Client::builder()
+                .pool_idle_timeout(std::time::Duration::from_secs(5))
+                .build()
+                .expect("a reqwest client with default TLS settings"),
             base: base.trim_end_matches('/').to_owned(),
             token: None,
         }
@@ -66,10 +72,14 @@ impl Api {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("{method} {path}"))?;
+        let retry = (method == Method::GET).then(|| req.try_clone()).flatten();
+        let resp = match (req.send().await, retry) {
+            // A GET changes nothing, so one that met a connection the server was closing is
+            // sent again, on a new connection.
+            (Err(e), Some(again)) if e.is_request() || e.is_connect() => again.send().await,
+            (result, _) => result,
+        }
+        .with_context(|| format!("{method} {path}"))?;
         Self::answer(resp).await
     }
 
