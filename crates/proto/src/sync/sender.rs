@@ -247,17 +247,18 @@ impl Sender {
         }
     }
 
-    /// Limits the bytes in flight, and the estimated bytes of a batch, to `bytes` (`None`:
-    /// the configured limits again). A driver that paces its sends to a bandwidth budget
-    /// sets it to a few seconds of the budget, so that what is in flight always leaves well
-    /// within the retransmit timeout. One batch may always be in flight.
-    pub fn limit_window(&mut self, now: u64, bytes: Option<u64>) {
+    /// Limits the bytes in flight to `window` and the estimated bytes of a batch to `batch`
+    /// (`None`: the configured limits again). A driver that paces its sends to a bandwidth
+    /// budget sets the window to a few seconds of the budget, so that what is in flight always
+    /// leaves well within the retransmit timeout, and the batch to a fraction of a second of
+    /// it, so that one message never holds the budget for long. One batch may always be in
+    /// flight.
+    pub fn limit_window(&mut self, now: u64, limits: Option<(u64, usize)>) {
         let base = &self.configured;
-        self.cfg.window_bytes = bytes.map_or(base.window_bytes, |b| b.clamp(1, base.window_bytes));
-        self.cfg.max_batch_bytes = bytes.map_or(base.max_batch_bytes, |b| {
-            usize::try_from(b)
-                .unwrap_or(usize::MAX)
-                .clamp(1, base.max_batch_bytes)
+        self.cfg.window_bytes =
+            limits.map_or(base.window_bytes, |(w, _)| w.clamp(1, base.window_bytes));
+        self.cfg.max_batch_bytes = limits.map_or(base.max_batch_bytes, |(_, b)| {
+            b.clamp(1, base.max_batch_bytes)
         });
         self.pump(now);
     }
@@ -825,7 +826,7 @@ mod tests {
     fn a_limited_window_holds_batches_until_acknowledged_and_lifting_it_releases_them() {
         let mut s = started(9, 0);
         // A budget's window of 1 byte: one batch in flight at a time.
-        s.limit_window(0, Some(1));
+        s.limit_window(0, Some((1, 1)));
         let sent = run(&mut s, 0, None);
         assert_eq!(ranges(&sent), vec![(1, 3)]);
         s.on_message(
