@@ -71,8 +71,15 @@ fn shared_keys() -> Vec<String> {
 fn assert_positive(report: &serde_json::Value, keys: &[String]) {
     for key in keys {
         let v = report[key].as_f64();
+        // CPU time is counted in clock ticks (10 ms): a process that idled through this
+        // small run (the hub, since idle pairings cost nothing) may truly show 0.
+        let least = if key.starts_with("CPU_") {
+            0.0
+        } else {
+            f64::MIN_POSITIVE
+        };
         assert!(
-            v.is_some_and(|v| v > 0.0),
+            v.is_some_and(|v| v >= least),
             "{key} is {v:?} in the report: {report}"
         );
     }

@@ -183,20 +183,30 @@ async fn sync_resumes_after_every_hub_kill9_under_load() -> anyhow::Result<()> {
     let mut p = Pairing::start(DEVICES).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
+    // At most 9,000 points a device, so that each series reads back in one page.
+    const STEPS: u64 = 9_000;
     let ingest = bulk_ingest(
         p.a.admin().await?,
         p.src.clone(),
         DEVICES,
-        9_000,
+        STEPS,
         Arc::clone(&stop),
         Arc::clone(&done),
     );
     for kill in 1..=KILLS {
         // Let data flow for a moment: some acknowledged, some in flight.
+        // Once all STEPS are in, the remaining kills find the ingest over: a fast Source
+        // can finish before the 20 kills do (the cause of "no ingest for 30 s" in two
+        // earlier runs, which waited here for steps that would never come).
         let before = done.load(Ordering::SeqCst);
-        eventually("ingest to go on", RESUME, || async {
-            Ok((done.load(Ordering::SeqCst) >= before + 5).then_some(()))
-        })
+        eventually(
+            &format!("ingest to go on before kill {kill} ({before} of {STEPS} steps)"),
+            RESUME,
+            || async {
+                let now = done.load(Ordering::SeqCst);
+                Ok((now >= before + 5 || now >= STEPS).then_some(()))
+            },
+        )
         .await?;
         p.hub.kill9().await?;
         // A short outage, varied so that reconnections land at different moments.
