@@ -578,7 +578,7 @@ impl Sender {
                 if !(full || s.staged_gap.is_some() || (drained && lingered)) {
                     break;
                 }
-                match encode_batch(&mut self.encoder, s, head) {
+                match encode_batch(&mut self.encoder, s, head, cfg.max_batch_bytes) {
                     Ok(()) => continue,
                     Err(e) => {
                         // Only a bug gets here (records are validated on ingest): stop the
@@ -662,10 +662,24 @@ impl Sender {
     }
 }
 
-/// Encodes the staged records as one batch (or its largest prefix that fits a message) and
-/// makes it `ready`.
-fn encode_batch(enc: &mut codec::Encoder, s: &mut Session, head: u64) -> Result<(), SyncError> {
-    let mut n = s.staged.len();
+/// Encodes the staged records as one batch and makes it `ready`: the longest prefix whose
+/// estimated size stays within `max_bytes` (at least one record; a read may stage more than
+/// a batch holds, and a paced sender relies on the cut), halved until it fits a message.
+fn encode_batch(
+    enc: &mut codec::Encoder,
+    s: &mut Session,
+    head: u64,
+    max_bytes: usize,
+) -> Result<(), SyncError> {
+    let mut n = 0;
+    let mut bytes = 0;
+    for r in &s.staged {
+        bytes += r.estimated_size();
+        if n > 0 && bytes > max_bytes {
+            break;
+        }
+        n += 1;
+    }
     loop {
         let first = s.staged_first;
         let last = first + n as u64 - 1;
@@ -826,7 +840,7 @@ mod tests {
     fn a_limited_window_holds_batches_until_acknowledged_and_lifting_it_releases_them() {
         let mut s = started(9, 0);
         // A budget's window of 1 byte: one batch in flight at a time.
-        s.limit_window(0, Some((1, 1)));
+        s.limit_window(0, Some((1, 1 << 20)));
         let sent = run(&mut s, 0, None);
         assert_eq!(ranges(&sent), vec![(1, 3)]);
         s.on_message(
@@ -842,6 +856,18 @@ mod tests {
         s.limit_window(2, None);
         assert_eq!(ranges(&run(&mut s, 2, None)), vec![(7, 9)]);
         assert_eq!(s.cfg, s.configured);
+    }
+
+    #[test]
+    fn a_batch_holds_no_more_estimated_bytes_than_its_limit_whatever_a_read_staged() {
+        let mut s = started(6, 0);
+        // Two records' worth (18 estimated bytes each), though a read stages three.
+        s.limit_window(0, Some((1 << 20, 2 * rec(1).estimated_size())));
+        assert_eq!(ranges(&run(&mut s, 0, None)), vec![(1, 2), (3, 4), (5, 6)]);
+        // One record larger than the limit still goes, alone.
+        let mut s = started(2, 0);
+        s.limit_window(0, Some((1 << 20, 1)));
+        assert_eq!(ranges(&run(&mut s, 0, None)), vec![(1, 1), (2, 2)]);
     }
 
     #[test]
