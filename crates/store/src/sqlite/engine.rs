@@ -32,16 +32,20 @@ pub(super) struct Done {
 /// Answers a job's caller, given the commit's failure if the commit failed.
 pub(super) type Reply = Box<dyn FnOnce(Option<&CommitFailure>) + Send>;
 
-/// Why a commit failed, kept so that every caller of the batch gets its own error with the
-/// same SQLite code (a full disk must read as one to each of them).
+/// Why a transaction failed (its BEGIN or its COMMIT), kept so that every caller of the
+/// batch gets its own error with the same SQLite code (a full disk must read as one to each
+/// of them, a database locked by another process as that).
 pub(super) struct CommitFailure {
+    /// What the writer was doing, for the error's `op`.
+    pub(super) op: &'static str,
     pub(super) extended_code: std::ffi::c_int,
     pub(super) message: String,
 }
 
 impl CommitFailure {
-    fn new(e: &rusqlite::Error) -> Self {
+    fn new(op: &'static str, e: &rusqlite::Error) -> Self {
         Self {
+            op,
             extended_code: match e {
                 rusqlite::Error::SqliteFailure(f, _) => f.extended_code,
                 _ => rusqlite::ffi::SQLITE_ERROR,
@@ -52,31 +56,40 @@ impl CommitFailure {
 
     /// The failure of a job's own last step (writing its log row), for its caller alone.
     fn of_store(e: &StoreError) -> Self {
-        let sql = match e {
-            StoreError::Backend { source, .. } => source.downcast_ref::<rusqlite::Error>(),
-            _ => None,
+        let (op, sql) = match e {
+            StoreError::Backend { op, source } => (*op, source.downcast_ref::<rusqlite::Error>()),
+            _ => ("committing", None),
         };
         match sql {
-            Some(sql) => Self::new(sql),
+            Some(sql) => Self::new(op, sql),
             None => Self {
+                op,
                 extended_code: rusqlite::ffi::SQLITE_ERROR,
                 message: e.to_string(),
             },
         }
     }
 
-    fn to_error(&self) -> rusqlite::Error {
-        rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(self.extended_code),
-            Some(self.message.clone()),
-        )
+    fn to_error(&self) -> StoreError {
+        StoreError::Backend {
+            op: self.op,
+            source: Box::new(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(self.extended_code),
+                Some(self.message.clone()),
+            )),
+        }
     }
 }
 
-pub(super) type Job = Box<dyn FnOnce(&Connection) -> Done + Send>;
+/// A write for the writer thread: given the connection inside the open transaction, or
+/// the failure that kept the transaction from beginning (then it does not run, and its
+/// caller hears that failure).
+pub(super) type Job =
+    Box<dyn FnOnce(std::result::Result<&Connection, &CommitFailure>) -> Done + Send>;
 
 /// A job running `f` in the writer's transaction, and where its answer arrives (after the
-/// commit, with the commit's failure if it failed).
+/// commit, with the commit's failure if it failed; at once with the failure to begin the
+/// transaction if that failed).
 pub(super) fn job<R, F>(f: F) -> (Job, oneshot::Receiver<Result<R>>)
 where
     R: Send + 'static,
@@ -84,16 +97,16 @@ where
 {
     let (tx, rx) = oneshot::channel();
     let job: Job = Box::new(move |conn| {
-        let result = f(conn);
+        let result = match conn {
+            Ok(conn) => f(conn),
+            Err(failure) => Err(failure.to_error()),
+        };
         Done {
             ok: result.is_ok(),
             reply: Box::new(move |commit_error| {
                 let answer = match commit_error {
                     None => result,
-                    Some(failure) => Err(StoreError::Backend {
-                        op: "committing",
-                        source: Box::new(failure.to_error()),
-                    }),
+                    Some(failure) => Err(failure.to_error()),
                 };
                 let _ = tx.send(answer);
             }),
@@ -310,18 +323,19 @@ pub(super) fn writer(
         series::listen(folding.live.receiver_count() > 0);
         let begin = conn.execute_batch("BEGIN IMMEDIATE");
         if let Err(e) = begin {
-            let message = e.to_string();
-            tracing::error!(error = %message, "cannot begin a write transaction");
-            // Answer every caller with the error; nothing of theirs ran.
+            // Another process holding the database's lock past the busy timeout, say:
+            // every caller hears why, and nothing of theirs ran.
+            let failure = CommitFailure::new("beginning a write transaction", &e);
+            tracing::error!(error = %failure.message, "cannot begin a write transaction");
             for job in batch.drain(..) {
-                drop(job);
+                (job(Err(&failure)).reply)(None);
             }
             continue;
         }
         for job in batch.drain(..) {
             let savepoint = conn.execute_batch("SAVEPOINT job");
             let mark = series::mark();
-            let mut done = job(&conn);
+            let mut done = job(Ok(&conn));
             // The job's points, one log row: its last write, inside its savepoint.
             if done.ok
                 && let Err(e) = series::flush_log(&conn)
@@ -350,7 +364,7 @@ pub(super) fn writer(
         }
         let commit = conn
             .execute_batch("COMMIT")
-            .map_err(|e| CommitFailure::new(&e));
+            .map_err(|e| CommitFailure::new("committing", &e));
         let ops = series::take_ops();
         let live = series::take_live();
         if let Err(failure) = &commit {

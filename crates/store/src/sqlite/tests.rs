@@ -740,3 +740,34 @@ async fn a_held_compactor_bounds_the_tail_and_its_late_folds_change_nothing() {
     let store = SqliteStore::open(SqliteConfig::new(dir)).unwrap();
     assert_eq!(values(&store).await, want);
 }
+
+/// Another process holding the database's write lock past the busy timeout: the writes
+/// waiting for it are refused with the lock error (not "the store is shut down"), store
+/// nothing, and the store writes again once the lock is released.
+#[tokio::test]
+async fn a_database_locked_by_another_process_refuses_writes_with_that_error() {
+    let (dir, store) = fixture().await;
+    let other = Connection::open(dir.path().join("site.db")).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let err = store
+        .ingest(&cid(), vec![points(5, json!(1))])
+        .await
+        .unwrap_err();
+    let StoreError::Backend { op, source } = &err else {
+        panic!("expected the lock error, got {err}");
+    };
+    assert_eq!(*op, "beginning a write transaction");
+    let sql = source.downcast_ref::<rusqlite::Error>().unwrap();
+    assert_eq!(
+        sql.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy),
+        "{err}"
+    );
+    assert!(err.to_string().contains("database is locked"), "{err}");
+    other.execute_batch("ROLLBACK").unwrap();
+    store
+        .ingest(&cid(), vec![points(6, json!(2))])
+        .await
+        .unwrap();
+    assert_eq!(values(&store).await, vec![(6, 2.0)]);
+}
