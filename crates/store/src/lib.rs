@@ -255,8 +255,21 @@ pub trait Store: Send + Sync + 'static {
     async fn sync_state(&self, cid: &ConnectorId) -> Result<SyncDurable>;
     /// The highest seq in the connector's outbox (0 when empty).
     async fn outbox_head(&self, cid: &ConnectorId) -> Result<u64>;
-    /// At most `max` consecutive records from `from`, or the lost span that holds `from`.
+    /// At most `max` consecutive records from `from`, or the lost span that holds `from`
+    /// ([`outbox_range`](Self::outbox_range) up to the head).
     async fn outbox_read(&self, cid: &ConnectorId, from: u64, max: usize) -> Result<OutboxChunk>;
+    /// At most `max` consecutive records with `from <= seq < until` (none when `from >=
+    /// until` or `from` is past the head), or the lost span that holds `from` (whole, even
+    /// where it reaches past `until`). A seq is one point or one device change whatever the
+    /// store keeps per row: `from` may be any seq, and a record reads the same from any
+    /// starting point.
+    async fn outbox_range(
+        &self,
+        cid: &ConnectorId,
+        from: u64,
+        until: u64,
+        max: usize,
+    ) -> Result<OutboxChunk>;
     /// Persists the send lease: records in `(acked, upto]` are kept until acknowledged.
     async fn outbox_lease(&self, cid: &ConnectorId, upto: u64) -> Result<()>;
     /// Persists the peer's acknowledgement and drops what is delivered.

@@ -27,7 +27,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::{backend, get_device, identity_col, resource_rows, select_rows, sync, value_to_sql};
 use crate::{Result, StoreError};
 
-/// `resource` of an outbox row that holds a device change (resource ids start at 1).
+/// `resource` of a row of the former outbox layout (a row per seq, before migration 10)
+/// that holds a device change (resource ids start at 1); read when converting it.
 pub(super) const DEVICE_CHANGE: i64 = 0;
 
 fn json_err(op: &'static str) -> impl FnOnce(serde_json::Error) -> StoreError {

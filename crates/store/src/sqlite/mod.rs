@@ -37,6 +37,7 @@
 //! and compactor threads; `schema.rs` connections and migrations; `rows.rs` row mapping
 //! and the shared lookups; `store_impl.rs` the [`Store`] trait, method by method;
 //! `series.rs` the time series (log, tail, blocks); `sync.rs` resource data sync;
+//! `outbox.rs` the outbox's stored records (a row per request);
 //! `devices.rs` device records and their convergence; `waiting.rs` points waiting for a
 //! missing resource.
 //!
@@ -75,6 +76,7 @@ mod engine;
 mod fixtures;
 #[cfg(test)]
 mod model_tests;
+mod outbox;
 mod rows;
 mod schema;
 mod series;
@@ -172,6 +174,8 @@ impl SqliteStore {
         // (docs/sync.md, rule 1), lest it keep the next appends past the retention.
         conn.execute("UPDATE sync_out SET lease = MIN(lease, head)", [])
             .map_err(backend("trimming send leases"))?;
+        // Outbox partitions of a version that stored a row per seq (migration 10).
+        outbox::convert_legacy(&conn)?;
         let tail = Arc::new(RwLock::new(open_tail(&conn, config.fold_points.max(1))?));
         let (tx, rx) = mpsc::channel::<Job>(1024);
         let (committed, commits) = std::sync::mpsc::sync_channel::<()>(1);

@@ -46,7 +46,7 @@ pub(super) fn ingest_points(
                 && outbox.points
             {
                 // The outbox record is the point's log entry: stored once.
-                outbox.push(conn, &p.identity, res.id, p.t, &value)?;
+                outbox.push(conn, &p.identity, name, p.t, &value)?;
                 series::put((device, res.id), (cid, &p.identity, name), p.t, value);
             } else {
                 series::append(conn, (device, res.id), (cid, &p.identity, name), p.t, value)?;
@@ -812,7 +812,19 @@ impl Store for SqliteStore {
 
     async fn outbox_read(&self, cid: &ConnectorId, from: u64, max: usize) -> Result<OutboxChunk> {
         let cid = cid.clone();
-        self.read(move |conn| sync::read(conn, &cid, from, max))
+        self.read(move |conn| sync::read(conn, &cid, (from, u64::MAX), max))
+            .await
+    }
+
+    async fn outbox_range(
+        &self,
+        cid: &ConnectorId,
+        from: u64,
+        until: u64,
+        max: usize,
+    ) -> Result<OutboxChunk> {
+        let cid = cid.clone();
+        self.read(move |conn| sync::read(conn, &cid, (from, until), max))
             .await
     }
 

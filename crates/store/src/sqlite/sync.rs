@@ -5,9 +5,11 @@
 //!
 //! ```text
 //!  ingest job ──▶ point log, or (Source, paired, remote_sync on) sync_out_<cid>_<part>:
-//!                 the record is the point's only copy until folded (`sync_out.folded`)
+//!                 one row of records per request (`outbox.rs`), the points' only copy
+//!                 until folded (`sync_out.folded`)
 //!                                      seq = head + 1 …, head in sync_out, same transaction
-//!  driver: read(from) ◀── partitions in seq order, or the lost span holding `from`
+//!  driver: read(from, until) ◀── partitions in seq order (from any seq, inside a row
+//!                                 too), or the lost span holding `from`
 //!          lease(upto), acked(n) ──▶ sync_out; fully acknowledged older partitions dropped
 //!          expire(now) ──▶ expired partitions dropped: delivered ones silently, undelivered
 //!                          ones as a lost span (exact summary) unless pinned in (acked, lease]
@@ -26,19 +28,22 @@
 //! - `apply` refuses (and changes nothing) unless the stored cursor is exactly one before
 //!   each item's first seq; the cursor only grows.
 //!
-//! Device changes share the outbox (rows with `resource` = [`devices::DEVICE_CHANGE`], the
-//! record as JSON in `v`) on both sides of a pairing: on a Source with the points, on a
-//! Target alone (the Target → Source stream). Their SQL is in `devices.rs`.
+//! Device changes share the outbox (`Record::Device` records, in stream order with the
+//! points) on both sides of a pairing: on a Source with the points, on a Target alone (the
+//! Target → Source stream). Their SQL is in `devices.rs`; the stored layout of records in
+//! `outbox.rs`.
 //!
 //! Deliberately absent: any clock reading: `now` is passed in.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use proto::model::{ConnectorId, Format, Identity, ResourceName, Role, SyncState, Value};
-use proto::sync::{DeviceRecord, LostSpan, Record, ResourceLoss};
+use proto::model::{ConnectorId, Format, Identity, ResourceName, Value};
+use proto::sync::{LostSpan, Record, ResourceLoss};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::devices::{self, DEVICE_CHANGE};
+use super::devices;
+pub(super) use super::outbox::{append_device, appender};
+use super::outbox::{rows_from, table, to_i64, to_u64};
 use super::{
     backend, collect_rows, identity_col, parse_col, resource_col, resource_rows, select_rows,
     value_from_sql, value_to_sql,
@@ -48,23 +53,9 @@ use crate::{
     SyncDurable,
 };
 
-/// SQLite refuses compound selects of more than 500 terms; a lost span covers at most this
-/// many partitions (a longer run becomes several adjacent spans).
+/// A lost span covers at most this many partitions (a longer run becomes several adjacent
+/// spans), so that one span's summary reads a bounded part of the outbox.
 const MAX_PARTS_PER_SPAN: usize = 256;
-
-fn table(cid: &ConnectorId, part: i64) -> String {
-    // Connector ids are 14 lowercase alphanumerics (checked by `ConnectorId::parse`), so the
-    // name needs no quoting.
-    format!("sync_out_{}_{part}", cid.as_str())
-}
-
-fn to_u64(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
-fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
 
 fn json_err(op: &'static str) -> impl FnOnce(serde_json::Error) -> StoreError {
     move |e| StoreError::Backend {
@@ -101,193 +92,6 @@ fn ensure_out_row(conn: &Connection, cid: &ConnectorId) -> Result<()> {
 
 // ---------------------------------------------------------------------------------------
 // Sending side.
-
-/// Appends the remote-synced points of one ingest job to the connector's outbox. Made once
-/// per job by [`appender`]; [`Appender::finish`] must run before the job's savepoint ends.
-pub(super) struct Appender {
-    cid: ConnectorId,
-    head: u64,
-    /// Partition appends go to, chosen at the first push.
-    part: i64,
-    last_part: i64,
-    table: Option<String>,
-    /// Records and bytes appended by this job.
-    appended: u64,
-    bytes: u64,
-    /// Whether points are replicated (a Source); a Target's stream holds device changes only.
-    pub(super) points: bool,
-}
-
-/// An appender when `cid` is paired (device changes are replicated; on a Source, points
-/// too), else `None`.
-pub(super) fn appender(
-    conn: &Connection,
-    cid: &ConnectorId,
-    now: i64,
-    partition_us: i64,
-) -> Result<Option<Appender>> {
-    let row: Option<(String, String)> = conn
-        .prepare_cached("SELECT role, sync_state FROM connectors WHERE id = ?1")
-        .and_then(|mut s| {
-            s.query_row([cid.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()
-        })
-        .map_err(backend("reading a connector's role"))?;
-    let Some((role, state)) = row else {
-        return Ok(None);
-    };
-    if SyncState::parse(&state) != Some(SyncState::Paired) {
-        return Ok(None);
-    }
-    let (head, _, _, last_part) = out_row(conn, cid)?;
-    Ok(Some(Appender {
-        cid: cid.clone(),
-        head,
-        part: (now.max(0) / partition_us.max(1)).max(last_part),
-        last_part,
-        table: None,
-        appended: 0,
-        bytes: 0,
-        points: Role::parse(&role) == Some(Role::Source),
-    }))
-}
-
-/// Appends one device change to the outbox of a paired connector; returns its seq, or
-/// `None` when the connector is not paired (nothing to replicate to).
-pub(super) fn append_device(
-    conn: &Connection,
-    cid: &ConnectorId,
-    now: i64,
-    partition_us: i64,
-    record: &DeviceRecord,
-) -> Result<Option<u64>> {
-    let Some(mut out) = appender(conn, cid, now, partition_us)? else {
-        return Ok(None);
-    };
-    let seq = out.push_device(conn, record)?;
-    out.finish(conn)?;
-    Ok(Some(seq))
-}
-
-impl Appender {
-    /// Inserts one outbox row under the next seq; returns the seq.
-    fn append(
-        &mut self,
-        conn: &Connection,
-        device: &Identity,
-        (resource, t): (i64, i64),
-        v: &dyn rusqlite::ToSql,
-        bytes: u64,
-    ) -> Result<u64> {
-        let table = match &self.table {
-            Some(t) => t.clone(),
-            None => {
-                let t = self.open_partition(conn)?;
-                self.table = Some(t.clone());
-                t
-            }
-        };
-        let seq = self.head + 1;
-        conn.prepare_cached(&format!(
-            "INSERT INTO {table} (seq, device, resource, t, v) VALUES (?1, ?2, ?3, ?4, ?5)"
-        ))
-        .and_then(|mut s| s.execute(params![to_i64(seq), device.as_str(), resource, t, v]))
-        .map_err(backend("appending to the outbox"))?;
-        self.head = seq;
-        self.appended += 1;
-        self.bytes += 24 + device.as_str().len() as u64 + bytes;
-        Ok(seq)
-    }
-
-    /// Queues one device change under the next seq; returns the seq.
-    pub(super) fn push_device(&mut self, conn: &Connection, record: &DeviceRecord) -> Result<u64> {
-        let text = devices::encode(record)?;
-        let wall = record
-            .max_stamp()
-            .map_or(0, |s| i64::try_from(s.hlc.wall_us).unwrap_or(i64::MAX));
-        let bytes = text.len() as u64;
-        self.append(conn, &record.identity, (DEVICE_CHANGE, wall), &text, bytes)
-    }
-
-    /// Queues one point under the next seq.
-    pub(super) fn push(
-        &mut self,
-        conn: &Connection,
-        device: &Identity,
-        resource: i64,
-        t: i64,
-        value: &Value,
-    ) -> Result<()> {
-        let bytes = match value {
-            Value::String(s) | Value::Json(s) => s.len() as u64,
-            _ => 8,
-        };
-        self.append(conn, device, (resource, t), &value_to_sql(value), bytes)?;
-        Ok(())
-    }
-
-    /// Creates the partition's table and registry row unless they exist.
-    fn open_partition(&self, conn: &Connection) -> Result<String> {
-        let name = table(&self.cid, self.part);
-        let known = conn
-            .prepare_cached("SELECT 1 FROM sync_partitions WHERE connector = ?1 AND part = ?2")
-            .and_then(|mut s| s.exists(params![self.cid.as_str(), self.part]))
-            .map_err(backend("looking up an outbox partition"))?;
-        if !known {
-            conn.execute_batch(&format!(
-                "CREATE TABLE IF NOT EXISTS {name} (
-                     seq INTEGER PRIMARY KEY, device TEXT NOT NULL, resource INTEGER NOT NULL,
-                     t INTEGER NOT NULL, v)"
-            ))
-            .map_err(backend("creating an outbox partition"))?;
-            conn.prepare_cached(
-                "INSERT INTO sync_partitions (connector, part, first_seq, last_seq, bytes)
-                 VALUES (?1, ?2, ?3, ?4, 0)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    self.cid.as_str(),
-                    self.part,
-                    to_i64(self.head + 1),
-                    to_i64(self.head)
-                ])
-            })
-            .map_err(backend("registering an outbox partition"))?;
-        }
-        Ok(name)
-    }
-
-    /// Records the new head; returns it when anything was appended.
-    pub(super) fn finish(self, conn: &Connection) -> Result<Option<u64>> {
-        if self.appended == 0 {
-            return Ok(None);
-        }
-        ensure_out_row(conn, &self.cid)?;
-        conn.prepare_cached("UPDATE sync_out SET head = ?2, last_part = ?3 WHERE connector = ?1")
-            .and_then(|mut s| {
-                s.execute(params![
-                    self.cid.as_str(),
-                    to_i64(self.head),
-                    self.part.max(self.last_part)
-                ])
-            })
-            .map_err(backend("moving the outbox head"))?;
-        conn.prepare_cached(
-            "UPDATE sync_partitions SET last_seq = ?3, bytes = bytes + ?4
-             WHERE connector = ?1 AND part = ?2",
-        )
-        .and_then(|mut s| {
-            s.execute(params![
-                self.cid.as_str(),
-                self.part,
-                to_i64(self.head),
-                to_i64(self.bytes)
-            ])
-        })
-        .map_err(backend("updating an outbox partition"))?;
-        Ok(Some(self.head))
-    }
-}
 
 struct Part {
     part: i64,
@@ -358,9 +162,9 @@ pub(super) fn forget(conn: &Connection, cid: &ConnectorId) -> Result<()> {
 }
 
 /// Calls `f(device, resource, t, value)` for every point record not folded yet (above
-/// `sync_out.folded`), connector by connector in seq order: the part of the point log that
-/// lives in outboxes (`series::replay`). Records of devices or resources that no longer
-/// exist are skipped.
+/// `sync_out.folded`; copies are not the log and are skipped), connector by connector in
+/// seq order: the part of the point log that lives in outboxes (`series::replay`). Records
+/// of devices or resources that no longer exist are skipped.
 pub(super) fn replay_unfolded(
     conn: &Connection,
     mut f: impl FnMut(i64, i64, i64, Value),
@@ -379,49 +183,51 @@ pub(super) fn replay_unfolded(
             |s| ConnectorId::parse(s).ok(),
             "reading a connector id",
         )?;
-        let formats: HashMap<i64, Format> = resource_rows(conn, &cid)?
-            .into_values()
-            .map(|r| (r.id, r.format))
+        let folded = to_u64(folded);
+        let rids: HashMap<ResourceName, i64> = resource_rows(conn, &cid)?
+            .into_iter()
+            .map(|(name, r)| (name, r.id))
             .collect();
-        let mut ids: HashMap<String, Option<i64>> = HashMap::new();
+        let mut ids: HashMap<Identity, Option<i64>> = HashMap::new();
         for p in partitions(conn, &cid)?
             .into_iter()
-            .filter(|p| to_i64(p.last) > folded)
+            .filter(|p| p.last > folded)
         {
-            let mut stmt = conn
-                .prepare(&format!(
-                    "SELECT device, resource, t, v FROM {} WHERE seq > ?1 ORDER BY seq",
-                    table(&cid, p.part)
-                ))
-                .map_err(backend(op))?;
-            let mut rows = stmt.query([folded]).map_err(backend(op))?;
-            while let Some(r) = rows.next().map_err(backend(op))? {
-                let rid: i64 = r.get(1).map_err(backend(op))?;
-                let Some(format) = formats.get(&rid) else {
-                    continue; // a device change, or a resource that is gone
-                };
-                let identity: String = r.get(0).map_err(backend(op))?;
-                let id = match ids.get(&identity) {
-                    Some(id) => *id,
-                    None => {
-                        let id = conn
-                            .prepare_cached(
-                                "SELECT id FROM devices WHERE connector = ?1 AND identity = ?2",
-                            )
-                            .and_then(|mut s| {
-                                s.query_row([cid.as_str(), identity.as_str()], |r| r.get(0))
-                                    .optional()
-                            })
-                            .map_err(backend(op))?;
-                        ids.insert(identity, id);
-                        id
+            rows_from(conn, &cid, p.part, folded + 1, |row| {
+                if row.copy {
+                    return Ok(true);
+                }
+                for (seq, record) in (row.first..).zip(row.records) {
+                    let Record::Point(point) = record else {
+                        continue;
+                    };
+                    if seq <= folded {
+                        continue;
                     }
-                };
-                let Some(device) = id else { continue };
-                let t: i64 = r.get(2).map_err(backend(op))?;
-                let value = value_from_sql(*format, r.get_ref(3).map_err(backend(op))?);
-                f(device, rid, t, value);
-            }
+                    let Some(rid) = rids.get(&point.resource) else {
+                        continue; // a resource that is gone
+                    };
+                    let id = match ids.get(&point.device) {
+                        Some(id) => *id,
+                        None => {
+                            let id = conn
+                                .prepare_cached(
+                                    "SELECT id FROM devices WHERE connector = ?1 AND identity = ?2",
+                                )
+                                .and_then(|mut s| {
+                                    s.query_row([cid.as_str(), point.device.as_str()], |r| r.get(0))
+                                        .optional()
+                                })
+                                .map_err(backend(op))?;
+                            ids.insert(point.device.clone(), id);
+                            id
+                        }
+                    };
+                    let Some(device) = id else { continue };
+                    f(device, *rid, point.t, point.value);
+                }
+                Ok(true)
+            })?;
         }
     }
     Ok(())
@@ -472,11 +278,12 @@ pub(super) fn state(conn: &Connection, cid: &ConnectorId) -> Result<SyncDurable>
     })
 }
 
-/// Consecutive records from `from` (at most `max`), or the lost span holding `from`.
+/// Consecutive records of `[from, until)` (at most `max`), or the lost span holding `from`.
+/// `from` may be any seq, inside a stored row too.
 pub(super) fn read(
     conn: &Connection,
     cid: &ConnectorId,
-    from: u64,
+    (from, until): (u64, u64),
     max: usize,
 ) -> Result<OutboxChunk> {
     let lost: Option<String> = conn
@@ -493,57 +300,29 @@ pub(super) fn read(
             serde_json::from_str(&span).map_err(json_err("reading a lost span"))?,
         ));
     }
-    let resources: HashMap<i64, (ResourceName, Format)> = resource_rows(conn, cid)?
-        .into_iter()
-        .map(|(name, r)| (r.id, (name, r.format)))
-        .collect();
     let mut out = Vec::new();
     let mut next = from;
+    let wanted = |out: &Vec<Record>, next: u64| out.len() < max && next < until;
     for p in partitions(conn, cid)?
         .into_iter()
         .filter(|p| p.last >= from)
     {
-        if p.first > next || out.len() >= max {
+        if p.first > next || !wanted(&out, next) {
             break;
         }
-        let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT seq, device, resource, t, v FROM {} WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
-                table(cid, p.part)
-            ))
-            .map_err(backend("reading the outbox"))?;
-        let mut rows = stmt
-            .query(params![to_i64(next), to_i64((max - out.len()) as u64)])
-            .map_err(backend("reading the outbox"))?;
-        while let Some(r) = rows.next().map_err(backend("reading the outbox"))? {
-            let seq = to_u64(r.get(0).map_err(backend("reading the outbox"))?);
-            if seq != next {
-                return Ok(OutboxChunk::Records(out));
+        rows_from(conn, cid, p.part, next, |row| {
+            if row.first > next {
+                return Ok(false); // a hole: only what is consecutive from `from`
             }
-            let device: String = r.get(1).map_err(backend("reading the outbox"))?;
-            let rid: i64 = r.get(2).map_err(backend("reading the outbox"))?;
-            if rid == DEVICE_CHANGE {
-                let text: String = r.get(4).map_err(backend("reading the outbox"))?;
-                out.push(Record::Device(devices::decode(&text)?));
-                next += 1;
-                continue;
-            }
-            let t: i64 = r.get(3).map_err(backend("reading the outbox"))?;
-            let (name, format) = resources.get(&rid).ok_or_else(|| StoreError::Backend {
-                op: "reading the outbox",
-                source: format!("record {seq} names resource {rid}, which is gone").into(),
-            })?;
-            let value = value_from_sql(
-                *format,
-                r.get_ref(4).map_err(backend("reading the outbox"))?,
-            );
-            out.push(Record::Point(proto::sync::Point {
-                device: identity_col(device)?,
-                resource: name.clone(),
-                t,
-                value,
-            }));
-            next += 1;
+            let skip = usize::try_from(next - row.first).unwrap_or(usize::MAX);
+            let room = (max - out.len()).min(usize::try_from(until - next).unwrap_or(usize::MAX));
+            let before = out.len();
+            out.extend(row.records.into_iter().skip(skip).take(room));
+            next += (out.len() - before) as u64;
+            Ok(next == row.last + 1 && wanted(&out, next))
+        })?;
+        if next <= p.last {
+            break;
         }
     }
     Ok(OutboxChunk::Records(out))
@@ -682,52 +461,60 @@ fn span_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, i64, i64, i64, i
     ))
 }
 
+/// Counters of one resource's points in a lost span.
+struct Loss {
+    points: u64,
+    devices: BTreeSet<Identity>,
+    from: i64,
+    until: i64,
+}
+
 /// The exact summary of the records of a run of partitions about to be dropped, and the
-/// devices whose changes are among them.
+/// devices whose changes are among them; row by row, so memory holds one row and the
+/// distinct devices.
 fn summarize(
     conn: &Connection,
     cid: &ConnectorId,
     run: &[Part],
 ) -> Result<(LostSpan, Vec<Identity>)> {
-    let union = run
-        .iter()
-        .map(|p| format!("SELECT device, resource, t FROM {}", table(cid, p.part)))
-        .collect::<Vec<_>>()
-        .join(" UNION ALL ");
-    let sql = format!(
-        "SELECT r.name, COUNT(*), COUNT(DISTINCT o.device), MIN(o.t), MAX(o.t)
-         FROM ({union}) o JOIN resources r ON r.id = o.resource
-         GROUP BY r.name ORDER BY r.name"
-    );
-    let mut stmt = conn.prepare(&sql).map_err(backend("summarizing a loss"))?;
-    let rows = collect_rows(&mut stmt, [], span_row, "summarizing a loss")?;
-    let mut resources = Vec::new();
-    for (name, points, devices, from_us, until_us) in rows {
-        resources.push(ResourceLoss {
-            resource: resource_col(name, "reading a resource")?,
-            points: to_u64(points),
-            devices: to_u64(devices),
-            from_us,
-            until_us,
-        });
+    let mut per: BTreeMap<ResourceName, Loss> = BTreeMap::new();
+    let mut changed: BTreeSet<Identity> = BTreeSet::new();
+    let mut device_changes = 0;
+    for p in run {
+        rows_from(conn, cid, p.part, 0, |row| {
+            for record in row.records {
+                match record {
+                    Record::Point(pt) => {
+                        let l = per.entry(pt.resource).or_insert(Loss {
+                            points: 0,
+                            devices: BTreeSet::new(),
+                            from: i64::MAX,
+                            until: i64::MIN,
+                        });
+                        l.points += 1;
+                        l.from = l.from.min(pt.t);
+                        l.until = l.until.max(pt.t);
+                        l.devices.insert(pt.device);
+                    }
+                    Record::Device(d) => {
+                        device_changes += 1;
+                        changed.insert(d.identity);
+                    }
+                }
+            }
+            Ok(true)
+        })?;
     }
-    let mut stmt = conn
-        .prepare(&format!(
-            "SELECT o.device, COUNT(*) FROM ({union}) o WHERE o.resource = {DEVICE_CHANGE}
-             GROUP BY o.device"
-        ))
-        .map_err(backend("summarizing a loss"))?;
-    let changes = collect_rows(
-        &mut stmt,
-        [],
-        |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
-        "summarizing a loss",
-    )?;
-    let device_changes = changes.iter().map(|(_, n)| to_u64(*n)).sum();
-    let changed = changes
+    let resources = per
         .into_iter()
-        .map(|(d, _)| identity_col(d))
-        .collect::<Result<Vec<_>>>()?;
+        .map(|(resource, l)| ResourceLoss {
+            resource,
+            points: l.points,
+            devices: l.devices.len() as u64,
+            from_us: l.from,
+            until_us: l.until,
+        })
+        .collect();
     Ok((
         LostSpan {
             first_seq: run.first().map_or(0, |p| p.first),
@@ -735,7 +522,7 @@ fn summarize(
             resources,
             device_changes,
         },
-        changed,
+        changed.into_iter().collect(),
     ))
 }
 
@@ -1393,13 +1180,14 @@ mod tests {
             .unwrap();
         assert_eq!(report.points_lost, 4, "{report:?}");
         assert_eq!(report.partitions_dropped, 2);
-        // (acked, lease] = 2..=3 survives, with the rest of its partitions.
+        // (acked, lease] = 2..=3 survives, with the rest of its partitions. A request's
+        // records are in the codec's order (by device, then time): dev1's point first.
         assert_eq!(
             records(&store, SNAP + 2, 10).await,
             vec![
                 point("dev1", "temp", 1, 2.0),
-                point("dev2", "temp", 10, 1.0),
-                point("dev1", "temp", 11, 2.0)
+                point("dev1", "temp", 11, 2.0),
+                point("dev2", "temp", 10, 1.0)
             ]
         );
         let OutboxChunk::Lost(span) = store.outbox_read(&cid(), SNAP + 6, 10).await.unwrap() else {

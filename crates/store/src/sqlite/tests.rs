@@ -569,8 +569,9 @@ async fn disk_bytes(paired: bool) {
     while tasks.join_next().await.is_some() {}
     let points = (rounds * 1000) as f64;
     let written = write_bytes() - before;
+    let outbox = store.sync_state(&cid()).await.unwrap().outbox_bytes;
     println!(
-        "disk_bytes_per_point ({}): {:.1} B/point ({} bytes, {} points, {:.0} points/s, peak RSS {})",
+        "disk_bytes_per_point ({}): {:.1} B/point ({} bytes, {} points, {:.0} points/s, peak RSS {}, outbox {:.1} B/point)",
         if paired {
             "paired Source, outbox"
         } else {
@@ -580,7 +581,8 @@ async fn disk_bytes(paired: bool) {
         written,
         points,
         points / started.elapsed().as_secs_f64(),
-        peak_rss()
+        peak_rss(),
+        outbox as f64 / points,
     );
 }
 
