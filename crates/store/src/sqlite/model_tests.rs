@@ -3,8 +3,11 @@
 //! paging), latest values, folds (asked for, and forced by a small `fold_points`), device
 //! deletion and reopening, each compared with a `BTreeMap` that keeps the last write of every
 //! `(device, t)`. On a paired Source too, where a remote-synced point's only copy is its
-//! outbox record until folded: with acknowledgements, retention expiring partitions, and
-//! Remote-Sync toggled on the resource.
+//! outbox record until folded: with leases, partial acknowledgements, retention expiring
+//! partitions, and Remote-Sync toggled on the resource; there a second model, of the outbox
+//! (a map from seq to record, its time partitions, the lease and the lost spans), checks
+//! every read of a seq range (from any seq, inside a stored row too), the head, and each
+//! retention pass's exact lost spans.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,6 +15,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use proptest::prelude::*;
 use proto::model::{DeviceState, Format, Value};
+use proto::sync::{LostSpan, Record, ResourceLoss};
 use serde_json::json;
 
 use super::fixtures::*;
@@ -48,8 +52,22 @@ enum Op {
     },
     /// The clock moves to the next outbox partition.
     Tick,
-    /// The peer acknowledges everything (fully delivered partitions are dropped).
-    Ack,
+    /// The peer acknowledges a part of what is unacknowledged (`share`/255 of it; fully
+    /// delivered partitions are dropped).
+    Ack {
+        share: u8,
+    },
+    /// The sender takes a lease up to `share`/255 of the unacknowledged records.
+    Lease {
+        share: u8,
+    },
+    /// The sender reads `[from, from + len)`, `from` at `share`/255 of the way from the
+    /// acknowledgement to past the head, at most `max` records.
+    OutboxRead {
+        share: u8,
+        len: u64,
+        max: usize,
+    },
     /// Retention drops every partition that ended (as lost spans when undelivered).
     Expire,
     /// Remote-Sync of the resource is switched.
@@ -72,7 +90,10 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::Reopen),
         1 => (0..DEVICES.len()).prop_map(|device| Op::Recreate { device }),
         2 => Just(Op::Tick),
-        2 => Just(Op::Ack),
+        2 => any::<u8>().prop_map(|share| Op::Ack { share }),
+        1 => any::<u8>().prop_map(|share| Op::Lease { share }),
+        3 => (any::<u8>(), 0u64..30, 1usize..12)
+            .prop_map(|(share, len, max)| Op::OutboxRead { share, len, max }),
         1 => Just(Op::Expire),
         1 => Just(Op::Toggle),
     ]
@@ -130,7 +151,180 @@ async fn read_pages(store: &SqliteStore, device: &str, q: RangeQuery) -> Vec<Vec
     }
 }
 
+/// A record of the outbox as the model knows it.
+#[derive(Debug, Clone, PartialEq)]
+enum Rec {
+    Point { device: usize, t: i64, v: i64 },
+    Device { device: usize },
+}
+
+fn rec_of(record: &Record) -> Rec {
+    let device = |identity: &proto::model::Identity| {
+        DEVICES
+            .iter()
+            .position(|d| *d == identity.as_str())
+            .expect("a device of the test")
+    };
+    match record {
+        Record::Point(p) => match p.value {
+            Value::Integer(v) => Rec::Point {
+                device: device(&p.device),
+                t: p.t,
+                v,
+            },
+            ref other => panic!("unexpected value {other:?}"),
+        },
+        Record::Device(d) => Rec::Device {
+            device: device(&d.identity),
+        },
+    }
+}
+
+/// The outbox of the paired Source: what the sender may read above the acknowledgement,
+/// and what retention would drop, at the granularity of a seq.
+#[derive(Default)]
+struct Outbox {
+    head: u64,
+    acked: u64,
+    lease: u64,
+    last_part: i64,
+    /// `(part, first seq, last seq)` of the partitions not dropped, in seq order.
+    parts: Vec<(i64, u64, u64)>,
+    /// Every record not dropped (those up to `acked` may have been: they are never read).
+    records: BTreeMap<u64, Rec>,
+    /// Lost spans not acknowledged yet.
+    lost: Vec<LostSpan>,
+}
+
+impl Outbox {
+    /// One job's records, under the next seqs, in the partition of `now` (never older than
+    /// the last one).
+    fn append(&mut self, now: i64, records: Vec<Rec>) {
+        if records.is_empty() {
+            return;
+        }
+        let part = (now / PART).max(self.last_part);
+        let first = self.head + 1;
+        for r in records {
+            self.head += 1;
+            self.records.insert(self.head, r);
+        }
+        match self.parts.last_mut() {
+            Some(p) if p.0 == part => p.2 = self.head,
+            _ => self.parts.push((part, first, self.head)),
+        }
+        self.last_part = part;
+    }
+
+    fn ack(&mut self, upto: u64) {
+        self.acked = self.acked.max(upto);
+        let (acked, last_part) = (self.acked, self.last_part);
+        self.parts.retain(|p| !(p.2 <= acked && p.0 < last_part));
+        self.lost.retain(|s| s.last_seq > acked);
+    }
+
+    /// A retention pass at `now` keeping one partition length: returns the points lost and
+    /// the devices whose undelivered changes were dropped (the store queues them again).
+    fn expire(&mut self, now: i64) -> (u64, Vec<usize>) {
+        let cutoff = now - PART;
+        let pin = self.acked.max(self.lease);
+        let mut kept = Vec::new();
+        let mut runs: Vec<Vec<(i64, u64, u64)>> = Vec::new();
+        let mut parts = std::mem::take(&mut self.parts).into_iter();
+        for p in parts.by_ref() {
+            if (p.0 + 1) * PART > cutoff {
+                kept.push(p);
+                break;
+            }
+            if p.2 <= self.acked {
+                continue;
+            }
+            if p.1 <= pin {
+                kept.push(p);
+                continue;
+            }
+            match runs.last_mut() {
+                Some(run) if run.len() < 256 && run.last().is_some_and(|l| l.2 + 1 == p.1) => {
+                    run.push(p)
+                }
+                _ => runs.push(vec![p]),
+            }
+        }
+        kept.extend(parts);
+        self.parts = kept;
+        let mut points = 0;
+        let mut changed = std::collections::BTreeSet::new();
+        for run in runs {
+            let (first, last) = (run[0].1, run[run.len() - 1].2);
+            let (mut n, mut devices, mut from, mut until) =
+                (0, std::collections::BTreeSet::new(), i64::MAX, i64::MIN);
+            let mut device_changes = 0;
+            for seq in first..=last {
+                match self.records.remove(&seq) {
+                    Some(Rec::Point { device, t, .. }) => {
+                        n += 1;
+                        devices.insert(device);
+                        from = from.min(t);
+                        until = until.max(t);
+                    }
+                    Some(Rec::Device { device }) => {
+                        device_changes += 1;
+                        changed.insert(device);
+                    }
+                    None => panic!("the model lost seq {seq}"),
+                }
+            }
+            points += n;
+            self.lost.push(LostSpan {
+                first_seq: first,
+                last_seq: last,
+                resources: if n == 0 {
+                    vec![]
+                } else {
+                    vec![ResourceLoss {
+                        resource: name("n"),
+                        points: n,
+                        devices: devices.len() as u64,
+                        from_us: from,
+                        until_us: until,
+                    }]
+                },
+                device_changes,
+            });
+        }
+        (points, changed.into_iter().collect())
+    }
+
+    /// What a read of `[from, until)`, at most `max` records, must answer.
+    fn read(&self, from: u64, until: u64, max: usize) -> Result<Vec<Rec>, LostSpan> {
+        if let Some(span) = self
+            .lost
+            .iter()
+            .find(|s| s.first_seq <= from && from <= s.last_seq)
+        {
+            return Err(span.clone());
+        }
+        Ok((from..until)
+            .map_while(|seq| self.records.get(&seq).cloned())
+            .take(max)
+            .collect())
+    }
+}
+
+/// The records one accepted ingest of a device appends: in the order the store keeps
+/// within a row (the codec's: per series by time, stably).
+fn ingest_records(device: usize, points: &[(i64, i64)]) -> Vec<Rec> {
+    let mut records: Vec<(i64, i64)> = points.iter().map(|(slot, v)| (slot * STEP, *v)).collect();
+    records.sort_by_key(|(t, _)| *t);
+    records
+        .into_iter()
+        .map(|(t, v)| Rec::Point { device, t, v })
+        .collect()
+}
+
 async fn run(ops: Vec<Op>, fold_points: usize, paired: bool) -> Result<(), TestCaseError> {
+    // Rows of five records: the requests here are small, and must span rows.
+    super::outbox::TEST_ROW_SEQS.store(5, Ordering::Relaxed);
     let dir = tempfile::tempdir().unwrap();
     let now = Arc::new(AtomicI64::new(PART));
     let mut store = open(dir.path(), fold_points, &now).await;
@@ -164,6 +358,12 @@ async fn run(ops: Vec<Op>, fold_points: usize, paired: bool) -> Result<(), TestC
             .await
             .unwrap();
     }
+    // The outbox: pairing queued every device first, in identity order.
+    let mut outbox = Outbox::default();
+    if paired {
+        let snapshots = (0..DEVICES.len()).map(|device| Rec::Device { device });
+        outbox.append(now.load(Ordering::SeqCst), snapshots.collect());
+    }
     // (device, t) → value: the last write wins.
     let mut model: BTreeMap<(usize, i64), i64> = BTreeMap::new();
     for op in ops {
@@ -191,6 +391,10 @@ async fn run(ops: Vec<Op>, fold_points: usize, paired: bool) -> Result<(), TestC
                 let result = store.ingest(&cid(), batch).await;
                 prop_assert_eq!(result.is_ok(), !bad, "{:?}", result);
                 if !bad {
+                    if paired && remote_sync {
+                        let records = ingest_records(device, &points);
+                        outbox.append(now.load(Ordering::SeqCst), records);
+                    }
                     for (slot, v) in points {
                         model.insert((device, slot * STEP), v);
                     }
@@ -240,17 +444,56 @@ async fn run(ops: Vec<Op>, fold_points: usize, paired: bool) -> Result<(), TestC
             Op::Reopen => {
                 drop(store);
                 store = open(dir.path(), fold_points, &now).await;
+                // Nothing above the head was sent: the lease is cut back to it.
+                outbox.lease = outbox.lease.min(outbox.head);
             }
             Op::Tick => {
                 now.fetch_add(PART, Ordering::SeqCst);
             }
-            Op::Ack => {
+            Op::Ack { share } => {
                 let head = store.outbox_head(&cid()).await.unwrap();
-                store.outbox_acked(&cid(), head).await.unwrap();
+                prop_assert_eq!(head, outbox.head);
+                let upto = outbox.acked + (head - outbox.acked) * u64::from(share) / 255;
+                store.outbox_acked(&cid(), upto).await.unwrap();
+                outbox.ack(upto);
+            }
+            Op::Lease { share } => {
+                let upto = outbox.acked + (outbox.head - outbox.acked) * u64::from(share) / 255;
+                store.outbox_lease(&cid(), upto).await.unwrap();
+                outbox.lease = outbox.lease.max(upto);
+            }
+            Op::OutboxRead { share, len, max } => {
+                // The sender reads above the acknowledgement, up to past the head.
+                let from =
+                    outbox.acked + 1 + (outbox.head + 1 - outbox.acked) * u64::from(share) / 255;
+                let until = from + len;
+                let got = match store.outbox_range(&cid(), from, until, max).await.unwrap() {
+                    OutboxChunk::Records(records) => Ok(records.iter().map(rec_of).collect()),
+                    OutboxChunk::Lost(span) => Err(span),
+                };
+                prop_assert_eq!(
+                    got,
+                    outbox.read(from, until, max),
+                    "[{}, {}) max {}",
+                    from,
+                    until,
+                    max
+                );
+                let all = match store.outbox_read(&cid(), from, max).await.unwrap() {
+                    OutboxChunk::Records(records) => Ok(records.iter().map(rec_of).collect()),
+                    OutboxChunk::Lost(span) => Err(span),
+                };
+                prop_assert_eq!(
+                    all,
+                    outbox.read(from, u64::MAX, max),
+                    "from {} max {}",
+                    from,
+                    max
+                );
             }
             Op::Expire => {
                 let at = now.fetch_add(2 * PART, Ordering::SeqCst) + 2 * PART;
-                store
+                let report = store
                     .sync_expire(
                         &cid(),
                         Retention {
@@ -261,6 +504,11 @@ async fn run(ops: Vec<Op>, fold_points: usize, paired: bool) -> Result<(), TestC
                     )
                     .await
                     .unwrap();
+                let (lost, changed) = outbox.expire(at);
+                prop_assert_eq!(report.points_lost, lost);
+                // Device changes are never lost: their current records go out again.
+                let again = changed.into_iter().map(|device| Rec::Device { device });
+                outbox.append(at, again.collect());
             }
             Op::Toggle => {
                 remote_sync = !remote_sync;
@@ -280,6 +528,12 @@ async fn run(ops: Vec<Op>, fold_points: usize, paired: bool) -> Result<(), TestC
                     .unwrap();
                 create_device(&store, DEVICES[device]).await;
                 model.retain(|(d, _), _| *d != device);
+                if paired {
+                    // The delete and the create, each a change of the device.
+                    let at = now.load(Ordering::SeqCst);
+                    outbox.append(at, vec![Rec::Device { device }]);
+                    outbox.append(at, vec![Rec::Device { device }]);
+                }
             }
         }
     }
@@ -320,7 +574,7 @@ async fn acknowledged_records_are_folded_before_their_partition_is_dropped() {
         ingest(0, 0),
         Op::Tick,
         ingest(0, 4),
-        Op::Ack,
+        Op::Ack { share: 255 },
         Op::Reopen,
         read.clone(),
         Op::Toggle,
