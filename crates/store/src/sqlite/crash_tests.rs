@@ -1,6 +1,8 @@
-//! `kill -9` of a process while its writer is inside a fold of the point log, and while it
-//! is inside a sync apply: reopened, the store has every acknowledged point, nothing twice,
-//! and nothing of the interrupted transaction.
+//! `kill -9` of a process while its writer is inside a fold of the point log (on a
+//! standalone connector, and on a paired Source, whose points' log is the outbox's records,
+//! one row per request), and while it is inside a sync apply: reopened, the store has every
+//! acknowledged point, nothing twice, and nothing of the interrupted transaction; the
+//! Source's outbox holds every acknowledged point once, under gap-free seqs.
 //!
 //! The test re-runs its own binary as the child (the ignored test [`crash_child`]), which
 //! stops at a failpoint inside the transaction (it creates a marker file and waits there),
@@ -25,6 +27,8 @@ use crate::*;
 const CHILD_DIR: &str = "WEST_STORE_CRASH_DIR";
 /// `fold:N` or `apply:N`: where the child stops, at the N-th pass.
 const FAILPOINT: &str = "WEST_STORE_FAILPOINT";
+/// Set: the child's connector is a paired Source and `n` is remote-synced.
+const PAIRED: &str = "WEST_STORE_CRASH_PAIRED";
 /// Points per batch, and how many of them rewrite the previous batch's timestamps.
 const BATCH: i64 = 300;
 const OVERLAP: i64 = 50;
@@ -61,7 +65,7 @@ async fn open(dir: &Path) -> SqliteStore {
     SqliteStore::open(config).unwrap()
 }
 
-async fn setup(store: &SqliteStore) {
+async fn setup(store: &SqliteStore, paired: bool) {
     create_plant(store).await;
     store
         .create_resource(
@@ -71,7 +75,7 @@ async fn setup(store: &SqliteStore) {
                 format: Format::Integer,
                 unit: None,
                 settable: false,
-                remote_sync: false,
+                remote_sync: paired,
                 created_at: 1,
             },
         )
@@ -91,6 +95,17 @@ async fn setup(store: &SqliteStore) {
         )
         .await
         .unwrap();
+    if paired {
+        store.open_pairing(&cid(), "CODE", i64::MAX).await.unwrap();
+        let peer = Peer {
+            site: "b".into(),
+            connector_id: proto::model::ConnectorId::parse("abcdefghijklmn").unwrap(),
+        };
+        store
+            .complete_pairing(&cid(), peer, keys(), 1)
+            .await
+            .unwrap();
+    }
 }
 
 /// Timestamps of batch `i`: it rewrites the last [`OVERLAP`] of batch `i - 1`.
@@ -137,7 +152,7 @@ async fn crash_child() {
     };
     let apply = std::env::var(FAILPOINT).is_ok_and(|f| f.starts_with("apply"));
     let store = open(Path::new(&dir)).await;
-    setup(&store).await;
+    setup(&store, std::env::var(PAIRED).is_ok()).await;
     for i in 0.. {
         if apply {
             store
@@ -160,8 +175,12 @@ async fn crash_child() {
 
 /// Runs the child until its failpoint, kills it there; returns the highest batch it
 /// reported acknowledged.
-fn run_child_until(dir: &Path, failpoint: &str) -> i64 {
-    let mut child = Command::new(std::env::current_exe().unwrap())
+fn run_child_until(dir: &Path, failpoint: &str, paired: bool) -> i64 {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    if paired {
+        command.env(PAIRED, "1");
+    }
+    let mut child = command
         .args([
             "sqlite::crash_tests::crash_child",
             "--exact",
@@ -237,7 +256,7 @@ fn assert_batches(got: &BTreeMap<i64, i64>, acked: i64) -> i64 {
 async fn kill9_inside_a_fold_loses_and_repeats_nothing() {
     let dir = tempfile::tempdir().unwrap();
     // The third fold: blocks from the first two exist, the log is being folded again.
-    let acked = run_child_until(dir.path(), "fold:3");
+    let acked = run_child_until(dir.path(), "fold:3", false);
     let store = open(dir.path()).await;
     let n = assert_batches(&stored(&store).await, acked);
     // Folding what the interrupted fold could not changes nothing either.
@@ -248,7 +267,7 @@ async fn kill9_inside_a_fold_loses_and_repeats_nothing() {
 #[tokio::test]
 async fn kill9_inside_an_apply_loses_and_repeats_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let acked = run_child_until(dir.path(), "apply:12");
+    let acked = run_child_until(dir.path(), "apply:12", false);
     let store = open(dir.path()).await;
     let n = assert_batches(&stored(&store).await, acked);
     // The cursor matches what is stored: the next batch continues it, exactly once.
@@ -259,4 +278,40 @@ async fn kill9_inside_an_apply_loses_and_repeats_nothing() {
         .await
         .unwrap();
     assert_eq!(stored(&store).await, expected(n + 1));
+}
+
+/// On a paired Source the points' log is the outbox (one row per request): killed inside
+/// the install of a fold, which marks records folded, the store reopens with every
+/// acknowledged batch in its series and in its outbox, each point once, under gap-free
+/// seqs after the device's snapshot, and a fold of the rest changes nothing.
+#[tokio::test]
+async fn kill9_inside_a_fold_on_a_paired_source_loses_and_repeats_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let acked = run_child_until(dir.path(), "fold:2", true);
+    let store = open(dir.path()).await;
+    let n = assert_batches(&stored(&store).await, acked);
+    let snapshot = 1;
+    let head = store.outbox_head(&cid()).await.unwrap();
+    let points: usize = (0..n).map(|i| batch_times(i).count()).sum();
+    assert_eq!(head, snapshot + points as u64);
+    let OutboxChunk::Records(records) = store
+        .outbox_read(&cid(), snapshot + 1, 1_000_000)
+        .await
+        .unwrap()
+    else {
+        panic!("nothing was lost");
+    };
+    let queued: Vec<(i64, Value)> = records
+        .into_iter()
+        .map(|r| match r {
+            Record::Point(p) => (p.t, p.value),
+            other => panic!("unexpected record {other:?}"),
+        })
+        .collect();
+    let sent: Vec<(i64, Value)> = (0..n)
+        .flat_map(|i| batch_times(i).map(move |t| (t, Value::Integer(i))))
+        .collect();
+    assert_eq!(queued, sent);
+    store.fold().await.unwrap();
+    assert_eq!(stored(&store).await, expected(n));
 }
