@@ -8,6 +8,7 @@
 //!  connector task ── SyncEvent::{Up, Down, Message} ──▶ driver task (one per paired connector)
 //!      Sender   (Source: points and device changes; Target: device changes)
 //!        Read ─▶ store.outbox_read ─▶ on_read          Lease ─▶ store.outbox_lease ─▶ on_lease
+//!                                                      (persisted after the sends due)
 //!        Acked ─▶ persisted at once when caught up, else ≤ 500 ms later (store.outbox_acked
 //!                 drops delivered partitions)
 //!      Receiver (Target: data stream; Source: device stream)
@@ -211,6 +212,8 @@ struct SyncDriver {
     /// The Sender's messages held back by the budget, in order.
     held: VecDeque<Vec<u8>>,
     reconnects: u64,
+    /// A send lease the Sender asked for, persisted once its other outputs are done.
+    lease_due: Option<u64>,
 }
 
 impl SyncDriver {
@@ -309,7 +312,8 @@ impl SyncDriver {
         self.handle.reset(reason).await;
     }
 
-    /// Does everything both state machines ask for, until neither asks anything.
+    /// Does everything both state machines ask for, until neither asks anything; a send
+    /// lease last, so that no batch waits for its commit.
     async fn drain(&mut self) {
         loop {
             let mut progressed = false;
@@ -322,7 +326,10 @@ impl SyncDriver {
                 self.on_receiver_output(out).await;
             }
             if !progressed {
-                return;
+                match self.lease_due.take() {
+                    Some(upto) => self.persist_lease(upto).await,
+                    None => return,
+                }
             }
         }
     }
@@ -354,24 +361,34 @@ impl SyncDriver {
                     tracing::error!(connector = %self.cid, error = %e, "outbox read refused");
                 }
             }
-            SenderOutput::Lease { upto } => loop {
-                self.store_job();
-                match self.state.store.outbox_lease(&self.cid, upto).await {
-                    Ok(()) => {
-                        let now = self.now();
-                        self.sender.on_lease(now, upto);
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::error!(connector = %self.cid, error = %e, "cannot persist the send lease; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
-            },
+            // Persisted once the outputs before it and after it are done (`drain`): the
+            // lease runs half a lease ahead of what is read, so nothing waits for it, and a
+            // batch read meanwhile leaves without waiting for a commit.
+            SenderOutput::Lease { upto } => {
+                self.lease_due = Some(self.lease_due.unwrap_or(0).max(upto));
+            }
             SenderOutput::Acked { applied } => {
                 self.ack_pending = Some(self.ack_pending.unwrap_or(0).max(applied));
             }
             SenderOutput::Reconnect { reason } => self.reconnect(reason.to_string()).await,
+        }
+    }
+
+    /// Persists the send lease `upto` (retrying until it is durable), then tells the Sender.
+    async fn persist_lease(&mut self, upto: u64) {
+        loop {
+            self.store_job();
+            match self.state.store.outbox_lease(&self.cid, upto).await {
+                Ok(()) => {
+                    let now = self.now();
+                    self.sender.on_lease(now, upto);
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(connector = %self.cid, error = %e, "cannot persist the send lease; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
         }
     }
 
@@ -829,6 +846,7 @@ async fn run(
         budget: None,
         held: VecDeque::new(),
         reconnects: 0,
+        lease_due: None,
     };
     match d.state.store.sync_budget(&d.cid).await {
         Ok(b) => d.shared.budget.store(b.unwrap_or(0), Ordering::Relaxed),
