@@ -148,6 +148,8 @@ pub struct SqliteStore {
     /// The not-yet-folded points, indexed (see `series.rs`).
     tail: Arc<RwLock<series::Tail>>,
     live: tokio::sync::broadcast::Sender<Arc<LiveBatch>>,
+    /// The writer thread, joined by [`SqliteStore::close`].
+    writer: std::thread::JoinHandle<()>,
 }
 
 fn backend(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
@@ -207,7 +209,7 @@ impl SqliteStore {
                 op: "starting the checkpoint thread",
                 source: Box::new(e),
             })?;
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("west-store-writer".into())
             .spawn(move || writer(conn, rx, committed, &restart_due, &folding))
             .map_err(|e| StoreError::Backend {
@@ -220,7 +222,26 @@ impl SqliteStore {
             config,
             tail,
             live,
+            writer,
         })
+    }
+
+    /// Closes the store and returns once its writer has finished: the jobs already queued
+    /// (a compactor's install among them) have committed or failed, and nothing of this
+    /// store writes afterwards. A store opened next on the same file in this process must
+    /// wait for this: dropping the handle alone lets the old writer commit a queued install
+    /// later, over what the new store wrote (a fold of points the new store deleted, say).
+    pub async fn close(self) -> Result<()> {
+        let Self { jobs, writer, .. } = self;
+        drop(jobs);
+        tokio::task::spawn_blocking(move || writer.join())
+            .await
+            .ok()
+            .and_then(|joined| joined.ok())
+            .ok_or_else(|| StoreError::Backend {
+                op: "closing the store",
+                source: "the writer thread panicked".into(),
+            })
     }
 
     pub fn path(&self) -> &Path {

@@ -442,7 +442,7 @@ async fn run(ops: Vec<Op>, fold_points: usize, paired: bool) -> Result<(), TestC
                 prop_assert_eq!(store.tail_len(), 0);
             }
             Op::Reopen => {
-                drop(store);
+                store.close().await.unwrap();
                 store = open(dir.path(), fold_points, &now).await;
                 // Nothing above the head was sent: the lease is cut back to it.
                 outbox.lease = outbox.lease.min(outbox.head);

@@ -397,7 +397,7 @@ async fn pairing_lifecycle() {
 #[tokio::test]
 async fn a_data_dir_of_the_points_table_is_migrated_and_folded_on_open() {
     let (dir, store) = fixture().await;
-    drop(store);
+    store.close().await.unwrap();
     // The layout before migration 6: points in a (device, resource, t) B-tree.
     let path = dir.path().join("site.db");
     let conn = Connection::open(&path).unwrap();
@@ -633,7 +633,7 @@ async fn reopening_keeps_everything() {
         .ingest(&cid(), vec![points(5, json!(1))])
         .await
         .unwrap();
-    drop(store);
+    store.close().await.unwrap();
     let store = SqliteStore::open(SqliteConfig::new(dir.path().join("site.db"))).unwrap();
     assert_eq!(store.list_connectors().await.unwrap().len(), 1);
     let dev = Identity::parse("dev1").unwrap();
@@ -738,7 +738,7 @@ async fn a_held_compactor_bounds_the_tail_and_its_late_folds_change_nothing() {
     .await;
     assert_eq!(values(&store).await, want);
     let dir = store.path().to_owned();
-    drop(store);
+    store.close().await.unwrap();
     let store = SqliteStore::open(SqliteConfig::new(dir)).unwrap();
     assert_eq!(values(&store).await, want);
 }
