@@ -9,6 +9,7 @@
 //! Only `api` and `ui` know HTTP; only `store` knows SQL.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod alarms;
 pub mod api;
 pub mod auth;
 pub mod clock;
@@ -151,6 +152,7 @@ pub async fn prepare(config: &SiteConfig) -> anyhow::Result<Prepared> {
         remote,
         sync: config.sync.clone(),
         login: login::LoginGuard::default(),
+        alarms: alarms::Alarms::default(),
         tls: config.tls.is_some(),
     });
     Ok(Prepared {

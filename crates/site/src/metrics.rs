@@ -150,6 +150,10 @@ const HELP: &[(&str, &str)] = &[
         "Messages from the peer dropped because this site's session could not take them in time (the sync layer resends them).",
     ),
     (
+        "west_alarm_active",
+        "1 while the connector's alarm of this kind (lag, backlog, unreachable, gap) is raised, 0 once cleared.",
+    ),
+    (
         "west_sync_driver_wakeups_total",
         "Wake-ups of the sync drivers of all connectors together; idle pairings add none.",
     ),
@@ -255,6 +259,21 @@ impl SiteMetrics {
         );
     }
 
+    /// Publishes whether `connector`'s alarm of `kind` is raised.
+    pub fn alarm_active(&self, connector: &proto::model::ConnectorId, kind: &str, active: bool) {
+        let meta = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+        let key = Key::from_parts(
+            "west_alarm_active",
+            vec![
+                Label::new("connector", connector.to_string()),
+                Label::new("kind", kind.to_owned()),
+            ],
+        );
+        self.recorder
+            .register_gauge(&key, &meta)
+            .set(if active { 1.0 } else { 0.0 });
+    }
+
     /// Makes the rendered metrics show `link`'s state and round trip. The first call wins.
     pub fn watch_link(&self, link: Link) {
         let _ = self.link.set(link);
@@ -330,6 +349,7 @@ mod tests {
         let m = SiteMetrics::new();
         let cid = proto::model::ConnectorId::parse("58s2flofdl92if").unwrap();
         m.sync_status(&cid, &SyncStatus::default());
+        m.alarm_active(&cid, "lag", true);
         m.ingest_seconds.record(0.01);
         let text = m.render();
         let helped: Vec<&str> = text

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use store::Store;
 
+use crate::alarms::Alarms;
 use crate::link::Link;
 use crate::metrics::SiteMetrics;
 use crate::peers::registry::Remote;
@@ -41,6 +42,9 @@ pub struct Inner {
     pub sync: SyncSettings,
     /// Bounds concurrent password checks and slows repeated failures.
     pub login: crate::login::LoginGuard,
+    /// Each connector's alarm thresholds and the count of active alarms, kept by the
+    /// site's alarm evaluator (`remote::alarms`).
+    pub alarms: Alarms,
     /// Whether the HTTP listener speaks TLS (cookies are then `Secure`, origins `https`).
     pub tls: bool,
 }

@@ -299,4 +299,19 @@ pub trait Store: Send + Sync + 'static {
     /// The points this side keeps for resources it does not have (a Target's points that
     /// arrived before their resource was created here), summed per resource in name order.
     async fn sync_waiting(&self, cid: &ConnectorId) -> Result<Vec<WaitingResource>>;
+
+    // Alarms (docs/api.md, "Alarms"): what the site's alarm evaluator persists.
+    /// Every connector's stored thresholds; a connector not listed has none stored.
+    async fn alarm_settings(&self) -> Result<Vec<(ConnectorId, AlarmSettings)>>;
+    /// Stores the connector's thresholds (all four; `None` turns one off).
+    async fn set_alarm_settings(&self, cid: &ConnectorId, settings: AlarmSettings) -> Result<()>;
+    /// Records an alarm as active and returns it; when one of its connector and kind is active
+    /// already, returns that one and records nothing.
+    async fn raise_alarm(&self, alarm: NewAlarm) -> Result<AlarmRow>;
+    /// Clears the active alarm `id` at `at` (µs) and keeps at most `keep` cleared alarms,
+    /// dropping the oldest; `None` when `id` is not active (cleared already, or gone with its
+    /// connector).
+    async fn clear_alarm(&self, id: i64, at: i64, keep: usize) -> Result<Option<AlarmRow>>;
+    /// The alarms the query selects, newest first.
+    async fn alarms(&self, query: AlarmQuery) -> Result<Vec<AlarmRow>>;
 }

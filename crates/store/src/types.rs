@@ -325,6 +325,88 @@ pub struct WaitingResource {
     pub since: i64,
 }
 
+// ---------------------------------------------------------------------------------------
+// Alarms (docs/api.md, "Alarms").
+
+/// What an alarm watches on a paired connector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AlarmKind {
+    /// The oldest record not yet applied on the Target is too old (the backlog's age).
+    Lag,
+    /// Too many records wait for delivery.
+    Backlog,
+    /// The encrypted session with the peer has been down too long.
+    Unreachable,
+    /// Retention dropped undelivered data: a new gap.
+    Gap,
+}
+
+impl AlarmKind {
+    pub const ALL: [AlarmKind; 4] = [Self::Lag, Self::Backlog, Self::Unreachable, Self::Gap];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Lag => "lag",
+            Self::Backlog => "backlog",
+            Self::Unreachable => "unreachable",
+            Self::Gap => "gap",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// A connector's alarm thresholds as stored; `None` turns that alarm off. What a connector
+/// without stored thresholds gets is the site's business (its defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AlarmSettings {
+    pub lag_seconds: Option<u64>,
+    pub backlog_points: Option<u64>,
+    pub unreachable_seconds: Option<u64>,
+    pub gap_points: Option<u64>,
+}
+
+/// An alarm to record as raised (`Store::raise_alarm`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewAlarm {
+    pub connector: ConnectorId,
+    pub kind: AlarmKind,
+    /// µs since the epoch.
+    pub raised_at: i64,
+    /// The figure that crossed the threshold, in the threshold's unit.
+    pub value: f64,
+    pub threshold: u64,
+    /// What happened, in a sentence for humans.
+    pub message: String,
+}
+
+/// A raised alarm, active (`cleared_at` is `None`) or cleared.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlarmRow {
+    /// Increasing with every raise: newer alarms have larger ids.
+    pub id: i64,
+    pub connector: ConnectorId,
+    pub kind: AlarmKind,
+    pub raised_at: i64,
+    pub cleared_at: Option<i64>,
+    pub value: f64,
+    pub threshold: u64,
+    pub message: String,
+}
+
+/// Which alarms `Store::alarms` lists: newest first, those with an id below `before` (a
+/// page's cursor), at most `limit`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AlarmQuery {
+    pub connector: Option<ConnectorId>,
+    /// `Some(true)`: only active ones; `Some(false)`: only cleared ones.
+    pub active: Option<bool>,
+    pub before: Option<i64>,
+    pub limit: usize,
+}
+
 /// Microseconds since the Unix epoch, from the system clock: the reading of the wall clock
 /// of [`Clock::system`] and of the site (`site::clock` re-exports it). The hub, which does
 /// not depend on the store, keeps its own three lines.

@@ -2,6 +2,7 @@
 //! JSON shapes of answers. Handlers are thin: read the request into `ops`' typed inputs,
 //! call `ops` (or read the store), render the answer (`render`).
 
+mod alarms;
 mod connectors;
 mod data;
 mod devices;
@@ -100,6 +101,11 @@ pub fn routes(state: AppState) -> Router {
         )
         .route("/connectors/{cid}/remote/diff", get(remote::diff))
         .route("/connectors/{cid}/remote/resend", post(remote::resend))
+        .route(
+            "/connectors/{cid}/alarms",
+            get(alarms::thresholds).patch(alarms::set_thresholds),
+        )
+        .route("/alarms", get(alarms::list))
         .route("/hub/ping", post(hub::ping))
         .route(
             "/connectors/{cid}/devices/{identity}/resources/{name}/data",

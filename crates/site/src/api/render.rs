@@ -235,3 +235,41 @@ pub fn waiting_json(site: &str, waiting: &[proto::lookup::WaitingView]) -> Json 
         })).collect::<Vec<_>>(),
     })
 }
+
+/// `Alarm` of docs/api.md.
+pub fn alarm_json(a: &store::AlarmRow) -> Json {
+    let unit = match a.kind {
+        store::AlarmKind::Lag | store::AlarmKind::Unreachable => "seconds",
+        store::AlarmKind::Backlog | store::AlarmKind::Gap => "points",
+    };
+    let mut out = json!({
+        "id": a.id,
+        "connector_id": a.connector,
+        "kind": a.kind.as_str(),
+        "state": if a.cleared_at.is_some() { "cleared" } else { "active" },
+        "raised_at": rfc3339(a.raised_at),
+        "value": a.value,
+        "threshold": a.threshold,
+        "unit": unit,
+        "message": a.message,
+    });
+    if let Some(at) = a.cleared_at {
+        out["cleared_at"] = json!(rfc3339(at));
+    }
+    out
+}
+
+/// `AlarmThresholds` of docs/api.md: the connector's thresholds and the site's defaults.
+pub fn alarm_thresholds_json(s: &store::AlarmSettings) -> Json {
+    let shape = |s: &store::AlarmSettings| {
+        json!({
+            "lag_seconds": s.lag_seconds,
+            "backlog_points": s.backlog_points,
+            "unreachable_seconds": s.unreachable_seconds,
+            "gap_points": s.gap_points,
+        })
+    };
+    let mut out = shape(s);
+    out["defaults"] = shape(&crate::alarms::DEFAULTS);
+    out
+}

@@ -8,7 +8,7 @@
 //!   api (HTTP, JSON)     ui (forms, pages)     remote (peer messages, background tasks)
 //!          └───────────────────┼───────────────────────┘
 //!                              ▼
-//!   ops::{connectors, resources, devices, data, pairing, peer, users}
+//!   ops::{connectors, resources, devices, data, pairing, peer, users, budget, alarms}
 //!                              ▼
 //!   state (store, link, metrics, remote::{registry, status, windows, peer})
 //! ```
@@ -21,6 +21,7 @@
 //!   failures are logged here and reach callers only as [`Error::Internal`].
 //! - Nothing here knows HTTP, HTML or JSON shapes of the API.
 
+pub mod alarms;
 pub mod budget;
 pub mod connectors;
 pub mod data;

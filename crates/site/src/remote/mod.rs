@@ -2,7 +2,7 @@
 //! and `ui`: the built-in services other sites address (`_pairing`), the tasks of every
 //! paired connector (its encrypted session, from `peers::peer`; its connector task; its sync
 //! driver, `sync`), the answers to the peer's device lookups (`lookup`), and background
-//! duties such as closing expired pairing windows.
+//! duties such as closing expired pairing windows and evaluating alarms (`alarms`).
 //!
 //! ```text
 //!  link inbound ──▶ dispatch ──┬─ "_pairing"            ──▶ pairing::on_message (own task)
@@ -22,6 +22,7 @@
 //! the rest of the site (session handles, sync status, pairing windows) lives below `state`
 //! in `peers`, so that `ops` can use it without depending on this module.
 
+pub mod alarms;
 pub mod lookup;
 pub mod pairing;
 pub mod sync;
@@ -55,6 +56,7 @@ pub fn spawn(
         tasks.spawn(supervise(state.clone(), inbound, starts, cancel.clone()));
     }
     sync::spawn_site_tasks(&state, cancel.clone(), tasks);
+    tasks.spawn(alarms::run(state.clone(), cancel.clone()));
     tasks.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {

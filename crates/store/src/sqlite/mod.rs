@@ -67,6 +67,7 @@ use engine::*;
 use rows::*;
 use schema::*;
 
+mod alarms;
 #[cfg(test)]
 mod crash_tests;
 mod device_count;

@@ -858,6 +858,29 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn alarm_settings(&self) -> Result<Vec<(ConnectorId, AlarmSettings)>> {
+        self.read(alarms::settings).await
+    }
+
+    async fn set_alarm_settings(&self, cid: &ConnectorId, settings: AlarmSettings) -> Result<()> {
+        let cid = cid.clone();
+        self.write(move |conn| alarms::set_settings(conn, &cid, settings))
+            .await
+    }
+
+    async fn raise_alarm(&self, alarm: NewAlarm) -> Result<AlarmRow> {
+        self.write(move |conn| alarms::raise(conn, &alarm)).await
+    }
+
+    async fn clear_alarm(&self, id: i64, at: i64, keep: usize) -> Result<Option<AlarmRow>> {
+        self.write(move |conn| alarms::clear(conn, id, at, keep))
+            .await
+    }
+
+    async fn alarms(&self, query: AlarmQuery) -> Result<Vec<AlarmRow>> {
+        self.read(move |conn| alarms::list(conn, &query)).await
+    }
+
     async fn sync_expiring(&self, retention: Retention) -> Result<Vec<ConnectorId>> {
         let partition_us = self.config.sync_partition_us;
         self.read(move |conn| sync_site::expiring(conn, retention, partition_us))

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `west` binary as separate processes on loopback, driven through
 //! the public contract of docs/api.md. One test binary for the whole crate (see docs/style.md).
 
+mod alarms;
 mod bench_nats;
 mod budget;
 mod cluster;
