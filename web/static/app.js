@@ -2,7 +2,7 @@
 // libraries, nothing loaded from outside the site.
 //
 // - times: <time data-us> elements are shown in the viewer's timezone, UTC on hover;
-// - the header's hub dot polls /health;
+// - the header's hub dot polls /health, its alarm count the alarms API;
 // - charts (figure.chart) draw a resource's series as inline SVG from the data API and poll
 //   it for new points; the same charts draw a paired connector's rate history (several
 //   series of one answer, data-series); the device page's latest values and charts follow
@@ -104,6 +104,18 @@
     words.textContent = text;
     const full = $("#storage-full");
     if (full) full.hidden = !(h && h.storage && h.storage.full);
+  }
+
+  // ---- Header: active alarms -------------------------------------------------------------
+
+  async function pollAlarms() {
+    const badge = $("#alarm-badge"), count = $("#alarm-count");
+    if (!badge || !count) return;
+    try {
+      const a = await getJson("/api/v1/alarms?state=active&limit=1");
+      count.textContent = String(a.active);
+      badge.classList.toggle("on", a.active > 0);
+    } catch (_) { /* the site is unreachable: the hub dot says so */ }
   }
 
   // ---- Copy buttons --------------------------------------------------------------------
@@ -892,6 +904,7 @@
   setInterval(() => $$("time[data-rel]").forEach(paintTime), 15000);
   pollHealth();
   setInterval(pollHealth, POLL_MS);
+  setInterval(pollAlarms, POLL_MS);
   tickCountdown();
   setInterval(tickCountdown, 1000);
   setInterval(pollSyncState, 2000);

@@ -62,6 +62,8 @@ pub struct SiteConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Header deadline and connection cap of the HTTP listener.
     pub http_limits: http::HttpLimits,
+    /// Where to post alarms as they are raised and cleared. Default: nowhere.
+    pub alarm_webhook: Option<alarms::webhook::WebhookConfig>,
 }
 
 impl SiteConfig {
@@ -78,6 +80,7 @@ impl SiteConfig {
             sync: peers::status::SyncSettings::default(),
             tls: None,
             http_limits: http::HttpLimits::default(),
+            alarm_webhook: None,
         }
     }
 }
@@ -139,6 +142,10 @@ pub async fn prepare(config: &SiteConfig) -> anyhow::Result<Prepared> {
         }
         None => (link::Link::disabled(), None, None),
     };
+    let webhook = match &config.alarm_webhook {
+        Some(w) => Some(alarms::webhook::channel(w).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
     let (remote, starts) = remote::Remote::new();
     let state = AppState::new(state::Inner {
         store,
@@ -152,7 +159,7 @@ pub async fn prepare(config: &SiteConfig) -> anyhow::Result<Prepared> {
         remote,
         sync: config.sync.clone(),
         login: login::LoginGuard::default(),
-        alarms: alarms::Alarms::default(),
+        alarms: alarms::Alarms::new(webhook),
         tls: config.tls.is_some(),
     });
     Ok(Prepared {

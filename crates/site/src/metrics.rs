@@ -29,6 +29,11 @@ pub struct SiteMetrics {
     pub sync_driver_wakeups: Counter,
     /// Store calls of the sync drivers and of the site's retention pass.
     pub sync_store_jobs: Counter,
+    /// Alarm events the webhook's receiver accepted.
+    pub alarm_webhook_delivered: Counter,
+    /// Alarm events the webhook never delivered: refused, given up after every retry, or
+    /// dropped from a full queue.
+    pub alarm_webhook_undelivered: Counter,
     /// The hub link whose state and round trip the rendered metrics show (set once, when
     /// the site's services start).
     link: OnceLock<Link>,
@@ -154,6 +159,14 @@ const HELP: &[(&str, &str)] = &[
         "1 while the connector's alarm of this kind (lag, backlog, unreachable, gap) is raised, 0 once cleared.",
     ),
     (
+        "west_alarm_webhook_delivered_total",
+        "Alarm events (raised, cleared) the alarm webhook's receiver accepted since the site started.",
+    ),
+    (
+        "west_alarm_webhook_undelivered_total",
+        "Alarm events the alarm webhook did not deliver (refused, retries exhausted, or its queue full) since the site started.",
+    ),
+    (
         "west_sync_driver_wakeups_total",
         "Wake-ups of the sync drivers of all connectors together; idle pairings add none.",
     ),
@@ -183,6 +196,8 @@ impl SiteMetrics {
             ingest_refused: counter("west_ingest_refused_total"),
             sync_driver_wakeups: counter("west_sync_driver_wakeups_total"),
             sync_store_jobs: counter("west_sync_store_jobs_total"),
+            alarm_webhook_delivered: counter("west_alarm_webhook_delivered_total"),
+            alarm_webhook_undelivered: counter("west_alarm_webhook_undelivered_total"),
             ingest_seconds: recorder
                 .register_histogram(&Key::from_static_name("west_ingest_seconds"), &meta),
             link: OnceLock::new(),

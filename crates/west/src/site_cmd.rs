@@ -81,6 +81,14 @@ pub struct SiteArgs {
     /// Connections open at once; more are closed [default: 1024].
     #[arg(long, env = "WEST_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
+    /// URL (http:// or https://) the site POSTs a JSON event to whenever an alarm is raised
+    /// or cleared, retried with backoff [default: none].
+    #[arg(long, env = "WEST_ALARM_WEBHOOK")]
+    alarm_webhook: Option<String>,
+    /// A file whose first line is a bearer token for --alarm-webhook, read before every
+    /// delivery (a rotated token needs no restart) [default: none].
+    #[arg(long, env = "WEST_ALARM_WEBHOOK_TOKEN_FILE")]
+    alarm_webhook_token_file: Option<PathBuf>,
     /// Commit durability: `normal` survives a crash of the process, `full` a power cut too.
     #[arg(long, env = "WEST_SYNCHRONOUS", value_enum)]
     synchronous: Option<SyncMode>,
@@ -118,6 +126,8 @@ struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     max_connections: Option<usize>,
+    alarm_webhook: Option<String>,
+    alarm_webhook_token_file: Option<PathBuf>,
 }
 
 /// The first line of a secret's file, refused when missing or empty.
@@ -222,6 +232,18 @@ fn resolve(args: SiteArgs, file: FileConfig) -> anyhow::Result<(SiteConfig, Stri
         Some(SyncMode::Full) => Synchronous::Full,
         _ => Synchronous::Normal,
     };
+    cfg.alarm_webhook = match (
+        args.alarm_webhook.or(file.alarm_webhook),
+        args.alarm_webhook_token_file.or(file.alarm_webhook_token_file),
+    ) {
+        (Some(url), token_file) => {
+            let w = site::alarms::webhook::WebhookConfig { url, token_file };
+            w.check().map_err(|e| anyhow::anyhow!("--alarm-webhook: {e}"))?;
+            Some(w)
+        }
+        (None, Some(_)) => anyhow::bail!("--alarm-webhook-token-file needs --alarm-webhook"),
+        (None, None) => None,
+    };
     let credential = match (args.site_credential, args.site_credential_file) {
         (Some(c), _) => Some(Credential::Value(c)),
         (None, Some(f)) => Some(Credential::File(f)),
@@ -298,6 +320,8 @@ mod tests {
         tls_cert = "/etc/west/site-cert.pem"
         tls_key = "/etc/west/site-key.pem"
         max_connections = 64
+        alarm_webhook = "https://alerts.example.com/west/hook"
+        alarm_webhook_token_file = "/etc/west/webhook-token"
     "#;
 
     #[test]
@@ -338,6 +362,13 @@ mod tests {
             ))
         );
         assert_eq!(cfg.http_limits.max_connections, 64);
+        assert_eq!(
+            cfg.alarm_webhook,
+            Some(site::alarms::webhook::WebhookConfig {
+                url: "https://alerts.example.com/west/hook".into(),
+                token_file: Some(PathBuf::from("/etc/west/webhook-token")),
+            })
+        );
     }
 
     #[test]
@@ -377,6 +408,26 @@ mod tests {
         let (cfg, _) = resolve(args, file).unwrap();
         assert_eq!(cfg.sync.retention, Duration::from_secs(2 * 86_400));
         assert_eq!(cfg.pairing_window, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_webhook_url_is_checked_and_its_token_file_needs_it() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["west"];
+            all.extend(args);
+            resolve(
+                Cli::try_parse_from(all).unwrap().site,
+                FileConfig::default(),
+            )
+        };
+        let err = parse(&["--alarm-webhook", "ftp://example.com/"]).expect_err("ftp");
+        assert!(err.to_string().contains("http:// or https://"), "{err}");
+        let err = parse(&["--alarm-webhook", "https://u:secret@example.com/"]).expect_err("user");
+        assert!(err.to_string().contains("token file"), "{err}");
+        let err = parse(&["--alarm-webhook-token-file", "/t"]).expect_err("no url");
+        assert!(err.to_string().contains("needs --alarm-webhook"), "{err}");
+        let (cfg, _) = parse(&["--alarm-webhook", "http://127.0.0.1:9000/hook"]).unwrap();
+        assert_eq!(cfg.alarm_webhook.map(|w| w.url).as_deref(), Some("http://127.0.0.1:9000/hook"));
     }
 
     #[test]

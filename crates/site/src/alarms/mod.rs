@@ -10,12 +10,16 @@
 //!      ─▶ store (history) ─▶ /metrics west_alarm_active ─▶ webhook (optional) ─▶ Alarms
 //! ```
 //!
+//! The optional webhook (`webhook`) posts every raise and clear as JSON from a bounded
+//! queue, retrying with backoff; the evaluator never waits for it.
+//!
 //! This module is data below `state`, as `peers` is: the evaluator task that writes it is
 //! `remote::alarms`, the operations that read it `ops::alarms`. Deliberately absent: any
 //! timer per connector (one look per site covers all of them, and reads only memory; the
 //! store is written only when an alarm is raised or cleared).
 
 pub mod eval;
+pub mod webhook;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -38,6 +42,10 @@ pub const HISTORY_KEEP: usize = 10_000;
 /// What the site's evaluator shares with the rest of the site.
 #[derive(Default)]
 pub struct Alarms {
+    /// The webhook's queue, when the site has one (`--alarm-webhook`).
+    webhook: Option<webhook::Queue>,
+    /// The webhook's delivering end until the evaluator's task takes it.
+    deliverer: Mutex<Option<webhook::Deliverer>>,
     /// Stored thresholds by connector (a connector not here has [`DEFAULTS`]), loaded by
     /// the evaluator when it starts and kept current by `ops::alarms`.
     thresholds: Mutex<HashMap<ConnectorId, AlarmSettings>>,
@@ -46,6 +54,30 @@ pub struct Alarms {
 }
 
 impl Alarms {
+    /// The alarms of a site that posts them to a webhook (`Some`) or not.
+    pub fn new(webhook: Option<(webhook::Queue, webhook::Deliverer)>) -> Self {
+        let (queue, deliverer) = webhook.unzip();
+        Self {
+            webhook: queue,
+            deliverer: Mutex::new(deliverer),
+            ..Self::default()
+        }
+    }
+
+    /// Hands a JSON event to the webhook without waiting: `None` when the site has no
+    /// webhook, `Some(false)` when its queue is full and the event is dropped.
+    pub fn notify(&self, body: String) -> Option<bool> {
+        self.webhook.as_ref().map(|q| q.push(body))
+    }
+
+    /// The webhook's delivering end, once, for the task that runs it.
+    pub fn take_deliverer(&self) -> Option<webhook::Deliverer> {
+        self.deliverer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ConnectorId, AlarmSettings>> {
         self.thresholds.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -1,7 +1,8 @@
 //! The site's alarm evaluator: one task for all paired connectors that looks at each one's
 //! sync status and session every [`LOOK_EVERY`], decides with `alarms::eval` which alarms
 //! to raise and clear, and makes each decision durable (the store's alarm history), visible
-//! (`west_alarm_active`, the UI header's count) and heard (the log).
+//! (`west_alarm_active`, the UI header's count) and heard (the log, and the webhook when
+//! the site has one: its deliverer runs beside the evaluator, in the same task).
 //!
 //! Invariants:
 //! - One timer per site, whatever the number of pairings; a look reads memory only (the
@@ -14,6 +15,9 @@
 //!   same rules (a gap alarm an hour after it was raised, unless more is lost).
 //! - An alarm of a connector that is no longer paired (its pairing cancelled, the connector
 //!   deleted) is cleared.
+//! - Every paired connector has `west_alarm_active` for each kind from the first look at
+//!   it, 0 while not raised, so that a rule on it never reads a missing series.
+//! - The webhook hears of a decision only once it is durable, and never holds up a look.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -29,8 +33,26 @@ use crate::state::AppState;
 /// How often the evaluator looks at every paired connector.
 pub const LOOK_EVERY: Duration = Duration::from_secs(1);
 
-/// Runs the evaluator until `cancel`.
+/// Runs the evaluator, and the webhook's deliverer if the site has one, until `cancel`.
 pub async fn run(state: AppState, cancel: CancellationToken) {
+    let deliver = {
+        let (state, cancel) = (state.clone(), cancel.clone());
+        async move {
+            if let Some(d) = state.alarms.take_deliverer() {
+                let m = &state.metrics;
+                d.run(
+                    m.alarm_webhook_delivered.clone(),
+                    m.alarm_webhook_undelivered.clone(),
+                    cancel,
+                )
+                .await;
+            }
+        }
+    };
+    tokio::join!(evaluate(state, cancel), deliver);
+}
+
+async fn evaluate(state: AppState, cancel: CancellationToken) {
     let mut ev = Evaluator::default();
     // Until the store answers, nothing is decided: a decision could not be made durable.
     loop {
@@ -178,6 +200,7 @@ impl Evaluator {
                         tracing::warn!(connector = %cid, kind = kind.as_str(), value, threshold,
                             "alarm raised: {}", a.message);
                         state.metrics.alarm_active(cid, kind.as_str(), true);
+                        announce(state, "raised", &a);
                         self.active.insert((cid.clone(), kind), a);
                     }
                     Err(e) => {
@@ -190,10 +213,14 @@ impl Evaluator {
                     return;
                 };
                 match state.store.clear_alarm(id, wall, HISTORY_KEEP).await {
-                    Ok(_) => {
+                    Ok(cleared) => {
                         tracing::info!(connector = %cid, kind = kind.as_str(), "alarm cleared");
                         state.metrics.alarm_active(cid, kind.as_str(), false);
-                        self.active.remove(&(cid.clone(), kind));
+                        if let Some(mut a) = self.active.remove(&(cid.clone(), kind)) {
+                            // Gone with its connector: the webhook still hears it cleared.
+                            a.cleared_at = Some(wall);
+                            announce(state, "cleared", &cleared.unwrap_or(a));
+                        }
                     }
                     Err(e) => {
                         tracing::error!(connector = %cid, kind = kind.as_str(), error = %e, "cannot record a cleared alarm");
@@ -201,5 +228,20 @@ impl Evaluator {
                 }
             }
         }
+    }
+}
+
+/// Tells the webhook, if the site has one, that alarm `a` was `event` ("raised" or
+/// "cleared"): `{"event", "site", "alarm": Alarm}` (docs/api.md).
+fn announce(state: &AppState, event: &str, a: &AlarmRow) {
+    let body = serde_json::json!({
+        "event": event,
+        "site": state.site_name,
+        "alarm": crate::api::render::alarm_json(a),
+    });
+    if state.alarms.notify(body.to_string()) == Some(false) {
+        tracing::warn!(connector = %a.connector, kind = a.kind.as_str(), event,
+            "the alarm webhook's queue is full; this event is not sent");
+        state.metrics.alarm_webhook_undelivered.increment(1);
     }
 }

@@ -24,6 +24,8 @@ pub struct Frame {
     pub flash_bad: bool,
     /// The session's form token, sent back by every form (`guard::csrf`).
     pub csrf: String,
+    /// Alarms active now, for the header's badge; `app.js` keeps it fresh.
+    pub alarms: u64,
 }
 
 /// One step of the breadcrumb; the last one has no link.

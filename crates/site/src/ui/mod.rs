@@ -25,8 +25,11 @@
 //! /connectors/{cid}/settings/remote-sync/budget    (POST) the Source's bandwidth budget
 //! /connectors/{cid}/settings/remote-sync/compare   drift check against the peer
 //! /connectors/{cid}/settings/remote-sync/resend    (POST) re-send the devices it listed
+//! /connectors/{cid}/settings/alarms         Settings tab: Alarms (thresholds form, recent)
+//! /alarms                                   the site's alarms: active and cleared, paged
 //! ```
 
+mod alarms;
 mod connectors;
 mod devices;
 mod error_page;
@@ -84,6 +87,11 @@ pub fn routes(state: AppState) -> Router {
             "/connectors/{cid}/settings/remote-sync/resend",
             post(remote::resend),
         )
+        .route(
+            "/connectors/{cid}/settings/alarms",
+            get(alarms::settings).post(alarms::set),
+        )
+        .route("/alarms", get(alarms::list))
         .route(
             "/connectors/{cid}/resources",
             get(resources::list).post(resources::create),

@@ -33,6 +33,8 @@ pub struct Ctx {
     site: String,
     link: crate::link::LinkState,
     flash: Option<String>,
+    /// Alarms active now, for the header's badge.
+    alarms: u64,
 }
 
 impl Ctx {
@@ -51,6 +53,7 @@ impl Ctx {
                 .map(|m| m.trim_start_matches('!').to_owned()),
             flash_bad: self.flash.as_ref().is_some_and(|m| m.starts_with('!')),
             csrf: self.csrf.clone(),
+            alarms: self.alarms,
         }
     }
 
@@ -120,6 +123,7 @@ impl FromRequestParts<AppState> for Ctx {
             site: state.site_name.clone(),
             link: state.link.state(),
             flash,
+            alarms: crate::ops::alarms::active_count(state),
         })
     }
 }

@@ -1,11 +1,84 @@
 //! Alarms (#16 item 2, docs/api.md "Alarms"), through real processes: a connector's
 //! thresholds are set and checked through the API; stopping the hub makes the peer
-//! unreachable, which raises an alarm on both sides (API and `/metrics`); the alarm
-//! survives a restart of the site while the outage lasts, and clears once the hub is back.
+//! unreachable, which raises an alarm on both sides (API and `/metrics`) and reaches
+//! site-a's webhook (a small HTTP receiver in this test, which refuses the first try so that
+//! the retry shows); the alarm survives a restart of the site while the outage lasts, and
+//! clears once the hub is back, which the webhook hears too.
 
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
 
 use crate::util;
+
+/// One POST the receiver got: its request line and headers (lower-cased), and its body.
+struct Received {
+    head: String,
+    body: Value,
+}
+
+/// A webhook receiver on loopback: answers 503 to the first `refuse` requests, then 204,
+/// and hands every request it read to the channel. Returns its address.
+async fn receiver(refuse: usize) -> anyhow::Result<(String, mpsc::UnboundedReceiver<Received>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut seen = 0;
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let Some((head, body)) = read_request(&mut conn).await else {
+                continue;
+            };
+            seen += 1;
+            let status = if seen <= refuse {
+                "503 Service Unavailable"
+            } else {
+                "204 No Content"
+            };
+            let answer = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let _ = conn.write_all(answer.as_bytes()).await;
+            let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            if tx.send(Received { head, body }).is_err() {
+                return;
+            }
+        }
+    });
+    Ok((addr.to_string(), rx))
+}
+
+/// The head (lower-cased) and the body of one HTTP/1.1 request, as Content-Length says.
+async fn read_request(conn: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = conn.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        if buf.len() >= end + 4 + len {
+            return Some((head, buf[end + 4..end + 4 + len].to_vec()));
+        }
+    }
+}
+
+/// The next request the receiver got, within a deadline.
+async fn next_post(rx: &mut mpsc::UnboundedReceiver<Received>) -> anyhow::Result<Received> {
+    let deadline = testkit::DEADLINE * 2;
+    tokio::time::timeout(deadline, rx.recv())
+        .await
+        .map_err(|_| anyhow::anyhow!("no webhook request within {deadline:?}"))?
+        .ok_or_else(|| anyhow::anyhow!("the webhook receiver stopped"))
+}
 
 fn thresholds(cid: &str) -> String {
     format!("/api/v1/connectors/{cid}/alarms")
@@ -120,8 +193,24 @@ async fn thresholds_refuse_bad_values_and_change_nothing() -> anyhow::Result<()>
 
 #[tokio::test]
 async fn a_stopped_hub_raises_unreachable_on_both_sides_until_it_is_back() -> anyhow::Result<()> {
-    let (mut hub, mut sites, cid, tid) = util::paired_sites().await?;
+    let (receiver_at, mut posts) = receiver(1).await?;
+    let dir = tempfile::tempdir()?;
+    let token_file = dir.path().join("webhook-token");
+    std::fs::write(&token_file, "tok-3f9a-secret\n")?;
+    let hook = format!("http://{receiver_at}/hooks/path-secret-77");
+    let token_path = token_file.display().to_string();
+    let a_flags = [
+        "--alarm-webhook",
+        hook.as_str(),
+        "--alarm-webhook-token-file",
+        token_path.as_str(),
+    ];
+    let (mut hub, mut sites) =
+        util::hub_and_sites(&[("site-a", &a_flags), ("site-b", &[])]).await?;
     let (a, b) = (sites[0].admin().await?, sites[1].admin().await?);
+    let (cid, tid) = testkit::pair(&a, &b, "plant").await?;
+    util::session_up(&a, &cid).await?;
+    util::session_up(&b, &tid).await?;
     a.patch_ok(&thresholds(&cid), json!({"unreachable_seconds": 2}))
         .await?;
     b.patch_ok(&thresholds(&tid), json!({"unreachable_seconds": 2}))
@@ -150,6 +239,21 @@ async fn a_stopped_hub_raises_unreachable_on_both_sides_until_it_is_back() -> an
         assert_eq!(alarm_metric(api, id, "unreachable").await?, Some(1.0));
         assert_eq!(api.get_ok("/api/v1/alarms").await?["active"], 1);
     }
+
+    // The webhook: the first try was refused (503), the retry delivered the same event.
+    let first = next_post(&mut posts).await?;
+    let retried = next_post(&mut posts).await?;
+    assert_eq!(first.body, retried.body, "a retry posts the same event");
+    let raised = &retried.body;
+    assert_eq!(raised["event"], "raised", "{raised}");
+    assert_eq!(raised["site"], "site-a", "{raised}");
+    assert_eq!(raised["alarm"]["connector_id"], cid.as_str(), "{raised}");
+    assert_eq!(raised["alarm"]["kind"], "unreachable", "{raised}");
+    assert_eq!(raised["alarm"]["state"], "active", "{raised}");
+    let head = &retried.head;
+    assert!(head.starts_with("post /hooks/path-secret-77 http/1.1"), "{head}");
+    assert!(head.contains("authorization: bearer tok-3f9a-secret"), "{head}");
+    assert!(head.contains("content-type: application/json"), "{head}");
 
     // Site-a restarts during the outage: its alarm is still the same active one.
     let before = alarms(&a, &cid, "unreachable", "active").await?;
@@ -189,5 +293,14 @@ async fn a_stopped_hub_raises_unreachable_on_both_sides_until_it_is_back() -> an
         assert_eq!(alarm_metric(api, id, "unreachable").await?, Some(0.0));
         assert_eq!(api.get_ok("/api/v1/alarms").await?["active"], 0);
     }
+    // The restarted site-a posts the clear of the alarm raised before its restart.
+    let cleared = next_post(&mut posts).await?.body;
+    assert_eq!(cleared["event"], "cleared", "{cleared}");
+    assert_eq!(cleared["alarm"]["id"], before[0]["id"], "{cleared}");
+    assert!(cleared["alarm"]["cleared_at"].is_string(), "{cleared}");
+    // Neither the token nor the URL's path reached the log.
+    let log = std::fs::read_to_string(&sites[0].proc.log_path)?;
+    assert!(!log.contains("tok-3f9a"), "the token is in site-a's log");
+    assert!(!log.contains("path-secret"), "the webhook's path is in site-a's log");
     Ok(())
 }

@@ -24,6 +24,7 @@ mod self_heal;
 mod site_api;
 mod sync;
 mod ui;
+mod ui_alarms;
 mod ui_device_list;
 mod ui_device_sync;
 mod ui_lookup;

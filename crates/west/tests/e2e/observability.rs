@@ -78,6 +78,16 @@ async fn every_metrics_endpoint_passes_promtool_and_the_rules_name_real_metrics(
         serde_json::json!({ "name": "temperature", "format": "number" }),
     )
     .await?;
+    // The alarm evaluator publishes `west_alarm_active` of a pairing at its first look.
+    for site in &sites {
+        let api = site.admin().await?;
+        testkit::eventually("west_alarm_active", testkit::DEADLINE, || async {
+            let (_, text) = api.get("/metrics").await?;
+            let text = text.as_str().unwrap_or_default().to_owned();
+            Ok(text.contains("west_alarm_active{").then_some(()))
+        })
+        .await?;
+    }
     let mut exposed = BTreeSet::new();
     for site in &sites {
         let api = site.admin().await?;
