@@ -234,11 +234,13 @@ fn resolve(args: SiteArgs, file: FileConfig) -> anyhow::Result<(SiteConfig, Stri
     };
     cfg.alarm_webhook = match (
         args.alarm_webhook.or(file.alarm_webhook),
-        args.alarm_webhook_token_file.or(file.alarm_webhook_token_file),
+        args.alarm_webhook_token_file
+            .or(file.alarm_webhook_token_file),
     ) {
         (Some(url), token_file) => {
             let w = site::alarms::webhook::WebhookConfig { url, token_file };
-            w.check().map_err(|e| anyhow::anyhow!("--alarm-webhook: {e}"))?;
+            w.check()
+                .map_err(|e| anyhow::anyhow!("--alarm-webhook: {e}"))?;
             Some(w)
         }
         (None, Some(_)) => anyhow::bail!("--alarm-webhook-token-file needs --alarm-webhook"),
@@ -427,7 +429,10 @@ mod tests {
         let err = parse(&["--alarm-webhook-token-file", "/t"]).expect_err("no url");
         assert!(err.to_string().contains("needs --alarm-webhook"), "{err}");
         let (cfg, _) = parse(&["--alarm-webhook", "http://127.0.0.1:9000/hook"]).unwrap();
-        assert_eq!(cfg.alarm_webhook.map(|w| w.url).as_deref(), Some("http://127.0.0.1:9000/hook"));
+        assert_eq!(
+            cfg.alarm_webhook.map(|w| w.url).as_deref(),
+            Some("http://127.0.0.1:9000/hook")
+        );
     }
 
     #[test]

@@ -84,9 +84,7 @@ impl WebhookConfig {
             Some("http") => false,
             _ => return Err("the alarm webhook URL must start with http:// or https://".into()),
         };
-        let authority = uri
-            .authority()
-            .ok_or("the alarm webhook URL has no host")?;
+        let authority = uri.authority().ok_or("the alarm webhook URL has no host")?;
         if authority.as_str().contains('@') {
             return Err(
                 "the alarm webhook URL must not hold a user or password; use the token file".into(),
@@ -163,7 +161,12 @@ enum Try {
 impl Deliverer {
     /// Delivers queued events in order until `cancel`, counting those `delivered` and those
     /// given up (`undelivered`).
-    pub async fn run(mut self, delivered: Counter, undelivered: Counter, cancel: CancellationToken) {
+    pub async fn run(
+        mut self,
+        delivered: Counter,
+        undelivered: Counter,
+        cancel: CancellationToken,
+    ) {
         let shown = self.target.shown();
         loop {
             let body = tokio::select! {
@@ -244,8 +247,8 @@ impl Deliverer {
             .map_err(|e| format!("connecting: {e}"))?;
         let _ = tcp.set_nodelay(true);
         if t.tls {
-            let name = ServerName::try_from(t.host.clone())
-                .map_err(|e| format!("the host name: {e}"))?;
+            let name =
+                ServerName::try_from(t.host.clone()).map_err(|e| format!("the host name: {e}"))?;
             let tls = tokio_rustls::TlsConnector::from(Arc::clone(&self.tls))
                 .connect(name, tcp)
                 .await
@@ -295,7 +298,12 @@ mod tests {
     fn urls_are_checked_and_the_log_never_shows_their_path() {
         assert_eq!(
             check("https://hooks.example.com/services/T0/B0/secret?x=1"),
-            Ok((true, "hooks.example.com".into(), 443, "/services/T0/B0/secret?x=1".into()))
+            Ok((
+                true,
+                "hooks.example.com".into(),
+                443,
+                "/services/T0/B0/secret?x=1".into()
+            ))
         );
         assert_eq!(
             check("http://127.0.0.1:9000"),

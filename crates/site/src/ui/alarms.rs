@@ -219,9 +219,7 @@ pub async fn settings(
     q: QueryPairs,
 ) -> UiResult {
     let c = load_connector(&state, &ctx, &cid).await?;
-    let s = ops::alarms::thresholds(&state, &c.id)
-        .await
-        .or_page(&ctx)?;
+    let s = ops::alarms::thresholds(&state, &c.id).await.or_page(&ctx)?;
     let (rows, _) = ops::alarms::list(
         &state,
         Listing {

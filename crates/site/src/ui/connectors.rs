@@ -152,6 +152,24 @@ struct NewPage {
     frame: Frame,
     form: CreateForm,
     error: Option<String>,
+    /// The id of the field the refusal is about (marked and focused), or empty.
+    error_field: &'static str,
+}
+
+/// Which field of the Create a Connector form a refusal is about.
+fn error_field(e: &ops::Error) -> &'static str {
+    use ops::Error as E;
+    let m = e.to_string();
+    match e {
+        E::PairingCodeWrong(_) | E::PairingExpired(_) => "pairing-code",
+        _ if m.starts_with("connector name") => "name",
+        _ if m.starts_with("description") => "description",
+        _ if m.starts_with("connector id") || m.contains("has no connector") => {
+            "remote-connector-id"
+        }
+        E::Invalid(_) | E::NotFound(_) | E::PeerOffline(_) if m.contains("site") => "remote-site",
+        _ => "",
+    }
 }
 
 fn new_frame(ctx: &Ctx) -> Frame {
@@ -169,6 +187,7 @@ pub async fn new_page(ctx: Ctx) -> Response {
         frame: new_frame(&ctx),
         form: CreateForm::default(),
         error: None,
+        error_field: "",
     })
 }
 
@@ -195,7 +214,8 @@ pub async fn create(
             let mut resp = ctx.page(&NewPage {
                 frame: new_frame(&ctx),
                 form,
-                error: Some(e.to_string()),
+                error: Some(super::view::sentence(&e.to_string())),
+                error_field: error_field(&e),
             });
             *resp.status_mut() = status_of(&e);
             resp

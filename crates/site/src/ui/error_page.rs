@@ -45,7 +45,7 @@ impl IntoResponse for UiError {
         let mut resp = render(&ErrorPage {
             frame: &self.frame,
             status: status.as_u16(),
-            message: self.error.to_string(),
+            message: super::view::sentence(&self.error.to_string()),
         });
         *resp.status_mut() = status;
         resp

@@ -50,7 +50,7 @@ impl Ctx {
             flash: self
                 .flash
                 .as_ref()
-                .map(|m| m.trim_start_matches('!').to_owned()),
+                .map(|m| super::view::sentence(m.trim_start_matches('!'))),
             flash_bad: self.flash.as_ref().is_some_and(|m| m.starts_with('!')),
             csrf: self.csrf.clone(),
             alarms: self.alarms,

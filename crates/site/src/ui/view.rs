@@ -55,6 +55,21 @@ impl fmt::Display for When {
     }
 }
 
+/// A message as a sentence for the page: capitalised, ending in a full stop (the domain's
+/// refusals are lower-case clauses, written to be embedded in the API's JSON).
+pub fn sentence(text: &str) -> String {
+    let text = text.trim();
+    let mut chars = text.chars();
+    let Some(first) = chars.next() else {
+        return String::new();
+    };
+    let mut out: String = first.to_uppercase().chain(chars).collect();
+    if !out.ends_with(['.', '!', '?', ')']) {
+        out.push('.');
+    }
+    out
+}
+
 /// `n` with thousands separators: `12,345`.
 pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
@@ -183,6 +198,17 @@ pub fn parse_tag_filter(text: &str) -> Result<Vec<(String, String)>, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_reads_as_a_sentence() {
+        assert_eq!(
+            sentence("the pairing code is wrong; check it"),
+            "The pairing code is wrong; check it."
+        );
+        assert_eq!(sentence("Saved."), "Saved.");
+        assert_eq!(sentence("  "), "");
+        assert_eq!(sentence("é ok"), "É ok.");
+    }
 
     #[test]
     fn times_render_utc_for_the_script_to_localise() {

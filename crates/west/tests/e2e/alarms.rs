@@ -35,7 +35,8 @@ async fn receiver(refuse: usize) -> anyhow::Result<(String, mpsc::UnboundedRecei
             } else {
                 "204 No Content"
             };
-            let answer = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let answer =
+                format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
             let _ = conn.write_all(answer.as_bytes()).await;
             let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
             if tx.send(Received { head, body }).is_err() {
@@ -251,8 +252,14 @@ async fn a_stopped_hub_raises_unreachable_on_both_sides_until_it_is_back() -> an
     assert_eq!(raised["alarm"]["kind"], "unreachable", "{raised}");
     assert_eq!(raised["alarm"]["state"], "active", "{raised}");
     let head = &retried.head;
-    assert!(head.starts_with("post /hooks/path-secret-77 http/1.1"), "{head}");
-    assert!(head.contains("authorization: bearer tok-3f9a-secret"), "{head}");
+    assert!(
+        head.starts_with("post /hooks/path-secret-77 http/1.1"),
+        "{head}"
+    );
+    assert!(
+        head.contains("authorization: bearer tok-3f9a-secret"),
+        "{head}"
+    );
     assert!(head.contains("content-type: application/json"), "{head}");
 
     // Site-a restarts during the outage: its alarm is still the same active one.
@@ -301,6 +308,9 @@ async fn a_stopped_hub_raises_unreachable_on_both_sides_until_it_is_back() -> an
     // Neither the token nor the URL's path reached the log.
     let log = std::fs::read_to_string(&sites[0].proc.log_path)?;
     assert!(!log.contains("tok-3f9a"), "the token is in site-a's log");
-    assert!(!log.contains("path-secret"), "the webhook's path is in site-a's log");
+    assert!(
+        !log.contains("path-secret"),
+        "the webhook's path is in site-a's log"
+    );
     Ok(())
 }
