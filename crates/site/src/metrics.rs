@@ -384,6 +384,19 @@ mod tests {
     }
 
     #[test]
+    fn an_alarm_reads_zero_until_raised_and_after_it_clears() {
+        let m = SiteMetrics::new();
+        let cid = proto::model::ConnectorId::parse("sourceconn0001").expect("valid id");
+        let line = "west_alarm_active{connector=\"sourceconn0001\",kind=\"gap\"}";
+        m.alarm_active(&cid, "gap", false);
+        assert_eq!(value(&m.render(), line).as_deref(), Some("0"));
+        m.alarm_active(&cid, "gap", true);
+        assert_eq!(value(&m.render(), line).as_deref(), Some("1"));
+        m.alarm_active(&cid, "gap", false);
+        assert_eq!(value(&m.render(), line).as_deref(), Some("0"));
+    }
+
+    #[test]
     fn hub_link_gauges_follow_the_link() {
         let m = SiteMetrics::new();
         // No link watched yet: down, no round trip.

@@ -138,6 +138,12 @@ impl Evaluator {
                 points_lost: status.points_lost.saturating_add(status.points_expired),
             };
             let th = state.alarms.thresholds(cid);
+            if !self.watches.contains_key(cid) {
+                for kind in AlarmKind::ALL {
+                    let on = self.active.contains_key(&(cid.clone(), kind));
+                    state.metrics.alarm_active(cid, kind.as_str(), on);
+                }
+            }
             let changes =
                 self.watches
                     .entry(cid.clone())
