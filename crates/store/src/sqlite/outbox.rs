@@ -460,6 +460,16 @@ fn convert_partition(conn: &Connection, cid: &str, part: i64) -> Result<()> {
         return Ok(());
     };
     let name = table(&cid, part);
+    if super::connector_exists(conn, &cid).is_err() {
+        // Left behind by a deleted connector: nothing can read it, and its records name
+        // resources that are gone.
+        conn.execute_batch(&format!("DROP TABLE IF EXISTS {name}"))
+            .map_err(backend(op))?;
+        conn.prepare_cached("DELETE FROM sync_partitions WHERE connector = ?1 AND part = ?2")
+            .and_then(|mut s| s.execute(params![cid.as_str(), part]))
+            .map_err(backend(op))?;
+        return Ok(());
+    }
     let exists = conn
         .prepare_cached("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1")
         .and_then(|mut s| s.exists([&name]))
@@ -752,6 +762,42 @@ mod tests {
         let left: i64 = Connection::open(dir.path().join("site.db"))
             .unwrap()
             .query_row("SELECT COUNT(*) FROM sync_out_legacy", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0);
+    }
+
+    /// A partition of the former layout that a deleted connector left behind does not stop
+    /// the open: it is dropped (nothing can read it), the others are converted.
+    #[tokio::test]
+    async fn a_former_partition_of_a_deleted_connector_is_dropped_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = paired(dir.path()).await;
+        store.ingest(&cid(), request(0..1)).await.unwrap();
+        let before = read_all(&store, 1).await;
+        drop(store);
+        let gone = ConnectorId::parse("zzzzzzzzzzzzzz").unwrap();
+        let orphan = super::table(&gone, 7);
+        let conn = Connection::open(dir.path().join("site.db")).unwrap();
+        conn.execute_batch(&format!(
+            "CREATE TABLE {orphan} (seq INTEGER PRIMARY KEY, device TEXT NOT NULL,
+                 resource INTEGER NOT NULL, t INTEGER NOT NULL, v);
+             INSERT INTO {orphan} VALUES (1, 'dev1', 99, 5, 1.5);
+             INSERT INTO sync_partitions VALUES ('{gone}', 7, 1, 1, 40);
+             INSERT INTO sync_out_legacy VALUES ('{gone}', 7);"
+        ))
+        .unwrap();
+        drop(conn);
+        let store = SqliteStore::open(SqliteConfig::new(dir.path().join("site.db"))).unwrap();
+        assert_eq!(read_all(&store, 1).await, before);
+        let conn = Connection::open(dir.path().join("site.db")).unwrap();
+        let left: i64 = conn
+            .query_row(
+                "SELECT (SELECT COUNT(*) FROM sqlite_schema WHERE name = ?1)
+                      + (SELECT COUNT(*) FROM sync_partitions WHERE connector = ?2)
+                      + (SELECT COUNT(*) FROM sync_out_legacy)",
+                params![orphan, gone.as_str()],
+                |r| r.get(0),
+            )
             .unwrap();
         assert_eq!(left, 0);
     }
