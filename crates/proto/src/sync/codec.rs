@@ -209,7 +209,7 @@ fn decode_body(body: &[u8]) -> Result<Vec<Record>, CodecError> {
                     d.check()
                         .map_err(|_| CodecError::Invalid("device record"))?;
                 }
-                out.extend(devices.into_iter().map(Record::Device));
+                out.extend(devices.into_iter().map(|d| Record::Device(Box::new(d))));
             }
             _ => return Err(CodecError::Invalid("segment kind")),
         }
@@ -230,9 +230,9 @@ fn split_segments(records: &[Record]) -> Vec<Segment<'_>> {
     for r in records {
         match (r, out.last_mut()) {
             (Record::Point(p), Some(Segment::Points(v))) => v.push(p),
-            (Record::Device(d), Some(Segment::Devices(v))) => v.push(d),
+            (Record::Device(d), Some(Segment::Devices(v))) => v.push(&**d),
             (Record::Point(p), _) => out.push(Segment::Points(vec![p])),
-            (Record::Device(d), _) => out.push(Segment::Devices(vec![d])),
+            (Record::Device(d), _) => out.push(Segment::Devices(vec![&**d])),
         }
     }
     out
@@ -710,7 +710,7 @@ mod tests {
                     out.extend(ps.into_iter().map(|p| Record::Point(p.clone())));
                 }
                 Segment::Devices(ds) => {
-                    out.extend(ds.into_iter().map(|d| Record::Device(d.clone())))
+                    out.extend(ds.into_iter().map(|d| Record::Device(Box::new(d.clone()))))
                 }
             }
         }
@@ -801,7 +801,7 @@ mod tests {
         prop_oneof![
             8 => ("d[0-3]", "r[0-2]", 0i64..(1 << 40), arb_value())
                 .prop_map(|(d, r, t, v)| point(&d, &r, t, v)),
-            1 => arb_change().prop_map(Record::Device),
+            1 => arb_change().prop_map(|d| Record::Device(Box::new(d))),
         ]
     }
 

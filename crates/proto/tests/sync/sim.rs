@@ -542,7 +542,7 @@ impl World {
                 Record::Device(d) => {
                     let merged = match site.devices.get(&d.identity) {
                         Some(cur) => sync::merge(cur, d).expect("same identity"),
-                        None => d.clone(),
+                        None => (**d).clone(),
                     };
                     if let Some(st) = d.max_stamp() {
                         site.hlc.observe(st.hlc, now);
@@ -635,7 +635,7 @@ impl World {
         }
         for id in devices {
             let snapshot = site.devices[&id].clone();
-            let seq = ob.append(now, Record::Device(snapshot));
+            let seq = ob.append(now, Record::Device(Box::new(snapshot)));
             self.truth.device_seqs.insert(seq);
             self.counts.snapshots += 1;
         }
@@ -712,7 +712,7 @@ impl World {
             None => change.clone(),
         };
         site.devices.insert(change.identity.clone(), merged);
-        let head = site.outbox.append(now, Record::Device(change));
+        let head = site.outbox.append(now, Record::Device(Box::new(change)));
         if i == SOURCE {
             self.truth.device_seqs.insert(head);
         }

@@ -834,7 +834,10 @@ mod tests {
         let item = Inbound::Records(Apply {
             first_seq: applied + 1,
             last_seq: applied + 2,
-            records: vec![Record::Device(bad), Record::Device(good)],
+            records: vec![
+                Record::Device(Box::new(bad)),
+                Record::Device(Box::new(good)),
+            ],
         });
         let cursor = b
             .store

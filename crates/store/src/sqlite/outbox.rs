@@ -181,7 +181,7 @@ impl Appender {
 
     /// Queues one device change under the next seq; returns the seq.
     pub(super) fn push_device(&mut self, _conn: &Connection, record: &DeviceRecord) -> Result<u64> {
-        Ok(self.add(Record::Device(record.clone()), false))
+        Ok(self.add(Record::Device(Box::new(record.clone())), false))
     }
 
     /// Queues one point under the next seq, as the point's log record: its only stored
@@ -502,7 +502,7 @@ fn convert_partition(conn: &Connection, cid: &str, part: i64) -> Result<()> {
         let rid: i64 = r.get(2).map_err(backend(op))?;
         let record = if rid == DEVICE_CHANGE {
             let text: String = r.get(4).map_err(backend(op))?;
-            Record::Device(devices::decode(&text)?)
+            Record::Device(Box::new(devices::decode(&text)?))
         } else {
             let (resource, format) = resources.get(&rid).ok_or_else(|| StoreError::Backend {
                 op,
