@@ -272,6 +272,14 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<OutboxChunk>;
     /// Persists the send lease: records in `(acked, upto]` are kept until acknowledged.
     async fn outbox_lease(&self, cid: &ConnectorId, upto: u64) -> Result<()>;
+    /// Opens a live lane at the head (docs/sync.md, "Two lanes"), in one transaction:
+    /// re-appends the current record of every device with a change not yet acknowledged and
+    /// persists the live lease from the first of them through `records` more (a previous
+    /// live lease folds into the send lease). Returns the live lease `(from, upto)`.
+    async fn outbox_open_live(&self, cid: &ConnectorId, records: u64) -> Result<(u64, u64)>;
+    /// Persists the live lease `[from, upto]`: records in it are kept until acknowledged
+    /// (a live lease of another `from` folds into the send lease).
+    async fn outbox_live_lease(&self, cid: &ConnectorId, from: u64, upto: u64) -> Result<()>;
     /// Persists the peer's acknowledgement and drops what is delivered.
     async fn outbox_acked(&self, cid: &ConnectorId, applied: u64) -> Result<()>;
     /// Drops expired outbox partitions (recording exact lost spans for the undelivered, never

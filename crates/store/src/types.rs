@@ -221,8 +221,12 @@ pub struct SyncDurable {
     pub acked: u64,
     /// The persisted send lease.
     pub lease: u64,
+    /// The persisted live lease `(from, upto)`, once a live lane was opened.
+    pub live_lease: Option<(u64, u64)>,
     /// The receiving side's applied cursor.
     pub applied: u64,
+    /// The receiving side's live lane `(from, to)`, applied above the hole its backlog fills.
+    pub live: Option<(u64, u64)>,
     /// When the receiving side last applied a batch or recorded a gap.
     pub last_applied_at: Option<i64>,
     /// Time partitions the outbox holds.

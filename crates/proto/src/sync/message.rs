@@ -20,6 +20,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::held::Held;
 use super::record::LostSpan;
 use crate::envelope::{self, EnvelopeError};
 
@@ -55,6 +56,40 @@ pub enum Message {
         span: LostSpan,
         head: u64,
     },
+    /// Receiver → sender: `Resume` from a receiver that also holds the live lane
+    /// `live_from..=live_to` above a hole (docs/sync.md, "Two lanes").
+    ResumeLanes {
+        session: u64,
+        applied: u64,
+        live_from: u64,
+        live_to: u64,
+    },
+    /// Receiver → sender: `Ack` from a receiver that also holds a live lane.
+    AckLanes {
+        session: u64,
+        applied: u64,
+        live_from: u64,
+        live_to: u64,
+    },
+    /// Sender → receiver: a batch of the live lane, which starts at `lane` (the sender's head
+    /// when it opened it, where the current records of pending devices are) while the backlog
+    /// drains behind it. A receiver opens its live lane only with the batch that starts it.
+    Live {
+        session: u64,
+        lane: u64,
+        first_seq: u64,
+        last_seq: u64,
+        head: u64,
+        #[serde(with = "bytes_field")]
+        payload: Vec<u8>,
+    },
+    /// Sender → receiver: a lost span met on the live lane that starts at `lane`.
+    LiveGap {
+        session: u64,
+        lane: u64,
+        span: LostSpan,
+        head: u64,
+    },
 }
 
 /// Which state machine of a site a message is for.
@@ -69,10 +104,15 @@ impl Message {
     /// [`super::Receiver`] per pairing, and each message type goes to exactly one of them.
     pub fn addressee(&self) -> Addressee {
         match self {
-            Message::Resume { .. } | Message::Ack { .. } => Addressee::Sender,
-            Message::Resumed { .. } | Message::Batch { .. } | Message::Gap { .. } => {
-                Addressee::Receiver
-            }
+            Message::Resume { .. }
+            | Message::Ack { .. }
+            | Message::ResumeLanes { .. }
+            | Message::AckLanes { .. } => Addressee::Sender,
+            Message::Resumed { .. }
+            | Message::Batch { .. }
+            | Message::Gap { .. }
+            | Message::Live { .. }
+            | Message::LiveGap { .. } => Addressee::Receiver,
         }
     }
 
@@ -82,7 +122,11 @@ impl Message {
             | Message::Resumed { session, .. }
             | Message::Batch { session, .. }
             | Message::Ack { session, .. }
-            | Message::Gap { session, .. } => *session,
+            | Message::Gap { session, .. }
+            | Message::ResumeLanes { session, .. }
+            | Message::AckLanes { session, .. }
+            | Message::Live { session, .. }
+            | Message::LiveGap { session, .. } => *session,
         }
     }
 }
@@ -102,6 +146,14 @@ pub enum MessageError {
     TrailingBytes(usize),
     #[error("sequence range {first}..={last} is not valid")]
     BadRange { first: u64, last: u64 },
+    #[error(
+        "applied 1..={applied} and a live lane {live_from}..={live_to} do not make two separate ranges"
+    )]
+    BadLanes {
+        applied: u64,
+        live_from: u64,
+        live_to: u64,
+    },
 }
 
 /// Encodes a message after checking what [`decode`] will check.
@@ -143,7 +195,35 @@ fn validate(msg: &Message) -> Result<(), MessageError> {
             last_seq,
             ..
         } => range(*first_seq, *last_seq),
+        Message::Live {
+            lane,
+            first_seq,
+            last_seq,
+            ..
+        } => range(*first_seq, *last_seq).and(range(*lane, *first_seq)),
         Message::Gap { span, .. } => range(span.first_seq, span.last_seq),
+        Message::LiveGap { lane, span, .. } => {
+            range(span.first_seq, span.last_seq).and(range(*lane, span.last_seq))
+        }
+        Message::ResumeLanes {
+            applied,
+            live_from,
+            live_to,
+            ..
+        }
+        | Message::AckLanes {
+            applied,
+            live_from,
+            live_to,
+            ..
+        } => match Held::from_parts(*applied, *live_from, *live_to) {
+            Some(h) if h.live.is_some() => Ok(()),
+            _ => Err(MessageError::BadLanes {
+                applied: *applied,
+                live_from: *live_from,
+                live_to: *live_to,
+            }),
+        },
         Message::Resume { .. } | Message::Resumed { .. } | Message::Ack { .. } => Ok(()),
     }
 }
@@ -252,6 +332,54 @@ mod tests {
                     head,
                 }
             }),
+            (
+                any::<u64>(),
+                0u64..1 << 40,
+                2u64..1000,
+                0u64..1000,
+                any::<bool>()
+            )
+                .prop_map(|(session, applied, hole, len, ack)| {
+                    let (live_from, live_to) = (applied + hole, applied + hole + len);
+                    if ack {
+                        Message::AckLanes {
+                            session,
+                            applied,
+                            live_from,
+                            live_to,
+                        }
+                    } else {
+                        Message::ResumeLanes {
+                            session,
+                            applied,
+                            live_from,
+                            live_to,
+                        }
+                    }
+                }),
+            (
+                any::<u64>(),
+                1u64..u64::MAX / 2,
+                0u64..10_000,
+                any::<u64>(),
+                prop::collection::vec(any::<u8>(), 0..300)
+            )
+                .prop_map(|(session, first_seq, n, head, payload)| Message::Live {
+                    session,
+                    lane: first_seq / 2 + 1,
+                    first_seq,
+                    last_seq: first_seq + n,
+                    head,
+                    payload
+                }),
+            (any::<u64>(), arb_span(), any::<u64>()).prop_map(|(session, span, head)| {
+                Message::LiveGap {
+                    session,
+                    lane: span.first_seq,
+                    span,
+                    head,
+                }
+            }),
         ]
     }
 
@@ -293,6 +421,27 @@ mod tests {
             .addressee(),
             Addressee::Sender
         );
+        // Lanes that touch are one prefix; a live lane must not be empty.
+        for (applied, live_from, live_to) in [(5, 6, 9), (5, 8, 7), (5, 0, 0)] {
+            let bad = Message::AckLanes {
+                session: 1,
+                applied,
+                live_from,
+                live_to,
+            };
+            assert_eq!(
+                encode(&bad),
+                Err(MessageError::BadLanes {
+                    applied,
+                    live_from,
+                    live_to
+                })
+            );
+            assert!(matches!(
+                decode(&[&[SYNC_VERSION][..], &postcard::to_allocvec(&bad).unwrap()].concat()),
+                Err(MessageError::BadLanes { .. })
+            ));
+        }
     }
 
     proptest! {

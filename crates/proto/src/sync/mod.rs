@@ -74,6 +74,7 @@
 
 pub mod codec;
 pub mod device;
+pub mod held;
 pub mod hlc;
 pub mod message;
 pub mod receiver;
@@ -81,6 +82,7 @@ pub mod record;
 pub mod sender;
 
 pub use device::{DeviceEdit, DeviceError, DeviceRecord, DeviceView, Lww, merge};
+pub use held::{Admit, Held};
 pub use hlc::{Hlc, Stamp};
 pub use message::{Addressee, Message};
 pub use receiver::{Apply, GapRecord, Receiver, ReceiverConfig, ReceiverOutput, ReceiverStats};

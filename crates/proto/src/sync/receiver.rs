@@ -30,6 +30,7 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use super::codec;
+use super::held::{Admit, Held};
 use super::message::{self, Message};
 use super::record::{LostSpan, Record};
 use super::{ReconnectReason, SyncError};
@@ -60,6 +61,9 @@ impl Default for ReceiverConfig {
 pub struct Apply {
     pub first_seq: u64,
     pub last_seq: u64,
+    /// Whether this starts the live lane above a hole (the store's check accepts a range
+    /// that is not adjacent to what is applied only then).
+    pub opens: bool,
     /// In apply order: device changes and points in stream order between kinds, points of
     /// one series by timestamp.
     pub records: Vec<Record>,
@@ -70,8 +74,10 @@ pub struct Apply {
 pub struct GapRecord {
     /// One past the cursor: where the loss starts for this receiver.
     pub first_seq: u64,
-    /// Where the cursor moves.
+    /// Where the cursor (or the live lane) moves.
     pub last_seq: u64,
+    /// Whether this starts the live lane above a hole.
+    pub opens: bool,
     /// What the sender's store recorded about the dropped span.
     pub span: LostSpan,
     /// Whether `span` covers exactly `first_seq..=last_seq`. Always true when the sending
@@ -99,12 +105,18 @@ pub enum ReceiverOutput {
 pub struct ReceiverStats {
     /// Durable cursor: highest contiguous sequence number applied.
     pub applied: u64,
-    /// Highest sequence number handed to the driver (applied or being applied).
+    /// The durable live lane `(from, to)` above a hole, while the backlog drains.
+    pub live: Option<(u64, u64)>,
+    /// Highest contiguous sequence number handed to the driver (applied or being applied).
     pub handed: u64,
     /// The sender's outbox head as last reported.
     pub remote_head: u64,
-    /// `remote_head - applied`: records still to come.
+    /// Records still to come: `remote_head` less what is durably held.
     pub lag_records: u64,
+    /// Records of the backlog lane still to come (below the live lane), 0 without one.
+    pub backlog_records: u64,
+    /// Records applied on the live lane (counted in `records_applied` too).
+    pub live_records_applied: u64,
     pub session_up: bool,
     pub records_applied: u64,
     pub batches_applied: u64,
@@ -119,7 +131,9 @@ pub struct ReceiverStats {
 /// One output handed to the driver, for [`Receiver::on_applied`] to check and count.
 #[derive(Debug)]
 struct Pending {
+    first_seq: u64,
     last_seq: u64,
+    admit: Admit,
     records: u64,
     points_lost: Option<u64>,
 }
@@ -139,8 +153,10 @@ struct Link {
 #[derive(Debug)]
 pub struct Receiver {
     cfg: ReceiverConfig,
-    cursor: u64,
-    handed: u64,
+    /// What the store made durable.
+    cursor: Held,
+    /// What was handed to the driver (durable or being applied).
+    handed: Held,
     /// Outputs handed to the driver and not yet confirmed, in order.
     pending: VecDeque<Pending>,
     remote_head: u64,
@@ -152,14 +168,19 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    /// Rebuilds the receiver from its durable cursor.
+    /// Rebuilds the receiver from its durable cursor (a stream without a live lane).
     pub fn new(cfg: ReceiverConfig, applied: u64, now: u64) -> Self {
+        Self::with_held(cfg, Held::prefix(applied), now)
+    }
+
+    /// Rebuilds the receiver from what its store durably holds.
+    pub fn with_held(cfg: ReceiverConfig, held: Held, now: u64) -> Self {
         Self {
             cfg,
-            cursor: applied,
-            handed: applied,
+            cursor: held,
+            handed: held,
             pending: VecDeque::new(),
-            remote_head: applied,
+            remote_head: held.top(),
             progress_at: now,
             link: None,
             out: VecDeque::new(),
@@ -184,18 +205,21 @@ impl Receiver {
             last_resync_at: None,
         });
         self.progress_at = now;
-        self.send(&Message::Resume {
-            session,
-            applied: self.cursor,
-        });
+        self.send(&resume(session, self.cursor));
     }
 
     pub fn link_down(&mut self, _now: u64) {
         self.link = None;
     }
 
-    /// A message for the receiver (`Resumed`, `Batch` or `Gap`) arrived from the peer.
+    /// A message for the receiver (`Resumed`, `Batch`, `Gap`, `Live` or `LiveGap`) arrived
+    /// from the peer.
     pub fn on_message(&mut self, now: u64, msg: Message) -> Result<(), SyncError> {
+        // Where the live lane a message belongs to starts: only there may a lane open.
+        let lane = match &msg {
+            Message::Live { lane, .. } | Message::LiveGap { lane, .. } => Some(*lane),
+            _ => None,
+        };
         let Some(link) = &mut self.link else {
             self.stats.stale += 1;
             return Ok(());
@@ -218,13 +242,24 @@ impl Receiver {
                 head,
                 payload,
                 ..
+            }
+            | Message::Live {
+                first_seq,
+                last_seq,
+                head,
+                payload,
+                ..
             } => {
+                let open = lane == Some(first_seq);
                 link.resumed = true;
                 self.remote_head = self.remote_head.max(head);
                 self.stats.bytes_received += payload.len() as u64;
-                if last_seq <= self.handed {
+                // Only the first batch of a live lane may open one above the prefix (after
+                // the device records it starts with); any batch continues whichever range
+                // it is adjacent to.
+                if self.handed.covers(first_seq, last_seq) {
                     self.duplicate();
-                } else if first_seq == self.handed + 1 {
+                } else if let Some(admit) = self.handed.admit(first_seq, last_seq, open) {
                     let records = match self.decoder.decode(&payload) {
                         Ok(r) if r.len() as u64 == last_seq - first_seq + 1 => r,
                         Ok(r) => {
@@ -239,29 +274,33 @@ impl Receiver {
                             );
                         }
                     };
-                    self.hand(now, last_seq, records.len() as u64, None);
+                    self.hand(now, first_seq, last_seq, admit, records.len() as u64, None);
                     self.out.push_back(ReceiverOutput::Apply(Apply {
                         first_seq,
                         last_seq,
+                        opens: admit == Admit::Opens,
                         records,
                     }));
                 } else {
                     self.want_resync(now);
                 }
             }
-            Message::Gap { span, head, .. } => {
+            Message::Gap { span, head, .. } | Message::LiveGap { span, head, .. } => {
                 link.resumed = true;
                 self.remote_head = self.remote_head.max(head);
-                let first = self.handed + 1;
-                if span.last_seq <= self.handed {
+                if self.handed.covers(span.first_seq, span.last_seq) {
                     self.duplicate();
-                } else if span.first_seq <= first {
+                } else if let Some((first, admit)) = self.place_gap(
+                    &span,
+                    lane.is_some_and(|l| span.first_seq <= l && l <= span.last_seq),
+                ) {
                     let exact = span.first_seq == first;
                     let last_seq = span.last_seq;
-                    self.hand(now, last_seq, 0, Some(span.points()));
+                    self.hand(now, first, last_seq, admit, 0, Some(span.points()));
                     self.out.push_back(ReceiverOutput::RecordGap(GapRecord {
                         first_seq: first,
                         last_seq,
+                        opens: admit == Admit::Opens,
                         span,
                         exact,
                     }));
@@ -277,7 +316,9 @@ impl Receiver {
     /// The driver committed the output ending at `last_seq` (records or gap, with the
     /// cursor, in one transaction).
     pub fn on_applied(&mut self, now: u64, last_seq: u64) -> Result<(), SyncError> {
-        if last_seq <= self.cursor {
+        if self.cursor.contains(last_seq)
+            && self.pending.front().is_none_or(|p| p.last_seq != last_seq)
+        {
             return Ok(());
         }
         let expected = self.pending.front().map(|p| p.last_seq);
@@ -287,6 +328,17 @@ impl Receiver {
             self.want_resync(now);
             return Err(SyncError::AppliedOutOfOrder { last_seq, expected });
         };
+        if !self
+            .cursor
+            .add(p.first_seq, p.last_seq, p.admit == Admit::Opens)
+        {
+            // Handed out in an order the durable set does not admit: a bug; start over from
+            // what the store holds.
+            self.pending.clear();
+            self.handed = self.cursor;
+            self.want_resync(now);
+            return Err(SyncError::AppliedOutOfOrder { last_seq, expected });
+        }
         match p.points_lost {
             Some(lost) => {
                 self.stats.gaps_recorded += 1;
@@ -295,16 +347,15 @@ impl Receiver {
             None => {
                 self.stats.batches_applied += 1;
                 self.stats.records_applied += p.records;
+                if p.admit != Admit::Prefix {
+                    self.stats.live_records_applied += p.records;
+                }
             }
         }
-        self.cursor = last_seq;
         self.progress_at = now;
         if let Some(link) = &self.link {
             let session = link.session;
-            self.send(&Message::Ack {
-                session,
-                applied: last_seq,
-            });
+            self.send(&ack(session, self.cursor));
         }
         self.maybe_resync(now);
         Ok(())
@@ -336,20 +387,17 @@ impl Receiver {
             }
             if now >= link.resume_sent_at.saturating_add(interval) {
                 link.resume_sent_at = now;
-                let msg = Message::Resume {
-                    session: link.session,
-                    applied: self.cursor,
-                };
+                let msg = resume(link.session, self.cursor);
                 self.send(&msg);
             }
             return;
         }
         if self.pending.is_empty()
-            && self.remote_head > self.cursor
+            && self.remote_head > self.cursor.count()
             && now >= self.progress_at.saturating_add(stall)
         {
             let reason = ReconnectReason::NoData {
-                applied: self.cursor,
+                applied: self.cursor.applied,
                 remote_head: self.remote_head,
                 waited_us: now - self.progress_at,
             };
@@ -371,7 +419,7 @@ impl Receiver {
         // is ahead (an idle, caught-up link has no deadline at all, or the driver would be
         // woken for nothing, forever, once it passed), and a wanted resync.
         let mut t = None;
-        if self.pending.is_empty() && self.remote_head > self.cursor {
+        if self.pending.is_empty() && self.remote_head > self.cursor.count() {
             t = Some(self.progress_at.saturating_add(self.cfg.stall_timeout_us));
         }
         if link.resync_wanted && self.pending.is_empty() {
@@ -385,23 +433,60 @@ impl Receiver {
 
     pub fn stats(&self) -> ReceiverStats {
         let mut st = self.stats;
-        st.applied = self.cursor;
-        st.handed = self.handed;
+        st.applied = self.cursor.applied;
+        st.live = self.cursor.live;
+        st.handed = self.handed.applied;
         st.remote_head = self.remote_head;
-        st.lag_records = self.remote_head.saturating_sub(self.cursor);
+        st.lag_records = self.remote_head.saturating_sub(self.cursor.count());
+        st.backlog_records = self
+            .cursor
+            .live
+            .map_or(0, |(from, _)| from - 1 - self.cursor.applied);
         st.session_up = self.link.as_ref().is_some_and(|l| l.resumed);
         st
     }
 
     /// The durable cursor.
     pub fn applied(&self) -> u64 {
+        self.cursor.applied
+    }
+
+    /// What the store durably holds: the cursor and the live lane.
+    pub fn held(&self) -> Held {
         self.cursor
     }
 
-    fn hand(&mut self, now: u64, last_seq: u64, records: u64, points_lost: Option<u64>) {
-        self.handed = last_seq;
+    /// Where a lost span goes: exactly at one of the ends of what is held (`exact`), or, when
+    /// part of it is already held, from the end it overlaps (the counts then include records
+    /// applied here, reported as not exact); only the live lane's may open a lane.
+    fn place_gap(&self, span: &LostSpan, open: bool) -> Option<(u64, Admit)> {
+        let (first, last) = (span.first_seq, span.last_seq);
+        if let Some(a) = self.handed.admit(first, last, open) {
+            return Some((first, a));
+        }
+        let ends = [Some(self.handed.applied), self.handed.live.map(|(_, t)| t)];
+        ends.into_iter().flatten().find_map(|end| {
+            let at = end + 1;
+            (first < at && at <= last)
+                .then(|| self.handed.admit(at, last, false).map(|a| (at, a)))
+                .flatten()
+        })
+    }
+
+    fn hand(
+        &mut self,
+        now: u64,
+        first_seq: u64,
+        last_seq: u64,
+        admit: Admit,
+        records: u64,
+        points_lost: Option<u64>,
+    ) {
+        self.handed.add(first_seq, last_seq, admit == Admit::Opens);
         self.pending.push_back(Pending {
+            first_seq,
             last_seq,
+            admit,
             records,
             points_lost,
         });
@@ -417,10 +502,7 @@ impl Receiver {
         if self.pending.is_empty()
             && let Some(link) = &self.link
         {
-            let msg = Message::Ack {
-                session: link.session,
-                applied: self.cursor,
-            };
+            let msg = ack(link.session, self.cursor);
             self.send(&msg);
         }
     }
@@ -448,10 +530,7 @@ impl Receiver {
         link.resync_wanted = false;
         link.last_resync_at = Some(now);
         self.stats.resyncs += 1;
-        let msg = Message::Resume {
-            session: link.session,
-            applied: self.cursor,
-        };
+        let msg = resume(link.session, self.cursor);
         self.send(&msg);
     }
 
@@ -470,6 +549,38 @@ impl Receiver {
         if let Ok(bytes) = message::encode(msg) {
             self.out.push_back(ReceiverOutput::Send(bytes));
         }
+    }
+}
+
+/// `Resume` from what is held: `ResumeLanes` while there is a live lane.
+fn resume(session: u64, held: Held) -> Message {
+    match held.live {
+        None => Message::Resume {
+            session,
+            applied: held.applied,
+        },
+        Some((live_from, live_to)) => Message::ResumeLanes {
+            session,
+            applied: held.applied,
+            live_from,
+            live_to,
+        },
+    }
+}
+
+/// `Ack` from what is held: `AckLanes` while there is a live lane.
+fn ack(session: u64, held: Held) -> Message {
+    match held.live {
+        None => Message::Ack {
+            session,
+            applied: held.applied,
+        },
+        Some((live_from, live_to)) => Message::AckLanes {
+            session,
+            applied: held.applied,
+            live_from,
+            live_to,
+        },
     }
 }
 

@@ -1,7 +1,9 @@
 //! The sending end of one sync stream: reads the outbox through its driver, cuts batches,
 //! keeps a window of unacknowledged bytes in flight, goes back to the first unacknowledged
 //! record on timeout or resync, reports retention losses as [`Message::Gap`], and asks for a
-//! reconnect when the peer stops making progress.
+//! reconnect when the peer stops making progress. When its unsent backlog grows past
+//! [`SenderConfig::live_after_records`] it opens a *live lane* at the head, so that new
+//! records overtake the backlog, which drains behind them (docs/sync.md, "Two lanes").
 //!
 //! ```text
 //!  driver                      Sender                          peer Receiver
@@ -9,20 +11,27 @@
 //!    |                             |<------------ Resume{s, applied} -|
 //!    |<-- Lease{upto} -------------|  (driver persists, on_lease)     |
 //!    |<-- Read{from, max} ---------|                                  |
-//!    |-- on_read(Records|Lost) --->|-- Batch / Gap{s, first..last} -->|
-//!    |                             |<--------------- Ack{s, applied} -|
+//!    |-- on_read(Records|Lost) --->|-- Batch / Gap{s, first..last} -->|  backlog lane
+//!    |<-- OpenLive{records} -------|  (store: device snapshots, live lease; on_live_lease)
+//!    |                             |-- Live / LiveGap{s, ..} -------->|  live lane, first
+//!    |                             |<--- Ack{s, applied} / AckLanes --|
 //!    |<-- Acked{applied} ----------|  (driver persists, trims outbox) |
-//!    |-- tick(now) --------------->|  go-back-N, linger, stall        |
+//!    |-- tick(now) --------------->|  go-back-N per lane, linger, stall
 //! ```
 //!
 //! Invariants:
-//! - Records go out in sequence order, each batch starting right after the previous one of
-//!   the same session; after a timeout or `Resume` the next batch starts at `acked + 1`.
-//! - Nothing beyond the durable send lease is read or sent, so that the store can exempt
-//!   `(acked, lease]` from retention and every loss it reports is exact (see `docs/sync.md`).
-//! - At most `window_bytes` of encoded messages and `window_records` records are
+//! - Each lane sends in sequence order, each batch starting right after the previous one
+//!   of its lane in the session; after a timeout or `Resume` a lane starts again right after
+//!   what the receiver reported holding. The backlog lane stops below the live lane.
+//! - The lanes are defined by what the receiver holds ([`Held`]): the backlog lane is the
+//!   hole `(applied, live_from)`, the live lane continues after `live_to`; the sender chooses
+//!   only where a new live lane starts (its head, when the receiver holds no lane).
+//! - Nothing is read or sent outside the durable leases — `(.., lease]` and the live lease
+//!   `[from, upto]` — so that the store can exempt them from retention and every loss it
+//!   reports is exact (see `docs/sync.md`).
+//! - Per lane, at most `window_bytes` of encoded messages and `window_records` records are
 //!   unacknowledged, except that one batch may always be in flight, so that a batch larger
-//!   than the window still goes.
+//!   than the window still goes. The live lane's messages come out before the backlog's.
 //! - `acked` only grows, and only from what the receiver reported as durably applied.
 //!
 //! Deliberately absent: storage, sockets, clocks. Every method takes `now` (µs).
@@ -32,6 +41,7 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use super::codec;
+use super::held::Held;
 use super::message::{self, Message};
 use super::record::{LostSpan, Record};
 use super::{ReconnectReason, SyncError};
@@ -40,11 +50,11 @@ use super::{ReconnectReason, SyncError};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SenderConfig {
-    /// Most bytes of encoded, unacknowledged messages in flight. Default 1 MiB.
+    /// Most bytes of encoded, unacknowledged messages in flight, per lane. Default 1 MiB.
     pub window_bytes: u64,
-    /// Most records in flight, unacknowledged. Compressed points are so small (about two
-    /// bytes each) that the byte window alone lets half a million through, which the
-    /// receiver holds decoded until they are applied. Default 65,536.
+    /// Most records in flight, unacknowledged, per lane. Compressed points are so small
+    /// (about two bytes each) that the byte window alone lets half a million through, which
+    /// the receiver holds decoded until they are applied. Default 65,536.
     pub window_records: u64,
     /// Most records in one batch. Default 4,096.
     pub max_batch_records: usize,
@@ -62,6 +72,10 @@ pub struct SenderConfig {
     pub stall_timeout_us: u64,
     /// How far past the next record a send lease reaches, in records. Default 65,536.
     pub lease_records: u64,
+    /// Unsent records beyond which a session opens a live lane at the head, so that new
+    /// records do not wait behind them: one full window, about a second of sending on an
+    /// ordinary link and a quarter of a second on a LAN. Default 65,536.
+    pub live_after_records: u64,
 }
 
 impl Default for SenderConfig {
@@ -75,6 +89,7 @@ impl Default for SenderConfig {
             retransmit_timeout_us: 10_000_000,
             stall_timeout_us: 60_000_000,
             lease_records: 65_536,
+            live_after_records: 65_536,
         }
     }
 }
@@ -88,6 +103,8 @@ pub struct SenderDurable {
     pub head: u64,
     /// The last persisted send lease.
     pub lease: u64,
+    /// The last persisted live lease `(from, upto)`, if a live lane was ever opened.
+    pub live: Option<(u64, u64)>,
 }
 
 /// What the driver must do for a [`Sender`].
@@ -95,6 +112,9 @@ pub struct SenderDurable {
 pub enum SenderOutput {
     /// Send these bytes (an encoded [`Message`]) to the peer over the channel.
     Send(Vec<u8>),
+    /// Send these bytes (a message of the live lane) to the peer, ahead of any `Send` that
+    /// still waits (for a bandwidth budget, say).
+    SendLive(Vec<u8>),
     /// Read the outbox from `from` (at most `max_records`) and answer with
     /// [`Sender::on_read`].
     Read { from: u64, max_records: usize },
@@ -104,6 +124,16 @@ pub enum SenderOutput {
     /// Persist the send lease `upto`, then call [`Sender::on_lease`]. Until the store
     /// forgets it, retention must keep records in `(acked, upto]`.
     Lease { upto: u64 },
+    /// Open a live lane at the head, in one transaction: re-append the current record of
+    /// every device with a change not yet acknowledged (so that devices still go before
+    /// the data that needs them), and persist the live lease from the first of them
+    /// through `records` more; then call [`Sender::on_live_lease`] and
+    /// [`Sender::outbox_head`].
+    OpenLive { records: u64 },
+    /// Persist the live lease `[from, upto]` (a live lease of another `from` first folds
+    /// into the send lease), then call [`Sender::on_live_lease`]. Retention must keep the
+    /// records of both leases until acknowledged.
+    LiveLease { from: u64, upto: u64 },
     /// The link looks stuck: drop it and connect again (then call `link_down`/`link_up`).
     Reconnect { reason: ReconnectReason },
 }
@@ -122,10 +152,18 @@ pub enum ReadChunk {
 pub struct SenderStats {
     pub head: u64,
     pub acked: u64,
-    /// Records appended and not yet acknowledged.
+    /// Records appended and not yet acknowledged (both lanes).
     pub backlog_records: u64,
     /// Age of the oldest unacknowledged record, µs (from `outbox_head` times).
     pub oldest_unacked_age_us: Option<u64>,
+    /// Where the live lane starts while the backlog drains behind it.
+    pub live_from: Option<u64>,
+    /// Records of the live lane not yet acknowledged (0 without a live lane).
+    pub live_records: u64,
+    /// Live lane records sent (counted in `records_sent` too).
+    pub live_records_sent: u64,
+    /// Live lanes opened.
+    pub lanes_opened: u64,
     pub in_flight_bytes: u64,
     pub in_flight_batches: usize,
     pub session_up: bool,
@@ -133,7 +171,7 @@ pub struct SenderStats {
     pub batches_sent: u64,
     pub records_sent: u64,
     pub gaps_sent: u64,
-    /// Times the sender went back to the first unacknowledged record.
+    /// Times the sender went back to the first unacknowledged record of a lane.
     pub go_backs: u64,
 }
 
@@ -147,9 +185,9 @@ struct Flight {
     gap: bool,
 }
 
+/// One lane of a session: the records it reads, stages, encodes and has in flight.
 #[derive(Debug)]
-struct Session {
-    id: u64,
+struct Lane {
     /// The next sequence number to read.
     next: u64,
     flights: VecDeque<Flight>,
@@ -172,14 +210,22 @@ struct Session {
     read_dry_at: Option<u64>,
 }
 
+#[derive(Debug)]
+struct Session {
+    id: u64,
+    /// The backlog lane, or the only one.
+    main: Lane,
+    /// The live lane, while there is one.
+    live: Option<Lane>,
+}
+
 /// How long after a read that came back empty (the store could not read what its head
 /// promised) the sender reads again, unless an append wakes it first.
 pub const DRY_READ_RETRY_US: u64 = 100_000;
 
-impl Session {
-    fn new(id: u64, next: u64) -> Self {
+impl Lane {
+    fn new(next: u64) -> Self {
         Self {
-            id,
             next,
             flights: VecDeque::new(),
             in_flight_bytes: 0,
@@ -195,9 +241,33 @@ impl Session {
         }
     }
 
-    /// Forgets everything in flight and continues at `from` (go-back-N).
-    fn restart_at(&mut self, from: u64) {
-        *self = Session::new(self.id, from);
+    /// Drops the flights the receiver holds (`done`), and continues after `held` when the
+    /// receiver is past the front of what is in flight (an acknowledgement of an earlier
+    /// round: anything overlapping would be refused).
+    fn acknowledge(&mut self, done: impl Fn(&Flight) -> bool, held: Option<u64>) {
+        while self.flights.front().is_some_and(&done) {
+            if let Some(f) = self.flights.pop_front() {
+                self.in_flight_bytes -= f.bytes;
+                self.in_flight_records -= f.records;
+            }
+        }
+        let front = self
+            .flights
+            .front()
+            .map(|f| f.first)
+            .or(self.ready.as_ref().map(|(f, _)| f.first))
+            .unwrap_or(self.staged_first);
+        if let Some(held) = held
+            && held >= front
+        {
+            *self = Lane::new(held + 1);
+        }
+    }
+}
+
+impl Session {
+    fn lanes_mut(&mut self) -> impl Iterator<Item = &mut Lane> {
+        std::iter::once(&mut self.main).chain(self.live.as_mut())
     }
 }
 
@@ -208,9 +278,17 @@ pub struct Sender {
     cfg: SenderConfig,
     configured: SenderConfig,
     acked: u64,
+    /// The receiver's live lane as it last reported it.
+    peer_live: Option<(u64, u64)>,
     head: u64,
     lease: u64,
     lease_requested: u64,
+    /// The durable live lease `(from, upto)` of the open live lane; `None` once the lanes
+    /// merged (its `upto` is then folded into `lease`).
+    live: Option<(u64, u64)>,
+    /// A `LiveLease` or `OpenLive` waits for its answer.
+    live_requested: bool,
+    open_requested: bool,
     link_up_at: Option<u64>,
     /// Last time the stream made progress (or had nothing to do), for stall detection.
     progress_at: u64,
@@ -222,6 +300,21 @@ pub struct Sender {
     encoder: codec::Encoder,
 }
 
+/// What a lane needs of the sender while it is pumped.
+struct Pump<'a> {
+    cfg: &'a SenderConfig,
+    now: u64,
+    session: u64,
+    head: u64,
+    /// The highest sequence number this lane may read now.
+    readable: u64,
+    /// Where the live lane starts, for its messages; `None` for the backlog lane.
+    lane: Option<u64>,
+    out: &'a mut VecDeque<SenderOutput>,
+    stats: &'a mut SenderStats,
+    encoder: &'a mut codec::Encoder,
+}
+
 impl Sender {
     /// Rebuilds the sender from what the store kept.
     pub fn new(cfg: SenderConfig, durable: SenderDurable, now: u64) -> Self {
@@ -230,13 +323,17 @@ impl Sender {
         if head > durable.acked {
             head_times.push_back((head, now));
         }
-        Self {
+        let mut s = Self {
             configured: cfg.clone(),
             cfg,
             acked: durable.acked,
+            peer_live: None,
             head,
             lease: durable.lease,
             lease_requested: durable.lease,
+            live: durable.live,
+            live_requested: false,
+            open_requested: false,
             link_up_at: None,
             progress_at: now,
             session: None,
@@ -244,7 +341,9 @@ impl Sender {
             out: VecDeque::new(),
             stats: SenderStats::default(),
             encoder: codec::Encoder::new(),
-        }
+        };
+        s.merge_if_caught_up();
+        s
     }
 
     /// Limits the bytes in flight to `window` and the estimated bytes of a batch to `batch`
@@ -296,54 +395,66 @@ impl Sender {
             self.head_times = kept;
         }
         if let Some(s) = &mut self.session {
-            s.read_dry_at = None;
+            for lane in s.lanes_mut() {
+                lane.read_dry_at = None;
+            }
         }
         self.pump(now);
     }
 
-    /// A message for the sender (`Resume` or `Ack`) arrived from the peer.
+    /// A message for the sender (`Resume`, `Ack`, `ResumeLanes` or `AckLanes`) arrived from
+    /// the peer.
     pub fn on_message(&mut self, now: u64, msg: Message) -> Result<(), SyncError> {
-        match msg {
-            Message::Resume { session, applied } => {
-                if applied > self.head {
-                    return Err(SyncError::PeerAhead {
-                        applied,
-                        head: self.head,
-                    });
-                }
-                self.advance_acked(now, applied);
-                if self.link_up_at.is_none() {
-                    self.link_up_at = Some(now);
-                }
-                let from = self.acked + 1;
-                match &mut self.session {
-                    Some(s) if s.id == session => {
-                        self.stats.go_backs += 1;
-                        s.restart_at(from);
-                    }
-                    _ => self.session = Some(Session::new(session, from)),
-                }
-                self.progress_at = now;
-                self.send(&Message::Resumed {
-                    session,
-                    head: self.head,
-                })?;
-                self.pump(now);
-                Ok(())
-            }
-            Message::Ack { applied, .. } => {
-                if applied > self.head {
-                    return Err(SyncError::PeerAhead {
-                        applied,
-                        head: self.head,
-                    });
-                }
-                self.advance_acked(now, applied);
-                self.pump(now);
-                Ok(())
-            }
-            other => Err(SyncError::Misrouted(other.addressee())),
+        let (session, held, resume) = match msg {
+            Message::Resume { session, applied } => (session, Held::prefix(applied), true),
+            Message::Ack { session, applied } => (session, Held::prefix(applied), false),
+            Message::ResumeLanes {
+                session,
+                applied,
+                live_from,
+                live_to,
+            } => (session, lanes(applied, live_from, live_to), true),
+            Message::AckLanes {
+                session,
+                applied,
+                live_from,
+                live_to,
+            } => (session, lanes(applied, live_from, live_to), false),
+            other => return Err(SyncError::Misrouted(other.addressee())),
+        };
+        if held.top() > self.head {
+            return Err(SyncError::PeerAhead {
+                applied: held.top(),
+                head: self.head,
+            });
         }
+        self.on_held(now, held);
+        if resume {
+            if self.link_up_at.is_none() {
+                self.link_up_at = Some(now);
+            }
+            match &mut self.session {
+                Some(s) if s.id == session => {
+                    self.stats.go_backs += 1;
+                    s.main = Lane::new(self.acked + 1);
+                    s.live = None;
+                }
+                _ => {
+                    self.session = Some(Session {
+                        id: session,
+                        main: Lane::new(self.acked + 1),
+                        live: None,
+                    })
+                }
+            }
+            self.progress_at = now;
+            self.send(&Message::Resumed {
+                session,
+                head: self.head,
+            })?;
+        }
+        self.pump(now);
+        Ok(())
     }
 
     /// The driver persisted the lease `upto`.
@@ -352,34 +463,60 @@ impl Sender {
         self.pump(now);
     }
 
+    /// The driver persisted the live lease `[from, upto]` (answering `OpenLive` or
+    /// `LiveLease`).
+    pub fn on_live_lease(&mut self, now: u64, from: u64, upto: u64) {
+        self.open_requested = false;
+        self.live_requested = false;
+        match &mut self.live {
+            Some((f, u)) if *f == from => *u = (*u).max(upto),
+            _ => {
+                if self.live.is_none() && self.peer_live.is_none() {
+                    self.stats.lanes_opened += 1;
+                }
+                // The store folded a previous live lease into the send lease.
+                if let Some((_, u)) = self.live {
+                    self.lease = self.lease.max(u);
+                }
+                self.live = Some((from, upto));
+            }
+        }
+        self.merge_if_caught_up();
+        self.pump(now);
+    }
+
     /// The driver's answer to [`SenderOutput::Read`]. Answers to reads the sender no longer
     /// waits for (after a go-back) are ignored.
     pub fn on_read(&mut self, now: u64, chunk: ReadChunk) -> Result<(), SyncError> {
-        let Some(s) = &mut self.session else {
-            return Ok(());
-        };
         let from = match &chunk {
             ReadChunk::Records { from, .. } | ReadChunk::Lost { from, .. } => *from,
         };
-        if s.read_pending != Some(from) {
+        let live_end = self.head.min(self.leased_until(from));
+        let main_end = self.main_end().min(self.leased_until(from));
+        let Some(s) = &mut self.session else {
             return Ok(());
-        }
-        s.read_pending = None;
+        };
+        let (lane, end) = match &mut s.live {
+            Some(l) if l.read_pending == Some(from) => (l, live_end),
+            _ if s.main.read_pending == Some(from) => (&mut s.main, main_end),
+            _ => return Ok(()),
+        };
+        lane.read_pending = None;
         match chunk {
             ReadChunk::Records { mut records, .. } => {
-                let max = self.head.min(self.lease).saturating_sub(from - 1);
+                let max = end.saturating_sub(from - 1);
                 records.truncate(usize::try_from(max).unwrap_or(usize::MAX));
                 if records.is_empty() {
-                    s.read_dry_at = Some(now);
+                    lane.read_dry_at = Some(now);
                     return Ok(());
                 }
-                if s.staged.is_empty() {
-                    s.staged_first = from;
-                    s.staged_since = now;
+                if lane.staged.is_empty() {
+                    lane.staged_first = from;
+                    lane.staged_since = now;
                 }
-                s.next = from + records.len() as u64;
-                s.staged_bytes += records.iter().map(Record::estimated_size).sum::<usize>();
-                s.staged.extend(records);
+                lane.next = from + records.len() as u64;
+                lane.staged_bytes += records.iter().map(Record::estimated_size).sum::<usize>();
+                lane.staged.extend(records);
             }
             ReadChunk::Lost { span, .. } => {
                 if span.first_seq > from || span.last_seq < from {
@@ -389,30 +526,35 @@ impl Sender {
                         last: span.last_seq,
                     });
                 }
-                s.next = span.last_seq + 1;
-                s.staged_gap = Some(span);
+                lane.next = span.last_seq + 1;
+                lane.staged_gap = Some(span);
             }
         }
         self.pump(now);
         Ok(())
     }
 
-    /// Timers: retransmission (go-back-N), linger, stall detection.
+    /// Timers: retransmission (go-back-N per lane), linger, stall detection.
     pub fn tick(&mut self, now: u64) {
         let rto = self.cfg.retransmit_timeout_us;
-        let acked = self.acked;
+        let (main_from, live_from) = (self.acked + 1, self.live_next());
         if let Some(s) = &mut self.session {
-            if s.read_dry_at
-                .is_some_and(|at| now >= at.saturating_add(DRY_READ_RETRY_US))
-            {
-                s.read_dry_at = None;
-            }
-            if s.flights
-                .front()
-                .is_some_and(|f| now >= f.sent_at.saturating_add(rto))
-            {
-                self.stats.go_backs += 1;
-                s.restart_at(acked + 1);
+            for (lane, from) in [(Some(&mut s.main), main_from), (s.live.as_mut(), live_from)] {
+                let Some(lane) = lane else { continue };
+                if lane
+                    .read_dry_at
+                    .is_some_and(|at| now >= at.saturating_add(DRY_READ_RETRY_US))
+                {
+                    lane.read_dry_at = None;
+                }
+                if lane
+                    .flights
+                    .front()
+                    .is_some_and(|f| now >= f.sent_at.saturating_add(rto))
+                {
+                    self.stats.go_backs += 1;
+                    *lane = Lane::new(from);
+                }
             }
         }
         if let Some(up) = self.link_up_at {
@@ -447,23 +589,38 @@ impl Sender {
         let mut t: Option<u64> = None;
         let mut at = |x: u64| t = Some(t.map_or(x, |t| t.min(x)));
         if let Some(s) = &self.session {
-            if let Some(f) = s.flights.front() {
-                at(f.sent_at.saturating_add(self.cfg.retransmit_timeout_us));
-            }
-            // Linger matters only for a partial batch not already blocked by the window, once
-            // everything readable is staged (until then, the pending read's answer pumps).
-            if !s.staged.is_empty()
-                && !s.flights.is_empty()
-                && s.ready.is_none()
-                && s.staged_gap.is_none()
-                && s.next > self.head.min(self.lease)
-                && s.staged.len() < self.cfg.max_batch_records
-                && s.staged_bytes < self.cfg.max_batch_bytes
-            {
-                at(s.staged_since.saturating_add(self.cfg.linger_us));
-            }
-            if let Some(dry) = s.read_dry_at {
-                at(dry.saturating_add(DRY_READ_RETRY_US));
+            let ends = [
+                (
+                    Some(&s.main),
+                    self.main_end().min(self.leased_until(s.main.next)),
+                ),
+                (
+                    s.live.as_ref(),
+                    self.head
+                        .min(self.leased_until(s.live.as_ref().map_or(0, |l| l.next))),
+                ),
+            ];
+            for (lane, readable) in ends {
+                let Some(l) = lane else { continue };
+                if let Some(f) = l.flights.front() {
+                    at(f.sent_at.saturating_add(self.cfg.retransmit_timeout_us));
+                }
+                // Linger matters only for a partial batch not already blocked by the window,
+                // once everything readable is staged (until then, the pending read's answer
+                // pumps).
+                if !l.staged.is_empty()
+                    && !l.flights.is_empty()
+                    && l.ready.is_none()
+                    && l.staged_gap.is_none()
+                    && l.next > readable
+                    && l.staged.len() < self.cfg.max_batch_records
+                    && l.staged_bytes < self.cfg.max_batch_bytes
+                {
+                    at(l.staged_since.saturating_add(self.cfg.linger_us));
+                }
+                if let Some(dry) = l.read_dry_at {
+                    at(dry.saturating_add(DRY_READ_RETRY_US));
+                }
             }
             if self.head > self.acked {
                 at(self.progress_at.saturating_add(self.cfg.stall_timeout_us));
@@ -478,15 +635,24 @@ impl Sender {
         let mut st = self.stats;
         st.head = self.head;
         st.acked = self.acked;
-        st.backlog_records = self.head - self.acked;
+        let peer_live = self.peer_live.map_or(0, |(f, t)| t - f + 1);
+        st.backlog_records = self.head - self.acked - peer_live;
         st.oldest_unacked_age_us = self
             .head_times
             .iter()
             .find(|(h, _)| *h > self.acked)
             .map(|(_, at)| now.saturating_sub(*at));
+        st.live_from = self.lane_start();
+        if st.live_from.is_some() {
+            st.live_records = self.head.saturating_sub(self.live_next() - 1);
+        }
         if let Some(s) = &self.session {
-            st.in_flight_bytes = s.in_flight_bytes;
-            st.in_flight_batches = s.flights.len();
+            st.in_flight_bytes = s.main.in_flight_bytes;
+            st.in_flight_batches = s.main.flights.len();
+            if let Some(l) = &s.live {
+                st.in_flight_bytes += l.in_flight_bytes;
+                st.in_flight_batches += l.flights.len();
+            }
             st.session_up = true;
         }
         st
@@ -497,36 +663,107 @@ impl Sender {
         self.acked
     }
 
-    fn advance_acked(&mut self, now: u64, applied: u64) {
-        if applied <= self.acked {
+    /// Where the live lane starts, while there is one: where the receiver's starts, or
+    /// where this sender opened one the receiver has not seen yet.
+    fn lane_start(&self) -> Option<u64> {
+        match (self.live, self.peer_live) {
+            (_, Some((from, _))) => Some(from),
+            (Some((from, _)), None) if self.acked + 1 < from => Some(from),
+            _ => None,
+        }
+    }
+
+    /// The last record of the backlog lane (of the only lane without a live one).
+    fn main_end(&self) -> u64 {
+        self.lane_start()
+            .map_or(self.head, |f| (f - 1).min(self.head))
+    }
+
+    /// Where the live lane continues after a go-back: after what the receiver holds of it.
+    fn live_next(&self) -> u64 {
+        match (self.peer_live, self.live) {
+            (Some((_, to)), _) => to + 1,
+            (None, Some((from, _))) => from,
+            (None, None) => self.acked + 1,
+        }
+    }
+
+    /// The last sequence number of the leased run that holds `from` (`from - 1` when none
+    /// does): the send lease `..=lease` and the live lease `from..=upto`.
+    fn leased_until(&self, from: u64) -> u64 {
+        let lease = self.lease.max(self.acked);
+        match self.live {
+            Some((f, u)) if from <= lease && f <= lease + 1 => lease.max(u),
+            _ if from <= lease => lease,
+            Some((f, u)) if f <= from && from <= u => u,
+            _ => from.saturating_sub(1),
+        }
+    }
+
+    /// Once the receiver's prefix reaches the live lane, the lanes are one again: the live
+    /// lease folds into the send lease (as the store's pin does) and the live lane's state
+    /// becomes the only lane's.
+    fn merge_if_caught_up(&mut self) {
+        if self.lane_start().is_some() {
             return;
         }
-        self.acked = applied;
-        self.progress_at = now;
-        while self.head_times.front().is_some_and(|(h, _)| *h <= applied) {
-            self.head_times.pop_front();
+        if let Some((_, upto)) = self.live.take() {
+            self.lease = self.lease.max(upto);
+            self.lease_requested = self.lease_requested.max(upto);
         }
-        self.out.push_back(SenderOutput::Acked { applied });
-        let Some(s) = &mut self.session else {
-            return;
+        if let Some(s) = &mut self.session
+            && let Some(live) = s.live.take()
+        {
+            s.main = live;
+            let acked = self.acked;
+            s.main.acknowledge(|f| f.last <= acked, Some(acked));
+        }
+    }
+
+    /// What the receiver reported holding (durably): acknowledges what it covers.
+    fn on_held(&mut self, now: u64, held: Held) {
+        let known = Held {
+            applied: self.acked,
+            live: self.peer_live,
         };
-        while s.flights.front().is_some_and(|f| f.last <= applied) {
-            if let Some(f) = s.flights.pop_front() {
-                s.in_flight_bytes -= f.bytes;
-                s.in_flight_records -= f.records;
+        // What a receiver holds only grows, so a report holding fewer is an older one.
+        if held.count() < known.count() {
+            return;
+        }
+        if held.applied > self.acked {
+            self.acked = held.applied;
+            while self
+                .head_times
+                .front()
+                .is_some_and(|(h, _)| *h <= held.applied)
+            {
+                self.head_times.pop_front();
+            }
+            self.out.push_back(SenderOutput::Acked {
+                applied: held.applied,
+            });
+        }
+        if held != known {
+            self.progress_at = now;
+        }
+        self.peer_live = held.live;
+        let acked = self.acked;
+        let live_to = held.live.map(|(_, t)| t);
+        let live_from = held.live.map(|(f, _)| f);
+        if let Some(s) = &mut self.session {
+            s.main.acknowledge(|f| f.last <= acked, Some(acked));
+            if let Some(l) = &mut s.live {
+                // Flights below the receiver's live lane are the backlog lane's now.
+                l.acknowledge(
+                    |f| f.last <= acked || live_to.is_some_and(|t| f.last <= t),
+                    live_to,
+                );
+                if let Some(from) = live_from {
+                    l.acknowledge(|f| f.last < from, None);
+                }
             }
         }
-        // The receiver is further than the front of what is in flight (an acknowledgement
-        // of an earlier round): anything overlapping would be refused, so continue after it.
-        let front = s
-            .flights
-            .front()
-            .map(|f| f.first)
-            .or(s.ready.as_ref().map(|(f, _)| f.first))
-            .unwrap_or(s.staged_first);
-        if applied >= front {
-            s.restart_at(applied + 1);
-        }
+        self.merge_if_caught_up();
     }
 
     fn send(&mut self, msg: &Message) -> Result<usize, SyncError> {
@@ -537,15 +774,104 @@ impl Sender {
         Ok(n)
     }
 
-    /// Moves records along: encode due batches, send what the window allows, read more,
-    /// extend the lease.
+    /// Moves records along: open or merge lanes, encode due batches (the live lane's
+    /// first), send what the windows allow, read more, extend the leases.
     fn pump(&mut self, now: u64) {
-        let cfg = &self.cfg;
-        let readable = self.head.min(self.lease);
-        let head = self.head;
+        self.merge_if_caught_up();
+        let Some(session) = &self.session else {
+            return;
+        };
+        let (id, main_next) = (session.id, session.main.next);
+        let lane_start = self.lane_start();
+        // Open a live lane when the unsent backlog is long and the receiver holds none.
+        if lane_start.is_none()
+            && !self.open_requested
+            && self.head.saturating_sub(main_next - 1) > self.cfg.live_after_records
+        {
+            self.open_requested = true;
+            self.out.push_back(SenderOutput::OpenLive {
+                records: self.cfg.lease_records,
+            });
+        }
+        let live_next = self.live_next();
+        let lane_from = self.live.map_or(lane_start, |(f, _)| Some(f));
+        let main_end = self.main_end();
+        let readable = [
+            main_end.min(self.leased_until(main_next)),
+            self.head
+                .min(self.leased_until(live_next.max(session.live.as_ref().map_or(0, |l| l.next)))),
+        ];
         let Some(s) = &mut self.session else {
             return;
         };
+        if lane_start.is_some() && s.live.is_none() {
+            s.live = Some(Lane::new(live_next));
+        }
+        // The live lane first: its messages come out before the backlog's.
+        for live in [true, false] {
+            let lane = if live {
+                s.live.as_mut()
+            } else {
+                Some(&mut s.main)
+            };
+            let Some(lane) = lane else { continue };
+            let mut p = Pump {
+                cfg: &self.cfg,
+                now,
+                session: id,
+                head: self.head,
+                readable: readable[usize::from(live)],
+                lane: if live { lane_from } else { None },
+                out: &mut self.out,
+                stats: &mut self.stats,
+                encoder: &mut self.encoder,
+            };
+            if !p.lane(lane) {
+                self.session = None;
+                self.link_up_at = None;
+                return;
+            }
+        }
+        // Keep each lease half a lease ahead of its lane's read position.
+        let half = self.cfg.lease_records / 2;
+        let main_next = s.main.next;
+        if self.lease_requested <= self.lease
+            && main_end > self.lease
+            && self.lease < main_next.saturating_sub(1) + half
+        {
+            let want = main_next.saturating_sub(1) + self.cfg.lease_records;
+            self.lease_requested = want;
+            self.out.push_back(SenderOutput::Lease { upto: want });
+        }
+        if let (Some(lane), Some(start)) = (&s.live, lane_start) {
+            // A live lease that starts above the lane (none, or one an open that came too
+            // late made) is replaced by one from the lane's start.
+            let (from, upto) = match self.live {
+                Some((f, u)) if f <= start => (f, u),
+                _ => (start, start - 1),
+            };
+            if !self.live_requested && self.head > upto && upto < lane.next.saturating_sub(1) + half
+            {
+                self.live_requested = true;
+                self.out.push_back(SenderOutput::LiveLease {
+                    from,
+                    upto: lane.next.saturating_sub(1) + self.cfg.lease_records,
+                });
+            }
+        }
+    }
+}
+
+/// A receiver's report with a live lane (checked when the message was decoded).
+fn lanes(applied: u64, live_from: u64, live_to: u64) -> Held {
+    Held::from_parts(applied, live_from, live_to).unwrap_or(Held::prefix(applied))
+}
+
+impl Pump<'_> {
+    /// Moves one lane along; `false` when the session must end (a record that cannot be
+    /// encoded: only a bug gets there, and skipping it would lose it).
+    fn lane(&mut self, s: &mut Lane) -> bool {
+        let (cfg, now, readable) = (self.cfg, self.now, self.readable);
         loop {
             if let Some((f, _)) = &s.ready {
                 let fits = s.in_flight_bytes + f.bytes <= cfg.window_bytes
@@ -561,9 +887,16 @@ impl Sender {
                         } else {
                             self.stats.batches_sent += 1;
                             self.stats.records_sent += f.records;
+                            if self.lane.is_some() {
+                                self.stats.live_records_sent += f.records;
+                            }
                         }
                         s.flights.push_back(f);
-                        self.out.push_back(SenderOutput::Send(bytes));
+                        self.out.push_back(if self.lane.is_some() {
+                            SenderOutput::SendLive(bytes)
+                        } else {
+                            SenderOutput::Send(bytes)
+                        });
                     }
                     continue;
                 }
@@ -578,28 +911,35 @@ impl Sender {
                 if !(full || s.staged_gap.is_some() || (drained && lingered)) {
                     break;
                 }
-                match encode_batch(&mut self.encoder, s, head, cfg.max_batch_bytes) {
-                    Ok(()) => continue,
-                    Err(e) => {
-                        // Only a bug gets here (records are validated on ingest): stop the
-                        // session rather than skip records; the driver sees the reason.
-                        self.out.push_back(SenderOutput::Reconnect {
-                            reason: ReconnectReason::Unencodable {
-                                seq: s.staged_first,
-                                error: e.to_string(),
-                            },
-                        });
-                        self.session = None;
-                        self.link_up_at = None;
-                        return;
-                    }
+                let (session, head, lane) = (self.session, self.head, self.lane);
+                if let Err(e) =
+                    encode_batch(self.encoder, s, session, head, lane, cfg.max_batch_bytes)
+                {
+                    self.out.push_back(SenderOutput::Reconnect {
+                        reason: ReconnectReason::Unencodable {
+                            seq: s.staged_first,
+                            error: e.to_string(),
+                        },
+                    });
+                    return false;
                 }
+                continue;
             }
             if let Some(span) = s.staged_gap.take() {
-                let msg = Message::Gap {
-                    session: s.id,
-                    span: span.clone(),
-                    head,
+                let (session, head) = (self.session, self.head);
+                let msg = if let Some(lane) = self.lane {
+                    Message::LiveGap {
+                        session,
+                        lane,
+                        span: span.clone(),
+                        head,
+                    }
+                } else {
+                    Message::Gap {
+                        session,
+                        span: span.clone(),
+                        head,
+                    }
                 };
                 match message::encode(&msg) {
                     Ok(bytes) => {
@@ -622,9 +962,7 @@ impl Sender {
                                 error: e.to_string(),
                             },
                         });
-                        self.session = None;
-                        self.link_up_at = None;
-                        return;
+                        return false;
                     }
                 }
             }
@@ -650,15 +988,7 @@ impl Sender {
                 max_records: usize::try_from(max).unwrap_or(usize::MAX),
             });
         }
-        // Keep the lease half a lease ahead of the read position.
-        let want = s.next.saturating_sub(1) + cfg.lease_records;
-        if self.lease_requested <= self.lease
-            && self.head > self.lease
-            && self.lease < s.next.saturating_sub(1) + cfg.lease_records / 2
-        {
-            self.lease_requested = want;
-            self.out.push_back(SenderOutput::Lease { upto: want });
-        }
+        true
     }
 }
 
@@ -667,8 +997,10 @@ impl Sender {
 /// a batch holds, and a paced sender relies on the cut), halved until it fits a message.
 fn encode_batch(
     enc: &mut codec::Encoder,
-    s: &mut Session,
+    s: &mut Lane,
+    session: u64,
     head: u64,
+    lane: Option<u64>,
     max_bytes: usize,
 ) -> Result<(), SyncError> {
     let mut n = 0;
@@ -684,12 +1016,23 @@ fn encode_batch(
         let first = s.staged_first;
         let last = first + n as u64 - 1;
         let payload = enc.encode(&s.staged[..n])?;
-        let msg = Message::Batch {
-            session: s.id,
-            first_seq: first,
-            last_seq: last,
-            head,
-            payload,
+        let msg = if let Some(lane) = lane {
+            Message::Live {
+                session,
+                lane,
+                first_seq: first,
+                last_seq: last,
+                head,
+                payload,
+            }
+        } else {
+            Message::Batch {
+                session,
+                first_seq: first,
+                last_seq: last,
+                head,
+                payload,
+            }
         };
         match message::encode(&msg) {
             Ok(bytes) => {
@@ -730,6 +1073,7 @@ mod tests {
             retransmit_timeout_us: 1_000,
             stall_timeout_us: 10_000,
             lease_records: 100,
+            live_after_records: 1_000,
         }
     }
 
@@ -770,6 +1114,8 @@ mod tests {
                     s.on_read(now, chunk).unwrap();
                 }
                 SenderOutput::Lease { upto } => s.on_lease(now, upto),
+                SenderOutput::SendLive(b) => sent.push(message::decode(&b).unwrap()),
+                SenderOutput::OpenLive { .. } | SenderOutput::LiveLease { .. } => {}
                 SenderOutput::Acked { .. } | SenderOutput::Reconnect { .. } => {}
             }
         }
@@ -797,6 +1143,7 @@ mod tests {
                 acked,
                 head,
                 lease: 0,
+                live: None,
             },
             0,
         );

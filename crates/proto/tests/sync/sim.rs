@@ -3,8 +3,11 @@
 //!
 //! Each site is its state machines plus an in-memory model of its durable store: the outbox
 //! (records with seqs, append times, time-partitioned retention on the Source, lost spans),
-//! `acked` and `lease`, the applied cursor, applied points, recorded gaps and the device
-//! table. Store work (reads, applies, persisting acks and leases) is queued and completes
+//! `acked`, `lease` and the live lease, what is applied (a prefix and a live lane, checked
+//! with [`Held`] as the SQLite store does), applied points, recorded gaps and the device
+//! table. The Source opens a live lane whenever its unsent backlog passes a small,
+//! per-seed threshold, so most seeds drain a backlog behind a live lane, through outages,
+//! crashes and reordering, and many open several lanes one after another. Store work (reads, applies, persisting acks and leases) is queued and completes
 //! later, as group commit does. The network drops, duplicates, delays and reorders
 //! messages; the link goes down and up, and the two sites' sessions come up at different
 //! moments (either first; what reaches a site before its own is up is lost), as the
@@ -13,9 +16,11 @@
 //! (its queue of store work and its state machines are lost, its store is kept).
 //!
 //! Checked after every step: no point applied twice; every series applied in timestamp
-//! order; applies and gaps start exactly at the stored cursor; every recorded gap is exact
-//! (compared with the ground truth of what the Source appended and what retention
-//! dropped). Checked after quiescence (network healed, link up, no crash): every point is
+//! order within each lane; applies and gaps are adjacent to what is applied and disjoint
+//! from it; every recorded gap is exact (compared with the ground truth of what the Source
+//! appended and what retention dropped); when a point is applied, the Target's record of
+//! its device already holds every change the Source made to that device before the point
+//! (device changes go before the data that needs them, in either lane). Checked after quiescence (network healed, link up, no crash): every point is
 //! applied exactly once or inside a recorded gap, every dropped point is, and both device
 //! tables show the join of every edit ever made.
 //!
@@ -28,9 +33,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use west_proto::model::{DeviceState, Identity, ResourceName, Value};
 use west_proto::sync::{
-    self, Addressee, Apply, DeviceEdit, DeviceRecord, GapRecord, Hlc, LostSpan, Point, ReadChunk,
-    Receiver, ReceiverConfig, ReceiverOutput, Record, Sender, SenderConfig, SenderDurable,
-    SenderOutput, Stamp, message,
+    self, Addressee, Admit, Apply, DeviceEdit, DeviceRecord, GapRecord, Held, Hlc, LostSpan, Point,
+    ReadChunk, Receiver, ReceiverConfig, ReceiverOutput, Record, Sender, SenderConfig,
+    SenderDurable, SenderOutput, Stamp, message,
 };
 
 const SOURCE: usize = 0;
@@ -45,6 +50,8 @@ enum Op {
     Read { from: u64, max: usize },
     Acked(u64),
     Lease(u64),
+    OpenLive(u64),
+    LiveLease { from: u64, upto: u64 },
     Apply(Apply),
     Gap(GapRecord),
 }
@@ -57,7 +64,11 @@ struct Outbox {
     head: u64,
     acked: u64,
     lease: u64,
+    /// The live lease `(from, upto)`: retention keeps it too until acknowledged.
+    live: Option<(u64, u64)>,
     lost: Vec<LostSpan>,
+    /// The seq of each device's latest change in this outbox.
+    out_seq: HashMap<Identity, u64>,
 }
 
 impl Outbox {
@@ -101,15 +112,16 @@ impl Outbox {
 struct Site {
     /// Durable: this site's outgoing stream.
     outbox: Outbox,
-    /// Durable: the applied cursor of the incoming stream.
-    cursor: u64,
+    /// Durable: what is applied of the incoming stream (the store's cursor and live lane).
+    cursor: Held,
     /// Durable: gaps recorded on the incoming stream.
     gaps: Vec<GapRecord>,
     /// Durable: the device table.
     devices: BTreeMap<Identity, DeviceRecord>,
-    /// Durable: applied points (key → seq), and the last applied timestamp per series.
+    /// Durable: applied points (key → seq), and the last applied timestamp per series in
+    /// each lane (`false`: the prefix, `true`: the live lane).
     applied: HashMap<(Identity, ResourceName, i64), u32>,
-    series_last_t: HashMap<(Identity, ResourceName), i64>,
+    series_last_t: HashMap<(Identity, ResourceName, bool), i64>,
     /// Volatile.
     hlc: Hlc,
     sender: Sender,
@@ -147,6 +159,9 @@ struct Truth {
     lost: BTreeSet<u64>,
     /// Seqs of device changes in the Source's outbox.
     device_seqs: BTreeSet<u64>,
+    /// The device changes of the Source's outbox by seq, and the seqs retention dropped.
+    source_changes: BTreeMap<u64, DeviceRecord>,
+    lost_changes: BTreeSet<u64>,
     /// Every device change ever made, on either side.
     changes: Vec<DeviceRecord>,
 }
@@ -175,7 +190,7 @@ struct World {
 fn new_site(p: &Params, now: u64) -> Site {
     Site {
         outbox: Outbox::default(),
-        cursor: 0,
+        cursor: Held::default(),
         gaps: Vec::new(),
         devices: BTreeMap::new(),
         applied: HashMap::new(),
@@ -191,6 +206,11 @@ impl World {
     fn new(seed: u64, trace: bool) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let faulty = rng.random_bool(0.8);
+        let live_after_records = if rng.random_bool(0.8) {
+            rng.random_range(2..60)
+        } else {
+            u64::MAX
+        };
         let p = Params {
             sender: SenderConfig {
                 window_bytes: rng.random_range(300..20_000),
@@ -201,6 +221,7 @@ impl World {
                 stall_timeout_us: rng.random_range(3_000_000..20_000_000),
                 lease_records: rng.random_range(4..200),
                 window_records: rng.random_range(1..100),
+                live_after_records,
             },
             receiver: ReceiverConfig {
                 resume_interval_us: rng.random_range(50_000..1_000_000),
@@ -327,10 +348,11 @@ impl World {
                 acked: s.outbox.acked,
                 head: s.outbox.head,
                 lease: s.outbox.lease,
+                live: s.outbox.live,
             },
             now,
         );
-        s.receiver = Receiver::new(p.receiver.clone(), s.cursor, now);
+        s.receiver = Receiver::with_held(p.receiver.clone(), s.cursor, now);
         // The clock restarts from the largest stamp the store holds.
         s.hlc = s
             .devices
@@ -348,7 +370,15 @@ impl World {
             while let Some(o) = self.sites[i].sender.poll_output() {
                 progressed = true;
                 match o {
-                    SenderOutput::Send(bytes) => self.transmit(1 - i, bytes),
+                    SenderOutput::Send(bytes) | SenderOutput::SendLive(bytes) => {
+                        self.transmit(1 - i, bytes)
+                    }
+                    SenderOutput::OpenLive { records } => {
+                        self.sites[i].ops.push_back(Op::OpenLive(records))
+                    }
+                    SenderOutput::LiveLease { from, upto } => {
+                        self.sites[i].ops.push_back(Op::LiveLease { from, upto })
+                    }
                     SenderOutput::Read { from, max_records } => {
                         self.sites[i].ops.push_back(Op::Read {
                             from,
@@ -482,6 +512,54 @@ impl World {
                     ob.lease = ob.lease.max(upto);
                     self.sites[i].sender.on_lease(now, upto);
                 }
+                Op::OpenLive(records) => {
+                    // One transaction: the current record of every device with a change
+                    // not yet acknowledged goes first on the new lane, and the live lease
+                    // starts with it.
+                    let site = &mut self.sites[i];
+                    let ob = &mut site.outbox;
+                    let from = ob.head + 1;
+                    if let Some((_, upto)) = ob.live.take() {
+                        ob.lease = ob.lease.max(upto);
+                    }
+                    let pending: Vec<Identity> = ob
+                        .out_seq
+                        .iter()
+                        .filter(|(_, seq)| **seq > ob.acked)
+                        .map(|(id, _)| id.clone())
+                        .collect();
+                    for id in pending {
+                        let snapshot = site.devices[&id].clone();
+                        let seq = ob.append(now, Record::Device(Box::new(snapshot.clone())));
+                        ob.out_seq.insert(id, seq);
+                        if i == SOURCE {
+                            self.truth.device_seqs.insert(seq);
+                            self.truth.source_changes.insert(seq, snapshot);
+                        }
+                    }
+                    let upto = from - 1 + records;
+                    ob.live = Some((from, upto));
+                    let head = ob.head;
+                    self.counts.lanes_opened += 1;
+                    if self.trace {
+                        println!("[{now:>12}] {} opens a live lane at {from}", NAMES[i]);
+                    }
+                    site.sender.on_live_lease(now, from, upto);
+                    site.sender.outbox_head(now, head);
+                }
+                Op::LiveLease { from, upto } => {
+                    let ob = &mut self.sites[i].outbox;
+                    match &mut ob.live {
+                        Some((f, u)) if *f == from => *u = (*u).max(upto),
+                        live => {
+                            if let Some((_, u)) = *live {
+                                ob.lease = ob.lease.max(u);
+                            }
+                            *live = Some((from, upto));
+                        }
+                    }
+                    self.sites[i].sender.on_live_lease(now, from, upto);
+                }
                 Op::Apply(a) => {
                     self.apply(i, &a);
                     self.sites[i]
@@ -501,18 +579,21 @@ impl World {
         }
     }
 
-    /// The receiving store's transaction: check the cursor, apply, move the cursor.
+    /// The receiving store's transaction: check the range against what is applied, apply,
+    /// move the cursor (or the live lane).
     fn apply(&mut self, i: usize, a: &Apply) {
         let now = self.now;
         let site = &mut self.sites[i];
-        assert_eq!(
-            site.cursor + 1,
-            a.first_seq,
-            "{} apply {}..={} does not start at cursor+1",
+        let lane = site.cursor.admit(a.first_seq, a.last_seq, a.opens);
+        assert!(
+            lane.is_some(),
+            "{} apply {}..={} is not adjacent to what is applied, or overlaps it ({:?})",
             NAMES[i],
             a.first_seq,
-            a.last_seq
+            a.last_seq,
+            site.cursor
         );
+        let live = lane != Some(Admit::Prefix);
         for r in &a.records {
             match r {
                 Record::Point(p) => {
@@ -533,11 +614,31 @@ impl World {
                     assert!(!self.truth.lost.contains(&seq), "lost point {seq} applied");
                     let prev = site.applied.insert(key.clone(), seq as u32);
                     assert!(prev.is_none(), "point {key:?} (seq {seq}) applied twice");
-                    let series = (p.device.clone(), p.resource.clone());
+                    let series = (p.device.clone(), p.resource.clone(), live);
                     if let Some(last) = site.series_last_t.get(&series) {
                         assert!(*last < p.t, "series {series:?} applied out of order");
                     }
                     site.series_last_t.insert(series, p.t);
+                    // Its device already holds every change the Source made before it
+                    // (retention may have dropped one: its snapshot follows later).
+                    let before = self
+                        .truth
+                        .source_changes
+                        .range(..seq)
+                        .filter(|(s, d)| {
+                            d.identity == p.device && !self.truth.lost_changes.contains(s)
+                        })
+                        .fold(None::<DeviceRecord>, |acc, (_, d)| {
+                            Some(acc.map_or(d.clone(), |a| sync::merge(&a, d).expect("same")))
+                        });
+                    if let Some(before) = before {
+                        let here = site.devices.get(&p.device);
+                        assert!(
+                            here.is_some_and(|h| sync::merge(h, &before).expect("same") == *h),
+                            "point {seq} of {} applied before a change of its device",
+                            p.device
+                        );
+                    }
                 }
                 Record::Device(d) => {
                     let merged = match site.devices.get(&d.identity) {
@@ -551,15 +652,21 @@ impl World {
                 }
             }
         }
-        site.cursor = a.last_seq;
+        let before = site.cursor;
+        site.cursor.add(a.first_seq, a.last_seq, a.opens);
+        merged(site, before);
     }
 
     fn record_gap(&mut self, i: usize, g: &GapRecord) {
         let site = &mut self.sites[i];
-        assert_eq!(
-            site.cursor + 1,
+        assert!(
+            site.cursor
+                .admit(g.first_seq, g.last_seq, g.opens)
+                .is_some(),
+            "gap {}..={} is not adjacent to what is applied, or overlaps it ({:?})",
             g.first_seq,
-            "gap does not start at cursor+1"
+            g.last_seq,
+            site.cursor
         );
         assert!(g.exact, "gap {}..={} is not exact", g.first_seq, g.last_seq);
         // The summary must equal what truly was dropped in the span.
@@ -578,7 +685,9 @@ impl World {
             .count() as u64;
         assert_eq!(g.span, expected, "gap summary is not exact");
         site.gaps.push(g.clone());
-        site.cursor = g.last_seq;
+        let before = site.cursor;
+        site.cursor.add(g.first_seq, g.last_seq, g.opens);
+        merged(site, before);
     }
 
     // ---- the Source's retention ------------------------------------------------------------
@@ -601,7 +710,8 @@ impl World {
         let mut spans = Vec::new();
         let mut devices = BTreeSet::new();
         for seq in expired {
-            if seq <= ob.acked || seq <= ob.lease {
+            let live_leased = ob.live.is_some_and(|(f, u)| f <= seq && seq <= u);
+            if seq <= ob.acked || seq <= ob.lease || live_leased {
                 if seq <= ob.acked {
                     ob.records.remove(&seq);
                 }
@@ -610,6 +720,7 @@ impl World {
             let (_, r) = ob.records.remove(&seq).expect("listed");
             if let Record::Device(d) = &r {
                 devices.insert(d.identity.clone());
+                self.truth.lost_changes.insert(seq);
             }
             if run.last().is_some_and(|(s, _)| *s + 1 != seq) {
                 spans.push(std::mem::take(&mut run));
@@ -635,8 +746,10 @@ impl World {
         }
         for id in devices {
             let snapshot = site.devices[&id].clone();
-            let seq = ob.append(now, Record::Device(Box::new(snapshot)));
+            let seq = ob.append(now, Record::Device(Box::new(snapshot.clone())));
+            ob.out_seq.insert(id, seq);
             self.truth.device_seqs.insert(seq);
+            self.truth.source_changes.insert(seq, snapshot);
             self.counts.snapshots += 1;
         }
         let head = ob.head;
@@ -712,9 +825,13 @@ impl World {
             None => change.clone(),
         };
         site.devices.insert(change.identity.clone(), merged);
-        let head = site.outbox.append(now, Record::Device(Box::new(change)));
+        let head = site
+            .outbox
+            .append(now, Record::Device(Box::new(change.clone())));
+        site.outbox.out_seq.insert(change.identity.clone(), head);
         if i == SOURCE {
             self.truth.device_seqs.insert(head);
+            self.truth.source_changes.insert(head, change);
         }
         site.sender.outbox_head(now, head);
         self.drain(i);
@@ -792,8 +909,8 @@ impl World {
 
     fn done(&self) -> bool {
         let (s, t) = (&self.sites[SOURCE], &self.sites[TARGET]);
-        t.cursor == s.outbox.head
-            && s.cursor == t.outbox.head
+        t.cursor == Held::prefix(s.outbox.head)
+            && s.cursor == Held::prefix(t.outbox.head)
             && s.ops.is_empty()
             && t.ops.is_empty()
             && s.outbox.acked == s.outbox.head
@@ -812,8 +929,8 @@ impl World {
             self.counts.quiesce_steps += 1;
             assert!(
                 steps < 20_000,
-                "no quiescence after {steps} steps ({} s simulated): target cursor {} of {}, \
-                 source cursor {} of {}",
+                "no quiescence after {steps} steps ({} s simulated): target holds {:?} of {}, \
+                 source holds {:?} of {}",
                 (self.now - start) / 1_000_000,
                 self.sites[TARGET].cursor,
                 self.sites[SOURCE].outbox.head,
@@ -898,6 +1015,23 @@ impl World {
     }
 }
 
+/// After an addition to what a site applied: when the prefix swallowed the live lane, the
+/// live lane's series order carries on in the prefix.
+fn merged(site: &mut Site, before: Held) {
+    if before.live.is_some() && site.cursor.live.is_none() {
+        let live: Vec<_> = site
+            .series_last_t
+            .iter()
+            .filter(|((_, _, l), _)| *l)
+            .map(|((d, r, _), t)| ((d.clone(), r.clone()), *t))
+            .collect();
+        site.series_last_t.retain(|(_, _, l), _| !*l);
+        for ((d, r), t) in live {
+            site.series_last_t.insert((d, r, false), t);
+        }
+    }
+}
+
 fn describe(m: &sync::Message) -> String {
     match m {
         sync::Message::Batch {
@@ -908,6 +1042,15 @@ fn describe(m: &sync::Message) -> String {
         } => format!("Batch {first_seq}..={last_seq} head {head}"),
         sync::Message::Gap { span, .. } => {
             format!("Gap {}..={}", span.first_seq, span.last_seq)
+        }
+        sync::Message::Live {
+            first_seq,
+            last_seq,
+            head,
+            ..
+        } => format!("Live {first_seq}..={last_seq} head {head}"),
+        sync::Message::LiveGap { span, .. } => {
+            format!("LiveGap {}..={}", span.first_seq, span.last_seq)
         }
         other => format!("{other:?}"),
     }
@@ -930,6 +1073,8 @@ struct Counts {
     gaps: u64,
     device_changes: u64,
     snapshots: u64,
+    lanes_opened: u64,
+    live_points: u64,
     crashes: u64,
     reconnects: u64,
     link_flaps: u64,
@@ -946,6 +1091,8 @@ impl Counts {
         self.gaps += o.gaps;
         self.device_changes += o.device_changes;
         self.snapshots += o.snapshots;
+        self.lanes_opened += o.lanes_opened;
+        self.live_points += o.live_points;
         self.crashes += o.crashes;
         self.reconnects += o.reconnects;
         self.link_flaps += o.link_flaps;
@@ -968,6 +1115,7 @@ fn run_seed(seed: u64, trace: bool) -> Counts {
     w.counts.lost = w.truth.lost.len() as u64;
     w.counts.gaps = w.sites[TARGET].gaps.len() as u64;
     w.counts.device_changes = w.truth.changes.len() as u64;
+    w.counts.live_points = w.sites[TARGET].receiver.stats().live_records_applied;
     w.counts
 }
 

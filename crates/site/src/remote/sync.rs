@@ -54,7 +54,7 @@ use std::time::{Duration, Instant};
 
 use proto::model::{ConnectorId, Role};
 use proto::sync::{
-    ReadChunk, Receiver, ReceiverConfig, ReceiverOutput, Sender, SenderConfig, SenderDurable,
+    Held, ReadChunk, Receiver, ReceiverConfig, ReceiverOutput, Sender, SenderConfig, SenderDurable,
     SenderOutput, message,
 };
 use store::{Clock, Inbound, OutboxChunk, Retention, Store};
@@ -209,7 +209,9 @@ struct SyncDriver {
     dirty: bool,
     /// The bandwidth budget in force (bytes/s), and its bucket.
     budget: Option<(u64, Bucket)>,
-    /// The Sender's messages held back by the budget, in order.
+    /// The Sender's messages held back by the budget, in order: the live lane's, which go
+    /// first, and the others.
+    held_live: VecDeque<Vec<u8>>,
     held: VecDeque<Vec<u8>>,
     reconnects: u64,
     /// A send lease the Sender asked for, persisted once its other outputs are done.
@@ -238,6 +240,7 @@ impl SyncDriver {
         self.up = false;
         // Sealed for a session that is gone; the Sender resends after the next Up.
         self.held.clear();
+        self.held_live.clear();
         self.sender.link_down(now);
         self.receiver.link_down(now);
     }
@@ -251,11 +254,17 @@ impl SyncDriver {
     }
 
     /// Sends a message of the Sender within the budget: at once while the bucket is open
-    /// and nothing waits before it, else after what is held.
-    async fn send_data(&mut self, bytes: Vec<u8>) {
+    /// and nothing waits before it, else after what is held. The live lane's messages wait
+    /// only for the live lane's: live data takes the budget first.
+    async fn send_data(&mut self, bytes: Vec<u8>, live: bool) {
         if let Some((_, bucket)) = &mut self.budget {
-            if !self.held.is_empty() || !bucket.open() {
-                self.held.push_back(bytes);
+            let waiting = !self.held_live.is_empty() || (!live && !self.held.is_empty());
+            if waiting || !bucket.open() {
+                if live {
+                    self.held_live.push_back(bytes);
+                } else {
+                    self.held.push_back(bytes);
+                }
                 return;
             }
             bucket.charge(bytes.len());
@@ -263,20 +272,20 @@ impl SyncDriver {
         self.send(bytes).await;
     }
 
-    /// Sends what the budget held back, as far as it allows now.
+    /// Sends what the budget held back, as far as it allows now, the live lane's first.
     async fn release_held(&mut self) {
         while let Some((_, bucket)) = &mut self.budget {
-            if self.held.is_empty() || !bucket.open() {
+            if (self.held_live.is_empty() && self.held.is_empty()) || !bucket.open() {
                 return;
             }
-            let Some(bytes) = self.held.pop_front() else {
+            let Some(bytes) = self.held_live.pop_front().or_else(|| self.held.pop_front()) else {
                 return;
             };
             bucket.charge(bytes.len());
             self.send(bytes).await;
         }
         // No budget (any more): everything held goes.
-        while let Some(bytes) = self.held.pop_front() {
+        while let Some(bytes) = self.held_live.pop_front().or_else(|| self.held.pop_front()) {
             self.send(bytes).await;
         }
     }
@@ -336,7 +345,45 @@ impl SyncDriver {
 
     async fn on_sender_output(&mut self, out: SenderOutput) {
         match out {
-            SenderOutput::Send(bytes) => self.send_data(bytes).await,
+            SenderOutput::Send(bytes) => self.send_data(bytes, false).await,
+            SenderOutput::SendLive(bytes) => self.send_data(bytes, true).await,
+            SenderOutput::OpenLive { records } => loop {
+                self.store_job();
+                match self.state.store.outbox_open_live(&self.cid, records).await {
+                    Ok((from, upto)) => {
+                        tracing::info!(connector = %self.cid, from, backlog = from.saturating_sub(self.sender.acked() + 1),
+                            "the backlog is long: new records go on a live lane ahead of it");
+                        self.dirty = true;
+                        let now = self.now();
+                        self.sender.on_live_lease(now, from, upto);
+                        self.on_appended().await;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::error!(connector = %self.cid, error = %e, "cannot open a live lane; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            },
+            SenderOutput::LiveLease { from, upto } => loop {
+                self.store_job();
+                match self
+                    .state
+                    .store
+                    .outbox_live_lease(&self.cid, from, upto)
+                    .await
+                {
+                    Ok(()) => {
+                        let now = self.now();
+                        self.sender.on_live_lease(now, from, upto);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::error!(connector = %self.cid, error = %e, "cannot persist the live lease; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            },
             SenderOutput::Read { from, max_records } => {
                 self.store_job();
                 let chunk = match self
@@ -451,11 +498,14 @@ impl SyncDriver {
                 self.generation.fetch_add(1, Ordering::SeqCst);
                 self.store_job();
                 let applied = match self.state.store.sync_state(&self.cid).await {
-                    Ok(d) => d.applied,
-                    Err(_) => self.receiver.applied(),
+                    Ok(d) => Held {
+                        applied: d.applied,
+                        live: d.live,
+                    },
+                    Err(_) => self.receiver.held(),
                 };
                 let now = self.now();
-                self.receiver = Receiver::new(ReceiverConfig::default(), applied, now);
+                self.receiver = Receiver::with_held(ReceiverConfig::default(), applied, now);
                 if self.up {
                     self.receiver.link_up(now, rand::random());
                 }
@@ -822,10 +872,18 @@ async fn run(
                 acked: durable.acked,
                 head: durable.head,
                 lease: durable.lease,
+                live: durable.live_lease,
             },
             0,
         ),
-        receiver: Receiver::new(ReceiverConfig::default(), durable.applied, 0),
+        receiver: Receiver::with_held(
+            ReceiverConfig::default(),
+            Held {
+                applied: durable.applied,
+                live: durable.live,
+            },
+            0,
+        ),
         state,
         cid,
         role,
@@ -845,6 +903,7 @@ async fn run(
         dirty: true,
         budget: None,
         held: VecDeque::new(),
+        held_live: VecDeque::new(),
         reconnects: 0,
         lease_due: None,
     };
@@ -927,7 +986,7 @@ async fn run(
             stale_deadline = None;
         }
         let budget_at = match &d.budget {
-            Some((_, bucket)) if !d.held.is_empty() => {
+            Some((_, bucket)) if !d.held.is_empty() || !d.held_live.is_empty() => {
                 Some(tokio::time::Instant::from_std(bucket.ready_at()))
             }
             _ => None,

@@ -127,6 +127,7 @@ fn expected(n: i64) -> BTreeMap<i64, i64> {
 fn apply_batch(i: i64) -> Inbound {
     let first = u64::try_from(i * BATCH).unwrap() + 1;
     Inbound::Records(Apply {
+        opens: false,
         first_seq: first,
         last_seq: first + u64::try_from(BATCH).unwrap() - 1,
         records: batch_times(i)

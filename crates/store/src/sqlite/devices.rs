@@ -590,6 +590,7 @@ mod tests {
         };
         assert_eq!(records.len() as u64, head - applied);
         let item = Inbound::Records(Apply {
+            opens: false,
             first_seq: applied + 1,
             last_seq: head,
             records: records.clone(),
@@ -732,6 +733,7 @@ mod tests {
         let from_b = deliver(&b, &a).await;
         deliver(&a, &b).await;
         let item = Inbound::Records(Apply {
+            opens: false,
             first_seq: 1,
             last_seq: from_b.len() as u64,
             records: from_b,
@@ -786,6 +788,7 @@ mod tests {
         });
         let applied = b.store.sync_state(&cid()).await.unwrap().applied;
         let item = Inbound::Records(Apply {
+            opens: false,
             first_seq: applied + 1,
             last_seq: applied + 1,
             records: vec![point],
@@ -832,6 +835,7 @@ mod tests {
             },
         );
         let item = Inbound::Records(Apply {
+            opens: false,
             first_seq: applied + 1,
             last_seq: applied + 2,
             records: vec![
@@ -886,12 +890,14 @@ mod tests {
             panic!("the snapshot should be readable");
         };
         let gap = proto::sync::GapRecord {
+            opens: false,
             first_seq: 1,
             last_seq: 2,
             span,
             exact: true,
         };
         let item = Inbound::Records(Apply {
+            opens: false,
             first_seq: 3,
             last_seq: 3,
             records,

@@ -175,8 +175,11 @@ impl SqliteStore {
         // Nothing was sent since the last run ended, and nothing above the head ever was: a
         // lease that ran ahead of the head pins nothing that exists, so it is cut back to it
         // (docs/sync.md, rule 1), lest it keep the next appends past the retention.
-        conn.execute("UPDATE sync_out SET lease = MIN(lease, head)", [])
-            .map_err(backend("trimming send leases"))?;
+        conn.execute(
+            "UPDATE sync_out SET lease = MIN(lease, head), live_lease = MIN(live_lease, head)",
+            [],
+        )
+        .map_err(backend("trimming send leases"))?;
         // Outbox partitions of a version that stored a row per seq (migration 10).
         outbox::convert_legacy(&conn)?;
         let tail = Arc::new(RwLock::new(open_tail(&conn, config.fold_points.max(1))?));

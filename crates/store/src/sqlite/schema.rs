@@ -21,6 +21,7 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
     (9, include_str!("../../migrations/0009_sync_budget.sql")),
     (10, include_str!("../../migrations/0010_outbox_records.sql")),
     (11, include_str!("../../migrations/0011_alarms.sql")),
+    (12, include_str!("../../migrations/0012_sync_lanes.sql")),
 ];
 
 /// A connection to the database with the store's settings (WAL, the synchronous level,

@@ -834,6 +834,20 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn outbox_open_live(&self, cid: &ConnectorId, records: u64) -> Result<(u64, u64)> {
+        let cid = cid.clone();
+        self.write_device(move |conn, ctx| {
+            sync::open_live(conn, &cid, records, ctx.now, ctx.partition_us)
+        })
+        .await
+    }
+
+    async fn outbox_live_lease(&self, cid: &ConnectorId, from: u64, upto: u64) -> Result<()> {
+        let cid = cid.clone();
+        self.write(move |conn| sync::set_live_lease(conn, &cid, from, upto))
+            .await
+    }
+
     async fn outbox_acked(&self, cid: &ConnectorId, applied: u64) -> Result<()> {
         let cid = cid.clone();
         self.write(move |conn| sync::acked(conn, &cid, applied))

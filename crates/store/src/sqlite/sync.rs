@@ -38,7 +38,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use proto::model::{ConnectorId, Format, Identity, ResourceName, Value};
-use proto::sync::{LostSpan, Record, ResourceLoss};
+use proto::sync::{Held, LostSpan, Record, ResourceLoss};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::devices;
@@ -251,16 +251,16 @@ pub(super) fn head(conn: &Connection, cid: &ConnectorId) -> Result<u64> {
 
 pub(super) fn state(conn: &Connection, cid: &ConnectorId) -> Result<SyncDurable> {
     let (head, acked, lease, _) = out_row(conn, cid)?;
-    let (applied, last_applied_at) = conn
-        .prepare_cached("SELECT applied, last_applied_at FROM sync_in WHERE connector = ?1")
+    let live_lease = live_lease(conn, cid)?;
+    let held = held(conn, cid)?;
+    let last_applied_at = conn
+        .prepare_cached("SELECT last_applied_at FROM sync_in WHERE connector = ?1")
         .and_then(|mut s| {
-            s.query_row([cid.as_str()], |r| {
-                Ok((to_u64(r.get(0)?), r.get::<_, Option<i64>>(1)?))
-            })
-            .optional()
+            s.query_row([cid.as_str()], |r| r.get::<_, Option<i64>>(0))
+                .optional()
         })
         .map_err(backend("reading the applied cursor"))?
-        .unwrap_or((0, None));
+        .flatten();
     let (partitions, bytes): (i64, i64) = conn
         .prepare_cached(
             "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM sync_partitions WHERE connector = ?1",
@@ -271,7 +271,9 @@ pub(super) fn state(conn: &Connection, cid: &ConnectorId) -> Result<SyncDurable>
         head,
         acked,
         lease,
-        applied,
+        live_lease,
+        applied: held.applied,
+        live: held.live,
         last_applied_at,
         partitions: to_u64(partitions),
         outbox_bytes: to_u64(bytes),
@@ -328,6 +330,75 @@ pub(super) fn read(
     Ok(OutboxChunk::Records(out))
 }
 
+/// The live lease `(from, upto)`, once a live lane was opened.
+fn live_lease(conn: &Connection, cid: &ConnectorId) -> Result<Option<(u64, u64)>> {
+    Ok(conn
+        .prepare_cached("SELECT live_from, live_lease FROM sync_out WHERE connector = ?1")
+        .and_then(|mut s| {
+            s.query_row([cid.as_str()], |r| {
+                Ok((to_u64(r.get(0)?), to_u64(r.get(1)?)))
+            })
+            .optional()
+        })
+        .map_err(backend("reading the live lease"))?
+        .filter(|(from, _)| *from > 0))
+}
+
+/// Persists the live lease `[from, upto]`; a live lease of another `from` is folded into
+/// the send lease first, so that nothing it pinned loses its pin.
+pub(super) fn set_live_lease(
+    conn: &Connection,
+    cid: &ConnectorId,
+    from: u64,
+    upto: u64,
+) -> Result<()> {
+    ensure_out_row(conn, cid)?;
+    conn.prepare_cached(
+        "UPDATE sync_out SET
+             lease = CASE WHEN live_from = ?2 THEN lease ELSE MAX(lease, live_lease) END,
+             live_lease = CASE WHEN live_from = ?2 THEN MAX(live_lease, ?3) ELSE ?3 END,
+             live_from = ?2
+         WHERE connector = ?1",
+    )
+    .and_then(|mut s| s.execute(params![cid.as_str(), to_i64(from), to_i64(upto)]))
+    .map_err(backend("persisting the live lease"))?;
+    Ok(())
+}
+
+/// Opens a live lane at the head (docs/sync.md, "Two lanes"): re-appends the current record
+/// of every device with a change not yet acknowledged, so that on the new lane devices
+/// still go before the data that needs them, and leases the lane from the first of them
+/// through `records` more. Returns `(from, upto)`.
+pub(super) fn open_live(
+    conn: &Connection,
+    cid: &ConnectorId,
+    records: u64,
+    now: i64,
+    partition_us: i64,
+) -> Result<(u64, u64)> {
+    let (head, acked, _, _) = out_row(conn, cid)?;
+    let from = head + 1;
+    let pending: Vec<Identity> = conn
+        .prepare_cached(
+            "SELECT identity FROM device_records WHERE connector = ?1 AND out_seq > ?2
+             ORDER BY out_seq",
+        )
+        .and_then(|mut s| {
+            s.query_map(params![cid.as_str(), to_i64(acked)], |r| {
+                r.get::<_, String>(0)
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(backend("listing pending devices"))?
+        .into_iter()
+        .map(identity_col)
+        .collect::<Result<_>>()?;
+    devices::resend(conn, cid, &pending, now, partition_us, false)?;
+    let upto = from - 1 + records;
+    set_live_lease(conn, cid, from, upto)?;
+    Ok((from, upto))
+}
+
 pub(super) fn set_lease(conn: &Connection, cid: &ConnectorId, upto: u64) -> Result<()> {
     ensure_out_row(conn, cid)?;
     conn.prepare_cached("UPDATE sync_out SET lease = MAX(lease, ?2) WHERE connector = ?1")
@@ -373,6 +444,7 @@ pub(super) fn expire(
     let cutoff = retention.now.saturating_sub(retention.keep_us);
     let (_, acked, lease, _) = out_row(conn, cid)?;
     let pin = acked.max(lease);
+    let live_pin = live_lease(conn, cid)?;
     let parts = partitions(conn, cid)?;
     let mut total: u64 = parts.iter().map(|p| p.bytes).sum();
     let expiring = parts.first().is_some_and(|p| {
@@ -396,7 +468,7 @@ pub(super) fn expire(
             report.partitions_dropped += 1;
             continue;
         }
-        if p.first <= pin {
+        if p.first <= pin || live_pin.is_some_and(|(f, u)| p.first <= u && p.last >= f) {
             // Possibly applied on the Target without this site knowing: kept until acked.
             continue;
         }
@@ -786,14 +858,7 @@ pub(super) fn apply(
     now: i64,
 ) -> Result<u64> {
     super::connector_exists(conn, cid)?;
-    let mut applied: u64 = conn
-        .prepare_cached("SELECT applied FROM sync_in WHERE connector = ?1")
-        .and_then(|mut s| {
-            s.query_row([cid.as_str()], |r| r.get::<_, i64>(0))
-                .optional()
-        })
-        .map_err(backend("reading the applied cursor"))?
-        .map_or(0, to_u64);
+    let mut held = held(conn, cid)?;
     let resources = resource_rows(conn, cid)?;
     let mut writer = PointWriter::new();
     let mut pending = conn
@@ -805,14 +870,16 @@ pub(super) fn apply(
         )
         .map_err(backend("keeping pending points"))?;
     for item in items {
-        let (first, last) = match &item {
-            Inbound::Records(a) => (a.first_seq, a.last_seq),
-            Inbound::Gap(g) => (g.first_seq, g.last_seq),
+        let (first, last, opens) = match &item {
+            Inbound::Records(a) => (a.first_seq, a.last_seq, a.opens),
+            Inbound::Gap(g) => (g.first_seq, g.last_seq, g.opens),
         };
-        if first != applied + 1 || last < first {
+        // The compare-and-set: adjacent to what is applied and disjoint from it, or the start
+        // of the live lane above it (docs/sync.md, "Two lanes").
+        if !held.add(first, last, opens) {
             return Err(StoreError::SyncCursor {
                 connector: cid.clone(),
-                cursor: applied,
+                cursor: held.applied,
                 first,
             });
         }
@@ -884,19 +951,47 @@ pub(super) fn apply(
                     points = g.span.points(), exact = g.exact, "recorded a gap: the Source's retention dropped these");
             }
         }
-        applied = last;
     }
     writer.finish(conn, cid, now)?;
     #[cfg(test)]
     super::crash_tests::failpoint("apply");
+    let (live_from, live_to) = held.live.unwrap_or((0, 0));
     conn.prepare_cached(
-        "INSERT INTO sync_in (connector, applied, last_applied_at) VALUES (?1, ?2, ?3)
+        "INSERT INTO sync_in (connector, applied, last_applied_at, live_from, live_to)
+         VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (connector) DO UPDATE SET applied = excluded.applied,
-             last_applied_at = excluded.last_applied_at",
+             last_applied_at = excluded.last_applied_at, live_from = excluded.live_from,
+             live_to = excluded.live_to",
     )
-    .and_then(|mut s| s.execute(params![cid.as_str(), to_i64(applied), now]))
+    .and_then(|mut s| {
+        s.execute(params![
+            cid.as_str(),
+            to_i64(held.applied),
+            now,
+            to_i64(live_from),
+            to_i64(live_to)
+        ])
+    })
     .map_err(backend("moving the applied cursor"))?;
-    Ok(applied)
+    Ok(held.applied)
+}
+
+/// What the receiving side holds: the applied cursor and the live lane.
+fn held(conn: &Connection, cid: &ConnectorId) -> Result<Held> {
+    let (applied, from, to) = conn
+        .prepare_cached("SELECT applied, live_from, live_to FROM sync_in WHERE connector = ?1")
+        .and_then(|mut s| {
+            s.query_row([cid.as_str()], |r| {
+                Ok((to_u64(r.get(0)?), to_u64(r.get(1)?), to_u64(r.get(2)?)))
+            })
+            .optional()
+        })
+        .map_err(backend("reading the applied cursor"))?
+        .unwrap_or((0, 0, 0));
+    Held::from_parts(applied, from, to).ok_or_else(|| StoreError::Backend {
+        op: "reading the applied cursor",
+        source: format!("applied {applied} and live lane {from}..={to} overlap").into(),
+    })
 }
 
 /// Applies the points kept for resource `name`, which has just been created.
@@ -1211,6 +1306,127 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_live_lane_starts_with_pending_devices_and_retention_keeps_its_lease() {
+        let (_dir, store, now) = fixture(true).await;
+        // Pairing queued both devices, not acknowledged yet: the new lane starts with them.
+        assert_eq!(
+            store.outbox_open_live(&cid(), SNAP).await.unwrap(),
+            (SNAP + 1, 2 * SNAP)
+        );
+        let lane = records(&store, SNAP + 1, 10).await;
+        assert_eq!(lane.len(), 2);
+        assert!(lane.iter().all(|r| matches!(r, Record::Device(_))));
+        let d = store.sync_state(&cid()).await.unwrap();
+        assert_eq!(
+            (d.head, d.live_lease),
+            (2 * SNAP, Some((SNAP + 1, 2 * SNAP)))
+        );
+        store.outbox_acked(&cid(), 2 * SNAP).await.unwrap();
+        // A lane opened later: the first live lease folds into the send lease.
+        two_per_partition(&store, &now, 5).await;
+        let base = 2 * SNAP;
+        store
+            .outbox_live_lease(&cid(), base + 5, base + 6)
+            .await
+            .unwrap();
+        let d = store.sync_state(&cid()).await.unwrap();
+        assert_eq!(
+            (d.lease, d.live_lease),
+            (2 * SNAP, Some((base + 5, base + 6)))
+        );
+        // Partitions 1..=4 are past the retention; the live lease (partition 3) is kept, the
+        // unleased ones around it are lost exactly.
+        let report = store
+            .sync_expire(
+                &cid(),
+                Retention {
+                    now: 6 * PART,
+                    keep_us: PART,
+                    budget_bytes: None,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(report.points_lost, 6, "{report:?}");
+        let OutboxChunk::Lost(span) = store.outbox_read(&cid(), base + 1, 10).await.unwrap() else {
+            panic!("the partitions before the live lease should be lost");
+        };
+        assert_eq!((span.first_seq, span.last_seq), (base + 1, base + 4));
+        assert_eq!(
+            records(&store, base + 5, 2).await,
+            vec![
+                point("dev1", "temp", 20, 1.0),
+                point("dev1", "temp", 21, 2.0)
+            ]
+        );
+        let OutboxChunk::Lost(span) = store.outbox_read(&cid(), base + 7, 10).await.unwrap() else {
+            panic!("the partition after the live lease should be lost");
+        };
+        assert_eq!((span.first_seq, span.last_seq), (base + 7, base + 8));
+    }
+
+    #[tokio::test]
+    async fn a_live_lane_is_applied_above_the_backlog_once_and_merges() {
+        let (_dir, store, _) = fixture(false).await;
+        let p = |t: i64| point("dev1", "temp", t, t as f64);
+        let live = |first: u64, t: i64| {
+            Inbound::Records(Apply {
+                opens: true,
+                first_seq: first,
+                last_seq: first,
+                records: vec![p(t)],
+            })
+        };
+        store
+            .sync_apply(&cid(), vec![batch(1, vec![p(1)])], 10)
+            .await
+            .unwrap();
+        // A range above a hole is refused unless it opens the live lane.
+        assert!(matches!(
+            store
+                .sync_apply(&cid(), vec![batch(5, vec![p(5)])], 11)
+                .await,
+            Err(StoreError::SyncCursor {
+                cursor: 1,
+                first: 5,
+                ..
+            })
+        ));
+        store
+            .sync_apply(&cid(), vec![live(5, 5), batch(6, vec![p(6)])], 12)
+            .await
+            .unwrap();
+        let d = store.sync_state(&cid()).await.unwrap();
+        assert_eq!((d.applied, d.live), (1, Some((5, 6))));
+        // Replays of either lane, a range overlapping the live lane, and a second lane are
+        // refused whole.
+        for bad in [
+            batch(1, vec![p(1)]),
+            live(6, 6),
+            batch(2, vec![p(2), p(3), p(4), p(5)]),
+            live(9, 9),
+        ] {
+            assert!(matches!(
+                store.sync_apply(&cid(), vec![bad], 13).await,
+                Err(StoreError::SyncCursor { .. })
+            ));
+        }
+        // The backlog reaches the live lane: one cursor again.
+        store
+            .sync_apply(&cid(), vec![batch(2, vec![p(2), p(3), p(4)])], 14)
+            .await
+            .unwrap();
+        let d = store.sync_state(&cid()).await.unwrap();
+        assert_eq!((d.applied, d.live), (6, None));
+        let got: Vec<i64> = series(&store, "dev1", "temp")
+            .await
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect();
+        assert_eq!(got, vec![1, 2, 3, 4, 5, 6]);
+    }
+
+    #[tokio::test]
     async fn a_disk_budget_drops_the_oldest_undelivered_partitions() {
         let (_dir, store, now) = fixture(true).await;
         two_per_partition(&store, &now, 4).await;
@@ -1236,6 +1452,7 @@ mod tests {
 
     fn batch(first: u64, records: Vec<Record>) -> Inbound {
         Inbound::Records(Apply {
+            opens: false,
             first_seq: first,
             last_seq: first + records.len() as u64 - 1,
             records,
@@ -1309,6 +1526,7 @@ mod tests {
             device_changes: 0,
         };
         let gap = Inbound::Gap(GapRecord {
+            opens: false,
             first_seq: 4,
             last_seq: 9,
             span,

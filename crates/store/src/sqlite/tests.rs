@@ -405,6 +405,8 @@ async fn a_data_dir_of_the_points_table_is_migrated_and_folded_on_open() {
         "DROP TABLE point_log; DROP TABLE point_blocks; DROP TABLE series_buckets;
          DROP TABLE point_batches;
          ALTER TABLE sync_out DROP COLUMN folded;
+         ALTER TABLE sync_out DROP COLUMN live_from; ALTER TABLE sync_out DROP COLUMN live_lease;
+         ALTER TABLE sync_in DROP COLUMN live_from; ALTER TABLE sync_in DROP COLUMN live_to;
          DELETE FROM schema_migrations WHERE version >= 6;
          CREATE TABLE points (device INTEGER NOT NULL, resource INTEGER NOT NULL,
              t INTEGER NOT NULL, v, PRIMARY KEY (device, resource, t)) WITHOUT ROWID;",
