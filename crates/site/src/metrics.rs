@@ -95,6 +95,34 @@ const HELP: &[(&str, &str)] = &[
         "Records still to deliver: on a Source the unacknowledged outbox, on a Target what the Source reported beyond the cursor.",
     ),
     (
+        "west_sync_live_lane",
+        "1 while a live lane runs ahead of a backlog that drains behind it (docs/sync.md, Two lanes), else 0.",
+    ),
+    (
+        "west_sync_live_lag_points",
+        "Records of the live lane not yet applied on the Target.",
+    ),
+    (
+        "west_sync_catchup_points",
+        "Records of the backlog lane, behind the live lane, not yet applied on the Target (0 with one lane).",
+    ),
+    (
+        "west_sync_catchup_bytes",
+        "Estimated bytes of the backlog lane in the Source's outbox (0 on a Target or with one lane).",
+    ),
+    (
+        "west_sync_catchup_oldest_seconds",
+        "Age in seconds of the oldest record of the backlog lane (0 with one lane).",
+    ),
+    (
+        "west_sync_catchup_rate",
+        "Records per second the backlog lane shrinks.",
+    ),
+    (
+        "west_sync_catchup_eta_seconds",
+        "Seconds until the backlog lane reaches the live lane at its rate (0 with one lane or while it does not move).",
+    ),
+    (
         "west_sync_backlog_bytes",
         "Estimated bytes of undelivered data the Source keeps for its peer.",
     ),
@@ -252,6 +280,27 @@ impl SiteMetrics {
         gauge("west_sync_lag_seconds", s.lag_seconds);
         gauge("west_sync_backlog_points", s.backlog_points as f64);
         gauge("west_sync_backlog_bytes", s.outbox_bytes as f64);
+        gauge(
+            "west_sync_live_lane",
+            if s.live_from.is_some() { 1.0 } else { 0.0 },
+        );
+        gauge("west_sync_live_lag_points", s.live_lag_points as f64);
+        gauge("west_sync_catchup_points", s.catchup_points as f64);
+        gauge(
+            "west_sync_catchup_bytes",
+            s.catchup_bytes.unwrap_or(0) as f64,
+        );
+        gauge(
+            "west_sync_catchup_oldest_seconds",
+            s.catchup_oldest_at.map_or(0.0, |at| {
+                (crate::clock::now_micros() - at).max(0) as f64 / 1e6
+            }),
+        );
+        gauge("west_sync_catchup_rate", s.catchup_rate);
+        gauge(
+            "west_sync_catchup_eta_seconds",
+            s.catchup_eta_seconds.unwrap_or(0.0),
+        );
         gauge("west_sync_outbox_partitions", s.outbox_partitions as f64);
         gauge("west_sync_send_rate", s.send_rate);
         gauge("west_sync_apply_rate", s.apply_rate);

@@ -63,6 +63,20 @@ pub fn remote_sync_json(state: &AppState, c: &Connector) -> Json {
             link["last_applied_at"] = json!(rfc3339(at));
         }
         link["peer_apply_rate"] = json!(s.peer_apply_rate.round());
+        // The live lane and the backlog draining behind it (docs/sync.md, "Two lanes").
+        link["lanes"] = match s.live_from {
+            None => Json::Null,
+            Some(from) => json!({
+                "live": {"from_seq": from, "lag_points": s.live_lag_points},
+                "backlog": {
+                    "points": s.catchup_points,
+                    "bytes": s.catchup_bytes,
+                    "oldest_at": s.catchup_oldest_at.map(rfc3339),
+                    "rate": s.catchup_rate.round(),
+                    "eta_seconds": s.catchup_eta_seconds.map(f64::ceil),
+                },
+            }),
+        };
         if let Some(at) = s.peer_applied_at {
             link["peer_applied_at"] = json!(rfc3339(at));
         }

@@ -100,6 +100,22 @@ pub struct SyncStatus {
     pub peer_applied_at: Option<i64>,
     /// Seconds until the backlog is delivered at the current rate, if it is moving.
     pub eta_seconds: Option<f64>,
+    /// Where the live lane starts while a backlog drains behind it (docs/sync.md, "Two
+    /// lanes"); `None` while the stream is one lane.
+    pub live_from: Option<u64>,
+    /// Records of the live lane not yet applied on the Target.
+    pub live_lag_points: u64,
+    /// Records of the backlog lane (below the live lane) not yet applied on the Target.
+    pub catchup_points: u64,
+    /// Estimated bytes of them in the Source's outbox (known on a Source only).
+    pub catchup_bytes: Option<u64>,
+    /// When (µs, system clock) the oldest of them was written on the Source (on a Target:
+    /// when it first heard of it).
+    pub catchup_oldest_at: Option<i64>,
+    /// Records per second the backlog lane shrinks, over the last few seconds.
+    pub catchup_rate: f64,
+    /// Seconds until the backlog reaches the live lane at that rate, if it is moving.
+    pub catchup_eta_seconds: Option<f64>,
     /// How long the hub link has been up without an encrypted session, if it is now.
     pub session_down_seconds: Option<f64>,
     /// Whether that has lasted [`STALL_AFTER`](super::peer::STALL_AFTER) or longer: the

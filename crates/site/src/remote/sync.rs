@@ -197,8 +197,9 @@ struct SyncDriver {
     /// `(remote head, when first seen)`: the Target's lag is the age of the oldest head
     /// sample its cursor has not reached.
     heads: VecDeque<(u64, Instant)>,
-    /// `(when, points sent, points applied, peer's acknowledgement)` samples for rates.
-    samples: VecDeque<(Instant, u64, u64, u64)>,
+    /// `(when, points sent, points applied, peer's acknowledgement, prefix of the stream
+    /// the Target holds)` samples for rates.
+    samples: VecDeque<(Instant, u64, u64, u64, u64)>,
     /// The peer's acknowledgement when the driver started, and when (µs, system clock) it
     /// last moved forward: the Source's view of its Target's progress.
     acked_at_start: u64,
@@ -569,8 +570,12 @@ impl SyncDriver {
             self.peer_acked = st.acked;
             self.peer_applied_at = Some(crate::clock::now_micros());
         }
+        let prefix = match self.role {
+            Role::Target => rt.applied,
+            _ => st.acked,
+        };
         self.samples
-            .push_back((at, st.records_sent, rt.records_applied, st.acked));
+            .push_back((at, st.records_sent, rt.records_applied, st.acked, prefix));
         while self.samples.len() > 2
             && self
                 .samples
@@ -579,7 +584,7 @@ impl SyncDriver {
         {
             self.samples.pop_front();
         }
-        let rate = |pick: fn(&(Instant, u64, u64, u64)) -> u64| match (
+        let rate = |pick: fn(&(Instant, u64, u64, u64, u64)) -> u64| match (
             self.samples.front(),
             self.samples.back(),
         ) {
@@ -588,8 +593,42 @@ impl SyncDriver {
             }
             _ => 0.0,
         };
-        let (send_rate, apply_rate, peer_apply_rate) =
-            (rate(|s| s.1), rate(|s| s.2), rate(|s| s.3));
+        let (send_rate, apply_rate, peer_apply_rate, catchup_rate) =
+            (rate(|s| s.1), rate(|s| s.2), rate(|s| s.3), rate(|s| s.4));
+        let now_us = crate::clock::now_micros();
+        // The two lanes (docs/sync.md, "Two lanes"): the live lane, and the backlog lane
+        // draining behind it, which the prefix of what the Target holds measures.
+        let (live_from, live_lag_points, catchup_points, catchup_bytes, catchup_oldest_at) =
+            match self.role {
+                Role::Target => {
+                    let oldest = self.heads.front().map(|(_, t)| {
+                        now_us - i64::try_from(at.duration_since(*t).as_micros()).unwrap_or(0)
+                    });
+                    (
+                        rt.live.map(|(from, _)| from),
+                        rt.live
+                            .map_or(0, |(_, to)| rt.remote_head.saturating_sub(to)),
+                        rt.backlog_records,
+                        None,
+                        rt.live.and(oldest),
+                    )
+                }
+                _ => {
+                    let from = st.live_from;
+                    let catchup = from.map_or(0, |f| (f - 1).saturating_sub(st.acked));
+                    let unacked = st.head.saturating_sub(st.acked).max(1);
+                    let bytes = u128::from(self.durable.outbox_bytes) * u128::from(catchup)
+                        / u128::from(unacked);
+                    (
+                        from,
+                        st.live_records,
+                        catchup,
+                        from.map(|_| u64::try_from(bytes).unwrap_or(u64::MAX)),
+                        from.and(st.oldest_unacked_age_us)
+                            .map(|age| now_us - i64::try_from(age).unwrap_or(0)),
+                    )
+                }
+            };
         let session_down = self.handle.session_down_for();
         let (backlog, lag, rate) = match self.role {
             Role::Target => (
@@ -628,6 +667,14 @@ impl SyncDriver {
             peer_apply_rate,
             peer_applied_at: self.peer_applied_at,
             eta_seconds: (backlog > 0 && rate > 0.0).then(|| backlog as f64 / rate),
+            live_from,
+            live_lag_points,
+            catchup_points,
+            catchup_bytes,
+            catchup_oldest_at,
+            catchup_rate,
+            catchup_eta_seconds: (catchup_points > 0 && catchup_rate > 0.0)
+                .then(|| catchup_points as f64 / catchup_rate),
             session_down_seconds: session_down.map(|d| d.as_secs_f64()),
             session_stalled: session_down.is_some_and(|d| d >= peer::STALL_AFTER),
             messages_dropped: self.handle.dropped(),

@@ -321,6 +321,16 @@ struct SyncView {
     gaps: Vec<GapView>,
     /// The bandwidth budget in bytes/s as the form shows it ("" for none).
     budget: String,
+    /// The live lane and the backlog behind it, while the backlog drains.
+    lanes: Option<LanesView>,
+}
+
+/// The two lanes of the Remote-Sync tab (docs/sync.md, "Two lanes").
+struct LanesView {
+    live: String,
+    backlog: String,
+    /// When the oldest record of the backlog was written (a `<time>`).
+    oldest: Option<When>,
 }
 
 /// Points waiting on a Target for a resource it does not have: "6 points of `pressure` …".
@@ -412,7 +422,28 @@ fn sync_figures(s: &crate::peers::status::SyncStatus, role: Role, peer: &str) ->
             "never",
         )
     };
+    let lanes = s.live_from.map(|from| LanesView {
+        live: format!(
+            "new points go first, from #{}; {} behind",
+            thousands(from),
+            count(s.live_lag_points, "point")
+        ),
+        backlog: format!(
+            "{}{} catching up behind it at {} points/s, {}",
+            count(s.catchup_points, "point"),
+            s.catchup_bytes
+                .map(|b| format!(" ({})", super::view::bytes_text(b)))
+                .unwrap_or_default(),
+            thousands(s.catchup_rate.round() as u64),
+            match s.catchup_eta_seconds {
+                Some(secs) => format!("about {secs:.0} s to go"),
+                None => "not moving".into(),
+            }
+        ),
+        oldest: s.catchup_oldest_at.map(When::at),
+    });
     SyncView {
+        lanes,
         history_note: None,
         backlog,
         lag,
@@ -728,5 +759,31 @@ mod tests {
         assert_eq!(v.rates, "applying 10 points/s");
         assert_eq!(v.applied, "this site has applied 5 from site-a");
         assert!(v.outbox.is_none() && v.applied_at.is_none());
+        assert!(v.lanes.is_none(), "one lane");
+    }
+
+    #[test]
+    fn a_live_lane_and_the_backlog_behind_it_show_apart() {
+        let s = crate::peers::status::SyncStatus {
+            backlog_points: 2_000_010,
+            live_from: Some(2_000_001),
+            live_lag_points: 3,
+            catchup_points: 1_500_000,
+            catchup_bytes: Some(3 * 1024 * 1024),
+            catchup_oldest_at: Some(1_700_000_000_000_000),
+            catchup_rate: 100_000.4,
+            catchup_eta_seconds: Some(15.2),
+            ..Default::default()
+        };
+        let l = sync_figures(&s, Role::Source, "site-b").lanes.unwrap();
+        assert_eq!(
+            l.live,
+            "new points go first, from #2,000,001; 3 points behind"
+        );
+        assert_eq!(
+            l.backlog,
+            "1,500,000 points (3.0 MiB) catching up behind it at 100,000 points/s, about 15 s to go"
+        );
+        assert_eq!(l.oldest.map(|w| w.us), Some(1_700_000_000_000_000));
     }
 }

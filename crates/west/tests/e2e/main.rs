@@ -9,6 +9,7 @@ mod device_sync;
 mod frames;
 mod hub;
 mod idle;
+mod lanes;
 mod live;
 mod lookup;
 mod observability;
