@@ -19,7 +19,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use proto::model::{ConnectorId, Identity};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use store::TokenHash;
+use store::{Actor, TokenHash};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -135,7 +135,23 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
 
 /// A signed-in user, from a login token.
 #[derive(Debug, Clone)]
-pub struct User(pub String);
+pub struct User {
+    pub name: String,
+    /// Whether the token came as `Authorization: Bearer` (a script, say) rather than in the
+    /// web UI's session cookie: the audit log tells the two apart.
+    pub bearer: bool,
+}
+
+impl User {
+    /// The author of the changes this request makes, for the audit log.
+    pub fn actor(&self) -> Actor {
+        if self.bearer {
+            Actor::Token(self.name.clone())
+        } else {
+            Actor::User(self.name.clone())
+        }
+    }
+}
 
 impl FromRequestParts<AppState> for User {
     type Rejection = ApiError;
@@ -144,10 +160,11 @@ impl FromRequestParts<AppState> for User {
         let token = request_token(parts, &state.site_name).ok_or(ApiError::unauthorized(
             "sign in first: POST /api/v1/login, then send Authorization: Bearer TOKEN",
         ))?;
+        let bearer = parts.headers.contains_key(AUTHORIZATION);
         state
             .user_for_token(&token)
             .await?
-            .map(User)
+            .map(|name| User { name, bearer })
             .ok_or(ApiError::unauthorized(
                 "the token is unknown or has expired; sign in again",
             ))

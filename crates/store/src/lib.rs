@@ -200,7 +200,7 @@ pub trait Store: Send + Sync + 'static {
     // convergence").
     /// Creates a device with the hash of its token; [`StoreError::DeviceExists`] if the
     /// identity is taken.
-    async fn create_device(&self, cid: &ConnectorId, new: NewDevice) -> Result<Device>;
+    async fn create_device(&self, cid: &ConnectorId, new: NewDevice, by: &Actor) -> Result<Device>;
     /// One page of the device list, as [`DeviceQuery`] describes it.
     async fn devices(&self, cid: &ConnectorId, query: DeviceQuery) -> Result<Vec<Device>>;
     /// How many devices pass `query`'s tag and prefix filters (its `after` and `limit` are
@@ -215,16 +215,26 @@ pub trait Store: Send + Sync + 'static {
         cid: &ConnectorId,
         identity: &Identity,
         patch: DevicePatch,
+        by: &Actor,
     ) -> Result<Device>;
     /// Deletes a device and its data; its record stays as a tombstone for the peer.
-    async fn delete_device(&self, cid: &ConnectorId, identity: &Identity) -> Result<()>;
+    async fn delete_device(&self, cid: &ConnectorId, identity: &Identity, by: &Actor)
+    -> Result<()>;
     /// Replaces a device's token (the old one stops working in the same commit).
     async fn set_device_token(
         &self,
         cid: &ConnectorId,
         identity: &Identity,
         token: TokenHash,
+        by: &Actor,
     ) -> Result<()>;
+    /// One page of the connector's device audit log, newest first (of one device when
+    /// `query.identity` is given). Every device change (the four methods above, and the
+    /// peer's changes `sync_apply` merges) writes its entry in its own transaction, made
+    /// `by` the caller (the peer site for `sync_apply`); a change that made no visible
+    /// difference writes none. Each device keeps its newest 100 entries, none older than 90
+    /// days.
+    async fn device_audit(&self, cid: &ConnectorId, query: AuditQuery) -> Result<Vec<AuditEntry>>;
     /// The device a device token belongs to.
     async fn device_by_token(&self, token: TokenHash) -> Result<Option<(ConnectorId, Identity)>>;
 

@@ -130,6 +130,122 @@ pub struct DeviceQuery {
     pub limit: usize,
 }
 
+/// Who made a device change, as the audit log records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    /// A user of this site, signed in to the web UI.
+    User(String),
+    /// A user of this site, through the API with a bearer token.
+    Token(String),
+    /// The peer site of a paired connector, through Remote-Sync (its name).
+    Peer(String),
+}
+
+impl Actor {
+    /// `user`, `token` or `peer`: the kind as the store and the API spell it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Actor::User(_) => "user",
+            Actor::Token(_) => "token",
+            Actor::Peer(_) => "peer",
+        }
+    }
+
+    /// The user's or the peer site's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Actor::User(n) | Actor::Token(n) | Actor::Peer(n) => n,
+        }
+    }
+
+    /// The kind and name as stored; `None` for an unknown kind.
+    pub fn from_parts(kind: &str, name: String) -> Option<Actor> {
+        match kind {
+            "user" => Some(Actor::User(name)),
+            "token" => Some(Actor::Token(name)),
+            "peer" => Some(Actor::Peer(name)),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Actor {
+    /// `admin`, `admin (API token)`, `site-b (peer)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Actor::User(n) => write!(f, "{n}"),
+            Actor::Token(n) => write!(f, "{n} (API token)"),
+            Actor::Peer(n) => write!(f, "{n} (peer)"),
+        }
+    }
+}
+
+/// What happened to a device in one audit entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditAction {
+    Created,
+    Changed,
+    Deleted,
+    /// Its token was replaced (the old one stopped working).
+    Token,
+}
+
+impl AuditAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditAction::Created => "created",
+            AuditAction::Changed => "changed",
+            AuditAction::Deleted => "deleted",
+            AuditAction::Token => "token",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AuditAction> {
+        [
+            AuditAction::Created,
+            AuditAction::Changed,
+            AuditAction::Deleted,
+            AuditAction::Token,
+        ]
+        .into_iter()
+        .find(|a| a.as_str() == s)
+    }
+}
+
+/// One field an audited change made different: `state`, `tags.KEY`, `permissions.PRINCIPAL`
+/// (its access) or `config.RESOURCE` (the desired value), with its value before and after
+/// (`None`: absent).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FieldChange {
+    pub field: String,
+    pub from: Option<serde_json::Value>,
+    pub to: Option<serde_json::Value>,
+}
+
+/// One entry of a connector's device audit log (docs/api.md, "Audit log").
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEntry {
+    /// Increasing on this site: the order of the entries, and the cursor of a page.
+    pub id: u64,
+    pub identity: Identity,
+    /// When this site stored the change (µs).
+    pub at: i64,
+    pub by: Actor,
+    pub action: AuditAction,
+    /// For `Created` every field it was created with; for `Changed` what differs; empty
+    /// for `Deleted` and `Token`.
+    pub changes: Vec<FieldChange>,
+}
+
+/// A page of the audit log, newest first: of one device or of the whole connector, entries
+/// older than `before` (an entry's id), at most `limit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditQuery {
+    pub identity: Option<Identity>,
+    pub before: Option<u64>,
+    pub limit: usize,
+}
+
 /// Values one device wrote at one time, unchecked: the store checks each against its
 /// resource's format inside the write.
 #[derive(Debug, Clone)]

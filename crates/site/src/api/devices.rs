@@ -10,10 +10,12 @@ use serde::Deserialize;
 use serde_json::{Value as Json_, json};
 
 use super::extract::{ApiJson, QueryPairs};
-use super::render::{device_json, device_page_json};
+use super::render::{audit_page_json, device_json, device_page_json};
 use crate::auth::User;
 use crate::error::ApiError;
-use crate::ops::devices::{self, DEFAULT_PAGE, DeviceChange, ListQuery, MAX_PAGE, NewDevice};
+use crate::ops::devices::{
+    self, AUDIT_PAGE, DEFAULT_PAGE, DeviceChange, ListQuery, MAX_AUDIT_PAGE, MAX_PAGE, NewDevice,
+};
 use crate::ops::{self, connector_id, identity};
 use crate::state::AppState;
 
@@ -71,7 +73,7 @@ pub async fn list(
 
 pub async fn create(
     State(state): State<AppState>,
-    _: User,
+    user: User,
     Path(cid): Path<String>,
     ApiJson(body): ApiJson<CreateBody>,
 ) -> Result<(StatusCode, Json<Json_>), ApiError> {
@@ -82,7 +84,7 @@ pub async fn create(
         permissions: body.permissions,
         state: body.state,
     };
-    let (device, token) = devices::create(&state, &cid, new).await?;
+    let (device, token) = devices::create(&state, &cid, new, &user.actor()).await?;
     let mut out = device_json(&device);
     out["token"] = json!(token);
     Ok((StatusCode::CREATED, Json(out)))
@@ -99,7 +101,7 @@ pub async fn get_one(
 
 pub async fn update(
     State(state): State<AppState>,
-    _: User,
+    user: User,
     Path((cid, id)): Path<(String, String)>,
     ApiJson(body): ApiJson<PatchBody>,
 ) -> Result<Json<Json_>, ApiError> {
@@ -121,16 +123,16 @@ pub async fn update(
         state: body.state,
         config,
     };
-    let d = devices::update(&state, &cid, &id, change).await?;
+    let d = devices::update(&state, &cid, &id, change, &user.actor()).await?;
     Ok(Json(device_json(&d)))
 }
 
 pub async fn delete(
     State(state): State<AppState>,
-    _: User,
+    user: User,
     Path((cid, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    devices::delete(&state, &connector_id(&cid)?, &identity(&id)?).await?;
+    devices::delete(&state, &connector_id(&cid)?, &identity(&id)?, &user.actor()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -139,11 +141,54 @@ pub async fn delete(
 /// here) gets one.
 pub async fn rotate_token(
     State(state): State<AppState>,
-    _: User,
+    user: User,
     Path((cid, id)): Path<(String, String)>,
 ) -> Result<Json<Json_>, ApiError> {
     let id = identity(&id)?;
     let cid = connector_id(&cid)?;
-    let token = ops::devices::new_token(&state, &cid, &id).await?;
+    let token = ops::devices::new_token(&state, &cid, &id, &user.actor()).await?;
     Ok(Json(json!({ "identity": id, "token": token })))
+}
+
+/// `GET …/audit?device=&limit=&cursor=`: the connector's device audit log, newest first.
+pub async fn audit(
+    State(state): State<AppState>,
+    _: User,
+    Path(cid): Path<String>,
+    q: QueryPairs,
+) -> Result<Json<Json_>, ApiError> {
+    let cid = connector_id(&cid)?;
+    let device = q
+        .get("device")
+        .map(|d| Identity::parse(d).map_err(|e| ApiError::invalid_query(format!("device: {e}"))))
+        .transpose()?;
+    audit_page(&state, &cid, device, &q).await
+}
+
+/// `GET …/devices/{identity}/audit?limit=&cursor=`: one device's audit log, newest first
+/// (also after the device was deleted: the log says who deleted it).
+pub async fn device_audit(
+    State(state): State<AppState>,
+    _: User,
+    Path((cid, id)): Path<(String, String)>,
+    q: QueryPairs,
+) -> Result<Json<Json_>, ApiError> {
+    let (cid, id) = (connector_id(&cid)?, identity(&id)?);
+    audit_page(&state, &cid, Some(id), &q).await
+}
+
+async fn audit_page(
+    state: &AppState,
+    cid: &proto::model::ConnectorId,
+    device: Option<Identity>,
+    q: &QueryPairs,
+) -> Result<Json<Json_>, ApiError> {
+    let limit = q.number(
+        "limit",
+        i64::from(AUDIT_PAGE),
+        1..=i64::from(MAX_AUDIT_PAGE),
+    )?;
+    let limit = u32::try_from(limit).unwrap_or(MAX_AUDIT_PAGE);
+    let page = devices::audit(state, cid, device, q.get("cursor"), limit).await?;
+    Ok(Json(audit_page_json(&page)))
 }

@@ -89,6 +89,11 @@ pub fn routes(state: AppState) -> Router {
             post(devices::rotate_token),
         )
         .route(
+            "/connectors/{cid}/devices/{identity}/audit",
+            get(devices::device_audit),
+        )
+        .route("/connectors/{cid}/audit", get(devices::audit))
+        .route(
             "/connectors/{cid}/devices/{identity}/data",
             post(data::ingest_device),
         )

@@ -6,7 +6,7 @@ use serde_json::{Map, Value as Json, json};
 use store::{Connector, Device, Resource};
 
 use crate::clock::rfc3339;
-use crate::ops::devices::{Page, cursor};
+use crate::ops::devices::{AuditPage, Page, cursor};
 use crate::ops::peer::{Drift, Resent};
 use crate::state::AppState;
 
@@ -285,5 +285,25 @@ pub fn alarm_thresholds_json(s: &store::AlarmSettings) -> Json {
     };
     let mut out = shape(s);
     out["defaults"] = shape(&crate::alarms::DEFAULTS);
+    out
+}
+/// `AuditEntry` of docs/api.md.
+pub fn audit_entry_json(e: &store::AuditEntry) -> Json {
+    json!({
+        "device": e.identity,
+        "changed_at": rfc3339(e.at),
+        "action": e.action.as_str(),
+        "by": { "kind": e.by.kind(), "name": e.by.name() },
+        "changes": e.changes,
+    })
+}
+
+/// A page of the audit log: `{"entries": [AuditEntry], "next"?}`.
+pub fn audit_page_json(page: &AuditPage) -> Json {
+    let mut out =
+        json!({ "entries": page.entries.iter().map(audit_entry_json).collect::<Vec<_>>() });
+    if let Some(next) = &page.next {
+        out["next"] = json!(next);
+    }
     out
 }

@@ -11,7 +11,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use proto::lookup::{DeviceView, Digest, DigestBuilder, MAX_RESEND, bucket_of, device_hash};
 use proto::model::{self, ConnectorId, DeviceState, Identity, Permission, ResourceName, Tags};
-use store::{Device, DeviceQuery, StoreError};
+use store::{Actor, AuditEntry, AuditQuery, Device, DeviceQuery, StoreError};
 
 use super::{Error, Result};
 use crate::auth;
@@ -48,6 +48,7 @@ pub async fn create(
     state: &AppState,
     cid: &ConnectorId,
     new: NewDevice,
+    by: &Actor,
 ) -> Result<(Device, String)> {
     model::check_tags(&new.tags)?;
     model::check_permissions(&new.permissions)?;
@@ -60,7 +61,7 @@ pub async fn create(
         token: hash,
         created_at: now_micros(),
     };
-    let device = state.store.create_device(cid, new).await?;
+    let device = state.store.create_device(cid, new, by).await?;
     state.remote.sync.appended(cid);
     tracing::info!(connector = %cid, device = %device.identity, "created device");
     Ok((device, token))
@@ -72,6 +73,7 @@ pub async fn update(
     cid: &ConnectorId,
     id: &Identity,
     change: DeviceChange,
+    by: &Actor,
 ) -> Result<Device> {
     let patch = store::DevicePatch {
         tags: change.tags,
@@ -79,14 +81,14 @@ pub async fn update(
         state: change.state,
         config: change.config,
     };
-    let device = state.store.update_device(cid, id, patch).await?;
+    let device = state.store.update_device(cid, id, patch, by).await?;
     state.remote.sync.appended(cid);
     Ok(device)
 }
 
 /// Deletes a device with its data, on both sides of a pairing.
-pub async fn delete(state: &AppState, cid: &ConnectorId, id: &Identity) -> Result<()> {
-    state.store.delete_device(cid, id).await?;
+pub async fn delete(state: &AppState, cid: &ConnectorId, id: &Identity, by: &Actor) -> Result<()> {
+    state.store.delete_device(cid, id, by).await?;
     state.remote.sync.appended(cid);
     tracing::info!(connector = %cid, device = %id, "deleted device");
     Ok(())
@@ -94,15 +96,67 @@ pub async fn delete(state: &AppState, cid: &ConnectorId, id: &Identity) -> Resul
 
 /// Issues a device a new token (returned once, stored hashed); the old one stops working.
 /// Also how a device that reached this site by Remote-Sync (without a token here) gets one.
-pub async fn new_token(state: &AppState, cid: &ConnectorId, id: &Identity) -> Result<String> {
+pub async fn new_token(
+    state: &AppState,
+    cid: &ConnectorId,
+    id: &Identity,
+    by: &Actor,
+) -> Result<String> {
     let (token, hash) = auth::new_token();
-    state.store.set_device_token(cid, id, hash).await?;
+    state.store.set_device_token(cid, id, hash, by).await?;
     tracing::info!(connector = %cid, device = %id, "issued a new device token");
     Ok(token)
 }
 
 pub async fn get(state: &AppState, cid: &ConnectorId, id: &Identity) -> Result<Device> {
     Ok(state.store.device(cid, id).await?)
+}
+
+/// Default and largest page of the audit log.
+pub const AUDIT_PAGE: u32 = 50;
+pub const MAX_AUDIT_PAGE: u32 = 500;
+
+/// A page of the audit log, newest first, and the cursor of the next when more may follow.
+pub struct AuditPage {
+    pub entries: Vec<AuditEntry>,
+    pub next: Option<String>,
+}
+
+/// One page of connector `cid`'s device audit log (of one device when `device` is given),
+/// continuing after `cursor` (given out as `AuditPage::next`), at most `limit` (1 to
+/// [`MAX_AUDIT_PAGE`]) entries.
+pub async fn audit(
+    state: &AppState,
+    cid: &ConnectorId,
+    device: Option<Identity>,
+    cursor: Option<&str>,
+    limit: u32,
+) -> Result<AuditPage> {
+    if !(1..=MAX_AUDIT_PAGE).contains(&limit) {
+        return Err(Error::InvalidQuery(format!(
+            "limit must be a whole number from 1 to {MAX_AUDIT_PAGE}, not \"{limit}\""
+        )));
+    }
+    let before = cursor
+        .map(|c| {
+            c.parse::<u64>()
+                .map_err(|_| Error::InvalidQuery("cursor is not one this site gave out".into()))
+        })
+        .transpose()?;
+    let want = usize::try_from(limit).unwrap_or(usize::MAX);
+    let query = AuditQuery {
+        identity: device,
+        before,
+        // One more than asked, to know whether a next page exists.
+        limit: want.saturating_add(1),
+    };
+    let mut entries = state.store.device_audit(cid, query).await?;
+    let mut next = None;
+    if entries.len() > want {
+        entries.truncate(want);
+        next = entries.last().map(|e| e.id.to_string());
+    }
+    Ok(AuditPage { entries, next })
 }
 
 /// One page of a device list: devices carrying every tag of `tags`, whose identity sorts

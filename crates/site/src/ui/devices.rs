@@ -1,6 +1,7 @@
 //! Device pages: the Devices tab (filter by tag, state and last seen; Add device with its
 //! one-time token), the device page (tags, permissions, configuration, latest values, a
-//! chart per resource) and the data view of one resource over time.
+//! chart per resource, the newest changes from the audit log), the device's changes page
+//! (its whole audit log, paged) and the data view of one resource over time.
 //!
 //! The list is read through `ops::devices::page`, the same function as
 //! `GET /api/v1/connectors/{cid}/devices`, so paging and tag filtering behave the same in
@@ -356,6 +357,74 @@ struct CreatedPage {
     token: String,
     /// A new token for an existing device (the old one stopped working), not a new device.
     rotated: bool,
+    /// Where the device writes its data, and how, with its token.
+    start: DeviceStart,
+}
+
+/// How a device gets started: the URL of its data API and a request to copy, with its
+/// token. Shown only on the response that shows the token (nothing server-side logs it).
+pub struct DeviceStart {
+    pub url: String,
+    /// The JSON body of the example: a value of one of the connector's resources.
+    pub body: String,
+    /// A `curl` command that writes that value.
+    pub curl: String,
+    /// Whether the connector has no resource yet (the example names one to create).
+    pub no_resources: bool,
+}
+
+/// A value of `format` for an example request.
+fn example_value(format: Format) -> Json {
+    match format {
+        Format::Number => Json::from(21.5),
+        Format::Integer => Json::from(1),
+        Format::Boolean => Json::from(true),
+        Format::String => Json::from("on"),
+        Format::Json => serde_json::json!({ "mode": "eco" }),
+    }
+}
+
+impl DeviceStart {
+    /// The start of device `identity` of connector `cid`, on the site the browser reached
+    /// at `base` (`http://host:port`), which writes `token`. The example writes a value of
+    /// the first resource that is not settable (a reading), else of any resource.
+    fn new(
+        base: &str,
+        cid: &proto::model::ConnectorId,
+        identity: &str,
+        token: &str,
+        resources: &[Resource],
+    ) -> Self {
+        let url = format!("{base}/api/v1/connectors/{cid}/devices/{identity}/data");
+        let example = resources
+            .iter()
+            .find(|r| !r.settable)
+            .or_else(|| resources.first())
+            .map(|r| (r.name.to_string(), example_value(r.format)));
+        let no_resources = example.is_none();
+        let (name, value) = example.unwrap_or_else(|| ("temperature".into(), Json::from(21.5)));
+        let body = serde_json::json!({ "values": { name: value } }).to_string();
+        let curl = format!(
+            "curl -X POST '{url}' \\\n  -H 'Authorization: Bearer {token}' \\\n  -H 'Content-Type: application/json' \\\n  -d '{body}'"
+        );
+        Self {
+            url,
+            body,
+            curl,
+            no_resources,
+        }
+    }
+}
+
+/// The address the browser reached this site at (`http://host:port`): the `Host` of a
+/// request that the cross-site guard has already checked against its `Origin`.
+fn site_base(state: &AppState, headers: &axum::http::HeaderMap) -> String {
+    let scheme = if state.tls { "https" } else { "http" };
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    format!("{scheme}://{host}")
 }
 
 fn new_crumbs(c: &store::Connector) -> Vec<Crumb> {
@@ -389,6 +458,7 @@ pub async fn create(
     ctx: Ctx,
     State(state): State<AppState>,
     Path(cid): Path<String>,
+    headers: axum::http::HeaderMap,
     Form(form): Form<CreateForm>,
 ) -> UiResult {
     let c = load_connector(&state, &ctx, &cid).await?;
@@ -400,20 +470,30 @@ pub async fn create(
             permissions: Vec::new(),
             state: DeviceState::parse(&form.state).unwrap_or_default(),
         };
-        Ok::<_, ApiError>(ops::devices::create(&state, &c.id, new).await?)
+        Ok::<_, ApiError>(ops::devices::create(&state, &c.id, new, &ctx.actor()).await?)
     }
     .await;
     match result {
         Ok((device, token)) => {
             // Read the connector again so that the tab counts include the new device.
             let c = state.store.connector(&c.id).await.unwrap_or(c);
+            let resources = state.store.resources(&c.id).await.unwrap_or_default();
+            let identity = device.identity.to_string();
+            let start = DeviceStart::new(
+                &site_base(&state, &headers),
+                &c.id,
+                &identity,
+                &token,
+                &resources,
+            );
             Ok(ctx.page(&CreatedPage {
                 frame: ctx.frame(format!("{} · Device created", c.name), new_crumbs(&c)),
                 c: ConnView::new(&state, &c),
                 tab: "devices",
-                identity: device.identity.to_string(),
+                identity,
                 token,
                 rotated: false,
+                start,
             }))
         }
         Err(e) => {
@@ -481,6 +561,65 @@ fn chart_rows(d: &Device, resources: &[Resource]) -> Vec<ValueRow> {
     rows
 }
 
+/// One entry of a device's audit log as the device page lists it.
+pub struct AuditRow {
+    pub at: When,
+    /// "admin", "admin (API token)", "site-b (peer)".
+    pub by: String,
+    /// `user`, `token` or `peer` (for styling and tests).
+    pub by_kind: &'static str,
+    /// "Created", "Changed", "Deleted", "New token".
+    pub action: &'static str,
+    /// One line a field: `tags.floor: 1 → 2`.
+    pub changes: Vec<String>,
+}
+
+/// Entries of the audit log on the device page; the changes page shows the rest.
+const AUDIT_ON_PAGE: u32 = 10;
+/// Entries a page of the changes page.
+const AUDIT_PER_PAGE: u32 = 50;
+
+/// A value of a field change as the operator reads it: strings without quotes, `—` for
+/// absent.
+fn change_value(v: Option<&Json>) -> String {
+    match v {
+        None => "—".into(),
+        Some(Json::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+impl AuditRow {
+    fn from_entry(e: &store::AuditEntry) -> Self {
+        Self {
+            at: When::at(e.at),
+            by: e.by.to_string(),
+            by_kind: e.by.kind(),
+            action: match e.action {
+                store::AuditAction::Created => "Created",
+                store::AuditAction::Changed => "Changed",
+                store::AuditAction::Deleted => "Deleted",
+                store::AuditAction::Token => "New token",
+            },
+            changes: e
+                .changes
+                .iter()
+                .map(|c| match e.action {
+                    store::AuditAction::Created => {
+                        format!("{}: {}", c.field, change_value(c.to.as_ref()))
+                    }
+                    _ => format!(
+                        "{}: {} → {}",
+                        c.field,
+                        change_value(c.from.as_ref()),
+                        change_value(c.to.as_ref())
+                    ),
+                })
+                .collect(),
+        }
+    }
+}
+
 #[derive(Template)]
 #[template(path = "device.html")]
 struct DevicePage {
@@ -506,6 +645,8 @@ struct DevicePage {
     /// The managed fields as rendered ([`managed_fields`]): `app.js` compares them with the
     /// device API's answer and says when the device changed since (on the peer, say).
     managed: String,
+    /// The newest entries of the device's audit log (the changes page has them all).
+    audit: Vec<AuditRow>,
 }
 
 /// Tags, permissions, state and configuration of a device's API JSON, as one string: the
@@ -593,6 +734,9 @@ pub async fn page(
         other => other.or_page(&ctx)?,
     };
     let resources = state.store.resources(&c.id).await.or_page(&ctx)?;
+    let audit = dev_ops::audit(&state, &c.id, Some(id.clone()), None, AUDIT_ON_PAGE)
+        .await
+        .or_page(&ctx)?;
     let config = resources
         .iter()
         .filter(|r| r.settable)
@@ -628,6 +772,57 @@ pub async fn page(
         ranges: range_opts(range_or_default(q.range.as_deref())),
         pending: d.sync_pending,
         managed: managed_fields(&device_json(&d)),
+        audit: audit.entries.iter().map(AuditRow::from_entry).collect(),
+    }))
+}
+
+#[derive(Template)]
+#[template(path = "device_changes.html")]
+struct ChangesPage {
+    frame: Frame,
+    c: ConnView,
+    tab: &'static str,
+    identity: String,
+    audit: Vec<AuditRow>,
+    /// The query string of the next (older) page.
+    older: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct ChangesQuery {
+    cursor: Option<String>,
+}
+
+/// `GET /connectors/{cid}/devices/{id}/changes`: the device's whole audit log, newest first,
+/// a page at a time (also of a device deleted since: the log says who deleted it).
+pub async fn changes(
+    ctx: Ctx,
+    State(state): State<AppState>,
+    Path((cid, id)): Path<(String, String)>,
+    Query(q): Query<ChangesQuery>,
+) -> UiResult {
+    let c = load_connector(&state, &ctx, &cid).await?;
+    let id = identity(&id).or_page(&ctx)?;
+    let page = dev_ops::audit(
+        &state,
+        &c.id,
+        Some(id.clone()),
+        q.cursor.as_deref(),
+        AUDIT_PER_PAGE,
+    )
+    .await
+    .or_page(&ctx)?;
+    let mut crumbs = device_crumbs(&c, &id);
+    crumbs.push(Crumb::here("Changes"));
+    Ok(ctx.page(&ChangesPage {
+        frame: ctx.frame(format!("{} · {} · Changes", c.name, id), crumbs),
+        c: ConnView::new(&state, &c),
+        tab: "devices",
+        identity: id.to_string(),
+        audit: page.entries.iter().map(AuditRow::from_entry).collect(),
+        older: page
+            .next
+            .map(|n| serde_urlencoded::to_string([("cursor", n)]).unwrap_or_default()),
     }))
 }
 
@@ -637,10 +832,12 @@ pub async fn new_token(
     ctx: Ctx,
     State(state): State<AppState>,
     Path((cid, id)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
 ) -> UiResult {
     let (c, d, back) = device_for_edit(&ctx, &state, &cid, &id).await?;
+    let resources = state.store.resources(&c.id).await.or_page(&ctx)?;
     Ok(
-        match ops::devices::new_token(&state, &c.id, &d.identity).await {
+        match ops::devices::new_token(&state, &c.id, &d.identity, &ctx.actor()).await {
             Ok(token) => {
                 let mut crumbs = connector_crumbs(&c);
                 crumbs.push(Crumb::link(
@@ -649,13 +846,22 @@ pub async fn new_token(
                 ));
                 crumbs.push(Crumb::link(d.identity.to_string(), back));
                 crumbs.push(Crumb::here("New token"));
+                let identity = d.identity.to_string();
+                let start = DeviceStart::new(
+                    &site_base(&state, &headers),
+                    &c.id,
+                    &identity,
+                    &token,
+                    &resources,
+                );
                 ctx.page(&CreatedPage {
                     frame: ctx.frame(format!("{} · {} · New token", c.name, d.identity), crumbs),
                     c: ConnView::new(&state, &c),
                     tab: "devices",
-                    identity: d.identity.to_string(),
+                    identity,
                     token,
                     rotated: true,
+                    start,
                 })
             }
             Err(e) => flash_error_redirect(&back, &e.to_string()),
@@ -677,9 +883,11 @@ async fn device_for_edit(
     Ok((c, d, back))
 }
 
-/// Applies `patch` and comes back to the device page with `done` or the refusal.
+/// Applies `patch` made `by` the operator and comes back to the device page with `done` or
+/// the refusal.
 async fn apply(
     state: &AppState,
+    by: &store::Actor,
     c: &store::Connector,
     d: &Device,
     back: &str,
@@ -687,7 +895,7 @@ async fn apply(
     done: &str,
 ) -> Response {
     let result = match change {
-        Ok(change) => ops::devices::update(state, &c.id, &d.identity, change)
+        Ok(change) => ops::devices::update(state, &c.id, &d.identity, change, by)
             .await
             .map_err(ApiError::from),
         Err(e) => Err(e),
@@ -727,7 +935,7 @@ pub async fn tags(
         tags: Some(tags),
         ..DeviceChange::default()
     };
-    Ok(apply(&state, &c, &d, &back, Ok(patch), &done).await)
+    Ok(apply(&state, &ctx.actor(), &c, &d, &back, Ok(patch), &done).await)
 }
 
 #[derive(Deserialize)]
@@ -771,7 +979,7 @@ pub async fn permissions(
         permissions: Some(perms),
         ..DeviceChange::default()
     });
-    Ok(apply(&state, &c, &d, &back, patch, &done).await)
+    Ok(apply(&state, &ctx.actor(), &c, &d, &back, patch, &done).await)
 }
 
 #[derive(Deserialize)]
@@ -825,7 +1033,7 @@ pub async fn config(
     } else {
         format!("Desired value of {} set.", form.resource)
     };
-    Ok(apply(&state, &c, &d, &back, patch, &done).await)
+    Ok(apply(&state, &ctx.actor(), &c, &d, &back, patch, &done).await)
 }
 
 #[derive(Deserialize)]
@@ -852,7 +1060,7 @@ pub async fn set_state(
             ))
         });
     let done = format!("Device {} is now {}.", d.identity, form.state);
-    Ok(apply(&state, &c, &d, &back, patch, &done).await)
+    Ok(apply(&state, &ctx.actor(), &c, &d, &back, patch, &done).await)
 }
 
 pub async fn delete(
@@ -862,7 +1070,7 @@ pub async fn delete(
 ) -> UiResult {
     let (c, d, back) = device_for_edit(&ctx, &state, &cid, &id).await?;
     Ok(
-        match ops::devices::delete(&state, &c.id, &d.identity).await {
+        match ops::devices::delete(&state, &c.id, &d.identity, &ctx.actor()).await {
             Ok(()) => flash_redirect(
                 &format!("/connectors/{}/devices", c.id),
                 &format!("Device {} deleted.", d.identity),

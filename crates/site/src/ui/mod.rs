@@ -19,6 +19,7 @@
 //! /connectors/new                           create a connector (Remote-Sync Target toggle)
 //! /connectors/{cid}/devices                 Devices tab: filter, add device
 //! /connectors/{cid}/devices/{id}            device page: tags, permissions, config, charts
+//! /connectors/{cid}/devices/{id}/changes    the device's audit log, paged
 //! /connectors/{cid}/devices/{id}/resources/{name}   data view: one resource over time
 //! /connectors/{cid}/resources[/{name}]      Resources tab and resource settings
 //! /connectors/{cid}/settings[/remote-sync]  Settings tab: General and Remote-Sync
@@ -126,6 +127,10 @@ pub fn routes(state: AppState) -> Router {
         .route(
             "/connectors/{cid}/devices/{id}/token",
             post(devices::new_token),
+        )
+        .route(
+            "/connectors/{cid}/devices/{id}/changes",
+            get(devices::changes),
         )
         .route(
             "/connectors/{cid}/devices/{id}/resources/{name}",

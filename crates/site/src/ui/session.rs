@@ -38,6 +38,11 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// The author of the changes this page makes, for the audit log.
+    pub fn actor(&self) -> store::Actor {
+        store::Actor::User(self.user.clone())
+    }
+
     /// The frame of a page titled `title` with breadcrumb `crumbs`.
     pub fn frame(&self, title: impl Into<String>, crumbs: Vec<Crumb>) -> Frame {
         Frame {

@@ -92,6 +92,7 @@ async fn setup(store: &SqliteStore, paired: bool) {
                 token: [9; 32],
                 created_at: 1,
             },
+            &admin(),
         )
         .await
         .unwrap();

@@ -24,8 +24,10 @@ use proto::model::{ConnectorId, DeviceState, Identity, Permission, ResourceName,
 use proto::sync::{DeviceEdit, DeviceRecord, Hlc, Stamp, merge};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{backend, get_device, identity_col, resource_rows, select_rows, sync, value_to_sql};
-use crate::{Result, StoreError};
+use super::{
+    audit, backend, get_device, identity_col, resource_rows, select_rows, sync, value_to_sql,
+};
+use crate::{Actor, Result, StoreError};
 
 /// `resource` of a row of the former outbox layout (a row per seq, before migration 10)
 /// that holds a device change (resource ids start at 1); read when converting it.
@@ -181,14 +183,15 @@ pub(super) struct EditFields {
 }
 
 /// Records a local edit whose rows the caller has written (or is about to delete): stamps
-/// the change, merges it into the device's record (`before`, read before the rows changed)
-/// and queues it for the peer of a paired connector.
+/// the change, merges it into the device's record (`before`, read before the rows changed),
+/// queues it for the peer of a paired connector and writes its audit entry, made `by`.
 pub(super) fn local_change(
     conn: &Connection,
     cid: &ConnectorId,
     identity: &Identity,
     before: Option<DeviceRecord>,
     edit: LocalEdit,
+    by: &Actor,
     ctx: &Ctx<'_>,
 ) -> Result<()> {
     let stamp = next_stamp(conn, ctx.site, ctx.now, before.as_ref())?;
@@ -227,7 +230,16 @@ pub(super) fn local_change(
         None => change.clone(),
     };
     let seq = sync::append_device(conn, cid, ctx.now, ctx.partition_us, &change)?;
-    save(conn, cid, &merged, seq)
+    save(conn, cid, &merged, seq)?;
+    audit::record_change(
+        conn,
+        cid,
+        identity,
+        ctx.now,
+        by,
+        before.as_ref().and_then(DeviceRecord::view).as_ref(),
+        merged.view().as_ref(),
+    )
 }
 
 /// What device changes need besides the connection: this site's name, the time, and the
@@ -298,7 +310,8 @@ fn merged(a: &DeviceRecord, b: &DeviceRecord) -> Result<DeviceRecord> {
     })
 }
 
-/// Applies a device change received from the peer: merge, observe its stamps, project.
+/// Applies a device change received from the peer: merge, observe its stamps, project, and
+/// write its audit entry (by the peer site).
 pub(super) fn apply_remote(
     conn: &Connection,
     cid: &ConnectorId,
@@ -314,7 +327,28 @@ pub(super) fn apply_remote(
         set_clock(conn, hlc)?;
     }
     save(conn, cid, &merged, None)?;
-    project(conn, cid, &merged, now)
+    project(conn, cid, &merged, now)?;
+    audit::record_change(
+        conn,
+        cid,
+        &remote.identity,
+        now,
+        &Actor::Peer(peer_site(conn, cid)?),
+        before.view().as_ref(),
+        merged.view().as_ref(),
+    )
+}
+
+/// The name of the peer site of a paired connector (the author, for the audit log, of what
+/// arrives from it).
+fn peer_site(conn: &Connection, cid: &ConnectorId) -> Result<String> {
+    conn.prepare_cached("SELECT peer_site FROM connectors WHERE id = ?1")
+        .and_then(|mut s| {
+            s.query_row([cid.as_str()], |r| r.get::<_, Option<String>>(0))
+                .optional()
+        })
+        .map_err(backend("reading the peer's name"))
+        .map(|site| site.flatten().unwrap_or_default())
 }
 
 /// Makes the rows of a device its record's view (a device it creates was added `now`).
@@ -450,6 +484,7 @@ mod tests {
     use proto::sync::{Apply, DeviceEdit, DeviceRecord, Hlc, Record, Stamp};
     use serde_json::json;
 
+    use super::super::audit;
     use super::super::fixtures::*;
     use crate::*;
 
@@ -554,7 +589,7 @@ mod tests {
                 .unwrap();
         }
         a.store
-            .create_device(&cid(), new_device("dev1", &[("floor", "1")]))
+            .create_device(&cid(), new_device("dev1", &[("floor", "1")]), &admin())
             .await
             .unwrap();
         a.store
@@ -633,7 +668,7 @@ mod tests {
         };
         let d = b
             .at(2_000_000)
-            .update_device(&cid(), &id("dev1"), patch)
+            .update_device(&cid(), &id("dev1"), patch, &admin())
             .await
             .unwrap();
         assert!(d.sync_pending);
@@ -649,13 +684,13 @@ mod tests {
         // A patch that changes nothing queues nothing.
         let head = b.store.outbox_head(&cid()).await.unwrap();
         b.store
-            .update_device(&cid(), &id("dev1"), DevicePatch::default())
+            .update_device(&cid(), &id("dev1"), DevicePatch::default(), &admin())
             .await
             .unwrap();
         assert_eq!(b.store.outbox_head(&cid()).await.unwrap(), head);
         // Devices created on either side after pairing reach the other.
         b.at(2_100_000)
-            .create_device(&cid(), new_device("dev2", &[("made", "b")]))
+            .create_device(&cid(), new_device("dev2", &[("made", "b")]), &admin())
             .await
             .unwrap();
         deliver(&b, &a).await;
@@ -683,7 +718,7 @@ mod tests {
             ..Default::default()
         };
         a.at(3_000_000)
-            .update_device(&cid(), &id("dev1"), patch)
+            .update_device(&cid(), &id("dev1"), patch, &admin())
             .await
             .unwrap();
         deliver(&a, &b).await;
@@ -710,7 +745,12 @@ mod tests {
         deliver(&a, &b).await;
         // During an outage: both edit dev1; the Target later, with a skewed clock.
         a.at(3_000_000)
-            .update_device(&cid(), &id("dev1"), tags(&[("floor", "3"), ("by", "a")]))
+            .update_device(
+                &cid(),
+                &id("dev1"),
+                tags(&[("floor", "3"), ("by", "a")]),
+                &admin(),
+            )
             .await
             .unwrap();
         let perms = vec![Permission {
@@ -726,6 +766,7 @@ mod tests {
                     state: Some(DeviceState::Locked),
                     ..tags(&[("floor", "4")])
                 },
+                &admin(),
             )
             .await
             .unwrap();
@@ -766,12 +807,12 @@ mod tests {
         let (a, b) = pair().await;
         deliver(&a, &b).await;
         a.at(5_000_000)
-            .delete_device(&cid(), &id("dev1"))
+            .delete_device(&cid(), &id("dev1"), &admin())
             .await
             .unwrap();
         // The Target edits later by its clock, without having seen the delete.
         b.at(6_000_000)
-            .update_device(&cid(), &id("dev1"), tags(&[("late", "edit")]))
+            .update_device(&cid(), &id("dev1"), tags(&[("late", "edit")]), &admin())
             .await
             .unwrap();
         deliver(&a, &b).await;
@@ -801,7 +842,7 @@ mod tests {
 
         // Re-created on the Target: back on both sides, without the old fields.
         b.at(8_000_000)
-            .create_device(&cid(), new_device("dev1", &[("new", "life")]))
+            .create_device(&cid(), new_device("dev1", &[("new", "life")]), &admin())
             .await
             .unwrap();
         b.store.outbox_acked(&cid(), 0).await.unwrap();
@@ -857,11 +898,149 @@ mod tests {
         );
     }
 
+    /// A page of `site`'s audit log (of one device when `identity` is given).
+    async fn audit(
+        site: &Site,
+        identity: Option<&str>,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Vec<AuditEntry> {
+        let query = AuditQuery {
+            identity: identity.map(id),
+            before,
+            limit,
+        };
+        site.store.device_audit(&cid(), query).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_audit_log_says_who_changed_what_on_each_side() {
+        let (a, b) = pair().await;
+        deliver(&a, &b).await;
+        let on_b = audit(&b, Some("dev1"), None, 10).await;
+        assert_eq!(on_b.len(), 1, "{on_b:?}");
+        assert_eq!(on_b[0].action, AuditAction::Created);
+        assert_eq!(on_b[0].by, Actor::Peer("site-a".into()));
+
+        // An edit through the Target's API reaches the Source as the peer's.
+        let ops = Actor::Token("ops".into());
+        b.at(2_000_000)
+            .update_device(&cid(), &id("dev1"), tags(&[("floor", "2")]), &ops)
+            .await
+            .unwrap();
+        a.now.store(2_500_000, Ordering::SeqCst);
+        deliver(&b, &a).await;
+        let on_a = audit(&a, Some("dev1"), None, 10).await;
+        let floor = vec![FieldChange {
+            field: "tags.floor".into(),
+            from: Some(json!("1")),
+            to: Some(json!("2")),
+        }];
+        assert_eq!(on_a.len(), 2, "{on_a:?}");
+        assert_eq!(
+            (on_a[0].action, &on_a[0].by, on_a[0].at, &on_a[0].changes),
+            (
+                AuditAction::Changed,
+                &Actor::Peer("site-b".into()),
+                2_500_000,
+                &floor
+            ),
+            "newest first: the peer's edit, stamped when the Source stored it"
+        );
+        assert_eq!(
+            (on_a[1].action, &on_a[1].by),
+            (AuditAction::Created, &admin())
+        );
+        let on_b = audit(&b, Some("dev1"), None, 10).await;
+        assert_eq!((&on_b[0].by, &on_b[0].changes), (&ops, &floor));
+
+        // What changes nothing visible leaves no entry; a new token and a delete do.
+        b.store
+            .update_device(&cid(), &id("dev1"), tags(&[("floor", "2")]), &admin())
+            .await
+            .unwrap();
+        b.store
+            .set_device_token(&cid(), &id("dev1"), [9; 32], &admin())
+            .await
+            .unwrap();
+        a.at(3_000_000)
+            .delete_device(&cid(), &id("dev1"), &admin())
+            .await
+            .unwrap();
+        deliver(&a, &b).await;
+        let on_b = audit(&b, None, None, 10).await;
+        let actions: Vec<_> = on_b.iter().map(|e| e.action).collect();
+        assert_eq!(
+            actions,
+            [
+                AuditAction::Deleted,
+                AuditAction::Token,
+                AuditAction::Changed,
+                AuditAction::Created
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_audit_log_keeps_the_newest_entries_of_each_device_and_pages() {
+        let a = Site::open("site-a");
+        create_plant(&a.store).await;
+        // Distinct lengths: the fixture derives tokens from them.
+        for d in ["dev1", "pump-2"] {
+            a.store
+                .create_device(&cid(), new_device(d, &[]), &admin())
+                .await
+                .unwrap();
+        }
+        let per_device = audit::PER_DEVICE;
+        for i in 0..per_device + 5 {
+            a.at(2_000_000 + i)
+                .update_device(
+                    &cid(),
+                    &id("dev1"),
+                    tags(&[("n", &i.to_string())]),
+                    &admin(),
+                )
+                .await
+                .unwrap();
+        }
+        let dev1 = audit(&a, Some("dev1"), None, 1000).await;
+        assert_eq!(dev1.len() as i64, per_device, "only the newest are kept");
+        assert_eq!(
+            dev1[0].changes[0].to,
+            Some(json!((per_device + 4).to_string()))
+        );
+        assert!(dev1.iter().all(|e| e.action == AuditAction::Changed));
+        // Another device's entries are not counted against it.
+        let dev2 = audit(&a, Some("pump-2"), None, 10).await;
+        assert_eq!(dev2.len(), 1);
+
+        // The connector's log in pages of 30, newest first, each entry once.
+        let (mut seen, mut before) = (Vec::new(), None);
+        loop {
+            let page = audit(&a, None, before, 30).await;
+            let Some(last) = page.last() else { break };
+            before = Some(last.id);
+            seen.extend(page.iter().map(|e| e.id));
+        }
+        assert_eq!(seen.len() as i64, per_device + 1);
+        assert!(seen.windows(2).all(|w| w[0] > w[1]), "{seen:?}");
+
+        // Past the age bound, an insert drops every older entry, of any device.
+        a.at(2_000_000 + per_device + 5 + audit::MAX_AGE_US)
+            .update_device(&cid(), &id("pump-2"), tags(&[("late", "yes")]), &admin())
+            .await
+            .unwrap();
+        let all = audit(&a, None, None, 1000).await;
+        assert_eq!(all.len(), 1, "{all:?}");
+        assert_eq!(all[0].identity, id("pump-2"));
+    }
+
     #[tokio::test]
     async fn expired_device_changes_are_sent_again_as_snapshots() {
         let (a, b) = pair().await;
         a.at(PART)
-            .update_device(&cid(), &id("dev1"), tags(&[("floor", "9")]))
+            .update_device(&cid(), &id("dev1"), tags(&[("floor", "9")]), &admin())
             .await
             .unwrap();
         // Nothing delivered; both the pairing snapshot and the edit expire.

@@ -37,3 +37,8 @@ pub async fn create_plant(store: &SqliteStore) {
         .await
         .unwrap();
 }
+
+/// The author of the tests' local device changes.
+pub fn admin() -> crate::Actor {
+    crate::Actor::User("admin".into())
+}

@@ -38,8 +38,8 @@
 //! and the shared lookups; `store_impl.rs` the [`Store`] trait, method by method;
 //! `series.rs` the time series (log, tail, blocks); `sync.rs` resource data sync;
 //! `outbox.rs` the outbox's stored records (a row per request);
-//! `devices.rs` device records and their convergence; `waiting.rs` points waiting for a
-//! missing resource.
+//! `devices.rs` device records and their convergence; `audit.rs` the device audit log;
+//! `waiting.rs` points waiting for a missing resource.
 //!
 //! Invariants: only the writer thread writes (and the migrations at open, before it
 //! starts); a write's caller hears back after its transaction committed, or with an error
@@ -68,6 +68,7 @@ use rows::*;
 use schema::*;
 
 mod alarms;
+mod audit;
 #[cfg(test)]
 mod crash_tests;
 mod device_count;

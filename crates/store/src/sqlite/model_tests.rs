@@ -123,6 +123,7 @@ async fn create_device(store: &SqliteStore, device: &str) {
                 token: [device.as_bytes()[1]; 32],
                 created_at: 1,
             },
+            &admin(),
         )
         .await
         .unwrap();
@@ -523,7 +524,7 @@ async fn run(ops: Vec<Op>, fold_points: usize, paired: bool) -> Result<(), TestC
             }
             Op::Recreate { device } => {
                 store
-                    .delete_device(&cid(), &id(DEVICES[device]))
+                    .delete_device(&cid(), &id(DEVICES[device]), &admin())
                     .await
                     .unwrap();
                 create_device(&store, DEVICES[device]).await;

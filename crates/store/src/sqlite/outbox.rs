@@ -625,6 +625,7 @@ mod tests {
                         token: [i as u8; 32],
                         created_at: 1,
                     },
+                    &admin(),
                 )
                 .await
                 .unwrap();

@@ -22,6 +22,7 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
     (10, include_str!("../../migrations/0010_outbox_records.sql")),
     (11, include_str!("../../migrations/0011_alarms.sql")),
     (12, include_str!("../../migrations/0012_sync_lanes.sql")),
+    (13, include_str!("../../migrations/0013_device_audit.sql")),
 ];
 
 /// A connection to the database with the store's settings (WAL, the synchronous level,

@@ -506,8 +506,8 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn create_device(&self, cid: &ConnectorId, new: NewDevice) -> Result<Device> {
-        let cid = cid.clone();
+    async fn create_device(&self, cid: &ConnectorId, new: NewDevice, by: &Actor) -> Result<Device> {
+        let (cid, by) = (cid.clone(), by.clone());
         let tail = Arc::clone(&self.tail);
         self.write_device(move |conn, ctx| {
             connector_exists(conn, &cid)?;
@@ -544,6 +544,7 @@ impl Store for SqliteStore {
                 &new.identity,
                 before,
                 devices::LocalEdit::Create(fields),
+                &by,
                 ctx,
             )?;
             get_device(conn, &cid, &new.identity, Some(&*lock_tail(&tail)?))
@@ -599,8 +600,9 @@ impl Store for SqliteStore {
         cid: &ConnectorId,
         identity: &Identity,
         patch: DevicePatch,
+        by: &Actor,
     ) -> Result<Device> {
-        let (cid, identity) = (cid.clone(), identity.clone());
+        let (cid, identity, by) = (cid.clone(), identity.clone(), by.clone());
         let tail = Arc::clone(&self.tail);
         self.write_device(move |conn, ctx| {
             connector_exists(conn, &cid)?;
@@ -673,6 +675,7 @@ impl Store for SqliteStore {
                 &identity,
                 before,
                 devices::LocalEdit::Edit(edit),
+                &by,
                 ctx,
             )?;
             get_device(conn, &cid, &identity, Some(&*lock_tail(&tail)?))
@@ -680,8 +683,13 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn delete_device(&self, cid: &ConnectorId, identity: &Identity) -> Result<()> {
-        let (cid, identity) = (cid.clone(), identity.clone());
+    async fn delete_device(
+        &self,
+        cid: &ConnectorId,
+        identity: &Identity,
+        by: &Actor,
+    ) -> Result<()> {
+        let (cid, identity, by) = (cid.clone(), identity.clone(), by.clone());
         self.write_device(move |conn, ctx| {
             connector_exists(conn, &cid)?;
             let id = device_id(conn, &cid, &identity)?;
@@ -693,6 +701,7 @@ impl Store for SqliteStore {
                 &identity,
                 before,
                 devices::LocalEdit::Delete,
+                &by,
                 ctx,
             )
         })
@@ -704,9 +713,10 @@ impl Store for SqliteStore {
         cid: &ConnectorId,
         identity: &Identity,
         token: TokenHash,
+        by: &Actor,
     ) -> Result<()> {
-        let (cid, identity) = (cid.clone(), identity.clone());
-        self.write(move |conn| {
+        let (cid, identity, by) = (cid.clone(), identity.clone(), by.clone());
+        self.write_device(move |conn, ctx| {
             connector_exists(conn, &cid)?;
             let n = conn
                 .execute(
@@ -717,7 +727,7 @@ impl Store for SqliteStore {
             if n == 0 {
                 return Err(StoreError::DeviceNotFound(identity));
             }
-            Ok(())
+            audit::insert(conn, &cid, &identity, ctx.now, &by, AuditAction::Token, &[])
         })
         .await
     }
@@ -965,6 +975,15 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             connector_exists(conn, &cid)?;
             device_count::count(conn, &cid, &query)
+        })
+        .await
+    }
+
+    async fn device_audit(&self, cid: &ConnectorId, query: AuditQuery) -> Result<Vec<AuditEntry>> {
+        let cid = cid.clone();
+        self.read(move |conn| {
+            connector_exists(conn, &cid)?;
+            audit::page(conn, &cid, &query)
         })
         .await
     }

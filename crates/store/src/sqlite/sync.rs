@@ -1105,6 +1105,7 @@ mod tests {
                         token: [d.len() as u8 + d.as_bytes()[3]; 32],
                         created_at: 1,
                     },
+                    &admin(),
                 )
                 .await
                 .unwrap();

@@ -1,7 +1,7 @@
 //! Unit tests of the SQLite store, mostly through the `Store` trait (the model proptest and
 //! the kill -9 tests have their own modules).
 
-use super::fixtures::create_plant;
+use super::fixtures::{admin, create_plant};
 use super::*;
 use serde_json::json;
 
@@ -55,6 +55,7 @@ async fn fixture_folding_at(fold_points: usize) -> (tempfile::TempDir, SqliteSto
                 token: [7; 32],
                 created_at: 1,
             },
+            &admin(),
         )
         .await
         .unwrap();
@@ -227,6 +228,7 @@ async fn device_filters_and_config() {
                     token: [u8::try_from(i).unwrap() + 10; 32],
                     created_at: 1,
                 },
+                &admin(),
             )
             .await
             .unwrap();
@@ -289,14 +291,20 @@ async fn device_filters_and_config() {
         config: Some([(mode.clone(), Some(json!("eco")))].into()),
         ..Default::default()
     };
-    let d = store.update_device(&cid(), &dev, patch).await.unwrap();
+    let d = store
+        .update_device(&cid(), &dev, patch, &admin())
+        .await
+        .unwrap();
     assert_eq!(d.config[&mode], Value::String("eco".into()));
     let temp = ResourceName::parse("temp").unwrap();
     let patch = DevicePatch {
         config: Some([(temp.clone(), Some(json!(1)))].into()),
         ..Default::default()
     };
-    let err = store.update_device(&cid(), &dev, patch).await.unwrap_err();
+    let err = store
+        .update_device(&cid(), &dev, patch, &admin())
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::NotSettable(_)), "{err}");
 }
 
@@ -524,6 +532,7 @@ async fn disk_bytes(paired: bool) {
                     token,
                     created_at: 1,
                 },
+                &admin(),
             )
             .await
             .unwrap();

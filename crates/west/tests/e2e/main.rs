@@ -2,6 +2,7 @@
 //! the public contract of docs/api.md. One test binary for the whole crate (see docs/style.md).
 
 mod alarms;
+mod audit;
 mod bench_nats;
 mod budget;
 mod cluster;

@@ -1,8 +1,8 @@
 //! The web UI in headless Chromium against a real `west site`: sign in through the form,
 //! create a connector (first refused with the Remote-Sync Target toggle on, the form kept
 //! filled in), a `number` resource and a device through the UI, write points with the device
-//! token the UI showed once, and watch them appear on the device page's chart without a
-//! reload.
+//! token the UI showed once (with the device API's URL and a request to copy, which works as
+//! shown), and watch them appear on the device page's chart without a reload.
 //!
 //! Screenshots of each main page at 1280×800 land in `target/ui-screenshots/` for a person to
 //! look at; the test asserts on the DOM, never on pixels.
@@ -179,6 +179,31 @@ async fn operator_creates_a_connector_resource_and_device_and_sees_data_on_the_c
         copy.as_deref() == Some(token.as_str()),
         "copy button carries the token"
     );
+    // The same page says where the device sends its data, with a command to copy.
+    let api_url = text(&b, "#device-api-url").await?;
+    ensure!(
+        api_url == format!("{}/api/v1/connectors/{cid}/devices/00AB01/data", site.url),
+        "device API URL {api_url:?}"
+    );
+    let curl = b.wait_for("#device-curl").await?;
+    let command = curl.text().await?;
+    let body = curl.attr("data-body").await?.unwrap_or_default();
+    ensure!(
+        command.starts_with(&format!("curl -X POST '{api_url}'"))
+            && command.contains(&format!("Authorization: Bearer {token}"))
+            && command.contains(&format!("-d '{body}'"))
+            && body.contains("temperature"),
+        "curl example {command:?} with body {body:?}"
+    );
+    let copy_command = b
+        .wait_for("#device-created .example button.copy")
+        .await?
+        .attr("data-copy")
+        .await?;
+    ensure!(
+        copy_command.as_deref() == Some(command.as_str()),
+        "{copy_command:?}"
+    );
     shot(&b, "04-device-created").await?;
 
     // The device page draws an empty chart, then the points written through the device API
@@ -260,6 +285,24 @@ async fn operator_creates_a_connector_resource_and_device_and_sees_data_on_the_c
             .await
             .is_err(),
         "the filter site:south must hide 00AB01"
+    );
+
+    // The example request of the device's start page works as shown, and the site never
+    // logged the token.
+    let example = testkit::Api::new(&site.url).with_token(&token);
+    let path = api_url
+        .strip_prefix(site.url.as_str())
+        .context("the device API URL is on this site")?;
+    let answer = example
+        .post_ok(
+            path,
+            serde_json::from_str(&body).context("the example body is JSON")?,
+        )
+        .await?;
+    ensure!(answer["accepted"] == 1, "{answer}");
+    ensure!(
+        !util::logged(&site.proc, &token),
+        "the site logged the device token"
     );
 
     // Resource settings: Remote-Sync toggle saved through the same function as the API.

@@ -2,8 +2,9 @@
 //! paired sites: a tag set with the device page's tag form on site-a shows on site-b's device
 //! page, a tag chip removed on site-b disappears from site-a's, and while site-b is down an
 //! edit on site-a is marked *pending* (the device page's badge, the Devices tab's mark) until
-//! site-b is back and has applied it; both marks then go away without a reload. A device
-//! page left open says when the device changed or was deleted under it.
+//! site-b is back and has applied it; both marks then go away without a reload. The device
+//! page's Changes section (the audit log) names who made each change, site-b's as the
+//! peer's. A device page left open says when the device changed or was deleted under it.
 //!
 //! Screenshots land in `target/ui-screenshots/4x-*.png` for a person to look at; the test
 //! asserts on the DOM only. Nothing sleeps: every wait polls with a deadline.
@@ -110,6 +111,19 @@ async fn a_tag_edited_on_one_sites_ui_shows_on_the_others() -> anyhow::Result<()
         "site-a made no change that site-b lacks"
     );
     shot(&b, "42-tag-arrived-on-site-a").await?;
+
+    // The device page's Changes section says who did what: site-b's edits as the peer's,
+    // site-a's own operator by name, and the changes page has the same.
+    let peer = wait_text(&b, "#audit tbody tr:first-child", "site-b (peer)").await?;
+    ensure!(peer.contains("tags.floor: — → 2"), "{peer}");
+    let removed = wait_text(&b, "#audit tbody tr:nth-child(2)", "site-b (peer)").await?;
+    ensure!(removed.contains("tags.site: north → —"), "{removed}");
+    let own = wait_text(&b, "#audit tr[data-by-kind='user']", "admin").await?;
+    ensure!(own.contains("tags.rack: — → 4"), "{own}");
+    shot(&b, "42a-changes-section").await?;
+    click(&b, "#audit-all").await?;
+    wait_text(&b, "#audit tbody tr:first-child", "site-b (peer)").await?;
+    wait_text(&b, "#audit tbody tr:last-child", "Created").await?;
 
     // Site-b goes down: site-a's next edit cannot reach it, and says so on the device page
     // and in the Devices tab.
