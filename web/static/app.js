@@ -256,11 +256,11 @@
         }
         return;
       }
-      // Tags, permissions, state or configuration changed since the page was rendered:
-      // the editable parts are server-rendered forms, so say so rather than rewrite them.
-      if (changed && host.dataset.managed) {
+      // Tags, permissions, state or configuration changed since the page was rendered and
+      // the live stream's `device` event did not say so (it was down, say): rewrite them.
+      if (host.dataset.managed) {
         const now = JSON.stringify([d.tags, d.permissions, d.state, d.config]);
-        changed.hidden = now === host.dataset.managed;
+        if (now !== host.dataset.managed) refreshDevice();
       }
       for (const [name, p] of Object.entries(d.values || {})) {
         $$(`[data-value-of="${name}"]`).forEach((el) => {
@@ -272,9 +272,77 @@
       if (seen && d.last_seen) seen.replaceChildren(timeHtml(d.last_seen, true));
       // Paired connectors: the pending badge stays while the peer has not applied this
       // site's latest change of the device.
+      // While the Remote view reaches the peer, it decides the badge (below), so that the
+      // two never disagree.
       const pending = $("#device-pending");
-      if (pending && d.sync) pending.hidden = !d.sync.pending;
+      if (pending && d.sync && peerPending === null) pending.hidden = !d.sync.pending;
     } catch (_) { /* the next poll tries again; charts show errors */ }
+  }
+
+  // ---- A device page that stays live ---------------------------------------------------
+  // State, tags, permissions, configuration and the Changes list are server-rendered forms.
+  // When the device changes (a `device` event on the live stream, or the poll above finding
+  // its fields differ from the page's), the page asks the server for itself again and swaps
+  // in each `data-live-section`, except one the operator is typing in (focused, or edited
+  // and not submitted): that one is left as it is, nothing typed is lost, and the banner
+  // offers a reload.
+
+  // Whether the pending badge shows, as the Remote view last decided it (null: the Remote
+  // view is not on the page or cannot reach the peer, and the device API decides).
+  let peerPending = null;
+  let refreshing = null;
+
+  function editing(section) {
+    const focused = document.activeElement;
+    if (focused && section.contains(focused) && focused.matches("input, select, textarea")) return true;
+    return $$("input:not([type=hidden]), textarea", section).some((i) => i.value !== i.defaultValue) ||
+      $$("select", section).some((sel) => {
+        // A select with no option marked selected starts at its first.
+        const start = Array.from(sel.options).findIndex((o) => o.defaultSelected);
+        return sel.selectedIndex !== Math.max(start, 0);
+      });
+  }
+
+  function refreshDevice() {
+    if (refreshing) return refreshing;
+    refreshing = (async () => {
+      const host = $("[data-device-src]");
+      const res = await fetch(location.href, { credentials: "same-origin", headers: { Accept: "text/html" } });
+      if (!host || !res.ok) return; // deleted: the poll and the stream say so
+      const doc = new DOMParser().parseFromString(await res.text(), "text/html");
+      const fresh = $("[data-device-src]", doc);
+      if (!fresh) return;
+      let kept = false;
+      for (const next of $$("[data-live-section]", doc)) {
+        const cur = $(`[data-live-section="${next.dataset.liveSection}"]`);
+        if (!cur) continue;
+        if (editing(cur)) { kept = true; continue; }
+        cur.replaceWith(next);
+        paintTimes(next);
+      }
+      const pending = $("#device-pending");
+      if (pending && peerPending !== null) pending.hidden = !peerPending;
+      if (!kept) host.dataset.managed = fresh.dataset.managed;
+      const changed = $("#device-changed");
+      if (changed) changed.hidden = !kept;
+      host.dataset.refreshed = String((Number(host.dataset.refreshed) || 0) + 1);
+    })().catch(() => { /* the next poll tries again */ }).finally(() => { refreshing = null; });
+    return refreshing;
+  }
+
+  function onDeviceEvent(e) {
+    let changes;
+    try { changes = JSON.parse(e.data).changes || []; } catch (_) { return; }
+    if (changes.some((c) => c.action === "deleted")) {
+      const changed = $("#device-changed");
+      if (changed) {
+        $("#device-changed-text").textContent = "This device was deleted since the page was shown.";
+        changed.hidden = false;
+      }
+      return;
+    }
+    refreshDevice();
+    if ($("[data-remote-device]")) pollRemoteDevice();
   }
 
   // ---- Charts ----------------------------------------------------------------------------
@@ -611,6 +679,7 @@
       charts.forEach((c) => { c.live = false; });
     });
     es.addEventListener("lagged", () => charts.forEach((c) => c.reload()));
+    es.addEventListener("device", onDeviceEvent);
     es.addEventListener("points", (e) => {
       let batch;
       try { batch = JSON.parse(e.data).points || []; } catch (_) { return; }
@@ -813,6 +882,7 @@
         table.hidden = true;
         verdict.replaceChildren();
         host.dataset.state = remote.status === 503 ? "offline" : "error";
+        peerPending = null;
         stamp(host, ".remote-updated", "tried");
         return;
       }
@@ -837,6 +907,11 @@
       else if (differs) { word = differs === 1 ? "1 field differs" : `${differs} fields differ`; cls = "warn"; }
       else { word = "Same on both sites"; cls = "on"; }
       verdict.replaceChildren(node("span", "pill " + cls, word));
+      // The pending badge agrees with this view: this site's latest change is on its way
+      // while the device API says so and the peer's record does not show it yet.
+      peerPending = !!(l && l.sync && l.sync.pending && (differs > 0 || !r));
+      const badge = $("#device-pending");
+      if (badge) badge.hidden = !peerPending;
       host.dataset.state = "ok";
       host.dataset.differs = String(differs);
       stamp(host, ".remote-updated");

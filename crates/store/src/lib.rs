@@ -252,7 +252,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Point>>;
     /// Subscribes to the points made durable from now on: one [`LiveBatch`] per connector
     /// and commit, sent once the commit is durable and before its caller hears back, in
-    /// commit order (so each series in the order written, each point once). A receiver that
+    /// commit order (so each series in the order written, each point once); the device
+    /// changes of a commit follow its points as batches of their audit entries. A receiver that
     /// falls more than [`LIVE_CAPACITY`] batches behind misses the oldest and is told how
     /// many (`RecvError::Lagged`).
     fn live(&self) -> tokio::sync::broadcast::Receiver<std::sync::Arc<LiveBatch>>;

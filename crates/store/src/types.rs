@@ -287,6 +287,9 @@ pub struct LiveBatch {
     pub connector: ConnectorId,
     /// In the order they were written.
     pub points: Vec<LivePoint>,
+    /// The changes of the connector's devices the commit made (local edits, or the peer's
+    /// applied), as their audit entries, in order. A batch holds points or device changes.
+    pub devices: Vec<AuditEntry>,
 }
 
 /// One point of a [`LiveBatch`].

@@ -12,7 +12,11 @@
 //! the site that took the request; on a Target as the Source's batches carry them (in time
 //! order within a batch). `device=`
 //! and `resource=` keep only that device's or resource's points (an event with none left
-//! is not sent). A client too slow to keep up gets `event: lagged` with `{"missed": N}`
+//! is not sent). Each commit that changes devices of the connector (an edit here, or the
+//! peer's applied) also becomes one `device` event, `{"changes": [AuditEntry, …]}` (the
+//! entries of the audit log, docs/api.md), kept to the one device by `device=`; this is how
+//! an open device page rewrites its tags, permissions and configuration in place. A client
+//! too slow to keep up gets `event: lagged` with `{"missed": N}`
 //! (commits it will not see; read them with the data API) and the stream goes on.
 //! Authentication as for reads (a user's token or session).
 
@@ -26,6 +30,7 @@ use store::LiveBatch;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::extract::QueryPairs;
+use super::render::audit_entry_json;
 use crate::auth::User;
 use crate::error::ApiError;
 use crate::ops::{connector_id, identity, resource_name};
@@ -66,7 +71,8 @@ pub async fn live(
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 
-/// The `points` event of a batch for this stream, if any of its points pass the filters.
+/// The event of a batch for this stream, if any of it passes the filters: `points`, or
+/// `device` for a batch of device changes (only the `device` filter applies to those).
 fn render(
     batch: &LiveBatch,
     cid: &proto::model::ConnectorId,
@@ -75,6 +81,19 @@ fn render(
 ) -> Option<Event> {
     if &batch.connector != cid {
         return None;
+    }
+    if !batch.devices.is_empty() {
+        let changes: Vec<_> = batch
+            .devices
+            .iter()
+            .filter(|e| device.is_none_or(|d| &e.identity == d))
+            .map(audit_entry_json)
+            .collect();
+        return (!changes.is_empty()).then(|| {
+            Event::default()
+                .event("device")
+                .data(json!({ "changes": changes }).to_string())
+        });
     }
     let points: Vec<Shown<'_>> = batch
         .points

@@ -13,9 +13,14 @@
 //! changes read alike, and a change that made no visible difference (a patch to the values
 //! a device already has, or a peer's edit that lost to a newer one here) leaves no entry.
 //!
+//! Every entry also goes out on the store's live stream (`Store::live`, in the batch of its
+//! connector after the commit), which is how an open device page hears of a change.
+//!
 //! Bounds, kept by every insert: the newest [`PER_DEVICE`] entries of a device, none older
 //! than [`MAX_AGE_US`]. Both deletes walk an index, so an insert costs a few index seeks
 //! whatever the log holds.
+
+use std::cell::RefCell;
 
 use proto::model::{ConnectorId, Identity};
 use proto::sync::DeviceView;
@@ -23,7 +28,9 @@ use rusqlite::{Connection, params};
 use serde_json::{Value as Json, json};
 
 use super::{backend, identity_col, select_rows, to_json_text};
-use crate::{Actor, AuditAction, AuditEntry, AuditQuery, FieldChange, Result, StoreError};
+use crate::{
+    Actor, AuditAction, AuditEntry, AuditQuery, FieldChange, LiveBatch, Result, StoreError,
+};
 
 /// Entries kept per device: the newest this many.
 pub(super) const PER_DEVICE: i64 = 100;
@@ -112,6 +119,17 @@ pub(super) fn insert(
         ])
     })
     .map_err(backend(op))?;
+    if super::series::listening() {
+        let entry = AuditEntry {
+            id: u64::try_from(conn.last_insert_rowid()).unwrap_or(0),
+            identity: identity.clone(),
+            at,
+            by: by.clone(),
+            action,
+            changes: changes.to_vec(),
+        };
+        LIVE.with_borrow_mut(|l| l.push((cid.clone(), entry)));
+    }
     conn.prepare_cached(
         "DELETE FROM device_audit WHERE connector = ?1 AND identity = ?2 AND id <= (
              SELECT id FROM device_audit WHERE connector = ?1 AND identity = ?2
@@ -123,6 +141,41 @@ pub(super) fn insert(
         .and_then(|mut s| s.execute([at.saturating_sub(MAX_AGE_US)]))
         .map_err(backend("trimming the audit log"))?;
     Ok(())
+}
+
+thread_local! {
+    /// The entries of the writer's open transaction for the live stream, while anyone
+    /// listens (`series::listening`): the writer sends them after the commit, drops those of
+    /// a job whose savepoint rolled back.
+    static LIVE: RefCell<Vec<(ConnectorId, AuditEntry)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Where the current job's entries start (to drop them if its savepoint rolls back).
+pub(super) fn mark() -> usize {
+    LIVE.with_borrow(Vec::len)
+}
+
+/// Drops the entries of a job whose savepoint rolled back.
+pub(super) fn rollback_to(mark: usize) {
+    LIVE.with_borrow_mut(|l| l.truncate(mark));
+}
+
+/// The entries of the transaction just ended (emptied whether it committed or not), one
+/// batch per run of a connector.
+pub(super) fn take_live() -> Vec<LiveBatch> {
+    let entries = LIVE.with_borrow_mut(std::mem::take);
+    let mut out: Vec<LiveBatch> = Vec::new();
+    for (connector, entry) in entries {
+        match out.last_mut() {
+            Some(b) if b.connector == connector => b.devices.push(entry),
+            _ => out.push(LiveBatch {
+                connector,
+                points: Vec::new(),
+                devices: vec![entry],
+            }),
+        }
+    }
+    out
 }
 
 /// Records the change of a device from `before` to `after`, if it made a visible one.

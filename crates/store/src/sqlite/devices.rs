@@ -982,6 +982,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn device_changes_go_out_on_the_live_stream_once_committed() {
+        let a = Site::open("site-a");
+        create_plant(&a.store).await;
+        let mut live = a.store.live();
+        a.store
+            .create_device(&cid(), new_device("dev1", &[]), &admin())
+            .await
+            .unwrap();
+        // A refused change sends nothing.
+        let bad = DevicePatch {
+            config: Some([(name("nope"), Some(json!(1)))].into()),
+            ..tags(&[("floor", "9")])
+        };
+        a.store
+            .update_device(&cid(), &id("dev1"), bad, &admin())
+            .await
+            .unwrap_err();
+        a.store
+            .update_device(&cid(), &id("dev1"), tags(&[("floor", "2")]), &admin())
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        while let Ok(batch) = live.try_recv() {
+            assert_eq!(batch.connector, cid());
+            assert!(batch.points.is_empty());
+            seen.extend(batch.devices.iter().map(|e| (e.action, e.changes.len())));
+        }
+        assert_eq!(
+            seen,
+            [(AuditAction::Created, 1), (AuditAction::Changed, 1)],
+            "the creation (its state), then the good edit only"
+        );
+    }
+
+    #[tokio::test]
     async fn the_audit_log_keeps_the_newest_entries_of_each_device_and_pages() {
         let a = Site::open("site-a");
         create_plant(&a.store).await;

@@ -335,6 +335,7 @@ pub(super) fn writer(
         for job in batch.drain(..) {
             let savepoint = conn.execute_batch("SAVEPOINT job");
             let mark = series::mark();
+            let audit_mark = super::audit::mark();
             let mut done = job(Ok(&conn));
             // The job's points, one log row: its last write, inside its savepoint.
             if done.ok
@@ -349,6 +350,7 @@ pub(super) fn writer(
             }
             if !done.ok {
                 series::rollback_to(mark);
+                super::audit::rollback_to(audit_mark);
             }
             if savepoint.is_ok() {
                 let end = if done.ok {
@@ -366,7 +368,8 @@ pub(super) fn writer(
             .execute_batch("COMMIT")
             .map_err(|e| CommitFailure::new("committing", &e));
         let ops = series::take_ops();
-        let live = series::take_live();
+        let mut live = series::take_live();
+        live.extend(super::audit::take_live());
         if let Err(failure) = &commit {
             tracing::error!(error = %failure.message, "commit failed; rolling back");
             let _ = conn.execute_batch("ROLLBACK");

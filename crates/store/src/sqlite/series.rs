@@ -321,6 +321,12 @@ pub(super) fn listen(on: bool) {
     LISTENED.set(on);
 }
 
+/// Whether anyone listens to the live stream during this transaction (`audit.rs` collects
+/// device changes for it too).
+pub(super) fn listening() -> bool {
+    LISTENED.get()
+}
+
 /// The live points of the transaction just ended, one batch per run of a connector.
 pub(super) fn take_live() -> Vec<LiveBatch> {
     let points = LIVE.with_borrow_mut(std::mem::take);
@@ -331,6 +337,7 @@ pub(super) fn take_live() -> Vec<LiveBatch> {
             _ => out.push(LiveBatch {
                 connector,
                 points: vec![point],
+                devices: Vec::new(),
             }),
         }
     }

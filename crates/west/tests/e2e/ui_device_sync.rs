@@ -4,7 +4,9 @@
 //! edit on site-a is marked *pending* (the device page's badge, the Devices tab's mark) until
 //! site-b is back and has applied it; both marks then go away without a reload. The device
 //! page's Changes section (the audit log) names who made each change, site-b's as the
-//! peer's. A device page left open says when the device changed or was deleted under it.
+//! peer's. A device page left open follows the peer's changes of tags, permissions, state
+//! and configuration in place, keeps what the operator is typing (and then offers a
+//! reload), and says when the device was deleted under it.
 //!
 //! Screenshots land in `target/ui-screenshots/4x-*.png` for a person to look at; the test
 //! asserts on the DOM only. Nothing sleeps: every wait polls with a deadline.
@@ -189,24 +191,135 @@ async fn a_tag_edited_on_one_sites_ui_shows_on_the_others() -> anyhow::Result<()
     shot(&b, "48-new-token").await?;
     b.goto(&page_b).await?;
 
-    // A page left open says when the device changes under it, and when it is deleted.
-    ensure!(!shown(&b, "#device-changed").await?, "nothing changed yet");
+    // A page left open follows the device's changes on the peer in place (the state badge
+    // and its button, tags, the Changes list), without a reload, and says when it is
+    // deleted.
+    b.client
+        .execute("window.notReloaded = true; return null;", vec![])
+        .await?;
     a.patch_ok(
         &format!("/api/v1/connectors/{cid}/devices/pump-1"),
-        json!({"state": "locked"}),
+        json!({"state": "locked", "tags": {"floor": "3", "mode": "eco"}}),
     )
     .await?;
-    eventually("the open page to notice the change", DEADLINE, || async {
-        Ok(shown(&b, "#device-changed").await?.then_some(()))
-    })
-    .await?;
-    wait_text(&b, "#device-changed", "changed since the page was shown").await?;
-    shot(&b, "47-changed-under-the-page").await?;
-    click(&b, "#device-changed a").await?;
     wait_text(&b, ".device-head h2", "locked").await?;
-    ensure!(!shown(&b, "#device-changed").await?, "reloaded, up to date");
+    wait_text(&b, ".device-head", "Unlock device").await?;
+    b.wait_for(&chip("floor", "3")).await?;
+    wait_text(&b, "#audit tbody tr:first-child", "site-a (peer)").await?;
+    ensure!(
+        b.client
+            .execute("return window.notReloaded === true;", vec![])
+            .await?
+            == json!(true),
+        "the page was rewritten in place, not reloaded"
+    );
+    ensure!(
+        !shown(&b, "#device-changed").await?,
+        "up to date, no banner"
+    );
+    shot(&b, "47-changed-in-place").await?;
     a.delete(&format!("/api/v1/connectors/{cid}/devices/pump-1"))
         .await?;
     wait_text(&b, "#device-changed", "was deleted").await?;
+    b.close().await
+}
+
+/// Settable `setpoint` on both sites and device `pump-1` on both; the device page of
+/// site-a open in `b`.
+async fn device_page_open(
+    b: &Browser,
+    sites: &[testkit::SiteProc],
+    cid: &str,
+    tid: &str,
+) -> anyhow::Result<(testkit::Api, String)> {
+    let (a, b_api) = (sites[0].admin().await?, sites[1].admin().await?);
+    for (api, id) in [(&a, cid), (&b_api, tid)] {
+        api.post_ok(
+            &format!("/api/v1/connectors/{id}/resources"),
+            json!({"name": "setpoint", "format": "number", "settable": true}),
+        )
+        .await?;
+    }
+    a.post_ok(
+        &format!("/api/v1/connectors/{cid}/devices"),
+        json!({"identity": "pump-1", "tags": {"site": "north"}}),
+    )
+    .await?;
+    util::wait_device(&b_api, tid, "pump-1", "pump-1 on site-b", |d| d.is_some()).await?;
+    sign_in(b, &sites[0].url, &sites[0].opts.admin_password).await?;
+    let page = format!("{}/connectors/{cid}/devices/pump-1", sites[0].url);
+    b.goto(&page).await?;
+    b.wait_for("h2.identity").await?;
+    Ok((b_api, page))
+}
+
+#[tokio::test]
+async fn an_open_device_page_follows_the_peers_edits_in_place_and_keeps_what_is_being_typed()
+-> anyhow::Result<()> {
+    let (_hub, sites, cid, tid) = util::paired_sites().await?;
+    let b = Browser::start().await?;
+    let (peer, _) = device_page_open(&b, &sites, &cid, &tid).await?;
+    b.client
+        .execute("window.notReloaded = true; return null;", vec![])
+        .await?;
+
+    // Site-b's operator changes tags, permissions and configuration: site-a's open page
+    // shows each in place, with the change in its Changes list.
+    peer.patch_ok(
+        &format!("/api/v1/connectors/{tid}/devices/pump-1"),
+        json!({"tags": {"site": "north", "rack": "7"},
+               "permissions": [{"principal": "ops", "access": "write"}],
+               "config": {"setpoint": 21.5}}),
+    )
+    .await?;
+    b.wait_for(&chip("rack", "7")).await?;
+    wait_text(&b, "#permissions", "ops").await?;
+    let access = b
+        .wait_for("#permissions select[aria-label='Access of ops']")
+        .await?
+        .prop("value")
+        .await?;
+    ensure!(access.as_deref() == Some("write"), "{access:?}");
+    let desired = b
+        .wait_for("#config input[aria-label='Desired setpoint']")
+        .await?
+        .prop("value")
+        .await?;
+    ensure!(desired.as_deref() == Some("21.5"), "{desired:?}");
+    let row = wait_text(&b, "#audit tbody tr:first-child", "site-b (peer)").await?;
+    ensure!(row.contains("config.setpoint: — → 21.5"), "{row}");
+    ensure!(
+        !shown(&b, "#device-changed").await?,
+        "no banner when all is shown"
+    );
+    shot(&b, "49-peer-edit-in-place").await?;
+
+    // The operator is typing a desired value when the peer changes the device again: what
+    // they typed stays, the other sections follow, and the banner offers a reload.
+    fill(&b, "#config input[aria-label='Desired setpoint']", "19").await?;
+    peer.patch_ok(
+        &format!("/api/v1/connectors/{tid}/devices/pump-1"),
+        json!({"tags": {"site": "south"}, "config": {"setpoint": 23}}),
+    )
+    .await?;
+    b.wait_for(&chip("site", "south")).await?;
+    wait_text(&b, "#device-changed", "changed since the page was shown").await?;
+    let typed = b
+        .wait_for("#config input[aria-label='Desired setpoint']")
+        .await?
+        .prop("value")
+        .await?;
+    ensure!(
+        typed.as_deref() == Some("19"),
+        "the typed value stays: {typed:?}"
+    );
+    ensure!(
+        b.client
+            .execute("return window.notReloaded === true;", vec![])
+            .await?
+            == json!(true),
+        "the page was rewritten in place, not reloaded"
+    );
+    shot(&b, "50-typing-kept").await?;
     b.close().await
 }
