@@ -410,13 +410,23 @@
       this.table = fig.dataset.table ? document.getElementById(fig.dataset.table) : null;
       this.points = [];
       this.truncated = false;
+      // Charts of a device's resource ask the server to downsample (data-buckets): a dense
+      // range comes as min/max buckets, about one per pixel column. They can also show a
+      // window of their own (zoom, custom range) instead of "the last N hours".
+      this.drawn = fig.dataset.buckets !== undefined;
+      this.window = null;
+      this.bucketed = 0;
       this.polls = 0;
       this.gen = 0;
       this.busy = false;
       if (this.svg) {
         new ResizeObserver(() => this.draw()).observe(this.svg);
-        this.svg.addEventListener("mousemove", (e) => this.hover(e));
+        this.svg.addEventListener("mousemove", (e) => { this.dragMove(e); this.hover(e); });
         this.svg.addEventListener("mouseleave", () => this.unhover());
+        if (this.drawn) {
+          this.svg.addEventListener("mousedown", (e) => this.dragStart(e));
+          window.addEventListener("mouseup", (e) => this.dragEnd(e));
+        }
       }
     }
 
@@ -447,18 +457,93 @@
     setRange(r) {
       if (!(r in RANGES)) return;
       this.range = r;
+      this.window = null;
       this.fig.dataset.range = r;
       this.reload();
+    }
+
+    // The time span shown, in ms: the window when zoomed or chosen, else the last range.
+    span() {
+      if (this.window) return this.window;
+      const t1 = Date.now();
+      return [t1 - RANGES[this.range], t1];
+    }
+
+    setWindow(w) {
+      this.window = w;
+      this.reload();
+    }
+
+    // Points, or buckets of a dense range, over the span: one request.
+    async fetchDrawn(gen) {
+      const [t0, t1] = this.span();
+      const u = new URL(this.src, location.origin);
+      u.searchParams.set("since", String(Math.max(0, Math.floor(t0 * 1000))));
+      u.searchParams.set("until", String(Math.ceil(t1 * 1000) + 1));
+      const cols = Math.max(100, Math.min(1000, Math.floor((this.svg && this.svg.clientWidth) || 600)));
+      u.searchParams.set("buckets", String(cols));
+      const body = await getJson(u);
+      if (gen !== this.gen) return null;
+      if (body.points) return { points: body.points, buckets: 0, total: body.points.length };
+      // A bucket is drawn as its first point, its least and greatest values at its middle
+      // (in the order that keeps the line's shape) and its last point.
+      const out = [];
+      let total = 0;
+      for (const b of body.buckets || []) {
+        total += b.n;
+        const mid = Math.floor((b.from + b.until) / 2);
+        const lowFirst = b.first.v >= b.last.v;
+        const ext = lowFirst ? [b.min, b.max] : [b.max, b.min];
+        out.push({ t: b.first.t, v: b.first.v });
+        if (b.n > 2) out.push({ t: mid, v: ext[0] }, { t: mid, v: ext[1] });
+        if (b.n > 1) out.push({ t: b.last.t, v: b.last.v });
+      }
+      return { points: out, buckets: (body.buckets || []).length, total };
+    }
+
+    // Zoom by dragging across the chart: the span under the drag becomes every chart's
+    // window on this page.
+    dragStart(e) {
+      if (!this.scale || e.button !== 0) return;
+      const r = this.svg.getBoundingClientRect();
+      this.drag = { x0: e.clientX - r.left, rect: null };
+      e.preventDefault();
+    }
+
+    dragMove(e) {
+      if (!this.drag || !this.scale) return;
+      const r = this.svg.getBoundingClientRect();
+      const x = e.clientX - r.left, { m } = this.scale;
+      if (!this.drag.rect) this.drag.rect = el("rect", { class: "zoom-sel", y: m.t, height: Math.max(0, this.svg.clientHeight - m.t - m.b) }, this.svg);
+      this.drag.rect.setAttribute("x", String(Math.min(x, this.drag.x0)));
+      this.drag.rect.setAttribute("width", String(Math.abs(x - this.drag.x0)));
+    }
+
+    dragEnd(e) {
+      const drag = this.drag;
+      this.drag = null;
+      if (!drag) return;
+      if (drag.rect) drag.rect.remove();
+      const r = this.svg.getBoundingClientRect();
+      const x1 = e.clientX - r.left;
+      if (Math.abs(x1 - drag.x0) < 5 || !this.scale) return;
+      const { t0, t1, m, pw } = this.scale;
+      const at = (x) => t0 + ((Math.min(Math.max(x, m.l), m.l + pw) - m.l) / pw) * (t1 - t0);
+      const a = at(Math.min(drag.x0, x1)), b = at(Math.max(drag.x0, x1));
+      if (b - a >= 1000) setWindow([a, b]);
     }
 
     async reload() {
       const gen = ++this.gen;
       this.busy = true;
       try {
-        const got = await this.fetchSince((Date.now() - RANGES[this.range]) * 1000, gen);
+        const got = this.drawn ? await this.fetchDrawn(gen) : await this.fetchSince((Date.now() - RANGES[this.range]) * 1000, gen);
         if (!got) return;
         this.points = got.points;
-        this.truncated = got.truncated;
+        this.truncated = !!got.truncated;
+        this.bucketed = got.buckets || 0;
+        this.total = got.total;
+        if (this.bucketed && this.table) await this.fetchRecent(gen);
         this.error = null;
       } catch (e) {
         this.error = e.message;
@@ -467,8 +552,23 @@
       }
     }
 
+    // The newest points of the span, for the table under a bucketed chart.
+    async fetchRecent(gen) {
+      const [t0, t1] = this.span();
+      const u = new URL(this.src, location.origin);
+      u.searchParams.set("since", String(Math.max(0, Math.floor(t0 * 1000))));
+      u.searchParams.set("until", String(Math.ceil(t1 * 1000) + 1));
+      u.searchParams.set("order", "desc");
+      u.searchParams.set("limit", "100");
+      const body = await getJson(u);
+      if (gen === this.gen) this.recent = (body.points || []).slice().reverse();
+    }
+
     async poll() {
       if (this.busy || document.hidden) return;
+      // A chosen window is fixed; a downsampled range is read again once a minute.
+      if (this.window) return;
+      if (this.bucketed) { if (++this.polls % 12 === 0) this.reload(); return; }
       // A full reload now and then also picks up points written late with older times.
       if (++this.polls % 12 === 0 || this.truncated) return this.reload();
       // On the live stream, new points arrive by themselves.
@@ -497,11 +597,15 @@
       if (this.status) {
         this.status.textContent = this.error
           ? `Could not load data: ${this.error}`
-          : `${n.toLocaleString()} ${this.noun}${n === 1 ? "" : "s"}${this.truncated ? " (first " + MAX_POINTS.toLocaleString() + " shown)" : ""} · updated ${localText(Date.now()).slice(11)}`;
+          : this.bucketed
+            ? `${(this.total || 0).toLocaleString()} ${this.noun}s in ${this.bucketed.toLocaleString()} buckets · updated ${localText(Date.now()).slice(11)}`
+            : `${n.toLocaleString()} ${this.noun}${n === 1 ? "" : "s"}${this.truncated ? " (first " + MAX_POINTS.toLocaleString() + " shown)" : ""} · updated ${localText(Date.now()).slice(11)}`;
         this.status.classList.toggle("bad", !!this.error);
       }
       this.fillTable();
       if (!this.svg) return;
+      // A tooltip of what was drawn before would speak of points no longer shown.
+      this.unhover();
       const svg = this.svg;
       // One list of plotted points per series; the first one's is what hovering and the
       // data-* attributes below speak of.
@@ -516,9 +620,10 @@
       svg.replaceChildren();
       const m = { l: 52, r: 12, t: 10, b: 22 };
       const pw = W - m.l - m.r, ph = H - m.t - m.b;
-      const t1 = Date.now(), t0 = t1 - RANGES[this.range];
-      svg.dataset.points = String(pts.length);
-      svg.dataset.range = this.range;
+      const [t0, t1] = this.drawn ? this.span() : [Date.now() - RANGES[this.range], Date.now()];
+      svg.dataset.points = String(this.bucketed ? this.total : pts.length);
+      svg.dataset.buckets = String(this.bucketed);
+      svg.dataset.range = this.window ? "custom" : this.range;
       if (pts.length) {
         svg.dataset.last = String(pts[pts.length - 1].v);
         svg.dataset.lastT = String(pts[pts.length - 1].t * 1000);
@@ -552,7 +657,8 @@
       }
       if (!pts.length) {
         const t = el("text", { class: "empty", x: m.l + pw / 2, y: m.t + ph / 2, "text-anchor": "middle" }, svg);
-        t.textContent = this.error ? "Could not load data" : `No data in the last ${this.range.replace("h", " h").replace("d", " d")}`;
+        t.textContent = this.error ? "Could not load data"
+          : this.window ? "No data in this range" : `No data in the last ${this.range.replace("h", " h").replace("d", " d")}`;
         return;
       }
 
@@ -589,7 +695,7 @@
       const series = i ? ` s${i}` : "";
       if (!i) el("path", { class: "area", d: `${d}L${X(last.t).toFixed(1)},${bottom}L${X(first.t).toFixed(1)},${bottom}Z` }, svg);
       el("path", { class: "line" + series, "data-series": this.series[i].key, d }, svg);
-      if (pts.length <= 150) {
+      if (pts.length <= 150 && !this.bucketed) {
         for (const p of pts) el("circle", { class: "pt" + series, cx: X(p.t).toFixed(1), cy: Y(p.y).toFixed(1), r: 2.6 }, svg);
       }
     }
@@ -597,7 +703,7 @@
     fillTable() {
       if (!this.table) return;
       const body = $("tbody", this.table);
-      const rows = this.points.slice(-100).reverse();
+      const rows = (this.bucketed ? this.recent || [] : this.points).slice(-100).reverse();
       if (!rows.length) {
         body.innerHTML = "";
         const tr = body.insertRow();
@@ -646,8 +752,11 @@
       when.textContent = "  " + localText(p.t);
       tip.append(v, when);
       tip.hidden = false;
-      tip.style.left = `${Math.min(e.clientX + 12, window.innerWidth - tip.offsetWidth - 8)}px`;
-      tip.style.top = `${e.clientY - 34}px`;
+      // Kept inside the chart's card, whichever side of the cursor that takes.
+      const box = this.fig.getBoundingClientRect();
+      const left = e.clientX + 12 + tip.offsetWidth > box.right - 4 ? e.clientX - 12 - tip.offsetWidth : e.clientX + 12;
+      tip.style.left = `${Math.max(box.left + 4, left)}px`;
+      tip.style.top = `${Math.min(Math.max(box.top + 4, e.clientY - 34), box.bottom - tip.offsetHeight - 4)}px`;
     }
 
     unhover() {
@@ -695,7 +804,7 @@
         const seenAt = seen && $("time[data-us]", seen);
         if (seen && (!seenAt || Number(seenAt.dataset.us) < p.t)) seen.replaceChildren(timeHtml(p.t, true));
         const chart = byResource.get(p.resource);
-        if (chart && !chart.busy) {
+        if (chart && !chart.busy && !chart.window) {
           const pts = chart.points;
           if (!pts.length || pts[pts.length - 1].t < p.t) pts.push({ t: p.t, v: p.v });
           else {
@@ -716,16 +825,75 @@
     });
   }
 
+  // Every chart of the page shows the same window (zoomed, or a custom range), or none.
+  let pageCharts = [];
+  function setWindow(w) {
+    pageCharts.filter((c) => c.drawn).forEach((c) => c.setWindow(w));
+    const reset = $("#zoom-reset"), error = $("#range-error");
+    if (reset) reset.hidden = !w;
+    if (error) error.hidden = true;
+    if (w) {
+      $$("[data-range-picker] a").forEach((b) => b.classList.remove("on"));
+      const from = $("#range-from"), to = $("#range-to");
+      if (from && to) { from.value = inputTime(w[0]); to.value = inputTime(w[1]); }
+    }
+    exportLink();
+  }
+
+  // A time as a datetime-local input holds it (local time, to the second).
+  function inputTime(ms) { return localText(ms).replace(" ", "T"); }
+
+  // The CSV export link covers what the chart shows.
+  function exportLink() {
+    const a = $("#export-csv");
+    const c = pageCharts.find((x) => x.drawn);
+    if (!a || !c) return;
+    const [t0, t1] = c.span();
+    const u = new URL(a.href, location.origin);
+    u.searchParams.set("since", String(Math.max(0, Math.floor(t0 * 1000))));
+    u.searchParams.set("until", String(Math.ceil(t1 * 1000) + 1));
+    a.href = u.pathname + u.search;
+  }
+
   function setupCharts() {
     const charts = $$("figure.chart[data-src]").map((f) => new Chart(f));
+    pageCharts = charts;
     setupLive(charts);
     charts.forEach((c) => c.reload());
+    exportLink();
+    const custom = $("#custom-range");
+    if (custom) {
+      custom.addEventListener("submit", (e) => {
+        e.preventDefault();
+        const a = new Date($("#range-from").value).getTime(), b = new Date($("#range-to").value).getTime();
+        const error = $("#range-error");
+        if (!Number.isFinite(a) || !Number.isFinite(b) || b <= a) {
+          if (error) { error.textContent = "Choose a start before the end."; error.hidden = false; }
+          ($("#range-from")).focus();
+          return;
+        }
+        if (error) error.hidden = true;
+        setWindow([a, b]);
+      });
+      const reset = $("#zoom-reset");
+      if (reset) reset.addEventListener("click", () => {
+        reset.hidden = true;
+        const r = (charts[0] && charts[0].range) || "1h";
+        $$("[data-range-picker] a").forEach((b) => b.classList.toggle("on", b.dataset.range === r));
+        charts.forEach((c) => c.setRange(r));
+        exportLink();
+      });
+    }
+    $("#export-csv") && $("#export-csv").addEventListener("click", exportLink);
     $$("[data-range-picker] a[data-range]").forEach((a) => {
       a.addEventListener("click", (e) => {
         e.preventDefault();
         const r = a.dataset.range;
         $$("[data-range-picker] a").forEach((b) => b.classList.toggle("on", b.dataset.range === r));
         charts.forEach((c) => c.setRange(r));
+        const reset = $("#zoom-reset");
+        if (reset) reset.hidden = true;
+        exportLink();
         $$("figure.chart figcaption a").forEach((link) => {
           const u = new URL(link.href);
           u.searchParams.set("range", r);

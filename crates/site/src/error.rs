@@ -51,6 +51,9 @@ pub enum Error {
     /// Too many sign-ins are being checked at once.
     #[error("the site is busy checking other sign-ins; try again in a second")]
     Busy,
+    /// The caller already runs as many of this long task (an export) as it may (`busy`).
+    #[error("{0}")]
+    TooManyRunning(String),
     /// Something failed inside the site; the log says what.
     #[error("the site could not complete the request; the site's log says why")]
     Internal,
@@ -71,7 +74,7 @@ impl Error {
             Error::PairingCodeWrong(_) => "pairing_code_wrong",
             Error::StorageFull => "storage_full",
             Error::TooManyAttempts(_) => "too_many_attempts",
-            Error::Busy => "busy",
+            Error::Busy | Error::TooManyRunning(_) => "busy",
             Error::Internal => "internal",
         }
     }
@@ -130,7 +133,9 @@ impl ApiError {
                 Error::Conflict(_) => StatusCode::CONFLICT,
                 Error::Forbidden(_) | Error::PairingCodeWrong(_) => StatusCode::FORBIDDEN,
                 Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-                Error::PeerOffline(_) | Error::Busy => StatusCode::SERVICE_UNAVAILABLE,
+                Error::PeerOffline(_) | Error::Busy | Error::TooManyRunning(_) => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
                 Error::PairingExpired(_) => StatusCode::GONE,
                 Error::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
                 Error::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -158,6 +163,7 @@ impl ApiError {
             ApiError::Domain(Error::TooManyAttempts(d)) => Some(ceil_secs(*d)),
             ApiError::Domain(Error::StorageFull) => Some(STORAGE_FULL_RETRY_AFTER_SECS),
             ApiError::Domain(Error::Busy) => Some(1),
+            ApiError::Domain(Error::TooManyRunning(_)) => Some(5),
             _ => None,
         }
     }

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod ops;
 pub mod peers;
 pub mod remote;
+pub mod slots;
 pub mod state;
 pub mod ui;
 
@@ -161,6 +162,7 @@ pub async fn prepare(config: &SiteConfig) -> anyhow::Result<Prepared> {
         login: login::LoginGuard::default(),
         alarms: alarms::Alarms::new(webhook),
         tls: config.tls.is_some(),
+        exports: slots::Slots::new(state::EXPORTS_PER_USER, state::EXPORTS_PER_SITE),
     });
     Ok(Prepared {
         state,

@@ -47,7 +47,15 @@ pub struct Inner {
     pub alarms: Alarms,
     /// Whether the HTTP listener speaks TLS (cookies are then `Secure`, origins `https`).
     pub tls: bool,
+    /// CSV exports streaming now: at most [`EXPORTS_PER_USER`] a user, [`EXPORTS_PER_SITE`]
+    /// in all, each reading one store page at a time.
+    pub exports: crate::slots::Slots,
 }
+
+/// CSV exports one user may run at once.
+pub const EXPORTS_PER_USER: usize = 2;
+/// CSV exports the site runs at once.
+pub const EXPORTS_PER_SITE: usize = 8;
 
 impl std::ops::Deref for AppState {
     type Target = Inner;

@@ -154,6 +154,9 @@ pub async fn read(
     let (cid, id, name) = (connector_id(&cid)?, identity(&id)?, resource_name(&name)?);
     let since = q.number("since", 0, 0..=i64::MAX)?;
     let until = q.number("until", i64::MAX, 0..=i64::MAX)?;
+    if q.get("buckets").is_some() {
+        return drawn(&state, (&cid, &id, &name), (since, until), &q).await;
+    }
     let limit = q.number("limit", DEFAULT_PAGE, 1..=MAX_PAGE)?;
     let order = match q.get("order") {
         None | Some("asc") => Order::Asc,
@@ -191,4 +194,41 @@ pub async fn read(
             .collect(),
     );
     Ok(Json(page))
+}
+
+/// `…/data?since=&until=&buckets=N`: the range as a chart draws it, its points while there
+/// are at most 2 × N, else N equal spans with their count, min, max, first and last point
+/// (empty ones left out).
+async fn drawn(
+    state: &AppState,
+    (cid, id, name): (
+        &proto::model::ConnectorId,
+        &proto::model::Identity,
+        &proto::model::ResourceName,
+    ),
+    (since, until): (i64, i64),
+    q: &QueryPairs,
+) -> Result<Json<Json_>, ApiError> {
+    use crate::ops::export::{self, Drawn, MAX_BUCKETS};
+    let buckets = q.number("buckets", 1, 1..=MAX_BUCKETS as i64)?;
+    if q.get("since").is_none() || q.get("until").is_none() {
+        return Err(ApiError::invalid_query(
+            "buckets split a range: give since and until too".into(),
+        ));
+    }
+    let n = usize::try_from(buckets).unwrap_or(1);
+    Ok(Json(
+        match export::drawn(state, cid, id, name, (since, until), n).await? {
+            Drawn::Points(points) => json!({
+                "points": points.iter().map(|p| json!({ "t": p.t, "v": p.v.to_json() })).collect::<Vec<_>>()
+            }),
+            Drawn::Buckets(buckets) => json!({
+                "buckets": buckets.iter().map(|b| json!({
+                    "from": b.from, "until": b.until, "n": b.n, "min": b.min, "max": b.max,
+                    "first": { "t": b.first.0, "v": b.first.1 },
+                    "last": { "t": b.last.0, "v": b.last.1 },
+                })).collect::<Vec<_>>()
+            }),
+        },
+    ))
 }

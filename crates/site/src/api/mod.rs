@@ -6,6 +6,7 @@ mod alarms;
 mod connectors;
 mod data;
 mod devices;
+mod export;
 pub mod extract;
 mod hub;
 mod live;
@@ -99,6 +100,7 @@ pub fn routes(state: AppState) -> Router {
         )
         .route("/connectors/{cid}/data", post(data::ingest_bulk))
         .route("/connectors/{cid}/data/live", get(live::live))
+        .route("/connectors/{cid}/data/export", get(export::export))
         .route("/connectors/{cid}/remote/devices", get(remote::list))
         .route(
             "/connectors/{cid}/remote/devices/{identity}",

@@ -8,7 +8,8 @@
 //!   api (HTTP, JSON)     ui (forms, pages)     remote (peer messages, background tasks)
 //!          └───────────────────┼───────────────────────┘
 //!                              ▼
-//!   ops::{connectors, resources, devices, data, pairing, peer, users, budget, alarms}
+//!   ops::{connectors, resources, devices, data, export, pairing, peer, users, budget,
+//!        alarms}
 //!                              ▼
 //!   state (store, link, metrics, remote::{registry, status, windows, peer})
 //! ```
@@ -26,6 +27,7 @@ pub mod budget;
 pub mod connectors;
 pub mod data;
 pub mod devices;
+pub mod export;
 pub mod pairing;
 pub mod peer;
 pub mod resources;

@@ -7,6 +7,7 @@ mod bench_nats;
 mod budget;
 mod cluster;
 mod device_sync;
+mod export;
 mod frames;
 mod hub;
 mod idle;

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, ensure};
 use fantoccini::Locator;
+use fantoccini::actions::{InputSource, MOUSE_BUTTON_LEFT, MouseActions, PointerAction};
 use serde_json::json;
 use testkit::browser::Browser;
 use testkit::{DEADLINE, SiteOpts, SiteProc, eventually};
@@ -271,6 +272,75 @@ async fn operator_creates_a_connector_resource_and_device_and_sees_data_on_the_c
     b.wait_for("#recent tbody tr td.num").await?;
     shot(&b, "06-data-view").await?;
 
+    // A custom range shows only its points, and the CSV link covers it; a range that ends
+    // before it starts is refused in words and changes nothing.
+    let plot = "#data-chart svg.plot";
+    let now_ms = now / 1000;
+    set_range(&b, now_ms - 330_000, now_ms + 60_000).await?;
+    click(&b, "#range-apply").await?;
+    wait_attr(&b, plot, "data-range", |v| v == "custom").await?;
+    wait_attr(&b, plot, "data-points", |v| v == "6").await?;
+    let href = b
+        .wait_for("#export-csv")
+        .await?
+        .attr("href")
+        .await?
+        .unwrap_or_default();
+    // The inputs hold whole seconds.
+    let since_s = (now_ms - 330_000) / 1000;
+    ensure!(
+        href.contains(&format!("since={}", since_s * 1_000_000)),
+        "{href}"
+    );
+    set_range(&b, now_ms, now_ms - 60_000).await?;
+    click(&b, "#range-apply").await?;
+    wait_text(&b, "#range-error", "start before the end").await?;
+    ensure!(
+        attr(&b, plot, "data-points").await? == "6",
+        "the chart stays as it was"
+    );
+    shot(&b, "06a-custom-range").await?;
+
+    // Back to the last hour, then zoom by dragging across the newest tenth of the chart:
+    // fewer points, and Reset zoom brings them back.
+    click(&b, "#zoom-reset").await?;
+    wait_attr(&b, plot, "data-range", |v| v == "1h").await?;
+    wait_attr(&b, plot, "data-points", |v| v == POINTS.to_string()).await?;
+    let svg = b.wait_for(plot).await?;
+    let (_, _, width, _) = svg.rectangle().await?;
+    let (left, right) = (52.0, 12.0);
+    let at = |share: f64| left + share * (width - left - right) - width / 2.0;
+    let drag = MouseActions::new("mouse".into())
+        .then(PointerAction::MoveToElement {
+            element: svg.clone(),
+            duration: None,
+            x: at(0.9),
+            y: 0.0,
+        })
+        .then(PointerAction::Down {
+            button: MOUSE_BUTTON_LEFT,
+        })
+        .then(PointerAction::MoveToElement {
+            element: svg.clone(),
+            duration: Some(std::time::Duration::from_millis(150)),
+            x: at(1.0) - 2.0,
+            y: 0.0,
+        })
+        .then(PointerAction::Up {
+            button: MOUSE_BUTTON_LEFT,
+        });
+    b.client.perform_actions(drag).await?;
+    wait_attr(&b, plot, "data-range", |v| v == "custom").await?;
+    let zoomed: usize = attr(&b, plot, "data-points").await?.parse()?;
+    ensure!(
+        (1..POINTS).contains(&zoomed),
+        "{zoomed} points after zooming on the newest tenth"
+    );
+    ensure!(b.wait_for("#zoom-reset").await?.is_displayed().await?);
+    shot(&b, "06b-zoomed").await?;
+    click(&b, "#zoom-reset").await?;
+    wait_attr(&b, plot, "data-points", |v| v == POINTS.to_string()).await?;
+
     // The Devices tab lists the device with its tags; a tag filter that matches nothing
     // empties it.
     b.goto(&url(&format!("/connectors/{cid}/devices"))).await?;
@@ -361,6 +431,25 @@ async fn operator_creates_a_connector_resource_and_device_and_sees_data_on_the_c
     b.wait_for("#login-form").await?;
 
     b.close().await
+}
+
+/// Fills the custom range's inputs with these times (ms) as the browser's local time.
+async fn set_range(b: &Browser, from_ms: i64, to_ms: i64) -> anyhow::Result<()> {
+    b.client
+        .execute(
+            "const f = (ms) => { const d = new Date(ms), p = (n) => String(n).padStart(2, '0');
+               return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`; };
+             document.getElementById('range-from').value = f(arguments[0]);
+             document.getElementById('range-to').value = f(arguments[1]);
+             return null;",
+            vec![json!(from_ms), json!(to_ms)],
+        )
+        .await?;
+    Ok(())
+}
+
+async fn attr(b: &Browser, css: &str, name: &str) -> anyhow::Result<String> {
+    Ok(b.wait_for(css).await?.attr(name).await?.unwrap_or_default())
 }
 
 /// Signs in on the site at `base` in the same browser (each site is its own origin, so each
