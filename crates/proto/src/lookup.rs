@@ -21,6 +21,12 @@
 //!   durable sync stream and answers how many ([`Answer::Queued`]).
 //! - `Waiting` — the points the peer keeps for resources it does not have yet, per
 //!   resource ([`Answer::Waiting`]): a Target shows them to the Source's operator too.
+//! - `Backfill` — a Target asks its Source to send a resource's points of a time range
+//!   again ([`BackfillAsk`], at most [`MAX_BACKFILL_DEVICES`] devices named); the Source
+//!   starts it and answers its progress ([`Answer::Backfill`]), or refuses (`conflict`
+//!   while one runs or the resource has no Remote-Sync, `range_not_held`, `not_found`, …).
+//! - `BackfillStatus` / `BackfillCancel` — the progress of the connector's latest backfill
+//!   ([`Answer::Backfill`], `None` when there is none), after cancelling it for the latter.
 //!
 //! Any request may be answered [`Answer::Refused`] with a stable code (`not_found`,
 //! `invalid_query`, `invalid_value`, `too_large`, …) and a sentence for humans.
@@ -46,6 +52,8 @@ pub const BUCKETS: usize = 256;
 pub const MAX_FETCH: usize = 20;
 /// Most devices one `Resend` names.
 pub const MAX_RESEND: usize = 1000;
+/// Most devices one `Backfill` names.
+pub const MAX_BACKFILL_DEVICES: usize = 1000;
 /// Most per-device hashes one `Hashes` answer carries.
 pub const MAX_HASH_ENTRIES: usize = 6000;
 /// Largest encoded answer: well inside one sealed session message and one link frame.
@@ -68,6 +76,73 @@ pub enum Op {
     Devices(Vec<Identity>),
     Resend(Vec<Identity>),
     Waiting,
+    Backfill(BackfillAsk),
+    BackfillStatus,
+    BackfillCancel,
+}
+
+/// A backfill a Target asks of its Source: `resource`'s points with `since <= t < until`
+/// (µs; `None`: from the oldest the Source holds, until its present), of `devices` only
+/// when given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackfillAsk {
+    pub resource: ResourceName,
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+    pub devices: Option<Vec<Identity>>,
+}
+
+/// Where a backfill stands, as its Source tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BackfillState {
+    /// Queuing the range's points, slice by slice.
+    Queuing,
+    /// Everything is queued; the Target has not applied all of it yet.
+    Sending,
+    /// The Target applied every queued point.
+    Done,
+    /// Stopped on request; what was queued before still goes.
+    Cancelled,
+    /// Stopped by a failure of the Source (its log says why); what was queued still goes.
+    Failed,
+}
+
+impl BackfillState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackfillState::Queuing => "queuing",
+            BackfillState::Sending => "sending",
+            BackfillState::Done => "done",
+            BackfillState::Cancelled => "cancelled",
+            BackfillState::Failed => "failed",
+        }
+    }
+
+    /// Whether it still queues points.
+    pub fn is_running(self) -> bool {
+        self == BackfillState::Queuing
+    }
+}
+
+/// The progress of a backfill: its range and what of it was queued and applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackfillView {
+    /// Chosen by the Source; names this backfill in its connector.
+    pub id: u64,
+    pub resource: ResourceName,
+    pub since: i64,
+    pub until: i64,
+    /// How many devices were named (`None`: every device).
+    pub devices: Option<u32>,
+    pub state: BackfillState,
+    /// Points queued so far, and how many of them the Target applied.
+    pub queued: u64,
+    pub applied: u64,
+    /// When it started and stopped queuing (µs).
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    /// Whether the Target asked for it (else the Source's operator did).
+    pub by_target: bool,
 }
 
 /// One page of a device list: devices carrying every tag of `tags`, whose identity sorts
@@ -100,6 +175,7 @@ pub enum Answer {
     Devices(Vec<DeviceView>),
     Queued(u64),
     Waiting(Vec<WaitingView>),
+    Backfill(Option<BackfillView>),
     Refused {
         code: String,
         message: String,
@@ -475,7 +551,59 @@ mod tests {
                 ids().prop_map(Op::Devices),
                 ids().prop_map(Op::Resend),
                 Just(Op::Waiting),
+                (
+                    name(),
+                    proptest::option::of(any::<i64>()),
+                    proptest::option::of(any::<i64>()),
+                    proptest::option::of(ids()),
+                )
+                    .prop_map(|(resource, since, until, devices)| Op::Backfill(
+                        BackfillAsk {
+                            resource,
+                            since,
+                            until,
+                            devices
+                        }
+                    )),
+                Just(Op::BackfillStatus),
+                Just(Op::BackfillCancel),
             ]
+        }
+
+        fn backfill() -> impl Strategy<Value = BackfillView> {
+            let state = prop_oneof![
+                Just(BackfillState::Queuing),
+                Just(BackfillState::Sending),
+                Just(BackfillState::Done),
+                Just(BackfillState::Cancelled),
+                Just(BackfillState::Failed),
+            ];
+            (
+                (any::<u64>(), name(), any::<i64>(), any::<i64>()),
+                (proptest::option::of(any::<u32>()), state),
+                (any::<u64>(), any::<u64>(), any::<i64>()),
+                (proptest::option::of(any::<i64>()), any::<bool>()),
+            )
+                .prop_map(
+                    |(
+                        (id, resource, since, until),
+                        (devices, state),
+                        (queued, applied, started_at),
+                        (finished_at, by_target),
+                    )| BackfillView {
+                        id,
+                        resource,
+                        since,
+                        until,
+                        devices,
+                        state,
+                        queued,
+                        applied,
+                        started_at,
+                        finished_at,
+                        by_target,
+                    },
+                )
         }
 
         fn answer() -> impl Strategy<Value = Answer> {
@@ -518,6 +646,7 @@ mod tests {
                         })
                         .collect()
                 )),
+                proptest::option::of(backfill()).prop_map(Answer::Backfill),
                 ("[a-z_]{1,12}", ".{0,20}")
                     .prop_map(|(code, message)| Answer::Refused { code, message }),
             ]

@@ -41,6 +41,9 @@ pub enum Error {
     PairingExpired(String),
     #[error("{0}")]
     PairingCodeWrong(String),
+    /// A backfill asks for history the Source no longer holds (`range_not_held`).
+    #[error("{0}")]
+    RangeNotHeld(String),
     /// The disk is full: nothing was stored; the same request may succeed once space
     /// frees (`storage_full`).
     #[error("the site's disk is full; nothing of this request was stored; try again later")]
@@ -71,6 +74,7 @@ impl Error {
             Error::Unauthorized(_) => "unauthorized",
             Error::PeerOffline(_) => "peer_offline",
             Error::PairingExpired(_) => "pairing_expired",
+            Error::RangeNotHeld(_) => "range_not_held",
             Error::PairingCodeWrong(_) => "pairing_code_wrong",
             Error::StorageFull => "storage_full",
             Error::TooManyAttempts(_) => "too_many_attempts",
@@ -136,7 +140,7 @@ impl ApiError {
                 Error::PeerOffline(_) | Error::Busy | Error::TooManyRunning(_) => {
                     StatusCode::SERVICE_UNAVAILABLE
                 }
-                Error::PairingExpired(_) => StatusCode::GONE,
+                Error::PairingExpired(_) | Error::RangeNotHeld(_) => StatusCode::GONE,
                 Error::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
                 Error::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
                 Error::Internal => StatusCode::INTERNAL_SERVER_ERROR,

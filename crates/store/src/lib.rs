@@ -313,6 +313,12 @@ pub trait Store: Send + Sync + 'static {
     /// drift check found them different); returns how many exist and were queued. Does
     /// nothing on a connector that is not paired.
     async fn resend_devices(&self, cid: &ConnectorId, identities: Vec<Identity>) -> Result<u64>;
+    /// Queues one slice of a backfill on a paired Source (docs/sync.md, "Backfill"): the
+    /// points it holds for the resource and range of `req`, from `req.from` on, appended to
+    /// the outbox as new records with their current values, in one commit. Refused
+    /// ([`StoreError::SyncState`]) unless the connector is a paired Source and the resource
+    /// has Remote-Sync on; [`StoreError::ResourceNotFound`] for an unknown resource.
+    async fn sync_requeue(&self, cid: &ConnectorId, req: Requeue) -> Result<Requeued>;
     /// Every loss recorded on this side, oldest first.
     async fn sync_gaps(&self, cid: &ConnectorId) -> Result<Vec<GapRow>>;
     /// The points this side keeps for resources it does not have (a Target's points that

@@ -354,6 +354,42 @@ pub struct SyncDurable {
     pub outbox_bytes: u64,
 }
 
+/// One slice of a backfill (docs/sync.md, "Backfill"): queue again, as new outbox records,
+/// the points a paired Source holds for `resource` with `since <= t < until`, of `devices`
+/// (identities in ascending order) or of every device, continuing at `from`. A slice
+/// queues at most `max_points` points and looks at most `max_devices` devices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requeue {
+    pub resource: proto::model::ResourceName,
+    pub since: i64,
+    pub until: i64,
+    /// Only these devices (sorted, no repeats); `None`: every device of the connector.
+    pub devices: Option<Vec<proto::model::Identity>>,
+    /// Where the previous slice stopped; `None` for the first.
+    pub from: Option<RequeueCursor>,
+    pub max_points: usize,
+    pub max_devices: usize,
+}
+
+/// Where a backfill continues: device `device` (or the first after it in identity order,
+/// should it be gone) from time `t`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequeueCursor {
+    pub device: proto::model::Identity,
+    pub t: i64,
+}
+
+/// What one [`Requeue`] slice queued.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Requeued {
+    /// Points queued: the records `first_seq..first_seq + points` (consecutive).
+    pub points: u64,
+    /// The seq of the first of them (0 when none was queued).
+    pub first_seq: u64,
+    /// Where the next slice continues; `None` when the range is done.
+    pub next: Option<RequeueCursor>,
+}
+
 /// The answer to an outbox read.
 #[derive(Debug, Clone, PartialEq)]
 pub enum OutboxChunk {

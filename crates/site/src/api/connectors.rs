@@ -1,6 +1,6 @@
 //! `/api/v1/connectors…`: create, list, read and delete connectors, and their Remote-Sync
 //! standing: pairing (enable, disable), ping, status, rate history and settings (the
-//! bandwidth budget).
+//! bandwidth budget) and backfills.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::Value as Json_;
 
 use super::extract::{ApiJson, QueryPairs};
-use super::render::{connector_json, gap_json, remote_sync_json, sync_history_json};
+use super::render::{backfill_json, connector_json, gap_json, remote_sync_json, sync_history_json};
 use crate::auth::User;
 use crate::error::ApiError;
 use crate::ops::connectors::{NewConnector, PairWith};
@@ -118,7 +118,47 @@ pub async fn remote_sync(
     rs["max_bytes_per_s"] = serde_json::json!(ops::budget::get(&state, &c.id).await?);
     let gaps = state.store.sync_gaps(&c.id).await?;
     rs["gaps"] = Json_::Array(gaps.iter().map(gap_json).collect());
+    if c.state == proto::model::SyncState::Paired {
+        let backfill = ops::backfill::status(&state, &c).await?;
+        rs["backfill"] = backfill.as_ref().map_or(Json_::Null, backfill_json);
+    }
     Ok(Json(rs))
+}
+
+/// `POST …/remote-sync/backfill`: send a resource's points of a time range again (docs/api.md).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackfillBody {
+    resource: String,
+    since: Option<i64>,
+    until: Option<i64>,
+    devices: Option<Vec<String>>,
+}
+
+pub async fn backfill(
+    State(state): State<AppState>,
+    _: User,
+    Path(cid): Path<String>,
+    ApiJson(body): ApiJson<BackfillBody>,
+) -> Result<(StatusCode, Json<Json_>), ApiError> {
+    let ask = ops::backfill::Ask {
+        resource: body.resource,
+        since: body.since,
+        until: body.until,
+        devices: body.devices,
+    };
+    let view = ops::backfill::start(&state, &connector_id(&cid)?, ask).await?;
+    Ok((StatusCode::ACCEPTED, Json(backfill_json(&view))))
+}
+
+/// `DELETE …/remote-sync/backfill`: cancel the running backfill.
+pub async fn cancel_backfill(
+    State(state): State<AppState>,
+    _: User,
+    Path(cid): Path<String>,
+) -> Result<Json<Json_>, ApiError> {
+    let view = ops::backfill::cancel(&state, &connector_id(&cid)?).await?;
+    Ok(Json(backfill_json(&view)))
 }
 
 /// `PATCH …/remote-sync`: the connector's Remote-Sync settings; today its bandwidth

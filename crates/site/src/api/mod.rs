@@ -60,6 +60,10 @@ pub fn routes(state: AppState) -> Router {
         )
         .route("/connectors/{cid}/remote-sync/ping", post(connectors::ping))
         .route(
+            "/connectors/{cid}/remote-sync/backfill",
+            post(connectors::backfill).delete(connectors::cancel_backfill),
+        )
+        .route(
             "/connectors/{cid}/remote-sync/history",
             get(connectors::remote_sync_history),
         )

@@ -129,6 +129,23 @@ pub fn gap_json(g: &store::GapRow) -> Json {
     })
 }
 
+/// `Backfill` of docs/api.md: a backfill's range and progress.
+pub fn backfill_json(b: &proto::lookup::BackfillView) -> Json {
+    json!({
+        "id": b.id.to_string(),
+        "resource": b.resource,
+        "since": b.since,
+        "until": b.until,
+        "devices": b.devices,
+        "state": b.state.as_str(),
+        "points_queued": b.queued,
+        "points_applied": b.applied,
+        "started_at": rfc3339(b.started_at),
+        "finished_at": b.finished_at.map(rfc3339),
+        "asked_by": if b.by_target { "target" } else { "source" },
+    })
+}
+
 /// `Connector` of docs/api.md, with the list's counts as extra fields.
 pub fn connector_json(state: &AppState, c: &Connector) -> Json {
     json!({

@@ -23,6 +23,7 @@
 //! - Nothing here knows HTTP, HTML or JSON shapes of the API.
 
 pub mod alarms;
+pub mod backfill;
 pub mod budget;
 pub mod connectors;
 pub mod data;

@@ -49,11 +49,11 @@ fn peer_site(c: &Connector) -> Result<&str> {
 /// Asks the peer of connector `c` and waits for its answer: `conflict` when `c` is not
 /// paired, `peer_offline` when the session is down or no answer comes within [`TIMEOUT`],
 /// and the peer's own refusal (`not_found`, `invalid_query`, …) otherwise.
-async fn ask(state: &AppState, c: &Connector, op: Op) -> Result<Answer> {
+pub(super) async fn ask(state: &AppState, c: &Connector, op: Op) -> Result<Answer> {
     let site = peer_site(c)?;
     let offline = |why: &str| {
         Error::PeerOffline(format!(
-            "{site} is unreachable: {why}; its devices cannot be looked up now."
+            "{site} is unreachable: {why}; it cannot be asked now."
         ))
     };
     let handle = state
@@ -84,12 +84,14 @@ fn remote_error(site: &str, code: &str, message: String) -> Error {
         "not_found" => Error::NotFound(format!("{message} (on {site})")),
         "invalid_query" => Error::InvalidQuery(message),
         "invalid_value" => Error::Invalid(message),
+        "conflict" => Error::Conflict(format!("{message} (on {site})")),
+        "range_not_held" => Error::RangeNotHeld(format!("{message} (on {site})")),
         _ => Error::PeerOffline(format!("remote site {site} could not answer: {message}")),
     }
 }
 
 /// An answer of a kind the request does not call for.
-fn unexpected(c: &Connector) -> Error {
+pub(super) fn unexpected(c: &Connector) -> Error {
     Error::PeerOffline(format!(
         "remote site {} answered in a form this site does not know",
         c.peer.as_ref().map_or("", |p| p.site.as_str())

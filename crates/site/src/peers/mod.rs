@@ -9,10 +9,12 @@
 //! - `status` — each sync driver's wake-up (`SyncDrivers::appended`), status and rate
 //!   history, and the sync settings.
 //! - `windows` — the Source's open pairing windows.
+//! - `backfill` — each connector's backfill: progress, slices, cancellation.
 //!
 //! Deliberately absent: any use of `state`, `ops` or `remote` (this module is below them),
 //! and anything durable (that is the store's).
 
+pub mod backfill;
 pub mod peer;
 pub mod registry;
 pub mod status;

@@ -31,6 +31,8 @@ pub struct Remote {
     pub lookups: Pending,
     /// The sync drivers' wake-ups and status, by connector.
     pub sync: super::status::SyncDrivers,
+    /// Each connector's latest backfill (docs/sync.md, "Backfill").
+    pub backfills: super::backfill::Backfills,
 }
 
 /// The supervisor's end of [`Remote::start`]; handed to [`spawn`].
@@ -47,6 +49,7 @@ impl Remote {
                 pings: Mutex::new(HashMap::new()),
                 lookups: Pending::default(),
                 sync: super::status::SyncDrivers::default(),
+                backfills: super::backfill::Backfills::default(),
             },
             Starts(rx),
         )

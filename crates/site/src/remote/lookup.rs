@@ -107,6 +107,11 @@ async fn answer(state: &AppState, cid: &ConnectorId, op: Op) -> ops::Result<Answ
             Answer::Queued(queued)
         }
         Op::Waiting => Answer::Waiting(ops::peer::waiting_here(state, cid).await?),
+        Op::Backfill(ask) => {
+            Answer::Backfill(Some(ops::backfill::asked_by_peer(state, cid, ask).await?))
+        }
+        Op::BackfillStatus => Answer::Backfill(ops::backfill::local(state, cid).await),
+        Op::BackfillCancel => Answer::Backfill(Some(ops::backfill::cancel_here(state, cid).await?)),
     })
 }
 

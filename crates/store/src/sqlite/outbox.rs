@@ -200,10 +200,6 @@ impl Appender {
 
     /// Queues one point under the next seq as a copy of a point stored elsewhere (a point
     /// sent again): never replayed into the tail.
-    #[cfg_attr(
-        not(test),
-        allow(dead_code, reason = "for re-sending stored points (backfill)")
-    )]
     pub(super) fn push_copy(
         &mut self,
         _conn: &Connection,

@@ -23,9 +23,9 @@
 //!   transaction.
 //! - The Tail holds exactly the points of the log (`point_batches`; `point_log` is empty
 //!   once open) and the outbox point records above
-//!   `sync_out.folded`, one value per `(device, resource, t)` and part (the latest
-//!   written); it is rebuilt from both on open. A series' unfolded points are all in one of
-//!   the two ([`fold_unfolded_outbox`] runs inside a job before anything would break that).
+//!   `sync_out.folded` that are not copies (a backfill's re-queued records are), one value
+//!   per `(device, resource, t)` and part (the latest written); it is rebuilt from both on
+//!   open. A series' unfolded points are all in one of the two ([`fold_unfolded_outbox`] runs inside a job before anything would break that).
 //! - For a repeated `(device, resource, t)` the last write wins in every read: the tail over
 //!   blocks, a later part of the tail over an earlier one, a later block generation over an
 //!   earlier one (generations grow per series and bucket; frozen parts are installed in the
@@ -839,6 +839,48 @@ pub(super) fn fold(conn: &Connection, part: &Part, upto: Option<i64>) -> Result<
     #[cfg(test)]
     super::crash_tests::failpoint("fold");
     Ok(written)
+}
+
+/// A page of one series, `lo <= t < hi`, ascending, at most `limit`, as the writer's open
+/// transaction sees it: the blocks (this transaction's folds included), the committed Tail,
+/// and the transaction's own puts over it. For a job that must queue the current value of
+/// points it reads (a backfill's slice, `sync_site::requeue`), so that a value written
+/// earlier in the same group commit is not missed. Writer thread only.
+pub(super) fn read_in_writer(
+    conn: &Connection,
+    (device, resource): (i64, i64),
+    (lo, hi): (i64, i64),
+    limit: usize,
+) -> Result<Vec<Point>> {
+    let shared = CURRENT_TAIL.with_borrow(Clone::clone);
+    let mut part: BTreeMap<i64, Value> = match shared {
+        Some(tail) => tail
+            .read()
+            .map_err(|_| StoreError::Closed)?
+            .range(device, resource, (lo, hi), Order::Asc, limit)
+            .into_iter()
+            .collect(),
+        None => BTreeMap::new(),
+    };
+    OPS.with_borrow(|ops| {
+        for op in ops {
+            match op {
+                Op::Put {
+                    device: d,
+                    resource: r,
+                    t,
+                    value,
+                } if *d == device && *r == resource && (lo..hi).contains(t) => {
+                    part.insert(*t, value.clone());
+                }
+                Op::Forget(d) if *d == device => part.clear(),
+                // Folded points are in this transaction's blocks, with the same values.
+                _ => {}
+            }
+        }
+    });
+    let tail = TailPart(part.into_iter().take(limit).collect());
+    read(conn, (device, resource), (lo, hi), Order::Asc, limit, tail)
 }
 
 /// The Tail's part of a series read, copied under its lock.

@@ -965,6 +965,13 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn sync_requeue(&self, cid: &ConnectorId, req: Requeue) -> Result<Requeued> {
+        let cid = cid.clone();
+        let (clock, partition_us) = (self.config.clock.clone(), self.config.sync_partition_us);
+        self.write(move |conn| sync_site::requeue(conn, &cid, &req, clock.now(), partition_us))
+            .await
+    }
+
     async fn sync_gaps(&self, cid: &ConnectorId) -> Result<Vec<GapRow>> {
         let cid = cid.clone();
         self.read(move |conn| sync::gaps(conn, &cid)).await

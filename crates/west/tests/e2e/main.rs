@@ -3,6 +3,7 @@
 
 mod alarms;
 mod audit;
+mod backfill;
 mod bench_nats;
 mod budget;
 mod cluster;

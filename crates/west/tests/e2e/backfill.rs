@@ -1,0 +1,339 @@
+//! Backfill on request (#15 part 3, docs/sync.md "Backfill"): `POST
+//! …/remote-sync/backfill` on the Source re-queues what it holds of a resource's time range;
+//! on the Target it asks the Source through the paired session. Both sides hold the same
+//! points afterwards, none twice; every refusal says why and queues nothing.
+
+use serde_json::{Value, json};
+
+use crate::util;
+
+const DEVICES: usize = 4;
+/// Points per device, one a second from `t0`.
+const PER_DEVICE: i64 = 300;
+const SECOND: i64 = 1_000_000;
+
+fn backfill(cid: &str) -> String {
+    format!("/api/v1/connectors/{cid}/remote-sync/backfill")
+}
+
+/// `[(t, v)]` of a device's `temperature` in `[since, until)`.
+async fn series(
+    api: &testkit::Api,
+    cid: &str,
+    device: &str,
+    (since, until): (i64, i64),
+) -> anyhow::Result<Vec<(i64, f64)>> {
+    let page = api
+        .get_ok(&format!(
+            "/api/v1/connectors/{cid}/devices/{device}/resources/temperature/data\
+             ?since={since}&until={until}&limit=10000"
+        ))
+        .await?;
+    Ok(page["points"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            (
+                p["t"].as_i64().unwrap_or(0),
+                p["v"].as_f64().unwrap_or(f64::NAN),
+            )
+        })
+        .collect())
+}
+
+/// Waits until the connector's backfill is `done` (every queued point applied by the
+/// Target); returns it.
+async fn done(api: &testkit::Api, cid: &str, id: &Value) -> anyhow::Result<Value> {
+    testkit::eventually("the backfill to be applied", testkit::DEADLINE, || async {
+        let b = api
+            .get_ok(&format!("/api/v1/connectors/{cid}/remote-sync"))
+            .await?["backfill"]
+            .clone();
+        anyhow::ensure!(b["id"] == *id, "another backfill: {b}");
+        Ok((b["state"] == "done").then_some(b))
+    })
+    .await
+}
+
+/// A paired Source (`site-a`, connector `cid`) whose `temperature` had Remote-Sync off
+/// while `PER_DEVICE` points per device were written from `t0`, then on; the Target
+/// (`site-b`, `tid`) has the resource and none of those points.
+async fn late_sync() -> anyhow::Result<(
+    testkit::HubProc,
+    Vec<testkit::SiteProc>,
+    (String, String),
+    i64,
+)> {
+    let (hub, sites, cid, tid) = util::paired_sites().await?;
+    let (a, b) = (sites[0].admin().await?, sites[1].admin().await?);
+    for (api, c) in [(&a, &cid), (&b, &tid)] {
+        api.post_ok(
+            &format!("/api/v1/connectors/{c}/resources"),
+            json!({"name": "temperature", "format": "number"}),
+        )
+        .await?;
+    }
+    for d in 0..DEVICES {
+        a.post_ok(
+            &format!("/api/v1/connectors/{cid}/devices"),
+            json!({"identity": format!("dev-{d}")}),
+        )
+        .await?;
+    }
+    // Well inside the Source's retention (30 days).
+    let t0 = site::clock::now_micros() - 3_600 * SECOND;
+    let body: Vec<Value> = (0..DEVICES)
+        .flat_map(|d| {
+            (0..PER_DEVICE).map(move |i| {
+                json!({"device": format!("dev-{d}"), "t": t0 + i * SECOND,
+                       "values": {"temperature": (d as f64) * 1000.0 + i as f64}})
+            })
+        })
+        .collect();
+    a.post_ok(
+        &format!("/api/v1/connectors/{cid}/data"),
+        Value::Array(body),
+    )
+    .await?;
+    // Turning Remote-Sync on sends what comes next, not the history.
+    let (s, e) = a
+        .post(&backfill(&cid), json!({"resource": "temperature"}))
+        .await?;
+    assert_eq!(s, 409, "a resource without Remote-Sync: {e}");
+    assert_eq!(e["error"], "conflict");
+    assert!(
+        e["message"].as_str().unwrap_or("").contains("Remote-Sync"),
+        "{e}"
+    );
+    a.patch_ok(
+        &format!("/api/v1/connectors/{cid}/resources/temperature"),
+        json!({"remote_sync": true}),
+    )
+    .await?;
+    for d in 0..DEVICES {
+        util::wait_device(
+            &b,
+            &tid,
+            &format!("dev-{d}"),
+            "the devices on the Target",
+            |d| d.is_some(),
+        )
+        .await?;
+    }
+    Ok((hub, sites, (cid, tid), t0))
+}
+
+#[tokio::test]
+async fn a_range_is_backfilled_from_either_side_and_both_end_equal_without_duplicates()
+-> anyhow::Result<()> {
+    let (_hub, sites, (cid, tid), t0) = late_sync().await?;
+    let (a, b) = (sites[0].admin().await?, sites[1].admin().await?);
+    let all = (t0, t0 + PER_DEVICE * SECOND);
+    let first_half = (t0, t0 + PER_DEVICE / 2 * SECOND);
+    assert!(series(&b, &tid, "dev-0", all).await?.is_empty());
+    // A newer value at a time the backfill covers, written once Remote-Sync is on: the
+    // Target must end with it, not with an older copy.
+    a.post_ok(
+        &format!("/api/v1/connectors/{cid}/devices/dev-0/data"),
+        json!({"t": t0 + 10 * SECOND, "values": {"temperature": -1.5}}),
+    )
+    .await?;
+
+    // From the Source: the first half of the range, every device.
+    let started = a
+        .post(
+            &backfill(&cid),
+            json!({"resource": "temperature", "since": first_half.0, "until": first_half.1}),
+        )
+        .await?;
+    assert_eq!(started.0, 202, "{}", started.1);
+    assert_eq!(started.1["asked_by"], "source");
+    let finished = done(&a, &cid, &started.1["id"]).await?;
+    let expected = (DEVICES as i64 * PER_DEVICE / 2) as u64;
+    assert_eq!(finished["points_queued"], expected, "{finished}");
+    assert_eq!(finished["points_applied"], expected, "{finished}");
+    for d in 0..DEVICES {
+        let dev = format!("dev-{d}");
+        let there = series(&b, &tid, &dev, all).await?;
+        assert_eq!(there, series(&a, &cid, &dev, first_half).await?, "{dev}");
+        assert_eq!(there.len() as i64, PER_DEVICE / 2, "{dev}");
+    }
+    assert!(
+        series(&b, &tid, "dev-0", all)
+            .await?
+            .contains(&(t0 + 10 * SECOND, -1.5))
+    );
+
+    // From the Target: two devices, everything the Source holds (no range given).
+    let asked = b
+        .post(
+            &backfill(&tid),
+            json!({"resource": "temperature", "devices": ["dev-2", "dev-1"]}),
+        )
+        .await?;
+    assert_eq!(asked.0, 202, "{}", asked.1);
+    assert_eq!(asked.1["asked_by"], "target");
+    assert_eq!(asked.1["devices"], 2);
+    let on_target = done(&b, &tid, &asked.1["id"]).await?;
+    assert_eq!(
+        on_target["points_queued"],
+        2 * PER_DEVICE as u64,
+        "{on_target}"
+    );
+    // The Source shows the same backfill.
+    assert_eq!(
+        a.get_ok(&format!("/api/v1/connectors/{cid}/remote-sync"))
+            .await?["backfill"]["id"],
+        asked.1["id"]
+    );
+    for dev in ["dev-1", "dev-2"] {
+        let there = series(&b, &tid, dev, all).await?;
+        assert_eq!(there.len() as i64, PER_DEVICE, "{dev}: every point once");
+        assert_eq!(there, series(&a, &cid, dev, all).await?, "{dev}");
+    }
+    // Devices not named were not sent again.
+    assert_eq!(
+        series(&b, &tid, "dev-3", all).await?.len() as i64,
+        PER_DEVICE / 2
+    );
+
+    // The same range again: nothing doubles.
+    let again = a
+        .post(
+            &backfill(&cid),
+            json!({"resource": "temperature", "since": all.0, "until": all.1}),
+        )
+        .await?;
+    assert_eq!(again.0, 202, "{}", again.1);
+    done(&a, &cid, &again.1["id"]).await?;
+    for d in 0..DEVICES {
+        let dev = format!("dev-{d}");
+        let there = series(&b, &tid, &dev, all).await?;
+        assert_eq!(there.len() as i64, PER_DEVICE, "{dev}: every point once");
+        assert_eq!(there, series(&a, &cid, &dev, all).await?, "{dev}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_refusal_says_why_and_queues_nothing() -> anyhow::Result<()> {
+    let (_hub, mut sites, (cid, tid), t0) = late_sync().await?;
+    let (a, b) = (sites[0].admin().await?, sites[1].admin().await?);
+    let head = || async {
+        anyhow::Ok(
+            a.get_ok(&format!("/api/v1/connectors/{cid}/remote-sync"))
+                .await?["link"]["outbox_head"]
+                .clone(),
+        )
+    };
+    let before = head().await?;
+    let now = site::clock::now_micros();
+    let month = 31 * 24 * 3_600 * SECOND;
+    let many: Vec<String> = (0..1_001).map(|i| format!("dev-{i}")).collect();
+    // (body, status, code) on both sides: the Target's refusals come from the Source
+    // through the session, or from its own checks.
+    let cases = [
+        (json!({"resource": "nope"}), 404, "not_found"),
+        (json!({"resource": "Not A Name"}), 400, "invalid_value"),
+        (
+            json!({"resource": "temperature", "since": t0, "until": t0}),
+            400,
+            "invalid_value",
+        ),
+        (
+            json!({"resource": "temperature", "since": now - month}),
+            410,
+            "range_not_held",
+        ),
+        (
+            json!({"resource": "temperature", "devices": many}),
+            400,
+            "invalid_value",
+        ),
+        (
+            json!({"resource": "temperature", "devices": []}),
+            400,
+            "invalid_value",
+        ),
+        (
+            json!({"resource": "temperature", "devices": ["ghost"]}),
+            404,
+            "not_found",
+        ),
+        (
+            json!({"resource": "temperature", "colour": "red"}),
+            400,
+            "invalid_value",
+        ),
+        (json!({"since": t0}), 400, "invalid_value"),
+    ];
+    for (body, status, code) in &cases {
+        for (api, c) in [(&a, &cid), (&b, &tid)] {
+            let (s, e) = api.post(&backfill(c), body.clone()).await?;
+            assert_eq!(
+                (s.as_u16(), e["error"].as_str()),
+                (*status, Some(*code)),
+                "{body}: {e}"
+            );
+            assert!(!e["message"].as_str().unwrap_or("").is_empty(), "{e}");
+        }
+    }
+    let (s, e) = a
+        .call_raw(
+            reqwest::Method::POST,
+            &backfill(&cid),
+            b"{not json".to_vec(),
+        )
+        .await?;
+    assert_eq!(
+        (s.as_u16(), e["error"].as_str()),
+        (400, Some("invalid_json"))
+    );
+    // A resource without Remote-Sync, asked from the Target.
+    a.post_ok(
+        &format!("/api/v1/connectors/{cid}/resources"),
+        json!({"name": "mode", "format": "integer"}),
+    )
+    .await?;
+    let (s, e) = b.post(&backfill(&tid), json!({"resource": "mode"})).await?;
+    assert_eq!(
+        (s.as_u16(), e["error"].as_str()),
+        (409, Some("conflict")),
+        "{e}"
+    );
+    // Nothing to cancel.
+    let (s, e) = a.delete(&backfill(&cid)).await?;
+    assert_eq!(
+        (s.as_u16(), e["error"].as_str()),
+        (409, Some("conflict")),
+        "{e}"
+    );
+    // A connector that is not paired.
+    let lone = a
+        .post_ok("/api/v1/connectors", json!({"name": "lone"}))
+        .await?["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let (s, e) = a
+        .post(&backfill(&lone), json!({"resource": "temperature"}))
+        .await?;
+    assert_eq!(
+        (s.as_u16(), e["error"].as_str()),
+        (409, Some("conflict")),
+        "{e}"
+    );
+    assert_eq!(head().await?, before, "a refusal queued something");
+    // The Source unreachable: the Target says so.
+    sites[0].proc.terminate(testkit::DEADLINE).await?;
+    let (s, e) = b
+        .post(&backfill(&tid), json!({"resource": "temperature"}))
+        .await?;
+    assert_eq!(
+        (s.as_u16(), e["error"].as_str()),
+        (503, Some("peer_offline")),
+        "{e}"
+    );
+    Ok(())
+}
