@@ -86,8 +86,10 @@ pub async fn start(state: &AppState, cid: &ConnectorId, ask: Ask) -> Result<Back
     }
 }
 
-/// The connector's latest backfill, if any: on a Source its own progress, on a Target the
-/// Source's, asked live (the last one reported when the Source cannot be asked).
+/// The connector's latest backfill, if any: on a Source its own progress; on a Target the
+/// last progress its Source reported of the backfill this site asked for, asked again live
+/// while it goes on (the last report stays when the Source cannot be asked). A Target that
+/// asked for none does not ask its Source at all.
 pub async fn status(state: &AppState, c: &Connector) -> Result<Option<BackfillView>> {
     if c.state != SyncState::Paired {
         return Ok(None);
@@ -99,7 +101,7 @@ pub async fn status(state: &AppState, c: &Connector) -> Result<Option<BackfillVi
     // Ask only while the reported one may still change.
     if last
         .as_ref()
-        .is_none_or(|v| matches!(v.state, BackfillState::Queuing | BackfillState::Sending))
+        .is_some_and(|v| matches!(v.state, BackfillState::Queuing | BackfillState::Sending))
         && let Ok(Answer::Backfill(Some(v))) = super::peer::ask(state, c, Op::BackfillStatus).await
     {
         state.remote.backfills.reported(&c.id, v.clone());

@@ -271,6 +271,8 @@ struct RemotePage {
     last_window: Option<(String, When)>,
     /// Progress of the data stream, for a paired connector.
     sync: Option<SyncView>,
+    /// The Send history again form and the backfill's progress.
+    backfill: super::backfill::Part,
 }
 
 /// What the Remote-Sync tab says under its chart when the rate history covers less than the
@@ -576,6 +578,7 @@ pub async fn remote_sync(
             .flatten()
             .map(|w| w.code),
         sync: sync_view(&state, &c).await,
+        backfill: super::backfill::part(&state, &c, None, false).await,
         window_words: ops::pairing::window_words(state.pairing_window),
         tries: tries_words(used),
         tries_warn: used > 0,

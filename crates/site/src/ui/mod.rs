@@ -28,9 +28,11 @@
 //! /connectors/{cid}/settings/remote-sync/resend    (POST) re-send the devices it listed
 //! /connectors/{cid}/settings/alarms         Settings tab: Alarms (thresholds form, recent)
 //! /alarms                                   the site's alarms: active and cleared, paged
+//! /connectors/{cid}/settings/remote-sync/backfill[/cancel]  (POST) send history again
 //! ```
 
 mod alarms;
+mod backfill;
 mod connectors;
 mod devices;
 mod error_page;
@@ -93,6 +95,14 @@ pub fn routes(state: AppState) -> Router {
             get(alarms::settings).post(alarms::set),
         )
         .route("/alarms", get(alarms::list))
+        .route(
+            "/connectors/{cid}/settings/remote-sync/backfill",
+            post(backfill::start),
+        )
+        .route(
+            "/connectors/{cid}/settings/remote-sync/backfill/cancel",
+            post(backfill::cancel),
+        )
         .route(
             "/connectors/{cid}/resources",
             get(resources::list).post(resources::create),

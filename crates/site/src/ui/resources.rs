@@ -1,9 +1,9 @@
 //! The Resources tab of a connector (list and Add resource) and the resource settings page
-//! with its Remote-Sync toggle.
+//! with its Remote-Sync toggle and backfill form (`backfill`).
 
 use askama::Template;
 use axum::Form;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use proto::model::{Format, ResourceName, Role};
 use serde::Deserialize;
@@ -168,12 +168,21 @@ struct SettingsPage {
     c: ConnView,
     tab: &'static str,
     r: ResView,
+    /// The Send history again form and the backfill's progress.
+    backfill: super::backfill::Part,
+}
+
+/// `?offer=history`: Remote-Sync was just switched on and the resource has history.
+#[derive(Deserialize)]
+pub struct SettingsQuery {
+    offer: Option<String>,
 }
 
 pub async fn settings(
     ctx: Ctx,
     State(state): State<AppState>,
     Path((cid, name)): Path<(String, String)>,
+    Query(q): Query<SettingsQuery>,
 ) -> UiResult {
     let c = load_connector(&state, &ctx, &cid).await?;
     let wanted = ops::resource_name(&name).or_page(&ctx)?;
@@ -194,6 +203,8 @@ pub async fn settings(
         c: ConnView::new(&state, &c),
         tab: "resources",
         r: ResView::from(r),
+        backfill: super::backfill::part(&state, &c, Some(r), q.offer.as_deref() == Some("history"))
+            .await,
     }))
 }
 
@@ -221,10 +232,29 @@ pub async fn update(
         settable: Some(form.settable.is_some()),
         remote_sync,
     };
-    // HOOK(sync): when Remote-Sync goes from off to on while data exists, offer to send the
-    // history still inside the retention window, with a progress bar.
+    let was_on = state
+        .store
+        .resources(&c.id)
+        .await
+        .ok()
+        .and_then(|all| all.into_iter().find(|r| r.name == name))
+        .is_some_and(|r| r.remote_sync);
     Ok(
         match ops::resources::update(&state, &c.id, &name, change).await {
+            // Switched on while data exists: offer to send the history still inside the
+            // retention window (the resource page then shows the offer and its progress).
+            Ok(r)
+                if c.role == Role::Source
+                    && c.state == proto::model::SyncState::Paired
+                    && !was_on
+                    && r.remote_sync
+                    && super::backfill::has_history(&state, &c, &r).await =>
+            {
+                flash_redirect(
+                    &format!("{back}?offer=history"),
+                    &format!("Resource {} saved: its data is sent from now on.", r.name),
+                )
+            }
             Ok(r) => flash_redirect(&back, &format!("Resource {} saved.", r.name)),
             Err(e) => flash_error_redirect(&back, &e.to_string()),
         },

@@ -337,3 +337,88 @@ async fn every_refusal_says_why_and_queues_nothing() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The backfill rate, as docs/benchmarks.md reports it: a Source with `WEST_BACKFILL_POINTS`
+/// points (default 200,000) of one resource, written while its Remote-Sync was off, over 100
+/// devices, re-queues them all and its Target applies them; prints points/s from the request
+/// to `done` (every point applied by the Target). Run by name:
+/// `cargo nextest run -p west --test e2e --run-ignored only backfill_rate --no-capture`.
+#[tokio::test]
+#[ignore = "a measurement, not a check: run by hand"]
+async fn backfill_rate() -> anyhow::Result<()> {
+    let points: i64 = std::env::var("WEST_BACKFILL_POINTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(200_000);
+    let devices = 100;
+    let (_hub, sites, cid, tid) = util::paired_sites().await?;
+    let (a, b) = (sites[0].admin().await?, sites[1].admin().await?);
+    for (api, c) in [(&a, &cid), (&b, &tid)] {
+        api.post_ok(
+            &format!("/api/v1/connectors/{c}/resources"),
+            json!({"name": "temperature", "format": "number"}),
+        )
+        .await?;
+    }
+    for d in 0..devices {
+        a.post_ok(
+            &format!("/api/v1/connectors/{cid}/devices"),
+            json!({"identity": format!("dev-{d}")}),
+        )
+        .await?;
+    }
+    let t0 = site::clock::now_micros() - 24 * 3_600 * SECOND;
+    for chunk in 0..(points + 999) / 1_000 {
+        let body: Vec<Value> = (chunk * 1_000..((chunk + 1) * 1_000).min(points))
+            .map(|n| {
+                json!({"device": format!("dev-{}", n % devices), "t": t0 + (n / devices) * SECOND,
+                       "values": {"temperature": (n % 997) as f64 / 10.0}})
+            })
+            .collect();
+        a.post_ok(
+            &format!("/api/v1/connectors/{cid}/data"),
+            Value::Array(body),
+        )
+        .await?;
+    }
+    a.patch_ok(
+        &format!("/api/v1/connectors/{cid}/resources/temperature"),
+        json!({"remote_sync": true}),
+    )
+    .await?;
+    let started = std::time::Instant::now();
+    let asked = a
+        .post(
+            &backfill(&cid),
+            json!({"resource": "temperature", "since": t0}),
+        )
+        .await?;
+    assert_eq!(asked.0, 202, "{}", asked.1);
+    let id = asked.1["id"].clone();
+    let queued_at = testkit::eventually("every point queued", testkit::DEADLINE * 20, || async {
+        let bf = a
+            .get_ok(&format!("/api/v1/connectors/{cid}/remote-sync"))
+            .await?["backfill"]
+            .clone();
+        Ok((bf["id"] == id && bf["state"] != "queuing").then(|| started.elapsed()))
+    })
+    .await?;
+    testkit::eventually("every point applied", testkit::DEADLINE * 20, || async {
+        let bf = a
+            .get_ok(&format!("/api/v1/connectors/{cid}/remote-sync"))
+            .await?["backfill"]
+            .clone();
+        Ok((bf["state"] == "done").then_some(()))
+    })
+    .await?;
+    let secs = started.elapsed().as_secs_f64();
+    let sample = series(&b, &tid, "dev-7", (t0, t0 + points * SECOND)).await?;
+    assert_eq!(sample.len() as i64, points / devices);
+    eprintln!(
+        "backfill_rate: {points} points over {devices} devices: queued in {:.1} s, applied by the \
+         Target in {secs:.1} s: {:.0} points/s",
+        queued_at.as_secs_f64(),
+        points as f64 / secs
+    );
+    Ok(())
+}

@@ -29,6 +29,7 @@ mod site_api;
 mod sync;
 mod ui;
 mod ui_alarms;
+mod ui_backfill;
 mod ui_device_list;
 mod ui_device_sync;
 mod ui_lookup;
