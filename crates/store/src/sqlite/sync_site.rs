@@ -355,6 +355,7 @@ mod tests {
                             token: [i as u8 + 1; 32],
                             created_at: 1,
                         },
+                        &crate::Actor::User("admin".into()),
                     )
                     .await
                     .unwrap();
