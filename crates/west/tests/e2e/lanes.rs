@@ -195,8 +195,18 @@ async fn after_an_outage_a_live_point_arrives_before_the_backlog() -> anyhow::Re
         },
     )
     .await?;
-    // It came first: the backlog is still draining behind it, and the Target says so.
-    let t = b.get_ok(&remote_sync(&tgt)).await?;
+    // It came first: the backlog is still draining behind it (the budget makes that take
+    // many seconds), and the Target says so once its status is refreshed (its gauges may
+    // lag the live stream by up to a second).
+    let t = eventually(
+        "the Target's status to show the lanes",
+        testkit::DEADLINE,
+        || async {
+            let t = b.get_ok(&remote_sync(&tgt)).await?;
+            Ok((!t["link"]["lanes"].is_null()).then_some(t))
+        },
+    )
+    .await?;
     let lanes = &t["link"]["lanes"];
     assert_eq!(lanes["live"]["from_seq"], from, "{t}");
     let applied = t["link"]["applied_seq"].as_u64().unwrap_or(u64::MAX);
