@@ -1048,7 +1048,7 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicI64, Ordering};
 
-    use proto::model::{DeviceState, Format, Value};
+    use proto::model::{Format, Value};
     use proto::sync::{Apply, GapRecord, LostSpan, Point as SyncPoint, Record, ResourceLoss};
     use serde_json::json;
 
@@ -1058,13 +1058,6 @@ mod tests {
     const PART: i64 = 1_000;
     /// Seqs the pairing of a paired fixture takes: the snapshots of `dev1` and `dev2`.
     const SNAP: u64 = 2;
-
-    fn peer() -> Peer {
-        Peer {
-            site: "site-b".into(),
-            connector_id: ConnectorId::parse("abcdefghijklmn").unwrap(),
-        }
-    }
 
     /// A store whose clock the test moves, with a connector holding `temp` (remote-synced)
     /// and `mode` (not), and device `dev1`.
@@ -1076,46 +1069,8 @@ mod tests {
         cfg.clock = Clock::new(move || clock.load(Ordering::SeqCst));
         cfg.sync_partition_us = PART;
         let store = SqliteStore::open(cfg).unwrap();
-        create_plant(&store).await;
-        for (n, sync) in [("temp", true), ("mode", false)] {
-            store
-                .create_resource(
-                    &cid(),
-                    NewResource {
-                        name: name(n),
-                        format: Format::Number,
-                        unit: None,
-                        settable: false,
-                        remote_sync: sync,
-                        created_at: 1,
-                    },
-                )
-                .await
-                .unwrap();
-        }
-        for d in ["dev1", "dev2"] {
-            store
-                .create_device(
-                    &cid(),
-                    NewDevice {
-                        identity: id(d),
-                        tags: Default::default(),
-                        permissions: vec![],
-                        state: DeviceState::Provisioned,
-                        token: [d.len() as u8 + d.as_bytes()[3]; 32],
-                        created_at: 1,
-                    },
-                    &admin(),
-                )
-                .await
-                .unwrap();
-        }
+        source_plant(&store, paired).await;
         if paired {
-            store.open_pairing(&cid(), "CODE", 10).await.unwrap();
-            store
-                .complete_pairing(&cid(), peer(), keys(), 2)
-                .await
-                .unwrap();
             assert_eq!(store.outbox_head(&cid()).await.unwrap(), SNAP);
         }
         (dir, store, now)

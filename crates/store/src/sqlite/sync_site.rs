@@ -313,11 +313,11 @@ mod tests {
     mod requeue {
         use std::sync::Arc;
 
-        use proto::model::{DeviceState, Format, Value};
+        use proto::model::Value;
         use proto::sync::Record;
         use serde_json::json;
 
-        use crate::sqlite::fixtures::{cid, create_plant, id, keys, name};
+        use crate::sqlite::fixtures::{cid, id, name, source_plant};
         use crate::sqlite::{SqliteConfig, SqliteStore};
         use crate::*;
 
@@ -326,51 +326,7 @@ mod tests {
         async fn source(paired: bool) -> (tempfile::TempDir, Arc<SqliteStore>) {
             let dir = tempfile::tempdir().unwrap();
             let store = SqliteStore::open(SqliteConfig::new(dir.path().join("site.db"))).unwrap();
-            create_plant(&store).await;
-            for (n, sync) in [("temp", true), ("mode", false)] {
-                store
-                    .create_resource(
-                        &cid(),
-                        NewResource {
-                            name: name(n),
-                            format: Format::Number,
-                            unit: None,
-                            settable: false,
-                            remote_sync: sync,
-                            created_at: 1,
-                        },
-                    )
-                    .await
-                    .unwrap();
-            }
-            for (i, d) in ["dev1", "dev2"].into_iter().enumerate() {
-                store
-                    .create_device(
-                        &cid(),
-                        NewDevice {
-                            identity: id(d),
-                            tags: Default::default(),
-                            permissions: vec![],
-                            state: DeviceState::Provisioned,
-                            token: [i as u8 + 1; 32],
-                            created_at: 1,
-                        },
-                        &crate::Actor::User("admin".into()),
-                    )
-                    .await
-                    .unwrap();
-            }
-            if paired {
-                store.open_pairing(&cid(), "CODE", i64::MAX).await.unwrap();
-                let peer = Peer {
-                    site: "site-b".into(),
-                    connector_id: ConnectorId::parse("abcdefghijklmn").unwrap(),
-                };
-                store
-                    .complete_pairing(&cid(), peer, keys(), 2)
-                    .await
-                    .unwrap();
-            }
+            source_plant(&store, paired).await;
             (dir, Arc::new(store))
         }
 
