@@ -257,6 +257,12 @@ pub trait Store: Send + Sync + 'static {
     /// falls more than [`LIVE_CAPACITY`] batches behind misses the oldest and is told how
     /// many (`RecvError::Lagged`).
     fn live(&self) -> tokio::sync::broadcast::Receiver<std::sync::Arc<LiveBatch>>;
+    /// Retention of stored points: drops every stored time partition (an hour of every
+    /// series) that ends at or before `before` (µs), whole partitions at a time, and returns
+    /// what it dropped. Points written but not yet folded into partitions stay until a pass
+    /// after their fold; the latest value of each series stays; the outbox is not touched
+    /// (its retention is [`sync_expire`](Self::sync_expire)).
+    async fn points_expire(&self, before: i64) -> Result<PointsExpiry>;
 
     // Sync (docs/spec.md §6, §7; docs/sync.md). `ingest` appends the points of remote-synced
     // resources of a paired Source to its outbox in the same transaction, under gap-free

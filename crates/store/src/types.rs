@@ -427,6 +427,15 @@ pub struct ExpiryReport {
     pub pending_expired: u64,
 }
 
+/// What one pass of stored-point retention ([`Store::points_expire`]) dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PointsExpiry {
+    /// Whole time partitions (hours) dropped, summed over series.
+    pub partitions: u64,
+    /// Stored points dropped (a point rewritten after it was folded counts once per copy).
+    pub points: u64,
+}
+
 /// Why data is missing on this side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GapReason {

@@ -57,6 +57,10 @@ pub struct SiteArgs {
     /// How long undelivered data is kept for the peer [default: 30d].
     #[arg(long, env = "WEST_RETENTION", value_parser = config::parse_duration)]
     retention: Option<std::time::Duration>,
+    /// How long stored points are kept; older ones are dropped a whole hour at a time
+    /// (the latest value of each series stays) [default: kept for ever].
+    #[arg(long, env = "WEST_KEEP_POINTS", value_parser = config::parse_duration)]
+    keep_points: Option<std::time::Duration>,
     /// Most MiB of undelivered data kept per Source connector; beyond it the oldest is
     /// dropped and reported as a gap [default: no budget, only --retention].
     #[arg(long, env = "WEST_SYNC_DISK_BUDGET_MIB")]
@@ -119,6 +123,7 @@ struct FileConfig {
     admin_password: Option<String>,
     admin_password_file: Option<PathBuf>,
     retention: Option<String>,
+    keep_points: Option<String>,
     sync_disk_budget_mib: Option<u64>,
     pairing_window: Option<String>,
     metrics_public: Option<bool>,
@@ -207,6 +212,14 @@ fn resolve(args: SiteArgs, file: FileConfig) -> anyhow::Result<(SiteConfig, Stri
     if let Some(r) = retention {
         anyhow::ensure!(!r.is_zero(), "--retention must be longer than zero");
         cfg.sync.retention = r;
+    }
+    let keep_points = match args.keep_points {
+        Some(k) => Some(k),
+        None => file_duration("keep_points", file.keep_points)?,
+    };
+    if let Some(k) = keep_points {
+        anyhow::ensure!(!k.is_zero(), "--keep-points must be longer than zero");
+        cfg.sync.keep_points = Some(k);
     }
     cfg.sync.disk_budget = args
         .sync_disk_budget_mib
@@ -315,6 +328,7 @@ mod tests {
         hub_ca = "/etc/west/hub.pem"
         admin_password = "correct horse"
         retention = "7d"
+        keep_points = "365d"
         sync_disk_budget_mib = 512
         pairing_window = "15m"
         metrics_public = true
@@ -352,6 +366,10 @@ mod tests {
         assert_eq!(hub.ca_pem, Some(PathBuf::from("/etc/west/hub.pem")));
         assert_eq!(cfg.admin_password.as_deref(), Some("correct horse"));
         assert_eq!(cfg.sync.retention, Duration::from_secs(7 * 86_400));
+        assert_eq!(
+            cfg.sync.keep_points,
+            Some(Duration::from_secs(365 * 86_400))
+        );
         assert_eq!(cfg.sync.disk_budget, Some(512 << 20));
         assert_eq!(cfg.pairing_window, Duration::from_secs(15 * 60));
         assert!(cfg.metrics_public);

@@ -27,6 +27,8 @@ pub struct SyncSettings {
     /// Most estimated bytes a connector's outbox may hold; beyond it the oldest undelivered
     /// data is dropped (and reported as a gap). Default: none.
     pub disk_budget: Option<u64>,
+    /// How long stored points are kept (whole hours are dropped past it). Default: for ever.
+    pub keep_points: Option<Duration>,
     /// The wall clock of retention and of outbox partitions. Default: the system clock.
     pub clock: Clock,
 }
@@ -36,6 +38,7 @@ impl Default for SyncSettings {
         Self {
             retention: Duration::from_secs(30 * 24 * 3600),
             disk_budget: None,
+            keep_points: None,
             clock: Clock::system(),
         }
     }

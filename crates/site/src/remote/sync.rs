@@ -725,7 +725,12 @@ pub fn spawn_site_tasks(state: &AppState, cancel: CancellationToken, tasks: &mut
 
 /// Every [`EXPIRY_EVERY`], one store read finds the connectors that have anything past
 /// retention (or over the disk budget), and only those get a retention pass (a write).
+/// With `--keep-points`, stored points past it are dropped too, in one pass (a write) each
+/// time the cutoff enters another hour: the store drops whole hours.
 async fn retention(state: AppState, cancel: CancellationToken) {
+    const HOUR_US: i64 = 3_600_000_000;
+    // The hour of the last stored-points cutoff passed to the store.
+    let mut points_hour: Option<i64> = None;
     let mut tick = tokio::time::interval(EXPIRY_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -740,6 +745,26 @@ async fn retention(state: AppState, cancel: CancellationToken) {
             keep_us: i64::try_from(s.retention.as_micros()).unwrap_or(i64::MAX),
             budget_bytes: s.disk_budget,
         };
+        if let Some(keep) = s.keep_points {
+            let keep = i64::try_from(keep.as_micros()).unwrap_or(i64::MAX);
+            let before = retention.now.saturating_sub(keep);
+            let hour = before.div_euclid(HOUR_US);
+            if points_hour != Some(hour) {
+                match state.store.points_expire(before).await {
+                    Ok(r) => {
+                        points_hour = Some(hour);
+                        if r.points > 0 {
+                            tracing::info!(
+                                points = r.points,
+                                partitions = r.partitions,
+                                "dropped stored points older than --keep-points"
+                            );
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot drop expired stored points"),
+                }
+            }
+        }
         let jobs = &state.metrics.sync_store_jobs;
         jobs.increment(1);
         let due = match state.store.sync_expiring(retention).await {

@@ -266,6 +266,30 @@ impl SqliteStore {
         self.tail.read().map(|t| t.len()).unwrap_or(0)
     }
 
+    /// A retention pass of stored points ([`Store::points_expire`]) and, as it found them in
+    /// the same job, the points of the tail it leaves alone: `(device identity, t)`.
+    #[cfg(test)]
+    async fn points_expire_seeing_tail(
+        &self,
+        before: i64,
+    ) -> Result<(PointsExpiry, Vec<(String, i64)>)> {
+        self.write(move |conn| {
+            let mut unfolded = Vec::new();
+            for (device, _, t) in series::unfolded_at_commit() {
+                let identity: String = conn
+                    .query_row(
+                        "SELECT identity FROM devices WHERE id = ?1",
+                        [device],
+                        |r| r.get(0),
+                    )
+                    .map_err(backend("naming a device"))?;
+                unfolded.push((identity, t));
+            }
+            Ok((series::expire_blocks(conn, before)?, unfolded))
+        })
+        .await
+    }
+
     /// Runs a local device edit in the writer's transaction with what stamping it needs.
     async fn write_device<R, F>(&self, f: F) -> Result<R>
     where

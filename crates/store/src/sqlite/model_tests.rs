@@ -1,7 +1,8 @@
 //! A model-based property test of the time series path: random sequences of ingest (with
 //! repeated timestamps, refused requests and several devices), reads (ranges, both orders,
 //! paging), latest values, folds (asked for, and forced by a small `fold_points`), device
-//! deletion and reopening, each compared with a `BTreeMap` that keeps the last write of every
+//! deletion, reopening and retention of stored points (whole hours of blocks dropped, the
+//! unfolded tail kept), each compared with a `BTreeMap` that keeps the last write of every
 //! `(device, t)`. On a paired Source too, where a remote-synced point's only copy is its
 //! outbox record until folded: with leases, partial acknowledgements, retention expiring
 //! partitions, and Remote-Sync toggled on the resource; there a second model, of the outbox
@@ -72,6 +73,10 @@ enum Op {
     Expire,
     /// Remote-Sync of the resource is switched.
     Toggle,
+    /// Retention of stored points drops the hours that end at or before `slot · STEP`.
+    DropBefore {
+        slot: i64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -96,6 +101,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(share, len, max)| Op::OutboxRead { share, len, max }),
         1 => Just(Op::Expire),
         1 => Just(Op::Toggle),
+        1 => (0..SLOTS + 1).prop_map(|slot| Op::DropBefore { slot }),
     ]
 }
 
@@ -367,6 +373,9 @@ async fn run(ops: Vec<Op>, fold_points: usize, paired: bool) -> Result<(), TestC
     }
     // (device, t) → value: the last write wins.
     let mut model: BTreeMap<(usize, i64), i64> = BTreeMap::new();
+    // The same, of every write since the device was created, retention or not: a series'
+    // latest value outlives its history.
+    let mut written: BTreeMap<(usize, i64), i64> = BTreeMap::new();
     for op in ops {
         match op {
             Op::Ingest {
@@ -398,6 +407,7 @@ async fn run(ops: Vec<Op>, fold_points: usize, paired: bool) -> Result<(), TestC
                     }
                     for (slot, v) in points {
                         model.insert((device, slot * STEP), v);
+                        written.insert((device, slot * STEP), v);
                     }
                 }
             }
@@ -428,7 +438,7 @@ async fn run(ops: Vec<Op>, fold_points: usize, paired: bool) -> Result<(), TestC
                 let got: Vec<(i64, i64)> = pages.into_iter().flatten().collect();
                 prop_assert_eq!(got, expected, "{:?}", q);
                 // The latest value: the newest point, last write of its t.
-                let newest = model
+                let newest = written
                     .range((device, 0)..(device, i64::MAX))
                     .next_back()
                     .map(|((_, t), v)| Point {
@@ -522,6 +532,32 @@ async fn run(ops: Vec<Op>, fold_points: usize, paired: bool) -> Result<(), TestC
                     .await
                     .unwrap();
             }
+            Op::DropBefore { slot } => {
+                let before = slot * STEP;
+                let (report, unfolded) = store.points_expire_seeing_tail(before).await.unwrap();
+                // Whole hours only: those that end at or before `before`.
+                let kept_from = before.div_euclid(BUCKET_US) * BUCKET_US;
+                let unfolded: std::collections::BTreeSet<(usize, i64)> = unfolded
+                    .into_iter()
+                    .map(|(identity, t)| {
+                        let d = DEVICES.iter().position(|d| *d == identity).unwrap();
+                        (d, t)
+                    })
+                    .collect();
+                let dropped = model
+                    .keys()
+                    .filter(|(d, t)| *t < kept_from && !unfolded.contains(&(*d, *t)))
+                    .count();
+                // Each dropped point of the model was in a block (a point rewritten after
+                // its fold has one copy per block generation).
+                prop_assert!(
+                    report.points >= dropped as u64,
+                    "{:?} < {}",
+                    report,
+                    dropped
+                );
+                model.retain(|(d, t), _| *t >= kept_from || unfolded.contains(&(*d, *t)));
+            }
             Op::Recreate { device } => {
                 store
                     .delete_device(&cid(), &id(DEVICES[device]), &admin())
@@ -529,6 +565,7 @@ async fn run(ops: Vec<Op>, fold_points: usize, paired: bool) -> Result<(), TestC
                     .unwrap();
                 create_device(&store, DEVICES[device]).await;
                 model.retain(|(d, _), _| *d != device);
+                written.retain(|(d, _), _| *d != device);
                 if paired {
                     // The delete and the create, each a change of the device.
                     let at = now.load(Ordering::SeqCst);

@@ -23,6 +23,10 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
     (11, include_str!("../../migrations/0011_alarms.sql")),
     (12, include_str!("../../migrations/0012_sync_lanes.sql")),
     (13, include_str!("../../migrations/0013_device_audit.sql")),
+    (
+        14,
+        include_str!("../../migrations/0014_bucket_retention.sql"),
+    ),
 ];
 
 /// A connection to the database with the store's settings (WAL, the synchronous level,

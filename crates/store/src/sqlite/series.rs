@@ -15,6 +15,8 @@
 //!                             pos, sync_out.folded to its heads; Op::Installed at COMMIT
 //!  read ──▶ lock Tail, first statement (the snapshot), copy the tail's part, unlock
 //!           ──▶ blocks of the series' buckets in range, merged (later gen wins), tail wins
+//!  retention ──▶ `expire_blocks`: DELETE … WHERE bucket < cutoff's, on point_blocks and
+//!                series_buckets (two range deletes; the Tail and `latest` untouched)
 //! ```
 //!
 //! Invariants:
@@ -590,6 +592,88 @@ pub(super) fn delete_device(conn: &Connection, device: i64) -> Result<()> {
         .map_err(backend(op))?;
     OPS.with_borrow_mut(|ops| ops.push(Op::Forget(device)));
     Ok(())
+}
+
+/// Retention of stored points: drops every bucket of blocks that ends at or before `before`
+/// (µs), as two range deletes on the bucket (`point_blocks` is keyed bucket first,
+/// `series_buckets` has an index on it: migration 0014), never a look at each series. The
+/// Tail is not touched: its points of those buckets are dropped by a pass after their fold.
+/// `latest` stays (the newest value of a series outlives its history).
+pub(super) fn expire_blocks(conn: &Connection, before: i64) -> Result<crate::PointsExpiry> {
+    let op = "dropping expired points";
+    // Buckets below this one end at or before `before`.
+    let first_kept = before.div_euclid(BUCKET_US);
+    let mut points: u64 = 0;
+    let mut blocks = conn
+        .prepare_cached("DELETE FROM point_blocks WHERE bucket < ?1 RETURNING n")
+        .map_err(backend(op))?;
+    let mut rows = blocks.query([first_kept]).map_err(backend(op))?;
+    while let Some(r) = rows.next().map_err(backend(op))? {
+        points += u64::try_from(r.get::<_, i64>(0).map_err(backend(op))?).unwrap_or(0);
+    }
+    drop(rows);
+    let partitions = conn
+        .prepare_cached("DELETE FROM series_buckets WHERE bucket < ?1")
+        .and_then(|mut s| s.execute([first_kept]))
+        .map_err(backend(op))?;
+    Ok(crate::PointsExpiry {
+        partitions: partitions as u64,
+        points,
+    })
+}
+
+/// The `(device, resource, t)` of every point the Tail will hold once the writer's open
+/// transaction commits (the committed Tail with this transaction's changes so far). Writer
+/// thread only; for the model test, which must know what a retention pass leaves alone.
+#[cfg(test)]
+pub(super) fn unfolded_at_commit() -> std::collections::BTreeSet<(i64, i64, i64)> {
+    use std::collections::BTreeSet;
+    let keys = |part: &Part| -> BTreeSet<(i64, i64, i64)> {
+        part.devices
+            .iter()
+            .flat_map(|(d, rs)| {
+                rs.iter()
+                    .flat_map(move |(r, s)| s.keys().map(move |t| (*d, *r, *t)))
+            })
+            .collect()
+    };
+    let (mut frozen, mut active): (Vec<(u64, BTreeSet<_>)>, BTreeSet<_>) =
+        match CURRENT_TAIL.with_borrow(Clone::clone) {
+            Some(tail) => {
+                let tail = tail.read().expect("the tail's lock");
+                (
+                    tail.frozen.iter().map(|f| (f.id, keys(&f.part))).collect(),
+                    keys(&tail.active),
+                )
+            }
+            None => (Vec::new(), BTreeSet::new()),
+        };
+    OPS.with_borrow(|ops| {
+        for op in ops {
+            match op {
+                Op::Put {
+                    device,
+                    resource,
+                    t,
+                    ..
+                } => {
+                    active.insert((*device, *resource, *t));
+                }
+                Op::Forget(device) => {
+                    for (_, part) in &mut frozen {
+                        part.retain(|k| k.0 != *device);
+                    }
+                    active.retain(|k| k.0 != *device);
+                }
+                Op::Folded => {
+                    frozen.clear();
+                    active.clear();
+                }
+                Op::Installed(id) => frozen.retain(|f| f.0 != *id),
+            }
+        }
+    });
+    frozen.into_iter().flat_map(|f| f.1).chain(active).collect()
 }
 
 /// Reads the rows an older version left in `point_log` up to `upto` into a part (in log

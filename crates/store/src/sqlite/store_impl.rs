@@ -864,6 +864,11 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn points_expire(&self, before: i64) -> Result<PointsExpiry> {
+        self.write(move |conn| series::expire_blocks(conn, before))
+            .await
+    }
+
     async fn sync_expire(&self, cid: &ConnectorId, retention: Retention) -> Result<ExpiryReport> {
         let cid = cid.clone();
         let partition_us = self.config.sync_partition_us;

@@ -784,3 +784,79 @@ async fn a_database_locked_by_another_process_refuses_writes_with_that_error() {
         .unwrap();
     assert_eq!(values(&store).await, vec![(6, 2.0)]);
 }
+
+/// Retention of stored points drops whole hours of folded blocks with two range deletes on
+/// the bucket (the plan says so: no look at each series), keeps the hour that `before` falls
+/// in, the unfolded tail (even of an expired hour, until a pass after its fold) and the
+/// series' latest value.
+#[tokio::test]
+async fn retention_drops_whole_hours_of_blocks_by_range_and_keeps_the_tail() {
+    const HOUR: i64 = series::BUCKET_US;
+    let (dir, store) = fixture().await;
+    // Three hours of one series, 10 points each, folded.
+    for hour in 0..3 {
+        ingest_at(&store, hour * HOUR..hour * HOUR + 10, hour as f64).await;
+    }
+    store.fold().await.unwrap();
+    // One more point of the first hour, not folded yet.
+    ingest_at(&store, 20..21, 9.0).await;
+
+    let before = 2 * HOUR + HOUR / 2;
+    let expiry = store.points_expire(before).await.unwrap();
+    assert_eq!(
+        expiry,
+        PointsExpiry {
+            partitions: 2,
+            points: 20
+        }
+    );
+    let mut expected: Vec<(i64, f64)> = vec![(20, 9.0)];
+    expected.extend((2 * HOUR..2 * HOUR + 10).map(|t| (t, 2.0)));
+    assert_eq!(values(&store).await, expected);
+    let dev = store
+        .device(&cid(), &Identity::parse("dev1").unwrap())
+        .await;
+    let latest = &dev.unwrap().values[&ResourceName::parse("temp").unwrap()];
+    assert_eq!(latest.t, 2 * HOUR + 9);
+
+    // Folded now, the tail's point of the first hour goes with the next pass.
+    store.fold().await.unwrap();
+    let expiry = store.points_expire(before).await.unwrap();
+    assert_eq!(
+        expiry,
+        PointsExpiry {
+            partitions: 1,
+            points: 1
+        }
+    );
+    assert_eq!(values(&store).await, expected[1..]);
+    assert_eq!(
+        store.points_expire(before).await.unwrap(),
+        PointsExpiry::default()
+    );
+
+    // Both deletes are range deletes on the bucket.
+    let conn = Connection::open(dir.path().join("site.db")).unwrap();
+    for (sql, uses) in [
+        (
+            "DELETE FROM point_blocks WHERE bucket < 5 RETURNING n",
+            "PRIMARY KEY (bucket<?)",
+        ),
+        (
+            "DELETE FROM series_buckets WHERE bucket < 5",
+            "series_buckets_by_bucket (bucket<?)",
+        ),
+    ] {
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap()
+            .query_map([], |r| r.get(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(
+            plan.iter().any(|step| step.contains(uses)),
+            "{sql}: {plan:?}"
+        );
+    }
+}

@@ -12,6 +12,7 @@ mod export;
 mod frames;
 mod hub;
 mod idle;
+mod keep_points;
 mod lanes;
 mod live;
 mod lookup;
