@@ -275,6 +275,18 @@ pub trait Store: Send + Sync + 'static {
     /// At most `max` consecutive records from `from`, or the lost span that holds `from`
     /// ([`outbox_range`](Self::outbox_range) up to the head).
     async fn outbox_read(&self, cid: &ConnectorId, from: u64, max: usize) -> Result<OutboxChunk>;
+    /// The head and [`outbox_read`](Self::outbox_read)`(cid, from, max)`, in one snapshot
+    /// where the backend has them: what a sync driver woken by an append reads, so that the
+    /// records leave without a second round trip to the store.
+    async fn outbox_head_read(
+        &self,
+        cid: &ConnectorId,
+        from: u64,
+        max: usize,
+    ) -> Result<(u64, OutboxChunk)> {
+        let head = self.outbox_head(cid).await?;
+        Ok((head, self.outbox_read(cid, from, max).await?))
+    }
     /// At most `max` consecutive records with `from <= seq < until` (none when `from >=
     /// until` or `from` is past the head), or the lost span that holds `from` (whole, even
     /// where it reaches past `until`). A seq is one point or one device change whatever the

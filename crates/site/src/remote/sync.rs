@@ -7,6 +7,8 @@
 //!                                                                              ▼
 //!  connector task ── SyncEvent::{Up, Down, Message} ──▶ driver task (one per paired connector)
 //!      Sender   (Source: points and device changes; Target: device changes)
+//!        woken ─▶ store.outbox_head_read: the head, and when everything was acknowledged
+//!                 the records after it in the same read (the Sender's next Read takes them)
 //!        Read ─▶ store.outbox_read ─▶ on_read          Lease ─▶ store.outbox_lease ─▶ on_lease
 //!                                                      (persisted after the sends due)
 //!        Acked ─▶ persisted at once when caught up, else ≤ 500 ms later (store.outbox_acked
@@ -217,6 +219,11 @@ struct SyncDriver {
     reconnects: u64,
     /// A send lease the Sender asked for, persisted once its other outputs are done.
     lease_due: Option<u64>,
+    /// Records read with the head after a wake-up (`on_appended`), from the seq the Sender
+    /// reads next when it is caught up: its next `Read` from there is answered with them.
+    prefetched: Option<(u64, OutboxChunk)>,
+    /// The most records the Sender reads at once (a batch).
+    read_max: usize,
 }
 
 impl SyncDriver {
@@ -336,6 +343,8 @@ impl SyncDriver {
                 self.on_receiver_output(out).await;
             }
             if !progressed {
+                // Used by the read it was for, or by none: never kept for a later one.
+                self.prefetched = None;
                 match self.lease_due.take() {
                     Some(upto) => self.persist_lease(upto).await,
                     None => return,
@@ -386,13 +395,22 @@ impl SyncDriver {
                 }
             },
             SenderOutput::Read { from, max_records } => {
-                self.store_job();
-                let chunk = match self
-                    .state
-                    .store
-                    .outbox_read(&self.cid, from, max_records)
-                    .await
-                {
+                let read = match self.prefetched.take() {
+                    Some((at, OutboxChunk::Records(mut records))) if at == from => {
+                        // Consecutive from `from`: a prefix is what a smaller read gives.
+                        records.truncate(max_records);
+                        Ok(OutboxChunk::Records(records))
+                    }
+                    Some((at, lost @ OutboxChunk::Lost(_))) if at == from => Ok(lost),
+                    _ => {
+                        self.store_job();
+                        self.state
+                            .store
+                            .outbox_read(&self.cid, from, max_records)
+                            .await
+                    }
+                };
+                let chunk = match read {
                     Ok(OutboxChunk::Records(records)) => ReadChunk::Records { from, records },
                     Ok(OutboxChunk::Lost(span)) => ReadChunk::Lost { from, span },
                     Err(e) => {
@@ -514,9 +532,32 @@ impl SyncDriver {
         }
     }
 
+    /// The outbox grew: learns its head. A Sender that had everything acknowledged reads
+    /// next right after its head, so the records from there come in the same store read
+    /// (one round trip instead of two on the latency path; `prefetched`).
     async fn on_appended(&mut self) {
         self.dirty = true;
         self.store_job();
+        let known = self.sender.stats(self.now()).head;
+        if self.up && self.sender.acked() == known {
+            let from = known + 1;
+            match self
+                .state
+                .store
+                .outbox_head_read(&self.cid, from, self.read_max)
+                .await
+            {
+                Ok((head, chunk)) => {
+                    self.prefetched = Some((from, chunk));
+                    let now = self.now();
+                    self.sender.outbox_head(now, head);
+                }
+                Err(e) => {
+                    tracing::error!(connector = %self.cid, error = %e, "cannot read the outbox head")
+                }
+            }
+            return;
+        }
         match self.state.store.outbox_head(&self.cid).await {
             Ok(head) => {
                 let now = self.now();
@@ -937,9 +978,11 @@ async fn run(
         done_tx,
     ));
     let started = Instant::now();
+    let sender_config = SenderConfig::default();
+    let read_max = sender_config.max_batch_records;
     let mut d = SyncDriver {
         sender: Sender::new(
-            SenderConfig::default(),
+            sender_config,
             SenderDurable {
                 acked: durable.acked,
                 head: durable.head,
@@ -978,6 +1021,8 @@ async fn run(
         held_live: VecDeque::new(),
         reconnects: 0,
         lease_due: None,
+        prefetched: None,
+        read_max,
     };
     match d.state.store.sync_budget(&d.cid).await {
         Ok(b) => d.shared.budget.store(b.unwrap_or(0), Ordering::Relaxed),

@@ -310,6 +310,7 @@ pub(super) fn writer(
     folding: &Folding,
 ) {
     series::set_current_tail(Arc::clone(&folding.tail));
+    device_ids::start(&conn);
     let mut batch = Vec::with_capacity(MAX_JOBS_PER_COMMIT);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -336,6 +337,7 @@ pub(super) fn writer(
             let savepoint = conn.execute_batch("SAVEPOINT job");
             let mark = series::mark();
             let audit_mark = super::audit::mark();
+            let ids_mark = device_ids::mark();
             let mut done = job(Ok(&conn));
             // The job's points, one log row: its last write, inside its savepoint.
             if done.ok
@@ -351,6 +353,7 @@ pub(super) fn writer(
             if !done.ok {
                 series::rollback_to(mark);
                 super::audit::rollback_to(audit_mark);
+                device_ids::rollback_to(ids_mark);
             }
             if savepoint.is_ok() {
                 let end = if done.ok {
@@ -367,6 +370,7 @@ pub(super) fn writer(
         let commit = conn
             .execute_batch("COMMIT")
             .map_err(|e| CommitFailure::new("committing", &e));
+        device_ids::end(commit.is_ok());
         let ops = series::take_ops();
         let mut live = series::take_live();
         live.extend(super::audit::take_live());

@@ -38,7 +38,8 @@
 //! and the shared lookups; `store_impl.rs` the [`Store`] trait, method by method;
 //! `series.rs` the time series (log, tail, blocks); `sync.rs` resource data sync;
 //! `outbox.rs` the outbox's stored records (a row per request);
-//! `devices.rs` device records and their convergence; `audit.rs` the device audit log;
+//! `devices.rs` device records and their convergence; `device_ids.rs` the writer's cache of
+//! device row ids across transactions; `audit.rs` the device audit log;
 //! `waiting.rs` points waiting for a missing resource.
 //!
 //! Invariants: only the writer thread writes (and the migrations at open, before it
@@ -72,6 +73,7 @@ mod audit;
 #[cfg(test)]
 mod crash_tests;
 mod device_count;
+mod device_ids;
 mod devices;
 mod engine;
 #[cfg(test)]

@@ -172,26 +172,19 @@ pub(super) fn device_id(conn: &Connection, cid: &ConnectorId, identity: &Identit
         .ok_or_else(|| StoreError::DeviceNotFound(identity.clone()))
 }
 
-/// A device's row id, refused when the device is locked.
+/// A device's row id, refused when the device is locked (from the writer's cache of rows,
+/// `device_ids.rs`, when it runs on the writer).
 pub(super) fn writable_device_id(
     conn: &Connection,
     cid: &ConnectorId,
     identity: &Identity,
 ) -> Result<i64> {
-    let (id, state) = conn
-        .prepare_cached("SELECT id, state FROM devices WHERE connector = ?1 AND identity = ?2")
-        .and_then(|mut s| {
-            s.query_row([cid.as_str(), identity.as_str()], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-            })
-            .optional()
-        })
-        .map_err(backend("looking up a device"))?
+    let row = device_ids::lookup(conn, cid, identity)?
         .ok_or_else(|| StoreError::DeviceNotFound(identity.clone()))?;
-    if state == DeviceState::Locked.as_str() {
+    if row.locked {
         return Err(StoreError::DeviceLocked(identity.clone()));
     }
-    Ok(id)
+    Ok(row.id)
 }
 
 pub(super) const CONNECTOR_COLUMNS: &str =

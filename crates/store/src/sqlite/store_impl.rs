@@ -826,6 +826,25 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn outbox_head_read(
+        &self,
+        cid: &ConnectorId,
+        from: u64,
+        max: usize,
+    ) -> Result<(u64, OutboxChunk)> {
+        let cid = cid.clone();
+        self.read(move |conn| {
+            let head = sync::head(conn, &cid)?;
+            let chunk = if from <= head {
+                sync::read(conn, &cid, (from, u64::MAX), max)?
+            } else {
+                OutboxChunk::Records(Vec::new())
+            };
+            Ok((head, chunk))
+        })
+        .await
+    }
+
     async fn outbox_range(
         &self,
         cid: &ConnectorId,

@@ -35,19 +35,19 @@
 //!
 //! Deliberately absent: any clock reading: `now` is passed in.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use proto::model::{ConnectorId, Format, Identity, ResourceName, Value};
 use proto::sync::{Held, LostSpan, Record, ResourceLoss};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::devices;
 pub(super) use super::outbox::{append_device, appender};
 use super::outbox::{rows_from, table, to_i64, to_u64};
 use super::{
     backend, collect_rows, identity_col, parse_col, resource_col, resource_rows, select_rows,
     value_from_sql, value_to_sql,
 };
+use super::{device_ids, devices};
 use crate::{
     ExpiryReport, GapReason, GapRow, Inbound, OutboxChunk, Result, Retention, StoreError,
     SyncDurable,
@@ -741,7 +741,9 @@ struct Refused {
 
 /// Writes received points into the Target's series, creating devices as needed.
 struct PointWriter {
-    devices: HashMap<Identity, i64>,
+    /// Devices of this apply found deleted, until a change of theirs arrives (the writer's
+    /// cache keeps only rows that exist).
+    deleted: HashSet<Identity>,
     /// Points of deleted devices, dropped.
     dropped: u64,
     refused: BTreeMap<ResourceName, Refused>,
@@ -750,7 +752,7 @@ struct PointWriter {
 impl PointWriter {
     fn new() -> Self {
         Self {
-            devices: HashMap::new(),
+            deleted: HashSet::new(),
             dropped: 0,
             refused: BTreeMap::new(),
         }
@@ -758,6 +760,7 @@ impl PointWriter {
 
     /// The device's row, created if missing; `None` when the device was deleted (its record
     /// is a tombstone), whose points are then dropped as its delete dropped the others.
+    /// Known rows come from the writer's cache (`device_ids.rs`), without a `SELECT`.
     fn device(
         &mut self,
         conn: &Connection,
@@ -765,32 +768,25 @@ impl PointWriter {
         identity: &Identity,
         now: i64,
     ) -> Result<Option<i64>> {
-        if let Some(id) = self.devices.get(identity) {
-            return Ok(Some(*id));
+        if let Some(row) = device_ids::lookup(conn, cid, identity)? {
+            return Ok(Some(row.id));
         }
-        let found: Option<i64> = conn
-            .prepare_cached("SELECT id FROM devices WHERE connector = ?1 AND identity = ?2")
-            .and_then(|mut s| {
-                s.query_row([cid.as_str(), identity.as_str()], |r| r.get(0))
-                    .optional()
-            })
-            .map_err(backend("looking up a device"))?;
-        let id = match found {
-            Some(id) => id,
-            None if devices::is_deleted(conn, cid, identity)? => {
-                self.dropped += 1;
-                return Ok(None);
-            }
-            None => {
-                conn.prepare_cached(
-                    "INSERT INTO devices (connector, identity, created_at) VALUES (?1, ?2, ?3)",
-                )
-                .and_then(|mut s| s.execute(params![cid.as_str(), identity.as_str(), now]))
-                .map_err(backend("creating a replicated device"))?;
-                conn.last_insert_rowid()
-            }
-        };
-        self.devices.insert(identity.clone(), id);
+        if self.deleted.contains(identity) {
+            self.dropped += 1;
+            return Ok(None);
+        }
+        if devices::is_deleted(conn, cid, identity)? {
+            self.deleted.insert(identity.clone());
+            self.dropped += 1;
+            return Ok(None);
+        }
+        conn.prepare_cached(
+            "INSERT INTO devices (connector, identity, created_at) VALUES (?1, ?2, ?3)",
+        )
+        .and_then(|mut s| s.execute(params![cid.as_str(), identity.as_str(), now]))
+        .map_err(backend("creating a replicated device"))?;
+        let id = conn.last_insert_rowid();
+        device_ids::remember(cid, identity, id);
         Ok(Some(id))
     }
 
@@ -924,7 +920,7 @@ pub(super) fn apply(
                                     "refused a replicated device change");
                                 continue;
                             }
-                            writer.devices.remove(&d.identity);
+                            writer.deleted.remove(&d.identity);
                             devices::apply_remote(conn, cid, &d, now)?;
                         }
                     }
@@ -1531,6 +1527,141 @@ mod tests {
         );
         let device = store.device(&cid(), &id("new1")).await.unwrap();
         assert_eq!(device.values[&name("humidity")].t, 2);
+    }
+
+    async fn create(store: &SqliteStore, dev: &str, token: u8) {
+        let new = NewDevice {
+            identity: id(dev),
+            tags: Default::default(),
+            permissions: vec![],
+            state: proto::model::DeviceState::Provisioned,
+            token: [token; 32],
+            created_at: 1,
+        };
+        store.create_device(&cid(), new, &admin()).await.unwrap();
+    }
+
+    /// The writer caches device rows across transactions (`device_ids.rs`); a row id freed by
+    /// a delete, or by a refused apply that had inserted it, is taken by the next device
+    /// created, and a point of the old device must never reach it.
+    #[tokio::test]
+    async fn a_freed_device_row_is_never_reached_through_the_cache() {
+        let (_dir, store, _) = fixture(false).await;
+        store
+            .sync_apply(
+                &cid(),
+                vec![batch(1, vec![point("gone", "temp", 1, 1.0)])],
+                100,
+            )
+            .await
+            .unwrap();
+        // Creates `ghost`, then is refused whole (a hole in the cursor): its row is undone.
+        let refused = vec![
+            batch(2, vec![point("ghost", "temp", 2, 2.0)]),
+            batch(9, vec![point("gone", "temp", 9, 9.0)]),
+        ];
+        assert!(store.sync_apply(&cid(), refused, 101).await.is_err());
+        store
+            .delete_device(&cid(), &id("gone"), &admin())
+            .await
+            .unwrap();
+        // They take the freed row ids (the largest id plus one).
+        create(&store, "other", 7).await;
+        create(&store, "another", 8).await;
+        let next = vec![
+            point("gone", "temp", 5, 5.0),
+            point("ghost", "temp", 6, 6.0),
+        ];
+        store
+            .sync_apply(&cid(), vec![batch(2, next)], 102)
+            .await
+            .unwrap();
+        assert_eq!(series(&store, "other", "temp").await, vec![]);
+        assert_eq!(series(&store, "another", "temp").await, vec![]);
+        assert_eq!(
+            series(&store, "ghost", "temp").await,
+            vec![(6, Value::Number(6.0))]
+        );
+        assert!(matches!(
+            store.device(&cid(), &id("gone")).await,
+            Err(StoreError::DeviceNotFound(_))
+        ));
+
+        // Created again, it is a device of its own: a new row, none of its former points.
+        create(&store, "gone", 9).await;
+        store
+            .sync_apply(
+                &cid(),
+                vec![batch(4, vec![point("gone", "temp", 7, 7.0)])],
+                103,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            series(&store, "gone", "temp").await,
+            vec![(7, Value::Number(7.0))]
+        );
+        assert_eq!(series(&store, "other", "temp").await, vec![]);
+
+        // Locked after its row was cached, a device takes no more data.
+        store
+            .ingest(&cid(), vec![pts("other", 10, 1.0)])
+            .await
+            .unwrap();
+        let lock = DevicePatch {
+            state: Some(proto::model::DeviceState::Locked),
+            ..Default::default()
+        };
+        store
+            .update_device(&cid(), &id("other"), lock, &admin())
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.ingest(&cid(), vec![pts("other", 11, 1.0)]).await,
+            Err(StoreError::DeviceLocked(_))
+        ));
+    }
+
+    /// Another connection (another process) deleting a device and creating one in its row:
+    /// the writer's cache does not see the delete, so it starts over.
+    #[tokio::test]
+    async fn a_write_of_another_connection_empties_the_cache() {
+        let (dir, store, _) = fixture(false).await;
+        store
+            .sync_apply(
+                &cid(),
+                vec![batch(1, vec![point("gone", "temp", 1, 1.0)])],
+                100,
+            )
+            .await
+            .unwrap();
+        let other = rusqlite::Connection::open(dir.path().join("site.db")).unwrap();
+        other
+            .execute_batch(
+                "DELETE FROM devices WHERE identity = 'gone';
+                 INSERT INTO devices (connector, identity, created_at)
+                 SELECT connector, 'usurper', 1 FROM devices WHERE identity = 'dev1';",
+            )
+            .unwrap();
+        drop(other);
+        store
+            .sync_apply(
+                &cid(),
+                vec![batch(2, vec![point("gone", "temp", 2, 2.0)])],
+                101,
+            )
+            .await
+            .unwrap();
+        // (The store's own tail still shows `gone`'s first point under its former row: a
+        // delete behind the store's back cannot reach its memory. The cache must not add to it.)
+        assert_eq!(
+            series(&store, "usurper", "temp").await,
+            vec![(1, Value::Number(1.0))]
+        );
+        assert_eq!(
+            series(&store, "gone", "temp").await,
+            vec![(2, Value::Number(2.0))]
+        );
     }
 
     #[tokio::test]
