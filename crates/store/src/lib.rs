@@ -37,6 +37,8 @@ pub enum StoreError {
     ResourceNotFound(ResourceName),
     #[error("a resource named {0} already exists in this connector")]
     ResourceExists(ResourceName),
+    #[error("a connector named {0:?} already exists on this site")]
+    ConnectorNameTaken(String),
     #[error("a device with identity {0} already exists in this connector")]
     DeviceExists(Identity),
     #[error("device {0} is locked; unlock it to accept its data")]
@@ -137,6 +139,11 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a connector with its resources, devices and data. The store does
     /// not check the pairing: refusing to delete a paired connector is the caller's rule.
     async fn delete_connector(&self, id: &ConnectorId) -> Result<()>;
+    /// Renames or re-describes a connector; fields that are `None` stay as they are.
+    /// [`StoreError::ConnectorNameTaken`] if another connector of this site has the name
+    /// (compared without regard to ASCII case, as `create_connector` and
+    /// `create_target_connector` compare it).
+    async fn update_connector(&self, id: &ConnectorId, patch: ConnectorPatch) -> Result<Connector>;
 
     // Pairing (docs/spec.md §4).
     /// Opens (or reopens with a fresh code) the pairing window of a standalone or
@@ -194,6 +201,18 @@ pub trait Store: Send + Sync + 'static {
         name: &ResourceName,
         patch: ResourcePatch,
     ) -> Result<Resource>;
+    /// Deletes a resource with every point of it on this site (blocks, log, latest values,
+    /// devices' configuration of it), in one commit; other resources' data is untouched.
+    /// On a paired Source, records already queued in the outbox stay queued (they are
+    /// delivered); nothing new is queued for it, since it no longer exists. The devices'
+    /// replicated records keep their configuration of it (the peer's to keep), which a
+    /// resource of the same name created later adopts, like any configuration the peer set
+    /// for a resource this site lacks.
+    async fn delete_resource(&self, cid: &ConnectorId, name: &ResourceName) -> Result<()>;
+    /// How many points of a resource this site stores, and on how many devices: what
+    /// [`delete_resource`](Store::delete_resource) would delete.
+    async fn resource_usage(&self, cid: &ConnectorId, name: &ResourceName)
+    -> Result<ResourceUsage>;
 
     // Devices. Every change is stamped, merged into the device's replicated record and, on
     // a paired connector, appended to its outbox in the same commit (docs/sync.md "Device

@@ -48,6 +48,22 @@ pub struct Peer {
     pub connector_id: ConnectorId,
 }
 
+/// A partial update of a connector: `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectorPatch {
+    pub name: Option<String>,
+    pub description: Option<String>,
+}
+
+/// What a resource holds on this site.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResourceUsage {
+    /// Stored points, one per `(device, t)`.
+    pub points: u64,
+    /// Devices with at least one point of it.
+    pub devices: u64,
+}
+
 #[derive(Debug, Clone)]
 pub struct NewResource {
     pub name: ResourceName,

@@ -1,4 +1,4 @@
-//! `/api/v1/connectors…`: create, list, read and delete connectors, and their Remote-Sync
+//! `/api/v1/connectors…`: create, list, read, rename and delete connectors, and their Remote-Sync
 //! standing: pairing (enable, disable), ping, status, rate history and settings (the
 //! bandwidth budget) and backfills.
 
@@ -12,7 +12,7 @@ use super::extract::{ApiJson, QueryPairs};
 use super::render::{backfill_json, connector_json, gap_json, remote_sync_json, sync_history_json};
 use crate::auth::User;
 use crate::error::ApiError;
-use crate::ops::connectors::{NewConnector, PairWith};
+use crate::ops::connectors::{ConnectorChange, NewConnector, PairWith};
 use crate::ops::{self, connector_id};
 use crate::state::AppState;
 
@@ -23,6 +23,14 @@ pub struct CreateBody {
     #[serde(default)]
     description: String,
     remote_sync_target: Option<TargetBody>,
+}
+
+/// `PATCH /api/v1/connectors/{cid}`: any of `name`, `description`; absent leaves a field.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchBody {
+    name: Option<String>,
+    description: Option<String>,
 }
 
 /// What the Target operator enters to pair with a Source.
@@ -65,6 +73,20 @@ pub async fn get_one(
     Path(cid): Path<String>,
 ) -> Result<Json<Json_>, ApiError> {
     let c = state.store.connector(&connector_id(&cid)?).await?;
+    Ok(Json(connector_json(&state, &c)))
+}
+
+pub async fn update(
+    State(state): State<AppState>,
+    _: User,
+    Path(cid): Path<String>,
+    ApiJson(body): ApiJson<PatchBody>,
+) -> Result<Json<Json_>, ApiError> {
+    let change = ConnectorChange {
+        name: body.name,
+        description: body.description,
+    };
+    let c = ops::connectors::update(&state, &connector_id(&cid)?, change).await?;
     Ok(Json(connector_json(&state, &c)))
 }
 

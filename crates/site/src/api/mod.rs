@@ -44,7 +44,9 @@ pub fn routes(state: AppState) -> Router {
         )
         .route(
             "/connectors/{cid}",
-            get(connectors::get_one).delete(connectors::delete),
+            get(connectors::get_one)
+                .patch(connectors::update)
+                .delete(connectors::delete),
         )
         .route(
             "/connectors/{cid}/remote-sync",
@@ -77,7 +79,13 @@ pub fn routes(state: AppState) -> Router {
         )
         .route(
             "/connectors/{cid}/resources/{name}",
-            get(resources::get_one).patch(resources::update),
+            get(resources::get_one)
+                .patch(resources::update)
+                .delete(resources::delete),
+        )
+        .route(
+            "/connectors/{cid}/resources/{name}/usage",
+            get(resources::usage),
         )
         .route(
             "/connectors/{cid}/devices",

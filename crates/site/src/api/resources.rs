@@ -1,4 +1,5 @@
-//! `/api/v1/connectors/{cid}/resources…`: a connector's named data channels.
+//! `/api/v1/connectors/{cid}/resources…`: a connector's named data channels: create, list,
+//! read, change, delete, and what a delete would delete (`usage`).
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -92,4 +93,28 @@ pub async fn update(
     let (cid, name) = (connector_id(&cid)?, resource_name(&name)?);
     let r = ops::resources::update(&state, &cid, &name, change).await?;
     Ok(Json(resource_json(&r)))
+}
+
+/// `DELETE …/resources/{name}`: the resource and its points on this site (docs/api.md).
+pub async fn delete(
+    State(state): State<AppState>,
+    _: User,
+    Path((cid, name)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let (cid, name) = (connector_id(&cid)?, resource_name(&name)?);
+    ops::resources::delete(&state, &cid, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET …/resources/{name}/usage`: how many points (and devices) a delete would delete.
+pub async fn usage(
+    State(state): State<AppState>,
+    _: User,
+    Path((cid, name)): Path<(String, String)>,
+) -> Result<Json<Json_>, ApiError> {
+    let (cid, name) = (connector_id(&cid)?, resource_name(&name)?);
+    let u = ops::resources::usage(&state, &cid, &name).await?;
+    Ok(Json(
+        serde_json::json!({ "points": u.points, "devices": u.devices }),
+    ))
 }

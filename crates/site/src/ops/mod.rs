@@ -47,6 +47,7 @@ impl From<StoreError> for Error {
             | StoreError::DeviceNotFound(_)
             | StoreError::ResourceNotFound(_) => Error::NotFound(e.to_string()),
             StoreError::ResourceExists(_)
+            | StoreError::ConnectorNameTaken(_)
             | StoreError::DeviceExists(_)
             | StoreError::UserExists(_)
             | StoreError::SyncState { .. }

@@ -1,6 +1,14 @@
-//! Resources: a connector's named data channels (name, format, unit, settable, Remote-Sync).
+//! Resources: a connector's named data channels (name, format, unit, settable, Remote-Sync):
+//! create, change, delete.
+//!
+//! Deleting a resource deletes its points on this site only. On a paired Source, what is
+//! already queued for the Target is still delivered (the outbox is never rewritten: its
+//! seqs are the Target's exactly-once cursor), and nothing new is queued since the resource
+//! no longer takes points; the Target keeps what it received. On a Target, points its
+//! Source sends for the name later wait for a resource of that name, as for any resource
+//! the Target lacks (docs/sync.md, "Deleting a resource").
 
-use proto::model::{ConnectorId, Format, ModelError, ResourceName};
+use proto::model::{ConnectorId, Format, ModelError, ResourceName, Role, SyncState};
 
 use super::Result;
 use crate::clock::now_micros;
@@ -66,6 +74,41 @@ pub async fn update(
         remote_sync: change.remote_sync,
     };
     Ok(state.store.update_resource(cid, name, patch).await?)
+}
+
+/// Deletes a resource and every point of it on this site. A running backfill of it is
+/// cancelled first (what it queued is still delivered, like the rest of the queue).
+pub async fn delete(state: &AppState, cid: &ConnectorId, name: &ResourceName) -> Result<()> {
+    let c = state.store.connector(cid).await?;
+    get(state, cid, name).await?;
+    if c.role == Role::Source
+        && c.state == SyncState::Paired
+        && let Some(b) = super::backfill::local(state, cid).await
+        && &b.resource == name
+        && b.state.is_running()
+    {
+        // It may have ended meanwhile: then there is nothing to cancel.
+        let _ = super::backfill::cancel_here(state, cid).await;
+    }
+    let usage = state.store.resource_usage(cid, name).await?;
+    state.store.delete_resource(cid, name).await?;
+    tracing::info!(
+        connector = %cid,
+        resource = %name,
+        points = usage.points,
+        devices = usage.devices,
+        "deleted resource"
+    );
+    Ok(())
+}
+
+/// What deleting a resource would delete on this site.
+pub async fn usage(
+    state: &AppState,
+    cid: &ConnectorId,
+    name: &ResourceName,
+) -> Result<store::ResourceUsage> {
+    Ok(state.store.resource_usage(cid, name).await?)
 }
 
 /// One resource of a connector.

@@ -22,7 +22,7 @@ use super::session::{flash_error_redirect, flash_redirect};
 use super::view::When;
 use crate::api::render::remote_sync_json;
 use crate::ops;
-use crate::ops::connectors::{NewConnector, PairWith};
+use crate::ops::connectors::{ConnectorChange, NewConnector, PairWith};
 use crate::state::AppState;
 
 /// A connector as its pages show it.
@@ -162,7 +162,7 @@ fn error_field(e: &ops::Error) -> &'static str {
     let m = e.to_string();
     match e {
         E::PairingCodeWrong(_) | E::PairingExpired(_) => "pairing-code",
-        _ if m.starts_with("connector name") => "name",
+        _ if m.starts_with("connector name") || m.starts_with("a connector named") => "name",
         _ if m.starts_with("description") => "description",
         _ if m.starts_with("connector id") || m.contains("has no connector") => {
             "remote-connector-id"
@@ -233,6 +233,43 @@ struct GeneralPage {
     frame: Frame,
     c: ConnView,
     tab: &'static str,
+    /// The Name and description form: the stored values, or what a refused save sent.
+    form: EditForm,
+    error: Option<String>,
+    /// The id of the field the refusal is about (marked and focused), or empty.
+    error_field: &'static str,
+}
+
+/// The General tab's Name and description form.
+#[derive(Deserialize, Default)]
+pub struct EditForm {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    description: String,
+}
+
+fn general_page(
+    ctx: &Ctx,
+    state: &AppState,
+    c: &Connector,
+    form: EditForm,
+    error: Option<&ops::Error>,
+) -> Response {
+    let mut crumbs = connector_crumbs(c);
+    crumbs.push(Crumb::here("Settings"));
+    let mut resp = ctx.page(&GeneralPage {
+        frame: ctx.frame(format!("{} · Settings", c.name), crumbs),
+        c: ConnView::new(state, c),
+        tab: "settings",
+        form,
+        error: error.map(|e| super::view::sentence(&e.to_string())),
+        error_field: error.map_or("", error_field),
+    });
+    if let Some(e) = error {
+        *resp.status_mut() = status_of(e);
+    }
+    resp
 }
 
 pub async fn settings(
@@ -241,13 +278,37 @@ pub async fn settings(
     Path(cid): Path<String>,
 ) -> UiResult {
     let c = load_connector(&state, &ctx, &cid).await?;
-    let mut crumbs = connector_crumbs(&c);
-    crumbs.push(Crumb::here("Settings"));
-    Ok(ctx.page(&GeneralPage {
-        frame: ctx.frame(format!("{} · Settings", c.name), crumbs),
-        c: ConnView::new(&state, &c),
-        tab: "settings",
-    }))
+    let form = EditForm {
+        name: c.name.clone(),
+        description: c.description.clone(),
+    };
+    Ok(general_page(&ctx, &state, &c, form, None))
+}
+
+/// `POST /connectors/{cid}/settings`: rename and re-describe. A refusal shows the page
+/// again with what was typed, the sentence, and the field it is about focused.
+pub async fn update(
+    ctx: Ctx,
+    State(state): State<AppState>,
+    Path(cid): Path<String>,
+    Form(form): Form<EditForm>,
+) -> UiResult {
+    let c = load_connector(&state, &ctx, &cid).await?;
+    let change = ConnectorChange {
+        name: Some(form.name.clone()),
+        description: Some(form.description.trim().to_owned()),
+    };
+    Ok(match ops::connectors::update(&state, &c.id, change).await {
+        Ok(saved) => flash_redirect(
+            &format!("/connectors/{}/settings", saved.id),
+            &if saved.name == c.name {
+                format!("Connector {} saved.", saved.name)
+            } else {
+                format!("Connector {} renamed to {}.", c.name, saved.name)
+            },
+        ),
+        Err(e) => general_page(&ctx, &state, &c, form, Some(&e)),
+    })
 }
 
 #[derive(Template)]

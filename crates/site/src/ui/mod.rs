@@ -65,7 +65,10 @@ pub fn routes(state: AppState) -> Router {
         )
         .route("/connectors/{cid}", get(connectors::home))
         .route("/connectors/{cid}/delete", post(connectors::delete))
-        .route("/connectors/{cid}/settings", get(connectors::settings))
+        .route(
+            "/connectors/{cid}/settings",
+            get(connectors::settings).post(connectors::update),
+        )
         .route(
             "/connectors/{cid}/settings/remote-sync",
             get(connectors::remote_sync),
@@ -110,6 +113,10 @@ pub fn routes(state: AppState) -> Router {
         .route(
             "/connectors/{cid}/resources/{name}",
             get(resources::settings).post(resources::update),
+        )
+        .route(
+            "/connectors/{cid}/resources/{name}/delete",
+            post(resources::delete),
         )
         .route("/connectors/{cid}/devices", get(devices::list))
         .route(

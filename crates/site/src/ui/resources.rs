@@ -1,19 +1,22 @@
-//! The Resources tab of a connector (list and Add resource) and the resource settings page
-//! with its Remote-Sync toggle and backfill form (`backfill`).
+//! The Resources tab of a connector (list and Add resource, with the Remote-Sync switch on a
+//! Source or a standalone connector) and the resource settings page with its Remote-Sync
+//! toggle, backfill form (`backfill`) and Delete resource, whose confirmation says in words
+//! what deleting means here and on the peer, with the count of points it deletes.
 
 use askama::Template;
 use axum::Form;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
-use proto::model::{Format, ResourceName, Role};
+use proto::model::{Format, ResourceName, Role, SyncState};
 use serde::Deserialize;
-use store::Resource;
+use store::{Connector, Resource, ResourceUsage};
 
 use super::connectors::{ConnView, WaitingRow};
 use super::error_page::{OrPage, UiError, UiResult, connector_crumbs, load_connector, status_of};
 use super::frame::{Crumb, Frame};
 use super::session::Ctx;
 use super::session::{flash_error_redirect, flash_redirect};
+use super::view::count;
 use crate::ops;
 use crate::ops::resources::{NewResource, ResourceChange};
 use crate::state::AppState;
@@ -49,6 +52,8 @@ pub struct CreateForm {
     #[serde(default)]
     unit: String,
     settable: Option<String>,
+    /// Present ("on") when the Remote-Sync switch is on (not offered on a Target).
+    remote_sync: Option<String>,
     /// `remote-sync`: the form was the **Create** button of a resource that points wait for
     /// on the Remote-Sync tab, which the operator returns to.
     #[serde(default)]
@@ -66,6 +71,7 @@ impl Default for CreateForm {
             format: default_format(),
             unit: String::new(),
             settable: None,
+            remote_sync: None,
             back: String::new(),
         }
     }
@@ -135,7 +141,8 @@ pub async fn create(
             format: Format::parse(&form.format)?,
             unit: Some(form.unit.clone()),
             settable: form.settable.is_some(),
-            remote_sync: false,
+            // A Target's data comes from its Source: its switch is not the operator's.
+            remote_sync: c.role != Role::Target && form.remote_sync.is_some(),
         };
         ops::resources::create(&state, &c.id, new).await
     }
@@ -170,6 +177,8 @@ struct SettingsPage {
     r: ResView,
     /// The Send history again form and the backfill's progress.
     backfill: super::backfill::Part,
+    /// What deleting the resource deletes and means, in words.
+    delete_words: String,
 }
 
 /// `?offer=history`: Remote-Sync was just switched on and the resource has history.
@@ -198,7 +207,11 @@ pub async fn settings(
         format!("/connectors/{}/resources", c.id),
     ));
     crumbs.push(Crumb::here(r.name.to_string()));
+    let usage = ops::resources::usage(&state, &c.id, &r.name)
+        .await
+        .or_page(&ctx)?;
     Ok(ctx.page(&SettingsPage {
+        delete_words: delete_words(&c, r, usage, &state.site_name),
         frame: ctx.frame(format!("{} · {}", c.name, r.name), crumbs),
         c: ConnView::new(&state, &c),
         tab: "resources",
@@ -259,4 +272,66 @@ pub async fn update(
             Err(e) => flash_error_redirect(&back, &e.to_string()),
         },
     )
+}
+
+/// What the Delete resource confirmation says: what is deleted on this site (with the count
+/// of points), and what it means for the peer of a paired connector.
+fn delete_words(c: &Connector, r: &Resource, usage: ResourceUsage, site: &str) -> String {
+    let name = &r.name;
+    let mut words = format!(
+        "Delete resource {name} and its {} from {} on {site}? This cannot be undone.",
+        count(usage.points, "point"),
+        count(usage.devices, "device"),
+    );
+    if r.settable {
+        words.push_str(" The devices' configuration of it goes too.");
+    }
+    let peer = c.peer.as_ref().map(|p| p.site.as_str());
+    match (c.role, c.state, peer) {
+        (Role::Source, SyncState::Paired, Some(peer)) if r.remote_sync => words.push_str(&format!(
+            " Remote-Sync of {name} stops: points already queued for {peer} are still \
+             delivered, nothing written after this is sent, and {peer} keeps every point it \
+             received unless it deletes its own {name} too."
+        )),
+        (Role::Source, SyncState::Paired, Some(peer)) => words.push_str(&format!(
+            " {peer} is not affected: Remote-Sync is off for {name}, so none of its points \
+             were sent there."
+        )),
+        (Role::Target, _, Some(peer)) => words.push_str(&format!(
+            " The points received from {peer} are deleted here only: {peer} keeps its {name}, \
+             and the points it sends for it from now on wait here until a resource of that \
+             name exists again (creating it applies them)."
+        )),
+        _ => words.push_str(&format!(
+            " Devices that write to {name} are refused until a resource of that name exists again."
+        )),
+    }
+    words
+}
+
+/// `POST /connectors/{cid}/resources/{name}/delete`: the resource and its points.
+pub async fn delete(
+    ctx: Ctx,
+    State(state): State<AppState>,
+    Path((cid, name)): Path<(String, String)>,
+) -> Result<Response, UiError> {
+    let c = load_connector(&state, &ctx, &cid).await?;
+    let name = ops::resource_name(&name).or_page(&ctx)?;
+    let usage = ops::resources::usage(&state, &c.id, &name).await;
+    Ok(match ops::resources::delete(&state, &c.id, &name).await {
+        Ok(()) => flash_redirect(
+            &format!("/connectors/{}/resources", c.id),
+            &match usage {
+                Ok(u) => format!(
+                    "Resource {name} deleted with its {}.",
+                    count(u.points, "point")
+                ),
+                Err(_) => format!("Resource {name} deleted."),
+            },
+        ),
+        Err(e) => flash_error_redirect(
+            &format!("/connectors/{}/resources/{name}", c.id),
+            &super::view::sentence(&format!("Not deleted: {e}")),
+        ),
+    })
 }

@@ -113,6 +113,24 @@ pub(super) fn connector_exists(conn: &Connection, cid: &ConnectorId) -> Result<(
     }
 }
 
+/// Refuses a connector name that another connector of this site has (`except`: the
+/// connector being renamed), compared without regard to ASCII case.
+pub(super) fn connector_name_free(
+    conn: &Connection,
+    name: &str,
+    except: Option<&ConnectorId>,
+) -> Result<()> {
+    let taken = conn
+        .prepare_cached("SELECT 1 FROM connectors WHERE lower(name) = lower(?1) AND id != ?2")
+        .and_then(|mut s| s.exists([name, except.map_or("", ConnectorId::as_str)]))
+        .map_err(backend("looking up a connector name"))?;
+    if taken {
+        Err(StoreError::ConnectorNameTaken(name.to_owned()))
+    } else {
+        Ok(())
+    }
+}
+
 /// A resource's row id, format and settable flag.
 pub(super) struct ResourceRow {
     pub(super) id: i64,

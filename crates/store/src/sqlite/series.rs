@@ -41,7 +41,7 @@
 //! writer's connection installs), and a second write connection (SQLite has one writer).
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use proto::model::{ConnectorId, Format, Identity, ResourceName, Value};
@@ -82,6 +82,14 @@ impl Part {
     fn forget(&mut self, device: i64) {
         if let Some(d) = self.devices.remove(&device) {
             self.points -= d.values().map(BTreeMap::len).sum::<usize>();
+        }
+    }
+
+    fn forget_resource(&mut self, resource: i64) {
+        for series in self.devices.values_mut() {
+            if let Some(gone) = series.remove(&resource) {
+                self.points -= gone.len();
+            }
         }
     }
 
@@ -210,6 +218,8 @@ impl Tail {
                 } => self.active.put(device, resource, t, value),
                 // A device is deleted only with no part frozen (`delete_device`).
                 Op::Forget(device) => self.active.forget(device),
+                // Likewise a resource (`delete_resource`).
+                Op::ForgetResource(resource) => self.active.forget_resource(resource),
                 Op::Folded => {
                     self.frozen.clear();
                     self.active = Part::default();
@@ -240,6 +250,19 @@ impl Tail {
         }
     }
 
+    /// The timestamps of a resource's points in the tail, per device (every part).
+    pub(super) fn times(&self, resource: i64) -> HashMap<i64, BTreeSet<i64>> {
+        let mut out: HashMap<i64, BTreeSet<i64>> = HashMap::new();
+        for part in self.parts() {
+            for (device, series) in &part.devices {
+                if let Some(s) = series.get(&resource) {
+                    out.entry(*device).or_default().extend(s.keys().copied());
+                }
+            }
+        }
+        out
+    }
+
     /// The newest tail point of each resource of a device, with the puts of the writer's
     /// current transaction over them (none outside the writer thread).
     pub(super) fn newest(&self, device: i64) -> HashMap<i64, (i64, Value)> {
@@ -265,6 +288,9 @@ impl Tail {
                         out.insert(*resource, (*t, value.clone()));
                     }
                     Op::Forget(d) if *d == device => out.clear(),
+                    Op::ForgetResource(r) => {
+                        out.remove(r);
+                    }
                     // Folded points are in `latest` now, with the same values.
                     _ => {}
                 }
@@ -283,6 +309,8 @@ pub(super) enum Op {
         value: Value,
     },
     Forget(i64),
+    /// Every point of a resource (by row id) was deleted.
+    ForgetResource(i64),
     /// Everything before it in the transaction, and the committed tail, was folded.
     Folded,
     /// The fold of a frozen part was installed (`install`).
@@ -492,6 +520,7 @@ pub(super) fn fold_now(conn: &Connection) -> Result<()> {
                     value,
                 } => merged.put(*device, *resource, *t, value.clone()),
                 Op::Forget(device) => merged.forget(*device),
+                Op::ForgetResource(resource) => merged.forget_resource(*resource),
                 Op::Folded => merged = Part::default(),
                 // Its points are in blocks now; folding them again changes no value.
                 Op::Installed(_) => {}
@@ -665,6 +694,12 @@ pub(super) fn unfolded_at_commit() -> std::collections::BTreeSet<(i64, i64, i64)
                     }
                     active.retain(|k| k.0 != *device);
                 }
+                Op::ForgetResource(resource) => {
+                    for (_, part) in &mut frozen {
+                        part.retain(|k| k.1 != *resource);
+                    }
+                    active.retain(|k| k.1 != *resource);
+                }
                 Op::Folded => {
                     frozen.clear();
                     active.clear();
@@ -674,6 +709,145 @@ pub(super) fn unfolded_at_commit() -> std::collections::BTreeSet<(i64, i64, i64)
         }
     });
     frozen.into_iter().flat_map(|f| f.1).chain(active).collect()
+}
+
+/// Deletes every point of a resource: its log rows, blocks and bucket lists, like
+/// [`delete_device`]. Unfolded outbox records of it stay (they are still sent); folded
+/// first, they are not replayed as the points of a later resource of the same row id.
+pub(super) fn delete_resource(conn: &Connection, resource: i64) -> Result<()> {
+    let op = "deleting a resource's points";
+    fold_now(conn)?;
+    let buckets = super::select_rows(
+        conn,
+        "SELECT device, bucket FROM series_buckets WHERE resource = ?1",
+        [resource],
+        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+        op,
+    )?;
+    let mut blocks = conn
+        .prepare_cached(
+            "DELETE FROM point_blocks WHERE bucket = ?1 AND device = ?2 AND resource = ?3",
+        )
+        .map_err(backend(op))?;
+    for (device, bucket) in buckets {
+        blocks
+            .execute(params![bucket, device, resource])
+            .map_err(backend(op))?;
+    }
+    conn.prepare_cached("DELETE FROM series_buckets WHERE resource = ?1")
+        .and_then(|mut s| s.execute([resource]))
+        .map_err(backend(op))?;
+    OPS.with_borrow_mut(|ops| ops.push(Op::ForgetResource(resource)));
+    Ok(())
+}
+
+/// How many distinct points of a resource the blocks and the tail hold together (`tail`:
+/// its timestamps per device, copied under the Tail's lock before this read's first
+/// statement), and on how many devices. Blocks are decoded only where two of a series'
+/// blocks, or a block and the tail, may hold the same `t` (their time ranges overlap);
+/// otherwise their point counts add up.
+pub(super) fn usage(
+    conn: &Connection,
+    resource: i64,
+    mut tail: HashMap<i64, BTreeSet<i64>>,
+) -> Result<crate::ResourceUsage> {
+    let op = "counting a resource's points";
+    let rows = super::select_rows(
+        conn,
+        "SELECT s.device, s.bucket, b.t_min, b.t_max, b.n FROM series_buckets s
+         JOIN point_blocks b ON b.bucket = s.bucket AND b.device = s.device
+              AND b.resource = s.resource
+         WHERE s.resource = ?1 ORDER BY s.device, s.bucket, b.t_min",
+        [resource],
+        |r| {
+            Ok((
+                (r.get::<_, i64>(0)?, r.get::<_, i64>(1)?),
+                (
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                ),
+            ))
+        },
+        op,
+    )?;
+    let mut points = 0u64;
+    let mut devices: HashSet<i64> = HashSet::new();
+    let mut i = 0;
+    while i < rows.len() {
+        let ((device, bucket), _) = rows[i];
+        let end = rows[i..]
+            .iter()
+            .position(|(key, _)| *key != (device, bucket))
+            .map_or(rows.len(), |n| i + n);
+        let group = &rows[i..end];
+        i = end;
+        let lo = group
+            .iter()
+            .map(|(_, (t_min, _, _))| *t_min)
+            .min()
+            .unwrap_or(0);
+        let hi = group
+            .iter()
+            .map(|(_, (_, t_max, _))| *t_max)
+            .max()
+            .unwrap_or(0);
+        let in_tail: Vec<i64> = tail
+            .get_mut(&device)
+            .map(|ts| {
+                let inside: Vec<i64> = ts.range(lo..=hi).copied().collect();
+                for t in &inside {
+                    ts.remove(t);
+                }
+                inside
+            })
+            .unwrap_or_default();
+        let disjoint = group.windows(2).all(|w| (w[1].1).0 > (w[0].1).1);
+        let here = if disjoint && in_tail.is_empty() {
+            group
+                .iter()
+                .map(|(_, (_, _, n))| u64::try_from(*n).unwrap_or(0))
+                .sum()
+        } else {
+            let mut times: BTreeSet<i64> = in_tail.into_iter().collect();
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT data FROM point_blocks WHERE bucket = ?1 AND device = ?2 AND resource = ?3",
+                )
+                .map_err(backend(op))?;
+            let mut data = stmt
+                .query(params![bucket, device, resource])
+                .map_err(backend(op))?;
+            let mut decoder = codec::Decoder::new();
+            while let Some(b) = data.next().map_err(backend(op))? {
+                let bytes = b.get_ref(0).map_err(backend(op))?;
+                let bytes = bytes.as_blob().map_err(|e| StoreError::Backend {
+                    op,
+                    source: Box::new(e),
+                })?;
+                for record in decoder.decode(bytes).map_err(codec_err(op))? {
+                    if let Record::Point(p) = record {
+                        times.insert(p.t);
+                    }
+                }
+            }
+            times.len() as u64
+        };
+        if here > 0 {
+            devices.insert(device);
+        }
+        points += here;
+    }
+    for (device, ts) in tail {
+        if !ts.is_empty() {
+            devices.insert(device);
+            points += ts.len() as u64;
+        }
+    }
+    Ok(crate::ResourceUsage {
+        points,
+        devices: devices.len() as u64,
+    })
 }
 
 /// Reads the rows an older version left in `point_log` up to `upto` into a part (in log
@@ -958,6 +1132,7 @@ pub(super) fn read_in_writer(
                     part.insert(*t, value.clone());
                 }
                 Op::Forget(d) if *d == device => part.clear(),
+                Op::ForgetResource(r) if *r == resource => part.clear(),
                 // Folded points are in this transaction's blocks, with the same values.
                 _ => {}
             }

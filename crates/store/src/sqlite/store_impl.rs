@@ -155,6 +155,7 @@ impl Store for SqliteStore {
 
     async fn create_connector(&self, new: NewConnector) -> Result<Connector> {
         self.write(move |conn| {
+            connector_name_free(conn, &new.name, None)?;
             conn.execute(
                 "INSERT INTO connectors (id, name, description, created_at) VALUES (?1, ?2, ?3, ?4)",
                 params![new.id.as_str(), new.name, new.description, new.created_at],
@@ -207,6 +208,25 @@ impl Store for SqliteStore {
                     .map_err(backend("deleting a connector"))?;
             }
             Ok(())
+        })
+        .await
+    }
+
+    async fn update_connector(&self, id: &ConnectorId, patch: ConnectorPatch) -> Result<Connector> {
+        let id = id.clone();
+        self.write(move |conn| {
+            connector_exists(conn, &id)?;
+            if let Some(name) = &patch.name {
+                connector_name_free(conn, name, Some(&id))?;
+            }
+            conn.execute(
+                "UPDATE connectors SET name = COALESCE(?2, name),
+                     description = COALESCE(?3, description)
+                 WHERE id = ?1",
+                params![id.as_str(), patch.name, patch.description],
+            )
+            .map_err(backend("updating a connector"))?;
+            get_connector(conn, &id)
         })
         .await
     }
@@ -367,6 +387,7 @@ impl Store for SqliteStore {
         keys: ConnectorKeys,
     ) -> Result<Connector> {
         self.write(move |conn| {
+            connector_name_free(conn, &new.name, None)?;
             conn.execute(
                 "INSERT INTO connectors (id, name, description, created_at, role, sync_state,
                      peer_site, peer_connector, paired_at, static_private, static_public,
@@ -502,6 +523,50 @@ impl Store for SqliteStore {
             )
             .map_err(backend("updating a resource"))?;
             get_resource(conn, &cid, &name)
+        })
+        .await
+    }
+
+    async fn delete_resource(&self, cid: &ConnectorId, name: &ResourceName) -> Result<()> {
+        let (cid, name) = (cid.clone(), name.clone());
+        self.write(move |conn| {
+            connector_exists(conn, &cid)?;
+            let id = resource_rows(conn, &cid)?
+                .get(&name)
+                .ok_or_else(|| StoreError::ResourceNotFound(name.clone()))?
+                .id;
+            series::delete_resource(conn, id)?;
+            // `config` rows go with the resource (ON DELETE CASCADE).
+            for sql in [
+                "DELETE FROM latest WHERE resource = ?1",
+                "DELETE FROM resources WHERE id = ?1",
+            ] {
+                conn.prepare_cached(sql)
+                    .and_then(|mut s| s.execute([id]))
+                    .map_err(backend("deleting a resource"))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn resource_usage(
+        &self,
+        cid: &ConnectorId,
+        name: &ResourceName,
+    ) -> Result<ResourceUsage> {
+        let (cid, name) = (cid.clone(), name.clone());
+        let tail = Arc::clone(&self.tail);
+        self.read(move |conn| {
+            let held = lock_tail(&tail)?;
+            connector_exists(conn, &cid)?;
+            let id = resource_rows(conn, &cid)?
+                .get(&name)
+                .ok_or_else(|| StoreError::ResourceNotFound(name.clone()))?
+                .id;
+            let times = held.times(id);
+            drop(held);
+            series::usage(conn, id, times)
         })
         .await
     }

@@ -860,3 +860,142 @@ async fn retention_drops_whole_hours_of_blocks_by_range_and_keeps_the_tail() {
         );
     }
 }
+
+/// Deleting a resource deletes its points wherever they are (folded blocks, the tail, a
+/// rewritten `t`'s older block) and its devices' configuration of it, nothing of the other
+/// resource; a resource created again under the name (very likely the same row id) starts
+/// empty, also after reopening.
+#[tokio::test]
+async fn deleting_a_resource_deletes_its_points_and_nothing_else() {
+    let (dir, store) = fixture_folding_at(16).await;
+    let (dev, temp, mode) = (
+        Identity::parse("dev1").unwrap(),
+        ResourceName::parse("temp").unwrap(),
+        ResourceName::parse("mode").unwrap(),
+    );
+    // 40 points of each, folded in parts of 16 and the rest in the tail; one `t` written
+    // again after its fold.
+    for t in 0..40 {
+        let p = PointsIn {
+            identity: dev.clone(),
+            t: t * 1_000_000,
+            values: vec![
+                (temp.clone(), json!(t)),
+                (mode.clone(), json!(format!("m{t}"))),
+            ],
+        };
+        store.ingest(&cid(), vec![p]).await.unwrap();
+    }
+    ingest_at(&store, 0..1, 99.0).await;
+    let patch = DevicePatch {
+        config: Some([(mode.clone(), Some(json!("auto")))].into()),
+        ..Default::default()
+    };
+    store
+        .update_device(&cid(), &dev, patch, &admin())
+        .await
+        .unwrap();
+    let usage = store.resource_usage(&cid(), &temp).await.unwrap();
+    assert_eq!(
+        usage,
+        ResourceUsage {
+            points: 40,
+            devices: 1
+        }
+    );
+    let modes = store.points(&cid(), &dev, &mode, all()).await.unwrap();
+    assert_eq!(modes.len(), 40);
+
+    store.delete_resource(&cid(), &mode).await.unwrap();
+    assert!(matches!(
+        store.points(&cid(), &dev, &mode, all()).await,
+        Err(StoreError::ResourceNotFound(_))
+    ));
+    assert!(matches!(
+        store.delete_resource(&cid(), &mode).await,
+        Err(StoreError::ResourceNotFound(_))
+    ));
+    let d = store.device(&cid(), &dev).await.unwrap();
+    assert!(
+        d.config.is_empty() && !d.values.contains_key(&mode),
+        "{d:?}"
+    );
+    assert_eq!(values(&store).await.len(), 40, "temp is untouched");
+    assert_eq!(values(&store).await[0], (0, 99.0));
+
+    let again = NewResource {
+        name: mode.clone(),
+        format: Format::String,
+        unit: None,
+        settable: false,
+        remote_sync: false,
+        created_at: 2,
+    };
+    store.create_resource(&cid(), again).await.unwrap();
+    assert!(
+        store
+            .points(&cid(), &dev, &mode, all())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.resource_usage(&cid(), &mode).await.unwrap(),
+        ResourceUsage::default()
+    );
+    store.close().await.unwrap();
+    let store = SqliteStore::open(SqliteConfig::new(dir.path().join("site.db"))).unwrap();
+    assert!(
+        store
+            .points(&cid(), &dev, &mode, all())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(values(&store).await.len(), 40);
+    let d = store.device(&cid(), &dev).await.unwrap();
+    assert!(!d.values.contains_key(&mode), "{d:?}");
+}
+
+/// On a paired Source the outbox keeps what it queued of a deleted resource (still sent),
+/// but none of it comes back as points of a resource created again under the name.
+#[tokio::test]
+async fn a_deleted_synced_resource_stays_queued_and_is_not_replayed() {
+    use super::fixtures::{id, name, source_plant};
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(SqliteConfig::new(dir.path().join("site.db"))).unwrap();
+    source_plant(&store, true).await;
+    let head = store.outbox_head(&cid()).await.unwrap();
+    let batch = (0..5)
+        .map(|t| PointsIn {
+            identity: id("dev1"),
+            t,
+            values: vec![(name("temp"), json!(t))],
+        })
+        .collect();
+    store.ingest(&cid(), batch).await.unwrap();
+    assert_eq!(store.outbox_head(&cid()).await.unwrap(), head + 5);
+    store.delete_resource(&cid(), &name("temp")).await.unwrap();
+    assert_eq!(store.outbox_head(&cid()).await.unwrap(), head + 5);
+    let OutboxChunk::Records(queued) = store.outbox_read(&cid(), head + 1, 100).await.unwrap()
+    else {
+        panic!("records expected");
+    };
+    assert_eq!(queued.len(), 5, "still queued for the Target");
+    let again = NewResource {
+        name: name("temp"),
+        format: Format::Number,
+        unit: None,
+        settable: false,
+        remote_sync: true,
+        created_at: 2,
+    };
+    store.create_resource(&cid(), again).await.unwrap();
+    store.close().await.unwrap();
+    let store = SqliteStore::open(SqliteConfig::new(dir.path().join("site.db"))).unwrap();
+    let read = store
+        .points(&cid(), &id("dev1"), &name("temp"), all())
+        .await
+        .unwrap();
+    assert!(read.is_empty(), "{read:?}");
+}
