@@ -360,8 +360,8 @@ async fn deleting_a_resource_deletes_its_points_here_and_nothing_else() -> anyho
     assert_eq!(s, StatusCode::NOT_FOUND, "{body}");
     check_rest(api.clone(), cid.clone(), humidity.clone(), audit.clone()).await?;
 
-    // The same name again starts empty, also once the site restarted (nothing of the old
-    // resource comes back under the new one).
+    // The same name again starts empty, also once the site was killed and restarted
+    // (nothing of the old resource comes back under the new one).
     api.post_ok(
         &format!("/api/v1/connectors/{cid}/resources"),
         json!({"name": "temperature", "format": "number"}),
@@ -372,6 +372,7 @@ async fn deleting_a_resource_deletes_its_points_here_and_nothing_else() -> anyho
         json!({"points": 0, "devices": 0})
     );
     write(&api, &cid, "dev2", 5_000_000, json!({"temperature": 7})).await?;
+    site.kill9().await?;
     site.restart().await?;
     let api = site.admin().await?;
     assert_eq!(
