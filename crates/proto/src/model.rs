@@ -393,6 +393,65 @@ impl DeviceState {
     }
 }
 
+/// What a device list is sorted by; devices with the same key follow in identity order, so
+/// that the order is total and a page can continue exactly where the last one ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceSort {
+    #[default]
+    Identity,
+    /// Locked devices before provisioned ones.
+    State,
+    /// The time of the device's newest point; never-seen devices first.
+    LastSeen,
+    /// Devices whose latest change here is not yet applied by the peer (pending) after
+    /// those in sync.
+    Sync,
+}
+
+impl DeviceSort {
+    pub const ALL: [DeviceSort; 4] = [
+        DeviceSort::Identity,
+        DeviceSort::State,
+        DeviceSort::LastSeen,
+        DeviceSort::Sync,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceSort::Identity => "identity",
+            DeviceSort::State => "state",
+            DeviceSort::LastSeen => "last_seen",
+            DeviceSort::Sync => "sync",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// A device list's filter on when a device last wrote a point (µs since the epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SeenFilter {
+    /// Seen at or after this time.
+    Since(i64),
+    /// Seen, but not since this time (silent since).
+    Before(i64),
+    /// Never seen: no point at all.
+    Never,
+}
+
+/// A place in a sorted device list: a device's sort key ([`DeviceSort`]; 0 when sorted by
+/// identity) and its identity. A page starts just after it, or, going `back`, ends just
+/// before it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ListPlace {
+    pub key: i64,
+    pub identity: Identity,
+    pub back: bool,
+}
+
 /// A connector's place in a Remote-Sync pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

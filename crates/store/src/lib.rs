@@ -222,8 +222,7 @@ pub trait Store: Send + Sync + 'static {
     async fn create_device(&self, cid: &ConnectorId, new: NewDevice, by: &Actor) -> Result<Device>;
     /// One page of the device list, as [`DeviceQuery`] describes it.
     async fn devices(&self, cid: &ConnectorId, query: DeviceQuery) -> Result<Vec<Device>>;
-    /// How many devices pass `query`'s tag and prefix filters (its `after` and `limit` are
-    /// ignored).
+    /// How many devices pass `query`'s filters (its sort, `from` and `limit` are ignored).
     async fn count_devices(&self, cid: &ConnectorId, query: DeviceQuery) -> Result<u64>;
     /// One device with its configuration, latest values and pending mark.
     async fn device(&self, cid: &ConnectorId, identity: &Identity) -> Result<Device>;

@@ -7,6 +7,7 @@ use proto::model::{
     ConnectorId, DeviceState, Format, Identity, Permission, ResourceName, Role, SyncState, Tags,
     Value,
 };
+pub use proto::model::{DeviceSort, ListPlace, SeenFilter};
 
 /// SHA-256 of a bearer token: the store never sees a token itself, so a copy of the database
 /// lets nobody sign in.
@@ -135,15 +136,56 @@ pub struct DevicePatch {
     pub config: Option<BTreeMap<ResourceName, Option<serde_json::Value>>>,
 }
 
-/// A page of the device list: devices whose identity sorts after `after`, carrying every tag
-/// in `tags`, at most `limit` of them, ordered by identity.
+/// A page of the device list: devices carrying every tag in `tags` (and passing the other
+/// filters given), sorted by `sort` (then identity), at most `limit` of them from `from`.
+///
+/// Paging is by keyset: a page starts after the place where the previous one ended (its
+/// last device's sort key and identity), so devices added or removed meanwhile never shift a
+/// page. A device whose key changes between two pages (it wrote a point, say) may move past
+/// that place: it is then shown twice or not at all, as in any list of live values.
 #[derive(Debug, Clone, Default)]
 pub struct DeviceQuery {
     pub tags: Vec<(String, String)>,
     /// Only identities that start with this, when given.
     pub prefix: Option<String>,
-    pub after: Option<Identity>,
+    /// Only devices in this state, when given.
+    pub state: Option<DeviceState>,
+    /// Only devices whose newest point passes this, when given.
+    pub seen: Option<SeenFilter>,
+    pub sort: DeviceSort,
+    /// Largest key first (and identities then descending too).
+    pub descending: bool,
+    /// Where the page starts: just after this place in list order, or, with `back`, the
+    /// `limit` devices just before it (answered in list order). `None`: the first page.
+    pub from: Option<ListPlace>,
     pub limit: usize,
+}
+
+impl DeviceQuery {
+    /// Devices in identity order after `after`, at most `limit`, unfiltered.
+    pub fn after(after: Option<Identity>, limit: usize) -> Self {
+        Self {
+            from: after.map(|identity| ListPlace {
+                key: 0,
+                identity,
+                back: false,
+            }),
+            limit,
+            ..Self::default()
+        }
+    }
+}
+
+/// A device's key under `sort`, as the store sorts by it: 0 by identity; by state 0 for
+/// locked, 1 for provisioned; by last seen the newest point's time, -1 for never; by sync 1
+/// while pending, else 0.
+pub fn sort_key(d: &Device, sort: DeviceSort) -> i64 {
+    match sort {
+        DeviceSort::Identity => 0,
+        DeviceSort::State => i64::from(d.state != DeviceState::Locked),
+        DeviceSort::LastSeen => d.last_seen().unwrap_or(-1),
+        DeviceSort::Sync => i64::from(d.sync_pending),
+    }
 }
 
 /// Who made a device change, as the audit log records it.

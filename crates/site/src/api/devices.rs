@@ -5,13 +5,14 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use proto::model::{DeviceState, Identity, Permission, ResourceName, Tags};
+use proto::model::{DeviceSort, DeviceState, Identity, Permission, ResourceName, Tags};
 use serde::Deserialize;
 use serde_json::{Value as Json_, json};
 
 use super::extract::{ApiJson, QueryPairs};
 use super::render::{audit_page_json, device_json, device_page_json};
 use crate::auth::User;
+use crate::clock::now_micros;
 use crate::error::ApiError;
 use crate::ops::devices::{
     self, AUDIT_PAGE, DEFAULT_PAGE, DeviceChange, ListQuery, MAX_AUDIT_PAGE, MAX_PAGE, NewDevice,
@@ -40,7 +41,8 @@ pub struct PatchBody {
     config: Option<BTreeMap<String, Json_>>,
 }
 
-/// Turns `?tag=K:V&limit=N&cursor=C` into a list query.
+/// Turns `?tag=K:V&prefix=P&state=S&seen=W&sort=K&order=O&limit=N&cursor=C` into a list
+/// query.
 pub fn list_query(q: &QueryPairs) -> Result<ListQuery, ApiError> {
     let mut tags = Vec::new();
     for (k, v) in q.0.iter().filter(|(k, _)| k == "tag") {
@@ -50,12 +52,46 @@ pub fn list_query(q: &QueryPairs) -> Result<ListQuery, ApiError> {
         tags.push((key.to_owned(), value.to_owned()));
     }
     let limit = q.number("limit", i64::from(DEFAULT_PAGE), 1..=i64::from(MAX_PAGE))?;
-    let after = q.get("cursor").map(devices::parse_cursor).transpose()?;
     let prefix = q.get("prefix").map(str::to_owned).filter(|p| !p.is_empty());
+    let state = match q.get("state").filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => Some(DeviceState::parse(s).ok_or_else(|| {
+            ApiError::invalid_query(format!("state must be provisioned or locked, not {s:?}"))
+        })?),
+    };
+    let seen = match q.get("seen").filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => Some(devices::seen_filter(s, now_micros())?),
+    };
+    let sort = match q.get("sort").filter(|s| !s.is_empty()) {
+        None => DeviceSort::Identity,
+        Some(s) => DeviceSort::parse(s).ok_or_else(|| {
+            ApiError::invalid_query(format!(
+                "sort must be identity, state, last_seen or sync, not {s:?}"
+            ))
+        })?,
+    };
+    let descending = match q.get("order").filter(|s| !s.is_empty()) {
+        None | Some("asc") => false,
+        Some("desc") => true,
+        Some(o) => {
+            return Err(ApiError::invalid_query(format!(
+                "order must be asc or desc, not {o:?}"
+            )));
+        }
+    };
+    let from = q
+        .get("cursor")
+        .map(|c| devices::parse_cursor(c, sort, descending))
+        .transpose()?;
     Ok(ListQuery {
         tags,
         prefix,
-        after,
+        state,
+        seen,
+        sort,
+        descending,
+        from,
         limit: u32::try_from(limit).unwrap_or(MAX_PAGE),
     })
 }
@@ -67,8 +103,9 @@ pub async fn list(
     q: QueryPairs,
 ) -> Result<Json<Json_>, ApiError> {
     let cid = connector_id(&cid)?;
-    let page = devices::page(&state, &cid, list_query(&q)?).await?;
-    Ok(Json(device_page_json(&page)))
+    let q = list_query(&q)?;
+    let page = devices::page(&state, &cid, q.clone()).await?;
+    Ok(Json(device_page_json(&page, &q)))
 }
 
 pub async fn create(

@@ -28,8 +28,9 @@ pub async fn list(
     q: QueryPairs,
 ) -> Result<Json<Json_>, ApiError> {
     let c = state.store.connector(&connector_id(&cid)?).await?;
-    let page = ops::peer::list(&state, &c, list_query(&q)?).await?;
-    Ok(Json(device_page_json(&page)))
+    let q = list_query(&q)?;
+    let page = ops::peer::list(&state, &c, q.clone()).await?;
+    Ok(Json(device_page_json(&page, &q)))
 }
 
 /// `GET …/remote/devices/{identity}`: one device as the peer has it.

@@ -6,7 +6,7 @@ use serde_json::{Map, Value as Json, json};
 use store::{Connector, Device, Resource};
 
 use crate::clock::rfc3339;
-use crate::ops::devices::{AuditPage, Page, cursor};
+use crate::ops::devices::{AuditPage, ListQuery, Page};
 use crate::ops::peer::{Drift, Resent};
 use crate::state::AppState;
 
@@ -195,11 +195,14 @@ pub fn device_json(d: &Device) -> Json {
     })
 }
 
-/// One page of a device list as `{"devices": [Device], "next"?}`.
-pub fn device_page_json(page: &Page) -> Json {
+/// One page of a device list as `{"devices": [Device], "next"?, "prev"?, "total"?}`.
+pub fn device_page_json(page: &Page, q: &ListQuery) -> Json {
     let mut out = json!({});
-    if let Some(last) = &page.next {
-        out["next"] = json!(cursor(last));
+    if let Some(next) = &page.next {
+        out["next"] = json!(q.cursor(next));
+    }
+    if let Some(prev) = &page.prev {
+        out["prev"] = json!(q.cursor(prev));
     }
     out["devices"] = Json::Array(page.devices.iter().map(device_json).collect());
     if let Some(total) = page.total {

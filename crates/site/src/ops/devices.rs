@@ -10,7 +10,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use proto::lookup::{DeviceView, Digest, DigestBuilder, MAX_RESEND, bucket_of, device_hash};
-use proto::model::{self, ConnectorId, DeviceState, Identity, Permission, ResourceName, Tags};
+use proto::model::{
+    self, ConnectorId, DeviceSort, DeviceState, Identity, ListPlace, Permission, ResourceName,
+    SeenFilter, Tags,
+};
 use store::{Actor, AuditEntry, AuditQuery, Device, DeviceQuery, StoreError};
 
 use super::{Error, Result};
@@ -159,14 +162,19 @@ pub async fn audit(
     Ok(AuditPage { entries, next })
 }
 
-/// One page of a device list: devices carrying every tag of `tags`, whose identity sorts
-/// after `after`, at most `limit` (1 to [`MAX_PAGE`]) of them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One page of a device list: devices carrying every tag of `tags` and passing the other
+/// filters given, sorted by `sort` (then identity), at most `limit` (1 to [`MAX_PAGE`]) of
+/// them from `from` (a place a cursor names: after it, or going back, before it).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ListQuery {
     pub tags: Vec<(String, String)>,
     /// Only identities that start with this (a search as the operator types).
     pub prefix: Option<String>,
-    pub after: Option<Identity>,
+    pub state: Option<DeviceState>,
+    pub seen: Option<SeenFilter>,
+    pub sort: DeviceSort,
+    pub descending: bool,
+    pub from: Option<ListPlace>,
     pub limit: u32,
 }
 
@@ -182,53 +190,196 @@ impl ListQuery {
             )))
         }
     }
+
+    /// Whether any filter is set (the search, state or last seen).
+    pub fn filtered(&self) -> bool {
+        !self.tags.is_empty()
+            || self.prefix.is_some()
+            || self.state.is_some()
+            || self.seen.is_some()
+    }
+
+    /// The cursor of `place` in this list.
+    pub fn cursor(&self, place: &ListPlace) -> String {
+        cursor(place, self.sort, self.descending)
+    }
 }
 
-/// A page of devices, and the last identity of it when more follow.
+/// An hour and a day, µs.
+const HOUR_US: i64 = 3_600_000_000;
+const DAY_US: i64 = 24 * HOUR_US;
+
+/// The last-seen filter a word names, at `now`: `1h` (a point in the last hour), `24h` (in
+/// the last 24 hours), `stale` (seen, but silent for over 24 hours) or `never`.
+pub fn seen_filter(word: &str, now: i64) -> Result<SeenFilter> {
+    match word {
+        "1h" => Ok(SeenFilter::Since(now - HOUR_US)),
+        "24h" => Ok(SeenFilter::Since(now - DAY_US)),
+        "stale" => Ok(SeenFilter::Before(now - DAY_US)),
+        "never" => Ok(SeenFilter::Never),
+        other => Err(Error::InvalidQuery(format!(
+            "seen must be 1h, 24h, stale or never, not {other:?}"
+        ))),
+    }
+}
+
+/// A page of devices, and where the pages before and after it start.
+#[derive(Debug, Default)]
 pub struct Page {
     pub devices: Vec<Device>,
-    pub next: Option<Identity>,
-    /// How many devices pass the filter, on every page (not known of the peer's list).
+    /// After the last device, when more follow.
+    pub next: Option<ListPlace>,
+    /// Before the first device, when this page was reached through a cursor (devices came
+    /// before it then).
+    pub prev: Option<ListPlace>,
+    /// How many devices pass the filter, on every page (not known of an older peer's list).
     pub total: Option<u64>,
 }
 
-/// The cursor this site gives out for the page after `last`.
-pub fn cursor(last: &Identity) -> String {
-    URL_SAFE_NO_PAD.encode(last.as_str())
+/// Mark of a cursor of this version (an identity never holds it; a cursor without it is
+/// the identity an identity-ordered page continues after, as cursors were before sorting).
+const CURSOR_MARK: char = '~';
+
+/// The cursor this site gives out for a page starting at `place` of a list sorted so.
+pub fn cursor(place: &ListPlace, sort: DeviceSort, descending: bool) -> String {
+    let text = format!(
+        "{CURSOR_MARK}{}.{}.{}.{}.{}",
+        sort.as_str(),
+        if descending { "d" } else { "a" },
+        if place.back { "b" } else { "f" },
+        place.key,
+        place.identity
+    );
+    URL_SAFE_NO_PAD.encode(text)
 }
 
-/// The identity a cursor given out by [`cursor`] continues after.
-pub fn parse_cursor(c: &str) -> Result<Identity> {
-    URL_SAFE_NO_PAD
+/// The place a cursor given out by [`cursor`] names, in a list sorted so; a cursor of a
+/// list sorted otherwise is refused.
+pub fn parse_cursor(c: &str, sort: DeviceSort, descending: bool) -> Result<ListPlace> {
+    let bad = || Error::InvalidQuery("cursor is not one this site gave out".into());
+    let text = URL_SAFE_NO_PAD
         .decode(c)
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
-        .and_then(|s| Identity::parse(&s).ok())
-        .ok_or_else(|| Error::InvalidQuery("cursor is not one this site gave out".into()))
+        .ok_or_else(bad)?;
+    let Some(rest) = text.strip_prefix(CURSOR_MARK) else {
+        let identity = Identity::parse(&text).map_err(|_| bad())?;
+        if sort != DeviceSort::Identity || descending {
+            return Err(other_sort());
+        }
+        return Ok(ListPlace {
+            key: 0,
+            identity,
+            back: false,
+        });
+    };
+    let mut parts = rest.splitn(5, '.');
+    let (Some(s), Some(d), Some(b), Some(key), Some(identity)) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return Err(bad());
+    };
+    let cursor_sort = DeviceSort::parse(s).ok_or_else(bad)?;
+    let cursor_desc = match d {
+        "a" => false,
+        "d" => true,
+        _ => return Err(bad()),
+    };
+    let back = match b {
+        "f" => false,
+        "b" => true,
+        _ => return Err(bad()),
+    };
+    let place = ListPlace {
+        key: key.parse().map_err(|_| bad())?,
+        identity: Identity::parse(identity).map_err(|_| bad())?,
+        back,
+    };
+    if (cursor_sort, cursor_desc) != (sort, descending) {
+        return Err(other_sort());
+    }
+    Ok(place)
 }
 
-/// One page of a connector's devices.
+fn other_sort() -> Error {
+    Error::InvalidQuery(
+        "cursor belongs to the list sorted another way; start again from the first page".into(),
+    )
+}
+
+/// Where the page after (`back` false) or before a device starts, in a list sorted by `sort`.
+pub fn place_of(d: &Device, sort: DeviceSort, back: bool) -> ListPlace {
+    ListPlace {
+        key: store::sort_key(d, sort),
+        identity: d.identity.clone(),
+        back,
+    }
+}
+
+/// Cuts a page read with one device more than `want` (beyond the page's far end: after it,
+/// or before it going back) to `want`, and says where the pages around it start.
+pub fn finish_page(mut devices: Vec<Device>, want: usize, q: &ListQuery) -> Page {
+    let back = q.from.as_ref().is_some_and(|p| p.back);
+    let more = devices.len() > want;
+    if more {
+        if back {
+            devices.remove(0);
+        } else {
+            devices.truncate(want);
+        }
+    }
+    // A device beyond the far end means another page there; the near end has one when the
+    // page was reached through a cursor.
+    let (more_after, more_before) = if back {
+        (true, more)
+    } else {
+        (more, q.from.is_some())
+    };
+    let turned = |back| q.from.clone().map(|p| ListPlace { back, ..p });
+    let next = more_after
+        .then(|| match devices.last() {
+            Some(d) => Some(place_of(d, q.sort, false)),
+            None => turned(false),
+        })
+        .flatten();
+    let prev = more_before
+        .then(|| match devices.first() {
+            Some(d) => Some(place_of(d, q.sort, true)),
+            None => turned(true),
+        })
+        .flatten();
+    Page {
+        devices,
+        next,
+        prev,
+        total: None,
+    }
+}
+
+/// One page of a connector's devices, with the count of those that pass the filter.
 pub async fn page(state: &AppState, cid: &ConnectorId, q: ListQuery) -> Result<Page> {
     let q = q.check()?;
     let want = usize::try_from(q.limit).unwrap_or(usize::MAX);
     let query = DeviceQuery {
-        tags: q.tags,
-        prefix: q.prefix,
-        after: q.after,
-        // One more than asked, to know whether a next page exists.
+        tags: q.tags.clone(),
+        prefix: q.prefix.clone(),
+        state: q.state,
+        seen: q.seen,
+        sort: q.sort,
+        descending: q.descending,
+        from: q.from.clone(),
+        // One more than asked, to know whether a page follows beyond it.
         limit: want.saturating_add(1),
     };
     let total = state.store.count_devices(cid, query.clone()).await?;
-    let mut devices = state.store.devices(cid, query).await?;
-    let mut next = None;
-    if devices.len() > want {
-        devices.truncate(want);
-        next = devices.last().map(|d| d.identity.clone());
-    }
+    let devices = state.store.devices(cid, query).await?;
     Ok(Page {
-        devices,
-        next,
         total: Some(total),
+        ..finish_page(devices, want, &q)
     })
 }
 
@@ -275,15 +426,7 @@ async fn scan(state: &AppState, cid: &ConnectorId, mut each: impl FnMut(&Device)
     loop {
         let page = state
             .store
-            .devices(
-                cid,
-                DeviceQuery {
-                    tags: Vec::new(),
-                    prefix: None,
-                    after: after.take(),
-                    limit: SCAN_PAGE,
-                },
-            )
+            .devices(cid, DeviceQuery::after(after.take(), SCAN_PAGE))
             .await?;
         page.iter().for_each(&mut each);
         match page.last() {
@@ -354,4 +497,104 @@ pub fn identities(ids: &[String]) -> Result<Vec<Identity>> {
         .iter()
         .map(|id| Identity::parse(id))
         .collect::<std::result::Result<_, _>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(id: &str) -> Device {
+        Device {
+            identity: Identity::parse(id).unwrap(),
+            tags: Tags::new(),
+            permissions: Vec::new(),
+            state: DeviceState::Provisioned,
+            config: BTreeMap::new(),
+            values: BTreeMap::new(),
+            created_at: 0,
+            sync_pending: false,
+        }
+    }
+
+    fn place(id: &str, key: i64, back: bool) -> ListPlace {
+        ListPlace {
+            key,
+            identity: Identity::parse(id).unwrap(),
+            back,
+        }
+    }
+
+    #[test]
+    fn cursors_round_trip_in_their_own_order_only() {
+        let p = place("00:AB.1-x", -1, true);
+        let c = cursor(&p, DeviceSort::LastSeen, true);
+        assert_eq!(parse_cursor(&c, DeviceSort::LastSeen, true).unwrap(), p);
+        assert!(parse_cursor(&c, DeviceSort::LastSeen, false).is_err());
+        assert!(parse_cursor(&c, DeviceSort::State, true).is_err());
+        // A cursor given out before lists were sorted: the identity a page continues after.
+        let old = URL_SAFE_NO_PAD.encode("00AB07");
+        assert_eq!(
+            parse_cursor(&old, DeviceSort::Identity, false).unwrap(),
+            place("00AB07", 0, false)
+        );
+        assert!(parse_cursor(&old, DeviceSort::State, false).is_err());
+        for junk in ["", "!!", &URL_SAFE_NO_PAD.encode("~state.a.f.x.d1")] {
+            assert!(
+                parse_cursor(junk, DeviceSort::State, false).is_err(),
+                "{junk}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_page_knows_the_pages_around_it() {
+        let ids = |p: &Page| {
+            p.devices
+                .iter()
+                .map(|d| d.identity.to_string())
+                .collect::<Vec<_>>()
+        };
+        let q = |from: Option<ListPlace>| ListQuery {
+            from,
+            limit: 2,
+            ..ListQuery::default()
+        };
+        // The first page: more after it, nothing before.
+        let first = finish_page(vec![device("a"), device("b"), device("c")], 2, &q(None));
+        assert_eq!(ids(&first), ["a", "b"]);
+        assert_eq!(first.next, Some(place("b", 0, false)));
+        assert_eq!(first.prev, None);
+        // The last page, reached forwards: a page before it, none after.
+        let last = finish_page(vec![device("c")], 2, &q(Some(place("b", 0, false))));
+        assert_eq!((last.next, last.prev), (None, Some(place("c", 0, true))));
+        // Going back: the device read beyond the near end is dropped from the front.
+        let back = finish_page(
+            vec![device("a"), device("b"), device("c")],
+            2,
+            &q(Some(place("d", 0, true))),
+        );
+        assert_eq!(ids(&back), ["b", "c"]);
+        assert_eq!(back.prev, Some(place("b", 0, true)));
+        assert_eq!(back.next, Some(place("c", 0, false)));
+        let start = finish_page(vec![device("a")], 2, &q(Some(place("b", 0, true))));
+        assert_eq!((start.prev, start.next), (None, Some(place("a", 0, false))));
+        // An empty page past the end still leads back.
+        let empty = finish_page(vec![], 2, &q(Some(place("z", 0, false))));
+        assert_eq!((empty.next, empty.prev), (None, Some(place("z", 0, true))));
+    }
+
+    #[test]
+    fn seen_words_are_relative_to_now() {
+        let now = 10 * DAY_US;
+        assert_eq!(
+            seen_filter("1h", now).unwrap(),
+            SeenFilter::Since(now - HOUR_US)
+        );
+        assert_eq!(
+            seen_filter("stale", now).unwrap(),
+            SeenFilter::Before(now - DAY_US)
+        );
+        assert_eq!(seen_filter("never", now).unwrap(), SeenFilter::Never);
+        assert!(seen_filter("1d", now).is_err());
+    }
 }

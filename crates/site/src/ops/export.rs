@@ -178,12 +178,7 @@ impl Export {
                 .store
                 .devices(
                     &self.cid,
-                    DeviceQuery {
-                        tags: Vec::new(),
-                        prefix: None,
-                        after: self.after_device.take(),
-                        limit: DEVICE_PAGE,
-                    },
+                    DeviceQuery::after(self.after_device.take(), DEVICE_PAGE),
                 )
                 .await?;
             self.devices_done = page.len() < DEVICE_PAGE;

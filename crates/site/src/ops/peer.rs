@@ -15,7 +15,7 @@ use std::time::Duration;
 use proto::lookup::{
     Answer, BUCKETS, ListQuery, MAX_FETCH, MAX_HASH_ENTRIES, Op, Request, WaitingView,
 };
-use proto::model::{Identity, SyncState};
+use proto::model::{DeviceSort, Identity, ListPlace, SyncState};
 use store::{Connector, Device};
 
 use super::devices::{self, Page};
@@ -100,20 +100,32 @@ pub(super) fn unexpected(c: &Connector) -> Error {
 
 /// One page of the peer's device list.
 pub async fn list(state: &AppState, c: &Connector, q: devices::ListQuery) -> Result<Page> {
-    if q.prefix.is_some() {
+    if q.prefix.is_some() || q.state.is_some() || q.seen.is_some() {
         return Err(Error::InvalidQuery(
-            "the remote device list cannot be searched by identity yet; filter it by tag".into(),
+            "the remote device list cannot be searched by identity, state or last seen yet; \
+             filter it by tag"
+                .into(),
+        ));
+    }
+    if q.sort != DeviceSort::Identity || q.descending || q.from.as_ref().is_some_and(|p| p.back) {
+        return Err(Error::InvalidQuery(
+            "the remote device list comes in identity order only, a page at a time forwards".into(),
         ));
     }
     let q = ListQuery {
         tags: q.tags,
-        after: q.after,
+        after: q.from.map(|p| p.identity),
         limit: q.limit,
     };
     match ask(state, c, Op::List(q)).await? {
         Answer::Page { devices, next } => Ok(Page {
             devices: devices.into_iter().map(devices::from_view).collect(),
-            next,
+            next: next.map(|identity| ListPlace {
+                key: 0,
+                identity,
+                back: false,
+            }),
+            prev: None,
             total: None,
         }),
         _ => Err(unexpected(c)),

@@ -69,14 +69,18 @@ async fn answer(state: &AppState, cid: &ConnectorId, op: Op) -> ops::Result<Answ
         Op::List(ListQuery { tags, after, limit }) => {
             let q = devices::ListQuery {
                 tags,
-                prefix: None,
-                after,
+                from: after.map(|identity| proto::model::ListPlace {
+                    key: 0,
+                    identity,
+                    back: false,
+                }),
                 limit,
+                ..devices::ListQuery::default()
             };
             let page = devices::page(state, cid, q).await?;
             Answer::Page {
                 devices: page.devices.iter().map(devices::view).collect(),
-                next: page.next,
+                next: page.next.map(|p| p.identity),
             }
         }
         Op::Device(id) => Answer::Device(devices::view(&devices::get(state, cid, &id).await?)),

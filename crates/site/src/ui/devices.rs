@@ -25,7 +25,7 @@ use askama::Template;
 use axum::Form;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
-use proto::model::{Access, DeviceState, Format, Identity, Permission};
+use proto::model::{Access, DeviceSort, DeviceState, Format, Identity, Permission};
 use serde::Deserialize;
 use serde_json::Value as Json;
 use store::{Device, Resource};
@@ -34,7 +34,7 @@ use super::connectors::ConnView;
 use super::error_page::{OrPage, UiError, UiResult, connector_crumbs, load_connector};
 use super::frame::{Crumb, Frame};
 use super::session::Ctx;
-use super::session::{flash_error_redirect, flash_redirect};
+use super::session::{flash_error_redirect, flash_redirect, refusal_redirect};
 use super::view::{
     When, count, parse_search, parse_tag_filter, parse_tags, thousands, value_input, value_text,
 };
@@ -47,8 +47,6 @@ use crate::state::AppState;
 
 /// Rows of one page of the device list.
 const PAGE: usize = 100;
-/// Store pages read at most to fill one page of a list filtered by state or last seen.
-const MAX_SCAN_PAGES: usize = 20;
 
 /// Chart time ranges of the picker: URL value, label, length in µs.
 const RANGES: [(&str, &str, i64); 4] = [
@@ -105,40 +103,37 @@ impl DeviceRow {
     }
 }
 
-/// The Devices tab's filter, as the query string carries it.
+/// The Devices tab's filter and sort, as the query string carries it.
 #[derive(Deserialize, Default)]
 pub struct ListFilter {
+    /// The search box: the start of an identity and `key:value` tags.
     #[serde(default)]
     tag: String,
     #[serde(default)]
     state: String,
     #[serde(default)]
     seen: String,
-    cursor: Option<String>,
-    /// The cursors of the pages before this one, oldest first, joined by `.` (the first
-    /// page's is `0`): what **Previous page** goes back through.
+    /// `identity` (the default), `state`, `last_seen` or `sync`.
     #[serde(default)]
-    trail: String,
+    sort: String,
+    /// `asc` or `desc`; empty: the column's own first order ([`first_order`]).
+    #[serde(default)]
+    order: String,
+    cursor: Option<String>,
+    /// The number of this page, for the pager's words only (paging itself is by cursor).
+    page: Option<usize>,
     /// `remote` shows the peer's list (paired connectors only).
     #[serde(default)]
     side: String,
 }
 
-impl ListFilter {
-    /// Whether a row passes the state and last-seen filters (tags are filtered by the store).
-    fn keeps(&self, row: &DeviceRow, now: i64) -> bool {
-        let state_ok = self.state.is_empty() || row.state == self.state;
-        let age = row.last_seen.as_ref().map(|w| now - w.us);
-        let seen_ok = match self.seen.as_str() {
-            "1h" => age.is_some_and(|a| a <= RANGES[0].2),
-            "24h" => age.is_some_and(|a| a <= RANGES[1].2),
-            "stale" => age.is_some_and(|a| a > RANGES[1].2),
-            "never" => age.is_none(),
-            _ => true,
-        };
-        state_ok && seen_ok
-    }
+/// The order a column sorts in when first clicked: newest seen and pending devices first,
+/// identities and states ascending.
+fn first_order(sort: DeviceSort) -> bool {
+    matches!(sort, DeviceSort::LastSeen | DeviceSort::Sync)
+}
 
+impl ListFilter {
     fn filtered(&self) -> bool {
         !(self.tag.is_empty() && self.state.is_empty() && self.seen.is_empty())
     }
@@ -147,50 +142,74 @@ impl ListFilter {
         self.side == "remote"
     }
 
-    /// The query string of this filter at `cursor` (none: the first page) with `trail`.
-    fn at(&self, cursor: Option<&str>, trail: &str) -> String {
-        let mut pairs = vec![
+    fn sort_key(&self) -> DeviceSort {
+        DeviceSort::parse(&self.sort).unwrap_or_default()
+    }
+
+    fn descending(&self) -> bool {
+        match self.order.as_str() {
+            "desc" => true,
+            "asc" => false,
+            _ => first_order(self.sort_key()),
+        }
+    }
+
+    /// The query string of this filter sorted by `sort` (`descending`), at `cursor` (none:
+    /// the first page), showing page number `page`.
+    fn at(&self, sort: DeviceSort, descending: bool, cursor: Option<&str>, page: usize) -> String {
+        let mut pairs = vec![];
+        if self.remote() {
+            pairs.push(("side", "remote"));
+        }
+        for (k, v) in [
             ("tag", self.tag.as_str()),
             ("state", self.state.as_str()),
             ("seen", self.seen.as_str()),
-        ];
+        ] {
+            if !v.is_empty() {
+                pairs.push((k, v));
+            }
+        }
+        if sort != DeviceSort::Identity {
+            pairs.push(("sort", sort.as_str()));
+        }
+        if descending != first_order(sort) {
+            pairs.push(("order", if descending { "desc" } else { "asc" }));
+        }
+        let page = page.to_string();
         if let Some(c) = cursor {
             pairs.push(("cursor", c));
-        }
-        if !trail.is_empty() {
-            pairs.push(("trail", trail));
+            pairs.push(("page", page.as_str()));
         }
         serde_urlencoded::to_string(pairs).unwrap_or_default()
     }
 
-    /// The query string of the next page, which continues after `cursor`.
-    fn next_page(&self, cursor: &str) -> String {
-        let here = self.cursor.as_deref().unwrap_or("0");
-        let trail = if self.trail.is_empty() {
-            here.to_owned()
-        } else {
-            format!("{}.{here}", self.trail)
-        };
-        self.at(Some(cursor), &trail)
-    }
-
-    /// The query string of the previous page, if this is not the first.
-    fn prev_page(&self) -> Option<String> {
-        self.cursor.as_ref()?;
-        let (rest, last) = match self.trail.rsplit_once('.') {
-            Some((rest, last)) => (rest, last),
-            None => ("", self.trail.as_str()),
-        };
-        let cursor = (!last.is_empty() && last != "0").then_some(last);
-        Some(self.at(cursor, rest))
-    }
-
     /// The number of this page (1 for the first).
     fn page_number(&self) -> usize {
-        match (&self.cursor, self.trail.is_empty()) {
-            (None, _) => 1,
-            (Some(_), true) => 2,
-            (Some(_), false) => self.trail.split('.').count() + 1,
+        match self.cursor {
+            None => 1,
+            Some(_) => self.page.unwrap_or(2).max(1),
+        }
+    }
+
+    /// The query string of the list sorted by column `col`: the other way round when it is
+    /// sorted by it already, else in the column's first order; always from the first page.
+    pub fn sort_href(&self, col: &str) -> String {
+        let sort = DeviceSort::parse(col).unwrap_or_default();
+        let descending = if sort == self.sort_key() {
+            !self.descending()
+        } else {
+            first_order(sort)
+        };
+        self.at(sort, descending, None, 1)
+    }
+
+    /// `ascending`, `descending` or `none`: the column's `aria-sort`.
+    pub fn aria_sort(&self, col: &str) -> &'static str {
+        match (self.sort_key().as_str() == col, self.descending()) {
+            (false, _) => "none",
+            (true, false) => "ascending",
+            (true, true) => "descending",
         }
     }
 }
@@ -205,8 +224,7 @@ struct ListPage {
     rows: Vec<DeviceRow>,
     next: Option<String>,
     prev: Option<String>,
-    /// "5,000 devices", "12 of 5,000 devices match" (the search; state and last-seen
-    /// filters apply to the rows of each page).
+    /// "5,000 devices", "12 of 5,000 devices match" (the search and the filters).
     total: Option<String>,
     page_number: usize,
     error: Option<String>,
@@ -229,6 +247,37 @@ fn api_query(tags: &[(String, String)], cursor: Option<&String>) -> Vec<(String,
     pairs
 }
 
+/// The list query of the Devices tab's filter, or the refusal of a filter it cannot read.
+fn list_query(q: &ListFilter, now: i64) -> Result<dev_ops::ListQuery, ApiError> {
+    let (tags, prefix) = parse_search(&q.tag)?;
+    let state = match q.state.as_str() {
+        "" => None,
+        s => Some(DeviceState::parse(s).ok_or_else(|| {
+            ApiError::invalid_query(format!("state must be provisioned or locked, not {s:?}"))
+        })?),
+    };
+    let seen = match q.seen.as_str() {
+        "" => None,
+        s => Some(dev_ops::seen_filter(s, now)?),
+    };
+    let (sort, descending) = (q.sort_key(), q.descending());
+    let from = q
+        .cursor
+        .as_deref()
+        .map(|c| dev_ops::parse_cursor(c, sort, descending))
+        .transpose()?;
+    Ok(dev_ops::ListQuery {
+        tags,
+        prefix,
+        state,
+        seen,
+        sort,
+        descending,
+        from,
+        limit: PAGE as u32,
+    })
+}
+
 pub async fn list(
     ctx: Ctx,
     State(state): State<AppState>,
@@ -239,77 +288,62 @@ pub async fn list(
     let mut crumbs = connector_crumbs(&c);
     crumbs.push(Crumb::here("Devices"));
     let frame = ctx.frame(format!("{} · Devices", c.name), crumbs);
-    let now = now_micros();
     let mut rows = Vec::new();
-    let mut next = None;
+    let (mut next, mut prev) = (None, None);
     let mut error = None;
     let mut remote_src = None;
     let remote = q.remote() && c.state == proto::model::SyncState::Paired;
     let mut total = None;
-    let search = if remote {
-        parse_tag_filter(&q.tag).map(|tags| (tags, None))
-    } else {
-        parse_search(&q.tag)
-    };
-    match search {
-        Err(e) => error = Some(e.to_string()),
-        Ok((tags, _)) if remote => {
-            let query = serde_urlencoded::to_string(api_query(&tags, q.cursor.as_ref()))
-                .unwrap_or_default();
-            remote_src = Some(format!(
-                "/api/v1/connectors/{}/remote/devices?{query}",
-                c.id
-            ));
+    let page_number = q.page_number();
+    if remote {
+        match parse_tag_filter(&q.tag) {
+            Err(e) => error = Some(e.to_string()),
+            Ok(tags) => {
+                let query = serde_urlencoded::to_string(api_query(&tags, q.cursor.as_ref()))
+                    .unwrap_or_default();
+                remote_src = Some(format!(
+                    "/api/v1/connectors/{}/remote/devices?{query}",
+                    c.id
+                ));
+            }
         }
-        Ok((tags, prefix)) => {
-            let mut after = q
-                .cursor
-                .as_deref()
-                .map(ops::devices::parse_cursor)
-                .transpose()
-                .or_page(&ctx)?;
-            for _ in 0..MAX_SCAN_PAGES {
-                let query = dev_ops::ListQuery {
-                    tags: tags.clone(),
-                    prefix: prefix.clone(),
-                    after,
-                    limit: PAGE as u32,
-                };
-                let page = ops::devices::page(&state, &c.id, query)
+    } else {
+        match list_query(&q, now_micros()) {
+            Err(e) => error = Some(super::view::sentence(&e.to_string())),
+            Ok(query) => {
+                let page = ops::devices::page(&state, &c.id, query.clone())
                     .await
                     .or_page(&ctx)?;
-                if total.is_none() {
-                    let all = c.device_count;
-                    let matching = page.total.unwrap_or(all);
-                    total = Some(if tags.is_empty() && prefix.is_none() {
-                        count(all, "device")
-                    } else {
-                        format!(
-                            "{} of {} match{}",
-                            thousands(matching),
-                            count(all, "device"),
-                            if matching == 1 { "es" } else { "" }
-                        )
-                    });
-                }
-                rows.extend(
-                    page.devices
-                        .iter()
-                        .map(DeviceRow::from_device)
-                        .filter(|r| q.keeps(r, now)),
-                );
-                after = page.next;
-                if after.is_none() || rows.len() >= PAGE {
-                    break;
-                }
+                let all = c.device_count;
+                let matching = page.total.unwrap_or(all);
+                total = Some(if query.filtered() {
+                    format!(
+                        "{} of {} match{}",
+                        thousands(matching),
+                        count(all, "device"),
+                        if matching == 1 { "es" } else { "" }
+                    )
+                } else {
+                    count(matching, "device")
+                });
+                rows = page.devices.iter().map(DeviceRow::from_device).collect();
+                let (sort, desc) = (query.sort, query.descending);
+                next = page
+                    .next
+                    .map(|p| q.at(sort, desc, Some(&query.cursor(&p)), page_number + 1));
+                prev = page.prev.map(|p| {
+                    q.at(
+                        sort,
+                        desc,
+                        Some(&query.cursor(&p)),
+                        (page_number - 1).max(1),
+                    )
+                });
             }
-            next = after.map(|last| q.next_page(&ops::devices::cursor(&last)));
         }
     }
     let remote_base = serde_urlencoded::to_string([("side", "remote"), ("tag", q.tag.as_str())])
         .unwrap_or_default();
-    let prev = if remote { None } else { q.prev_page() };
-    let page_number = q.page_number();
     Ok(ctx.page(&ListPage {
         frame,
         c: ConnView::new(&state, &c),
@@ -345,6 +379,8 @@ struct NewPage {
     tab: &'static str,
     form: CreateForm,
     error: Option<String>,
+    /// The id of the field the refusal is about (marked and focused), or empty.
+    error_field: &'static str,
 }
 
 #[derive(Template)]
@@ -449,6 +485,7 @@ pub async fn new_page(
         tab: "devices",
         form: CreateForm::default(),
         error: None,
+        error_field: "",
     }))
 }
 
@@ -462,15 +499,26 @@ pub async fn create(
     Form(form): Form<CreateForm>,
 ) -> UiResult {
     let c = load_connector(&state, &ctx, &cid).await?;
+    // Each refusal comes back with the id of the field it is about.
     let result = async {
-        let tags = parse_tags(&form.tags)?;
+        let tags = parse_tags(&form.tags)
+            .and_then(|t| {
+                proto::model::check_tags(&t)
+                    .map(|()| t)
+                    .map_err(ApiError::from)
+            })
+            .map_err(|e| (e, "device-tags"))?;
+        let identity = Identity::parse(form.identity.trim())
+            .map_err(|e| (ApiError::from(e), "device-identity"))?;
         let new = NewDevice {
-            identity: Identity::parse(form.identity.trim())?,
+            identity,
             tags,
             permissions: Vec::new(),
             state: DeviceState::parse(&form.state).unwrap_or_default(),
         };
-        Ok::<_, ApiError>(ops::devices::create(&state, &c.id, new, &ctx.actor()).await?)
+        ops::devices::create(&state, &c.id, new, &ctx.actor())
+            .await
+            .map_err(|e| (ApiError::from(e), "device-identity"))
     }
     .await;
     match result {
@@ -496,13 +544,14 @@ pub async fn create(
                 start,
             }))
         }
-        Err(e) => {
+        Err((e, field)) => {
             let mut resp = ctx.page(&NewPage {
                 frame: ctx.frame(format!("{} · Add device", c.name), new_crumbs(&c)),
                 c: ConnView::new(&state, &c),
                 tab: "devices",
                 form,
-                error: Some(e.to_string()),
+                error: Some(super::view::sentence(&e.to_string())),
+                error_field: field,
             });
             *resp.status_mut() = e.status();
             Ok(resp)
@@ -513,6 +562,8 @@ pub async fn create(
 /// A settable resource's row of the Configuration card.
 pub struct ConfigRow {
     pub name: String,
+    /// The id of its desired-value field (focused when a refusal is about it).
+    pub id: String,
     pub format: &'static str,
     pub desired: Option<String>,
     pub reported: Option<String>,
@@ -744,6 +795,7 @@ pub async fn page(
             let reported = d.values.get(&r.name);
             ConfigRow {
                 name: r.name.to_string(),
+                id: config_field(r.name.as_str()),
                 format: r.format.as_str(),
                 desired: d.config.get(&r.name).map(value_input),
                 reported: reported.map(|p| value_text(&p.v, r.unit.as_deref())),
@@ -883,8 +935,17 @@ async fn device_for_edit(
     Ok((c, d, back))
 }
 
+/// Which field of the device page a refusal is about (its id, marked and focused when the
+/// page shows the refusal) and what was typed into that field's form (by field id), so that
+/// the page fills it in again.
+struct Refused<'a> {
+    field: &'a str,
+    typed: &'a [(&'a str, &'a str)],
+}
+
 /// Applies `patch` made `by` the operator and comes back to the device page with `done` or
-/// the refusal.
+/// the refusal, its field focused and its form as it was typed.
+#[allow(clippy::too_many_arguments)]
 async fn apply(
     state: &AppState,
     by: &store::Actor,
@@ -893,6 +954,7 @@ async fn apply(
     back: &str,
     change: Result<DeviceChange, ApiError>,
     done: &str,
+    refused: Refused<'_>,
 ) -> Response {
     let result = match change {
         Ok(change) => ops::devices::update(state, &c.id, &d.identity, change, by)
@@ -902,7 +964,7 @@ async fn apply(
     };
     match result {
         Ok(_) => flash_redirect(back, done),
-        Err(e) => flash_error_redirect(back, &e.to_string()),
+        Err(e) => refusal_redirect(back, &e.to_string(), refused.field, refused.typed),
     }
 }
 
@@ -924,18 +986,42 @@ pub async fn tags(
     let (c, d, back) = device_for_edit(&ctx, &state, &cid, &id).await?;
     let mut tags = d.tags.clone();
     let key = form.key.trim().to_owned();
+    let value = form.value.trim().to_owned();
+    let mut field = "tag-key";
     let done = if form.action == "remove" {
         tags.remove(&key);
         format!("Tag {key} removed.")
     } else {
-        tags.insert(key.clone(), form.value.trim().to_owned());
+        let one: proto::model::Tags = [(key.clone(), value.clone())].into();
+        if let Err(proto::model::ModelError::TagValue { .. }) = proto::model::check_tags(&one) {
+            field = "tag-value";
+        }
+        tags.insert(key.clone(), value.clone());
         format!("Tag {key} set.")
     };
     let patch = DeviceChange {
         tags: Some(tags),
         ..DeviceChange::default()
     };
-    Ok(apply(&state, &ctx.actor(), &c, &d, &back, Ok(patch), &done).await)
+    let typed = [
+        ("tag-key", form.key.as_str()),
+        ("tag-value", form.value.as_str()),
+    ];
+    let refused = Refused {
+        field,
+        typed: &typed,
+    };
+    Ok(apply(
+        &state,
+        &ctx.actor(),
+        &c,
+        &d,
+        &back,
+        Ok(patch),
+        &done,
+        refused,
+    )
+    .await)
 }
 
 #[derive(Deserialize)]
@@ -961,6 +1047,7 @@ pub async fn permissions(
         .filter(|p| p.principal != principal)
         .cloned()
         .collect();
+    let mut field = "";
     let (patch, done) = if form.action == "revoke" {
         (Ok(()), format!("Access of {principal} revoked."))
     } else {
@@ -970,6 +1057,15 @@ pub async fn permissions(
                 access,
             });
         });
+        // A new grant's refusal is about who (the access is one of three choices), unless
+        // the access itself was not one of them.
+        if form.action == "add" {
+            field = if granted.is_err() {
+                "grant-access"
+            } else {
+                "grant-principal"
+            };
+        }
         (
             granted,
             format!("{principal} may now {} this device.", form.access),
@@ -979,7 +1075,15 @@ pub async fn permissions(
         permissions: Some(perms),
         ..DeviceChange::default()
     });
-    Ok(apply(&state, &ctx.actor(), &c, &d, &back, patch, &done).await)
+    let typed = [
+        ("grant-principal", form.principal.as_str()),
+        ("grant-access", form.access.as_str()),
+    ];
+    let refused = Refused {
+        field,
+        typed: if form.action == "add" { &typed } else { &[] },
+    };
+    Ok(apply(&state, &ctx.actor(), &c, &d, &back, patch, &done, refused).await)
 }
 
 #[derive(Deserialize)]
@@ -1033,7 +1137,18 @@ pub async fn config(
     } else {
         format!("Desired value of {} set.", form.resource)
     };
-    Ok(apply(&state, &ctx.actor(), &c, &d, &back, patch, &done).await)
+    let field = config_field(&form.resource);
+    let typed = [(field.as_str(), form.value.as_str())];
+    let refused = Refused {
+        field: &field,
+        typed: &typed,
+    };
+    Ok(apply(&state, &ctx.actor(), &c, &d, &back, patch, &done, refused).await)
+}
+
+/// The id of a settable resource's desired-value field on the device page.
+fn config_field(resource: &str) -> String {
+    format!("config-{resource}")
 }
 
 #[derive(Deserialize)]
@@ -1060,7 +1175,11 @@ pub async fn set_state(
             ))
         });
     let done = format!("Device {} is now {}.", d.identity, form.state);
-    Ok(apply(&state, &ctx.actor(), &c, &d, &back, patch, &done).await)
+    let refused = Refused {
+        field: "",
+        typed: &[],
+    };
+    Ok(apply(&state, &ctx.actor(), &c, &d, &back, patch, &done, refused).await)
 }
 
 pub async fn delete(
@@ -1151,32 +1270,5 @@ mod tests {
             Json::from(true)
         );
         assert!(typed_value(Format::Number, "warm").is_err());
-    }
-
-    #[test]
-    fn list_filters_by_state_and_last_seen() {
-        let now = 100 * RANGES[1].2;
-        let row = |state: &str, seen: Option<i64>| DeviceRow {
-            identity: "d".into(),
-            tags: vec![],
-            state: state.into(),
-            last_seen: seen.map(When::ago),
-            pending: false,
-        };
-        let q = |state: &str, seen: &str| ListFilter {
-            state: state.into(),
-            seen: seen.into(),
-            ..ListFilter::default()
-        };
-        let fresh = row("provisioned", Some(now - 1000));
-        let old = row("locked", Some(now - 2 * RANGES[1].2));
-        let never = row("provisioned", None);
-        assert!(q("", "").keeps(&fresh, now));
-        assert!(q("provisioned", "1h").keeps(&fresh, now));
-        assert!(!q("locked", "").keeps(&fresh, now));
-        assert!(q("", "stale").keeps(&old, now));
-        assert!(!q("", "24h").keeps(&old, now));
-        assert!(q("", "never").keeps(&never, now));
-        assert!(!q("", "never").keeps(&fresh, now));
     }
 }

@@ -26,6 +26,26 @@ pub struct Frame {
     pub csrf: String,
     /// Alarms active now, for the header's badge; `app.js` keeps it fresh.
     pub alarms: u64,
+    /// The id of the field a refused form's notice is about (`session::refusal_redirect`):
+    /// the page marks it invalid and focuses it. Empty: none.
+    pub invalid: String,
+    /// What was typed into that form, by field name, to fill it in again.
+    pub typed: Vec<(String, String)>,
+}
+
+impl Frame {
+    /// Whether the refusal shown is about the field with id `id`.
+    pub fn is_invalid(&self, id: &str) -> bool {
+        !self.invalid.is_empty() && self.invalid == id
+    }
+
+    /// What was typed into field `name` of the refused form, or nothing.
+    pub fn kept(&self, name: &str) -> &str {
+        self.typed
+            .iter()
+            .find(|(k, _)| k == name)
+            .map_or("", |(_, v)| v.as_str())
+    }
 }
 
 /// One step of the breadcrumb; the last one has no link.

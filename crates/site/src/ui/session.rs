@@ -33,6 +33,10 @@ pub struct Ctx {
     site: String,
     link: crate::link::LinkState,
     flash: Option<String>,
+    /// The field the refusal in `flash` is about, and what was typed into its form
+    /// ([`refusal_redirect`]).
+    invalid: String,
+    typed: Vec<(String, String)>,
     /// Alarms active now, for the header's badge.
     alarms: u64,
 }
@@ -59,6 +63,8 @@ impl Ctx {
             flash_bad: self.flash.as_ref().is_some_and(|m| m.starts_with('!')),
             csrf: self.csrf.clone(),
             alarms: self.alarms,
+            invalid: self.invalid.clone(),
+            typed: self.typed.clone(),
         }
     }
 
@@ -115,19 +121,26 @@ impl FromRequestParts<AppState> for Ctx {
             Ok(None) => return Err(login_redirect(&parts.uri)),
             Err(e) => return Err(e.into_response()),
         };
-        let flash = cookie(parts, FLASH_COOKIE)
+        let pairs = cookie(parts, FLASH_COOKIE)
             .and_then(|v| {
                 serde_urlencoded::from_str::<Vec<(String, String)>>(&format!("m={v}")).ok()
             })
-            .and_then(|mut pairs| pairs.pop())
-            .map(|(_, m)| m)
-            .filter(|m| !m.is_empty());
+            .unwrap_or_default();
+        let get = |key: &str| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+        let flash = get("m").filter(|m| !m.is_empty());
+        let invalid = get("f").unwrap_or_default();
+        let typed = pairs
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix("t.")?.to_owned(), v.clone())))
+            .collect();
         Ok(Ctx {
             user,
             csrf: crate::guard::form_token(token),
             site: state.site_name.clone(),
             link: state.link.state(),
             flash,
+            invalid,
+            typed,
             alarms: crate::ops::alarms::active_count(state),
         })
     }
@@ -143,8 +156,31 @@ pub fn flash_error_redirect(to: &str, message: &str) -> Response {
     flash(to, &format!("!{message}"))
 }
 
+/// Most bytes of what a refused form had typed that the notice cookie carries back; beyond
+/// it the form comes back empty (a browser drops a cookie over 4 KiB, and the refusal with
+/// it).
+const MAX_TYPED: usize = 3 * 1024;
+
+/// Redirects to `to` after a refused form: the next page shows `message` once as an error,
+/// marks and focuses the field whose id is `field`, and fills that form in again with what
+/// was `typed` (by field name), so that nothing the operator typed is lost.
+pub fn refusal_redirect(to: &str, message: &str, field: &str, typed: &[(&str, &str)]) -> Response {
+    let message = format!("!{message}");
+    let mut pairs = vec![("m".to_owned(), message.as_str()), ("f".to_owned(), field)];
+    if typed.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() <= MAX_TYPED {
+        pairs.extend(typed.iter().map(|(k, v)| (format!("t.{k}"), *v)));
+    }
+    let encoded = serde_urlencoded::to_string(&pairs).unwrap_or_default();
+    set_flash(to, &encoded)
+}
+
 fn flash(to: &str, message: &str) -> Response {
     let encoded = serde_urlencoded::to_string([("m", message)]).unwrap_or_default();
+    set_flash(to, &encoded)
+}
+
+/// Redirects to `to` with the notice cookie holding `encoded` (`m=…&…`).
+fn set_flash(to: &str, encoded: &str) -> Response {
     let value = format!(
         "{FLASH_COOKIE}={}; Path=/; Max-Age=60; HttpOnly; SameSite=Strict",
         encoded.strip_prefix("m=").unwrap_or("")
@@ -211,7 +247,7 @@ pub async fn login(
                 site: state.site_name.clone(),
                 username: form.username,
                 next,
-                error: Some(e.to_string()),
+                error: Some(super::view::sentence(&e.to_string())),
             });
             let e = crate::error::ApiError::from(e);
             *resp.status_mut() = e.status();

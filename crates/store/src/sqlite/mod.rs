@@ -72,8 +72,8 @@ mod alarms;
 mod audit;
 #[cfg(test)]
 mod crash_tests;
-mod device_count;
 mod device_ids;
+mod device_list;
 mod devices;
 mod engine;
 #[cfg(test)]

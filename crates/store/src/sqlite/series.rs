@@ -263,6 +263,26 @@ impl Tail {
         out
     }
 
+    /// The time of each device's newest tail point, over the resources `keep` accepts (the
+    /// device list's last seen; readers only: the writer's open transaction is not looked at).
+    pub(super) fn newest_times(&self, keep: impl Fn(i64) -> bool) -> HashMap<i64, i64> {
+        let mut out: HashMap<i64, i64> = HashMap::new();
+        for part in self.parts() {
+            for (device, resources) in &part.devices {
+                let newest = resources
+                    .iter()
+                    .filter(|(r, _)| keep(**r))
+                    .filter_map(|(_, s)| s.last_key_value().map(|(t, _)| *t))
+                    .max();
+                if let Some(t) = newest {
+                    let slot = out.entry(*device).or_insert(t);
+                    *slot = (*slot).max(t);
+                }
+            }
+        }
+        out
+    }
+
     /// The newest tail point of each resource of a device, with the puts of the writer's
     /// current transaction over them (none outside the writer thread).
     pub(super) fn newest(&self, device: i64) -> HashMap<i64, (i64, Value)> {

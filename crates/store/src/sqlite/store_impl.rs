@@ -623,22 +623,10 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             let held = lock_tail(&tail)?;
             connector_exists(conn, &cid)?;
-            let mut sql = format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE connector = ?1");
-            let mut args: Vec<String> = vec![cid.as_str().to_owned()];
-            if let Some(after) = &query.after {
-                args.push(after.as_str().to_owned());
-                sql.push_str(&format!(" AND identity > ?{}", args.len()));
-            }
-            device_count::filter(&query, &mut sql, &mut args);
-            sql.push_str(&format!(" ORDER BY identity LIMIT {}", query.limit));
             let resources = resources_by_id(conn, &cid)?;
-            let mut stmt = conn.prepare(&sql).map_err(backend("listing devices"))?;
-            let rows = collect_rows(
-                &mut stmt,
-                rusqlite::params_from_iter(args.iter()),
-                device_row,
-                "listing devices",
-            )?;
+            let seen = device_list::needs_last_seen(&query)
+                .then(|| held.newest_times(|r| resources.contains_key(&r)));
+            let rows = device_list::page(conn, &cid, &query, seen.as_ref())?;
             let newest: Vec<_> = rows.iter().map(|row| held.newest(row.0)).collect();
             drop(held);
             rows.into_iter()
@@ -1068,9 +1056,18 @@ impl Store for SqliteStore {
 
     async fn count_devices(&self, cid: &ConnectorId, query: DeviceQuery) -> Result<u64> {
         let cid = cid.clone();
+        let tail = Arc::clone(&self.tail);
         self.read(move |conn| {
+            let held = lock_tail(&tail)?;
             connector_exists(conn, &cid)?;
-            device_count::count(conn, &cid, &query)
+            let seen = match query.seen {
+                Some(_) => {
+                    let resources = resources_by_id(conn, &cid)?;
+                    Some(held.newest_times(|r| resources.contains_key(&r)))
+                }
+                None => None,
+            };
+            device_list::count(conn, &cid, &query, seen.as_ref())
         })
         .await
     }

@@ -207,14 +207,212 @@ async fn pages_in_both_orders() {
     }
 }
 
+/// Every sort of the device list, paged forwards and backwards in small pages, gives each
+/// device once in the order of `sort_key` then identity; last seen counts folded and unfolded
+/// points (whichever is newer), and every filter's count is what its pages hold.
+#[tokio::test]
+async fn device_lists_sort_page_both_ways_and_count_their_filters() {
+    let (_dir, store) = fixture().await;
+    let dev = |i: usize| Identity::parse(&format!("s{i:02}")).unwrap();
+    for i in 0..13 {
+        store
+            .create_device(
+                &cid(),
+                NewDevice {
+                    identity: dev(i),
+                    tags: [("even".to_string(), (i % 2 == 0).to_string())].into(),
+                    permissions: vec![],
+                    state: DeviceState::Provisioned,
+                    token: [u8::try_from(i).unwrap() + 40; 32],
+                    created_at: 1,
+                },
+                &admin(),
+            )
+            .await
+            .unwrap();
+    }
+    let point = |i: usize, t: i64| PointsIn {
+        identity: dev(i),
+        t,
+        values: vec![(ResourceName::parse("temp").unwrap(), json!(1.0))],
+    };
+    // Folded: s00–s07 at scattered times (two alike, so that identity breaks the tie).
+    let folded: Vec<PointsIn> = (0..8)
+        .map(|i| point(i, 1_000 * ((i as i64 * 5) % 7 + 1)))
+        .collect();
+    store.ingest(&cid(), folded).await.unwrap();
+    store.fold().await.unwrap();
+    // Unfolded, in the tail: s02 newer than its folded point, s04 older (the folded one
+    // stays its last seen), s08 and s09 only here. s10–s12 and dev1 are never seen.
+    let tail = vec![
+        point(2, 9_000),
+        point(4, 10),
+        point(8, 500),
+        point(9, 3_000),
+    ];
+    store.ingest(&cid(), tail).await.unwrap();
+    assert!(store.tail_len() > 0);
+    // Every third device locked (a locked device's data is refused, so only now).
+    for i in (0..13).step_by(3) {
+        let patch = DevicePatch {
+            state: Some(DeviceState::Locked),
+            ..DevicePatch::default()
+        };
+        store
+            .update_device(&cid(), &dev(i), patch, &admin())
+            .await
+            .unwrap();
+    }
+
+    let everyone = store
+        .devices(&cid(), DeviceQuery::after(None, 100))
+        .await
+        .unwrap();
+    assert_eq!(everyone.len(), 14);
+    let seen = |id: &str| {
+        everyone
+            .iter()
+            .find(|d| d.identity.as_str() == id)
+            .and_then(Device::last_seen)
+    };
+    assert_eq!(seen("s02"), Some(9_000));
+    assert_eq!(seen("s04"), Some(7_000));
+    assert_eq!(seen("s08"), Some(500));
+    assert_eq!(seen("s11"), None);
+
+    let ids = |ds: &[Device]| {
+        ds.iter()
+            .map(|d| d.identity.to_string())
+            .collect::<Vec<_>>()
+    };
+    for sort in DeviceSort::ALL {
+        for descending in [false, true] {
+            let mut expected = everyone.clone();
+            expected.sort_by_key(|d| (sort_key(d, sort), d.identity.clone()));
+            if descending {
+                expected.reverse();
+            }
+            let expected = ids(&expected);
+            let query = |from: Option<ListPlace>| DeviceQuery {
+                sort,
+                descending,
+                from,
+                limit: 4,
+                ..DeviceQuery::default()
+            };
+            let place = |d: &Device, back: bool| ListPlace {
+                key: sort_key(d, sort),
+                identity: d.identity.clone(),
+                back,
+            };
+            // Forwards, page after page.
+            let mut forwards = Vec::new();
+            let mut from = None;
+            loop {
+                let page = store.devices(&cid(), query(from)).await.unwrap();
+                forwards.extend(ids(&page));
+                match page.last() {
+                    Some(last) if page.len() == 4 => from = Some(place(last, false)),
+                    _ => break,
+                }
+            }
+            assert_eq!(forwards, expected, "{sort:?} descending {descending}");
+            // Backwards from the end, each page still in list order.
+            let last = everyone
+                .iter()
+                .find(|d| d.identity.as_str() == expected[expected.len() - 1])
+                .unwrap();
+            let mut backwards: Vec<String> = Vec::new();
+            let mut from = Some(place(last, true));
+            while let Some(f) = from.take() {
+                let page = store.devices(&cid(), query(Some(f))).await.unwrap();
+                let mut ids = ids(&page);
+                ids.extend(backwards);
+                backwards = ids;
+                if page.len() == 4 {
+                    from = Some(place(&page[0], true));
+                }
+            }
+            assert_eq!(
+                backwards,
+                expected[..expected.len() - 1],
+                "{sort:?} descending {descending}, backwards"
+            );
+        }
+    }
+
+    // Filters: what a filter keeps, listed and counted alike.
+    async fn check(store: &SqliteStore, query: DeviceQuery, expected: &[&str]) {
+        let listed = store
+            .devices(
+                &cid(),
+                DeviceQuery {
+                    limit: 100,
+                    ..query.clone()
+                },
+            )
+            .await
+            .unwrap();
+        let listed: Vec<String> = listed.iter().map(|d| d.identity.to_string()).collect();
+        assert_eq!(listed, expected, "{query:?}");
+        let counted = store.count_devices(&cid(), query.clone()).await.unwrap();
+        assert_eq!(counted, expected.len() as u64, "{query:?}");
+    }
+    let filter = |state: Option<DeviceState>, seen: Option<SeenFilter>| DeviceQuery {
+        state,
+        seen,
+        ..DeviceQuery::default()
+    };
+    check(
+        &store,
+        filter(None, Some(SeenFilter::Since(7_000))),
+        &["s02", "s04"],
+    )
+    .await;
+    check(
+        &store,
+        filter(None, Some(SeenFilter::Before(2_000))),
+        &["s00", "s07", "s08"],
+    )
+    .await;
+    check(
+        &store,
+        filter(None, Some(SeenFilter::Never)),
+        &["dev1", "s10", "s11", "s12"],
+    )
+    .await;
+    check(
+        &store,
+        filter(Some(DeviceState::Locked), Some(SeenFilter::Never)),
+        &["s12"],
+    )
+    .await;
+    check(
+        &store,
+        filter(Some(DeviceState::Locked), None),
+        &["s00", "s03", "s06", "s09", "s12"],
+    )
+    .await;
+    check(
+        &store,
+        DeviceQuery {
+            tags: vec![("even".into(), "true".into())],
+            prefix: Some("s0".into()),
+            seen: Some(SeenFilter::Since(1)),
+            ..DeviceQuery::default()
+        },
+        &["s00", "s02", "s04", "s06", "s08"],
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn device_filters_and_config() {
     let (_dir, store) = fixture().await;
     let q = |k: &str, v: &str| DeviceQuery {
         tags: vec![(k.into(), v.into())],
-        prefix: None,
-        after: None,
         limit: 10,
+        ..DeviceQuery::default()
     };
     for (i, id) in ["dev10", "dev2", "de", "ab1"].into_iter().enumerate() {
         store
@@ -237,8 +435,8 @@ async fn device_filters_and_config() {
     let by_prefix = |p: &str| DeviceQuery {
         tags: vec![],
         prefix: Some(p.into()),
-        after: None,
         limit: 10,
+        ..DeviceQuery::default()
     };
     let ids = |ds: Vec<Device>| {
         ds.iter()

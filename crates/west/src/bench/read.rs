@@ -6,6 +6,10 @@
 //!    until it is absent); the time of the whole read, best and median of `--repeat` reads.
 //! 2. The latest values of every device: the device list (which carries each device's
 //!    latest values) in pages of 1,000 (the largest it gives); the same statistics.
+//! 3. The web UI's pages an operator opens most, whole, signed in: the connector list, the
+//!    Devices tab (first page; sorted by last seen; the stale devices sorted by state) and
+//!    a device page; the same statistics. On loopback this is the site's time to answer
+//!    (the "server time") plus a fraction of a millisecond.
 //!
 //! The series is device `day`'s, beside the `--devices` others; its points are written first
 //! in bulk requests of 10,000 points, and then one point for every other device, so that each
@@ -52,10 +56,11 @@ pub async fn run(args: ReadArgs) -> anyhow::Result<Report> {
         "counts must be positive"
     );
     let bin = std::env::current_exe().context("finding the west binary")?;
-    let site = SiteProc::start(&bin, SiteOpts::new("bench-site")).await?;
+    let site_name = "bench-site".to_owned();
+    let site = SiteProc::start(&bin, SiteOpts::new(&site_name)).await?;
     let api = site.admin().await?;
     let c = api
-        .post_ok("/api/v1/connectors", json!({"name": "bench"}))
+        .post_ok("/api/v1/connectors", json!({"name": "plant"}))
         .await?;
     let cid = c["id"].as_str().context("connector id")?.to_owned();
     api.post_ok(
@@ -105,6 +110,43 @@ pub async fn run(args: ReadArgs) -> anyhow::Result<Report> {
         list.push(started.elapsed().as_secs_f64());
     }
 
+    // The web UI's pages a person opens most, timed the same way.
+    let ui = UiClient::new(&api, &site_name)?;
+    let device = device_name(0);
+    let ui_pages = [
+        ("connector list", "/".to_owned(), "plant"),
+        (
+            "device list",
+            format!("/connectors/{cid}/devices"),
+            "id=\"devices\"",
+        ),
+        (
+            "device list by last seen",
+            format!("/connectors/{cid}/devices?sort=last_seen"),
+            "id=\"devices\"",
+        ),
+        (
+            "device list of stale devices",
+            format!("/connectors/{cid}/devices?seen=stale&sort=state"),
+            "id=\"device-total\"",
+        ),
+        (
+            "device page",
+            format!("/connectors/{cid}/devices/{device}"),
+            device.as_str(),
+        ),
+    ];
+    let mut ui_times = Vec::new();
+    for (name, path, marker) in &ui_pages {
+        let mut times = Vec::new();
+        for _ in 0..args.repeat {
+            let started = Instant::now();
+            ui.page(path, marker).await?;
+            times.push(started.elapsed().as_secs_f64());
+        }
+        ui_times.push((*name, times));
+    }
+
     let mut report = Report::default();
     let (best, median) = best_and_median(&mut day);
     report.add("read series median", median * 1000.0, "ms");
@@ -115,7 +157,53 @@ pub async fn run(args: ReadArgs) -> anyhow::Result<Report> {
     report.add("latest values median", median * 1000.0, "ms");
     report.add("latest values best", best * 1000.0, "ms");
     report.add("latest values", args.devices as f64 / median, "devices/s");
+    for (name, mut times) in ui_times {
+        let (best, median) = best_and_median(&mut times);
+        report.add(format!("page {name} median"), median * 1000.0, "ms");
+        report.add(format!("page {name} best"), best * 1000.0, "ms");
+    }
     Ok(report)
+}
+
+/// A signed-in browser's requests for whole pages: the session cookie holds a login token,
+/// the same kind as the API's bearer token.
+struct UiClient {
+    client: reqwest::Client,
+    base: String,
+    cookie: String,
+}
+
+impl UiClient {
+    fn new(api: &Api, site: &str) -> anyhow::Result<Self> {
+        let token = api
+            .token
+            .as_deref()
+            .context("the bench's client is signed in")?;
+        Ok(Self {
+            client: reqwest::Client::new(),
+            base: api.base.clone(),
+            cookie: format!("west_session_{site}={token}"),
+        })
+    }
+
+    /// Fetches a page whole, checking that it is the page (it holds `marker`), not the
+    /// sign-in page or an error.
+    async fn page(&self, path: &str, marker: &str) -> anyhow::Result<()> {
+        let resp = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .header(reqwest::header::COOKIE, &self.cookie)
+            .send()
+            .await
+            .with_context(|| format!("GET {path}"))?;
+        let status = resp.status();
+        let html = resp.text().await.with_context(|| format!("GET {path}"))?;
+        ensure!(
+            status == reqwest::StatusCode::OK && html.contains(marker),
+            "GET {path}: {status}, not the page"
+        );
+        Ok(())
+    }
 }
 
 fn t(step: u64) -> i64 {
