@@ -235,6 +235,28 @@ impl LoginGuard {
     }
 }
 
+impl LoginGuard {
+    /// Hashes a new password (argon2, as [`crate::auth::hash_password`]) on the checker
+    /// threads, within the same queue as checks: creating users and changing passwords can
+    /// take no more memory and CPU than sign-ins can. `Err` when the queue is full.
+    pub async fn hash(&self, password: &str) -> Result<anyhow::Result<String>, Refused> {
+        let Ok(queued) = Arc::clone(&self.queue).try_acquire_owned() else {
+            return Err(Refused::Busy);
+        };
+        let password = password.to_owned();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |_| {
+            let _queued = queued;
+            let _ = tx.send(crate::auth::hash_password(&password));
+        });
+        if self.jobs.get_or_init(checkers).send(job).is_err() {
+            tracing::error!("the password checkers are gone");
+            return Err(Refused::Busy);
+        }
+        rx.await.map_err(|_| Refused::Busy)
+    }
+}
+
 /// The most argon2 memory a stored hash may ask for (256 MiB); a larger `m` is refused.
 const MAX_BLOCKS: usize = 256 * 1024;
 

@@ -50,6 +50,8 @@ pub enum StoreError {
     },
     #[error("user {0} already exists")]
     UserExists(String),
+    #[error("user {0} does not exist")]
+    UserNotFound(String),
     #[error("resource {0} is not settable, so a device has no configuration for it")]
     NotSettable(ResourceName),
     #[error(transparent)]
@@ -117,11 +119,23 @@ pub trait Store: Send + Sync + 'static {
     async fn user_count(&self) -> Result<u64>;
     /// Creates a user with an argon2 hash of its password; [`StoreError::UserExists`] if
     /// the name is taken.
-    async fn create_user(&self, username: &str, password_hash: &str) -> Result<()>;
-    /// Replaces a user's password hash.
+    async fn create_user(&self, username: &str, password_hash: &str) -> Result<UserRow>;
+    /// Replaces a user's password hash and revokes every login token of the user, in one
+    /// step; [`StoreError::UserNotFound`] if there is no such user.
     async fn set_password(&self, username: &str, password_hash: &str) -> Result<()>;
     /// A user's password hash, or `None` when there is no such user.
     async fn password_hash(&self, username: &str) -> Result<Option<String>>;
+    /// Up to `limit` users whose names sort after `after` (all when `None`), by name: one
+    /// page of the users list.
+    async fn list_users(&self, after: Option<&str>, limit: usize) -> Result<Vec<UserRow>>;
+    /// Which of `names` are users of this site, in the order given (a device's grants
+    /// checked against the site's users; the caller bounds the list).
+    async fn existing_users(&self, names: &[String]) -> Result<Vec<String>>;
+    /// Removes a user and, in the same step, every login token of the user, so that none
+    /// works once this returns; [`StoreError::UserNotFound`] if there is no such user. Who
+    /// may be removed (never the admin) is the caller's rule. Device grants naming the user
+    /// stay: they are names, and may name a user of the peer site too.
+    async fn delete_user(&self, username: &str) -> Result<()>;
     /// Stores the SHA-256 of a login token for `username`, valid until `expires_at`.
     async fn create_token(&self, token: TokenHash, username: &str, expires_at: i64) -> Result<()>;
     /// The user a login token belongs to, if it exists and has not expired at `now`.

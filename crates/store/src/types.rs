@@ -13,6 +13,13 @@ pub use proto::model::{DeviceSort, ListPlace, SeenFilter};
 /// lets nobody sign in.
 pub type TokenHash = [u8; 32];
 
+/// A user of this site, as the users list shows it (never its password hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRow {
+    pub username: String,
+    pub created_at: i64,
+}
+
 #[derive(Debug, Clone)]
 pub struct NewConnector {
     pub id: ConnectorId,

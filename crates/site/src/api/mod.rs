@@ -13,13 +13,14 @@ mod live;
 mod remote;
 pub mod render;
 mod resources;
+mod users;
 mod waiting;
 
 use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
@@ -126,6 +127,9 @@ pub fn routes(state: AppState) -> Router {
         )
         .route("/alarms", get(alarms::list))
         .route("/hub/ping", post(hub::ping))
+        .route("/users", get(users::list).post(users::create))
+        .route("/users/{name}", axum::routing::delete(users::delete))
+        .route("/users/{name}/password", put(users::set_password))
         .route(
             "/connectors/{cid}/devices/{identity}/resources/{name}/data",
             get(data::read),

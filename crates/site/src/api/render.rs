@@ -327,3 +327,12 @@ pub fn audit_page_json(page: &AuditPage) -> Json {
     }
     out
 }
+
+/// `User` of docs/api.md: never a password or its hash.
+pub fn user_json(u: &store::UserRow) -> Json {
+    json!({
+        "username": u.username,
+        "admin": crate::ops::users::is_admin(&u.username),
+        "created_at": rfc3339(u.created_at),
+    })
+}

@@ -45,7 +45,8 @@ impl From<StoreError> for Error {
         match e {
             StoreError::ConnectorNotFound(_)
             | StoreError::DeviceNotFound(_)
-            | StoreError::ResourceNotFound(_) => Error::NotFound(e.to_string()),
+            | StoreError::ResourceNotFound(_)
+            | StoreError::UserNotFound(_) => Error::NotFound(e.to_string()),
             StoreError::ResourceExists(_)
             | StoreError::ConnectorNameTaken(_)
             | StoreError::DeviceExists(_)

@@ -71,18 +71,22 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn create_user(&self, username: &str, password_hash: &str) -> Result<()> {
+    async fn create_user(&self, username: &str, password_hash: &str) -> Result<UserRow> {
         let (username, hash) = (username.to_owned(), password_hash.to_owned());
         self.write(move |conn| {
+            let created_at = now_micros();
             conn.execute(
                 "INSERT INTO users (username, password_hash, created_at) VALUES (?1, ?2, ?3)",
-                params![username, hash, now_micros()],
+                params![username, hash, created_at],
             )
             .map_err(unique_or(
                 StoreError::UserExists(username.clone()),
                 "creating a user",
             ))?;
-            Ok(())
+            Ok(UserRow {
+                username,
+                created_at,
+            })
         })
         .await
     }
@@ -90,13 +94,72 @@ impl Store for SqliteStore {
     async fn set_password(&self, username: &str, password_hash: &str) -> Result<()> {
         let (username, hash) = (username.to_owned(), password_hash.to_owned());
         self.write(move |conn| {
-            conn.execute(
-                "UPDATE users SET password_hash = ?2 WHERE username = ?1",
-                params![username, hash],
-            )
-            .map_err(backend("setting a password"))?;
+            let changed = conn
+                .execute(
+                    "UPDATE users SET password_hash = ?2 WHERE username = ?1",
+                    params![username, hash],
+                )
+                .map_err(backend("setting a password"))?;
+            if changed == 0 {
+                return Err(StoreError::UserNotFound(username));
+            }
             conn.execute("DELETE FROM tokens WHERE username = ?1", [&username])
                 .map_err(backend("revoking tokens"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_users(&self, after: Option<&str>, limit: usize) -> Result<Vec<UserRow>> {
+        let after = after.map(str::to_owned);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT username, created_at FROM users
+                     WHERE ?1 IS NULL OR username > ?1 ORDER BY username LIMIT ?2",
+                )
+                .map_err(backend("listing users"))?;
+            stmt.query_map(params![after, limit], |r| {
+                Ok(UserRow {
+                    username: r.get(0)?,
+                    created_at: r.get(1)?,
+                })
+            })
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(backend("listing users"))
+        })
+        .await
+    }
+
+    async fn existing_users(&self, names: &[String]) -> Result<Vec<String>> {
+        let names = names.to_vec();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT 1 FROM users WHERE username = ?1")
+                .map_err(backend("looking up users"))?;
+            let mut found = Vec::new();
+            for name in names {
+                if stmt.exists([&name]).map_err(backend("looking up users"))? {
+                    found.push(name);
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn delete_user(&self, username: &str) -> Result<()> {
+        let username = username.to_owned();
+        self.write(move |conn| {
+            conn.execute("DELETE FROM tokens WHERE username = ?1", [&username])
+                .map_err(backend("revoking tokens"))?;
+            let removed = conn
+                .execute("DELETE FROM users WHERE username = ?1", [&username])
+                .map_err(backend("removing a user"))?;
+            if removed == 0 {
+                return Err(StoreError::UserNotFound(username));
+            }
             Ok(())
         })
         .await

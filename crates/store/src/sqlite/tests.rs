@@ -1197,3 +1197,58 @@ async fn a_deleted_synced_resource_stays_queued_and_is_not_replayed() {
         .unwrap();
     assert!(read.is_empty(), "{read:?}");
 }
+
+/// Users: a page at a time by name, a removed user's tokens stop working in the same step,
+/// a new password revokes every token, and an unknown user is `UserNotFound` with nothing
+/// changed.
+#[tokio::test]
+async fn users_page_by_name_and_removing_one_revokes_its_tokens() {
+    let (_dir, store) = fixture().await;
+    for name in ["carol", "alice", "bob"] {
+        store.create_user(name, "hash").await.unwrap();
+    }
+    assert!(matches!(
+        store.create_user("bob", "other").await,
+        Err(StoreError::UserExists(n)) if n == "bob"
+    ));
+    let names = |rows: Vec<UserRow>| rows.into_iter().map(|u| u.username).collect::<Vec<_>>();
+    assert_eq!(
+        names(store.list_users(None, 2).await.unwrap()),
+        ["alice", "bob"]
+    );
+    assert_eq!(
+        names(store.list_users(Some("bob"), 2).await.unwrap()),
+        ["carol"]
+    );
+    let asked = ["nobody".to_owned(), "carol".to_owned(), "alice".to_owned()];
+    assert_eq!(
+        store.existing_users(&asked).await.unwrap(),
+        ["carol", "alice"]
+    );
+
+    let far = now_micros() + 3_600_000_000;
+    store.create_token([1; 32], "bob", far).await.unwrap();
+    store.create_token([2; 32], "carol", far).await.unwrap();
+    store.create_token([3; 32], "carol", far).await.unwrap();
+    store.delete_user("bob").await.unwrap();
+    assert_eq!(store.token_user([1; 32], now_micros()).await.unwrap(), None);
+    assert_eq!(store.password_hash("bob").await.unwrap(), None);
+    assert!(matches!(
+        store.delete_user("bob").await,
+        Err(StoreError::UserNotFound(n)) if n == "bob"
+    ));
+
+    store.set_password("carol", "new hash").await.unwrap();
+    assert_eq!(store.token_user([2; 32], now_micros()).await.unwrap(), None);
+    assert_eq!(store.token_user([3; 32], now_micros()).await.unwrap(), None);
+    assert_eq!(
+        store.password_hash("carol").await.unwrap().as_deref(),
+        Some("new hash")
+    );
+    assert!(matches!(
+        store.set_password("bob", "x").await,
+        Err(StoreError::UserNotFound(_))
+    ));
+    assert_eq!(store.password_hash("bob").await.unwrap(), None);
+    assert_eq!(store.user_count().await.unwrap(), 2);
+}

@@ -37,4 +37,5 @@ mod ui_device_sync;
 mod ui_editing;
 mod ui_lookup;
 mod ui_remote_sync;
+mod users;
 mod util;
