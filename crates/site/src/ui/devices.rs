@@ -627,6 +627,8 @@ pub struct AuditRow {
 
 /// Entries of the audit log on the device page; the changes page shows the rest.
 const AUDIT_ON_PAGE: u32 = 10;
+/// Users the grant form suggests (the first by name).
+const KNOWN_USERS: usize = 200;
 /// Entries a page of the changes page.
 const AUDIT_PER_PAGE: u32 = 50;
 
@@ -683,6 +685,10 @@ struct DevicePage {
     last_seen: Option<When>,
     tags: Vec<(String, String)>,
     permissions: Vec<(String, &'static str)>,
+    /// The grants' principals that name no user of this site, marked in the list.
+    unknown_principals: Vec<String>,
+    /// This site's users, suggested by the grant form.
+    known_users: Vec<String>,
     config: Vec<ConfigRow>,
     values: Vec<ValueRow>,
     /// The drawable resources, those with data first so that the charts that matter are on
@@ -788,6 +794,11 @@ pub async fn page(
     let audit = dev_ops::audit(&state, &c.id, Some(id.clone()), None, AUDIT_ON_PAGE)
         .await
         .or_page(&ctx)?;
+    let principals: Vec<String> = d.permissions.iter().map(|p| p.principal.clone()).collect();
+    let unknown_principals = ops::users::not_users(&state, &principals)
+        .await
+        .or_page(&ctx)?;
+    let known_users = ops::users::names(&state, KNOWN_USERS).await.or_page(&ctx)?;
     let config = resources
         .iter()
         .filter(|r| r.settable)
@@ -817,6 +828,8 @@ pub async fn page(
             .iter()
             .map(|p| (p.principal.clone(), access_str(p.access)))
             .collect(),
+        unknown_principals,
+        known_users,
         config,
         values: value_rows(&d, &resources),
         charts: chart_rows(&d, &resources),
@@ -1066,9 +1079,23 @@ pub async fn permissions(
                 "grant-principal"
             };
         }
+        // A grant may name a group or a user of the paired site (grants sync, users do
+        // not): accepted, and said plainly when it names no user here, so a typo shows.
+        let stranger = !ops::users::not_users(&state, std::slice::from_ref(&principal))
+            .await
+            .or_page(&ctx)?
+            .is_empty();
+        let note = if stranger {
+            format!(
+                " Note: {principal} is not a user on this site (a group, a user of the \
+                 paired site, or a typo?); the grant is kept and marked."
+            )
+        } else {
+            String::new()
+        };
         (
             granted,
-            format!("{principal} may now {} this device.", form.access),
+            format!("Granted {} access to {principal}.{note}", form.access),
         )
     };
     let patch = patch.map(|()| DeviceChange {

@@ -14,6 +14,8 @@ pub struct Frame {
     /// This site's name, in the header so that two sites side by side are told apart.
     pub site: String,
     pub user: String,
+    /// Whether that user is the admin (the header then links to the Users page).
+    pub admin: bool,
     /// The hub indicator's words and colour class; `app.js` keeps both fresh from `/health`.
     pub hub_words: String,
     pub hub_class: &'static str,

@@ -29,6 +29,10 @@
 //! /connectors/{cid}/settings/alarms         Settings tab: Alarms (thresholds form, recent)
 //! /alarms                                   the site's alarms: active and cleared, paged
 //! /connectors/{cid}/settings/remote-sync/backfill[/cancel]  (POST) send history again
+//! /users                                    the admin's users: list, create (POST)
+//! /users/{name}/password                    the admin resets a user's password
+//! /users/{name}/delete                      (POST) remove a user, after a confirmation
+//! /account[/password]                       every user: change my password
 //! ```
 
 mod alarms;
@@ -40,6 +44,7 @@ mod frame;
 mod remote;
 mod resources;
 mod session;
+mod users;
 mod view;
 
 use axum::Router;
@@ -153,6 +158,14 @@ pub fn routes(state: AppState) -> Router {
             "/connectors/{cid}/devices/{id}/resources/{name}",
             get(devices::data_view),
         )
+        .route("/users", get(users::list).post(users::create))
+        .route("/users/{name}/delete", post(users::remove))
+        .route(
+            "/users/{name}/password",
+            get(users::reset_page).post(users::reset),
+        )
+        .route("/account", get(users::account))
+        .route("/account/password", post(users::change_own))
         .route("/static/{file}", get(asset))
         .fallback(not_found)
         .with_state(state)

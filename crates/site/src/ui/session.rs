@@ -53,6 +53,7 @@ impl Ctx {
             title: title.into(),
             site: self.site.clone(),
             user: self.user.clone(),
+            admin: crate::ops::users::is_admin(&self.user),
             hub_words: self.link.describe(),
             hub_class: hub_class(&self.link),
             crumbs,

@@ -37,5 +37,6 @@ mod ui_device_sync;
 mod ui_editing;
 mod ui_lookup;
 mod ui_remote_sync;
+mod ui_users;
 mod users;
 mod util;
