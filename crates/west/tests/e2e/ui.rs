@@ -108,7 +108,7 @@ async fn operator_creates_a_connector_resource_and_device_and_sees_data_on_the_c
     fill(&b, "#password", "not-the-password").await?;
     click(&b, "#sign-in").await?;
     let refusal = text(&b, "#form-error").await?;
-    ensure!(refusal.contains("wrong username or password"), "{refusal}");
+    ensure!(refusal.contains("Wrong username or password."), "{refusal}");
     shot(&b, "01-login").await?;
     fill(&b, "#password", &password).await?;
     click(&b, "#sign-in").await?;
