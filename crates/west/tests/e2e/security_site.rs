@@ -15,10 +15,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::util;
 
-const FORM: &str = "application/x-www-form-urlencoded";
+pub(crate) const FORM: &str = "application/x-www-form-urlencoded";
 
 /// An urlencoded form body.
-fn form(pairs: &[(&str, &str)]) -> String {
+pub(crate) fn form(pairs: &[(&str, &str)]) -> String {
     let enc = |s: &str| {
         s.bytes()
             .map(|b| {
@@ -39,7 +39,7 @@ fn form(pairs: &[(&str, &str)]) -> String {
 
 /// A client that does not follow redirects, sending from `from` (any 127.x address reaches
 /// the site on loopback, so that tests can play several clients).
-fn client(from: Option<&str>) -> anyhow::Result<reqwest::Client> {
+pub(crate) fn client(from: Option<&str>) -> anyhow::Result<reqwest::Client> {
     let mut b = reqwest::Client::builder().redirect(redirect::Policy::none());
     if let Some(ip) = from {
         b = b.local_address(ip.parse::<IpAddr>()?);
@@ -133,7 +133,7 @@ async fn wrong_sign_ins_are_bounded_and_backed_off_per_address_and_per_user() ->
 }
 
 /// Signs in through the login form and returns the session cookie (`name=value`).
-async fn ui_session(c: &reqwest::Client, site: &SiteProc) -> anyhow::Result<String> {
+pub(crate) async fn ui_session(c: &reqwest::Client, site: &SiteProc) -> anyhow::Result<String> {
     let r = c
         .post(format!("{}/login", site.url))
         .header("content-type", FORM)

@@ -2,12 +2,13 @@
 //! admin creates a user who signs in and reads; only the admin manages users; every kind of
 //! bad input is refused with its code and a sentence naming the field, and changes nothing;
 //! a password change or a removal ends the user's tokens at once; no password reaches the
-//! site's log.
+//! site's log; and the users' forms and calls are origin-checked like every state change.
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use testkit::Api;
 
+use crate::security_site::{FORM, client, form, ui_session};
 use crate::util;
 
 const JANE_PW: &str = "jane-first-password";
@@ -346,5 +347,131 @@ async fn the_admin_manages_users_who_sign_in_and_lose_access_at_once() -> anyhow
         assert!(!log.contains(secret), "{secret:?} is in the site's log");
     }
     assert!(log.contains("removed a user"), "the removal is logged");
+    Ok(())
+}
+
+/// The users' state-changing routes are origin-checked like every other (docs/api.md,
+/// "Browsers"): with only the session cookie, a form posted from another origin or without
+/// its token, and an API call from another origin or not sent as JSON, are refused 403 and
+/// change nothing. The site's own form with its token works.
+#[tokio::test]
+async fn cross_site_requests_cannot_create_remove_or_reset_users() -> anyhow::Result<()> {
+    let site = util::site("site-a").await?;
+    let admin = site.admin().await?;
+    admin
+        .post_ok(
+            "/api/v1/users",
+            json!({"username": "bob", "password": "bob-long-password"}),
+        )
+        .await?;
+    let c = client(None)?;
+    let cookie = ui_session(&c, &site).await?;
+    let own = site.url.clone();
+    let taken = [
+        ("password", "taken-over-pw"),
+        ("password2", "taken-over-pw"),
+    ];
+    let own_change = [
+        ("current_password", site.opts.admin_password.as_str()),
+        ("password", "taken-over-pw"),
+        ("password2", "taken-over-pw"),
+    ];
+    let mallory = [
+        ("username", "mallory"),
+        ("password", "mallory-password"),
+        ("password2", "mallory-password"),
+    ];
+    let forms: [(&str, &[(&str, &str)]); 4] = [
+        ("/users", &mallory),
+        ("/users/bob/delete", &[]),
+        ("/users/bob/password", &taken),
+        ("/account/password", &own_change),
+    ];
+    for (path, fields) in forms {
+        for origin in ["https://evil.example", own.as_str()] {
+            // From another origin; from this one but without the form's token.
+            let r = c
+                .post(format!("{own}{path}"))
+                .header("cookie", &cookie)
+                .header("origin", origin)
+                .header("content-type", FORM)
+                .body(form(fields))
+                .send()
+                .await?;
+            assert_eq!(r.status(), StatusCode::FORBIDDEN, "{path} from {origin}");
+        }
+    }
+    let api = [
+        (
+            Method::POST,
+            "/api/v1/users",
+            Some("https://evil.example"),
+            "application/json",
+        ),
+        (Method::POST, "/api/v1/users", None, "text/plain"),
+        (
+            Method::DELETE,
+            "/api/v1/users/bob",
+            Some("https://evil.example"),
+            "application/json",
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/users/bob",
+            Some(own.as_str()),
+            "text/plain",
+        ),
+        (
+            Method::PUT,
+            "/api/v1/users/bob/password",
+            None,
+            "text/plain",
+        ),
+    ];
+    for (method, path, origin, kind) in api {
+        let mut req = c
+            .request(method.clone(), format!("{own}{path}"))
+            .header("cookie", &cookie)
+            .header("content-type", kind)
+            .body(r#"{"username":"mallory","password":"taken-over-pw"}"#);
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        let r = req.send().await?;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{method} {path}");
+        let body: Value = r.json().await?;
+        assert_eq!(body["error"], "cross_site_request", "{method} {path}");
+    }
+    // Nothing changed: the same users, each with the same password.
+    assert_eq!(usernames(&admin).await?, ["admin", "bob"]);
+    Api::login(&site.url, "bob", "bob-long-password").await?;
+    Api::login(&site.url, "admin", &site.opts.admin_password).await?;
+
+    // The Users page's own form, with its token, from this origin, creates the user.
+    let page = c
+        .get(format!("{own}/users"))
+        .header("cookie", &cookie)
+        .send()
+        .await?
+        .text()
+        .await?;
+    let token = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .ok_or_else(|| anyhow::anyhow!("no form token in the page"))?
+        .to_owned();
+    let mut fields = mallory.to_vec();
+    fields.push(("csrf", token.as_str()));
+    let r = c
+        .post(format!("{own}/users"))
+        .header("cookie", &cookie)
+        .header("origin", &own)
+        .header("content-type", FORM)
+        .body(form(&fields))
+        .send()
+        .await?;
+    assert!(r.status().is_redirection(), "{}", r.status());
+    assert_eq!(usernames(&admin).await?, ["admin", "bob", "mallory"]);
     Ok(())
 }
