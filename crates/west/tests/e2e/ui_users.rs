@@ -4,7 +4,8 @@
 //! then succeeds; a reset and a removal (after a confirmation) take effect at once; a grant
 //! suggests the site's users and marks a principal that is not one; every user changes
 //! their own password on the Account page and stays signed in; a user who is not the admin
-//! sees no Users link and is refused the page.
+//! sees no Users link and is refused the page. At a phone's 390 px no users page scrolls
+//! sideways.
 //!
 //! Screenshots land in `target/ui-screenshots/9x-*.png` for a person to look at; the test
 //! asserts on the DOM and the API only. Nothing sleeps: every wait polls with a deadline.
@@ -217,6 +218,34 @@ async fn the_admin_manages_users_and_everyone_changes_their_password() -> anyhow
     );
     b.goto(&format!("{base}/users")).await?;
     wait_text(&b, "#users", "bob").await?;
+
+    // At a phone's 390 px the pages fall into one column and do not scroll sideways.
+    let chrome = b
+        .client
+        .execute("return window.outerWidth - window.innerWidth;", vec![])
+        .await?
+        .as_u64()
+        .and_then(|v| u32::try_from(v).ok())
+        .unwrap_or(0);
+    b.client.set_window_size(390 + chrome, 844).await?;
+    for (i, path) in ["/users", "/users/bob/password", "/account"]
+        .iter()
+        .enumerate()
+    {
+        b.goto(&format!("{base}{path}")).await?;
+        b.wait_for("#account-link").await?;
+        let over = b
+            .client
+            .execute(
+                "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
+                vec![],
+            )
+            .await?
+            .as_i64()
+            .unwrap_or(i64::MAX);
+        shot(&b, &format!("95-phone-{i}")).await?;
+        ensure!(over <= 0, "{path} scrolls sideways by {over} px");
+    }
 
     // Bob is no admin: no Users link, and the page refuses him.
     click(&b, "header form[action='/logout'] button").await?;
