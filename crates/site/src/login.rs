@@ -323,6 +323,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_new_password_is_hashed_on_the_checkers_and_then_verifies() {
+        let guard = LoginGuard::default();
+        let hash = guard.hash("jane-first-password").await.unwrap().unwrap();
+        assert!(hash.starts_with("$argon2"), "{hash}");
+        assert_eq!(
+            guard
+                .check(None, "jane", "jane-first-password", Some(hash.clone()))
+                .await,
+            Ok(true)
+        );
+        assert_eq!(
+            guard
+                .check(None, "jane", "jane-first-passwor", Some(hash))
+                .await,
+            Ok(false)
+        );
+    }
+
+    #[tokio::test]
     async fn repeated_failures_back_off_per_address_and_per_user() {
         let guard = LoginGuard::default();
         let hash = hash_password("right").unwrap();
