@@ -826,6 +826,8 @@
   }
 
   // Every chart of the page shows the same window (zoomed, or a custom range), or none.
+  // The window is kept in the address (`from`, `to`: ms) and in the links to the data view,
+  // so that a reload, a bookmark or the way from the device page to one resource keeps it.
   let pageCharts = [];
   function setWindow(w) {
     pageCharts.filter((c) => c.drawn).forEach((c) => c.setWindow(w));
@@ -837,7 +839,28 @@
       const from = $("#range-from"), to = $("#range-to");
       if (from && to) { from.value = inputTime(w[0]); to.value = inputTime(w[1]); }
     }
+    keepInAddress(w ? { from: String(Math.round(w[0])), to: String(Math.round(w[1])) } : { from: null, to: null });
     exportLink();
+  }
+
+  // Sets (or, with null, removes) query parameters of this page's address and of its links
+  // to a chart's data view.
+  function keepInAddress(params) {
+    const put = (u) => {
+      for (const [k, v] of Object.entries(params)) {
+        if (v === null) u.searchParams.delete(k); else u.searchParams.set(k, v);
+      }
+      return u;
+    };
+    $$("figure.chart figcaption a").forEach((link) => { link.href = put(new URL(link.href)).toString(); });
+    history.replaceState(null, "", put(new URL(location.href)));
+  }
+
+  // The window the address asks for (`from` before `to`, both ms), or null.
+  function windowInAddress() {
+    const q = new URL(location.href).searchParams;
+    const a = Number(q.get("from")), b = Number(q.get("to"));
+    return q.has("from") && q.has("to") && Number.isFinite(a) && Number.isFinite(b) && a < b ? [a, b] : null;
   }
 
   // A time as a datetime-local input holds it (local time, to the second).
@@ -859,7 +882,13 @@
     const charts = $$("figure.chart[data-src]").map((f) => new Chart(f));
     pageCharts = charts;
     setupLive(charts);
-    charts.forEach((c) => c.reload());
+    const asked = charts.some((c) => c.drawn) ? windowInAddress() : null;
+    if (asked) {
+      setWindow(asked);
+      charts.filter((c) => !c.drawn).forEach((c) => c.reload());
+    } else {
+      charts.forEach((c) => c.reload());
+    }
     exportLink();
     const custom = $("#custom-range");
     if (custom) {
@@ -869,9 +898,11 @@
         const error = $("#range-error");
         if (!Number.isFinite(a) || !Number.isFinite(b) || b <= a) {
           if (error) { error.textContent = "Choose a start before the end."; error.hidden = false; }
-          ($("#range-from")).focus();
+          $("#range-from").setAttribute("aria-invalid", "true");
+          $("#range-from").focus();
           return;
         }
+        $("#range-from").removeAttribute("aria-invalid");
         if (error) error.hidden = true;
         setWindow([a, b]);
       });
@@ -881,6 +912,7 @@
         const r = (charts[0] && charts[0].range) || "1h";
         $$("[data-range-picker] a").forEach((b) => b.classList.toggle("on", b.dataset.range === r));
         charts.forEach((c) => c.setRange(r));
+        keepInAddress({ from: null, to: null });
         exportLink();
       });
     }
@@ -894,14 +926,7 @@
         const reset = $("#zoom-reset");
         if (reset) reset.hidden = true;
         exportLink();
-        $$("figure.chart figcaption a").forEach((link) => {
-          const u = new URL(link.href);
-          u.searchParams.set("range", r);
-          link.href = u.toString();
-        });
-        const here = new URL(location.href);
-        here.searchParams.set("range", r);
-        history.replaceState(null, "", here);
+        keepInAddress({ range: r, from: null, to: null });
       });
     });
     if (charts.length) setInterval(() => charts.forEach((c) => c.poll()), POLL_MS);
@@ -994,11 +1019,23 @@
       table.hidden = !rows.length;
       status.hidden = !!rows.length;
       if (!rows.length) {
-        const filtered = new URL(location.href).searchParams.get("tag");
+        const filtered = host.dataset.filtered !== undefined;
         status.replaceChildren(node("p", "", filtered ? `No device of ${peer} matches this filter.` : `${peer} has no devices in this connector.`));
       }
-      pager.hidden = !res.body.next;
-      if (res.body.next) $("#remote-next", host).href = `?${host.dataset.nextBase}&cursor=${encodeURIComponent(res.body.next)}`;
+      // The total of what the search and filters keep on the peer, and its pages both ways.
+      const total = Number(res.body.total || 0);
+      const matches = total === 1 ? "1 device matches" : `${total.toLocaleString("en-US")} devices match`;
+      $("#remote-total", host).textContent = host.dataset.filtered !== undefined ? matches : countText(total, "device");
+      const page = Number(host.dataset.page) || 1;
+      const link = (sel, cursor, n) => {
+        const a = $(sel, host);
+        a.hidden = !cursor;
+        if (cursor) a.href = `?${host.dataset.nextBase}&cursor=${encodeURIComponent(cursor)}&page=${n}`;
+      };
+      link("#remote-next", res.body.next, page + 1);
+      link("#remote-prev", res.body.prev, Math.max(1, page - 1));
+      $("#remote-page", host).hidden = !(res.body.next || res.body.prev);
+      pager.hidden = false;
       host.dataset.state = "ok";
       stamp(document, "#remote-updated");
     } catch (_) {

@@ -10,8 +10,11 @@
 //!
 //! The operations ([`Op`]):
 //!
-//! - `List` — one page of the peer's device list ([`Answer::Page`]); `next` is the last
-//!   identity of the page when more follow.
+//! - `List` — one page of the peer's device list in identity order ([`Answer::Page`]);
+//!   `next` is the last identity of the page when more follow. Kept for older peers.
+//! - `Find` — one page of the peer's device list as its own list shows it ([`FindQuery`]:
+//!   search by identity prefix and tags, state and last-seen filters, a sort, keyset paging
+//!   both ways), with how many devices the filters keep ([`Answer::Found`]).
 //! - `Device` — one device ([`Answer::Device`]), or `not_found`.
 //! - `Digest` — [`Digest`]: the number of devices and one hash per [`BUCKETS`] bucket.
 //! - `Hashes` — the per-device hashes of the devices in the asked buckets ([`Answer::Hashes`]),
@@ -43,7 +46,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::envelope::{self, EnvelopeError};
-use crate::model::{DeviceState, Format, Identity, Permission, ResourceName, Tags, Value};
+use crate::model::{
+    DeviceSort, DeviceState, Format, Identity, ListPlace, Permission, ResourceName, SeenFilter,
+    Tags, Value,
+};
 use crate::service;
 
 /// Number of buckets of the registry digest.
@@ -79,6 +85,7 @@ pub enum Op {
     Backfill(BackfillAsk),
     BackfillStatus,
     BackfillCancel,
+    Find(FindQuery),
 }
 
 /// A backfill a Target asks of its Source: `resource`'s points with `since <= t < until`
@@ -154,6 +161,22 @@ pub struct ListQuery {
     pub limit: u32,
 }
 
+/// One page of a device list, as the answering site's own list (and API) would show it:
+/// devices carrying every tag, whose identity starts with `prefix`, in `state`, last seen as
+/// `seen` says (each when given), sorted by `sort` then identity (`descending` reverses
+/// both), at most `limit` from `from` (after it, or going back, before it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FindQuery {
+    pub tags: Vec<(String, String)>,
+    pub prefix: Option<String>,
+    pub state: Option<DeviceState>,
+    pub seen: Option<SeenFilter>,
+    pub sort: DeviceSort,
+    pub descending: bool,
+    pub from: Option<ListPlace>,
+    pub limit: u32,
+}
+
 /// The answer to the [`Request`] with the same `id`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Response {
@@ -179,6 +202,13 @@ pub enum Answer {
     Refused {
         code: String,
         message: String,
+    },
+    /// A page of a `Find`, in list order; `more`: devices lie beyond its far end (after
+    /// it, or, for a page going back, before it); `total`: how many the filters keep.
+    Found {
+        devices: Vec<DeviceView>,
+        more: bool,
+        total: u64,
     },
 }
 
@@ -567,7 +597,48 @@ mod tests {
                     )),
                 Just(Op::BackfillStatus),
                 Just(Op::BackfillCancel),
+                find().prop_map(Op::Find),
             ]
+        }
+
+        fn find() -> impl Strategy<Value = FindQuery> {
+            let seen = prop_oneof![
+                any::<i64>().prop_map(SeenFilter::Since),
+                any::<i64>().prop_map(SeenFilter::Before),
+                Just(SeenFilter::Never),
+            ];
+            let place =
+                (any::<i64>(), identity(), any::<bool>()).prop_map(|(key, identity, back)| {
+                    ListPlace {
+                        key,
+                        identity,
+                        back,
+                    }
+                });
+            (
+                proptest::collection::vec((".{1,8}", ".{0,8}"), 0..3),
+                proptest::option::of(".{0,8}"),
+                proptest::option::of(prop_oneof![
+                    Just(DeviceState::Provisioned),
+                    Just(DeviceState::Locked)
+                ]),
+                proptest::option::of(seen),
+                (0..DeviceSort::ALL.len(), any::<bool>()),
+                proptest::option::of(place),
+                any::<u32>(),
+            )
+                .prop_map(
+                    |(tags, prefix, state, seen, (sort, descending), from, limit)| FindQuery {
+                        tags,
+                        prefix,
+                        state,
+                        seen,
+                        sort: DeviceSort::ALL[sort],
+                        descending,
+                        from,
+                        limit,
+                    },
+                )
         }
 
         fn backfill() -> impl Strategy<Value = BackfillView> {
@@ -649,6 +720,16 @@ mod tests {
                 proptest::option::of(backfill()).prop_map(Answer::Backfill),
                 ("[a-z_]{1,12}", ".{0,20}")
                     .prop_map(|(code, message)| Answer::Refused { code, message }),
+                (
+                    proptest::collection::vec(view(), 0..3),
+                    any::<bool>(),
+                    any::<u64>()
+                )
+                    .prop_map(|(devices, more, total)| Answer::Found {
+                        devices,
+                        more,
+                        total
+                    }),
             ]
         }
 

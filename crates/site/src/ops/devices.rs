@@ -332,13 +332,20 @@ pub fn finish_page(mut devices: Vec<Device>, want: usize, q: &ListQuery) -> Page
             devices.truncate(want);
         }
     }
-    // A device beyond the far end means another page there; the near end has one when the
-    // page was reached through a cursor.
+    page_ends(devices, more, q)
+}
+
+/// A page of `q`'s list with where the pages around it start: `more` says that devices lie
+/// beyond its far end (after it; going back, before it), and the near end has a page when
+/// it was reached through a cursor.
+pub fn page_ends(devices: Vec<Device>, more: bool, q: &ListQuery) -> Page {
+    let back = q.from.as_ref().is_some_and(|p| p.back);
     let (more_after, more_before) = if back {
         (true, more)
     } else {
         (more, q.from.is_some())
     };
+    // An empty page turns the place it was asked from around.
     let turned = |back| q.from.clone().map(|p| ListPlace { back, ..p });
     let next = more_after
         .then(|| match devices.last() {

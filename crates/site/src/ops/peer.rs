@@ -13,9 +13,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use proto::lookup::{
-    Answer, BUCKETS, ListQuery, MAX_FETCH, MAX_HASH_ENTRIES, Op, Request, WaitingView,
+    Answer, BUCKETS, FindQuery, MAX_FETCH, MAX_HASH_ENTRIES, Op, Request, WaitingView,
 };
-use proto::model::{DeviceSort, Identity, ListPlace, SyncState};
+use proto::model::{Identity, SyncState};
 use store::{Connector, Device};
 
 use super::devices::{self, Page};
@@ -98,36 +98,33 @@ pub(super) fn unexpected(c: &Connector) -> Error {
     ))
 }
 
-/// One page of the peer's device list.
+/// One page of the peer's device list, searched, filtered, sorted and paged as this site's
+/// own (`Find`; a peer too old to know it drops the request, and the lookup reports
+/// `peer_offline`).
 pub async fn list(state: &AppState, c: &Connector, q: devices::ListQuery) -> Result<Page> {
-    if q.prefix.is_some() || q.state.is_some() || q.seen.is_some() {
-        return Err(Error::InvalidQuery(
-            "the remote device list cannot be searched by identity, state or last seen yet; \
-             filter it by tag"
-                .into(),
-        ));
-    }
-    if q.sort != DeviceSort::Identity || q.descending || q.from.as_ref().is_some_and(|p| p.back) {
-        return Err(Error::InvalidQuery(
-            "the remote device list comes in identity order only, a page at a time forwards".into(),
-        ));
-    }
-    let q = ListQuery {
-        tags: q.tags,
-        after: q.from.map(|p| p.identity),
+    let q = q.check()?;
+    let find = FindQuery {
+        tags: q.tags.clone(),
+        prefix: q.prefix.clone(),
+        state: q.state,
+        seen: q.seen,
+        sort: q.sort,
+        descending: q.descending,
+        from: q.from.clone(),
         limit: q.limit,
     };
-    match ask(state, c, Op::List(q)).await? {
-        Answer::Page { devices, next } => Ok(Page {
-            devices: devices.into_iter().map(devices::from_view).collect(),
-            next: next.map(|identity| ListPlace {
-                key: 0,
-                identity,
-                back: false,
-            }),
-            prev: None,
-            total: None,
-        }),
+    match ask(state, c, Op::Find(find)).await? {
+        Answer::Found {
+            devices,
+            more,
+            total,
+        } => {
+            let devices = devices.into_iter().map(devices::from_view).collect();
+            Ok(Page {
+                total: Some(total),
+                ..devices::page_ends(devices, more, &q)
+            })
+        }
         _ => Err(unexpected(c)),
     }
 }

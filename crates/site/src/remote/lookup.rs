@@ -11,8 +11,8 @@
 //!
 //! Requests are served inline on the connector task: they are short reads of the store.
 //! Every answer fits in one session message ([`MAX_ANSWER`]): a device page that would not
-//! is shortened (its `next` then continues after the last device kept, so paging stays
-//! exact), any other answer becomes a `too_large` refusal.
+//! is shortened at its far end (its `next`, or `more`, then continues from the last device
+//! kept, so paging stays exact), any other answer becomes a `too_large` refusal.
 
 use std::collections::BTreeSet;
 
@@ -37,11 +37,13 @@ pub async fn on_message(state: &AppState, cid: &ConnectorId, handle: &PeerHandle
                     return;
                 }
             };
+            // A page going back keeps the devices nearest its place if it must shrink.
+            let back = matches!(&req.op, Op::Find(f) if f.from.as_ref().is_some_and(|p| p.back));
             let answer = match answer(state, cid, req.op).await {
                 Ok(answer) => answer,
                 Err(e) => refused(&e),
             };
-            let reply = fit(Response { id: req.id, answer });
+            let reply = fit(Response { id: req.id, answer }, back);
             if let Err(e) = handle.send(reply).await {
                 tracing::debug!(connector = %cid, error = %e, "lookup answer not sent");
             }
@@ -116,23 +118,55 @@ async fn answer(state: &AppState, cid: &ConnectorId, op: Op) -> ops::Result<Answ
         }
         Op::BackfillStatus => Answer::Backfill(ops::backfill::local(state, cid).await),
         Op::BackfillCancel => Answer::Backfill(Some(ops::backfill::cancel_here(state, cid).await?)),
+        Op::Find(f) => {
+            let back = f.from.as_ref().is_some_and(|p| p.back);
+            let q = devices::ListQuery {
+                tags: f.tags,
+                prefix: f.prefix.filter(|p| !p.is_empty()),
+                state: f.state,
+                seen: f.seen,
+                sort: f.sort,
+                descending: f.descending,
+                from: f.from,
+                limit: f.limit,
+            };
+            let page = devices::page(state, cid, q).await?;
+            Answer::Found {
+                devices: page.devices.iter().map(devices::view).collect(),
+                more: if back {
+                    page.prev.is_some()
+                } else {
+                    page.next.is_some()
+                },
+                total: page.total.unwrap_or(0),
+            }
+        }
     })
 }
 
-/// The encoded answer, made to fit in one session message.
-fn fit(mut resp: Response) -> Vec<u8> {
+/// The encoded answer, made to fit in one session message (`back`: the answer is a page
+/// going back, whose far end is its first device).
+fn fit(mut resp: Response, back: bool) -> Vec<u8> {
     // Room for the session's framing around the answer.
     let budget = MAX_ANSWER - 256;
     let mut bytes = resp.encode();
     while bytes.len() > budget {
-        let Answer::Page { devices, next } = &mut resp.answer else {
-            break;
-        };
-        if devices.len() <= 1 {
-            break;
+        match &mut resp.answer {
+            Answer::Page { devices, next } if devices.len() > 1 => {
+                devices.truncate(devices.len() / 2);
+                *next = devices.last().map(|d| d.identity.clone());
+            }
+            Answer::Found { devices, more, .. } if devices.len() > 1 => {
+                let keep = devices.len() / 2;
+                if back {
+                    devices.drain(..devices.len() - keep);
+                } else {
+                    devices.truncate(keep);
+                }
+                *more = true;
+            }
+            _ => break,
         }
-        devices.truncate(devices.len() / 2);
-        *next = devices.last().map(|d| d.identity.clone());
         bytes = resp.encode();
     }
     if bytes.len() > MAX_ANSWER {
@@ -171,13 +205,16 @@ mod tests {
     fn oversized_pages_shrink_and_keep_paging_exact() {
         let big = "x".repeat(1000);
         let devices: Vec<DeviceView> = (0..2000).map(|i| view(i, &big)).collect();
-        let bytes = fit(Response {
-            id: 1,
-            answer: Answer::Page {
-                devices,
-                next: None,
+        let bytes = fit(
+            Response {
+                id: 1,
+                answer: Answer::Page {
+                    devices,
+                    next: None,
+                },
             },
-        });
+            false,
+        );
         assert!(bytes.len() <= MAX_ANSWER);
         let Answer::Page { devices, next } = Response::decode(&bytes).unwrap().answer else {
             panic!("not a page");
@@ -192,16 +229,55 @@ mod tests {
                 next: None,
             },
         };
-        assert_eq!(fit(small.clone()), small.encode());
+        assert_eq!(fit(small.clone(), false), small.encode());
+    }
+
+    #[test]
+    fn an_oversized_found_page_keeps_the_devices_nearest_its_place() {
+        let big = "x".repeat(1000);
+        let devices: Vec<DeviceView> = (0..2000).map(|i| view(i, &big)).collect();
+        for back in [false, true] {
+            let bytes = fit(
+                Response {
+                    id: 1,
+                    answer: Answer::Found {
+                        devices: devices.clone(),
+                        more: false,
+                        total: 5000,
+                    },
+                },
+                back,
+            );
+            assert!(bytes.len() <= MAX_ANSWER);
+            let Answer::Found {
+                devices: kept,
+                more,
+                total,
+            } = Response::decode(&bytes).unwrap().answer
+            else {
+                panic!("not a page");
+            };
+            assert!(more && total == 5000 && kept.len() < 2000 && !kept.is_empty());
+            // Forwards the page keeps its start; going back its end, next to its place.
+            let expected = if back {
+                &devices[2000 - kept.len()..]
+            } else {
+                &devices[..kept.len()]
+            };
+            assert_eq!(kept, expected, "back {back}");
+        }
     }
 
     #[test]
     fn an_answer_that_cannot_shrink_is_refused_as_too_large() {
         let big = "x".repeat(MAX_ANSWER);
-        let bytes = fit(Response {
-            id: 3,
-            answer: Answer::Device(view(1, &big)),
-        });
+        let bytes = fit(
+            Response {
+                id: 3,
+                answer: Answer::Device(view(1, &big)),
+            },
+            false,
+        );
         let resp = Response::decode(&bytes).unwrap();
         assert!(matches!(resp.answer, Answer::Refused { ref code, .. } if code == "too_large"));
     }

@@ -35,9 +35,7 @@ use super::error_page::{OrPage, UiError, UiResult, connector_crumbs, load_connec
 use super::frame::{Crumb, Frame};
 use super::session::Ctx;
 use super::session::{flash_error_redirect, flash_redirect, refusal_redirect};
-use super::view::{
-    When, count, parse_search, parse_tag_filter, parse_tags, thousands, value_input, value_text,
-};
+use super::view::{When, count, parse_search, parse_tags, thousands, value_input, value_text};
 use crate::api::render::device_json;
 use crate::clock::now_micros;
 use crate::error::ApiError;
@@ -230,25 +228,38 @@ struct ListPage {
     error: Option<String>,
     /// On the remote side: the API URL of the peer's page for this filter and cursor.
     remote_src: Option<String>,
-    /// On the remote side: this page's query without the cursor, for the next page's link.
+    /// On the remote side: this page's query without the cursor, for the pager's links.
     remote_base: String,
 }
 
-/// The API query of a device page: the tag filter, a page size, and the cursor.
-fn api_query(tags: &[(String, String)], cursor: Option<&String>) -> Vec<(String, String)> {
-    let mut pairs: Vec<(String, String)> = tags
+/// The API query of the peer's list for this filter, sort and cursor (the remote side's
+/// page fetches it live).
+fn api_query(q: &ListFilter, tags: &[(String, String)], prefix: Option<&str>) -> String {
+    let mut pairs: Vec<(&str, String)> = tags
         .iter()
-        .map(|(k, v)| ("tag".to_owned(), format!("{k}:{v}")))
+        .map(|(k, v)| ("tag", format!("{k}:{v}")))
         .collect();
-    pairs.push(("limit".into(), PAGE.to_string()));
-    if let Some(cur) = cursor {
-        pairs.push(("cursor".into(), cur.clone()));
+    if let Some(p) = prefix {
+        pairs.push(("prefix", p.to_owned()));
     }
-    pairs
+    for (k, v) in [("state", &q.state), ("seen", &q.seen)] {
+        if !v.is_empty() {
+            pairs.push((k, v.clone()));
+        }
+    }
+    pairs.push(("sort", q.sort_key().as_str().to_owned()));
+    let order = if q.descending() { "desc" } else { "asc" };
+    pairs.push(("order", order.to_owned()));
+    pairs.push(("limit", PAGE.to_string()));
+    if let Some(c) = &q.cursor {
+        pairs.push(("cursor", c.clone()));
+    }
+    serde_urlencoded::to_string(pairs).unwrap_or_default()
 }
 
-/// The list query of the Devices tab's filter, or the refusal of a filter it cannot read.
-fn list_query(q: &ListFilter, now: i64) -> Result<dev_ops::ListQuery, ApiError> {
+/// The list query of the Devices tab's search and filters (first page, identity order), or
+/// the refusal of one it cannot read.
+fn filters(q: &ListFilter, now: i64) -> Result<dev_ops::ListQuery, ApiError> {
     let (tags, prefix) = parse_search(&q.tag)?;
     let state = match q.state.as_str() {
         "" => None,
@@ -260,6 +271,19 @@ fn list_query(q: &ListFilter, now: i64) -> Result<dev_ops::ListQuery, ApiError> 
         "" => None,
         s => Some(dev_ops::seen_filter(s, now)?),
     };
+    Ok(dev_ops::ListQuery {
+        tags,
+        prefix,
+        state,
+        seen,
+        limit: PAGE as u32,
+        ..dev_ops::ListQuery::default()
+    })
+}
+
+/// The list query of the Devices tab's filter, sort and cursor, or the refusal of one it
+/// cannot read.
+fn list_query(q: &ListFilter, now: i64) -> Result<dev_ops::ListQuery, ApiError> {
     let (sort, descending) = (q.sort_key(), q.descending());
     let from = q
         .cursor
@@ -267,14 +291,10 @@ fn list_query(q: &ListFilter, now: i64) -> Result<dev_ops::ListQuery, ApiError> 
         .map(|c| dev_ops::parse_cursor(c, sort, descending))
         .transpose()?;
     Ok(dev_ops::ListQuery {
-        tags,
-        prefix,
-        state,
-        seen,
         sort,
         descending,
         from,
-        limit: PAGE as u32,
+        ..filters(q, now)?
     })
 }
 
@@ -296,14 +316,15 @@ pub async fn list(
     let mut total = None;
     let page_number = q.page_number();
     if remote {
-        match parse_tag_filter(&q.tag) {
-            Err(e) => error = Some(e.to_string()),
-            Ok(tags) => {
-                let query = serde_urlencoded::to_string(api_query(&tags, q.cursor.as_ref()))
-                    .unwrap_or_default();
+        // Checked here as the local list would (the peer checks again); the peer's cursors
+        // are its own, passed through.
+        match filters(&q, now_micros()) {
+            Err(e) => error = Some(super::view::sentence(&e.to_string())),
+            Ok(f) => {
                 remote_src = Some(format!(
-                    "/api/v1/connectors/{}/remote/devices?{query}",
-                    c.id
+                    "/api/v1/connectors/{}/remote/devices?{}",
+                    c.id,
+                    api_query(&q, &f.tags, f.prefix.as_deref())
                 ));
             }
         }
@@ -342,8 +363,7 @@ pub async fn list(
             }
         }
     }
-    let remote_base = serde_urlencoded::to_string([("side", "remote"), ("tag", q.tag.as_str())])
-        .unwrap_or_default();
+    let remote_base = q.at(q.sort_key(), q.descending(), None, 1);
     Ok(ctx.page(&ListPage {
         frame,
         c: ConnView::new(&state, &c),

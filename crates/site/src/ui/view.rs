@@ -176,25 +176,6 @@ pub fn parse_search(text: &str) -> Result<Search, ApiError> {
     Ok((tags, prefix))
 }
 
-/// Parses the device list's tag filter: `key:value` or `key=value`, several separated by
-/// spaces or commas.
-pub fn parse_tag_filter(text: &str) -> Result<Vec<(String, String)>, ApiError> {
-    text.split([',', ' '])
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|item| {
-            item.split_once(':')
-                .or_else(|| item.split_once('='))
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .ok_or_else(|| {
-                    ApiError::invalid_query(format!(
-                        "search by tag as key:value (for example site:north), not {item:?}"
-                    ))
-                })
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,12 +233,12 @@ mod tests {
         assert!(parse_tags("nonsense").is_err());
         assert!(parse_tags("  ").unwrap().is_empty());
 
-        let filter = parse_tag_filter("site:north rack=4").unwrap();
+        let (filter, none) = parse_search("site:north rack=4").unwrap();
         assert_eq!(
             filter,
             vec![("site".into(), "north".into()), ("rack".into(), "4".into())]
         );
-        assert!(parse_tag_filter("north").is_err());
+        assert_eq!(none, None);
 
         let (tags, prefix) = parse_search("00AB site:north").unwrap();
         assert_eq!(tags, vec![("site".into(), "north".into())]);

@@ -78,7 +78,7 @@ async fn lookup_answers_with_the_peers_devices_tags_permissions_filter_and_pagin
     // Compared once the Source has acknowledged them (`sync.pending` false), so that both
     // reads see the same state: each device's flag changes when its acknowledgement is
     // persisted, which may fall between the two reads.
-    let mut theirs = testkit::eventually(
+    let theirs = testkit::eventually(
         "the Source to acknowledge b's devices",
         testkit::DEADLINE,
         || async {
@@ -92,9 +92,7 @@ async fn lookup_answers_with_the_peers_devices_tags_permissions_filter_and_pagin
         },
     )
     .await?;
-    // The peer protocol carries no total: the remote page is the peer's page without it.
     assert_eq!(theirs["total"], 5);
-    theirs.as_object_mut().map(|o| o.remove("total"));
     let remote = a
         .get_ok(&format!("/api/v1/connectors/{cid}/remote/devices"))
         .await?;
@@ -140,6 +138,61 @@ async fn lookup_answers_with_the_peers_devices_tags_permissions_filter_and_pagin
     )
     .await?;
     assert_eq!(paged, ["b-0", "b-1", "b-2"]);
+    assert_eq!(north["total"], 3, "the total counts what the filter keeps");
+
+    // The search, filters and sorts of the local list, answered by the peer's list itself
+    // (#16 item 5): each remote page is what the peer's own API answers to the same query.
+    for query in [
+        "prefix=b-3",
+        "prefix=b&tag=site:north&sort=identity&order=desc",
+        "state=provisioned&seen=never&limit=2",
+        "sort=state&order=desc&limit=2",
+        "sort=last_seen&limit=3",
+    ] {
+        let remote = a
+            .get_ok(&format!("/api/v1/connectors/{cid}/remote/devices?{query}"))
+            .await?;
+        let own = b
+            .get_ok(&format!("/api/v1/connectors/{tid}/devices?{query}"))
+            .await?;
+        assert_eq!(remote, own, "{query}");
+    }
+    let desc = a
+        .get_ok(&format!(
+            "/api/v1/connectors/{cid}/remote/devices?prefix=b&tag=site:north&order=desc"
+        ))
+        .await?;
+    assert_eq!(identities(&desc), ["b-2", "b-1", "b-0"]);
+    assert_eq!(desc["total"], 3);
+    // Paged backwards through the pair: from the last page of two, `prev` leads back.
+    let mut page = a
+        .get_ok(&format!("/api/v1/connectors/{cid}/remote/devices?limit=2"))
+        .await?;
+    while let Some(next) = page["next"].as_str().map(str::to_owned) {
+        page = a
+            .get_ok(&format!(
+                "/api/v1/connectors/{cid}/remote/devices?limit=2&cursor={next}"
+            ))
+            .await?;
+    }
+    assert_eq!(identities(&page), ["b-4"]);
+    let mut back = Vec::new();
+    while let Some(prev) = page["prev"].as_str().map(str::to_owned) {
+        page = a
+            .get_ok(&format!(
+                "/api/v1/connectors/{cid}/remote/devices?limit=2&cursor={prev}"
+            ))
+            .await?;
+        back.splice(0..0, identities(&page));
+    }
+    assert_eq!(back, ["b-0", "b-1", "b-2", "b-3"]);
+    for bad in ["seen=yesterday", "sort=colour", "state=asleep"] {
+        let (status, body) = a
+            .get(&format!("/api/v1/connectors/{cid}/remote/devices?{bad}"))
+            .await?;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert_eq!(body["error"], "invalid_query", "{bad}");
+    }
 
     // One device, with its tags and permissions.
     let one = a

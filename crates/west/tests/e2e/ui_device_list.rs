@@ -454,3 +454,87 @@ async fn a_refused_form_focuses_its_field_and_keeps_what_was_typed() -> anyhow::
     );
     b.close().await
 }
+
+/// Fills the custom range's inputs with these times (ms) as the browser's local time.
+async fn custom_range(b: &Browser, from_ms: i64, to_ms: i64) -> anyhow::Result<()> {
+    b.client
+        .execute(
+            "const f = (ms) => { const d = new Date(ms), p = (n) => String(n).padStart(2, '0');
+               return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`; };
+             document.getElementById('range-from').value = f(arguments[0]);
+             document.getElementById('range-to').value = f(arguments[1]);
+             return null;",
+            vec![json!(from_ms), json!(to_ms)],
+        )
+        .await?;
+    click(b, "#range-apply").await
+}
+
+/// #16 item 6 on the device page itself: the data view's custom range, applied to every
+/// chart of the page, kept in the address (a reload keeps it) and carried to a resource's
+/// data view; a reversed range is refused in words with its field focused.
+#[tokio::test]
+async fn the_device_page_has_a_custom_range_that_the_data_view_keeps() -> anyhow::Result<()> {
+    let site = util::site("site-a").await?;
+    let a = site.admin().await?;
+    let cid = util::thermometers(&a, &["d1".to_owned()]).await?;
+    // Twelve points a minute apart, the last a minute ago.
+    let now_ms = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis(),
+    )?;
+    let at: Vec<i64> = (0..12).map(|i| now_ms - (12 - i) * 60_000).collect();
+    let points: Vec<serde_json::Value> = at
+        .iter()
+        .enumerate()
+        .map(|(i, t)| json!({"t": t * 1000, "values": {"temperature": 20 + i}}))
+        .collect();
+    a.post_ok(
+        &format!("/api/v1/connectors/{cid}/devices/d1/data"),
+        json!(points),
+    )
+    .await?;
+
+    let b = Browser::start().await?;
+    sign_in(&b, &site.url, &site.opts.admin_password).await?;
+    b.goto(&format!("{}/connectors/{cid}/devices/d1", site.url))
+        .await?;
+    b.wait_for("figure.chart svg.plot[data-points='12']")
+        .await?;
+    // Points 3 to 8: six of them.
+    custom_range(&b, at[3] - 30_000, at[8] + 30_000).await?;
+    b.wait_for("figure.chart svg.plot[data-range='custom'][data-points='6']")
+        .await?;
+    let here = b.client.current_url().await?;
+    let kept: std::collections::HashMap<_, _> = here.query_pairs().into_owned().collect();
+    ensure!(
+        kept.contains_key("from") && kept.contains_key("to"),
+        "the range is in the address: {here}"
+    );
+    // A reload shows the same range.
+    b.goto(here.as_str()).await?;
+    b.wait_for("figure.chart svg.plot[data-range='custom'][data-points='6']")
+        .await?;
+    let reset = b.wait_for("#zoom-reset").await?.attr("hidden").await?;
+    ensure!(reset.is_none(), "Reset zoom is offered");
+    // The resource's data view opens over it.
+    click(&b, "figure.chart figcaption a").await?;
+    b.wait_for("#data-chart svg.plot[data-range='custom'][data-points='6']")
+        .await?;
+    let from = b.wait_for("#range-from").await?.prop("value").await?;
+    ensure!(from.is_some_and(|f| !f.is_empty()), "the inputs show it");
+    // A range that ends before it starts is refused in words, its start focused.
+    custom_range(&b, at[8], at[3]).await?;
+    wait_text(&b, "#range-error", "Choose a start before the end").await?;
+    let (id, _, invalid) = focused(&b).await?;
+    ensure!(id == "range-from" && invalid, "{id}");
+    // A range of the picker leaves the custom one, in the address too.
+    click(&b, "[data-range-picker] a[data-range='24h']").await?;
+    b.wait_for("#data-chart svg.plot[data-range='24h'][data-points='12']")
+        .await?;
+    let here = b.client.current_url().await?;
+    ensure!(!here.query().unwrap_or("").contains("from="), "{here}");
+    shot(&b, "74-device-custom-range").await?;
+    b.close().await
+}

@@ -124,9 +124,38 @@ async fn operator_sees_the_remote_sites_devices_live_and_what_differs() -> anyho
         "site:north hides pump-2"
     );
     ensure!(exists(&b, "#remote-devices tr[data-device='pump-1']").await?);
+    wait_text(&b, "#remote-total", "2 devices match").await?;
+
+    // The same search box, filters and sortable headers as the local list, answered by
+    // site-b's own list: the start of an identity, the state, a sort by state.
+    fill(&b, "#filter-tag", "valve").await?;
+    click(&b, "#device-filter button[type='submit']").await?;
+    wait_text(&b, "#remote-total", "1 device matches").await?;
+    b.wait_for("#remote-list[data-state='ok'] #remote-devices tr[data-device='valve-7']")
+        .await?;
+    ensure!(!exists(&b, "#remote-devices tr[data-device='pump-1']").await?);
+    b.goto(&format!(
+        "{site_a}/connectors/{cid}/devices?side=remote&state=locked"
+    ))
+    .await?;
+    wait_text(&b, "#remote-total", "1 device matches").await?;
+    b.goto(&format!("{site_a}/connectors/{cid}/devices?side=remote"))
+        .await?;
+    wait_text(&b, "#remote-total", "3 devices").await?;
+    click(&b, "#sort-state").await?;
+    b.wait_for("th[aria-sort='ascending'] #sort-state").await?;
+    let first = b
+        .wait_for("#remote-list[data-state='ok'] #remote-devices tbody tr")
+        .await?
+        .attr("data-device")
+        .await?;
+    ensure!(
+        first.as_deref() == Some("valve-7"),
+        "locked first: {first:?}"
+    );
+    click(&b, "#remote-devices tr[data-device='pump-1'] a").await?;
 
     // The device page: the Remote view beside the local record, the differing field marked.
-    click(&b, "#remote-devices tr[data-device='pump-1'] a").await?;
     b.wait_for("#remote-view[data-state='ok']").await?;
     let tags = wait_text(&b, "#remote-compare tr[data-field='tags'].differs", "rack").await?;
     ensure!(tags.contains('5') && tags.contains('4'), "{tags}");
