@@ -707,6 +707,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_refusal_of_the_name_or_description_marks_that_field() {
+        let check = |e: ops::Error, field: &str| assert_eq!(error_field(&e), field, "{e}");
+        let name: ops::Error = proto::model::ModelError::ConnectorName.into();
+        check(name, "name");
+        check(
+            store::StoreError::ConnectorNameTaken("Spare".into()).into(),
+            "name",
+        );
+        check(
+            ops::Error::Invalid("description must be at most 1024 characters".into()),
+            "description",
+        );
+        check(ops::Error::Internal, "");
+    }
+
+    #[test]
     fn the_chart_says_when_it_covers_less_than_an_hour() {
         const MIN: i64 = 60_000_000;
         let now = 1_000 * 60 * MIN;

@@ -335,3 +335,99 @@ pub async fn delete(
         ),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use proto::model::ConnectorId;
+    use store::Peer;
+
+    use super::*;
+
+    fn connector(role: Role, state: SyncState) -> Connector {
+        Connector {
+            id: ConnectorId::parse("09iolmnn8090ol").unwrap(),
+            name: "plant".into(),
+            description: String::new(),
+            created_at: 0,
+            role,
+            state,
+            pairing_expires_at: None,
+            peer: (state == SyncState::Paired).then(|| Peer {
+                site: "site-b".into(),
+                connector_id: ConnectorId::parse("abcdefghijklmn").unwrap(),
+            }),
+            paired_at: None,
+            device_count: 2,
+            resource_count: 1,
+            pairing_confirmed: true,
+        }
+    }
+
+    fn resource(settable: bool, remote_sync: bool) -> Resource {
+        Resource {
+            name: ResourceName::parse("pressure").unwrap(),
+            format: Format::Number,
+            unit: None,
+            settable,
+            remote_sync,
+            created_at: 0,
+        }
+    }
+
+    #[test]
+    fn the_delete_confirmation_says_what_it_deletes_and_means_for_the_peer() {
+        let check = |c: Connector, r: Resource, points: u64, expected: &str| {
+            let usage = ResourceUsage { points, devices: 1 };
+            assert_eq!(delete_words(&c, &r, usage, "site-a"), expected);
+        };
+        let head = "Delete resource pressure and its 1,250 points from 1 device on site-a? This \
+                    cannot be undone.";
+        check(
+            connector(Role::None, SyncState::Disabled),
+            resource(false, false),
+            1250,
+            &format!(
+                "{head} Devices that write to pressure are refused until a resource of that \
+                 name exists again."
+            ),
+        );
+        check(
+            connector(Role::Source, SyncState::Paired),
+            resource(true, true),
+            1250,
+            &format!(
+                "{head} The devices' configuration of it goes too. Remote-Sync of pressure \
+                 stops: points already queued for site-b are still delivered, nothing written \
+                 after this is sent, and site-b keeps every point it received unless it \
+                 deletes its own pressure too."
+            ),
+        );
+        check(
+            connector(Role::Source, SyncState::Paired),
+            resource(false, false),
+            1250,
+            &format!(
+                "{head} site-b is not affected: Remote-Sync is off for pressure, so none of \
+                 its points were sent there."
+            ),
+        );
+        check(
+            connector(Role::Target, SyncState::Paired),
+            resource(false, false),
+            1,
+            "Delete resource pressure and its 1 point from 1 device on site-a? This cannot be \
+             undone. The points received from site-b are deleted here only: site-b keeps its \
+             pressure, and the points it sends for it from now on wait here until a resource \
+             of that name exists again (creating it applies them).",
+        );
+        // A Source still in its pairing countdown has no peer yet.
+        check(
+            connector(Role::Source, SyncState::Pairing),
+            resource(false, true),
+            0,
+            "Delete resource pressure and its 0 points from 1 device on site-a? This cannot \
+             be undone. Devices that write to pressure are refused until a resource of that \
+             name exists again.",
+        );
+    }
+}
