@@ -10,7 +10,9 @@
 //! - deleting a remote-synced resource on a paired Source stops its sync: what was queued
 //!   while the hub was down is still delivered, nothing written after is, and the Target
 //!   keeps what it received; a Target that deletes a resource keeps the points its Source
-//!   sends later waiting for it, and creating it again applies exactly those.
+//!   sends later waiting for it, and creating it again applies exactly those;
+//! - the new form posts and calls refuse a request from another origin or without the form
+//!   token (the session cookie alone changes nothing), and work from the site itself.
 //!
 //! Nothing sleeps: every wait polls with a deadline.
 
@@ -495,5 +497,166 @@ async fn deleting_a_synced_resource_delivers_what_was_queued_and_sends_nothing_a
     assert_eq!(values, (200..206).map(f64::from).collect::<Vec<_>>());
     // The Source still has all of its own.
     assert_eq!(points(&a, &cid, "dev1", "humidity").await?.len(), 15);
+    Ok(())
+}
+
+/// An urlencoded form body.
+fn form(pairs: &[(&str, &str)]) -> String {
+    let enc = |s: &str| -> String {
+        s.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-_.".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect()
+    };
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// Signs in through the login form; returns a client that follows no redirect and the
+/// session cookie (`name=value`).
+async fn ui_session(site: &testkit::SiteProc) -> anyhow::Result<(reqwest::Client, String)> {
+    let c = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let r = c
+        .post(format!("{}/login", site.url))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[
+            ("username", "admin"),
+            ("password", site.opts.admin_password.as_str()),
+        ]))
+        .send()
+        .await?;
+    anyhow::ensure!(r.status().is_redirection(), "login answered {}", r.status());
+    let cookie = r
+        .headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("west_session_"))
+        .and_then(|v| v.split(';').next())
+        .ok_or_else(|| anyhow::anyhow!("no session cookie"))?
+        .to_owned();
+    Ok((c, cookie))
+}
+
+#[tokio::test]
+async fn the_editing_forms_and_calls_refuse_cross_site_requests() -> anyhow::Result<()> {
+    let site = util::site("site-a").await?;
+    let api = site.admin().await?;
+    let c = api
+        .post_ok("/api/v1/connectors", json!({"name": "plant"}))
+        .await?;
+    let cid = c["id"].as_str().unwrap_or_default().to_owned();
+    api.post_ok(
+        &format!("/api/v1/connectors/{cid}/resources"),
+        json!({"name": "temperature", "format": "number"}),
+    )
+    .await?;
+    let (client, cookie) = ui_session(&site).await?;
+    let own = site.url.clone();
+    let page = client
+        .get(format!("{own}/connectors/{cid}/settings"))
+        .header("cookie", &cookie)
+        .send()
+        .await?
+        .text()
+        .await?;
+    let token = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .ok_or_else(|| anyhow::anyhow!("no form token in the page"))?
+        .to_owned();
+    let rename = format!("{own}/connectors/{cid}/settings");
+    let delete = format!("{own}/connectors/{cid}/resources/temperature/delete");
+    let unchanged = || async {
+        let c = api.get_ok(&format!("/api/v1/connectors/{cid}")).await?;
+        assert_eq!(c["name"], "plant", "{c}");
+        let (s, _) = api
+            .get(&format!("/api/v1/connectors/{cid}/resources/temperature"))
+            .await?;
+        assert_eq!(s, StatusCode::OK, "the resource is still there");
+        anyhow::Ok(())
+    };
+
+    // The forms from another origin, or without the form token, or from nowhere said.
+    for (origin, with_token) in [
+        (Some("https://evil.example"), true),
+        (Some(own.as_str()), false),
+        (None, true),
+    ] {
+        for url in [&rename, &delete] {
+            let mut fields = vec![("name", "evil")];
+            if with_token {
+                fields.push(("csrf", token.as_str()));
+            }
+            let mut req = client
+                .post(url.as_str())
+                .header("cookie", &cookie)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(form(&fields));
+            if let Some(o) = origin {
+                req = req.header("origin", o);
+            }
+            let status = req.send().await?.status();
+            assert_eq!(status, StatusCode::FORBIDDEN, "{url} from {origin:?}");
+        }
+    }
+    // The calls with the session cookie from another origin.
+    let api_connector = format!("{own}/api/v1/connectors/{cid}");
+    let api_resource = format!("{own}/api/v1/connectors/{cid}/resources/temperature");
+    for req in [
+        client.patch(&api_connector).json(&json!({"name": "evil"})),
+        client.delete(&api_resource),
+    ] {
+        let r = req
+            .header("cookie", &cookie)
+            .header("origin", "https://evil.example")
+            .send()
+            .await?;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        let body: Value = r.json().await?;
+        assert_eq!(body["error"], "cross_site_request", "{body}");
+    }
+    unchanged().await?;
+
+    // The site's own forms, with the token, from its own origin, work.
+    let r = client
+        .post(&rename)
+        .header("cookie", &cookie)
+        .header("origin", &own)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[
+            ("name", "plant-north"),
+            ("description", ""),
+            ("csrf", token.as_str()),
+        ]))
+        .send()
+        .await?;
+    assert!(r.status().is_redirection(), "{}", r.status());
+    let r = client
+        .post(&delete)
+        .header("cookie", &cookie)
+        .header("origin", &own)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("csrf", token.as_str())]))
+        .send()
+        .await?;
+    assert!(r.status().is_redirection(), "{}", r.status());
+    let c = api.get_ok(&format!("/api/v1/connectors/{cid}")).await?;
+    assert_eq!(c["name"], "plant-north", "{c}");
+    let (s, _) = api
+        .get(&format!("/api/v1/connectors/{cid}/resources/temperature"))
+        .await?;
+    assert_eq!(s, StatusCode::NOT_FOUND);
     Ok(())
 }
