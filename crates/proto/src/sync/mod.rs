@@ -60,11 +60,13 @@
 //! Receiving side ([`Receiver`]):
 //! 1. Start: `Receiver::new(cfg, applied_cursor, now)` from the store.
 //! 2. Channel up: `link_up(now, session)` with a fresh session id; down: `link_down(now)`.
-//! 3. `Apply(Apply { first_seq, last_seq, records })`: in one transaction, check the stored
-//!    cursor is `first_seq - 1`, apply the records in the given order (device changes are
-//!    [`merge`]d, points written), set the cursor to `last_seq`; then
-//!    `on_applied(now, last_seq)`. On failure `on_apply_failed(now)` and drop later applies.
-//! 4. `RecordGap(GapRecord { .. })`: likewise, recording the gap instead of records.
+//! 3. `Apply(Apply { first_seq, last_seq, records }, lane)`: in one transaction, check the
+//!    range continues what the store holds ([`Held::admit`]), apply the records in the given
+//!    order (device changes are [`merge`]d, points written), move the cursor (or the live
+//!    lane) to `last_seq`; then `on_applied(now, last_seq)`. Apply in the order
+//!    [`ApplyQueue`] gives (live lane first; handed-out order within a lane). On failure
+//!    `on_apply_failed(now)` and drop later applies.
+//! 4. `RecordGap(GapRecord { .. }, lane)`: likewise, recording the gap instead of records.
 //! 5. `Send` and `Reconnect` as on the sending side.
 //!
 //! The store's side of the bargain (what must be durable, and retention) is in
@@ -72,6 +74,7 @@
 //! sending side; the cursor, applied data and gaps on the receiving side; never drop a record
 //! in `(acked, lease]`; re-append the latest state of a device whose change is dropped.
 
+pub mod apply_queue;
 pub mod codec;
 pub mod device;
 pub mod held;
@@ -81,6 +84,7 @@ pub mod receiver;
 pub mod record;
 pub mod sender;
 
+pub use apply_queue::ApplyQueue;
 pub use device::{DeviceEdit, DeviceError, DeviceRecord, DeviceView, Lww, merge};
 pub use held::{Admit, Held};
 pub use hlc::{Hlc, Stamp};

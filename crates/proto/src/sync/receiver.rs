@@ -16,10 +16,18 @@
 //! ```
 //!
 //! Invariants:
-//! - An `Apply`/`RecordGap` output always starts at one past the previous one's end (or the
-//!   durable cursor): the driver's store can check `cursor == first - 1` in the transaction.
+//! - An `Apply`/`RecordGap` output always continues what was handed out before it, in its
+//!   lane (the prefix, or the live lane, or it opens one): the driver's store can check it
+//!   against what it holds in the transaction. The driver may apply the live lane's outputs
+//!   ahead of the backlog's ([`ApplyQueue`](super::ApplyQueue)); within a lane, in order.
 //! - A batch whose records were already handed out is never handed out again; a batch that
 //!   does not start right after them is never handed out.
+//! - Once a hole is seen nothing more is handed out until the resync's `Resume` is sent, so
+//!   that it waits only for the applies already handed out (not for a backlog lane that
+//!   keeps flowing, which held a refused live batch back until the sender's retransmit
+//!   timeout) and the sender goes back to exactly what is handed out. (Within
+//!   `resume_interval_us` of a `Resume`, what arrives may be the sender's answer to it, so
+//!   then batches are handed out as usual.)
 //! - `Resume` and `Ack` carry only the durable cursor (what the driver confirmed with
 //!   [`Receiver::on_applied`]), never a position that a crash could take back.
 //!
@@ -91,10 +99,13 @@ pub struct GapRecord {
 pub enum ReceiverOutput {
     /// Send these bytes (an encoded [`Message`]) to the peer over the channel.
     Send(Vec<u8>),
-    /// Apply, then call [`Receiver::on_applied`] with `last_seq`.
-    Apply(Apply),
-    /// Record the gap, then call [`Receiver::on_applied`] with `last_seq`.
-    RecordGap(GapRecord),
+    /// Apply, then call [`Receiver::on_applied`] with `last_seq`. The [`Admit`] says which
+    /// lane it continues: a driver may apply the live lane's outputs ahead of the backlog's
+    /// handed out before them, as [`ApplyQueue`](super::ApplyQueue) orders them.
+    Apply(Apply, Admit),
+    /// Record the gap, then call [`Receiver::on_applied`] with `last_seq` (its lane as for
+    /// `Apply`).
+    RecordGap(GapRecord, Admit),
     /// The link looks stuck or the peer sent garbage: drop it and connect again.
     Reconnect { reason: ReconnectReason },
 }
@@ -126,6 +137,9 @@ pub struct ReceiverStats {
     pub duplicates: u64,
     pub resyncs: u64,
     pub stale: u64,
+    /// Batches and gaps not handed out because a hole was seen and its resync is still to
+    /// come (the sender sends them again after it).
+    pub held_back: u64,
 }
 
 /// One output handed to the driver, for [`Receiver::on_applied`] to check and count.
@@ -136,6 +150,18 @@ struct Pending {
     admit: Admit,
     records: u64,
     points_lost: Option<u64>,
+}
+
+impl Link {
+    /// Whether to hand out nothing more: a hole was seen and the resync's `Resume` can go as
+    /// soon as what is pending settles. Not while a `Resume` sent within `interval` may still
+    /// be on its way: the stale batches that cross it must not hold back the sender's answer.
+    fn holding(&self, now: u64, interval: u64) -> bool {
+        self.resync_wanted
+            && self
+                .last_resync_at
+                .is_none_or(|at| now >= at.saturating_add(interval))
+    }
 }
 
 #[derive(Debug)]
@@ -252,6 +278,7 @@ impl Receiver {
             } => {
                 let open = lane == Some(first_seq);
                 link.resumed = true;
+                let holding = link.holding(now, self.cfg.resume_interval_us);
                 self.remote_head = self.remote_head.max(head);
                 self.stats.bytes_received += payload.len() as u64;
                 // Only the first batch of a live lane may open one above the prefix (after
@@ -259,6 +286,8 @@ impl Receiver {
                 // it is adjacent to.
                 if self.handed.covers(first_seq, last_seq) {
                     self.duplicate();
+                } else if holding {
+                    self.stats.held_back += 1;
                 } else if let Some(admit) = self.handed.admit(first_seq, last_seq, open) {
                     let records = match self.decoder.decode(&payload) {
                         Ok(r) if r.len() as u64 == last_seq - first_seq + 1 => r,
@@ -275,21 +304,27 @@ impl Receiver {
                         }
                     };
                     self.hand(now, first_seq, last_seq, admit, records.len() as u64, None);
-                    self.out.push_back(ReceiverOutput::Apply(Apply {
-                        first_seq,
-                        last_seq,
-                        opens: admit == Admit::Opens,
-                        records,
-                    }));
+                    self.out.push_back(ReceiverOutput::Apply(
+                        Apply {
+                            first_seq,
+                            last_seq,
+                            opens: admit == Admit::Opens,
+                            records,
+                        },
+                        admit,
+                    ));
                 } else {
                     self.want_resync(now);
                 }
             }
             Message::Gap { span, head, .. } | Message::LiveGap { span, head, .. } => {
                 link.resumed = true;
+                let holding = link.holding(now, self.cfg.resume_interval_us);
                 self.remote_head = self.remote_head.max(head);
                 if self.handed.covers(span.first_seq, span.last_seq) {
                     self.duplicate();
+                } else if holding {
+                    self.stats.held_back += 1;
                 } else if let Some((first, admit)) = self.place_gap(
                     &span,
                     lane.is_some_and(|l| span.first_seq <= l && l <= span.last_seq),
@@ -297,13 +332,16 @@ impl Receiver {
                     let exact = span.first_seq == first;
                     let last_seq = span.last_seq;
                     self.hand(now, first, last_seq, admit, 0, Some(span.points()));
-                    self.out.push_back(ReceiverOutput::RecordGap(GapRecord {
-                        first_seq: first,
-                        last_seq,
-                        opens: admit == Admit::Opens,
-                        span,
-                        exact,
-                    }));
+                    self.out.push_back(ReceiverOutput::RecordGap(
+                        GapRecord {
+                            first_seq: first,
+                            last_seq,
+                            opens: admit == Admit::Opens,
+                            span,
+                            exact,
+                        },
+                        admit,
+                    ));
                 } else {
                     self.want_resync(now);
                 }
@@ -314,15 +352,16 @@ impl Receiver {
     }
 
     /// The driver committed the output ending at `last_seq` (records or gap, with the
-    /// cursor, in one transaction).
+    /// cursor, in one transaction). Outputs are confirmed in the order they were handed out
+    /// within each lane; the live lane's may come before the backlog's handed out earlier
+    /// (the order of [`ApplyQueue`](super::ApplyQueue)).
     pub fn on_applied(&mut self, now: u64, last_seq: u64) -> Result<(), SyncError> {
-        if self.cursor.contains(last_seq)
-            && self.pending.front().is_none_or(|p| p.last_seq != last_seq)
-        {
+        let at = self.pending.iter().position(|p| p.last_seq == last_seq);
+        if at.is_none() && self.cursor.contains(last_seq) {
             return Ok(());
         }
         let expected = self.pending.front().map(|p| p.last_seq);
-        let Some(p) = self.pending.pop_front().filter(|p| p.last_seq == last_seq) else {
+        let Some(p) = at.and_then(|i| self.pending.remove(i)) else {
             self.pending.clear();
             self.handed = self.cursor;
             self.want_resync(now);
@@ -588,7 +627,7 @@ impl ReceiverOutput {
     /// The records of an `Apply`, for drivers and tests that only count.
     pub fn records(&self) -> Option<&[Record]> {
         match self {
-            ReceiverOutput::Apply(a) => Some(&a.records),
+            ReceiverOutput::Apply(a, _) => Some(&a.records),
             _ => None,
         }
     }
@@ -627,10 +666,24 @@ mod tests {
                 ReceiverOutput::Send(b) => match message::decode(&b).unwrap() {
                     Message::Ack { applied, .. } => format!("Ack {applied}"),
                     Message::Resume { applied, .. } => format!("Resume {applied}"),
+                    Message::AckLanes {
+                        applied,
+                        live_from,
+                        live_to,
+                        ..
+                    } => format!("Ack {applied} {live_from}..={live_to}"),
+                    Message::ResumeLanes {
+                        applied,
+                        live_from,
+                        live_to,
+                        ..
+                    } => format!("Resume {applied} {live_from}..={live_to}"),
                     m => format!("{m:?}"),
                 },
-                ReceiverOutput::Apply(a) => format!("apply {}..={}", a.first_seq, a.last_seq),
-                ReceiverOutput::RecordGap(g) => format!("gap {}..={}", g.first_seq, g.last_seq),
+                ReceiverOutput::Apply(a, _) => format!("apply {}..={}", a.first_seq, a.last_seq),
+                ReceiverOutput::RecordGap(g, _) => {
+                    format!("gap {}..={}", g.first_seq, g.last_seq)
+                }
                 ReceiverOutput::Reconnect { reason } => format!("reconnect {reason}"),
             })
             .collect()
@@ -676,6 +729,85 @@ mod tests {
         assert_eq!(outs(&mut r), ["Resume 5"]);
         let st = r.stats();
         assert_eq!((st.applied, st.handed, st.records_applied), (5, 5, 5));
+    }
+
+    fn live(session: u64, lane: u64, first: u64, last: u64) -> Message {
+        let Message::Batch { head, payload, .. } = batch(session, first, last) else {
+            unreachable!("batch() makes a Batch")
+        };
+        Message::Live {
+            session,
+            lane,
+            first_seq: first,
+            last_seq: last,
+            head,
+            payload,
+        }
+    }
+
+    #[test]
+    fn live_applies_may_be_confirmed_ahead_of_the_backlog_handed_out_before_them() {
+        let mut r = Receiver::new(cfg(), 0, 0);
+        r.link_up(0, 7);
+        outs(&mut r);
+        r.on_message(1, batch(7, 1, 10)).unwrap();
+        r.on_message(1, live(7, 50, 50, 55)).unwrap();
+        r.on_message(1, live(7, 50, 56, 60)).unwrap();
+        r.on_message(1, batch(7, 11, 20)).unwrap();
+        assert_eq!(
+            outs(&mut r),
+            [
+                "apply 1..=10",
+                "apply 50..=55",
+                "apply 56..=60",
+                "apply 11..=20"
+            ]
+        );
+        // The live lane's first (in its order), then the backlog's.
+        r.on_applied(2, 55).unwrap();
+        r.on_applied(2, 60).unwrap();
+        assert_eq!(outs(&mut r), ["Ack 0 50..=55", "Ack 0 50..=60"]);
+        assert!(
+            matches!(
+                r.on_applied(3, 20),
+                Err(SyncError::AppliedOutOfOrder { last_seq: 20, .. })
+            ),
+            "the backlog's own order still holds"
+        );
+    }
+
+    #[test]
+    fn a_hole_in_the_live_lane_is_resynced_once_what_is_pending_settles_though_the_backlog_flows() {
+        let mut r = Receiver::new(cfg(), 0, 0);
+        r.link_up(0, 7);
+        outs(&mut r);
+        r.on_message(1, batch(7, 1, 10)).unwrap();
+        r.on_message(1, live(7, 50, 50, 55)).unwrap();
+        // 56..=59 was lost: a hole in the live lane.
+        r.on_message(1, live(7, 50, 60, 62)).unwrap();
+        assert_eq!(outs(&mut r), ["apply 1..=10", "apply 50..=55"]);
+        // The backlog keeps coming; handing it out would keep applies pending, and the
+        // Resume with them (until the sender's retransmit timeout).
+        r.on_message(2, batch(7, 11, 20)).unwrap();
+        r.on_message(2, batch(7, 21, 30)).unwrap();
+        assert_eq!(outs(&mut r), Vec::<String>::new(), "held back");
+        assert_eq!(r.stats().held_back, 2);
+        r.on_applied(3, 55).unwrap();
+        r.on_applied(3, 10).unwrap();
+        assert_eq!(
+            outs(&mut r),
+            ["Ack 0 50..=55", "Ack 10 50..=55", "Resume 10 50..=55"],
+            "the Resume goes as soon as what was handed out is applied"
+        );
+        // The sender's answer: both lanes again from what is held.
+        r.on_message(4, batch(7, 11, 20)).unwrap();
+        r.on_message(4, live(7, 50, 56, 62)).unwrap();
+        assert_eq!(outs(&mut r), ["apply 11..=20", "apply 56..=62"]);
+        // A stale batch that crossed the Resume does not hold the answer back.
+        r.on_message(4, batch(7, 31, 40)).unwrap();
+        r.on_message(4, batch(7, 21, 30)).unwrap();
+        assert_eq!(outs(&mut r), ["apply 21..=30"]);
+        assert_eq!(r.stats().resyncs, 1);
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! table. The Source opens a live lane whenever its unsent backlog passes a small,
 //! per-seed threshold, so most seeds drain a backlog behind a live lane, through outages,
 //! crashes and reordering, and many open several lanes one after another. Store work (reads, applies, persisting acks and leases) is queued and completes
-//! later, as group commit does. The network drops, duplicates, delays and reorders
+//! later, as group commit does; applies go through [`ApplyQueue`] (the live lane's first,
+//! as the site's applier takes them) and complete interleaved at random with the rest. The network drops, duplicates, delays and reorders
 //! messages; the link goes down and up, and the two sites' sessions come up at different
 //! moments (either first; what reaches a site before its own is up is lost), as the
 //! encrypted session does when either side may initiate; the clock jumps past retention;
@@ -33,9 +34,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use west_proto::model::{DeviceState, Identity, ResourceName, Value};
 use west_proto::sync::{
-    self, Addressee, Admit, Apply, DeviceEdit, DeviceRecord, GapRecord, Held, Hlc, LostSpan, Point,
-    ReadChunk, Receiver, ReceiverConfig, ReceiverOutput, Record, Sender, SenderConfig,
-    SenderDurable, SenderOutput, Stamp, message,
+    self, Addressee, Admit, Apply, ApplyQueue, DeviceEdit, DeviceRecord, GapRecord, Held, Hlc,
+    LostSpan, Point, ReadChunk, Receiver, ReceiverConfig, ReceiverOutput, Record, Sender,
+    SenderConfig, SenderDurable, SenderOutput, Stamp, message,
 };
 
 const SOURCE: usize = 0;
@@ -127,6 +128,9 @@ struct Site {
     sender: Sender,
     receiver: Receiver,
     ops: VecDeque<Op>,
+    /// The receiver's applies and gaps, live lane first as the site's applier takes them;
+    /// they complete interleaved with `ops` (the applier is a task of its own).
+    applies: ApplyQueue<Op>,
 }
 
 struct Params {
@@ -199,6 +203,7 @@ fn new_site(p: &Params, now: u64) -> Site {
         sender: Sender::new(p.sender.clone(), SenderDurable::default(), now),
         receiver: Receiver::new(p.receiver.clone(), 0, now),
         ops: VecDeque::new(),
+        applies: ApplyQueue::new(),
     }
 }
 
@@ -342,6 +347,7 @@ impl World {
         let p = &self.p;
         let s = &mut self.sites[i];
         s.ops.clear();
+        s.applies.clear();
         s.sender = Sender::new(
             p.sender.clone(),
             SenderDurable {
@@ -399,8 +405,13 @@ impl World {
                 progressed = true;
                 match o {
                     ReceiverOutput::Send(bytes) => self.transmit(1 - i, bytes),
-                    ReceiverOutput::Apply(a) => self.sites[i].ops.push_back(Op::Apply(a)),
-                    ReceiverOutput::RecordGap(g) => self.sites[i].ops.push_back(Op::Gap(g)),
+                    ReceiverOutput::Apply(a, lane) => {
+                        let n = a.records.len();
+                        self.sites[i].applies.push(Op::Apply(a), n, lane);
+                    }
+                    ReceiverOutput::RecordGap(g, lane) => {
+                        self.sites[i].applies.push(Op::Gap(g), 1, lane)
+                    }
                     ReceiverOutput::Reconnect { reason } => {
                         self.log(|| format!("{} receiver: reconnect: {reason}", NAMES[i]));
                         self.reconnect_wanted = true;
@@ -483,9 +494,26 @@ impl World {
         }
     }
 
+    /// Completes `n` pieces of store work: the oldest of `ops`, or the next apply (live lane
+    /// first), whichever comes; both queues advance independently, as the site's store jobs
+    /// and its applier task do.
     fn complete_ops(&mut self, i: usize, n: usize) {
         for _ in 0..n {
-            let Some(op) = self.sites[i].ops.pop_front() else {
+            let apply_next = match (
+                self.sites[i].ops.is_empty(),
+                self.sites[i].applies.is_empty(),
+            ) {
+                (true, true) => return,
+                (false, false) => self.rng.random_bool(0.5),
+                (ops_empty, _) => ops_empty,
+            };
+            let site = &mut self.sites[i];
+            let op = if apply_next {
+                site.applies.pop()
+            } else {
+                site.ops.pop_front()
+            };
+            let Some(op) = op else {
                 return;
             };
             let now = self.now;
@@ -565,14 +593,14 @@ impl World {
                     self.sites[i]
                         .receiver
                         .on_applied(now, a.last_seq)
-                        .expect("applies confirmed in order");
+                        .expect("applies confirmed in an order the receiver admits");
                 }
                 Op::Gap(g) => {
                     self.record_gap(i, &g);
                     self.sites[i]
                         .receiver
                         .on_applied(now, g.last_seq)
-                        .expect("gaps confirmed in order");
+                        .expect("gaps confirmed in an order the receiver admits");
                 }
             }
             self.drain(i);
@@ -913,6 +941,8 @@ impl World {
             && s.cursor == Held::prefix(t.outbox.head)
             && s.ops.is_empty()
             && t.ops.is_empty()
+            && s.applies.is_empty()
+            && t.applies.is_empty()
             && s.outbox.acked == s.outbox.head
             && t.outbox.acked == t.outbox.head
     }
@@ -958,7 +988,7 @@ impl World {
             self.pending_sessions();
             self.deliver_due();
             for i in 0..2 {
-                let n = self.sites[i].ops.len();
+                let n = self.sites[i].ops.len() + self.sites[i].applies.len();
                 self.complete_ops(i, n);
             }
             self.tick_all();

@@ -14,7 +14,8 @@
 //!        Acked ─▶ persisted at once when caught up, else ≤ 500 ms later (store.outbox_acked
 //!                 drops delivered partitions)
 //!      Receiver (Target: data stream; Source: device stream)
-//!        Apply / RecordGap ─▶ applier task: queued items in one store.sync_apply
+//!        Apply / RecordGap ─▶ applier task: queued items in one store.sync_apply, the
+//!                             live lane's first (ApplyQueue)
 //!                             (cursor CAS + points + gaps + cursor) ─▶ on_applied
 //!      Send(bytes) ─▶ PeerHandle::send(SYNC ++ bytes) ─▶ sealed, hub, peer
 //!      Reconnect{reason} ─▶ logged, PeerHandle::reset(reason)
@@ -56,8 +57,8 @@ use std::time::{Duration, Instant};
 
 use proto::model::{ConnectorId, Role};
 use proto::sync::{
-    Held, ReadChunk, Receiver, ReceiverConfig, ReceiverOutput, Sender, SenderConfig, SenderDurable,
-    SenderOutput, message,
+    Admit, ApplyQueue, Held, ReadChunk, Receiver, ReceiverConfig, ReceiverOutput, Sender,
+    SenderConfig, SenderDurable, SenderOutput, message,
 };
 use store::{Clock, Inbound, OutboxChunk, Retention, Store};
 use tokio::sync::mpsc;
@@ -170,13 +171,16 @@ impl Bucket {
     }
 }
 
-/// Most records the applier folds into one transaction.
+/// Most records the applier folds into one transaction: also the most a live batch waits
+/// behind (the transaction under way), since the live lane's applies go first.
 const MAX_APPLY_RECORDS: usize = 32_768;
 
 /// An apply of one generation; a failure starts a new generation.
 struct ApplyJob {
     generation: u64,
     item: Inbound,
+    /// The lane the Receiver admitted it to: the live lane's go first (`ApplyQueue`).
+    lane: Admit,
 }
 
 type Applied = (u64, Result<Vec<u64>, store::StoreError>);
@@ -469,16 +473,18 @@ impl SyncDriver {
                 }
                 self.send(bytes).await
             }
-            ReceiverOutput::Apply(a) => {
+            ReceiverOutput::Apply(a, lane) => {
                 let _ = self.apply_tx.send(ApplyJob {
                     generation,
                     item: Inbound::Records(a),
+                    lane,
                 });
             }
-            ReceiverOutput::RecordGap(g) => {
+            ReceiverOutput::RecordGap(g, lane) => {
                 let _ = self.apply_tx.send(ApplyJob {
                     generation,
                     item: Inbound::Gap(g),
+                    lane,
                 });
             }
             ReceiverOutput::Reconnect { reason } => self.reconnect(reason.to_string()).await,
@@ -888,7 +894,9 @@ async fn liveness(state: AppState, cancel: CancellationToken) {
     }
 }
 
-/// Applies queued items in order, as many as are waiting in one transaction.
+/// Applies queued items, as many as are waiting (up to [`MAX_APPLY_RECORDS`]) in one
+/// transaction, the live lane's first: a live batch waits only for the transaction under
+/// way, not for the backlog queued before it (`proto::sync::ApplyQueue`).
 async fn applier(
     store: Arc<dyn Store>,
     clock: Clock,
@@ -897,23 +905,32 @@ async fn applier(
     mut jobs: mpsc::UnboundedReceiver<ApplyJob>,
     done: mpsc::UnboundedSender<Applied>,
 ) {
-    while let Some(first) = jobs.recv().await {
-        let current = generation.load(Ordering::SeqCst);
-        let mut items = Vec::new();
-        let mut records = 0;
-        let mut next = Some(first);
-        while let Some(job) = next.take() {
-            if job.generation == current {
-                records += match &job.item {
-                    Inbound::Records(a) => a.records.len(),
-                    Inbound::Gap(_) => 1,
-                };
-                items.push(job.item);
-            }
-            if records < MAX_APPLY_RECORDS {
-                next = jobs.try_recv().ok();
+    fn push(queue: &mut ApplyQueue<ApplyJob>, job: ApplyJob) {
+        let records = match &job.item {
+            Inbound::Records(a) => a.records.len(),
+            Inbound::Gap(_) => 1,
+        };
+        let lane = job.lane;
+        queue.push(job, records, lane);
+    }
+    let mut queue = ApplyQueue::new();
+    loop {
+        if queue.is_empty() {
+            match jobs.recv().await {
+                Some(job) => push(&mut queue, job),
+                None => return,
             }
         }
+        while let Ok(job) = jobs.try_recv() {
+            push(&mut queue, job);
+        }
+        let current = generation.load(Ordering::SeqCst);
+        let items: Vec<Inbound> = queue
+            .take(MAX_APPLY_RECORDS)
+            .into_iter()
+            .filter(|job| job.generation == current)
+            .map(|job| job.item)
+            .collect();
         if items.is_empty() {
             continue;
         }
