@@ -175,6 +175,10 @@ const HELP: &[(&str, &str)] = &[
         "1 while a paired connector's hub link has been up for 30 s or more without an encrypted session with its peer (sync cannot resume; the site keeps trying), else 0",
     ),
     (
+        "west_sync_peer_version_mismatch",
+        "1 while the peer's sync messages carry another protocol version than this site's (the peer runs an older or newer version of West; nothing syncs until both run the same), else 0",
+    ),
+    (
         "west_sync_session_down_seconds",
         "Seconds the hub link has been up without an encrypted session with the peer; 0 while the session is up or the link down",
     ),
@@ -276,6 +280,14 @@ impl SiteMetrics {
         gauge(
             "west_sync_session_down_seconds",
             s.session_down_seconds.unwrap_or(0.0),
+        );
+        gauge(
+            "west_sync_peer_version_mismatch",
+            if s.version_mismatch.is_some() {
+                1.0
+            } else {
+                0.0
+            },
         );
         gauge("west_sync_lag_seconds", s.lag_seconds);
         gauge("west_sync_backlog_points", s.backlog_points as f64);

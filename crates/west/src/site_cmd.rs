@@ -69,6 +69,10 @@ pub struct SiteArgs {
     /// retention and outbox partitions, so that tests can jump past the retention.
     #[arg(long, hide = true)]
     test_clock_offset_file: Option<PathBuf>,
+    /// TEST ONLY: the sync protocol version the site's sync messages carry (and it expects
+    /// of its peer's), so that tests can play a site of another version.
+    #[arg(long, hide = true)]
+    test_sync_version: Option<u8>,
     /// How long a pairing code stays valid [default: 10m].
     #[arg(long, env = "WEST_PAIRING_WINDOW", value_parser = config::parse_duration)]
     pairing_window: Option<std::time::Duration>,
@@ -228,6 +232,7 @@ fn resolve(args: SiteArgs, file: FileConfig) -> anyhow::Result<(SiteConfig, Stri
     if let Some(path) = args.test_clock_offset_file {
         cfg.sync.clock = site::peers::status::offset_clock(path);
     }
+    cfg.sync.test_sync_version = args.test_sync_version;
     cfg.metrics_public = args.metrics_public || file.metrics_public.unwrap_or(false);
     cfg.tls = match (
         args.tls_cert.or(file.tls_cert),

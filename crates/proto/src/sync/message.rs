@@ -11,8 +11,10 @@
 //! ```
 //!
 //! Invariants:
-//! - The first byte is [`SYNC_VERSION`]; a later version may add variants at the end of
-//!   [`Message`] and must bump the byte when it changes an existing one.
+//! - The first byte is [`SYNC_VERSION`], bumped whenever [`Message`] changes, a variant
+//!   added included (an older peer cannot read it): a peer of another version fails every
+//!   message with [`MessageError::Version`], which names both versions, and the site says
+//!   "peer runs an older version" rather than stalling on messages it cannot read.
 //! - [`decode`] accepts exactly one message and nothing after it, never panics, and checks
 //!   every field a receiver relies on (`1 <= first_seq <= last_seq`, payload size).
 //! - `applied` in `Resume` and `Ack` is always the receiver's *durable* cursor, so a sender
@@ -24,8 +26,9 @@ use super::held::Held;
 use super::record::LostSpan;
 use crate::envelope::{self, EnvelopeError};
 
-/// Version byte in front of every sync message.
-pub const SYNC_VERSION: u8 = 1;
+/// Version byte in front of every sync message. 1: `Resume`, `Resumed`, `Batch`, `Ack`,
+/// `Gap`; 2: the two lanes (`ResumeLanes`, `AckLanes`, `Live`, `LiveGap`).
+pub const SYNC_VERSION: u8 = 2;
 /// The largest encoded message: room for the channel's and the hub frame's overhead below
 /// [`crate::wire::MAX_PAYLOAD_LEN`].
 pub const MAX_MESSAGE_LEN: usize = 768 * 1024;
@@ -386,7 +389,11 @@ mod tests {
     #[test]
     fn malformed_messages_are_errors() {
         assert_eq!(decode(&[]), Err(MessageError::Empty));
-        assert_eq!(decode(&[2, 0, 0, 0]), Err(MessageError::Version(2)));
+        assert_eq!(decode(&[1, 0, 0, 0]), Err(MessageError::Version(1)));
+        assert_eq!(
+            MessageError::Version(1).to_string(),
+            "sync protocol version 1 is not supported (this build speaks 2)"
+        );
         assert!(matches!(
             decode(&[SYNC_VERSION, 99]),
             Err(MessageError::Malformed(_))

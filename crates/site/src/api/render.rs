@@ -63,6 +63,20 @@ pub fn remote_sync_json(state: &AppState, c: &Connector) -> Json {
             link["last_applied_at"] = json!(rfc3339(at));
         }
         link["peer_apply_rate"] = json!(s.peer_apply_rate.round());
+        // The peer's sync messages carry another protocol version: nothing syncs until both
+        // sites run the same version of West.
+        link["version_mismatch"] = match s.version_mismatch {
+            None => Json::Null,
+            Some((peer, local)) => json!({
+                "peer_sync_version": peer,
+                "sync_version": local,
+                "problem": if peer < local {
+                    "peer runs an older version"
+                } else {
+                    "peer runs a newer version"
+                },
+            }),
+        };
         // The live lane and the backlog draining behind it (docs/sync.md, "Two lanes").
         link["lanes"] = match s.live_from {
             None => Json::Null,

@@ -71,10 +71,22 @@ pub(super) async fn ask(state: &AppState, c: &Connector, op: Op) -> Result<Answe
         Ok(Ok(Answer::Refused { code, message })) => Err(remote_error(site, &code, message)),
         Ok(Ok(answer)) => Ok(answer),
         Ok(Err(_)) => Err(offline("the session ended before it answered")),
-        Err(_) => Err(offline(&format!(
-            "it did not answer within {} s",
-            TIMEOUT.as_secs()
-        ))),
+        Err(_) => Err(
+            match state
+                .remote
+                .sync
+                .status(&c.id)
+                .and_then(|s| s.version_mismatch)
+            {
+                // An older peer drops a request it cannot read: say why it is silent.
+                Some((peer, local)) => Error::PeerOffline(format!(
+                    "{site} did not answer: it runs another version of West (sync protocol {peer}, \
+                 this site {local}), which may not know this request; run the same version on \
+                 both sites."
+                )),
+                None => offline(&format!("it did not answer within {} s", TIMEOUT.as_secs())),
+            },
+        ),
     }
 }
 

@@ -31,6 +31,10 @@ pub struct SyncSettings {
     pub keep_points: Option<Duration>,
     /// The wall clock of retention and of outbox partitions. Default: the system clock.
     pub clock: Clock,
+    /// TEST ONLY: the sync protocol version this site puts on its sync messages and expects
+    /// of its peer's, instead of `proto::sync::message::SYNC_VERSION`, so that a test can
+    /// play a site of another version. Default: none (the build's).
+    pub test_sync_version: Option<u8>,
 }
 
 impl Default for SyncSettings {
@@ -40,6 +44,7 @@ impl Default for SyncSettings {
             disk_budget: None,
             keep_points: None,
             clock: Clock::system(),
+            test_sync_version: None,
         }
     }
 }
@@ -126,6 +131,9 @@ pub struct SyncStatus {
     pub session_stalled: bool,
     /// Session messages dropped because this driver lagged, since the site started.
     pub messages_dropped: u64,
+    /// `(peer's, this site's)` sync protocol version while the peer's sync messages carry
+    /// another version than this site's: nothing syncs until both sites run the same one.
+    pub version_mismatch: Option<(u8, u8)>,
 }
 
 /// How often the rate history takes a sample.

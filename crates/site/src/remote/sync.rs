@@ -35,6 +35,9 @@
 //!   completions of the failed generation are ignored, so the driver can never disagree
 //!   with the store about what is applied.
 //! - Ingest never waits for this task: it only wakes it.
+//! - A message of another sync protocol version than this site's is never handed to the
+//!   state machines: the mismatch is logged once, naming both versions, and shown in the
+//!   status until a message of this site's version arrives.
 //! - An idle pairing costs nothing: every timer of a driver is armed only while it has
 //!   something to do (an acknowledgement to persist, gauges changed, a status that changes
 //!   with time, a state machine's deadline), so a caught-up pairing with nothing written
@@ -56,6 +59,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use proto::model::{ConnectorId, Role};
+use proto::sync::message::{MessageError, SYNC_VERSION};
 use proto::sync::{
     Admit, ApplyQueue, Held, ReadChunk, Receiver, ReceiverConfig, ReceiverOutput, Sender,
     SenderConfig, SenderDurable, SenderOutput, message,
@@ -228,6 +232,12 @@ struct SyncDriver {
     prefetched: Option<(u64, OutboxChunk)>,
     /// The most records the Sender reads at once (a batch).
     read_max: usize,
+    /// The sync protocol version this site's messages carry: `SYNC_VERSION`, unless a test
+    /// plays another (`SyncSettings::test_sync_version`).
+    version: u8,
+    /// The version the peer's messages carry while it is not `version`: they cannot be
+    /// read, so nothing syncs; the status says so until a message of `version` arrives.
+    peer_version: Option<u8>,
 }
 
 impl SyncDriver {
@@ -261,6 +271,11 @@ impl SyncDriver {
         let mut msg = Vec::with_capacity(bytes.len() + 1);
         msg.push(service::SYNC);
         msg.extend_from_slice(&bytes);
+        if self.version != SYNC_VERSION
+            && let Some(v) = msg.get_mut(1)
+        {
+            *v = self.version;
+        }
         // Refused while the session is down: the state machines resend after the next Up.
         let _ = self.handle.send(msg).await;
     }
@@ -491,9 +506,57 @@ impl SyncDriver {
         }
     }
 
+    /// Decodes a message of the peer: one of this site's version, else
+    /// `MessageError::Version` with the peer's.
+    fn decode(&self, bytes: &[u8]) -> Result<message::Message, MessageError> {
+        match bytes.split_first() {
+            Some((&v, rest)) if self.version != SYNC_VERSION => {
+                if v != self.version {
+                    return Err(MessageError::Version(v));
+                }
+                let mut relabelled = Vec::with_capacity(bytes.len());
+                relabelled.push(SYNC_VERSION);
+                relabelled.extend_from_slice(rest);
+                message::decode(&relabelled)
+            }
+            _ => message::decode(bytes),
+        }
+    }
+
+    /// Notes which sync protocol version the peer's message carries: a change is logged
+    /// once (naming both versions) and shows in the status.
+    fn peer_speaks(&mut self, version: u8) {
+        let mismatch = (version != self.version).then_some(version);
+        if mismatch == self.peer_version {
+            return;
+        }
+        self.peer_version = mismatch;
+        let local = self.version;
+        if version == local {
+            tracing::info!(connector = %self.cid, sync_version = local, "the peer now speaks this site's sync protocol version; sync resumes");
+        } else {
+            let runs = if version < local {
+                "an older"
+            } else {
+                "a newer"
+            };
+            tracing::error!(connector = %self.cid, peer_sync_version = version, sync_version = local,
+                "the peer runs {runs} version of West: its sync messages are version {version}, this site's {local}; nothing syncs until both sites run the same version (nothing is lost meanwhile)");
+        }
+    }
+
     fn on_message(&mut self, bytes: &[u8]) {
         let now = self.now();
-        let result = message::decode(bytes)
+        let decoded = self.decode(bytes);
+        match &decoded {
+            Ok(_) => self.peer_speaks(self.version),
+            Err(MessageError::Version(v)) => {
+                self.peer_speaks(*v);
+                return;
+            }
+            Err(_) => {}
+        }
+        let result = decoded
             .map_err(proto::sync::SyncError::from)
             .and_then(|msg| match msg.addressee() {
                 proto::sync::Addressee::Sender => self.sender.on_message(now, msg),
@@ -725,6 +788,7 @@ impl SyncDriver {
             session_down_seconds: session_down.map(|d| d.as_secs_f64()),
             session_stalled: session_down.is_some_and(|d| d >= peer::STALL_AFTER),
             messages_dropped: self.handle.dropped(),
+            version_mismatch: self.peer_version.map(|v| (v, self.version)),
         };
         self.state.metrics.sync_status(&self.cid, &status);
         // A Source's chart shows what its Target applied (acknowledged); a Target's what it
@@ -997,6 +1061,7 @@ async fn run(
     let started = Instant::now();
     let sender_config = SenderConfig::default();
     let read_max = sender_config.max_batch_records;
+    let state_version = state.sync.test_sync_version.unwrap_or(SYNC_VERSION);
     let mut d = SyncDriver {
         sender: Sender::new(
             sender_config,
@@ -1040,6 +1105,8 @@ async fn run(
         lease_due: None,
         prefetched: None,
         read_max,
+        version: state_version,
+        peer_version: None,
     };
     match d.state.store.sync_budget(&d.cid).await {
         Ok(b) => d.shared.budget.store(b.unwrap_or(0), Ordering::Relaxed),

@@ -67,6 +67,15 @@ impl ConnView {
                     class: "warn",
                     words: format!("waiting for {peer_site} to connect for the first time"),
                 }
+            } else if let Some(problem) = l["version_mismatch"]["problem"].as_str() {
+                let m = &l["version_mismatch"];
+                LinkView {
+                    class: "bad",
+                    words: format!(
+                        "{problem} of West (sync protocol {}, this site {}): nothing syncs until both sites run the same version",
+                        m["peer_sync_version"], m["sync_version"]
+                    ),
+                }
             } else if l["session_stalled"] == true {
                 let secs = l["session_down_seconds"].as_f64().unwrap_or(0.0);
                 LinkView {

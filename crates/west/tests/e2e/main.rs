@@ -40,3 +40,4 @@ mod ui_remote_sync;
 mod ui_users;
 mod users;
 mod util;
+mod versions;
