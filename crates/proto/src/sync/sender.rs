@@ -25,7 +25,10 @@
 //!   what the receiver reported holding. The backlog lane stops below the live lane.
 //! - The lanes are defined by what the receiver holds ([`Held`]): the backlog lane is the
 //!   hole `(applied, live_from)`, the live lane continues after `live_to`; the sender chooses
-//!   only where a new live lane starts (its head, when the receiver holds no lane).
+//!   only where a new live lane starts (its head, when the receiver holds no lane), and moves
+//!   a lane the receiver has not reported holding to its head once the lane's own unsent
+//!   part is as long as the backlog that opens one (an outage the session had not noticed
+//!   yet would otherwise put the rest of the outage's backlog on the live lane).
 //! - Nothing is read or sent outside the durable leases — `(.., lease]` and the live lease
 //!   `[from, upto]` — so that the store can exempt them from retention and every loss it
 //!   reports is exact (see `docs/sync.md`).
@@ -164,6 +167,8 @@ pub struct SenderStats {
     pub live_records_sent: u64,
     /// Live lanes opened.
     pub lanes_opened: u64,
+    /// Live lanes moved to the head before the receiver held any of them.
+    pub lanes_moved: u64,
     pub in_flight_bytes: u64,
     pub in_flight_batches: usize,
     pub session_up: bool,
@@ -289,6 +294,12 @@ pub struct Sender {
     /// A `LiveLease` or `OpenLive` waits for its answer.
     live_requested: bool,
     open_requested: bool,
+    /// The head once the open lane's first records (the device snapshots an open appends)
+    /// were in the outbox: only what is appended after it counts towards moving the lane,
+    /// or a lane opened with more snapshots than the threshold would move for ever.
+    lane_base: u64,
+    /// An open was answered: the next `outbox_head` sets `lane_base`.
+    lane_base_due: bool,
     link_up_at: Option<u64>,
     /// Last time the stream made progress (or had nothing to do), for stall detection.
     progress_at: u64,
@@ -334,6 +345,8 @@ impl Sender {
             live: durable.live,
             live_requested: false,
             open_requested: false,
+            lane_base: head,
+            lane_base_due: false,
             link_up_at: None,
             progress_at: now,
             session: None,
@@ -381,6 +394,9 @@ impl Sender {
 
     /// The outbox now reaches `head` (called after every committed append).
     pub fn outbox_head(&mut self, now: u64, head: u64) {
+        if std::mem::take(&mut self.lane_base_due) {
+            self.lane_base = self.lane_base.max(head);
+        }
         if head <= self.head {
             return;
         }
@@ -466,6 +482,16 @@ impl Sender {
     /// The driver persisted the live lease `[from, upto]` (answering `OpenLive` or
     /// `LiveLease`).
     pub fn on_live_lease(&mut self, now: u64, from: u64, upto: u64) {
+        // An open that moved the lane: what the old one read and sent is the backlog's now.
+        if self.open_requested
+            && self.live.is_some_and(|(f, _)| f != from)
+            && let Some(s) = &mut self.session
+        {
+            s.live = None;
+        }
+        if self.open_requested {
+            self.lane_base_due = true;
+        }
         self.open_requested = false;
         self.live_requested = false;
         match &mut self.live {
@@ -783,11 +809,30 @@ impl Sender {
         };
         let (id, main_next) = (session.id, session.main.next);
         let lane_start = self.lane_start();
-        // Open a live lane when the unsent backlog is long and the receiver holds none.
-        if lane_start.is_none()
+        // Open a live lane when the unsent backlog is long and the receiver holds none. Move
+        // one the receiver has not reported holding to the head when its own unsent part is
+        // as long: a lane opened early in an outage that the session had not noticed yet
+        // would otherwise carry the rest of the outage's backlog ahead of the newest records.
+        let unsent_from = match lane_start {
+            None => Some(main_next),
+            Some(_) if self.peer_live.is_none() && !self.lane_base_due => Some(
+                session
+                    .live
+                    .as_ref()
+                    .map_or(self.live_next(), |l| l.next)
+                    .max(self.lane_base + 1),
+            ),
+            Some(_) => None,
+        };
+        // One request for the live lease at a time (an answer does not say which it answers).
+        if let Some(from) = unsent_from
             && !self.open_requested
-            && self.head.saturating_sub(main_next - 1) > self.cfg.live_after_records
+            && !self.live_requested
+            && self.head.saturating_sub(from - 1) > self.cfg.live_after_records
         {
+            if lane_start.is_some() {
+                self.stats.lanes_moved += 1;
+            }
             self.open_requested = true;
             self.out.push_back(SenderOutput::OpenLive {
                 records: self.cfg.lease_records,
@@ -850,7 +895,10 @@ impl Sender {
                 Some((f, u)) if f <= start => (f, u),
                 _ => (start, start - 1),
             };
-            if !self.live_requested && self.head > upto && upto < lane.next.saturating_sub(1) + half
+            if !self.live_requested
+                && !self.open_requested
+                && self.head > upto
+                && upto < lane.next.saturating_sub(1) + half
             {
                 self.live_requested = true;
                 self.out.push_back(SenderOutput::LiveLease {
@@ -1356,6 +1404,64 @@ mod tests {
                 reason: ReconnectReason::NoResume { .. }
             })
         ));
+    }
+
+    /// Drains outputs up to the first `OpenLive`; returns whether one came.
+    fn opens(s: &mut Sender) -> bool {
+        std::iter::from_fn(|| s.poll_output()).any(|o| matches!(o, SenderOutput::OpenLive { .. }))
+    }
+
+    fn live_lanes(msgs: &[Message]) -> Vec<(u64, u64)> {
+        msgs.iter()
+            .filter_map(|m| match m {
+                Message::Live {
+                    lane, first_seq, ..
+                } => Some((*lane, *first_seq)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_lane_the_receiver_never_reported_moves_to_the_head_when_its_own_backlog_grows() {
+        // An outage the session has not noticed yet: the lane opens, nothing is acknowledged,
+        // and the outage's backlog keeps growing on the lane.
+        let mut s = started(2_000, 0);
+        assert!(opens(&mut s), "a backlog of 2,000 opens a lane");
+        s.on_live_lease(0, 2_001, 2_100);
+        s.outbox_head(0, 2_000);
+        run(&mut s, 0, None);
+        s.outbox_head(1, 3_000);
+        assert!(
+            !opens(&mut s),
+            "1,000 unsent on the lane is not more than the threshold"
+        );
+        s.outbox_head(1, 3_500);
+        assert!(opens(&mut s), "1,500 are: the lane moves to the head");
+        s.on_live_lease(1, 3_501, 3_600);
+        s.outbox_head(1, 3_600);
+        let sent = run(&mut s, 1, None);
+        let live = live_lanes(&sent);
+        assert_eq!(live.first(), Some(&(3_501, 3_501)), "{live:?}");
+        assert!(live.iter().all(|(lane, _)| *lane == 3_501), "{live:?}");
+        let st = s.stats(1);
+        assert_eq!(
+            (st.live_from, st.lanes_opened, st.lanes_moved),
+            (Some(3_501), 1, 1)
+        );
+        // Once the receiver reports holding the lane, it stays where it is.
+        s.on_message(
+            2,
+            Message::AckLanes {
+                session: 9,
+                applied: 0,
+                live_from: 3_501,
+                live_to: 3_503,
+            },
+        )
+        .unwrap();
+        s.outbox_head(2, 10_000);
+        assert!(!opens(&mut s), "the receiver holds this lane");
     }
 
     #[test]

@@ -4,11 +4,13 @@
 //! whole, once; a device created during the outage is on the Target before its live point.
 //!
 //! `live_points_overtake_a_backlog_of_two_million` (ignored: it measures, run it by hand)
-//! drains a 2,000,000-point backlog and prints how long live points written meanwhile take
-//! to show on the Target's live stream (p50, p99, max):
+//! drains a 2,000,000-point backlog written while the Target was down, writes a live point
+//! every 10 ms for the whole drain and prints how long they take to show on the Target's
+//! live stream (p50, p90, p99, max):
 //!
 //! ```text
-//! cargo nextest run --release -p west --test e2e lanes::live_points_overtake --run-ignored only --no-capture
+//! CARGO_TARGET_DIR=target-release cargo nextest run --release -p west --test e2e --locked --no-run
+//! target-release/release/deps/e2e-* --ignored --exact lanes::live_points_overtake_a_backlog_of_two_million --nocapture
 //! ```
 //!
 //! (`WEST_LANES_BACKLOG=n` drains `n` points instead.)
