@@ -422,3 +422,60 @@ async fn backfill_rate() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// One backfill at a time per connector: while one queues (here it waits, because the
+/// outbox holds more unacknowledged records than a backfill may run ahead of, 262,144),
+/// another is refused with 409 `conflict` on either side, naming the running one, and the
+/// running one goes on until cancelled.
+#[tokio::test]
+async fn a_backfill_while_another_queues_is_refused_on_either_side() -> anyhow::Result<()> {
+    const BACKLOG: i64 = 270_000;
+    let (_hub, sites, (cid, tid), t0) = late_sync().await?;
+    let (a, b) = (sites[0].admin().await?, sites[1].admin().await?);
+    let remote_sync = format!("/api/v1/connectors/{cid}/remote-sync");
+    // A small budget keeps the Target from acknowledging the backlog below for minutes.
+    a.patch_ok(&remote_sync, json!({"max_bytes_per_s": 2_000}))
+        .await?;
+    for chunk in 0..BACKLOG / 5_000 {
+        let body: Vec<Value> = (chunk * 5_000..(chunk + 1) * 5_000)
+            .map(|n| {
+                json!({"device": format!("dev-{}", n % DEVICES as i64),
+                       "t": t0 + (PER_DEVICE + n) * SECOND,
+                       "values": {"temperature": n as f64}})
+            })
+            .collect();
+        a.post_ok(
+            &format!("/api/v1/connectors/{cid}/data"),
+            Value::Array(body),
+        )
+        .await?;
+    }
+    let (s, first) = a
+        .post(&backfill(&cid), json!({"resource": "temperature"}))
+        .await?;
+    assert_eq!(s, 202, "{first}");
+    for (api, c) in [(&a, &cid), (&b, &tid)] {
+        let (s, e) = api
+            .post(&backfill(c), json!({"resource": "temperature"}))
+            .await?;
+        assert_eq!(
+            (s.as_u16(), e["error"].as_str()),
+            (409, Some("conflict")),
+            "{e}"
+        );
+        assert!(
+            e["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("a backfill of resource temperature is already running"),
+            "{e}"
+        );
+    }
+    let running = a.get_ok(&remote_sync).await?["backfill"].clone();
+    assert_eq!(running["id"], first["id"], "{running}");
+    assert_eq!(running["state"], "queuing", "{running}");
+    let cancelled = a.delete(&backfill(&cid)).await?;
+    assert_eq!(cancelled.0, 200, "{}", cancelled.1);
+    assert_eq!(cancelled.1["state"], "cancelled", "{}", cancelled.1);
+    Ok(())
+}
