@@ -25,8 +25,10 @@ use std::convert::Infallible;
 use axum::extract::{Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
+use proto::model::Value;
+use serde::Serialize;
 use serde_json::json;
-use store::LiveBatch;
+use store::{LiveBatch, LivePoint};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::extract::QueryPairs;
@@ -95,37 +97,59 @@ fn render(
                 .data(json!({ "changes": changes }).to_string())
         });
     }
-    let points: Vec<Shown<'_>> = batch
-        .points
-        .iter()
-        .filter(|p| device.is_none_or(|d| &p.device == d))
-        .filter(|p| resource.is_none_or(|r| &p.resource == r))
-        .map(|p| Shown {
-            device: &p.device,
-            resource: &p.resource,
-            t: p.t,
-            v: p.v.to_json(),
-        })
-        .collect();
-    if points.is_empty() {
-        return None;
-    }
-    // Serialized straight from the batch: a commit of 1,000 points is rendered on the
-    // latency path of every subscriber, so no intermediate JSON tree is built.
-    let data = match serde_json::to_string(&PointsEvent { points }) {
-        Ok(data) => data,
+    let points = Points {
+        all: &batch.points,
+        device,
+        resource,
+    };
+    // An event with no point left is not sent.
+    points.iter().next()?;
+    // Serialized from the batch into the event's buffer: a commit of 1,000 points is
+    // rendered on the latency path of every subscriber, so no JSON tree is built and the
+    // text is not copied again.
+    match Event::default()
+        .event("points")
+        .json_data(PointsEvent { points })
+    {
+        Ok(event) => Some(event),
         Err(e) => {
             tracing::error!(error = %e, "cannot render a live event");
-            return None;
+            None
         }
-    };
-    Some(Event::default().event("points").data(data))
+    }
 }
 
 /// The body of a `points` event.
 #[derive(serde::Serialize)]
 struct PointsEvent<'a> {
-    points: Vec<Shown<'a>>,
+    points: Points<'a>,
+}
+
+/// The points of a batch that pass a stream's filters.
+struct Points<'a> {
+    all: &'a [LivePoint],
+    device: Option<&'a proto::model::Identity>,
+    resource: Option<&'a proto::model::ResourceName>,
+}
+
+impl<'a> Points<'a> {
+    fn iter(&self) -> impl Iterator<Item = &'a LivePoint> + use<'a> {
+        let (device, resource) = (self.device, self.resource);
+        self.all.iter().filter(move |p| {
+            device.is_none_or(|d| &p.device == d) && resource.is_none_or(|r| &p.resource == r)
+        })
+    }
+}
+
+impl Serialize for Points<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter().map(|p| Shown {
+            device: &p.device,
+            resource: &p.resource,
+            t: p.t,
+            v: ShownValue(&p.v),
+        }))
+    }
 }
 
 /// One point of a `points` event, as the data API shows it.
@@ -134,5 +158,73 @@ struct Shown<'a> {
     device: &'a proto::model::Identity,
     resource: &'a proto::model::ResourceName,
     t: i64,
-    v: serde_json::Value,
+    v: ShownValue<'a>,
+}
+
+/// A value as JSON, as `Value::to_json` makes it, without building it first.
+struct ShownValue<'a>(&'a Value);
+
+impl Serialize for ShownValue<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Value::Number(x) if x.is_finite() => s.serialize_f64(*x),
+            Value::Integer(i) => s.serialize_i64(*i),
+            Value::String(text) => s.serialize_str(text),
+            Value::Boolean(b) => s.serialize_bool(*b),
+            Value::Number(_) | Value::Json(_) => self.0.to_json().serialize(s),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proto::model::{Identity, ResourceName};
+    use serde_json::json;
+
+    use super::*;
+
+    fn point(device: &str, resource: &str, t: i64, v: Value) -> LivePoint {
+        LivePoint {
+            device: Identity::parse(device).expect("identity"),
+            resource: ResourceName::parse(resource).expect("resource"),
+            t,
+            v,
+        }
+    }
+
+    /// The event is written without a JSON tree: it must read exactly as one made with
+    /// `Value::to_json`, for every kind of value, and keep only what the filters pass.
+    #[test]
+    fn a_points_event_shows_each_value_as_the_data_api_does_and_filters() {
+        let all = vec![
+            point("d1", "temp", 1, Value::Number(21.5)),
+            point("d1", "temp", 2, Value::Number(f64::NAN)),
+            point("d1", "count", 3, Value::Integer(-7)),
+            point("d2", "name", 4, Value::String("a \"quoted\"\nline".into())),
+            point("d2", "on", 5, Value::Boolean(true)),
+            point("d2", "cfg", 6, Value::Json(r#"{"a":[1,2.5,"x"]}"#.into())),
+        ];
+        let shown = |device: Option<&str>, resource: Option<&str>| {
+            let (device, resource) = (
+                device.map(|d| Identity::parse(d).expect("identity")),
+                resource.map(|r| ResourceName::parse(r).expect("resource")),
+            );
+            let points = Points {
+                all: &all,
+                device: device.as_ref(),
+                resource: resource.as_ref(),
+            };
+            serde_json::to_value(PointsEvent { points }).expect("serializes")
+        };
+        let expected: Vec<_> = all
+            .iter()
+            .map(|p| json!({"device": p.device, "resource": p.resource, "t": p.t, "v": p.v.to_json()}))
+            .collect();
+        assert_eq!(shown(None, None), json!({ "points": expected }));
+        assert_eq!(
+            shown(Some("d1"), Some("temp")),
+            json!({ "points": expected[..2] })
+        );
+        assert_eq!(shown(Some("d3"), None), json!({ "points": [] }));
+    }
 }
