@@ -222,7 +222,6 @@ impl Appender {
         let op = "appending to the outbox";
         let name = self.open_partition(conn)?;
         let first = self.head + 1 - self.records.len() as u64;
-        let mut encoder = codec::Encoder::new();
         let mut insert = conn
             .prepare_cached(&format!(
                 "INSERT INTO {name} (first_seq, last_seq, copy, data) VALUES (?1, ?2, ?3, ?4)"
@@ -243,7 +242,7 @@ impl Appender {
         }
         chunks.reverse();
         while let Some((a, b)) = chunks.pop() {
-            match encoder.encode(&self.records[a..b]) {
+            match super::series::encode_row(&self.records[a..b]) {
                 Ok(data) => {
                     insert
                         .execute(params![

@@ -56,7 +56,100 @@ pub(super) const BUCKET_US: i64 = 3_600_000_000;
 /// Most points in one block; a fold splits longer runs of a series' bucket.
 const MAX_BLOCK_POINTS: usize = 1024;
 
-type Series = BTreeMap<i64, Value>;
+/// One series of a part, one value per `t` (the latest written). Points mostly arrive in
+/// time order, so they are kept in a vector, 40 bytes a point (a `BTreeMap` took about
+/// twice that: its nodes are half full when filled in order); one older than the series'
+/// newest and not already held goes to `late`, so that no write shifts the vector.
+/// Invariants: `sorted` ascends; every `t` of `late` is below the last of `sorted` and in
+/// no entry of it.
+#[derive(Default)]
+struct Series {
+    sorted: Vec<(i64, Value)>,
+    late: BTreeMap<i64, Value>,
+}
+
+impl Series {
+    /// Stores `value` at `t`; whether `t` is new to the series.
+    fn insert(&mut self, t: i64, value: Value) -> bool {
+        match self.sorted.last() {
+            Some((last, _)) if *last >= t => {}
+            _ => {
+                self.sorted.push((t, value));
+                return true;
+            }
+        }
+        match self.sorted.binary_search_by_key(&t, |(t, _)| *t) {
+            Ok(i) => {
+                self.sorted[i].1 = value;
+                false
+            }
+            Err(_) => self.late.insert(t, value).is_none(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.sorted.len() + self.late.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.sorted.is_empty()
+    }
+
+    /// The newest point.
+    fn last(&self) -> Option<(&i64, &Value)> {
+        self.sorted.last().map(|(t, v)| (t, v))
+    }
+
+    /// Every point, ascending.
+    fn iter(&self) -> impl Iterator<Item = (&i64, &Value)> {
+        let mut a = self.sorted.iter().map(|(t, v)| (t, v)).peekable();
+        let mut b = self.late.iter().peekable();
+        std::iter::from_fn(move || match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if y.0 < x.0 => b.next(),
+            (Some(_), _) => a.next(),
+            (None, _) => b.next(),
+        })
+    }
+
+    /// The first `limit` points with `lo <= t < hi`, in `order`.
+    fn range(&self, lo: i64, hi: i64, order: Order, limit: usize) -> Vec<(i64, Value)> {
+        let from = self.sorted.partition_point(|(t, _)| *t < lo);
+        let to = self.sorted.partition_point(|(t, _)| *t < hi);
+        let sorted = &self.sorted[from..to];
+        let late = self.late.range(lo..hi).map(|(t, v)| (*t, v.clone()));
+        if self.late.is_empty() {
+            let points = sorted.iter().cloned();
+            return match order {
+                Order::Asc => points.take(limit).collect(),
+                Order::Desc => points.rev().take(limit).collect(),
+            };
+        }
+        let merged: BTreeMap<i64, Value> = match order {
+            Order::Asc => sorted
+                .iter()
+                .take(limit)
+                .cloned()
+                .chain(late.take(limit))
+                .collect(),
+            Order::Desc => sorted
+                .iter()
+                .rev()
+                .take(limit)
+                .cloned()
+                .chain(late.rev().take(limit))
+                .collect(),
+        };
+        match order {
+            Order::Asc => merged.into_iter().take(limit).collect(),
+            Order::Desc => merged.into_iter().rev().take(limit).collect(),
+        }
+    }
+
+    /// Gives back the room a vector grew for more points: a frozen part takes none.
+    fn shrink_to_fit(&mut self) {
+        self.sorted.shrink_to_fit();
+    }
+}
 
 /// Points of one part of the tail, indexed by device, resource and time (one value per
 /// `(device, resource, t)`: the latest written).
@@ -74,14 +167,14 @@ impl Part {
             .or_default()
             .entry(resource)
             .or_default();
-        if series.insert(t, value).is_none() {
+        if series.insert(t, value) {
             self.points += 1;
         }
     }
 
     fn forget(&mut self, device: i64) {
         if let Some(d) = self.devices.remove(&device) {
-            self.points -= d.values().map(BTreeMap::len).sum::<usize>();
+            self.points -= d.values().map(Series::len).sum::<usize>();
         }
     }
 
@@ -97,7 +190,7 @@ impl Part {
     fn overlay(&mut self, other: &Part) {
         for (device, resources) in &other.devices {
             for (resource, series) in resources {
-                for (t, v) in series {
+                for (t, v) in series.iter() {
                     self.put(*device, *resource, *t, v.clone());
                 }
             }
@@ -119,11 +212,19 @@ impl Part {
         if lo >= hi {
             return Vec::new();
         }
-        let range = series.range(lo..hi).map(|(t, v)| (*t, v.clone()));
-        match order {
-            Order::Asc => range.take(limit).collect(),
-            Order::Desc => range.rev().take(limit).collect(),
+        series.range(lo, hi, order, limit)
+    }
+
+    /// Gives back the room its maps and vectors grew for more points (a part being frozen
+    /// takes no more).
+    fn shrink_to_fit(&mut self) {
+        for resources in self.devices.values_mut() {
+            for series in resources.values_mut() {
+                series.shrink_to_fit();
+            }
+            resources.shrink_to_fit();
         }
+        self.devices.shrink_to_fit();
     }
 }
 
@@ -180,9 +281,11 @@ impl Tail {
     /// starts empty.
     pub(super) fn freeze(&mut self, log_upto: Option<i64>, outbox: OutboxHeads) -> Frozen {
         self.next_id += 1;
+        let mut part = std::mem::take(&mut self.active);
+        part.shrink_to_fit();
         let frozen = Frozen {
             id: self.next_id,
-            part: Arc::new(std::mem::take(&mut self.active)),
+            part: Arc::new(part),
             log_upto,
             outbox,
         };
@@ -256,7 +359,7 @@ impl Tail {
         for part in self.parts() {
             for (device, series) in &part.devices {
                 if let Some(s) = series.get(&resource) {
-                    out.entry(*device).or_default().extend(s.keys().copied());
+                    out.entry(*device).or_default().extend(s.iter().map(|(t, _)| *t));
                 }
             }
         }
@@ -272,7 +375,7 @@ impl Tail {
                 let newest = resources
                     .iter()
                     .filter(|(r, _)| keep(**r))
-                    .filter_map(|(_, s)| s.last_key_value().map(|(t, _)| *t))
+                    .filter_map(|(_, s)| s.last().map(|(t, _)| *t))
                     .max();
                 if let Some(t) = newest {
                     let slot = out.entry(*device).or_insert(t);
@@ -289,7 +392,7 @@ impl Tail {
         let mut out: HashMap<i64, (i64, Value)> = HashMap::new();
         for part in self.parts() {
             for (r, s) in part.devices.get(&device).into_iter().flatten() {
-                if let Some((t, v)) = s.last_key_value()
+                if let Some((t, v)) = s.last()
                     && out.get(r).is_none_or(|(old, _)| t >= old)
                 {
                     out.insert(*r, (*t, v.clone()));
@@ -347,6 +450,23 @@ thread_local! {
     /// The points the current job appended, written as its one log row when it ends
     /// ([`flush_log`]).
     static LOG: RefCell<Vec<Record>> = const { RefCell::new(Vec::new()) };
+    /// The writer's codec encoder, kept from one job to the next ([`encode_row`]).
+    static ENCODER: RefCell<codec::Encoder> = RefCell::new(codec::Encoder::new());
+}
+
+/// Rows whose records are estimated larger than this get an encoder of their own, so that
+/// the writer's keeps no buffer of a rare large request (up to the codec's 16 MiB).
+const KEPT_ENCODER_BYTES: usize = 1 << 20;
+
+/// Encodes the records of a log or outbox row with the writer's encoder, kept for the
+/// thread's life: a fresh one per job allocated a zstd context each time, which costs more
+/// than encoding a request's points. Writer thread (or any one thread) only.
+pub(super) fn encode_row(records: &[Record]) -> std::result::Result<Vec<u8>, codec::CodecError> {
+    let size: usize = records.iter().map(Record::estimated_size).sum();
+    if size > KEPT_ENCODER_BYTES {
+        return codec::Encoder::new().encode(records);
+    }
+    ENCODER.with_borrow_mut(|e| e.encode(records))
 }
 
 /// Where the current job's changes start (to drop them if its savepoint rolls back).
@@ -443,13 +563,12 @@ pub(super) fn flush_log(conn: &Connection) -> Result<()> {
         return Ok(());
     }
     let op = "appending points";
-    let mut encoder = codec::Encoder::new();
     let mut insert = conn
         .prepare_cached("INSERT INTO point_batches (data) VALUES (?1)")
         .map_err(backend(op))?;
     let mut chunks = vec![&records[..]];
     while let Some(chunk) = chunks.pop() {
-        match encoder.encode(chunk) {
+        match encode_row(chunk) {
             Ok(data) => {
                 insert.execute([data]).map_err(backend(op))?;
             }
@@ -682,7 +801,7 @@ pub(super) fn unfolded_at_commit() -> std::collections::BTreeSet<(i64, i64, i64)
             .iter()
             .flat_map(|(d, rs)| {
                 rs.iter()
-                    .flat_map(move |(r, s)| s.keys().map(move |t| (*d, *r, *t)))
+                    .flat_map(move |(r, s)| s.iter().map(move |(t, _)| (*d, *r, *t)))
             })
             .collect()
     };
@@ -1041,7 +1160,7 @@ pub(super) fn encode(part: &Part) -> Result<Encoded> {
                 data: encoder.encode(&records).map_err(codec_err(op))?,
             });
         }
-        if let Some((t, v)) = points.last_key_value() {
+        if let Some((t, v)) = points.last() {
             out.latest.push((device, resource, *t, v.clone()));
         }
     }
