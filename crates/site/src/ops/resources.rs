@@ -90,15 +90,8 @@ pub async fn delete(state: &AppState, cid: &ConnectorId, name: &ResourceName) ->
         // It may have ended meanwhile: then there is nothing to cancel.
         let _ = super::backfill::cancel_here(state, cid).await;
     }
-    let usage = state.store.resource_usage(cid, name).await?;
     state.store.delete_resource(cid, name).await?;
-    tracing::info!(
-        connector = %cid,
-        resource = %name,
-        points = usage.points,
-        devices = usage.devices,
-        "deleted resource"
-    );
+    tracing::info!(connector = %cid, resource = %name, "deleted resource");
     Ok(())
 }
 

@@ -2,8 +2,9 @@
 //! sites: Settings › General renames and re-describes a paired connector (a blank name and a
 //! name another connector has are refused with a capitalised sentence that focuses the
 //! field, changing nothing), and says what renaming means for the peer; the Add resource
-//! form has the Remote-Sync switch; a resource's page deletes it after a confirmation that
-//! says in words what that means for the Target, with the count of points it deletes.
+//! form has the Remote-Sync switch (not on the Target); a resource's page deletes it after a
+//! confirmation that says in words what that means for the Target, with the count of points
+//! it deletes, and the Target's page says what deleting there would mean.
 //!
 //! Screenshots land in `target/ui-screenshots/9x-*.png` for a person to look at; the test
 //! asserts on the DOM only. Nothing sleeps: every wait polls with a deadline.
@@ -152,5 +153,34 @@ async fn operator_renames_a_paired_connector_adds_a_synced_resource_and_deletes_
         "site-b keeps them"
     );
     shot(&br, "93-resource-deleted").await?;
+
+    // On the Target, Add resource has no Remote-Sync switch (the data comes from the
+    // Source), and deleting says what it means there.
+    let target = &sites[1].url;
+    sign_in(&br, target, &sites[1].opts.admin_password).await?;
+    br.goto(&format!("{target}/connectors/{tid}/resources"))
+        .await?;
+    br.wait_for("#resource-form").await?;
+    assert!(
+        br.client
+            .find(fantoccini::Locator::Css("#resource-remote-sync"))
+            .await
+            .is_err(),
+        "no Remote-Sync switch on a Target"
+    );
+    br.goto(&format!("{target}/connectors/{tid}/resources/pressure"))
+        .await?;
+    let words = wait_text(
+        &br,
+        "#delete-resource-words",
+        "3 points from 1 device on site-b",
+    )
+    .await?;
+    assert!(
+        words.contains("deleted here only: site-a keeps its pressure")
+            && words.contains("wait here until a resource of that name exists again"),
+        "{words}"
+    );
+    shot(&br, "94-target-delete-words").await?;
     Ok(())
 }
