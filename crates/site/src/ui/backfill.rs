@@ -14,7 +14,7 @@ use serde::Deserialize;
 use store::Connector;
 
 use super::error_page::{UiResult, load_connector};
-use super::session::{Ctx, flash_error_redirect, flash_redirect};
+use super::session::{Ctx, flash_error_redirect, flash_redirect, refusal_redirect};
 use super::view::{When, count, thousands};
 use crate::ops;
 use crate::state::AppState;
@@ -247,9 +247,11 @@ pub async fn start(
         "24h" => Some(now - 24 * hour),
         "7d" => Some(now - 7 * 24 * hour),
         other => {
-            return Ok(flash_error_redirect(
+            return Ok(refusal_redirect(
                 &back,
                 &format!("Nothing was sent: {other:?} is not a range this form offers."),
+                "backfill-range",
+                &typed(&form),
             ));
         }
     };
@@ -274,8 +276,36 @@ pub async fn start(
                 super::view::utc_text(v.since) + " UTC"
             ),
         ),
-        Err(e) => flash_error_redirect(&back, &format!("Nothing was sent: {e}")),
+        Err(e) => refusal_redirect(
+            &back,
+            &format!("Nothing was sent: {e}"),
+            start_field(&e),
+            &typed(&form),
+        ),
     })
+}
+
+/// What the Send history again form held, by field id, to fill it in again after a refusal.
+fn typed(form: &StartForm) -> [(&'static str, &str); 3] {
+    [
+        ("backfill-resource", form.resource.as_str()),
+        ("backfill-range", form.range.as_str()),
+        ("backfill-devices", form.devices.as_str()),
+    ]
+}
+
+/// The id of the Send history again field a refusal is about: the devices named, the
+/// resource, or the range (empty when it is about none: the pairing, a backfill running).
+fn start_field(e: &crate::ops::Error) -> &'static str {
+    use crate::ops::Error as E;
+    let m = e.to_string();
+    match e {
+        E::RangeNotHeld(_) => "backfill-range",
+        _ if m.contains("device") => "backfill-devices",
+        E::Invalid(_) | E::NotFound(_) if m.contains("resource") => "backfill-resource",
+        _ if m.contains("since") || m.contains("until") => "backfill-range",
+        _ => "",
+    }
 }
 
 /// `POST /connectors/{cid}/settings/remote-sync/backfill/cancel`, field `back`.

@@ -23,7 +23,7 @@ use super::connectors::ConnView;
 use super::error_page::{UiResult, connector_crumbs, load_connector};
 use super::frame::{Crumb, Frame};
 use super::session::Ctx;
-use super::session::{flash_error_redirect, flash_redirect};
+use super::session::{flash_error_redirect, flash_redirect, refusal_redirect};
 use crate::api::render::{drift_json, resent_json};
 use crate::ops;
 use crate::state::AppState;
@@ -286,12 +286,14 @@ pub async fn set_budget(
         raw => match raw.parse::<u64>() {
             Ok(b) => Some(b),
             Err(_) => {
-                return Ok(flash_error_redirect(
+                return Ok(refusal_redirect(
                     &back,
                     &format!(
                         "The budget was not changed: {raw:?} is not a whole number of bytes per \
                          second (leave it empty for no limit)."
                     ),
+                    BUDGET_FIELD,
+                    &[(BUDGET_FIELD, raw)],
                 ));
             }
         },
@@ -305,9 +307,17 @@ pub async fn set_budget(
                     .to_owned(),
             },
         ),
-        Err(e) => flash_error_redirect(&back, &format!("The budget was not changed: {e}")),
+        Err(e) => refusal_redirect(
+            &back,
+            &format!("The budget was not changed: {e}"),
+            BUDGET_FIELD,
+            &[(BUDGET_FIELD, raw)],
+        ),
     })
 }
+
+/// The id of the bandwidth budget's field on the Remote-Sync tab.
+const BUDGET_FIELD: &str = "max-bytes-per-s";
 
 /// `GET /connectors/{cid}/settings/remote-sync/compare`.
 pub async fn compare(ctx: Ctx, State(state): State<AppState>, Path(cid): Path<String>) -> UiResult {

@@ -125,7 +125,25 @@ async fn switching_remote_sync_on_offers_the_history_and_the_target_asks_for_mor
         );
     }
 
-    // The Target asks its Source again for one device, from its Remote-Sync tab.
+    // A refused bandwidth budget comes back focused with what was typed (#16 item 10).
+    b.goto(&format!(
+        "{}/connectors/{cid}/settings/remote-sync",
+        sites[0].url
+    ))
+    .await?;
+    fill(&b, "#max-bytes-per-s", "10").await?;
+    b.client
+        .execute(
+            "const f = document.getElementById('budget-form'); f.noValidate = true; \
+             document.getElementById('set-budget').click(); return null;",
+            vec![],
+        )
+        .await?;
+    wait_text(&b, "#flash", "The budget was not changed").await?;
+    refused_field(&b, "max-bytes-per-s", "10").await?;
+
+    // The Target asks its Source again for one device, from its Remote-Sync tab; a device
+    // the Source does not have is refused with the field focused and kept.
     sign_in(&b, &sites[1].url, &sites[1].opts.admin_password).await?;
     b.goto(&format!(
         "{}/connectors/{tid}/settings/remote-sync",
@@ -133,6 +151,10 @@ async fn switching_remote_sync_on_offers_the_history_and_the_target_asks_for_mor
     ))
     .await?;
     b.wait_for("#backfill-form").await?;
+    fill(&b, "#backfill-devices", "dev-1, nope-9").await?;
+    click(&b, "#backfill-start").await?;
+    wait_text(&b, "#flash", "Nothing was sent").await?;
+    refused_field(&b, "backfill-devices", "dev-1, nope-9").await?;
     fill(&b, "#backfill-devices", "dev-1").await?;
     click(&b, "#backfill-start").await?;
     wait_text(&b, "#flash", "Sending the history of temperature").await?;
@@ -148,4 +170,21 @@ async fn switching_remote_sync_on_offers_the_history_and_the_target_asks_for_mor
     // Nothing doubled.
     ensure!(count(&t, &tid, "dev-1").await? == PER_DEVICE as usize);
     b.close().await
+}
+
+/// The focused element is the field `id`, marked invalid, holding `value`.
+async fn refused_field(b: &Browser, id: &str, value: &str) -> anyhow::Result<()> {
+    let got = b
+        .client
+        .execute(
+            "const e = document.activeElement; \
+             return e ? [e.id, e.value, e.getAttribute('aria-invalid')] : null;",
+            vec![],
+        )
+        .await?;
+    ensure!(
+        got == serde_json::json!([id, value, "true"]),
+        "focused {got}, not {id} holding {value:?}"
+    );
+    Ok(())
 }
