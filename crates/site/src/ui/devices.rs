@@ -118,8 +118,10 @@ pub struct ListFilter {
     #[serde(default)]
     order: String,
     cursor: Option<String>,
-    /// The number of this page, for the pager's words only (paging itself is by cursor).
-    page: Option<usize>,
+    /// The number of this page, for the pager's words only (paging itself is by cursor;
+    /// anything but a number reads as page 2 of a page reached through a cursor).
+    #[serde(default)]
+    page: String,
     /// `remote` shows the peer's list (paired connectors only).
     #[serde(default)]
     side: String,
@@ -186,7 +188,7 @@ impl ListFilter {
     fn page_number(&self) -> usize {
         match self.cursor {
             None => 1,
-            Some(_) => self.page.unwrap_or(2).max(1),
+            Some(_) => self.page.parse().unwrap_or(2).max(1),
         }
     }
 
@@ -1303,6 +1305,29 @@ mod tests {
         assert_eq!(range_or_default(None), "1h");
         assert_eq!(range_or_default(Some("7d")), "7d");
         assert_eq!(range_or_default(Some("1y")), "1h");
+    }
+
+    #[test]
+    fn sort_links_start_over_and_turn_the_sorted_column_around() {
+        let q = |query: &str| -> ListFilter { serde_urlencoded::from_str(query).unwrap() };
+        let plain = q("");
+        assert_eq!(plain.aria_sort("identity"), "ascending");
+        assert_eq!(plain.aria_sort("state"), "none");
+        assert_eq!(plain.sort_href("identity"), "order=desc");
+        // Last seen and sync start newest / pending first; the filters stay, the cursor goes.
+        let filtered = q("tag=00AB&state=locked&cursor=abc&page=3");
+        assert_eq!(
+            filtered.sort_href("last_seen"),
+            "tag=00AB&state=locked&sort=last_seen"
+        );
+        let by_seen = q("sort=last_seen");
+        assert_eq!(by_seen.aria_sort("last_seen"), "descending");
+        assert_eq!(by_seen.sort_href("last_seen"), "sort=last_seen&order=asc");
+        assert_eq!(q("side=remote").sort_href("state"), "side=remote&sort=state");
+        // The page number is words only: anything but a number is a page after the first.
+        assert_eq!(filtered.page_number(), 3);
+        assert_eq!(q("cursor=abc&page=x").page_number(), 2);
+        assert_eq!(q("page=7").page_number(), 1);
     }
 
     #[test]
