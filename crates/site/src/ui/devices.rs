@@ -1323,7 +1323,10 @@ mod tests {
         let by_seen = q("sort=last_seen");
         assert_eq!(by_seen.aria_sort("last_seen"), "descending");
         assert_eq!(by_seen.sort_href("last_seen"), "sort=last_seen&order=asc");
-        assert_eq!(q("side=remote").sort_href("state"), "side=remote&sort=state");
+        assert_eq!(
+            q("side=remote").sort_href("state"),
+            "side=remote&sort=state"
+        );
         // The page number is words only: anything but a number is a page after the first.
         assert_eq!(filtered.page_number(), 3);
         assert_eq!(q("cursor=abc&page=x").page_number(), 2);

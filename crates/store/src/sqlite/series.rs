@@ -359,7 +359,9 @@ impl Tail {
         for part in self.parts() {
             for (device, series) in &part.devices {
                 if let Some(s) = series.get(&resource) {
-                    out.entry(*device).or_default().extend(s.iter().map(|(t, _)| *t));
+                    out.entry(*device)
+                        .or_default()
+                        .extend(s.iter().map(|(t, _)| *t));
                 }
             }
         }
