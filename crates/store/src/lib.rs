@@ -369,6 +369,28 @@ pub trait Store: Send + Sync + 'static {
     /// ([`StoreError::SyncState`]) unless the connector is a paired Source and the resource
     /// has Remote-Sync on; [`StoreError::ResourceNotFound`] for an unknown resource.
     async fn sync_requeue(&self, cid: &ConnectorId, req: Requeue) -> Result<Requeued>;
+    /// Keeps `view` as the connector's latest backfill (replacing the one before, with its
+    /// cursor and slices): a Source's that it queues, with the `devices` named, or the one
+    /// a Target asked its Source for. A [`Requeue`] naming its id then advances it in the
+    /// slice's commit. [`StoreError::ConnectorNotFound`] for an unknown connector.
+    async fn save_backfill(
+        &self,
+        cid: &ConnectorId,
+        view: proto::lookup::BackfillView,
+        devices: Option<Vec<Identity>>,
+    ) -> Result<()>;
+    /// Records that backfill `id` of the connector stopped queuing (`state`, at `at`);
+    /// nothing when the stored one is another.
+    async fn end_backfill(
+        &self,
+        cid: &ConnectorId,
+        id: u64,
+        state: proto::lookup::BackfillState,
+        at: i64,
+    ) -> Result<()>;
+    /// Every connector's latest backfill, for a site that starts: a Source's slices are
+    /// those its peer had not wholly acknowledged.
+    async fn backfills(&self) -> Result<Vec<StoredBackfill>>;
     /// Every loss recorded on this side, oldest first.
     async fn sync_gaps(&self, cid: &ConnectorId) -> Result<Vec<GapRow>>;
     /// The points this side keeps for resources it does not have (a Target's points that

@@ -434,6 +434,26 @@ pub struct Requeue {
     pub from: Option<RequeueCursor>,
     pub max_points: usize,
     pub max_devices: usize,
+    /// The backfill this slice belongs to: its stored cursor, points queued and slice are
+    /// updated in the slice's commit ([`Store::save_backfill`]), so that a restart goes on
+    /// exactly after the last slice. `None`: a slice of no stored backfill.
+    pub backfill: Option<u64>,
+}
+
+/// A connector's latest backfill as the store keeps it ([`Store::backfills`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredBackfill {
+    pub connector: ConnectorId,
+    /// With the stored state, points queued and end; `applied` is 0 (the site counts it
+    /// against its acknowledgements with `slices`).
+    pub view: proto::lookup::BackfillView,
+    /// The identities named; `None`: every device.
+    pub devices: Option<Vec<proto::model::Identity>>,
+    /// Where the next slice starts; `None` before the first.
+    pub next: Option<RequeueCursor>,
+    /// `(first seq, points)` of each slice the peer had not wholly acknowledged, in seq
+    /// order (on a Source; empty on a Target).
+    pub slices: Vec<(u64, u64)>,
 }
 
 /// Where a backfill continues: device `device` (or the first after it in identity order,

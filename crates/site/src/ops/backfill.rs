@@ -19,6 +19,12 @@
 //! What the Source *holds*: the history within its retention window (`--retention`, the
 //! same window it keeps undelivered data for): `since` may not be older than
 //! `now - retention` (`range_not_held`, 410).
+//!
+//! A restart does not end a backfill: the store keeps each connector's latest one, and a
+//! Source's slice advances its cursor in the slice's own commit, so [`resume`] goes on
+//! exactly after the last slice that was queued (a `kill -9` mid-slice queues that slice
+//! again, whole, or not at all). A Target keeps the backfill it asked for and asks its
+//! Source for the progress again.
 
 use std::time::Duration;
 
@@ -81,6 +87,10 @@ pub async fn start(state: &AppState, cid: &ConnectorId, ask: Ask) -> Result<Back
             };
             tracing::info!(connector = %cid, id = view.id, "the Source started the backfill asked for");
             state.remote.backfills.reported(cid, view.clone());
+            // Kept so that after a restart this site still asks its Source how it goes.
+            if let Err(e) = state.store.save_backfill(cid, view.clone(), None).await {
+                tracing::warn!(connector = %cid, error = %e, "could not keep the backfill asked for");
+            }
             Ok(view)
         }
     }
@@ -162,10 +172,11 @@ pub async fn cancel_here(state: &AppState, cid: &ConnectorId) -> Result<Backfill
         Error::Conflict(format!("connector {cid} has no backfill running to cancel"))
     })?;
     let now = state.sync.clock.now();
-    state
+    let _ = state
         .remote
         .backfills
         .finish(cid, id, BackfillState::Cancelled, now);
+    ended(state, cid, id, BackfillState::Cancelled, now).await;
     tracing::info!(connector = %cid, id, "backfill cancelled");
     local(state, cid)
         .await
@@ -280,21 +291,84 @@ async fn begin(
             running.resource, running.queued
         ))
     })?;
+    if let Err(e) = state
+        .store
+        .save_backfill(cid, view.clone(), ask.devices.clone())
+        .await
+    {
+        let now = state.sync.clock.now();
+        let _ = state
+            .remote
+            .backfills
+            .finish(cid, view.id, BackfillState::Failed, now);
+        return Err(e.into());
+    }
     tracing::info!(
         connector = %cid, id = view.id, resource = %view.resource, since, until,
         by_target, "backfill started"
     );
-    let req = Requeue {
-        resource: ask.resource,
-        since,
-        until,
-        devices: ask.devices,
-        from: None,
-        max_points: SLICE_POINTS,
-        max_devices: SLICE_DEVICES,
-    };
+    let req = slices(&view, ask.devices, None);
     tokio::spawn(run(state.clone(), cid.clone(), view.id, req, cancel));
     Ok(view)
+}
+
+/// The slices of backfill `view`, from `from` on.
+fn slices(
+    view: &BackfillView,
+    devices: Option<Vec<Identity>>,
+    from: Option<store::RequeueCursor>,
+) -> Requeue {
+    Requeue {
+        resource: view.resource.clone(),
+        since: view.since,
+        until: view.until,
+        devices,
+        from,
+        max_points: SLICE_POINTS,
+        max_devices: SLICE_DEVICES,
+        backfill: Some(view.id),
+    }
+}
+
+/// Puts back the backfills the store kept, when the site starts: a Source's that was
+/// queuing goes on after its last slice; a Target's is asked of its Source again.
+pub async fn resume(state: AppState) {
+    let kept = match state.store.backfills().await {
+        Ok(kept) => kept,
+        Err(e) => {
+            tracing::error!(error = %e, "could not read the backfills to go on with them");
+            return;
+        }
+    };
+    for b in kept {
+        let cid = &b.connector;
+        let Ok(c) = state.store.connector(cid).await else {
+            continue;
+        };
+        if c.state != SyncState::Paired {
+            continue;
+        }
+        if c.role != Role::Source {
+            state.remote.backfills.reported(cid, b.view);
+            continue;
+        }
+        let id = b.view.id;
+        let queuing = b.view.state.is_running();
+        let req = slices(&b.view, b.devices, b.next);
+        let cancel = state.remote.backfills.restore(cid, b.view, b.slices);
+        if queuing {
+            tracing::info!(connector = %cid, id, "backfill goes on after the restart");
+            tokio::spawn(run(state.clone(), cid.clone(), id, req, cancel));
+        }
+    }
+}
+
+/// Records in the store that backfill `id` stopped queuing; a failure is logged (the
+/// backfill would go on after a restart, which duplicates nothing on the Target).
+async fn ended(state: &AppState, cid: &ConnectorId, id: u64, outcome: BackfillState, at: i64) {
+    if let Err(e) = state.store.end_backfill(cid, id, outcome, at).await {
+        tracing::warn!(connector = %cid, id, error = %e, "could not record the end of a backfill");
+    }
 }
 
 /// Queues the backfill slice by slice until the range is done, it is cancelled, or the
@@ -345,6 +419,9 @@ async fn run(
             BackfillState::Failed
         }
     };
-    state.remote.backfills.finish(&cid, id, outcome, now);
+    // A cancel that came during the last slice has recorded its own end.
+    if state.remote.backfills.finish(&cid, id, outcome, now) {
+        ended(&state, &cid, id, outcome, now).await;
+    }
     tracing::info!(connector = %cid, id, state = outcome.as_str(), "backfill stopped queuing");
 }

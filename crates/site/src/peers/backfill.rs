@@ -3,9 +3,10 @@
 //! the last one; on a Target, the last progress its Source reported for the backfill this
 //! site asked for. One per connector: a second is refused while one queues.
 //!
-//! In memory only: a restart forgets them. A Source's backfill then stops queuing (what it
-//! queued still goes: it is in the durable outbox) and the operator asks again; a repeated
-//! point replaces itself on the Target, so asking twice duplicates nothing.
+//! The store keeps each connector's latest one (`Store::save_backfill`, its cursor and
+//! slices advanced in each slice's commit), and a starting site puts them back here with
+//! [`Backfills::restore`] (`ops::backfill::resume`): a Source's goes on queuing exactly after
+//! its last slice, and its progress counts on.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -64,6 +65,29 @@ impl Backfills {
         Ok(cancel)
     }
 
+    /// Puts back a backfill this site queued before it restarted, with the seq runs of its
+    /// slices the peer had not wholly acknowledged (`view.queued` counts every slice).
+    pub fn restore(
+        &self,
+        cid: &ConnectorId,
+        view: BackfillView,
+        slices: Vec<(u64, u64)>,
+    ) -> CancellationToken {
+        let cancel = CancellationToken::new();
+        let unacked: u64 = slices.iter().map(|&(_, points)| points).sum();
+        self.lock().insert(
+            cid.clone(),
+            Entry {
+                acked_points: view.queued.saturating_sub(unacked),
+                view,
+                here: true,
+                slices,
+                cancel: cancel.clone(),
+            },
+        );
+        cancel
+    }
+
     /// Counts a queued slice of backfill `id`: `points` records from `first_seq` on.
     pub fn sliced(&self, cid: &ConnectorId, id: u64, first_seq: u64, points: u64) {
         if let Some(e) = self.lock().get_mut(cid)
@@ -76,14 +100,17 @@ impl Backfills {
     }
 
     /// Backfill `id` stopped queuing: everything queued (`Sending`), cancelled or failed.
-    pub fn finish(&self, cid: &ConnectorId, id: u64, state: BackfillState, at: i64) {
+    /// Whether this changed it (it was still queuing).
+    pub fn finish(&self, cid: &ConnectorId, id: u64, state: BackfillState, at: i64) -> bool {
         if let Some(e) = self.lock().get_mut(cid)
             && e.view.id == id
             && e.view.state.is_running()
         {
             e.view.state = state;
             e.view.finished_at = Some(at);
+            return true;
         }
+        false
     }
 
     /// Cancels the backfill this site queues, if one is queuing; returns its id.
@@ -208,5 +235,27 @@ mod tests {
         // A finished one does not block the next.
         assert!(b.begin(&cid, view(2)).is_ok());
         assert_eq!(b.cancel(&cid), Some(2));
+    }
+
+    #[test]
+    fn a_restored_backfill_counts_on_from_its_unacknowledged_slices() {
+        let b = Backfills::default();
+        let cid = ConnectorId::parse("abcdefghijklmn").unwrap();
+        // 10 points queued before the restart; of them, slices 30..=33 and 40..=41 were
+        // not wholly acknowledged (seq 30 was).
+        let mut v = view(3);
+        v.queued = 10;
+        b.restore(&cid, v, vec![(30, 4), (40, 2)]);
+        assert_eq!(b.view(&cid, 30).unwrap().applied, 5);
+        assert!(b.is_running(&cid, 3));
+        // It queues on, and one at a time still holds.
+        b.sliced(&cid, 3, 50, 5);
+        assert_eq!(b.begin(&cid, view(4)).unwrap_err().id, 3);
+        b.finish(&cid, 3, BackfillState::Sending, 9);
+        let v = b.view(&cid, 54).unwrap();
+        assert_eq!(
+            (v.queued, v.applied, v.state),
+            (15, 15, BackfillState::Done)
+        );
     }
 }

@@ -56,6 +56,7 @@ pub fn spawn(
         tasks.spawn(supervise(state.clone(), inbound, starts, cancel.clone()));
     }
     sync::spawn_site_tasks(&state, cancel.clone(), tasks);
+    tasks.spawn(crate::ops::backfill::resume(state.clone()));
     tasks.spawn(alarms::run(state.clone(), cancel.clone()));
     tasks.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));

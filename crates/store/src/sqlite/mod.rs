@@ -70,6 +70,7 @@ use schema::*;
 
 mod alarms;
 mod audit;
+mod backfill;
 #[cfg(test)]
 mod crash_tests;
 mod device_ids;

@@ -27,6 +27,7 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
         14,
         include_str!("../../migrations/0014_bucket_retention.sql"),
     ),
+    (15, include_str!("../../migrations/0015_backfills.sql")),
 ];
 
 /// A connection to the database with the store's settings (WAL, the synchronous level,

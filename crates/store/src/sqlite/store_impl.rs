@@ -1112,6 +1112,33 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn save_backfill(
+        &self,
+        cid: &ConnectorId,
+        view: proto::lookup::BackfillView,
+        devices: Option<Vec<Identity>>,
+    ) -> Result<()> {
+        let cid = cid.clone();
+        self.write(move |conn| backfill::save(conn, &cid, &view, devices.as_deref()))
+            .await
+    }
+
+    async fn end_backfill(
+        &self,
+        cid: &ConnectorId,
+        id: u64,
+        state: proto::lookup::BackfillState,
+        at: i64,
+    ) -> Result<()> {
+        let cid = cid.clone();
+        self.write(move |conn| backfill::end(conn, &cid, id, state, at))
+            .await
+    }
+
+    async fn backfills(&self) -> Result<Vec<StoredBackfill>> {
+        self.read(backfill::all).await
+    }
+
     async fn sync_gaps(&self, cid: &ConnectorId) -> Result<Vec<GapRow>> {
         let cid = cid.clone();
         self.read(move |conn| sync::gaps(conn, &cid)).await

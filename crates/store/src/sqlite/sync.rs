@@ -158,7 +158,7 @@ pub(super) fn forget(conn: &Connection, cid: &ConnectorId) -> Result<()> {
         [cid.as_str()],
     )
     .map_err(backend("forgetting a connector's sync state"))?;
-    Ok(())
+    super::backfill::forget(conn, cid)
 }
 
 /// Calls `f(device, resource, t, value)` for every point record not folded yet (above

@@ -192,8 +192,12 @@ pub(super) fn requeue(
         }
     }
     out.finish(conn)?;
+    let points = points as u64;
+    if let Some(id) = req.backfill {
+        super::backfill::sliced(conn, cid, id, (first_seq, points), next.as_ref())?;
+    }
     Ok(Requeued {
-        points: points as u64,
+        points,
         first_seq: if points == 0 { 0 } else { first_seq },
         next,
     })
@@ -347,6 +351,7 @@ mod tests {
                 from,
                 max_points,
                 max_devices: 100,
+                backfill: None,
             }
         }
 
@@ -492,6 +497,91 @@ mod tests {
                 Err(StoreError::SyncState { .. })
             ));
             assert_eq!(store.outbox_head(&cid()).await.unwrap(), head);
+        }
+
+        fn view(id: u64) -> proto::lookup::BackfillView {
+            proto::lookup::BackfillView {
+                id,
+                resource: name("temp"),
+                since: 10,
+                until: 40,
+                devices: Some(1),
+                state: proto::lookup::BackfillState::Queuing,
+                queued: 0,
+                applied: 0,
+                started_at: 7,
+                finished_at: None,
+                by_target: true,
+            }
+        }
+
+        /// A restart goes on exactly after the last slice committed: the store keeps the
+        /// backfill's cursor, points queued and unacknowledged slices with each slice.
+        #[tokio::test]
+        async fn a_backfill_is_kept_with_each_slice_and_found_again_after_a_reopen() {
+            use proto::lookup::BackfillState;
+            let (dir, store) = source(true).await;
+            store
+                .ingest(
+                    &cid(),
+                    vec![
+                        temp("dev1", 10, 1.0),
+                        temp("dev1", 20, 2.0),
+                        temp("dev1", 30, 3.0),
+                    ],
+                )
+                .await
+                .unwrap();
+            store
+                .save_backfill(&cid(), view(9), Some(vec![id("dev1")]))
+                .await
+                .unwrap();
+            let mut req = slice(None, 2);
+            req.devices = Some(vec![id("dev1")]);
+            req.backfill = Some(9);
+            let first = store.sync_requeue(&cid(), req.clone()).await.unwrap();
+            assert_eq!(first.points, 2);
+            // A slice of another backfill (or none) changes nothing of it.
+            let mut other = req.clone();
+            other.backfill = Some(8);
+            store.sync_requeue(&cid(), other).await.unwrap();
+            drop(store);
+            let store = SqliteStore::open(SqliteConfig::new(dir.path().join("site.db"))).unwrap();
+            let kept = store.backfills().await.unwrap();
+            assert_eq!(kept.len(), 1);
+            let b = &kept[0];
+            assert_eq!(
+                (b.view.id, b.view.state, b.view.queued),
+                (9, BackfillState::Queuing, 2)
+            );
+            assert_eq!(b.devices, Some(vec![id("dev1")]));
+            assert_eq!(b.next, first.next);
+            assert_eq!(b.slices, vec![(first.first_seq, 2)]);
+            // The next slice goes on from the kept cursor and ends the range: `sending`.
+            req.from = b.next.clone();
+            let last = store.sync_requeue(&cid(), req).await.unwrap();
+            assert_eq!((last.points, last.next.clone()), (1, None));
+            // The peer acknowledges the first slice: only the second is kept.
+            store
+                .outbox_acked(&cid(), first.first_seq + 1)
+                .await
+                .unwrap();
+            let b = store.backfills().await.unwrap().remove(0);
+            assert_eq!((b.view.state, b.view.queued), (BackfillState::Sending, 3));
+            assert_eq!(b.slices, vec![(last.first_seq, 1)]);
+            store
+                .end_backfill(&cid(), 9, BackfillState::Sending, 50)
+                .await
+                .unwrap();
+            assert_eq!(
+                store.backfills().await.unwrap()[0].view.finished_at,
+                Some(50)
+            );
+            // A new one replaces it with its slices.
+            store.save_backfill(&cid(), view(10), None).await.unwrap();
+            let b = store.backfills().await.unwrap().remove(0);
+            assert_eq!((b.view.id, b.view.queued, b.devices), (10, 0, None));
+            assert!(b.slices.is_empty() && b.next.is_none());
         }
     }
 

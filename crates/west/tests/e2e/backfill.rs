@@ -479,3 +479,106 @@ async fn a_backfill_while_another_queues_is_refused_on_either_side() -> anyhow::
     assert_eq!(cancelled.1["state"], "cancelled", "{}", cancelled.1);
     Ok(())
 }
+
+/// A backfill outlives a `kill -9` of its Source: the Source queues a slice or more, pauses
+/// behind an unacknowledged backlog (a small budget holds the Target's acknowledgements
+/// back), is killed and restarted. The same backfill is there with what it had queued
+/// (not counted from zero), goes on after its last slice once the budget is lifted, and ends
+/// `done` with every point of the range queued exactly once (more would mean it started the
+/// range again) and the Target equal to the Source.
+#[tokio::test]
+async fn a_backfill_goes_on_after_its_source_is_killed_and_restarted() -> anyhow::Result<()> {
+    /// Newer points of the range, written with Remote-Sync on: the backlog that pauses the
+    /// backfill after a slice or two (it waits past 262,144 unacknowledged records).
+    const NEWER: i64 = 258_000;
+    let (_hub, mut sites, (cid, tid), t0) = late_sync().await?;
+    let a = sites[0].admin().await?;
+    let remote_sync = format!("/api/v1/connectors/{cid}/remote-sync");
+    a.patch_ok(&remote_sync, json!({"max_bytes_per_s": 1_024}))
+        .await?;
+    for chunk in 0..NEWER / 6_000 {
+        let body: Vec<Value> = (chunk * 6_000..(chunk + 1) * 6_000)
+            .map(|n| {
+                json!({"device": format!("dev-{}", n % DEVICES as i64),
+                       "t": t0 + (PER_DEVICE + n) * SECOND,
+                       "values": {"temperature": n as f64}})
+            })
+            .collect();
+        a.post_ok(
+            &format!("/api/v1/connectors/{cid}/data"),
+            Value::Array(body),
+        )
+        .await?;
+    }
+    let until = t0 + (PER_DEVICE + NEWER) * SECOND;
+    let total = (DEVICES as i64 * PER_DEVICE + NEWER) as u64;
+    // Asked from the Target, which keeps it too and asks its Source how it goes.
+    let (s, started) = sites[1]
+        .admin()
+        .await?
+        .post(
+            &backfill(&tid),
+            json!({"resource": "temperature", "since": t0, "until": until}),
+        )
+        .await?;
+    assert_eq!(s, 202, "{started}");
+    let paused = testkit::eventually("a slice queued", testkit::DEADLINE, || async {
+        let bf = a.get_ok(&remote_sync).await?["backfill"].clone();
+        Ok((bf["points_queued"].as_u64().unwrap_or(0) > 0).then_some(bf))
+    })
+    .await?;
+    // The budget lets a little through, so a slice may still follow this read.
+    let queued = paused["points_queued"].as_u64().unwrap_or(0);
+    assert_eq!(paused["state"], "queuing", "{paused}");
+    assert!(queued < total, "paused before the end: {paused}");
+
+    sites[0].kill9().await?;
+    sites[0].restart().await?;
+    let a = sites[0].admin().await?;
+    let kept = a.get_ok(&remote_sync).await?["backfill"].clone();
+    assert_eq!(kept["id"], started["id"], "{kept}");
+    assert_eq!(kept["state"], "queuing", "{kept}");
+    let kept_queued = kept["points_queued"].as_u64().unwrap_or(0);
+    assert!(
+        (queued..total).contains(&kept_queued),
+        "what it queued before the kill is counted ({queued} or more): {kept}"
+    );
+    // The Target, killed and restarted too, still shows the backfill it asked for.
+    sites[1].kill9().await?;
+    sites[1].restart().await?;
+    let b = sites[1].admin().await?;
+    let seen = b
+        .get_ok(&format!("/api/v1/connectors/{tid}/remote-sync"))
+        .await?["backfill"]
+        .clone();
+    assert_eq!(seen["id"], started["id"], "{seen}");
+    assert_eq!(seen["asked_by"], "target", "{seen}");
+
+    a.patch_ok(&remote_sync, json!({"max_bytes_per_s": null}))
+        .await?;
+    let finished = done(&a, &cid, &started["id"]).await?;
+    assert_eq!(finished["points_queued"], total, "{finished}");
+    assert_eq!(finished["points_applied"], total, "{finished}");
+    // Each device's range in one bucket: count, extremes, first and last point.
+    let summary = |api: testkit::Api, c: String, dev: String| async move {
+        let page = api
+            .get_ok(&format!(
+                "/api/v1/connectors/{c}/devices/{dev}/resources/temperature/data\
+                 ?since={t0}&until={until}&buckets=1"
+            ))
+            .await?;
+        anyhow::Ok(page["buckets"][0].clone())
+    };
+    for d in 0..DEVICES {
+        let dev = format!("dev-{d}");
+        let there = summary(b.clone(), tid.clone(), dev.clone()).await?;
+        assert_eq!(
+            there["n"],
+            total / DEVICES as u64,
+            "{dev}: every point once: {there}"
+        );
+        let here = summary(a.clone(), cid.clone(), dev.clone()).await?;
+        assert_eq!(there, here, "{dev}");
+    }
+    Ok(())
+}
