@@ -223,7 +223,7 @@
       setInterval(async () => {
         if (document.hidden) return;
         try {
-          const resp = await fetch(location.href, { credentials: "same-origin" });
+          const resp = await fetch(location.href, { credentials: "same-origin", headers: { "X-West-Refresh": "1" } });
           if (!resp.ok) return;
           const doc = new DOMParser().parseFromString(await resp.text(), "text/html");
           for (const el of els) {
@@ -307,7 +307,8 @@
     if (refreshing) return refreshing;
     refreshing = (async () => {
       const host = $("[data-device-src]");
-      const res = await fetch(location.href, { credentials: "same-origin", headers: { Accept: "text/html" } });
+      // The header leaves a notice a form's redirect just set for the page it goes to.
+      const res = await fetch(location.href, { credentials: "same-origin", headers: { Accept: "text/html", "X-West-Refresh": "1" } });
       if (!host || !res.ok) return; // deleted: the poll and the stream say so
       const doc = new DOMParser().parseFromString(await res.text(), "text/html");
       const fresh = $("[data-device-src]", doc);

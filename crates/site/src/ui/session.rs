@@ -6,7 +6,8 @@
 //! redirected to `/login?next=…` and comes back after signing in.
 //!
 //! Notices after a POST travel in a one-shot `west_flash` cookie that the next page shows
-//! and clears, so that reloading a page never repeats an action.
+//! and clears, so that reloading a page never repeats an action. A page's background
+//! refresh of itself (header `X-West-Refresh`) leaves the notice for the next page.
 
 use askama::Template;
 use axum::Form;
@@ -23,6 +24,8 @@ use crate::state::AppState;
 
 /// Name of the one-shot notice cookie.
 const FLASH_COOKIE: &str = "west_flash";
+/// The header of a page's background refresh of itself, which leaves the notice alone.
+const REFRESH_HEADER: &str = "x-west-refresh";
 
 /// Who is asking and what the frame of their page shows. Extracting it is what makes a page
 /// require a session.
@@ -122,7 +125,12 @@ impl FromRequestParts<AppState> for Ctx {
             Ok(None) => return Err(login_redirect(&parts.uri)),
             Err(e) => return Err(e.into_response()),
         };
+        // A page's own background refresh (`X-West-Refresh`, web/static/app.js) neither
+        // shows nor clears the notice: it belongs to the page the browser shows next, and a
+        // refresh that raced a form's redirect used to take it away from that page.
+        let refresh = parts.headers.contains_key(REFRESH_HEADER);
         let pairs = cookie(parts, FLASH_COOKIE)
+            .filter(|_| !refresh)
             .and_then(|v| {
                 serde_urlencoded::from_str::<Vec<(String, String)>>(&format!("m={v}")).ok()
             })

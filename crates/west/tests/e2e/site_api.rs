@@ -599,3 +599,39 @@ async fn a_new_device_token_replaces_the_old_one_at_once() -> anyhow::Result<()>
     );
     Ok(())
 }
+
+/// A notice after a form (the one-shot `west_flash` cookie) is shown by the page the
+/// browser goes to, not taken by a page's background refresh of itself that races the
+/// redirect (web/static/app.js sends those with `X-West-Refresh`). Without this, the
+/// device page's refresh swallowed "Tag floor set" now and then (ui::operator_creates_…
+/// timed out waiting for it under load).
+#[tokio::test]
+async fn a_background_refresh_leaves_the_notice_for_the_next_page() -> anyhow::Result<()> {
+    let site = util::site("site-a").await?;
+    let c = crate::security_site::client(None)?;
+    let session = crate::security_site::ui_session(&c, &site).await?;
+    let cookies = format!("{session}; west_flash=Tag%20floor%20set");
+    let get = |refresh: bool| {
+        let mut r = c.get(format!("{}/", site.url)).header("cookie", &cookies);
+        if refresh {
+            r = r.header("x-west-refresh", "1");
+        }
+        r.send()
+    };
+    let clears = |r: &reqwest::Response| {
+        r.headers()
+            .get_all(reqwest::header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.starts_with("west_flash="))
+    };
+    let r = get(true).await?;
+    assert_eq!(r.status(), 200);
+    assert!(!clears(&r), "the refresh cleared the notice");
+    assert!(!r.text().await?.contains("Tag floor set"));
+    let r = get(false).await?;
+    assert_eq!(r.status(), 200);
+    assert!(clears(&r), "the page shows the notice once");
+    assert!(r.text().await?.contains("Tag floor set"));
+    Ok(())
+}
