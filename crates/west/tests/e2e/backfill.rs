@@ -423,21 +423,19 @@ async fn backfill_rate() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One backfill at a time per connector: while one queues (here it waits, because the
-/// outbox holds more unacknowledged records than a backfill may run ahead of, 262,144),
-/// another is refused with 409 `conflict` on either side, naming the running one, and the
-/// running one goes on until cancelled.
-#[tokio::test]
-async fn a_backfill_while_another_queues_is_refused_on_either_side() -> anyhow::Result<()> {
-    const BACKLOG: i64 = 270_000;
-    let (_hub, sites, (cid, tid), t0) = late_sync().await?;
-    let (a, b) = (sites[0].admin().await?, sites[1].admin().await?);
-    let remote_sync = format!("/api/v1/connectors/{cid}/remote-sync");
-    // A small budget keeps the Target from acknowledging the backlog below for minutes.
-    a.patch_ok(&remote_sync, json!({"max_bytes_per_s": 2_000}))
-        .await?;
-    for chunk in 0..BACKLOG / 5_000 {
-        let body: Vec<Value> = (chunk * 5_000..(chunk + 1) * 5_000)
+/// Writes `points` newer points of the range (after the `PER_DEVICE` a device has, one a
+/// second) with Remote-Sync on, behind the smallest bandwidth budget, which keeps the Target
+/// from acknowledging them for minutes: an outbox backlog that pauses a backfill (it waits
+/// past 262,144 unacknowledged records).
+async fn held_backlog(a: &testkit::Api, cid: &str, t0: i64, points: i64) -> anyhow::Result<()> {
+    const CHUNK: i64 = 6_000;
+    a.patch_ok(
+        &format!("/api/v1/connectors/{cid}/remote-sync"),
+        json!({"max_bytes_per_s": 1_024}),
+    )
+    .await?;
+    for start in (0..points).step_by(CHUNK as usize) {
+        let body: Vec<Value> = (start..(start + CHUNK).min(points))
             .map(|n| {
                 json!({"device": format!("dev-{}", n % DEVICES as i64),
                        "t": t0 + (PER_DEVICE + n) * SECOND,
@@ -450,6 +448,20 @@ async fn a_backfill_while_another_queues_is_refused_on_either_side() -> anyhow::
         )
         .await?;
     }
+    Ok(())
+}
+
+/// One backfill at a time per connector: while one queues (here it waits, because the
+/// outbox holds more unacknowledged records than a backfill may run ahead of, 262,144),
+/// another is refused with 409 `conflict` on either side, naming the running one, and the
+/// running one goes on until cancelled.
+#[tokio::test]
+async fn a_backfill_while_another_queues_is_refused_on_either_side() -> anyhow::Result<()> {
+    const BACKLOG: i64 = 270_000;
+    let (_hub, sites, (cid, tid), t0) = late_sync().await?;
+    let (a, b) = (sites[0].admin().await?, sites[1].admin().await?);
+    let remote_sync = format!("/api/v1/connectors/{cid}/remote-sync");
+    held_backlog(&a, &cid, t0, BACKLOG).await?;
     let (s, first) = a
         .post(&backfill(&cid), json!({"resource": "temperature"}))
         .await?;
@@ -494,22 +506,7 @@ async fn a_backfill_goes_on_after_its_source_is_killed_and_restarted() -> anyhow
     let (_hub, mut sites, (cid, tid), t0) = late_sync().await?;
     let a = sites[0].admin().await?;
     let remote_sync = format!("/api/v1/connectors/{cid}/remote-sync");
-    a.patch_ok(&remote_sync, json!({"max_bytes_per_s": 1_024}))
-        .await?;
-    for chunk in 0..NEWER / 6_000 {
-        let body: Vec<Value> = (chunk * 6_000..(chunk + 1) * 6_000)
-            .map(|n| {
-                json!({"device": format!("dev-{}", n % DEVICES as i64),
-                       "t": t0 + (PER_DEVICE + n) * SECOND,
-                       "values": {"temperature": n as f64}})
-            })
-            .collect();
-        a.post_ok(
-            &format!("/api/v1/connectors/{cid}/data"),
-            Value::Array(body),
-        )
-        .await?;
-    }
+    held_backlog(&a, &cid, t0, NEWER).await?;
     let until = t0 + (PER_DEVICE + NEWER) * SECOND;
     let total = (DEVICES as i64 * PER_DEVICE + NEWER) as u64;
     // Asked from the Target, which keeps it too and asks its Source how it goes.

@@ -563,19 +563,12 @@ async fn the_editing_forms_and_calls_refuse_cross_site_requests() -> anyhow::Res
     .await?;
     let (client, cookie) = ui_session(&site).await?;
     let own = site.url.clone();
-    let page = client
-        .get(format!("{own}/connectors/{cid}/settings"))
-        .header("cookie", &cookie)
-        .send()
-        .await?
-        .text()
-        .await?;
-    let token = page
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .ok_or_else(|| anyhow::anyhow!("no form token in the page"))?
-        .to_owned();
+    let token = crate::security_site::form_token(
+        &client,
+        &cookie,
+        &format!("{own}/connectors/{cid}/settings"),
+    )
+    .await?;
     let rename = format!("{own}/connectors/{cid}/settings");
     let delete = format!("{own}/connectors/{cid}/resources/temperature/delete");
     let unchanged = || async {

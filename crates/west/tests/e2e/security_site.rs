@@ -159,6 +159,28 @@ pub(crate) async fn ui_session(c: &reqwest::Client, site: &SiteProc) -> anyhow::
     Ok(cookie.split(';').next().unwrap_or_default().to_owned())
 }
 
+/// The form token (`csrf`) of the first form on the page at `url`, fetched with the session
+/// `cookie`.
+pub(crate) async fn form_token(
+    c: &reqwest::Client,
+    cookie: &str,
+    url: &str,
+) -> anyhow::Result<String> {
+    let page = c
+        .get(url)
+        .header("cookie", cookie)
+        .send()
+        .await?
+        .text()
+        .await?;
+    Ok(page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .ok_or_else(|| anyhow::anyhow!("no form token in the page at {url}"))?
+        .to_owned())
+}
+
 async fn connector_count(admin: &Api) -> anyhow::Result<usize> {
     let list = admin.get_ok("/api/v1/connectors").await?;
     Ok(list["connectors"]
@@ -230,19 +252,7 @@ async fn cross_site_requests_cannot_change_anything_with_the_session_cookie() ->
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     // The site's own form, with its token, from its own origin, works.
-    let page = c
-        .get(format!("{own}/connectors/new"))
-        .header("cookie", &cookie)
-        .send()
-        .await?
-        .text()
-        .await?;
-    let token = page
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .ok_or_else(|| anyhow::anyhow!("no form token in the page"))?
-        .to_owned();
+    let token = form_token(&c, &cookie, &format!("{own}/connectors/new")).await?;
     let r = c
         .post(format!("{own}/connectors/new"))
         .header("cookie", &cookie)
@@ -351,19 +361,12 @@ async fn pages_and_answers_carry_the_security_headers() -> anyhow::Result<()> {
         .unwrap_or_default()
         .to_owned();
     let cookie = ui_session(&c, &site).await?;
-    let page = c
-        .get(format!("{}/connectors/{cid}/devices/new", site.url))
-        .header("cookie", &cookie)
-        .send()
-        .await?;
-    let token = page
-        .text()
-        .await?
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .unwrap_or_default()
-        .to_owned();
+    let token = form_token(
+        &c,
+        &cookie,
+        &format!("{}/connectors/{cid}/devices/new", site.url),
+    )
+    .await?;
     let r = c
         .post(format!("{}/connectors/{cid}/devices/new", site.url))
         .header("cookie", &cookie)

@@ -448,19 +448,7 @@ async fn cross_site_requests_cannot_create_remove_or_reset_users() -> anyhow::Re
     Api::login(&site.url, "admin", &site.opts.admin_password).await?;
 
     // The Users page's own form, with its token, from this origin, creates the user.
-    let page = c
-        .get(format!("{own}/users"))
-        .header("cookie", &cookie)
-        .send()
-        .await?
-        .text()
-        .await?;
-    let token = page
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .ok_or_else(|| anyhow::anyhow!("no form token in the page"))?
-        .to_owned();
+    let token = crate::security_site::form_token(&c, &cookie, &format!("{own}/users")).await?;
     let mut fields = mallory.to_vec();
     fields.push(("csrf", token.as_str()));
     let r = c
