@@ -500,51 +500,11 @@ async fn deleting_a_synced_resource_delivers_what_was_queued_and_sends_nothing_a
     Ok(())
 }
 
-/// An urlencoded form body.
-fn form(pairs: &[(&str, &str)]) -> String {
-    let enc = |s: &str| -> String {
-        s.bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b"-_.".contains(&b) {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect()
-    };
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
 /// Signs in through the login form; returns a client that follows no redirect and the
 /// session cookie (`name=value`).
 async fn ui_session(site: &testkit::SiteProc) -> anyhow::Result<(reqwest::Client, String)> {
-    let c = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()?;
-    let r = c
-        .post(format!("{}/login", site.url))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(form(&[
-            ("username", "admin"),
-            ("password", site.opts.admin_password.as_str()),
-        ]))
-        .send()
-        .await?;
-    anyhow::ensure!(r.status().is_redirection(), "login answered {}", r.status());
-    let cookie = r
-        .headers()
-        .get_all(reqwest::header::SET_COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|v| v.starts_with("west_session_"))
-        .and_then(|v| v.split(';').next())
-        .ok_or_else(|| anyhow::anyhow!("no session cookie"))?
-        .to_owned();
+    let c = crate::security_site::client(None)?;
+    let cookie = crate::security_site::ui_session(&c, site).await?;
     Ok((c, cookie))
 }
 
@@ -596,7 +556,7 @@ async fn the_editing_forms_and_calls_refuse_cross_site_requests() -> anyhow::Res
                 .post(url.as_str())
                 .header("cookie", &cookie)
                 .header("content-type", "application/x-www-form-urlencoded")
-                .body(form(&fields));
+                .body(crate::security_site::form(&fields));
             if let Some(o) = origin {
                 req = req.header("origin", o);
             }
@@ -628,7 +588,7 @@ async fn the_editing_forms_and_calls_refuse_cross_site_requests() -> anyhow::Res
         .header("cookie", &cookie)
         .header("origin", &own)
         .header("content-type", "application/x-www-form-urlencoded")
-        .body(form(&[
+        .body(crate::security_site::form(&[
             ("name", "plant-north"),
             ("description", ""),
             ("csrf", token.as_str()),
@@ -641,7 +601,7 @@ async fn the_editing_forms_and_calls_refuse_cross_site_requests() -> anyhow::Res
         .header("cookie", &cookie)
         .header("origin", &own)
         .header("content-type", "application/x-www-form-urlencoded")
-        .body(form(&[("csrf", token.as_str())]))
+        .body(crate::security_site::form(&[("csrf", token.as_str())]))
         .send()
         .await?;
     assert!(r.status().is_redirection(), "{}", r.status());
