@@ -1,16 +1,14 @@
-//! Who is calling: admin bootstrap, password hashing (argon2), bearer and cookie tokens for
-//! users, and device tokens for the device API.
+//! Who is calling: admin bootstrap, bearer and cookie tokens for users, and device tokens for
+//! the device API.
 //!
 //! Tokens are 32 random bytes in base64url. The store only ever sees their SHA-256, so a copy
 //! of the database lets nobody sign in.
 //!
-//!
-//! Password checks go through [`crate::login::LoginGuard`].
+//! Passwords are hashed in [`crate::login`] (re-exported here), which sits below this module
+//! and `state`; password checks go through [`crate::login::LoginGuard`].
 
 use std::net::IpAddr;
 
-use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use axum::extract::FromRequestParts;
 use axum::http::header::{AUTHORIZATION, COOKIE};
 use axum::http::request::Parts;
@@ -35,25 +33,7 @@ pub const TOKEN_LIFETIME_MICROS: i64 = 30 * 24 * 3600 * 1_000_000;
 /// The user created on first start.
 pub const ADMIN: &str = "admin";
 
-pub fn hash_password(password: &str) -> anyhow::Result<String> {
-    let mut salt = [0u8; 16];
-    rand::rng().fill_bytes(&mut salt);
-    let salt = SaltString::encode_b64(&salt).map_err(|e| anyhow::anyhow!("salt: {e}"))?;
-    crate::login::argon2()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| anyhow::anyhow!("hashing a password: {e}"))
-}
-
-pub fn verify_password(password: &str, hash: &str) -> bool {
-    PasswordHash::new(hash)
-        .map(|parsed| {
-            Argon2::default()
-                .verify_password(password.as_bytes(), &parsed)
-                .is_ok()
-        })
-        .unwrap_or(false)
-}
+pub use crate::login::{hash_password, verify_password};
 
 /// A fresh random secret (token or generated password) and the hash the store keeps.
 pub fn new_token() -> (String, TokenHash) {

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use rand::RngCore;
 use tokio::sync::Semaphore;
 
@@ -102,6 +102,28 @@ impl Default for LoginGuard {
 pub fn argon2() -> Argon2<'static> {
     let params = argon2::Params::new(7 * 1024, 5, 1, None).unwrap_or_default();
     Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+}
+
+/// Hashes a new password with [`argon2`]'s parameters and a random salt (PHC string).
+pub fn hash_password(password: &str) -> anyhow::Result<String> {
+    let mut salt = [0u8; 16];
+    rand::rng().fill_bytes(&mut salt);
+    let salt = SaltString::encode_b64(&salt).map_err(|e| anyhow::anyhow!("salt: {e}"))?;
+    argon2()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| anyhow::anyhow!("hashing a password: {e}"))
+}
+
+/// Whether `password` matches the stored `hash` (checked with the parameters it names).
+pub fn verify_password(password: &str, hash: &str) -> bool {
+    PasswordHash::new(hash)
+        .map(|parsed| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        })
+        .unwrap_or(false)
 }
 
 /// Starts the checker threads; they end when the guard (the sender) is dropped.
@@ -260,7 +282,7 @@ impl LoginGuard {
 }
 
 impl LoginGuard {
-    /// Hashes a new password (argon2, as [`crate::auth::hash_password`]) on the checker
+    /// Hashes a new password (argon2, as [`hash_password`]) on the checker
     /// threads, within the same queue as checks: creating users and changing passwords can
     /// take no more memory and CPU than sign-ins can. `Err` when the queue is full.
     pub async fn hash(&self, password: &str) -> Result<anyhow::Result<String>, Refused> {
@@ -271,7 +293,7 @@ impl LoginGuard {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move |_| {
             let _queued = queued;
-            let _ = tx.send(crate::auth::hash_password(&password));
+            let _ = tx.send(hash_password(&password));
         });
         if self.jobs.get_or_init(checkers).send(job).is_err() {
             tracing::error!("the password checkers are gone");
@@ -284,7 +306,7 @@ impl LoginGuard {
 /// The most argon2 memory a stored hash may ask for (256 MiB); a larger `m` is refused.
 const MAX_BLOCKS: usize = 256 * 1024;
 
-/// [`crate::auth::verify_password`], computing in `blocks` (resized to the hash's parameters and kept),
+/// [`verify_password`], computing in `blocks` (resized to the hash's parameters and kept),
 /// so that a checker thread allocates its memory once per burst rather than on every check.
 pub fn verify_with_memory(password: &str, hash: &str, blocks: &mut Vec<argon2::Block>) -> bool {
     let Ok(parsed) = PasswordHash::new(hash) else {
@@ -328,7 +350,6 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::hash_password;
 
     #[test]
     fn new_hashes_take_7_mib_and_older_19_mib_ones_still_verify() {
@@ -344,7 +365,7 @@ mod tests {
         let mut blocks = Vec::new();
         assert!(verify_with_memory("correct horse", &old, &mut blocks));
         assert!(!verify_with_memory("correct hors", &old, &mut blocks));
-        assert!(crate::auth::verify_password("correct horse", &old));
+        assert!(verify_password("correct horse", &old));
     }
 
     #[test]
