@@ -307,9 +307,11 @@ pub trait Store: Send + Sync + 'static {
     /// At most `max` consecutive records from `from`, or the lost span that holds `from`
     /// ([`outbox_range`](Self::outbox_range) up to the head).
     async fn outbox_read(&self, cid: &ConnectorId, from: u64, max: usize) -> Result<OutboxChunk>;
-    /// The head and [`outbox_read`](Self::outbox_read)`(cid, from, max)`, in one snapshot
+    /// The head and [`outbox_read`](Self::outbox_read)`(cid, from, max)`, as of one commit
     /// where the backend has them: what a sync driver woken by an append reads, so that the
-    /// records leave without a second round trip to the store.
+    /// records leave without a second round trip to the store (the SQLite store answers
+    /// from the records its latest commits appended, kept in memory, when it holds them
+    /// from `from` on; then without any).
     async fn outbox_head_read(
         &self,
         cid: &ConnectorId,

@@ -7,7 +7,9 @@
 //!   savepoint; its caller hears back only after the COMMIT (or with the commit's failure),
 //!   and a refused job rolls back alone, its tail changes and log row with it.
 //! - After a COMMIT the writer applies the transaction's tail changes and sends its live
-//!   points before any caller hears back: a caller that heard back can read its writes.
+//!   points before any caller hears back: a caller that heard back can read its writes. The
+//!   live points go out first, under the tail's write lock, so that a subscriber renders
+//!   them while the tail takes them, and still reads them if it asks.
 //! - Nothing on the commit path folds, except past the tail's hard bound
 //!   ([`HARD_BOUND_PARTS`]): the compactor encodes, and its install is an ordinary job.
 //! - Checkpoints run on the checkpointer's own connection, passive; the writer only
@@ -124,14 +126,23 @@ pub(super) const WAL_SAFETY_PAGES: u32 = 16_384;
 pub(super) const WAL_RESTART_PAGES: i64 = 4_096;
 /// Least time between two checkpoints of the checkpointer.
 pub(super) const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+/// WAL pages (4 MiB) below which the checkpointer lets the WAL grow. A commit that finds
+/// the whole WAL copied starts it over from its beginning, and SQLite syncs the new WAL
+/// header then (`synchronous = NORMAL` syncs nothing else on a commit): checkpointing
+/// after every commit, as when this was zero, put an fsync on the commit path of every
+/// transaction of a site that commits less often than [`CHECKPOINT_EVERY`], a few
+/// milliseconds of a point's latency on a busy disk (docs/benchmarks.md, "Latency,
+/// session 7"). Now one commit in this many pages written pays it.
+pub(super) const CHECKPOINT_PAGES: i64 = 1_024;
 
 /// Copies committed WAL pages into the database, off the commit path. SQLite's automatic
 /// checkpoint runs inside the commit that crosses its threshold, so the writer (and every
 /// caller waiting for that commit) paid for copying the whole WAL, and with a small WAL the
 /// same hot pages were copied after almost every commit. Here a passive checkpoint (it
 /// never blocks the writer or readers) runs at most every [`CHECKPOINT_EVERY`] after a
-/// commit, on the other core, and a page written by many commits meanwhile is copied once.
-/// Ends when the writer does.
+/// commit that left at least [`CHECKPOINT_PAGES`] in the WAL (`wal_pages`, which the
+/// writer's WAL hook keeps), on the other core, and a page written by many commits
+/// meanwhile is copied once. Ends when the writer does.
 /// When a pass has copied a WAL of [`WAL_RESTART_PAGES`] or more entirely, it asks the
 /// writer (`restart_due`) to restart the WAL between two transactions: the writer holds the
 /// write lock anyway, and only the pages committed since the pass remain to copy.
@@ -139,8 +150,12 @@ pub(super) fn checkpointer(
     conn: Connection,
     commits: std::sync::mpsc::Receiver<()>,
     restart_due: &AtomicBool,
+    wal_pages: &AtomicI64,
 ) {
     while commits.recv().is_ok() {
+        if wal_pages.load(Ordering::Relaxed) < CHECKPOINT_PAGES {
+            continue;
+        }
         match wal_checkpoint(&conn, "PASSIVE") {
             Ok((log, copied)) if log >= WAL_RESTART_PAGES && copied == log => {
                 restart_due.store(true, Ordering::Relaxed);
@@ -174,6 +189,8 @@ pub(super) struct Folding {
     pub(super) compactor: std::sync::mpsc::Sender<series::Frozen>,
     /// The live stream: committed points go out here.
     pub(super) live: tokio::sync::broadcast::Sender<Arc<LiveBatch>>,
+    /// The outbox records of the latest commits, for the sync driver's next read.
+    pub(super) recent: Arc<recent::Recent>,
 }
 
 /// The tail may hold this many parts' worth of points (the active one and those frozen for
@@ -241,7 +258,7 @@ pub(super) fn fold_all(conn: &Connection, folding: &Folding) {
                 points = folding.bound,
                 "the tail reached its bound before the compactor caught up; folded it on the commit path"
             );
-            series::apply(&folding.tail, ops);
+            series::apply(&folding.tail, ops, || {});
         }
         Err(e) => {
             let _ = conn.execute_batch("ROLLBACK");
@@ -301,16 +318,39 @@ pub(super) fn compactor(
     }
 }
 
+/// Has every commit of the writer's connection publish the pages its WAL holds (for the
+/// checkpointer), and checkpoint there itself past [`WAL_SAFETY_PAGES`] (the checkpointer
+/// fallen behind), which is what `PRAGMA wal_autocheckpoint` did before this hook replaced
+/// it. Should the hook fail to install, the pages read as many: the checkpointer then runs
+/// after every commit, as before the hook.
+fn watch_wal(conn: &mut Connection, wal_pages: Arc<AtomicI64>) {
+    let pages = Arc::clone(&wal_pages);
+    let hook = conn.wal_hook(Some(
+        move |wal: &mut rusqlite::hooks::Wal, n: std::ffi::c_int| {
+            pages.store(i64::from(n), Ordering::Relaxed);
+            if i64::from(n) >= i64::from(WAL_SAFETY_PAGES) {
+                wal.checkpoint()?;
+            }
+            Ok(())
+        },
+    ));
+    if let Err(e) = hook {
+        tracing::warn!(error = %e, "no WAL hook: the checkpointer runs after every commit");
+        wal_pages.store(i64::MAX, Ordering::Relaxed);
+    }
+}
+
 /// The writer thread: group commit of whatever is queued (see the module header).
 pub(super) fn writer(
-    conn: Connection,
+    mut conn: Connection,
     mut rx: mpsc::Receiver<Job>,
     committed: std::sync::mpsc::SyncSender<()>,
-    restart_due: &AtomicBool,
+    (restart_due, wal_pages): (&AtomicBool, Arc<AtomicI64>),
     folding: &Folding,
 ) {
     series::set_current_tail(Arc::clone(&folding.tail));
     device_ids::start(&conn);
+    watch_wal(&mut conn, wal_pages);
     let mut batch = Vec::with_capacity(MAX_JOBS_PER_COMMIT);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -338,6 +378,7 @@ pub(super) fn writer(
             let mark = series::mark();
             let audit_mark = super::audit::mark();
             let ids_mark = device_ids::mark();
+            let recent_mark = recent::mark();
             let mut done = job(Ok(&conn));
             // The job's points, one log row: its last write, inside its savepoint.
             if done.ok
@@ -354,6 +395,7 @@ pub(super) fn writer(
                 series::rollback_to(mark);
                 super::audit::rollback_to(audit_mark);
                 device_ids::rollback_to(ids_mark);
+                recent::rollback_to(recent_mark);
             }
             if savepoint.is_ok() {
                 let end = if done.ok {
@@ -371,6 +413,7 @@ pub(super) fn writer(
             .execute_batch("COMMIT")
             .map_err(|e| CommitFailure::new("committing", &e));
         device_ids::end(commit.is_ok());
+        recent::end(&folding.recent, commit.is_ok());
         let ops = series::take_ops();
         let mut live = series::take_live();
         live.extend(super::audit::take_live());
@@ -378,11 +421,14 @@ pub(super) fn writer(
             tracing::error!(error = %failure.message, "commit failed; rolling back");
             let _ = conn.execute_batch("ROLLBACK");
         } else {
-            // Durable: readers may see it now, before its callers hear back.
-            series::apply(&folding.tail, ops);
-            for batch in live {
-                let _ = folding.live.send(Arc::new(batch));
-            }
+            // Durable: readers may see it now, before its callers hear back. The live
+            // points go out first, under the tail's write lock: a subscriber renders them
+            // while the tail takes them, and a read it makes then waits for the lock.
+            series::apply(&folding.tail, ops, || {
+                for batch in live {
+                    let _ = folding.live.send(Arc::new(batch));
+                }
+            });
         }
         let error = commit.as_ref().err();
         for reply in replies {

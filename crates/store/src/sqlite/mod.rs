@@ -3,8 +3,11 @@
 //! ```text
 //!  async callers ──job──▶ mpsc ──▶ writer thread: BEGIN; SAVEPOINT/job…; COMMIT ──▶ replies
 //!  async callers ──spawn_blocking──▶ pooled read connection (WAL: readers never block writer)
-//!  writer ──after a commit──▶ checkpointer thread: passive WAL checkpoint, at most every
-//!                             100 ms; asks the writer to restart a fully copied WAL ≥ 16 MiB
+//!  writer ──after a commit──▶ checkpointer thread: passive WAL checkpoint once the WAL
+//!                             holds 1,024 pages, at most every 100 ms; asks the writer to
+//!                             restart a fully copied WAL ≥ 16 MiB
+//!  writer ──after a commit──▶ the outbox records it appended, in memory (`recent.rs`), for
+//!                             the sync driver's read after its wake-up
 //!  writer ──after a commit──▶ the committed points into the in-memory tail, then replies;
 //!                             active part ≥ fold_points: freeze it ──▶ compactor thread:
 //!                             encode blocks ──install job──▶ mpsc (a job like any other)
@@ -37,7 +40,8 @@
 //! and compactor threads; `schema.rs` connections and migrations; `rows.rs` row mapping
 //! and the shared lookups; `store_impl.rs` the [`Store`] trait, method by method;
 //! `series.rs` the time series (log, tail, blocks); `sync.rs` resource data sync;
-//! `outbox.rs` the outbox's stored records (a row per request);
+//! `outbox.rs` the outbox's stored records (a row per request); `recent.rs` the records the
+//! latest commits appended, kept in memory for the sync driver;
 //! `devices.rs` device records and their convergence; `device_ids.rs` the writer's cache of
 //! device row ids across transactions; `audit.rs` the device audit log;
 //! `waiting.rs` points waiting for a missing resource.
@@ -52,7 +56,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
@@ -82,6 +86,7 @@ mod fixtures;
 #[cfg(test)]
 mod model_tests;
 mod outbox;
+mod recent;
 mod rows;
 mod schema;
 mod series;
@@ -153,6 +158,8 @@ pub struct SqliteStore {
     /// The not-yet-folded points, indexed (see `series.rs`).
     tail: Arc<RwLock<series::Tail>>,
     live: tokio::sync::broadcast::Sender<Arc<LiveBatch>>,
+    /// The outbox records of the latest commits (`recent.rs`).
+    recent: Arc<recent::Recent>,
     /// The writer thread, joined by [`SqliteStore::close`].
     writer: std::thread::JoinHandle<()>,
 }
@@ -192,15 +199,19 @@ impl SqliteStore {
         let checkpoints = open_connection(&config, 1)?;
         let restart_due = Arc::new(AtomicBool::new(false));
         let due = Arc::clone(&restart_due);
+        let wal_pages = Arc::new(AtomicI64::new(0));
+        let pages = Arc::clone(&wal_pages);
         let (live, _) = tokio::sync::broadcast::channel(LIVE_CAPACITY);
         let (frozen, parts) = std::sync::mpsc::channel();
         let at = config.fold_points.max(1);
+        let recent = Arc::new(recent::Recent::default());
         let folding = Folding {
             tail: Arc::clone(&tail),
             at,
             bound: at.saturating_mul(HARD_BOUND_PARTS),
             compactor: frozen,
             live: live.clone(),
+            recent: Arc::clone(&recent),
         };
         let weak = tx.downgrade();
         std::thread::Builder::new()
@@ -212,14 +223,14 @@ impl SqliteStore {
             })?;
         std::thread::Builder::new()
             .name("west-store-checkpointer".into())
-            .spawn(move || checkpointer(checkpoints, commits, &due))
+            .spawn(move || checkpointer(checkpoints, commits, &due, &pages))
             .map_err(|e| StoreError::Backend {
                 op: "starting the checkpoint thread",
                 source: Box::new(e),
             })?;
         let writer = std::thread::Builder::new()
             .name("west-store-writer".into())
-            .spawn(move || writer(conn, rx, committed, &restart_due, &folding))
+            .spawn(move || writer(conn, rx, committed, (&restart_due, wal_pages), &folding))
             .map_err(|e| StoreError::Backend {
                 op: "starting the writer thread",
                 source: Box::new(e),
@@ -230,6 +241,7 @@ impl SqliteStore {
             config,
             tail,
             live,
+            recent,
             writer,
         })
     }

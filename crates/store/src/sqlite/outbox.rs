@@ -43,7 +43,7 @@ use crate::{Result, StoreError};
 /// Most seqs one row holds: a sender batch (`max_batch_records`). A read that starts
 /// inside a row decodes the whole row, so this bounds what one read decodes beyond its own
 /// records.
-pub(super) const MAX_ROW_SEQS: usize = 4_096;
+pub(crate) const MAX_ROW_SEQS: usize = 4_096;
 /// The row size a test wants (the model test's small requests span rows at 5).
 #[cfg(test)]
 pub(super) static TEST_ROW_SEQS: std::sync::atomic::AtomicUsize =
@@ -288,6 +288,9 @@ impl Appender {
             ])
         })
         .map_err(backend("updating an outbox partition"))?;
+        // In seq order, as a read gives them: the driver's next read, right after the
+        // commit, takes them from memory (`recent.rs`).
+        super::recent::appended(&self.cid, first, self.records);
         Ok(Some(self.head))
     }
 

@@ -446,7 +446,7 @@ thread_local! {
     /// The Tail changes of the writer's open transaction, in order.
     static OPS: RefCell<Vec<Op>> = const { RefCell::new(Vec::new()) };
     /// The points of the open transaction for the live stream, while anyone listens.
-    static LIVE: RefCell<Vec<(ConnectorId, LivePoint)>> = const { RefCell::new(Vec::new()) };
+    static LIVE: RefCell<Live> = const { RefCell::new(Live::new()) };
     /// Whether anyone listens to the live stream (set by the writer per transaction).
     static LISTENED: Cell<bool> = const { Cell::new(false) };
     /// The points the current job appended, written as its one log row when it ends
@@ -471,9 +471,55 @@ pub(super) fn encode_row(records: &[Record]) -> std::result::Result<Vec<u8>, cod
     ENCODER.with_borrow_mut(|e| e.encode(records))
 }
 
+/// The live points of the open transaction, already one batch per run of a connector (a
+/// connector's id is copied once a batch, not once a point).
+struct Live {
+    batches: Vec<LiveBatch>,
+    /// Points in all batches.
+    points: usize,
+}
+
+impl Live {
+    const fn new() -> Self {
+        Self {
+            batches: Vec::new(),
+            points: 0,
+        }
+    }
+
+    fn push(&mut self, cid: &ConnectorId, point: LivePoint) {
+        match self.batches.last_mut() {
+            Some(b) if &b.connector == cid => b.points.push(point),
+            _ => self.batches.push(LiveBatch {
+                connector: cid.clone(),
+                points: vec![point],
+                devices: Vec::new(),
+            }),
+        }
+        self.points += 1;
+    }
+
+    /// Keeps the first `n` points.
+    fn truncate(&mut self, n: usize) {
+        while self.points > n {
+            let Some(last) = self.batches.last_mut() else {
+                break;
+            };
+            let excess = self.points - n;
+            if last.points.len() <= excess {
+                self.points -= last.points.len();
+                self.batches.pop();
+            } else {
+                last.points.truncate(last.points.len() - excess);
+                self.points = n;
+            }
+        }
+    }
+}
+
 /// Where the current job's changes start (to drop them if its savepoint rolls back).
 pub(super) fn mark() -> (usize, usize) {
-    (OPS.with_borrow(Vec::len), LIVE.with_borrow(Vec::len))
+    (OPS.with_borrow(Vec::len), LIVE.with_borrow(|l| l.points))
 }
 
 /// Drops the changes of a job whose savepoint rolled back.
@@ -501,28 +547,27 @@ pub(super) fn listening() -> bool {
 
 /// The live points of the transaction just ended, one batch per run of a connector.
 pub(super) fn take_live() -> Vec<LiveBatch> {
-    let points = LIVE.with_borrow_mut(std::mem::take);
-    let mut out: Vec<LiveBatch> = Vec::new();
-    for (connector, point) in points {
-        match out.last_mut() {
-            Some(b) if b.connector == connector => b.points.push(point),
-            _ => out.push(LiveBatch {
-                connector,
-                points: vec![point],
-                devices: Vec::new(),
-            }),
-        }
-    }
-    out
+    LIVE.with_borrow_mut(|l| {
+        l.points = 0;
+        std::mem::take(&mut l.batches)
+    })
 }
 
-/// Applies a committed transaction's changes to the Tail; returns the points it added.
-pub(super) fn apply(tail: &RwLock<Tail>, ops: Vec<Op>) {
+/// Applies a committed transaction's changes to the Tail. `announce` (the live stream's
+/// send) runs first, under the Tail's write lock: whoever it tells of the commit does not
+/// wait for the changes to learn of it, and a read it then makes takes the lock after them,
+/// so it finds them (as a caller that heard back does).
+pub(super) fn apply(tail: &RwLock<Tail>, ops: Vec<Op>, announce: impl FnOnce()) {
     if ops.is_empty() {
+        announce();
         return;
     }
-    if let Ok(mut tail) = tail.write() {
-        tail.apply(ops);
+    match tail.write() {
+        Ok(mut tail) => {
+            announce();
+            tail.apply(ops);
+        }
+        Err(_) => announce(),
     }
 }
 
@@ -539,14 +584,19 @@ pub(super) fn append(
     value: Value,
 ) -> Result<()> {
     let op = "appending points";
+    let mut text = [0; 20];
     let record = Record::Point(SyncPoint {
-        device: Identity::parse(&device.to_string()).map_err(|e| StoreError::Backend {
-            op,
-            source: Box::new(e),
+        device: Identity::parse(row_id_text(device, &mut text)).map_err(|e| {
+            StoreError::Backend {
+                op,
+                source: Box::new(e),
+            }
         })?,
-        resource: ResourceName::parse(&resource.to_string()).map_err(|e| StoreError::Backend {
-            op,
-            source: Box::new(e),
+        resource: ResourceName::parse(row_id_text(resource, &mut text)).map_err(|e| {
+            StoreError::Backend {
+                op,
+                source: Box::new(e),
+            }
         })?,
         t,
         value: value.clone(),
@@ -554,6 +604,26 @@ pub(super) fn append(
     LOG.with_borrow_mut(|l| l.push(record));
     put((device, resource), names, t, value);
     Ok(())
+}
+
+/// The decimal text of a row id, written into `buf` (a log record names its device and
+/// resource by row id): no `String` made only to be copied into the name.
+fn row_id_text(id: i64, buf: &mut [u8; 20]) -> &str {
+    let mut n = id.unsigned_abs();
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if id < 0 {
+        at -= 1;
+        buf[at] = b'-';
+    }
+    std::str::from_utf8(&buf[at..]).unwrap_or_default()
 }
 
 /// Writes the points the current job appended as its log row(s) in `point_batches`, in
@@ -592,15 +662,15 @@ pub(super) fn put((device, resource): (i64, i64), names: Names<'_>, t: i64, valu
     if LISTENED.get() {
         let (cid, identity, name) = names;
         LIVE.with_borrow_mut(|l| {
-            l.push((
-                cid.clone(),
+            l.push(
+                cid,
                 LivePoint {
                     device: identity.clone(),
                     resource: name.clone(),
                     t,
                     v: value.clone(),
                 },
-            ))
+            )
         });
     }
     OPS.with_borrow_mut(|ops| {
@@ -1371,4 +1441,61 @@ pub(super) fn read(
         Order::Asc => points.take(limit).collect(),
         Order::Desc => points.rev().take(limit).collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_id_reads_as_its_decimal_text() {
+        for id in [0, 7, 10, 4_096, -1, -40, i64::MAX, i64::MIN] {
+            assert_eq!(row_id_text(id, &mut [0; 20]), id.to_string());
+        }
+    }
+
+    /// A refused job's live points are cut from the transaction's batches, whichever
+    /// batches they fell into.
+    #[test]
+    fn live_points_group_per_connector_run_and_roll_back_by_count() {
+        let cid = |s: &str| ConnectorId::parse(s).expect("connector id");
+        let (a, b) = (cid("aaaaaaaaaaaaaa"), cid("bbbbbbbbbbbbbb"));
+        let point = |t| LivePoint {
+            device: Identity::parse("d1").expect("identity"),
+            resource: ResourceName::parse("temp").expect("resource"),
+            t,
+            v: Value::Integer(t),
+        };
+        let shape = |l: &Live| -> Vec<(String, Vec<i64>)> {
+            l.batches
+                .iter()
+                .map(|b| {
+                    let ts = b.points.iter().map(|p| p.t).collect();
+                    (b.connector.as_str().to_owned(), ts)
+                })
+                .collect()
+        };
+        let mut live = Live::new();
+        for (c, t) in [(&a, 1), (&a, 2), (&b, 3), (&b, 4), (&a, 5)] {
+            live.push(c, point(t));
+        }
+        let (aa, bb) = (a.as_str().to_owned(), b.as_str().to_owned());
+        assert_eq!(
+            shape(&live),
+            vec![
+                (aa.clone(), vec![1, 2]),
+                (bb.clone(), vec![3, 4]),
+                (aa.clone(), vec![5])
+            ]
+        );
+        live.truncate(3);
+        assert_eq!(
+            shape(&live),
+            vec![(aa.clone(), vec![1, 2]), (bb.clone(), vec![3])]
+        );
+        live.truncate(3);
+        assert_eq!(live.points, 3);
+        live.truncate(0);
+        assert!(live.batches.is_empty() && live.points == 0);
+    }
 }

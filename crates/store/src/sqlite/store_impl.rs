@@ -948,6 +948,10 @@ impl Store for SqliteStore {
         from: u64,
         max: usize,
     ) -> Result<(u64, OutboxChunk)> {
+        // Usually the records the commit that woke the driver has just appended.
+        if let Some((head, records)) = self.recent.take(cid, from, max) {
+            return Ok((head, OutboxChunk::Records(records)));
+        }
         let cid = cid.clone();
         self.read(move |conn| {
             let head = sync::head(conn, &cid)?;

@@ -123,6 +123,7 @@ fn partitions(conn: &Connection, cid: &ConnectorId) -> Result<Vec<Part>> {
 }
 
 fn drop_partition(conn: &Connection, cid: &ConnectorId, part: i64) -> Result<()> {
+    super::recent::dropped(cid);
     conn.execute_batch(&format!("DROP TABLE IF EXISTS {}", table(cid, part)))
         .map_err(backend("dropping an outbox partition"))?;
     conn.prepare_cached("DELETE FROM sync_partitions WHERE connector = ?1 AND part = ?2")
@@ -135,6 +136,7 @@ fn drop_partition(conn: &Connection, cid: &ConnectorId, part: i64) -> Result<()>
 /// session): the outbox and its partitions, lost spans, the cursor, pending points, gaps,
 /// and which device changes were queued.
 pub(super) fn forget(conn: &Connection, cid: &ConnectorId) -> Result<()> {
+    super::recent::dropped(cid);
     // The unfolded points of its records exist nowhere else yet.
     super::series::fold_unfolded_outbox(conn)?;
     for p in partitions(conn, cid)? {
@@ -1150,6 +1152,81 @@ mod tests {
             vec![point("dev2", "temp", 6, 2.5)]
         );
         assert!(records(&store, SNAP + 4, 10).await.is_empty());
+    }
+
+    /// The read after a wake-up comes from the records the latest commits appended, kept in
+    /// memory (`recent.rs`): it must give exactly what the outbox holds, in its order, with
+    /// the head, and nothing of a refused request or of dropped records.
+    #[tokio::test]
+    async fn the_read_after_an_append_gives_what_the_outbox_holds() {
+        let (_dir, store, now) = fixture(true).await;
+        let head_read = |from| {
+            let store = &store;
+            async move {
+                match store.outbox_head_read(&cid(), from, 4096).await.unwrap() {
+                    (head, OutboxChunk::Records(r)) => (head, r),
+                    (_, OutboxChunk::Lost(span)) => panic!("lost {span:?}"),
+                }
+            }
+        };
+        // Out of the codec's order: the outbox stores them by device, resource and time.
+        let request = vec![
+            pts("dev2", 9, 1.0),
+            pts("dev1", 8, 2.0),
+            pts("dev2", 3, 3.0),
+            pts("dev1", 5, 4.0),
+        ];
+        store.ingest(&cid(), request.clone()).await.unwrap();
+        let stored = records(&store, SNAP + 1, 4096).await;
+        assert_eq!(stored.len(), 4);
+        assert_eq!(head_read(SNAP + 1).await, (SNAP + 4, stored.clone()));
+        // Taken: the next read of the same seqs is the database's, and the same.
+        assert_eq!(head_read(SNAP + 3).await, (SNAP + 4, stored[2..].to_vec()));
+        // Two commits in a row: the second continues the first.
+        store
+            .ingest(&cid(), vec![pts("dev1", 20, 5.0)])
+            .await
+            .unwrap();
+        store
+            .ingest(&cid(), vec![pts("dev2", 21, 6.0)])
+            .await
+            .unwrap();
+        let stored = records(&store, SNAP + 5, 4096).await;
+        assert_eq!(stored.len(), 2);
+        assert_eq!(head_read(SNAP + 5).await, (SNAP + 6, stored));
+        // A refused request appends nothing.
+        let bad = PointsIn {
+            identity: id("dev1"),
+            t: 30,
+            values: vec![(name("temp"), json!("hot"))],
+        };
+        assert!(
+            store
+                .ingest(&cid(), vec![pts("dev1", 29, 7.0), bad])
+                .await
+                .is_err()
+        );
+        assert_eq!(head_read(SNAP + 7).await, (SNAP + 6, vec![]));
+        // Records dropped since they were appended are not given from memory: everything
+        // acknowledged, a later partition appended and then lost to retention.
+        store.outbox_acked(&cid(), SNAP + 6).await.unwrap();
+        now.store(5 * PART, Ordering::SeqCst);
+        store
+            .ingest(&cid(), vec![pts("dev1", 40, 8.0)])
+            .await
+            .unwrap();
+        let retention = Retention {
+            now: 20 * PART,
+            keep_us: PART,
+            budget_bytes: None,
+        };
+        store.sync_expire(&cid(), retention).await.unwrap();
+        let (head, chunk) = store
+            .outbox_head_read(&cid(), SNAP + 7, 4096)
+            .await
+            .unwrap();
+        assert_eq!(head, SNAP + 7);
+        assert!(matches!(chunk, OutboxChunk::Lost(_)), "{chunk:?}");
     }
 
     /// Acknowledges the pairing's snapshots (dropping their partition, the clock's zero), then

@@ -1,0 +1,270 @@
+//! The outbox records of the latest commits, kept in memory for the sync driver's read
+//! after its wake-up (`Store::outbox_head_read`): on the latency path of every point, that
+//! read took a trip to the read pool, a fresh zstd context and the decoding of the row the
+//! writer had just encoded from these very records (docs/benchmarks.md, "Latency, session
+//! 7").
+//!
+//! ```text
+//!  job: Appender::finish ── row written ──▶ `appended(cid, first, records)` (thread-local)
+//!       a partition dropped, a lost span written, the outbox forgotten ──▶ `dropped(cid)`
+//!  writer: job refused ──▶ its appends forgotten (`rollback_to`)
+//!          COMMIT ──▶ `end`: Recent gets the appends (contiguous runs extend), loses every
+//!                     connector marked dropped; a failed COMMIT gives it nothing
+//!  driver: outbox_head_read(cid, from) ──▶ `Recent::take`: records from `from` and the
+//!          head they end at, if held from there (taken out), else the read pool as before
+//! ```
+//!
+//! Invariants:
+//! - An entry holds committed records, in seq order, exactly as a read of the outbox gives
+//!   them (the appender writes its rows in that order, `outbox.rs`), ending at the head its
+//!   commit left: a later commit that appends to the connector replaces or extends it
+//!   before its own callers hear back, so a driver woken by that append finds it.
+//! - A connector whose stored records a transaction may have dropped or declared lost has
+//!   no entry after that transaction's commit (its appends in it are not kept either): what
+//!   an entry gives was never dropped as of the commit that left it.
+//! - At most [`MAX_RECENT`] records over all connectors, none in a run longer than a row
+//!   ([`MAX_ROW_SEQS`]): a connector whose driver does not take them costs bounded memory.
+//!
+//! Deliberately absent: any I/O, and any answer it is not sure of: anything not held from
+//! `from` on goes to the database.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use proto::model::ConnectorId;
+use proto::sync::Record;
+
+use super::outbox::MAX_ROW_SEQS;
+
+/// Most records kept over all connectors.
+pub(super) const MAX_RECENT: usize = 2 * MAX_ROW_SEQS;
+
+/// Records of recent commits per connector: `(first seq, records)`.
+#[derive(Default)]
+pub(crate) struct Recent {
+    inner: Mutex<Held>,
+}
+
+#[derive(Default)]
+struct Held {
+    by_connector: HashMap<ConnectorId, (u64, Vec<Record>)>,
+    records: usize,
+}
+
+impl Held {
+    fn remove(&mut self, cid: &ConnectorId) {
+        if let Some((_, records)) = self.by_connector.remove(cid) {
+            self.records -= records.len();
+        }
+    }
+}
+
+impl Recent {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes the records from seq `from` on (at most `max`), with the head they end at, when
+    /// they are held from there; the entry is gone afterwards either way it was used.
+    pub(crate) fn take(
+        &self,
+        cid: &ConnectorId,
+        from: u64,
+        max: usize,
+    ) -> Option<(u64, Vec<Record>)> {
+        let mut held = self.lock();
+        let (first, records) = held.by_connector.get(cid)?;
+        let head = first + records.len() as u64 - 1;
+        if from < *first || from > head || max == 0 {
+            return None;
+        }
+        let skip = usize::try_from(from - first).unwrap_or(usize::MAX);
+        let (_, mut records) = held.by_connector.remove(cid)?;
+        held.records -= records.len();
+        drop(held);
+        records.drain(..skip);
+        records.truncate(max);
+        Some((head, records))
+    }
+
+    /// A committed transaction's appends and drops (`end`).
+    fn commit(&self, appended: Vec<(ConnectorId, u64, Vec<Record>)>, dropped: &[ConnectorId]) {
+        if appended.is_empty() && dropped.is_empty() {
+            return;
+        }
+        let mut held = self.lock();
+        for cid in dropped {
+            held.remove(cid);
+        }
+        for (cid, first, records) in appended {
+            if dropped.contains(&cid) {
+                continue;
+            }
+            if records.is_empty() || records.len() > MAX_ROW_SEQS {
+                // A run too long to keep: what is held no longer ends at the head.
+                held.remove(&cid);
+                continue;
+            }
+            let extends = held.by_connector.get(&cid).is_some_and(|(f, r)| {
+                f + r.len() as u64 == first && r.len() + records.len() <= MAX_ROW_SEQS
+            });
+            if extends {
+                held.records += records.len();
+                if let Some((_, r)) = held.by_connector.get_mut(&cid) {
+                    r.extend(records);
+                }
+                continue;
+            }
+            held.remove(&cid);
+            if held.records + records.len() > MAX_RECENT {
+                held.by_connector.clear();
+                held.records = 0;
+            }
+            held.records += records.len();
+            held.by_connector.insert(cid, (first, records));
+        }
+    }
+}
+
+/// What the open transaction appended and dropped, on the writer thread.
+#[derive(Default)]
+struct Pending {
+    appended: Vec<(ConnectorId, u64, Vec<Record>)>,
+    dropped: Vec<ConnectorId>,
+}
+
+thread_local! {
+    static PENDING: RefCell<Pending> = RefCell::new(Pending::default());
+}
+
+/// Notes the records a job has just written to `cid`'s outbox from seq `first` on (in seq
+/// order). A run too long to keep still marks the connector's entry as outdated.
+pub(super) fn appended(cid: &ConnectorId, first: u64, records: Vec<Record>) {
+    let records = if records.len() > MAX_ROW_SEQS {
+        Vec::new()
+    } else {
+        records
+    };
+    PENDING.with_borrow_mut(|p| p.appended.push((cid.clone(), first, records)));
+}
+
+/// Notes that the open transaction drops stored records of `cid`, or declares some lost.
+/// Kept even if the job's savepoint rolls back: forgetting an entry is always safe.
+pub(super) fn dropped(cid: &ConnectorId) {
+    PENDING.with_borrow_mut(|p| {
+        if !p.dropped.contains(cid) {
+            p.dropped.push(cid.clone());
+        }
+    });
+}
+
+/// Where the current job's appends start (to forget them if its savepoint rolls back).
+pub(super) fn mark() -> usize {
+    PENDING.with_borrow(|p| p.appended.len())
+}
+
+/// Forgets the appends of a job whose savepoint rolled back.
+pub(super) fn rollback_to(mark: usize) {
+    PENDING.with_borrow_mut(|p| p.appended.truncate(mark));
+}
+
+/// Ends the transaction: its appends and drops reach `recent` if it committed.
+pub(super) fn end(recent: &Arc<Recent>, committed: bool) {
+    let pending = PENDING.with_borrow_mut(std::mem::take);
+    if committed {
+        recent.commit(pending.appended, &pending.dropped);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proto::model::{Identity, ResourceName, Value};
+    use proto::sync::Point;
+
+    use super::*;
+
+    fn cid(s: &str) -> ConnectorId {
+        ConnectorId::parse(s).expect("connector id")
+    }
+
+    fn points(ts: std::ops::Range<i64>) -> Vec<Record> {
+        ts.map(|t| {
+            Record::Point(Point {
+                device: Identity::parse("d1").expect("identity"),
+                resource: ResourceName::parse("temp").expect("resource"),
+                t,
+                value: Value::Integer(t),
+            })
+        })
+        .collect()
+    }
+
+    fn ts(records: &[Record]) -> Vec<i64> {
+        records
+            .iter()
+            .map(|r| match r {
+                Record::Point(p) => p.t,
+                Record::Device(_) => -1,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn runs_extend_and_are_taken_once_from_inside_them() {
+        let (a, recent) = (cid("aaaaaaaaaaaaaa"), Recent::default());
+        recent.commit(vec![(a.clone(), 1, points(0..3))], &[]);
+        recent.commit(vec![(a.clone(), 4, points(3..5))], &[]);
+        assert_eq!(recent.take(&a, 6, 10), None, "beyond the head");
+        let (head, got) = recent.take(&a, 2, 2).expect("held");
+        assert_eq!((head, ts(&got)), (5, vec![1, 2]));
+        assert_eq!(recent.take(&a, 2, 2), None, "taken out");
+    }
+
+    #[test]
+    fn a_gap_replaces_and_a_drop_or_a_refused_job_keeps_nothing() {
+        let (a, b, recent) = (
+            cid("aaaaaaaaaaaaaa"),
+            cid("bbbbbbbbbbbbbb"),
+            Arc::new(Recent::default()),
+        );
+        recent.commit(vec![(a.clone(), 1, points(0..3))], &[]);
+        recent.commit(vec![(a.clone(), 10, points(9..11))], &[]);
+        assert_eq!(recent.take(&a, 1, 10), None, "replaced by the later run");
+        assert_eq!(ts(&recent.take(&a, 10, 10).expect("held").1), vec![9, 10]);
+
+        // One transaction: a job appends to `a` and `b`, another drops `a`'s records.
+        appended(&a, 1, points(0..2));
+        appended(&b, 1, points(0..2));
+        dropped(&a);
+        end(&recent, true);
+        assert_eq!(recent.take(&a, 1, 10), None);
+        assert!(recent.take(&b, 1, 10).is_some());
+
+        // A refused job's appends, and a transaction that did not commit, leave nothing.
+        let mark = mark();
+        appended(&a, 3, points(2..4));
+        rollback_to(mark);
+        end(&recent, true);
+        appended(&b, 3, points(2..4));
+        end(&recent, false);
+        assert_eq!(recent.take(&a, 3, 10), None);
+        assert_eq!(recent.take(&b, 3, 10), None);
+    }
+
+    #[test]
+    fn memory_stays_bounded() {
+        let recent = Recent::default();
+        let too_long = MAX_ROW_SEQS as i64 + 1;
+        recent.commit(vec![(cid("aaaaaaaaaaaaaa"), 1, points(0..too_long))], &[]);
+        assert_eq!(recent.lock().records, 0);
+        for (i, c) in ["cccccccccccccc", "dddddddddddddd", "eeeeeeeeeeeeee"]
+            .into_iter()
+            .enumerate()
+        {
+            let n = MAX_ROW_SEQS as i64;
+            recent.commit(vec![(cid(c), 1, points(0..n))], &[]);
+            assert!(recent.lock().records <= MAX_RECENT, "after {i}");
+        }
+    }
+}
