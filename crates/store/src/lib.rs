@@ -267,8 +267,16 @@ pub trait Store: Send + Sync + 'static {
     /// difference writes none. Each device keeps its newest 100 entries, none older than 90
     /// days.
     async fn device_audit(&self, cid: &ConnectorId, query: AuditQuery) -> Result<Vec<AuditEntry>>;
-    /// The device a device token belongs to.
+    /// The device a device token belongs to. A token that stops belonging to it (a new
+    /// token, the device or its connector deleted, here or by the peer) is unknown to every
+    /// call that begins after the change returned.
     async fn device_by_token(&self, token: TokenHash) -> Result<Option<(ConnectorId, Identity)>>;
+    /// The device a device token belongs to when the store can tell without I/O (it was
+    /// verified by [`Store::device_by_token`] and has not been revoked since, as that method
+    /// would answer); `None` means "ask `device_by_token`", never "unknown".
+    fn known_device_token(&self, _token: &TokenHash) -> Option<(ConnectorId, Identity)> {
+        None
+    }
 
     // Time series.
     /// Checks and stores every point of `points` in one atomic step; returns how many values

@@ -6,6 +6,10 @@
 //! - Every write runs as a [`Job`] inside the writer's current transaction, in its own
 //!   savepoint; its caller hears back only after the COMMIT (or with the commit's failure),
 //!   and a refused job rolls back alone, its tail changes and log row with it.
+//! - A transaction waits for more jobs ([`Gather`]) only right after a commit that several
+//!   callers shared, only while jobs keep arriving, and at most [`LINGER_MAX`].
+//! - A device token the transaction revoked is forgotten by the readers' cache before any
+//!   of its callers hears back (`device_tokens.rs`).
 //! - After a COMMIT the writer applies the transaction's tail changes and sends its live
 //!   points before any caller hears back: a caller that heard back can read its writes. The
 //!   live points go out first, under the tail's write lock, so that a subscriber renders
@@ -347,19 +351,18 @@ pub(super) fn writer(
     committed: std::sync::mpsc::SyncSender<()>,
     (restart_due, wal_pages): (&AtomicBool, Arc<AtomicI64>),
     folding: &Folding,
+    tokens: &super::device_tokens::DeviceTokens,
 ) {
     series::set_current_tail(Arc::clone(&folding.tail));
     device_ids::start(&conn);
     watch_wal(&mut conn, wal_pages);
+    super::device_tokens::start(&conn);
     let mut batch = Vec::with_capacity(MAX_JOBS_PER_COMMIT);
+    let mut gather = Gather::default();
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
-        while batch.len() < MAX_JOBS_PER_COMMIT {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
+        gather.fill(&mut rx, &mut batch, std::thread::sleep);
+        let jobs = batch.len();
         let mut replies = Vec::with_capacity(batch.len());
         series::listen(folding.live.receiver_count() > 0);
         let begin = conn.execute_batch("BEGIN IMMEDIATE");
@@ -373,6 +376,7 @@ pub(super) fn writer(
             }
             continue;
         }
+        super::device_tokens::begun(&conn, tokens);
         for job in batch.drain(..) {
             let savepoint = conn.execute_batch("SAVEPOINT job");
             let mark = series::mark();
@@ -420,7 +424,10 @@ pub(super) fn writer(
         if let Err(failure) = &commit {
             tracing::error!(error = %failure.message, "commit failed; rolling back");
             let _ = conn.execute_batch("ROLLBACK");
-        } else {
+        }
+        // A revoked device token stops working before the revocation is acknowledged.
+        super::device_tokens::ended(tokens);
+        if commit.is_ok() {
             // Durable: readers may see it now, before its callers hear back. The live
             // points go out first, under the tail's write lock: a subscriber renders them
             // while the tail takes them, and a read it makes then waits for the lock.
@@ -451,5 +458,67 @@ pub(super) fn writer(
         }
         // Wakes the checkpointer unless it is already due to run.
         let _ = committed.try_send(());
+        gather.committed(jobs);
+    }
+}
+
+/// How long the writer may hold a transaction open for more jobs under sustained load.
+pub(super) const LINGER_MAX: std::time::Duration = std::time::Duration::from_millis(10);
+/// One look of the lingering writer: it commits once a look brings no new job.
+pub(super) const LINGER_SLICE: std::time::Duration = std::time::Duration::from_millis(1);
+/// A commit that ended longer ago than this says the load is not sustained: no lingering.
+pub(super) const LINGER_AFTER: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// How the writer gathers a transaction's jobs. It takes every job waiting; under
+/// sustained load from independent callers (the last commit held more than one job and
+/// ended moments ago) it also lingers while jobs keep arriving, [`LINGER_SLICE`] at a time,
+/// for at most [`LINGER_MAX`]: a commit costs about the same pages (the tails of the
+/// tables it appends to, the outbox head) for one job as for a hundred, so many one-point
+/// requests that each got their own commit wrote a few KB per point. A lone request, or a
+/// caller that waits for each answer alone (the Target's applier), never waits for it.
+#[derive(Default)]
+pub(super) struct Gather {
+    /// When the last transaction of more than one job ended.
+    shared: Option<std::time::Instant>,
+}
+
+impl Gather {
+    /// Adds to `batch` the jobs waiting in `rx` and, under sustained load, those that
+    /// arrive while it lingers; `wait` sleeps (a test passes its own).
+    pub(super) fn fill(
+        &mut self,
+        rx: &mut mpsc::Receiver<Job>,
+        batch: &mut Vec<Job>,
+        mut wait: impl FnMut(std::time::Duration),
+    ) {
+        let drain = |rx: &mut mpsc::Receiver<Job>, batch: &mut Vec<Job>| {
+            let before = batch.len();
+            while batch.len() < MAX_JOBS_PER_COMMIT {
+                match rx.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            batch.len() > before
+        };
+        drain(rx, batch);
+        let sustained = self.shared.is_some_and(|at| at.elapsed() < LINGER_AFTER);
+        if !sustained {
+            return;
+        }
+        let started = std::time::Instant::now();
+        while batch.len() < MAX_JOBS_PER_COMMIT && started.elapsed() < LINGER_MAX {
+            wait(LINGER_SLICE);
+            if !drain(rx, batch) {
+                break;
+            }
+        }
+    }
+
+    /// Notes that a transaction of `jobs` jobs ended.
+    pub(super) fn committed(&mut self, jobs: usize) {
+        if jobs > 1 {
+            self.shared = Some(std::time::Instant::now());
+        }
     }
 }

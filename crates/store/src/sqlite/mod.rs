@@ -24,8 +24,11 @@
 //! waiting in its queue and runs them in one transaction (group commit), each job inside its
 //! own savepoint so that a refused request rolls back alone; a job's caller hears back only
 //! after the commit. Under load this turns many small ingest requests into one large
-//! transaction, which is what SQLite needs to be fast (see docs/limits.md), at no cost in latency
-//! when the queue is short.
+//! transaction, which is what SQLite needs to be fast (see docs/limits.md). When the last
+//! commit was shared by several callers and jobs keep coming (a fleet of devices, each
+//! posting one reading a request), the writer lingers for them, a millisecond at a time and
+//! at most 10 ms (`engine::Gather`): a commit writes about the same pages for one job as for
+//! a hundred. A lone request, or a commit of one job after another, does not wait.
 //!
 //! Checkpoints (copying the WAL into the database) run on their own thread, off the commit
 //! path: SQLite's automatic checkpoint made the commit that crossed 1,000 pages copy them
@@ -43,7 +46,8 @@
 //! `outbox.rs` the outbox's stored records (a row per request); `recent.rs` the records the
 //! latest commits appended, kept in memory for the sync driver;
 //! `devices.rs` device records and their convergence; `device_ids.rs` the writer's cache of
-//! device row ids across transactions; `audit.rs` the device audit log;
+//! device row ids across transactions; `device_tokens.rs` device tokens verified once, kept
+//! in memory until the writer sees them revoked; `audit.rs` the device audit log;
 //! `waiting.rs` points waiting for a missing resource.
 //!
 //! Invariants: only the writer thread writes (and the migrations at open, before it
@@ -79,6 +83,7 @@ mod backfill;
 mod crash_tests;
 mod device_ids;
 mod device_list;
+mod device_tokens;
 mod devices;
 mod engine;
 #[cfg(test)]
@@ -162,6 +167,8 @@ pub struct SqliteStore {
     recent: Arc<recent::Recent>,
     /// The writer thread, joined by [`SqliteStore::close`].
     writer: std::thread::JoinHandle<()>,
+    /// Device tokens verified once, forgotten by the writer when one is revoked.
+    tokens: Arc<device_tokens::DeviceTokens>,
 }
 
 fn backend(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
@@ -213,6 +220,8 @@ impl SqliteStore {
             live: live.clone(),
             recent: Arc::clone(&recent),
         };
+        let tokens = Arc::new(device_tokens::DeviceTokens::default());
+        let writer_tokens = Arc::clone(&tokens);
         let weak = tx.downgrade();
         std::thread::Builder::new()
             .name("west-store-compactor".into())
@@ -230,7 +239,16 @@ impl SqliteStore {
             })?;
         let writer = std::thread::Builder::new()
             .name("west-store-writer".into())
-            .spawn(move || writer(conn, rx, committed, (&restart_due, wal_pages), &folding))
+            .spawn(move || {
+                writer(
+                    conn,
+                    rx,
+                    committed,
+                    (&restart_due, wal_pages),
+                    &folding,
+                    &writer_tokens,
+                )
+            })
             .map_err(|e| StoreError::Backend {
                 op: "starting the writer thread",
                 source: Box::new(e),
@@ -243,6 +261,7 @@ impl SqliteStore {
             live,
             recent,
             writer,
+            tokens,
         })
     }
 

@@ -848,26 +848,40 @@ impl Store for SqliteStore {
         .await
     }
 
+    fn known_device_token(&self, token: &TokenHash) -> Option<(ConnectorId, Identity)> {
+        self.tokens.get(token)
+    }
+
     async fn device_by_token(&self, token: TokenHash) -> Result<Option<(ConnectorId, Identity)>> {
-        self.read(move |conn| {
-            let row = conn
-                .prepare_cached("SELECT connector, identity FROM devices WHERE token_hash = ?1")
-                .and_then(|mut s| {
-                    s.query_row([&token[..]], |r| {
-                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        if let Some(device) = self.tokens.get(&token) {
+            return Ok(Some(device));
+        }
+        // Before the read's snapshot begins: a revocation committed meanwhile moves it.
+        let epoch = self.tokens.epoch();
+        let device = self
+            .read(move |conn| {
+                let row = conn
+                    .prepare_cached("SELECT connector, identity FROM devices WHERE token_hash = ?1")
+                    .and_then(|mut s| {
+                        s.query_row([&token[..]], |r| {
+                            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                        })
+                        .optional()
                     })
-                    .optional()
+                    .map_err(backend("checking a device token"))?;
+                row.map(|(c, i)| {
+                    Ok((
+                        parse_col(c, |s| ConnectorId::parse(s).ok(), "reading a connector id")?,
+                        identity_col(i)?,
+                    ))
                 })
-                .map_err(backend("checking a device token"))?;
-            row.map(|(c, i)| {
-                Ok((
-                    parse_col(c, |s| ConnectorId::parse(s).ok(), "reading a connector id")?,
-                    identity_col(i)?,
-                ))
+                .transpose()
             })
-            .transpose()
-        })
-        .await
+            .await?;
+        if let Some(device) = &device {
+            self.tokens.keep(epoch, token, device.clone());
+        }
+        Ok(device)
     }
 
     async fn ingest(&self, cid: &ConnectorId, points: Vec<PointsIn>) -> Result<usize> {

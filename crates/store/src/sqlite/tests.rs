@@ -1252,3 +1252,106 @@ async fn users_page_by_name_and_removing_one_revokes_its_tokens() {
     assert_eq!(store.password_hash("bob").await.unwrap(), None);
     assert_eq!(store.user_count().await.unwrap(), 2);
 }
+
+/// A device token, once verified, is answered from memory; a new token, a deleted device or
+/// connector, or another connection's change takes it back before anyone hears of it.
+#[tokio::test]
+async fn a_verified_device_token_is_revoked_at_once() {
+    let (dir, store) = fixture().await;
+    let dev = Identity::parse("dev1").unwrap();
+    let known = Some((cid(), dev.clone()));
+    assert_eq!(store.known_device_token(&[7; 32]), None, "not verified yet");
+    assert_eq!(store.device_by_token([7; 32]).await.unwrap(), known);
+    assert_eq!(store.known_device_token(&[7; 32]), known, "kept");
+
+    store
+        .set_device_token(&cid(), &dev, [8; 32], &admin())
+        .await
+        .unwrap();
+    assert_eq!(store.known_device_token(&[7; 32]), None);
+    assert_eq!(store.device_by_token([7; 32]).await.unwrap(), None);
+    assert_eq!(store.device_by_token([8; 32]).await.unwrap(), known);
+
+    // Another connection (another process) changes the row: seen at the writer's next
+    // transaction, whatever it writes.
+    let other = Connection::open(dir.path().join("site.db")).unwrap();
+    other
+        .execute("UPDATE devices SET token_hash = ?1", [&[9u8; 32][..]])
+        .unwrap();
+    store
+        .ingest(&cid(), vec![points(1, json!(1))])
+        .await
+        .unwrap();
+    assert_eq!(store.known_device_token(&[8; 32]), None);
+    assert_eq!(store.device_by_token([9; 32]).await.unwrap(), known);
+
+    store.delete_device(&cid(), &dev, &admin()).await.unwrap();
+    assert_eq!(store.known_device_token(&[9; 32]), None);
+    assert_eq!(store.device_by_token([9; 32]).await.unwrap(), None);
+
+    // Deleting the connector deletes its devices (a cascade): their tokens go too.
+    store
+        .create_device(
+            &cid(),
+            NewDevice {
+                identity: Identity::parse("dev2").unwrap(),
+                tags: Default::default(),
+                permissions: vec![],
+                state: DeviceState::Provisioned,
+                token: [10; 32],
+                created_at: 1,
+            },
+            &admin(),
+        )
+        .await
+        .unwrap();
+    assert!(store.device_by_token([10; 32]).await.unwrap().is_some());
+    assert!(store.known_device_token(&[10; 32]).is_some());
+    store.delete_connector(&cid()).await.unwrap();
+    assert_eq!(store.known_device_token(&[10; 32]), None);
+    assert_eq!(store.device_by_token([10; 32]).await.unwrap(), None);
+}
+
+/// The writer lingers for more jobs only after a commit shared by several callers, only
+/// while jobs keep arriving, and never past a full transaction.
+#[test]
+fn the_writer_lingers_only_under_sustained_load() {
+    let noop = || job(|_| Ok(())).0;
+    let (tx, mut rx) = mpsc::channel::<Job>(1024);
+    let mut gather = Gather::default();
+
+    // Idle, or after commits of one job each (a lone caller, the Target's applier): what
+    // is queued, at once.
+    for history in [None, Some(1)] {
+        if let Some(jobs) = history {
+            gather.committed(jobs);
+        }
+        tx.try_send(noop()).unwrap();
+        let mut batch = vec![noop()];
+        gather.fill(&mut rx, &mut batch, |_| panic!("lingered"));
+        assert_eq!(batch.len(), 2);
+    }
+
+    // After a shared commit: it waits while each look brings a job, and commits at the
+    // first look that brings none.
+    gather.committed(2);
+    let mut looks = 0;
+    let mut batch = vec![noop()];
+    gather.fill(&mut rx, &mut batch, |slice| {
+        assert_eq!(slice, LINGER_SLICE);
+        looks += 1;
+        if looks <= 5 {
+            tx.try_send(noop()).unwrap();
+        }
+    });
+    assert_eq!((looks, batch.len()), (6, 6));
+
+    // Jobs arriving without end: one transaction takes at most its bound.
+    let mut batch = vec![noop()];
+    gather.fill(&mut rx, &mut batch, |_| {
+        for _ in 0..100 {
+            let _ = tx.try_send(noop());
+        }
+    });
+    assert_eq!(batch.len(), MAX_JOBS_PER_COMMIT);
+}
