@@ -363,6 +363,7 @@ pub(super) fn writer(
         batch.push(first);
         gather.fill(&mut rx, &mut batch, std::thread::sleep);
         let jobs = batch.len();
+        let began = std::time::Instant::now();
         let mut replies = Vec::with_capacity(batch.len());
         series::listen(folding.live.receiver_count() > 0);
         let begin = conn.execute_batch("BEGIN IMMEDIATE");
@@ -458,7 +459,7 @@ pub(super) fn writer(
         }
         // Wakes the checkpointer unless it is already due to run.
         let _ = committed.try_send(());
-        gather.committed(jobs);
+        gather.committed(jobs, began.elapsed());
     }
 }
 
@@ -468,6 +469,12 @@ pub(super) const LINGER_MAX: std::time::Duration = std::time::Duration::from_mil
 pub(super) const LINGER_SLICE: std::time::Duration = std::time::Duration::from_millis(1);
 /// A commit that ended longer ago than this says the load is not sustained: no lingering.
 pub(super) const LINGER_AFTER: std::time::Duration = std::time::Duration::from_millis(5);
+/// Lingering pays only for cheap jobs (a reading a request, tens of µs each), whose commit's
+/// own pages outweigh them; a transaction whose jobs took more than this each on average
+/// (bulk requests of a thousand points) does not make the next one wait: a look of
+/// [`LINGER_SLICE`] would cost such writers more than the commit it saves (`west bench scale`
+/// lost 10–20 % of its rate to it).
+pub(super) const LINGER_JOB_COST: std::time::Duration = std::time::Duration::from_micros(200);
 
 /// How the writer gathers a transaction's jobs. It takes every job waiting; under
 /// sustained load from independent callers (the last commit held more than one job and
@@ -475,7 +482,8 @@ pub(super) const LINGER_AFTER: std::time::Duration = std::time::Duration::from_m
 /// for at most [`LINGER_MAX`]: a commit costs about the same pages (the tails of the
 /// tables it appends to, the outbox head) for one job as for a hundred, so many one-point
 /// requests that each got their own commit wrote a few KB per point. A lone request, or a
-/// caller that waits for each answer alone (the Target's applier), never waits for it.
+/// caller that waits for each answer alone (the Target's applier), never waits for it, and
+/// neither do jobs that cost more than [`LINGER_JOB_COST`] each (bulk writes).
 #[derive(Default)]
 pub(super) struct Gather {
     /// When the last transaction of more than one job ended.
@@ -515,9 +523,10 @@ impl Gather {
         }
     }
 
-    /// Notes that a transaction of `jobs` jobs ended.
-    pub(super) fn committed(&mut self, jobs: usize) {
-        if jobs > 1 {
+    /// Notes that a transaction of `jobs` jobs ended, `took` after it began.
+    pub(super) fn committed(&mut self, jobs: usize, took: std::time::Duration) {
+        let cheap = took < LINGER_JOB_COST.saturating_mul(u32::try_from(jobs).unwrap_or(u32::MAX));
+        if jobs > 1 && cheap {
             self.shared = Some(std::time::Instant::now());
         }
     }

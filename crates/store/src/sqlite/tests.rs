@@ -1324,7 +1324,7 @@ fn the_writer_lingers_only_under_sustained_load() {
     // is queued, at once.
     for history in [None, Some(1)] {
         if let Some(jobs) = history {
-            gather.committed(jobs);
+            gather.committed(jobs, std::time::Duration::ZERO);
         }
         tx.try_send(noop()).unwrap();
         let mut batch = vec![noop()];
@@ -1332,9 +1332,16 @@ fn the_writer_lingers_only_under_sustained_load() {
         assert_eq!(batch.len(), 2);
     }
 
-    // After a shared commit: it waits while each look brings a job, and commits at the
-    // first look that brings none.
-    gather.committed(2);
+    // Bulk jobs (each costing more than LINGER_JOB_COST) never make the next one wait.
+    gather.committed(4, LINGER_JOB_COST * 4);
+    tx.try_send(noop()).unwrap();
+    let mut batch = vec![noop()];
+    gather.fill(&mut rx, &mut batch, |_| panic!("lingered after bulk jobs"));
+    assert_eq!(batch.len(), 2);
+
+    // After a shared commit of cheap jobs: it waits while each look brings a job, and
+    // commits at the first look that brings none.
+    gather.committed(2, std::time::Duration::from_micros(50));
     let mut looks = 0;
     let mut batch = vec![noop()];
     gather.fill(&mut rx, &mut batch, |slice| {
