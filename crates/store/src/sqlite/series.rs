@@ -803,18 +803,44 @@ pub(super) fn log_extent(conn: &Connection) -> Result<(Option<i64>, OutboxHeads)
 
 /// Deletes every point of a device: its log rows, blocks and bucket list.
 pub(super) fn delete_device(conn: &Connection, device: i64) -> Result<()> {
-    let op = "deleting a device's points";
-    // Its unfolded outbox records stay (they are still sent): folded first, they are not
-    // replayed as the points of a device of the same row id later. A part frozen for the
-    // compactor is folded too: its install would bring the device's points back.
-    // The log's rows hold many devices' points: everything is folded first (its blocks
-    // of this device go below), so no row of the log holds the device's points either.
+    delete_series(conn, Owner::Device(device))
+}
+
+/// Whose series [`delete_series`] deletes.
+#[derive(Clone, Copy)]
+enum Owner {
+    Device(i64),
+    Resource(i64),
+}
+
+/// Deletes every series of a device or of a resource: its blocks and bucket lists, and
+/// tells the Tail to forget it. Its unfolded outbox records stay (they are still sent):
+/// folded first, they are not replayed as the points of a later device or resource of the
+/// same row id. A part frozen for the compactor is folded too: its install would bring the
+/// points back. The log's rows hold many series' points: everything is folded first (its
+/// blocks of this owner go below), so no row of the log holds its points either.
+fn delete_series(conn: &Connection, owner: Owner) -> Result<()> {
+    let (op, column, id, forget) = match owner {
+        Owner::Device(d) => ("deleting a device's points", "device", d, Op::Forget(d)),
+        Owner::Resource(r) => (
+            "deleting a resource's points",
+            "resource",
+            r,
+            Op::ForgetResource(r),
+        ),
+    };
     fold_now(conn)?;
-    let buckets = super::select_rows(
+    let series = super::select_rows(
         conn,
-        "SELECT resource, bucket FROM series_buckets WHERE device = ?1",
-        [device],
-        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+        &format!("SELECT device, resource, bucket FROM series_buckets WHERE {column} = ?1"),
+        [id],
+        |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        },
         op,
     )?;
     let mut blocks = conn
@@ -822,15 +848,15 @@ pub(super) fn delete_device(conn: &Connection, device: i64) -> Result<()> {
             "DELETE FROM point_blocks WHERE bucket = ?1 AND device = ?2 AND resource = ?3",
         )
         .map_err(backend(op))?;
-    for (resource, bucket) in buckets {
+    for (device, resource, bucket) in series {
         blocks
             .execute(params![bucket, device, resource])
             .map_err(backend(op))?;
     }
-    conn.prepare_cached("DELETE FROM series_buckets WHERE device = ?1")
-        .and_then(|mut s| s.execute([device]))
+    conn.prepare_cached(&format!("DELETE FROM series_buckets WHERE {column} = ?1"))
+        .and_then(|mut s| s.execute([id]))
         .map_err(backend(op))?;
-    OPS.with_borrow_mut(|ops| ops.push(Op::Forget(device)));
+    OPS.with_borrow_mut(|ops| ops.push(forget));
     Ok(())
 }
 
@@ -922,34 +948,10 @@ pub(super) fn unfolded_at_commit() -> std::collections::BTreeSet<(i64, i64, i64)
     frozen.into_iter().flat_map(|f| f.1).chain(active).collect()
 }
 
-/// Deletes every point of a resource: its log rows, blocks and bucket lists, like
-/// [`delete_device`]. Unfolded outbox records of it stay (they are still sent); folded
-/// first, they are not replayed as the points of a later resource of the same row id.
+/// Deletes every point of a resource: its log rows, blocks and bucket lists, as
+/// [`delete_device`] does a device's.
 pub(super) fn delete_resource(conn: &Connection, resource: i64) -> Result<()> {
-    let op = "deleting a resource's points";
-    fold_now(conn)?;
-    let buckets = super::select_rows(
-        conn,
-        "SELECT device, bucket FROM series_buckets WHERE resource = ?1",
-        [resource],
-        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
-        op,
-    )?;
-    let mut blocks = conn
-        .prepare_cached(
-            "DELETE FROM point_blocks WHERE bucket = ?1 AND device = ?2 AND resource = ?3",
-        )
-        .map_err(backend(op))?;
-    for (device, bucket) in buckets {
-        blocks
-            .execute(params![bucket, device, resource])
-            .map_err(backend(op))?;
-    }
-    conn.prepare_cached("DELETE FROM series_buckets WHERE resource = ?1")
-        .and_then(|mut s| s.execute([resource]))
-        .map_err(backend(op))?;
-    OPS.with_borrow_mut(|ops| ops.push(Op::ForgetResource(resource)));
-    Ok(())
+    delete_series(conn, Owner::Resource(resource))
 }
 
 /// How many distinct points of a resource the blocks and the tail hold together (`tail`:
