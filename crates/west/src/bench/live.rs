@@ -50,15 +50,21 @@ impl Live {
             let (seen, broken) = (Arc::clone(&seen), Arc::clone(&broken));
             async move {
                 let mut buf: Vec<u8> = Vec::new();
+                // Where the search for the end of an event goes on: an event of 1,000 points
+                // arrives in several chunks, and searching it all again at each one delayed
+                // the reading of the last (and so the instant measured) by the client's work.
+                let mut scanned = 0;
                 while let Ok(Some(chunk)) = resp.chunk().await {
                     let at = Instant::now();
                     buf.extend_from_slice(&chunk);
-                    while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
-                        let block: Vec<u8> = buf.drain(..end + 2).collect();
+                    while let Some(end) = event_end(&buf, scanned) {
+                        let block: Vec<u8> = buf.drain(..end).collect();
+                        scanned = 0;
                         if !on_event(&String::from_utf8_lossy(&block), at, &seen) {
                             broken.store(true, Ordering::Release);
                         }
                     }
+                    scanned = buf.len().saturating_sub(1);
                 }
                 broken.store(true, Ordering::Release);
             }
@@ -92,6 +98,15 @@ impl Live {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i64), Option<Instant>>> {
         self.seen.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// The end (after its blank line) of the first event in `buf`, searching from `from` on.
+fn event_end(buf: &[u8], from: usize) -> Option<usize> {
+    let from = from.min(buf.len());
+    buf[from..]
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .map(|i| from + i + 2)
 }
 
 /// Handles one SSE block; false when it says points were missed (`lagged`).
@@ -128,6 +143,16 @@ fn on_event(block: &str, at: Instant, seen: &Seen) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_end_is_found_across_chunks_without_searching_again() {
+        let buf = b"event: points\ndata: {}\n\nevent: x";
+        assert_eq!(event_end(buf, 0), Some(24));
+        // The blank line split over two chunks: the search resumes one byte back.
+        assert_eq!(event_end(b"data: {}\n\n", 8), Some(10));
+        assert_eq!(event_end(b"data: {}\n", 8), None);
+        assert_eq!(event_end(b"", 5), None);
+    }
 
     #[test]
     fn a_points_event_marks_only_wanted_points_and_lagged_breaks() {
