@@ -240,15 +240,19 @@ fn split_segments(records: &[Record]) -> Vec<Segment<'_>> {
 
 fn encode_points(body: &mut Vec<u8>, points: &[&Point]) {
     // Group per series, then by time; the sort is stable, so equal times keep stream order.
-    let mut order: Vec<u32> = (0..points.len() as u32).collect();
-    order.sort_by(|&a, &b| {
-        let (pa, pb) = (points[a as usize], points[b as usize]);
+    // A batch often comes in that order already (a gateway's request device by device, a
+    // log row of one series): one pass tells, instead of a sort's ten comparisons a point.
+    let by_series = |pa: &Point, pb: &Point| {
         pa.device
             .as_str()
             .cmp(pb.device.as_str())
             .then_with(|| pa.resource.as_str().cmp(pb.resource.as_str()))
             .then_with(|| pa.t.cmp(&pb.t))
-    });
+    };
+    let mut order: Vec<u32> = (0..points.len() as u32).collect();
+    if !points.is_sorted_by(|a, b| by_series(a, b).is_le()) {
+        order.sort_by(|&a, &b| by_series(points[a as usize], points[b as usize]));
+    }
 
     // Series runs, the device table (sorted, as series are), the resource table.
     let mut series: Vec<(u32, u32, std::ops::Range<usize>)> = Vec::new();
