@@ -155,7 +155,9 @@ impl Series {
 /// `(device, resource, t)`: the latest written).
 #[derive(Default)]
 pub(super) struct Part {
-    devices: HashMap<i64, HashMap<i64, Series>>,
+    /// foldhash, not SipHash: a point's put is two lookups by row id (an integer its own
+    /// site assigned), the writer's largest self time in a Target's profile.
+    devices: foldhash::HashMap<i64, foldhash::HashMap<i64, Series>>,
     points: usize,
 }
 
@@ -571,8 +573,14 @@ pub(super) fn apply(tail: &RwLock<Tail>, ops: Vec<Op>, announce: impl FnOnce()) 
     }
 }
 
-/// The names of a point's series, for the live stream.
-pub(super) type Names<'a> = (&'a ConnectorId, &'a Identity, &'a ResourceName);
+/// The names of a point's series, for the live stream. A caller that owns the identity
+/// (a Target's apply, which decoded it) hands it over: a live point then takes it without
+/// a copy.
+pub(super) type Names<'a> = (
+    &'a ConnectorId,
+    std::borrow::Cow<'a, Identity>,
+    &'a ResourceName,
+);
 
 /// Appends one point to the current job's log row (written when the job ends, see
 /// [`flush_log`]) and queues it for the Tail (and the live stream).
@@ -665,7 +673,7 @@ pub(super) fn put((device, resource): (i64, i64), names: Names<'_>, t: i64, valu
             l.push(
                 cid,
                 LivePoint {
-                    device: identity.clone(),
+                    device: identity.into_owned(),
                     resource: name.clone(),
                     t,
                     v: value.clone(),

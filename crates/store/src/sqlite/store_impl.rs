@@ -8,6 +8,8 @@
 //! Deliberately absent: SQL beyond the simple registry statements (points are in
 //! `series.rs`, sync in `sync.rs`, device records in `devices.rs`).
 
+use std::borrow::Cow;
+
 use super::*;
 
 /// Appends a set of points to the point log, and queues those of remote-synced resources in
@@ -47,9 +49,20 @@ pub(super) fn ingest_points(
             {
                 // The outbox record is the point's log entry: stored once.
                 outbox.push(conn, &p.identity, name, p.t, &value)?;
-                series::put((device, res.id), (cid, &p.identity, name), p.t, value);
+                series::put(
+                    (device, res.id),
+                    (cid, Cow::Borrowed(&p.identity), name),
+                    p.t,
+                    value,
+                );
             } else {
-                series::append(conn, (device, res.id), (cid, &p.identity, name), p.t, value)?;
+                series::append(
+                    conn,
+                    (device, res.id),
+                    (cid, Cow::Borrowed(&p.identity), name),
+                    p.t,
+                    value,
+                )?;
             }
             stored += 1;
         }

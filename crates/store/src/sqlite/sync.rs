@@ -818,7 +818,8 @@ impl PointWriter {
         let Some(device) = self.device(conn, cid, &identity, now)? else {
             return Ok(());
         };
-        super::series::append(conn, (device, rid), (cid, &identity, name), t, value)
+        let names = (cid, std::borrow::Cow::Owned(identity), name);
+        super::series::append(conn, (device, rid), names, t, value)
     }
 
     fn finish(self, conn: &Connection, cid: &ConnectorId, now: i64) -> Result<()> {
