@@ -315,6 +315,16 @@ pub trait Store: Send + Sync + 'static {
     /// At most `max` consecutive records from `from`, or the lost span that holds `from`
     /// ([`outbox_range`](Self::outbox_range) up to the head).
     async fn outbox_read(&self, cid: &ConnectorId, from: u64, max: usize) -> Result<OutboxChunk>;
+    /// Has the store call `wake(cid)` as soon as a commit that appended records to `cid`'s
+    /// outbox is durable, before that commit's callers hear back: the sync driver starts
+    /// reading and sending while they are answered (the SQLite store calls it from its
+    /// writer thread, after the commit, so `wake` must only signal). Returns whether this
+    /// backend does; one that does not (the default) leaves each writer to wake the driver
+    /// once its write returns.
+    fn wake_on_append(&self, wake: std::sync::Arc<dyn Fn(&ConnectorId) + Send + Sync>) -> bool {
+        let _ = wake;
+        false
+    }
     /// The head and [`outbox_read`](Self::outbox_read)`(cid, from, max)`, as of one commit
     /// where the backend has them: what a sync driver woken by an append reads, so that the
     /// records leave without a second round trip to the store (the SQLite store answers

@@ -33,8 +33,9 @@ pub async fn ingest(
     }
     match result {
         Ok(n) => {
-            // Wake the connector's sync driver: the outbox may have grown.
-            state.remote.sync.appended(cid);
+            // Wake the connector's sync driver, the outbox may have grown (unless the
+            // store did as soon as the commit was durable).
+            state.remote.sync.ingested(cid);
             state.metrics.ingest_points.increment(n as u64);
             state
                 .metrics

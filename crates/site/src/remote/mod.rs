@@ -52,6 +52,7 @@ pub fn spawn(
     tasks: &mut JoinSet<()>,
 ) {
     state.metrics.watch_link(state.link.clone());
+    state.remote.sync.wake_from(state.store.as_ref());
     if let Some(inbound) = inbound {
         tasks.spawn(supervise(state.clone(), inbound, starts, cancel.clone()));
     }

@@ -9,7 +9,9 @@
 //!       a partition dropped, a lost span written, the outbox forgotten ──▶ `dropped(cid)`
 //!  writer: job refused ──▶ its appends forgotten (`rollback_to`)
 //!          COMMIT ──▶ `end`: Recent gets the appends (contiguous runs extend), loses every
-//!                     connector marked dropped; a failed COMMIT gives it nothing
+//!                     connector marked dropped; a failed COMMIT gives it nothing; then
+//!                     the waker (`Store::wake_on_append`) hears of each connector appended
+//!                     to, before the commit's callers hear back
 //!  driver: outbox_head_read(cid, from) ──▶ `Recent::take`: records from `from` and the
 //!          head they end at, if held from there (taken out), else the read pool as before
 //! ```
@@ -30,7 +32,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use proto::model::ConnectorId;
 use proto::sync::Record;
@@ -40,10 +42,15 @@ use super::outbox::MAX_ROW_SEQS;
 /// Most records kept over all connectors.
 pub(super) const MAX_RECENT: usize = 2 * MAX_ROW_SEQS;
 
+/// What a commit that appended to a connector's outbox calls (`Store::wake_on_append`).
+pub(crate) type Waker = Arc<dyn Fn(&ConnectorId) + Send + Sync>;
+
 /// Records of recent commits per connector: `(first seq, records)`.
 #[derive(Default)]
 pub(crate) struct Recent {
     inner: Mutex<Held>,
+    /// Set once, by the site that runs the sync drivers.
+    waker: OnceLock<Waker>,
 }
 
 #[derive(Default)]
@@ -63,6 +70,19 @@ impl Held {
 impl Recent {
     fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The head the records held for `cid` end at.
+    #[cfg(test)]
+    pub(crate) fn head(&self, cid: &ConnectorId) -> Option<u64> {
+        let held = self.lock();
+        let (first, records) = held.by_connector.get(cid)?;
+        Some(first + records.len() as u64 - 1)
+    }
+
+    /// Whom a commit that appended to an outbox wakes; false if someone already is.
+    pub(crate) fn set_waker(&self, waker: Waker) -> bool {
+        self.waker.set(waker).is_ok()
     }
 
     /// Takes the records from seq `from` on (at most `max`), with the head they end at, when
@@ -93,6 +113,23 @@ impl Recent {
         if appended.is_empty() && dropped.is_empty() {
             return;
         }
+        let mut woken: Vec<ConnectorId> = Vec::new();
+        if self.waker.get().is_some() {
+            for (cid, _, _) in &appended {
+                if !woken.contains(cid) {
+                    woken.push(cid.clone());
+                }
+            }
+        }
+        self.keep(appended, dropped);
+        if let Some(wake) = self.waker.get() {
+            for cid in &woken {
+                wake(cid);
+            }
+        }
+    }
+
+    fn keep(&self, appended: Vec<(ConnectorId, u64, Vec<Record>)>, dropped: &[ConnectorId]) {
         let mut held = self.lock();
         for cid in dropped {
             held.remove(cid);

@@ -969,6 +969,10 @@ impl Store for SqliteStore {
             .await
     }
 
+    fn wake_on_append(&self, wake: Arc<dyn Fn(&ConnectorId) + Send + Sync>) -> bool {
+        self.recent.set_waker(wake)
+    }
+
     async fn outbox_head_read(
         &self,
         cid: &ConnectorId,

@@ -1155,6 +1155,50 @@ mod tests {
         assert!(records(&store, SNAP + 4, 10).await.is_empty());
     }
 
+    /// The sync driver hears of an append as soon as its commit is durable, before the
+    /// writer does; with the records to send already where its read finds them. A refused
+    /// request, or one that queues nothing, wakes nobody; a second waker is refused.
+    #[tokio::test]
+    async fn a_durable_append_wakes_the_driver_before_its_writer_hears_back() {
+        let (_dir, store, _) = fixture(true).await;
+        type Woken = std::sync::Mutex<Vec<(ConnectorId, Option<u64>)>>;
+        let woken: Arc<Woken> = Arc::default();
+        let recent = Arc::clone(&store.recent);
+        let seen = Arc::clone(&woken);
+        assert!(store.wake_on_append(Arc::new(move |c: &ConnectorId| {
+            // What the driver's read finds at this instant: the head the append left.
+            let head = recent.head(c);
+            seen.lock().unwrap().push((c.clone(), head));
+        })));
+        assert!(!store.wake_on_append(Arc::new(|_: &ConnectorId| {})));
+        let bad = PointsIn {
+            identity: id("dev1"),
+            t: 7,
+            values: vec![(name("temp"), json!("hot"))],
+        };
+        assert!(store.ingest(&cid(), vec![bad]).await.is_err());
+        store
+            .ingest(
+                &cid(),
+                vec![PointsIn {
+                    identity: id("dev1"),
+                    t: 4,
+                    values: vec![(name("mode"), json!(2))],
+                }],
+            )
+            .await
+            .unwrap();
+        assert!(
+            woken.lock().unwrap().is_empty(),
+            "nothing queued, nobody woken"
+        );
+        store
+            .ingest(&cid(), vec![pts("dev1", 5, 1.5), pts("dev2", 6, 2.5)])
+            .await
+            .unwrap();
+        assert_eq!(*woken.lock().unwrap(), vec![(cid(), Some(SNAP + 2))]);
+    }
+
     /// The read after a wake-up comes from the records the latest commits appended, kept in
     /// memory (`recent.rs`): it must give exactly what the outbox holds, in its order, with
     /// the head, and nothing of a refused request or of dropped records.
