@@ -7,7 +7,8 @@
 //!                             holds 1,024 pages, at most every 100 ms; asks the writer to
 //!                             restart a fully copied WAL ≥ 16 MiB (then cut to 4 MiB)
 //!  writer ──after a commit──▶ the outbox records it appended, in memory (`recent.rs`), for
-//!                             the sync driver's read after its wake-up
+//!                             the sync driver's read; then wakes that driver
+//!                             (`Store::wake_on_append`)
 //!  writer ──after a commit──▶ the committed points into the in-memory tail, then replies;
 //!                             active part ≥ fold_points: freeze it ──▶ compactor thread:
 //!                             encode blocks ──install job──▶ mpsc (a job like any other)

@@ -113,19 +113,18 @@ impl Recent {
         if appended.is_empty() && dropped.is_empty() {
             return;
         }
+        let Some(wake) = self.waker.get() else {
+            return self.keep(appended, dropped);
+        };
         let mut woken: Vec<ConnectorId> = Vec::new();
-        if self.waker.get().is_some() {
-            for (cid, _, _) in &appended {
-                if !woken.contains(cid) {
-                    woken.push(cid.clone());
-                }
+        for (cid, _, _) in &appended {
+            if !woken.contains(cid) {
+                woken.push(cid.clone());
             }
         }
         self.keep(appended, dropped);
-        if let Some(wake) = self.waker.get() {
-            for cid in &woken {
-                wake(cid);
-            }
+        for cid in &woken {
+            wake(cid);
         }
     }
 

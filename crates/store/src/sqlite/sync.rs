@@ -1156,7 +1156,8 @@ mod tests {
     }
 
     /// The sync driver hears of an append as soon as its commit is durable, before the
-    /// writer does; with the records to send already where its read finds them. A refused
+    /// writing caller hears back; with the records to send already where its read finds
+    /// them. A refused
     /// request, or one that queues nothing, wakes nobody; a second waker is refused.
     #[tokio::test]
     async fn a_durable_append_wakes_the_driver_before_its_writer_hears_back() {
