@@ -45,7 +45,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use proto::model::{ConnectorId, Format, Identity, ResourceName, Value};
-use proto::sync::{Point as SyncPoint, Record, codec};
+use proto::sync::{Record, codec};
 use rusqlite::{Connection, params};
 
 use super::{backend, value_from_sql, value_to_sql};
@@ -453,7 +453,7 @@ thread_local! {
     static LISTENED: Cell<bool> = const { Cell::new(false) };
     /// The points the current job appended, written as its one log row when it ends
     /// ([`flush_log`]).
-    static LOG: RefCell<Vec<Record>> = const { RefCell::new(Vec::new()) };
+    static LOG: RefCell<Vec<LogPoint>> = const { RefCell::new(Vec::new()) };
     /// The writer's codec encoder, kept from one job to the next ([`encode_row`]).
     static ENCODER: RefCell<codec::Encoder> = RefCell::new(codec::Encoder::new());
 }
@@ -471,6 +471,24 @@ pub(super) fn encode_row(records: &[Record]) -> std::result::Result<Vec<u8>, cod
         return codec::Encoder::new().encode(records);
     }
     ENCODER.with_borrow_mut(|e| e.encode(records))
+}
+
+/// Encodes a log row's points with the writer's encoder, as [`encode_row`] does records.
+fn encode_log(points: &[LogPoint]) -> std::result::Result<Vec<u8>, codec::CodecError> {
+    let size: usize = points
+        .iter()
+        .map(|p| {
+            let v = match &p.value {
+                Value::String(s) | Value::Json(s) => s.len() + 2,
+                _ => 8,
+            };
+            p.device.as_str().len() + p.resource.as_str().len() + 8 + v
+        })
+        .sum();
+    if size > KEPT_ENCODER_BYTES {
+        return codec::Encoder::new().encode_points(points);
+    }
+    ENCODER.with_borrow_mut(|e| e.encode_points(points))
 }
 
 /// The live points of the open transaction, already one batch per run of a connector (a
@@ -591,64 +609,108 @@ pub(super) fn append(
     t: i64,
     value: Value,
 ) -> Result<()> {
-    let op = "appending points";
-    let mut text = [0; 20];
-    let record = Record::Point(SyncPoint {
-        device: Identity::parse(row_id_text(device, &mut text)).map_err(|e| {
-            StoreError::Backend {
-                op,
+    // Row ids are never negative; a name with a sign would not decode.
+    let row_id = |id: i64| {
+        u64::try_from(id)
+            .map(RowIdText::new)
+            .map_err(|e| StoreError::Backend {
+                op: "appending points",
                 source: Box::new(e),
-            }
-        })?,
-        resource: ResourceName::parse(row_id_text(resource, &mut text)).map_err(|e| {
-            StoreError::Backend {
-                op,
-                source: Box::new(e),
-            }
-        })?,
+            })
+    };
+    let point = LogPoint {
+        device: row_id(device)?,
+        resource: row_id(resource)?,
         t,
         value: value.clone(),
-    });
-    LOG.with_borrow_mut(|l| l.push(record));
+    };
+    LOG.with_borrow_mut(|l| l.push(point));
     put((device, resource), names, t, value);
     Ok(())
 }
 
-/// The decimal text of a row id, written into `buf` (a log record names its device and
-/// resource by row id): no `String` made only to be copied into the name.
-fn row_id_text(id: i64, buf: &mut [u8; 20]) -> &str {
-    let mut n = id.unsigned_abs();
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
+/// A point of the log row being written: a log record names its device and resource by
+/// row id, whose decimal text is kept inline here. A `Record` instead took two `String`s a
+/// point, made only to be encoded and freed, on the writer of a Target's apply.
+struct LogPoint {
+    device: RowIdText,
+    resource: RowIdText,
+    t: i64,
+    value: Value,
+}
+
+impl codec::PointView for LogPoint {
+    fn device(&self) -> &str {
+        self.device.as_str()
+    }
+    fn resource(&self) -> &str {
+        self.resource.as_str()
+    }
+    fn t(&self) -> i64 {
+        self.t
+    }
+    fn value(&self) -> &Value {
+        &self.value
+    }
+}
+
+/// The decimal text of a row id, inline (digits only: a valid identity and resource name).
+#[derive(Clone, Copy)]
+struct RowIdText {
+    buf: [u8; 20],
+    at: u8,
+}
+
+impl RowIdText {
+    fn new(id: u64) -> Self {
+        let mut buf = [0; 20];
+        let mut n = id;
+        let mut at = buf.len();
+        loop {
+            at -= 1;
+            buf[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
         }
+        Self { buf, at: at as u8 }
     }
-    if id < 0 {
-        at -= 1;
-        buf[at] = b'-';
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[usize::from(self.at)..]).unwrap_or_default()
     }
-    std::str::from_utf8(&buf[at..]).unwrap_or_default()
 }
 
 /// Writes the points the current job appended as its log row(s) in `point_batches`, in
 /// the job's savepoint; nothing when it appended none. Called by the writer after each job
 /// that succeeded: a failure fails that job alone.
 pub(super) fn flush_log(conn: &Connection) -> Result<()> {
-    let records = LOG.with_borrow_mut(std::mem::take);
-    if records.is_empty() {
+    let mut points = LOG.with_borrow_mut(std::mem::take);
+    let written = write_log(conn, &points);
+    // The next job's points go into the same room, unless a rare large request grew it.
+    if points.capacity() <= KEPT_LOG_POINTS {
+        points.clear();
+        LOG.set(points);
+    }
+    written
+}
+
+/// Points of the log buffer's room kept from one job to the next ([`flush_log`]).
+const KEPT_LOG_POINTS: usize = 16_384;
+
+/// Writes `points` as log row(s) (none when empty).
+fn write_log(conn: &Connection, points: &[LogPoint]) -> Result<()> {
+    if points.is_empty() {
         return Ok(());
     }
     let op = "appending points";
     let mut insert = conn
         .prepare_cached("INSERT INTO point_batches (data) VALUES (?1)")
         .map_err(backend(op))?;
-    let mut chunks = vec![&records[..]];
+    let mut chunks = vec![points];
     while let Some(chunk) = chunks.pop() {
-        match encode_row(chunk) {
+        match encode_log(chunk) {
             Ok(data) => {
                 insert.execute([data]).map_err(backend(op))?;
             }
@@ -1181,22 +1243,33 @@ pub(super) struct Encoded {
     pub(super) points: usize,
 }
 
+/// A point of a block. The codec wants a device and resource per point; a block belongs to
+/// one series, named by its key, so a placeholder is all it stores of them (borrowed: a
+/// fold of 65,536 points once made two `String`s of it a point).
+struct BlockPoint<'a> {
+    t: i64,
+    value: &'a Value,
+}
+
+impl codec::PointView for BlockPoint<'_> {
+    fn device(&self) -> &str {
+        "_"
+    }
+    fn resource(&self) -> &str {
+        "_"
+    }
+    fn t(&self) -> i64 {
+        self.t
+    }
+    fn value(&self) -> &Value {
+        self.value
+    }
+}
+
 /// Encodes a part's points as blocks: per series and hour bucket, at most
 /// [`MAX_BLOCK_POINTS`] each.
 pub(super) fn encode(part: &Part) -> Result<Encoded> {
     let op = "folding the point log";
-    // The codec wants a device and resource per point; a block belongs to one series,
-    // named by its key, so these placeholders are all it stores of them.
-    let (nobody, nothing) = (
-        Identity::parse("_").map_err(|e| StoreError::Backend {
-            op,
-            source: Box::new(e),
-        })?,
-        ResourceName::parse("_").map_err(|e| StoreError::Backend {
-            op,
-            source: Box::new(e),
-        })?,
-    );
     let mut encoder = codec::Encoder::new();
     let mut series: Vec<(i64, i64, &Series)> = part
         .devices
@@ -1220,16 +1293,11 @@ pub(super) fn encode(part: &Part) -> Result<Encoded> {
                 if t.div_euclid(BUCKET_US) != bucket || records.len() >= MAX_BLOCK_POINTS {
                     break;
                 }
-                records.push(Record::Point(SyncPoint {
-                    device: nobody.clone(),
-                    resource: nothing.clone(),
-                    t,
-                    value: v.clone(),
-                }));
+                records.push(BlockPoint { t, value: v });
                 iter.next();
             }
             let (t_min, t_max) = match (records.first(), records.last()) {
-                (Some(Record::Point(a)), Some(Record::Point(b))) => (a.t, b.t),
+                (Some(a), Some(b)) => (a.t, b.t),
                 _ => continue,
             };
             out.blocks.push(Block {
@@ -1239,7 +1307,7 @@ pub(super) fn encode(part: &Part) -> Result<Encoded> {
                 t_min,
                 t_max,
                 n: records.len() as i64,
-                data: encoder.encode(&records).map_err(codec_err(op))?,
+                data: encoder.encode_points(&records).map_err(codec_err(op))?,
             });
         }
         if let Some((t, v)) = points.last() {
@@ -1458,10 +1526,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_row_id_reads_as_its_decimal_text() {
-        for id in [0, 7, 10, 4_096, -1, -40, i64::MAX, i64::MIN] {
-            assert_eq!(row_id_text(id, &mut [0; 20]), id.to_string());
+    fn a_row_id_reads_as_its_decimal_text_a_valid_name() {
+        for id in [0, 7, 10, 4_096, i64::MAX as u64, u64::MAX] {
+            let text = RowIdText::new(id);
+            assert_eq!(text.as_str(), id.to_string());
+            assert!(Identity::parse(text.as_str()).is_ok());
+            assert!(ResourceName::parse(text.as_str()).is_ok());
         }
+    }
+
+    /// A row id with a sign would make a log row no read decodes: the append is refused.
+    #[test]
+    fn a_negative_row_id_is_refused_and_logs_nothing() {
+        let conn = Connection::open_in_memory().unwrap();
+        let cid = ConnectorId::parse("abcdefghijklmn").unwrap();
+        let (identity, name) = (
+            Identity::parse("d").unwrap(),
+            ResourceName::parse("r").unwrap(),
+        );
+        for key in [(-1, 1), (1, -1)] {
+            let names = (&cid, std::borrow::Cow::Borrowed(&identity), &name);
+            let refused = append(&conn, key, names, 1, Value::Number(1.0));
+            assert!(matches!(refused, Err(StoreError::Backend { .. })));
+        }
+        assert!(LOG.with_borrow(Vec::is_empty));
     }
 
     /// A refused job's live points are cut from the transaction's batches, whichever
