@@ -303,18 +303,17 @@ fn split_segments(records: &[Record]) -> Vec<Segment<'_>> {
 }
 
 fn encode_points<P: PointView>(body: &mut Vec<u8>, points: &[P]) {
-    // Group per series, then by time; the sort is stable, so equal times keep stream order.
-    // A batch often comes in that order already (a gateway's request device by device, a
-    // log row of one series): one pass tells, instead of a sort's ten comparisons a point.
-    let by_series = |pa: &P, pb: &P| {
-        pa.device()
-            .cmp(pb.device())
-            .then_with(|| pa.resource().cmp(pb.resource()))
-            .then_with(|| pa.t().cmp(&pb.t()))
-    };
+    // Group per series, then by time; equal times keep stream order. A batch often comes
+    // in that order already (a gateway's request device by device, a log row of one
+    // series): one pass tells, instead of a sort's ten comparisons a point. Each point's key
+    // is read from its view once, not at every comparison.
+    let keys: Vec<(&str, &str, i64)> = points
+        .iter()
+        .map(|p| (p.device(), p.resource(), p.t()))
+        .collect();
     let mut order: Vec<u32> = (0..points.len() as u32).collect();
-    if !points.is_sorted_by(|a, b| by_series(a, b).is_le()) {
-        order.sort_by(|&a, &b| by_series(&points[a as usize], &points[b as usize]));
+    if !keys.is_sorted() {
+        order.sort_unstable_by(|&a, &b| keys[a as usize].cmp(&keys[b as usize]).then(a.cmp(&b)));
     }
 
     // Series runs, the device table (sorted, as series are), the resource table.
@@ -323,22 +322,22 @@ fn encode_points<P: PointView>(body: &mut Vec<u8>, points: &[P]) {
     let mut resources: Vec<&str> = Vec::new();
     let mut start = 0;
     while start < order.len() {
-        let first = &points[order[start] as usize];
+        let (device, resource, _) = keys[order[start] as usize];
         let mut end = start + 1;
         while end < order.len() {
-            let p = &points[order[end] as usize];
-            if p.device() != first.device() || p.resource() != first.resource() {
+            let (d, r, _) = keys[order[end] as usize];
+            if d != device || r != resource {
                 break;
             }
             end += 1;
         }
-        if devices.last() != Some(&first.device()) {
-            devices.push(first.device());
+        if devices.last() != Some(&device) {
+            devices.push(device);
         }
-        let res = match resources.iter().position(|r| *r == first.resource()) {
+        let res = match resources.iter().position(|r| *r == resource) {
             Some(i) => i,
             None => {
-                resources.push(first.resource());
+                resources.push(resource);
                 resources.len() - 1
             }
         };
