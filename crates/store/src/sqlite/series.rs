@@ -592,13 +592,13 @@ pub(super) fn apply(tail: &RwLock<Tail>, ops: Vec<Op>, announce: impl FnOnce()) 
     }
 }
 
-/// The names of a point's series, for the live stream. A caller that owns the identity
-/// (a Target's apply, which decoded it) hands it over: a live point then takes it without
-/// a copy.
+/// The names of a point's series, for the live stream. A caller that owns them (a
+/// Target's apply, which decoded them) hands them over: a live point then takes them
+/// without a copy.
 pub(super) type Names<'a> = (
     &'a ConnectorId,
     std::borrow::Cow<'a, Identity>,
-    &'a ResourceName,
+    std::borrow::Cow<'a, ResourceName>,
 );
 
 /// Appends one point to the current job's log row (written when the job ends, see
@@ -737,7 +737,7 @@ pub(super) fn put((device, resource): (i64, i64), names: Names<'_>, t: i64, valu
                 cid,
                 LivePoint {
                     device: identity.into_owned(),
-                    resource: name.clone(),
+                    resource: name.into_owned(),
                     t,
                     v: value.clone(),
                 },
@@ -1583,7 +1583,11 @@ mod tests {
             ResourceName::parse("r").unwrap(),
         );
         for key in [(-1, 1), (1, -1)] {
-            let names = (&cid, std::borrow::Cow::Borrowed(&identity), &name);
+            let names = (
+                &cid,
+                std::borrow::Cow::Borrowed(&identity),
+                std::borrow::Cow::Borrowed(&name),
+            );
             let refused = append(&conn, key, names, 1, Value::Number(1.0));
             assert!(matches!(refused, Err(StoreError::Backend { .. })));
         }

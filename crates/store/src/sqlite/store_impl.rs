@@ -51,7 +51,7 @@ pub(super) fn ingest_points(
                 outbox.push(conn, &p.identity, name, p.t, &value)?;
                 series::put(
                     (device, res.id),
-                    (cid, Cow::Borrowed(&p.identity), name),
+                    (cid, Cow::Borrowed(&p.identity), Cow::Borrowed(name)),
                     p.t,
                     value,
                 );
@@ -59,7 +59,7 @@ pub(super) fn ingest_points(
                 series::append(
                     conn,
                     (device, res.id),
-                    (cid, Cow::Borrowed(&p.identity), name),
+                    (cid, Cow::Borrowed(&p.identity), Cow::Borrowed(name)),
                     p.t,
                     value,
                 )?;

@@ -797,14 +797,14 @@ impl PointWriter {
         &mut self,
         conn: &Connection,
         cid: &ConnectorId,
-        (rid, format, name): (i64, Format, &ResourceName),
+        (rid, format, name): (i64, Format, ResourceName),
         identity: Identity,
         t: i64,
         value: Value,
         now: i64,
     ) -> Result<()> {
-        let Some(value) = fit(format, name, value) else {
-            let r = self.refused.entry(name.clone()).or_insert(Refused {
+        let Some(value) = fit(format, &name, value) else {
+            let r = self.refused.entry(name).or_insert(Refused {
                 from: i64::MAX,
                 until: i64::MIN,
                 ..Default::default()
@@ -818,7 +818,11 @@ impl PointWriter {
         let Some(device) = self.device(conn, cid, &identity, now)? else {
             return Ok(());
         };
-        let names = (cid, std::borrow::Cow::Owned(identity), name);
+        let names = (
+            cid,
+            std::borrow::Cow::Owned(identity),
+            std::borrow::Cow::Owned(name),
+        );
         super::series::append(conn, (device, rid), names, t, value)
     }
 
@@ -890,7 +894,7 @@ pub(super) fn apply(
                             Some(r) => writer.write(
                                 conn,
                                 cid,
-                                (r.id, r.format, &p.resource),
+                                (r.id, r.format, p.resource),
                                 p.device,
                                 p.t,
                                 p.value,
@@ -1029,7 +1033,7 @@ pub(super) fn adopt_pending(
     let n = kept.len() as u64;
     let mut writer = PointWriter::new();
     for (device, t, v) in kept {
-        writer.write(conn, cid, (r.id, r.format, name), device, t, v, now)?;
+        writer.write(conn, cid, (r.id, r.format, name.clone()), device, t, v, now)?;
     }
     writer.finish(conn, cid, now)?;
     conn.prepare_cached("DELETE FROM sync_pending WHERE connector = ?1 AND resource = ?2")
