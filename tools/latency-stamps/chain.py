@@ -43,6 +43,7 @@ def main():
     if len(files) != 2:
         sys.exit(f"expected the stamps of two sites in {folder}, found {len(files)} files")
     a, b = load(files[0]), load(files[1])
+    links = any(w.startswith("link feed") for _, w in a)
     target = ["decoded", "apply submit", "begin", "apply looped", "flush start", "encoded",
               "inserted", "pre-commit", "committed", "locked", "announced"]
     rows = []
@@ -69,7 +70,16 @@ def main():
         committed = before(a, woken, "committed") if woken else None
         if committed is None:
             continue
-        rows.insert(len(rows), {"a committed": committed, "a on_appended": woken, "a send": send, **row})
+        source = {"a committed": committed, "a on_appended": woken, "a send": send}
+        if links:
+            # Both links: site-a's writer task feeds and flushes, site-b's reader reads.
+            feed = after(a, send, "link feed")
+            flushed = after(a, feed, "link flushed") if feed else None
+            read = before(b, t, "link read")
+            if not (feed and flushed and read):
+                continue
+            source.update({"a link feed": feed, "a link flushed": flushed, "b link read": read})
+        rows.append({**source, **row})
     if not rows:
         sys.exit("no request found with all its stages (was the live stream subscribed?)")
     order = list(rows[0])
