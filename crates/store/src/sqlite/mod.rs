@@ -140,6 +140,9 @@ pub struct SqliteConfig {
     /// into blocks by the compactor (`series.rs`); with the hard bound (three times this) it
     /// bounds memory and the replay on open. Default: 65,536.
     pub fold_points: usize,
+    /// Most seqs in one outbox row, for a test (`outbox::row_seqs`). Default: `MAX_ROW_SEQS`.
+    #[cfg(test)]
+    pub(crate) row_seqs: usize,
 }
 
 impl SqliteConfig {
@@ -152,6 +155,8 @@ impl SqliteConfig {
             sync_partition_us: 600_000_000,
             site: "site".into(),
             fold_points: 65_536,
+            #[cfg(test)]
+            row_seqs: outbox::MAX_ROW_SEQS,
         }
     }
 }
@@ -182,6 +187,10 @@ fn backend(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
 impl SqliteStore {
     /// Opens (creating if needed) the database and runs pending migrations.
     pub fn open(config: SqliteConfig) -> Result<Self> {
+        #[cfg(test)]
+        outbox::TEST_ROW_SEQS.set(config.row_seqs);
+        #[cfg(test)]
+        let row_seqs = config.row_seqs;
         let conn = open_connection(&config, config.cache_mib)?;
         // Checkpoints run on their own thread (see `checkpointer`); the writer checkpoints
         // only if the WAL outgrows that thread (readers holding old snapshots, say). A WAL
@@ -244,6 +253,8 @@ impl SqliteStore {
         let writer = std::thread::Builder::new()
             .name("west-store-writer".into())
             .spawn(move || {
+                #[cfg(test)]
+                outbox::TEST_ROW_SEQS.set(row_seqs);
                 writer(
                     conn,
                     rx,

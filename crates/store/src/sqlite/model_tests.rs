@@ -112,6 +112,8 @@ async fn open(dir: &std::path::Path, fold_points: usize, now: &Arc<AtomicI64>) -
     let mut config = SqliteConfig::new(dir.join("site.db"));
     config.fold_points = fold_points;
     config.sync_partition_us = PART;
+    // Rows of five records: the requests here are small, and must span rows.
+    config.row_seqs = 5;
     let clock = Arc::clone(now);
     config.clock = Clock::new(move || clock.load(Ordering::SeqCst));
     SqliteStore::open(config).unwrap()
@@ -330,8 +332,6 @@ fn ingest_records(device: usize, points: &[(i64, i64)]) -> Vec<Rec> {
 }
 
 async fn run(ops: Vec<Op>, fold_points: usize, paired: bool) -> Result<(), TestCaseError> {
-    // Rows of five records: the requests here are small, and must span rows.
-    super::outbox::TEST_ROW_SEQS.store(5, Ordering::Relaxed);
     let dir = tempfile::tempdir().unwrap();
     let now = Arc::new(AtomicI64::new(PART));
     let mut store = open(dir.path(), fold_points, &now).await;

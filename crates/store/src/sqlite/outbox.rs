@@ -44,15 +44,19 @@ use crate::{Result, StoreError};
 /// inside a row decodes the whole row, so this bounds what one read decodes beyond its own
 /// records.
 pub(crate) const MAX_ROW_SEQS: usize = 4_096;
-/// The row size a test wants (the model test's small requests span rows at 5).
 #[cfg(test)]
-pub(super) static TEST_ROW_SEQS: std::sync::atomic::AtomicUsize =
-    std::sync::atomic::AtomicUsize::new(MAX_ROW_SEQS);
+thread_local! {
+    /// The row size a test's store wants (`SqliteConfig::row_seqs`; the model test's small
+    /// requests span rows at 5), on the threads that write its rows: the one that opens it
+    /// and its writer. Per thread, not per process: `cargo test` runs tests side by side
+    /// in one process, and a size one test set changed the rows of another.
+    pub(super) static TEST_ROW_SEQS: std::cell::Cell<usize> = const { std::cell::Cell::new(MAX_ROW_SEQS) };
+}
 
 /// Most seqs in one row: [`MAX_ROW_SEQS`], or what a test asked for.
 fn row_seqs() -> usize {
     #[cfg(test)]
-    return TEST_ROW_SEQS.load(std::sync::atomic::Ordering::Relaxed);
+    return TEST_ROW_SEQS.get();
     #[cfg(not(test))]
     MAX_ROW_SEQS
 }
