@@ -86,6 +86,16 @@ pub trait PointView {
     fn resource(&self) -> &str;
     fn t(&self) -> i64;
     fn value(&self) -> &Value;
+
+    /// A cheap estimate of the point's size before compression, used to cut batches and
+    /// rows ([`Record::estimated_size`]).
+    fn estimated_size(&self) -> usize {
+        let v = match self.value() {
+            Value::String(s) | Value::Json(s) => s.len() + 2,
+            _ => 8,
+        };
+        self.device().len() + self.resource().len() + 8 + v
+    }
 }
 
 impl PointView for Point {

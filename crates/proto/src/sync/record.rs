@@ -38,13 +38,7 @@ impl Record {
     /// A cheap estimate of the record's size before compression, used to cut batches.
     pub fn estimated_size(&self) -> usize {
         match self {
-            Record::Point(p) => {
-                let v = match &p.value {
-                    Value::String(s) | Value::Json(s) => s.len() + 2,
-                    _ => 8,
-                };
-                p.device.as_str().len() + p.resource.as_str().len() + 8 + v
-            }
+            Record::Point(p) => super::codec::PointView::estimated_size(p),
             Record::Device(d) => {
                 64 + d.tags.keys().map(|k| k.len() + 48).sum::<usize>()
                     + d.config.len() * 48

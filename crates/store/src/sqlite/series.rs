@@ -476,16 +476,7 @@ pub(super) fn encode_row(records: &[Record]) -> std::result::Result<Vec<u8>, cod
 
 /// Encodes a log row's points with the writer's encoder, as [`encode_row`] does records.
 fn encode_log(points: &[LogPoint]) -> std::result::Result<Vec<u8>, codec::CodecError> {
-    let size: usize = points
-        .iter()
-        .map(|p| {
-            let v = match &p.value {
-                Value::String(s) | Value::Json(s) => s.len() + 2,
-                _ => 8,
-            };
-            p.device.as_str().len() + p.resource.as_str().len() + 8 + v
-        })
-        .sum();
+    let size: usize = points.iter().map(codec::PointView::estimated_size).sum();
     if size > KEPT_ENCODER_BYTES {
         return codec::Encoder::new().encode_points(points);
     }
