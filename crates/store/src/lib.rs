@@ -329,15 +329,14 @@ pub trait Store: Send + Sync + 'static {
     /// where the backend has them: what a sync driver woken by an append reads, so that the
     /// records leave without a second round trip to the store (the SQLite store answers
     /// from the records its latest commits appended, kept in memory, when it holds them
-    /// from `from` on; then without any).
-    async fn outbox_head_read(
-        &self,
-        cid: &ConnectorId,
-        from: u64,
-        max: usize,
-    ) -> Result<(u64, OutboxChunk)> {
-        let head = self.outbox_head(cid).await?;
-        Ok((head, self.outbox_read(cid, from, max).await?))
+    /// from `from` on; then without any, and with the records' payload when they are all of
+    /// the row it wrote them in).
+    async fn outbox_head_read(&self, cid: &ConnectorId, from: u64, max: usize) -> Result<HeadRead> {
+        Ok(HeadRead {
+            head: self.outbox_head(cid).await?,
+            chunk: self.outbox_read(cid, from, max).await?,
+            payload: None,
+        })
     }
     /// At most `max` consecutive records with `from <= seq < until` (none when `from >=
     /// until` or `from` is past the head), or the lost span that holds `from` (whole, even

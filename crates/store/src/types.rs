@@ -484,6 +484,18 @@ pub enum OutboxChunk {
     Lost(proto::sync::LostSpan),
 }
 
+/// What [`Store::outbox_head_read`](crate::Store::outbox_head_read) gives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadRead {
+    /// The highest seq in the outbox.
+    pub head: u64,
+    pub chunk: OutboxChunk,
+    /// The batch payload (`proto::sync::codec`) of exactly the chunk's records, when the
+    /// backend holds it (the row it wrote them in): the sender sends it instead of
+    /// encoding them again (`proto::sync::ReadChunk::Encoded`).
+    pub payload: Option<Vec<u8>>,
+}
+
 /// One output of a `proto::sync::Receiver` to make durable with the cursor.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Inbound {

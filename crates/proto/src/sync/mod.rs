@@ -51,6 +51,8 @@
 //! 3. Channel up / down: `link_up(now)` / `link_down(now)`.
 //! 4. `Read { from, max_records }`: read the outbox and answer `on_read(now,
 //!    ReadChunk::Records { from, records })` (consecutive from `from`, may be fewer), or
+//!    `ReadChunk::Encoded { from, records, payload }` when the store holds the payload of
+//!    exactly these records (a batch of all of them sends it as it is), or
 //!    `ReadChunk::Lost { from, span }` when retention dropped `from`.
 //! 5. `Lease { upto }`: persist it, then `on_lease(now, upto)`.
 //! 6. `Acked { applied }`: persist it (lazily is fine) and delete delivered records.

@@ -146,6 +146,15 @@ pub enum SenderOutput {
 pub enum ReadChunk {
     /// Consecutive records starting at `from` (fewer than asked is fine).
     Records { from: u64, records: Vec<Record> },
+    /// As `Records`, with `payload`: exactly these records as [`codec::encode`] gives them
+    /// (so that [`codec::decode`] of it gives them back, in this order), which a store may
+    /// already hold (the row it wrote them in). A batch of exactly these records sends it
+    /// as it is instead of encoding them again.
+    Encoded {
+        from: u64,
+        records: Vec<Record>,
+        payload: Vec<u8>,
+    },
     /// `from` lies in a span retention dropped; the span as the store recorded it.
     Lost { from: u64, span: LostSpan },
 }
@@ -208,6 +217,9 @@ struct Lane {
     staged_since: u64,
     /// A lost span that follows the staged records.
     staged_gap: Option<LostSpan>,
+    /// The payload of exactly the staged records, when one read staged them all and came
+    /// with it ([`ReadChunk::Encoded`]).
+    staged_payload: Option<Vec<u8>>,
     /// `from` of the outstanding read.
     read_pending: Option<u64>,
     /// When the driver answered a read with nothing: read again on `outbox_head`, or
@@ -241,6 +253,7 @@ impl Lane {
             staged_bytes: 0,
             staged_since: 0,
             staged_gap: None,
+            staged_payload: None,
             read_pending: None,
             read_dry_at: None,
         }
@@ -515,7 +528,9 @@ impl Sender {
     /// waits for (after a go-back) are ignored.
     pub fn on_read(&mut self, now: u64, chunk: ReadChunk) -> Result<(), SyncError> {
         let from = match &chunk {
-            ReadChunk::Records { from, .. } | ReadChunk::Lost { from, .. } => *from,
+            ReadChunk::Records { from, .. }
+            | ReadChunk::Encoded { from, .. }
+            | ReadChunk::Lost { from, .. } => *from,
         };
         let live_end = self.head.min(self.leased_until(from));
         let main_end = self.main_end().min(self.leased_until(from));
@@ -528,22 +543,11 @@ impl Sender {
             _ => return Ok(()),
         };
         lane.read_pending = None;
-        match chunk {
-            ReadChunk::Records { mut records, .. } => {
-                let max = end.saturating_sub(from - 1);
-                records.truncate(usize::try_from(max).unwrap_or(usize::MAX));
-                if records.is_empty() {
-                    lane.read_dry_at = Some(now);
-                    return Ok(());
-                }
-                if lane.staged.is_empty() {
-                    lane.staged_first = from;
-                    lane.staged_since = now;
-                }
-                lane.next = from + records.len() as u64;
-                lane.staged_bytes += records.iter().map(Record::estimated_size).sum::<usize>();
-                lane.staged.extend(records);
-            }
+        let (records, payload) = match chunk {
+            ReadChunk::Records { records, .. } => (Some(records), None),
+            ReadChunk::Encoded {
+                records, payload, ..
+            } => (Some(records), Some(payload)),
             ReadChunk::Lost { span, .. } => {
                 if span.first_seq > from || span.last_seq < from {
                     return Err(SyncError::BadLostSpan {
@@ -554,7 +558,28 @@ impl Sender {
                 }
                 lane.next = span.last_seq + 1;
                 lane.staged_gap = Some(span);
+                (None, None)
             }
+        };
+        if let Some(mut records) = records {
+            let max = usize::try_from(end.saturating_sub(from - 1)).unwrap_or(usize::MAX);
+            // A payload holds all of the records read, or it is of no use.
+            let payload = payload.filter(|_| records.len() <= max);
+            records.truncate(max);
+            if records.is_empty() {
+                lane.read_dry_at = Some(now);
+                return Ok(());
+            }
+            if lane.staged.is_empty() {
+                lane.staged_first = from;
+                lane.staged_since = now;
+                lane.staged_payload = payload;
+            } else {
+                lane.staged_payload = None;
+            }
+            lane.next = from + records.len() as u64;
+            lane.staged_bytes += records.iter().map(Record::estimated_size).sum::<usize>();
+            lane.staged.extend(records);
         }
         self.pump(now);
         Ok(())
@@ -1063,7 +1088,11 @@ fn encode_batch(
     loop {
         let first = s.staged_first;
         let last = first + n as u64 - 1;
-        let payload = enc.encode(&s.staged[..n])?;
+        // The store's own encoding of exactly these records, if it gave one.
+        let payload = match s.staged_payload.take() {
+            Some(payload) if n == s.staged.len() => payload,
+            _ => enc.encode(&s.staged[..n])?,
+        };
         let msg = if let Some(lane) = lane {
             Message::Live {
                 session,
@@ -1205,6 +1234,66 @@ mod tests {
         )
         .unwrap();
         s
+    }
+
+    /// Answers every read with its records and `payload` as theirs; returns the payloads of
+    /// the batches sent.
+    fn payloads_sent(s: &mut Sender, payload: &[u8]) -> Vec<Vec<u8>> {
+        let mut sent = Vec::new();
+        while let Some(o) = s.poll_output() {
+            match o {
+                SenderOutput::Read { from, max_records } => {
+                    let chunk = ReadChunk::Encoded {
+                        from,
+                        records: (from..from + max_records as u64).map(rec).collect(),
+                        payload: payload.to_vec(),
+                    };
+                    s.on_read(0, chunk).unwrap();
+                }
+                SenderOutput::Lease { upto } => s.on_lease(0, upto),
+                SenderOutput::Send(b) => {
+                    if let Message::Batch { payload, .. } = message::decode(&b).unwrap() {
+                        sent.push(payload);
+                    }
+                }
+                _ => {}
+            }
+        }
+        sent
+    }
+
+    #[test]
+    fn a_reads_payload_is_sent_as_it_is_for_a_batch_of_exactly_its_records() {
+        // Not the records' own payload, so that the batch shows which one went.
+        let marker = codec::encode(&[rec(7), rec(8)]).unwrap();
+        let mut s = started(2, 0);
+        assert_eq!(payloads_sent(&mut s, &marker), vec![marker.clone()]);
+        // Batches cut smaller than the read are encoded from its records.
+        let mut s = Sender::new(
+            SenderConfig {
+                max_batch_bytes: 1,
+                ..cfg()
+            },
+            SenderDurable {
+                acked: 0,
+                head: 2,
+                lease: 0,
+                live: None,
+            },
+            0,
+        );
+        s.link_up(0);
+        s.on_message(
+            0,
+            Message::Resume {
+                session: 9,
+                applied: 0,
+            },
+        )
+        .unwrap();
+        let sent = payloads_sent(&mut s, &marker);
+        let decoded: Vec<Vec<Record>> = sent.iter().map(|p| codec::decode(p).unwrap()).collect();
+        assert_eq!(decoded, vec![vec![rec(1)], vec![rec(2)]]);
     }
 
     #[test]

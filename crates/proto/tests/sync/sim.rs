@@ -36,7 +36,7 @@ use west_proto::model::{DeviceState, Identity, ResourceName, Value};
 use west_proto::sync::{
     self, Addressee, Admit, Apply, ApplyQueue, DeviceEdit, DeviceRecord, GapRecord, Held, Hlc,
     LostSpan, Point, ReadChunk, Receiver, ReceiverConfig, ReceiverOutput, Record, Sender,
-    SenderConfig, SenderDurable, SenderOutput, Stamp, message,
+    SenderConfig, SenderDurable, SenderOutput, Stamp, codec, message,
 };
 
 const SOURCE: usize = 0;
@@ -520,7 +520,18 @@ impl World {
             self.log(|| format!("{} completes {}", NAMES[i], describe_op(&op)));
             match op {
                 Op::Read { from, max } => {
-                    let chunk = self.sites[i].outbox.read(from, max);
+                    let mut chunk = self.sites[i].outbox.read(from, max);
+                    // Half the reads come with the records' payload, as a store that holds
+                    // the row it wrote them in gives it.
+                    if let ReadChunk::Records { from, records } = &chunk
+                        && self.rng.random_bool(0.5)
+                    {
+                        chunk = ReadChunk::Encoded {
+                            from: *from,
+                            payload: codec::encode(records).expect("encodable records"),
+                            records: records.clone(),
+                        };
+                    }
                     self.sites[i]
                         .sender
                         .on_read(now, chunk)

@@ -8,7 +8,8 @@
 //!  connector task ── SyncEvent::{Up, Down, Message} ──▶ driver task (one per paired connector)
 //!      Sender   (Source: points and device changes; Target: device changes)
 //!        woken ─▶ store.outbox_head_read: the head, and when everything was acknowledged
-//!                 the records after it in the same read (the Sender's next Read takes them)
+//!                 the records after it in the same read (the Sender's next Read takes them,
+//!                 with the row the store wrote them in as the batch's payload, if it has it)
 //!        Read ─▶ store.outbox_read ─▶ on_read          Lease ─▶ store.outbox_lease ─▶ on_lease
 //!                                                      (persisted after the sends due)
 //!        Acked ─▶ persisted at once when caught up, else ≤ 500 ms later (store.outbox_acked
@@ -64,7 +65,7 @@ use proto::sync::{
     Admit, ApplyQueue, Held, ReadChunk, Receiver, ReceiverConfig, ReceiverOutput, Sender,
     SenderConfig, SenderDurable, SenderOutput, message,
 };
-use store::{Clock, Inbound, OutboxChunk, Retention, Store};
+use store::{Clock, HeadRead, Inbound, OutboxChunk, Retention, Store};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -229,7 +230,7 @@ struct SyncDriver {
     lease_due: Option<u64>,
     /// Records read with the head after a wake-up (`on_appended`), from the seq the Sender
     /// reads next when it is caught up: its next `Read` from there is answered with them.
-    prefetched: Option<(u64, OutboxChunk)>,
+    prefetched: Option<(u64, HeadRead)>,
     /// The most records the Sender reads at once (a batch).
     read_max: usize,
     /// The sync protocol version this site's messages carry: `SYNC_VERSION`, unless a test
@@ -414,23 +415,38 @@ impl SyncDriver {
                 }
             },
             SenderOutput::Read { from, max_records } => {
-                let read = match self.prefetched.take() {
-                    Some((at, OutboxChunk::Records(mut records))) if at == from => {
+                let (read, payload) = match self.prefetched.take() {
+                    Some((at, read)) if at == from => match read.chunk {
+                        // The records' own payload goes with all of them only.
+                        OutboxChunk::Records(records) if records.len() <= max_records => {
+                            (Ok(OutboxChunk::Records(records)), read.payload)
+                        }
                         // Consecutive from `from`: a prefix is what a smaller read gives.
-                        records.truncate(max_records);
-                        Ok(OutboxChunk::Records(records))
-                    }
-                    Some((at, lost @ OutboxChunk::Lost(_))) if at == from => Ok(lost),
+                        OutboxChunk::Records(mut records) => {
+                            records.truncate(max_records);
+                            (Ok(OutboxChunk::Records(records)), None)
+                        }
+                        lost @ OutboxChunk::Lost(_) => (Ok(lost), None),
+                    },
                     _ => {
                         self.store_job();
-                        self.state
+                        let read = self
+                            .state
                             .store
                             .outbox_read(&self.cid, from, max_records)
-                            .await
+                            .await;
+                        (read, None)
                     }
                 };
                 let chunk = match read {
-                    Ok(OutboxChunk::Records(records)) => ReadChunk::Records { from, records },
+                    Ok(OutboxChunk::Records(records)) => match payload {
+                        Some(payload) => ReadChunk::Encoded {
+                            from,
+                            records,
+                            payload,
+                        },
+                        None => ReadChunk::Records { from, records },
+                    },
                     Ok(OutboxChunk::Lost(span)) => ReadChunk::Lost { from, span },
                     Err(e) => {
                         // Answered empty: the sender reads again on its next tick.
@@ -616,9 +632,9 @@ impl SyncDriver {
                 .outbox_head_read(&self.cid, from, self.read_max)
                 .await
             {
-                Ok((head, chunk)) => {
-                    self.prefetched = Some((from, chunk));
-                    let now = self.now();
+                Ok(read) => {
+                    let (now, head) = (self.now(), read.head);
+                    self.prefetched = Some((from, read));
                     self.sender.outbox_head(now, head);
                 }
                 Err(e) => {

@@ -245,6 +245,8 @@ impl Appender {
             }
         }
         chunks.reverse();
+        // The data of a row that holds every record of the job: the sender's payload.
+        let mut whole = None;
         while let Some((a, b)) = chunks.pop() {
             match super::series::encode_row(&self.records[a..b]) {
                 Ok(data) => {
@@ -257,6 +259,9 @@ impl Appender {
                         ])
                         .map_err(backend(op))?;
                     bytes += data.len() as u64 + ROW_OVERHEAD;
+                    if b - a == self.records.len() {
+                        whole = Some(data);
+                    }
                 }
                 // Many long strings: in halves, each its own row, in order.
                 Err(codec::CodecError::TooLarge { .. }) if b - a > 1 => {
@@ -293,8 +298,8 @@ impl Appender {
         })
         .map_err(backend("updating an outbox partition"))?;
         // In seq order, as a read gives them: the driver's next read, right after the
-        // commit, takes them from memory (`recent.rs`).
-        super::recent::appended(&self.cid, first, self.records);
+        // commit, takes them from memory (`recent.rs`), with their row if it is one.
+        super::recent::appended(&self.cid, first, self.records, whole);
         Ok(Some(self.head))
     }
 

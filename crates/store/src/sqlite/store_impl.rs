@@ -973,15 +973,14 @@ impl Store for SqliteStore {
         self.recent.set_waker(wake)
     }
 
-    async fn outbox_head_read(
-        &self,
-        cid: &ConnectorId,
-        from: u64,
-        max: usize,
-    ) -> Result<(u64, OutboxChunk)> {
+    async fn outbox_head_read(&self, cid: &ConnectorId, from: u64, max: usize) -> Result<HeadRead> {
         // Usually the records the commit that woke the driver has just appended.
-        if let Some((head, records)) = self.recent.take(cid, from, max) {
-            return Ok((head, OutboxChunk::Records(records)));
+        if let Some((head, records, payload)) = self.recent.take(cid, from, max) {
+            return Ok(HeadRead {
+                head,
+                chunk: OutboxChunk::Records(records),
+                payload,
+            });
         }
         let cid = cid.clone();
         self.read(move |conn| {
@@ -991,7 +990,11 @@ impl Store for SqliteStore {
             } else {
                 OutboxChunk::Records(Vec::new())
             };
-            Ok((head, chunk))
+            Ok(HeadRead {
+                head,
+                chunk,
+                payload: None,
+            })
         })
         .await
     }

@@ -1052,7 +1052,9 @@ mod tests {
     use std::sync::atomic::{AtomicI64, Ordering};
 
     use proto::model::{Format, Value};
-    use proto::sync::{Apply, GapRecord, LostSpan, Point as SyncPoint, Record, ResourceLoss};
+    use proto::sync::{
+        Apply, GapRecord, LostSpan, Point as SyncPoint, Record, ResourceLoss, codec,
+    };
     use serde_json::json;
 
     use super::super::fixtures::*;
@@ -1213,12 +1215,21 @@ mod tests {
         let head_read = |from| {
             let store = &store;
             async move {
-                match store.outbox_head_read(&cid(), from, 4096).await.unwrap() {
-                    (head, OutboxChunk::Records(r)) => (head, r),
-                    (_, OutboxChunk::Lost(span)) => panic!("lost {span:?}"),
+                let read = store.outbox_head_read(&cid(), from, 4096).await.unwrap();
+                match read.chunk {
+                    OutboxChunk::Records(r) => {
+                        // A payload is exactly the records given.
+                        if let Some(payload) = &read.payload {
+                            assert_eq!(&codec::decode(payload).unwrap(), &r);
+                        }
+                        (read.head, r, read.payload.is_some())
+                    }
+                    OutboxChunk::Lost(span) => panic!("lost {span:?}"),
                 }
             }
         };
+        // The pairing's snapshots, as the driver takes them.
+        assert_eq!(head_read(1).await.0, SNAP);
         // Out of the codec's order: the outbox stores them by device, resource and time.
         let request = vec![
             pts("dev2", 9, 1.0),
@@ -1229,9 +1240,13 @@ mod tests {
         store.ingest(&cid(), request.clone()).await.unwrap();
         let stored = records(&store, SNAP + 1, 4096).await;
         assert_eq!(stored.len(), 4);
-        assert_eq!(head_read(SNAP + 1).await, (SNAP + 4, stored.clone()));
+        // With the row the request wrote: the sender's payload.
+        assert_eq!(head_read(SNAP + 1).await, (SNAP + 4, stored.clone(), true));
         // Taken: the next read of the same seqs is the database's, and the same.
-        assert_eq!(head_read(SNAP + 3).await, (SNAP + 4, stored[2..].to_vec()));
+        assert_eq!(
+            head_read(SNAP + 3).await,
+            (SNAP + 4, stored[2..].to_vec(), false)
+        );
         // Two commits in a row: the second continues the first.
         store
             .ingest(&cid(), vec![pts("dev1", 20, 5.0)])
@@ -1243,7 +1258,8 @@ mod tests {
             .unwrap();
         let stored = records(&store, SNAP + 5, 4096).await;
         assert_eq!(stored.len(), 2);
-        assert_eq!(head_read(SNAP + 5).await, (SNAP + 6, stored));
+        // Two rows: no payload.
+        assert_eq!(head_read(SNAP + 5).await, (SNAP + 6, stored, false));
         // A refused request appends nothing.
         let bad = PointsIn {
             identity: id("dev1"),
@@ -1256,7 +1272,7 @@ mod tests {
                 .await
                 .is_err()
         );
-        assert_eq!(head_read(SNAP + 7).await, (SNAP + 6, vec![]));
+        assert_eq!(head_read(SNAP + 7).await, (SNAP + 6, vec![], false));
         // Records dropped since they were appended are not given from memory: everything
         // acknowledged, a later partition appended and then lost to retention.
         store.outbox_acked(&cid(), SNAP + 6).await.unwrap();
@@ -1271,12 +1287,16 @@ mod tests {
             budget_bytes: None,
         };
         store.sync_expire(&cid(), retention).await.unwrap();
-        let (head, chunk) = store
+        let read = store
             .outbox_head_read(&cid(), SNAP + 7, 4096)
             .await
             .unwrap();
-        assert_eq!(head, SNAP + 7);
-        assert!(matches!(chunk, OutboxChunk::Lost(_)), "{chunk:?}");
+        assert_eq!(read.head, SNAP + 7);
+        assert!(
+            matches!(read.chunk, OutboxChunk::Lost(_)),
+            "{:?}",
+            read.chunk
+        );
     }
 
     /// Acknowledges the pairing's snapshots (dropping their partition, the clock's zero), then
