@@ -227,7 +227,17 @@ async fn every_refusal_says_why_and_queues_nothing() -> anyhow::Result<()> {
                 .clone(),
         )
     };
-    let before = head().await?;
+    // The status a site shows lags its store by up to a second: first the head once it
+    // holds every device's record, as the setup left it.
+    let before = testkit::eventually(
+        "every device's record in the head",
+        testkit::DEADLINE,
+        || async {
+            let head = head().await?;
+            Ok((head.as_u64() >= Some(DEVICES as u64)).then_some(head))
+        },
+    )
+    .await?;
     let now = site::clock::now_micros();
     let month = 31 * 24 * 3_600 * SECOND;
     let many: Vec<String> = (0..1_001).map(|i| format!("dev-{i}")).collect();
