@@ -689,6 +689,80 @@ fn plain_value(r: &mut Reader<'_>, tag: u8) -> Result<Value, CodecError> {
     })
 }
 
+/// First byte of a row in the plain layout ([`encode_plain`]); never the first of a zstd
+/// frame (`0x28`), so a store can keep both kinds of rows in one table.
+pub const PLAIN_MARK: u8 = 0xa1;
+
+/// A point of the plain layout: device and resource are numbers (a store's row ids).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlainPoint {
+    pub device: u64,
+    pub resource: u64,
+    pub t: i64,
+    pub value: Value,
+}
+
+/// Appends points in the plain layout to `out` (which should be empty): no sorting, no
+/// columns, no compression, so writing costs a few bytes' work a point. For a store's own
+/// log rows, written on the latency path of every point and read only when the store opens
+/// (the batch layout above took a Target's writer 0.2 ms for 1,000 points).
+///
+/// ```text
+/// row   := PLAIN_MARK n (device resource Δt tag value)*     -- varints; Δt = zz(t - previous t),
+///                                                             the first from 0
+/// value := as a mixed column's: 1 f64 LE | 2 zz | 3 byte | 4 / 5 len bytes
+/// ```
+pub fn encode_plain<'a>(
+    points: impl ExactSizeIterator<Item = (u64, u64, i64, &'a Value)>,
+    out: &mut Vec<u8>,
+) {
+    out.push(PLAIN_MARK);
+    put_varint(out, points.len() as u64);
+    let mut prev = 0i64;
+    for (device, resource, t, value) in points {
+        put_varint(out, device);
+        put_varint(out, resource);
+        put_varint(out, zigzag(t.wrapping_sub(prev)));
+        prev = t;
+        out.push(value_tag(value));
+        put_plain_value(out, value);
+    }
+}
+
+/// Decodes a row of [`encode_plain`], checking it as [`decode`] checks a batch: never
+/// panics, allocates no more than its input allows, and rejects a missing mark, trailing
+/// bytes, unknown tags, non-finite numbers and timestamps outside the model's range.
+pub fn decode_plain(row: &[u8]) -> Result<Vec<PlainPoint>, CodecError> {
+    let mut r = Reader { buf: row };
+    if r.byte("plain mark")? != PLAIN_MARK {
+        return Err(CodecError::Invalid("plain mark"));
+    }
+    // A point takes at least four bytes (device, resource, Δt, tag) and its value.
+    let n = r.count("point count", 5)?;
+    let mut out = Vec::with_capacity(n);
+    let mut t = 0i64;
+    for _ in 0..n {
+        let device = r.varint("device")?;
+        let resource = r.varint("resource")?;
+        t = t.wrapping_add(unzigzag(r.varint("time")?));
+        if !(0..=MAX_TIMESTAMP).contains(&t) {
+            return Err(CodecError::Invalid("timestamp"));
+        }
+        let tag = r.byte("value tag")?;
+        let value = plain_value(&mut r, tag)?;
+        out.push(PlainPoint {
+            device,
+            resource,
+            t,
+            value,
+        });
+    }
+    if !r.buf.is_empty() {
+        return Err(CodecError::TrailingBytes(r.buf.len()));
+    }
+    Ok(out)
+}
+
 fn zigzag(v: i64) -> u64 {
     ((v << 1) ^ (v >> 63)) as u64
 }
@@ -859,6 +933,41 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn a_plain_row_that_is_not_one_is_refused_with_what_is_wrong() {
+        let row = |points: &[(u64, u64, i64, Value)]| {
+            let mut row = Vec::new();
+            encode_plain(points.iter().map(|(d, r, t, v)| (*d, *r, *t, v)), &mut row);
+            row
+        };
+        let good = row(&[(1, 2, 5, Value::Integer(7)), (3, 2, 4, Value::Number(1.5))]);
+        assert_eq!(decode_plain(&good).unwrap().len(), 2);
+        assert_eq!(decode_plain(&[]), Err(CodecError::Truncated("plain mark")));
+        // A batch payload (a zstd frame) is not a plain row.
+        let batch = encode(&[point("d", "r", 1, Value::Integer(1))]).unwrap();
+        assert_eq!(decode_plain(&batch), Err(CodecError::Invalid("plain mark")));
+        assert_eq!(
+            decode_plain(&good[..good.len() - 1]),
+            Err(CodecError::Truncated("number"))
+        );
+        let mut long = good.clone();
+        long.push(0);
+        assert_eq!(decode_plain(&long), Err(CodecError::TrailingBytes(1)));
+        assert_eq!(
+            decode_plain(&row(&[(1, 2, MAX_TIMESTAMP + 1, Value::Integer(0))])),
+            Err(CodecError::Invalid("timestamp"))
+        );
+        assert_eq!(
+            decode_plain(&row(&[(1, 2, 5, Value::Number(f64::NAN))])),
+            Err(CodecError::Invalid("number"))
+        );
+        // A count that the bytes cannot hold fails before allocating for it.
+        assert_eq!(
+            decode_plain(&[PLAIN_MARK, 0xff, 0xff, 0xff, 0x7f]),
+            Err(CodecError::Truncated("point count"))
+        );
+    }
+
     fn arb_value() -> impl Strategy<Value = Value> {
         prop_oneof![
             (-1_000_000i64..1_000_000, 0u32..4)
@@ -908,6 +1017,31 @@ mod tests {
                 .collect();
             let mut encoder = Encoder::new();
             prop_assert_eq!(encoder.encode_points(&views)?, encode(&points)?);
+        }
+
+        /// Any points, in any order, come back from the plain layout as they went in.
+        #[test]
+        fn plain_rows_round_trip(
+            points in prop::collection::vec(
+                (any::<u64>(), any::<u64>(), 0..=MAX_TIMESTAMP, arb_value()),
+                0..60,
+            )
+        ) {
+            let mut row = Vec::new();
+            encode_plain(points.iter().map(|(d, r, t, v)| (*d, *r, *t, v)), &mut row);
+            let back: Vec<(u64, u64, i64, Value)> = decode_plain(&row)?
+                .into_iter()
+                .map(|p| (p.device, p.resource, p.t, p.value))
+                .collect();
+            prop_assert_eq!(back, points);
+        }
+
+        #[test]
+        fn random_plain_rows_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode_plain(&bytes);
+            let mut row = vec![PLAIN_MARK];
+            row.extend_from_slice(&bytes);
+            let _ = decode_plain(&row);
         }
 
         #[test]
