@@ -6,7 +6,7 @@
 //!  ingest / apply job ──▶ `append`: LOG + Op::Put (thread-local) dropped with a refused job
 //!                         (a remote-synced point of a paired Source: its outbox record
 //!                          instead, replayed from `sync_out.folded` on; see `put`)
-//!  writer, job done ──▶ `flush_log`: INSERT INTO point_batches   one row per job (codec)
+//!  writer, job done ──▶ `flush_log`: INSERT INTO point_batches   one row per job (plain)
 //!  writer, after COMMIT ──▶ ops applied to the Tail (RwLock)     then callers hear back
 //!  writer, active part ≥ fold_points ──▶ freeze it (Frozen: log pos and outbox heads it
 //!                                        covers) ──▶ compactor: `encode` (no database)
@@ -474,15 +474,6 @@ pub(super) fn encode_row(records: &[Record]) -> std::result::Result<Vec<u8>, cod
     ENCODER.with_borrow_mut(|e| e.encode(records))
 }
 
-/// Encodes a log row's points with the writer's encoder, as [`encode_row`] does records.
-fn encode_log(points: &[LogPoint]) -> std::result::Result<Vec<u8>, codec::CodecError> {
-    let size: usize = points.iter().map(codec::PointView::estimated_size).sum();
-    if size > KEPT_ENCODER_BYTES {
-        return codec::Encoder::new().encode_points(points);
-    }
-    ENCODER.with_borrow_mut(|e| e.encode_points(points))
-}
-
 /// The live points of the open transaction, already one batch per run of a connector (a
 /// connector's id is copied once a batch, not once a point).
 struct Live {
@@ -601,14 +592,12 @@ pub(super) fn append(
     t: i64,
     value: Value,
 ) -> Result<()> {
-    // Row ids are never negative; a name with a sign would not decode.
+    // Row ids are never negative; a log row keeps them unsigned.
     let row_id = |id: i64| {
-        u64::try_from(id)
-            .map(RowIdText::new)
-            .map_err(|e| StoreError::Backend {
-                op: "appending points",
-                source: Box::new(e),
-            })
+        u64::try_from(id).map_err(|e| StoreError::Backend {
+            op: "appending points",
+            source: Box::new(e),
+        })
     };
     let point = LogPoint {
         device: row_id(device)?,
@@ -621,56 +610,21 @@ pub(super) fn append(
     Ok(())
 }
 
-/// A point of the log row being written: a log record names its device and resource by
-/// row id, whose decimal text is kept inline here. A `Record` instead took two `String`s a
-/// point, made only to be encoded and freed, on the writer of a Target's apply.
+/// A point of the log row being written, its device and resource by row id.
 struct LogPoint {
-    device: RowIdText,
-    resource: RowIdText,
+    device: u64,
+    resource: u64,
     t: i64,
     value: Value,
 }
 
-impl codec::PointView for LogPoint {
-    fn device(&self) -> &str {
-        self.device.as_str()
-    }
-    fn resource(&self) -> &str {
-        self.resource.as_str()
-    }
-    fn t(&self) -> i64 {
-        self.t
-    }
-    fn value(&self) -> &Value {
-        &self.value
-    }
-}
-
-/// The decimal text of a row id, inline (digits only: a valid identity and resource name).
-#[derive(Clone, Copy)]
-struct RowIdText {
-    buf: [u8; 20],
-    at: u8,
-}
-
-impl RowIdText {
-    fn new(id: u64) -> Self {
-        let mut buf = [0; 20];
-        let mut n = id;
-        let mut at = buf.len();
-        loop {
-            at -= 1;
-            buf[at] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
+impl LogPoint {
+    /// About the bytes it takes in a row.
+    fn size(&self) -> usize {
+        match &self.value {
+            Value::String(s) | Value::Json(s) => 24 + s.len(),
+            _ => 24,
         }
-        Self { buf, at: at as u8 }
-    }
-
-    fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.buf[usize::from(self.at)..]).unwrap_or_default()
     }
 }
 
@@ -691,29 +645,36 @@ pub(super) fn flush_log(conn: &Connection) -> Result<()> {
 /// Points of the log buffer's room kept from one job to the next ([`flush_log`]).
 const KEPT_LOG_POINTS: usize = 16_384;
 
-/// Writes `points` as log row(s) (none when empty).
+/// Most bytes of one log row: a job's points past it go into further rows, in order.
+const LOG_ROW_BYTES: usize = 4 << 20;
+
+/// Writes `points` as log row(s) (none when empty), in the codec's plain layout: no
+/// sorting, columns or compression on the writer, where the batch layout took a Target's
+/// apply of 1,000 points 0.2 ms (docs/benchmarks.md, "Latency, session 10"). Log rows are
+/// read only by [`replay`]; the fold compresses their points into blocks.
 fn write_log(conn: &Connection, points: &[LogPoint]) -> Result<()> {
-    if points.is_empty() {
-        return Ok(());
-    }
     let op = "appending points";
-    let mut insert = conn
-        .prepare_cached("INSERT INTO point_batches (data) VALUES (?1)")
-        .map_err(backend(op))?;
-    let mut chunks = vec![points];
-    while let Some(chunk) = chunks.pop() {
-        match encode_log(chunk) {
-            Ok(data) => {
-                insert.execute([data]).map_err(backend(op))?;
-            }
-            // A request of many long strings: in halves, each its own row, in order.
-            Err(codec::CodecError::TooLarge { .. }) if chunk.len() > 1 => {
-                let (first, second) = chunk.split_at(chunk.len() / 2);
-                chunks.push(second);
-                chunks.push(first);
-            }
-            Err(e) => return Err(codec_err(op)(e)),
-        }
+    let mut rest = points;
+    while !rest.is_empty() {
+        let mut bytes = 0;
+        let n = rest
+            .iter()
+            .take_while(|p| {
+                bytes += p.size();
+                bytes <= LOG_ROW_BYTES
+            })
+            .count()
+            .max(1);
+        let (row, later) = rest.split_at(n);
+        rest = later;
+        let mut data = Vec::with_capacity(16 + row.iter().map(LogPoint::size).sum::<usize>());
+        codec::encode_plain(
+            row.iter().map(|p| (p.device, p.resource, p.t, &p.value)),
+            &mut data,
+        );
+        conn.prepare_cached("INSERT INTO point_batches (data) VALUES (?1)")
+            .and_then(|mut s| s.execute([data]))
+            .map_err(backend(op))?;
     }
     Ok(())
 }
@@ -1187,6 +1148,26 @@ pub(super) fn replay(conn: &Connection) -> Result<Tail> {
             op,
             source: Box::new(e),
         })?;
+        let mut put = |device: i64, resource: i64, t, value| {
+            if resources.contains(&resource) {
+                tail.active.put(device, resource, t, value);
+            }
+        };
+        if bytes.first() == Some(&codec::PLAIN_MARK) {
+            for p in codec::decode_plain(bytes).map_err(codec_err(op))? {
+                let (Ok(device), Ok(resource)) =
+                    (i64::try_from(p.device), i64::try_from(p.resource))
+                else {
+                    return Err(StoreError::Backend {
+                        op,
+                        source: format!("a log row names {} / {}", p.device, p.resource).into(),
+                    });
+                };
+                put(device, resource, p.t, p.value);
+            }
+            continue;
+        }
+        // A row of an earlier version: the batch codec, row ids as names.
         for record in decoder.decode(bytes).map_err(codec_err(op))? {
             let Record::Point(p) = record else { continue };
             let (Ok(device), Ok(resource)) = (
@@ -1198,9 +1179,7 @@ pub(super) fn replay(conn: &Connection) -> Result<Tail> {
                     source: format!("a log row names {} / {}", p.device, p.resource).into(),
                 });
             };
-            if resources.contains(&resource) {
-                tail.active.put(device, resource, p.t, p.value);
-            }
+            put(device, resource, p.t, p.value);
         }
     }
     drop(rows);
@@ -1554,17 +1533,7 @@ pub(super) fn read(
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_row_id_reads_as_its_decimal_text_a_valid_name() {
-        for id in [0, 7, 10, 4_096, i64::MAX as u64, u64::MAX] {
-            let text = RowIdText::new(id);
-            assert_eq!(text.as_str(), id.to_string());
-            assert!(Identity::parse(text.as_str()).is_ok());
-            assert!(ResourceName::parse(text.as_str()).is_ok());
-        }
-    }
-
-    /// A row id with a sign would make a log row no read decodes: the append is refused.
+    /// A row id with a sign has no place in a log row: the append is refused.
     #[test]
     fn a_negative_row_id_is_refused_and_logs_nothing() {
         let conn = Connection::open_in_memory().unwrap();

@@ -659,6 +659,70 @@ async fn a_data_dir_of_the_points_table_is_migrated_and_folded_on_open() {
     assert_eq!(got.len(), 25);
 }
 
+/// Log rows of the batch layout (written before the plain one) replay beside plain rows,
+/// in their order: the later write of a timestamp wins across the two.
+#[tokio::test]
+async fn log_rows_of_either_layout_replay_in_order_and_a_broken_one_is_named() {
+    let (dir, store) = fixture().await;
+    store
+        .ingest(&cid(), vec![points(1, json!(1.0)), points(2, json!(2.0))])
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+    let path = dir.path().join("site.db");
+    let conn = Connection::open(&path).unwrap();
+    let (device, resource): (i64, i64) = conn
+        .query_row(
+            "SELECT d.id, r.id FROM devices d, resources r WHERE r.name = 'temp'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let old = |t: i64, v: f64| {
+        proto::sync::Record::Point(proto::sync::Point {
+            device: Identity::parse(&device.to_string()).unwrap(),
+            resource: ResourceName::parse(&resource.to_string()).unwrap(),
+            t,
+            value: Value::Number(v),
+        })
+    };
+    let row = proto::sync::codec::encode(&[old(2, 20.0), old(3, 3.0)]).unwrap();
+    conn.execute("INSERT INTO point_batches (data) VALUES (?1)", [row])
+        .unwrap();
+    drop(conn);
+    let store = SqliteStore::open(SqliteConfig::new(&path)).unwrap();
+    let dev = Identity::parse("dev1").unwrap();
+    let temp = ResourceName::parse("temp").unwrap();
+    let got: Vec<(i64, Value)> = store
+        .points(&cid(), &dev, &temp, all())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.t, p.v))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (1, Value::Number(1.0)),
+            (2, Value::Number(20.0)),
+            (3, Value::Number(3.0))
+        ]
+    );
+    store.close().await.unwrap();
+    // A row that does not decode: the store does not open, and says which table.
+    let conn = Connection::open(&path).unwrap();
+    conn.execute(
+        "INSERT INTO point_batches (data) VALUES (?1)",
+        [vec![proto::sync::codec::PLAIN_MARK, 5]],
+    )
+    .unwrap();
+    drop(conn);
+    let e = SqliteStore::open(SqliteConfig::new(&path))
+        .err()
+        .expect("a broken log row");
+    assert!(e.to_string().contains("reading the point log"), "{e}");
+}
+
 /// Bytes this process wrote to disk (`/proc/self/io` `write_bytes`).
 /// The test process's peak resident set (`VmHWM` of /proc/self/status).
 fn peak_rss() -> String {
