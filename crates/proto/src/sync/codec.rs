@@ -532,7 +532,8 @@ fn decimal_exponent(values: impl Iterator<Item = f64> + Clone) -> Option<u8> {
 fn decode_points(r: &mut Reader<'_>, out: &mut Vec<Record>) -> Result<(), CodecError> {
     let n_devices = r.count("device count", 2)?;
     let mut devices: Vec<Identity> = Vec::with_capacity(n_devices);
-    let mut prev = String::new();
+    // The previous identity, which the next one shares a prefix with: one buffer for all.
+    let mut prev: Vec<u8> = Vec::new();
     for _ in 0..n_devices {
         let shared = r.count("identity prefix", 0)?;
         let len = r.count("identity length", 1)?;
@@ -540,11 +541,10 @@ fn decode_points(r: &mut Reader<'_>, out: &mut Vec<Record>) -> Result<(), CodecE
         if shared > prev.len() {
             return Err(CodecError::Invalid("identity prefix"));
         }
-        let mut s = prev.as_bytes()[..shared].to_vec();
-        s.extend_from_slice(suffix);
-        let s = String::from_utf8(s).map_err(|_| CodecError::Invalid("identity"))?;
-        devices.push(Identity::parse(&s).map_err(|_| CodecError::Invalid("identity"))?);
-        prev = s;
+        prev.truncate(shared);
+        prev.extend_from_slice(suffix);
+        let s = std::str::from_utf8(&prev).map_err(|_| CodecError::Invalid("identity"))?;
+        devices.push(Identity::parse(s).map_err(|_| CodecError::Invalid("identity"))?);
     }
     let n_resources = r.count("resource count", 2)?;
     let mut resources = Vec::with_capacity(n_resources);
