@@ -44,8 +44,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 pub(super) use super::outbox::{append_device, appender};
 use super::outbox::{rows_from, table, to_i64, to_u64};
 use super::{
-    backend, collect_rows, identity_col, parse_col, resource_col, resource_rows, select_rows,
-    value_from_sql, value_to_sql,
+    ResourceRow, backend, collect_rows, identity_col, parse_col, resource_col, resource_rows,
+    select_rows, value_from_sql, value_to_sql,
 };
 use super::{device_ids, devices};
 use crate::{
@@ -872,6 +872,8 @@ pub(super) fn apply(
              DO UPDATE SET format = excluded.format, v = excluded.v",
         )
         .map_err(backend("keeping pending points"))?;
+    // Points come grouped per series: the resource of the point before, without a lookup.
+    let mut last_resource: Option<(ResourceName, Option<&ResourceRow>)> = None;
     for item in items {
         let (first, last, opens) = match &item {
             Inbound::Records(a) => (a.first_seq, a.last_seq, a.opens),
@@ -890,34 +892,44 @@ pub(super) fn apply(
             Inbound::Records(a) => {
                 for record in a.records {
                     match record {
-                        Record::Point(p) => match resources.get(&p.resource) {
-                            Some(r) => writer.write(
-                                conn,
-                                cid,
-                                (r.id, r.format, p.resource),
-                                p.device,
-                                p.t,
-                                p.value,
-                                now,
-                            )?,
-                            None => {
-                                // The device exists at once; its points wait for the resource.
-                                if writer.device(conn, cid, &p.device, now)?.is_none() {
-                                    continue;
+                        Record::Point(p) => {
+                            let row = match &last_resource {
+                                Some((name, row)) if *name == p.resource => *row,
+                                _ => {
+                                    let row = resources.get(&p.resource);
+                                    last_resource = Some((p.resource.clone(), row));
+                                    row
                                 }
-                                pending
-                                    .execute(params![
-                                        cid.as_str(),
-                                        p.resource.as_str(),
-                                        p.device.as_str(),
-                                        p.t,
-                                        value_format(&p.value).as_str(),
-                                        value_to_sql(&p.value),
-                                        now
-                                    ])
-                                    .map_err(backend("keeping pending points"))?;
+                            };
+                            match row {
+                                Some(r) => writer.write(
+                                    conn,
+                                    cid,
+                                    (r.id, r.format, p.resource),
+                                    p.device,
+                                    p.t,
+                                    p.value,
+                                    now,
+                                )?,
+                                None => {
+                                    // The device exists at once; its points wait for the resource.
+                                    if writer.device(conn, cid, &p.device, now)?.is_none() {
+                                        continue;
+                                    }
+                                    pending
+                                        .execute(params![
+                                            cid.as_str(),
+                                            p.resource.as_str(),
+                                            p.device.as_str(),
+                                            p.t,
+                                            value_format(&p.value).as_str(),
+                                            value_to_sql(&p.value),
+                                            now
+                                        ])
+                                        .map_err(backend("keeping pending points"))?;
+                                }
                             }
-                        },
+                        }
                         Record::Device(d) => {
                             // Authenticated, so never forged; a record this version cannot
                             // accept is kept out of the registry, loudly, and the stream
