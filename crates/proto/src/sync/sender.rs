@@ -1214,8 +1214,12 @@ mod tests {
     }
 
     fn started(head: u64, acked: u64) -> Sender {
+        started_with(cfg(), head, acked)
+    }
+
+    fn started_with(cfg: SenderConfig, head: u64, acked: u64) -> Sender {
         let mut s = Sender::new(
-            cfg(),
+            cfg,
             SenderDurable {
                 acked,
                 head,
@@ -1269,29 +1273,11 @@ mod tests {
         let mut s = started(2, 0);
         assert_eq!(payloads_sent(&mut s, &marker), vec![marker.clone()]);
         // Batches cut smaller than the read are encoded from its records.
-        let mut s = Sender::new(
-            SenderConfig {
-                max_batch_bytes: 1,
-                ..cfg()
-            },
-            SenderDurable {
-                acked: 0,
-                head: 2,
-                lease: 0,
-                live: None,
-            },
-            0,
-        );
-        s.link_up(0);
-        s.on_message(
-            0,
-            Message::Resume {
-                session: 9,
-                applied: 0,
-            },
-        )
-        .unwrap();
-        let sent = payloads_sent(&mut s, &marker);
+        let cut = SenderConfig {
+            max_batch_bytes: 1,
+            ..cfg()
+        };
+        let sent = payloads_sent(&mut started_with(cut, 2, 0), &marker);
         let decoded: Vec<Vec<Record>> = sent.iter().map(|p| codec::decode(p).unwrap()).collect();
         assert_eq!(decoded, vec![vec![rec(1)], vec![rec(2)]]);
     }
