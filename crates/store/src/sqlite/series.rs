@@ -154,48 +154,76 @@ impl Series {
 
 /// Points of one part of the tail, indexed by device, resource and time (one value per
 /// `(device, resource, t)`: the latest written).
+///
+/// Invariant: `resources` lists, per device, exactly the resources of its entries in
+/// `series`, each once.
 #[derive(Default)]
 pub(super) struct Part {
-    /// foldhash, not SipHash: a point's put is two lookups by row id (an integer its own
-    /// site assigned), the writer's largest self time in a Target's profile.
-    devices: foldhash::HashMap<i64, foldhash::HashMap<i64, Series>>,
+    /// foldhash, not SipHash: a point's put is a lookup by row ids (integers its own site
+    /// assigned), the writer's largest self time in a Target's profile. One table keyed by
+    /// both, a series in its entry (64 bytes): a table per device cost each put one more
+    /// cache miss, a thousand of them for a Target's request of a thousand devices.
+    series: foldhash::HashMap<(i64, i64), Series>,
+    /// The resources of each device with a series here: reads of one device, forgetting one.
+    resources: foldhash::HashMap<i64, smallvec::SmallVec<[i64; 4]>>,
     points: usize,
 }
 
 impl Part {
     fn put(&mut self, device: i64, resource: i64, t: i64, value: Value) {
-        let series = self
-            .devices
-            .entry(device)
-            .or_default()
-            .entry(resource)
-            .or_default();
+        let series = match self.series.entry((device, resource)) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                self.resources.entry(device).or_default().push(resource);
+                e.insert(Series::default())
+            }
+        };
         if series.insert(t, value) {
             self.points += 1;
         }
     }
 
     fn forget(&mut self, device: i64) {
-        if let Some(d) = self.devices.remove(&device) {
-            self.points -= d.values().map(Series::len).sum::<usize>();
-        }
-    }
-
-    fn forget_resource(&mut self, resource: i64) {
-        for series in self.devices.values_mut() {
-            if let Some(gone) = series.remove(&resource) {
+        for resource in self.resources.remove(&device).unwrap_or_default() {
+            if let Some(gone) = self.series.remove(&(device, resource)) {
                 self.points -= gone.len();
             }
         }
     }
 
+    fn forget_resource(&mut self, resource: i64) {
+        let points = &mut self.points;
+        self.series.retain(|(_, r), s| {
+            if *r == resource {
+                *points -= s.len();
+            }
+            *r != resource
+        });
+        self.resources.retain(|_, rs| {
+            rs.retain(|r| *r != resource);
+            !rs.is_empty()
+        });
+    }
+
+    /// Every series: `(device, resource, its points)`.
+    fn all(&self) -> impl Iterator<Item = (i64, i64, &Series)> {
+        self.series.iter().map(|((d, r), s)| (*d, *r, s))
+    }
+
+    /// The series of a device: `(resource, its points)`.
+    fn of_device(&self, device: i64) -> impl Iterator<Item = (i64, &Series)> {
+        self.resources
+            .get(&device)
+            .into_iter()
+            .flatten()
+            .filter_map(move |r| Some((*r, self.series.get(&(device, *r))?)))
+    }
+
     /// Every point of `other` over this part's (the later write wins).
     fn overlay(&mut self, other: &Part) {
-        for (device, resources) in &other.devices {
-            for (resource, series) in resources {
-                for (t, v) in series.iter() {
-                    self.put(*device, *resource, *t, v.clone());
-                }
+        for (device, resource, series) in other.all() {
+            for (t, v) in series.iter() {
+                self.put(device, resource, *t, v.clone());
             }
         }
     }
@@ -209,7 +237,7 @@ impl Part {
         order: Order,
         limit: usize,
     ) -> Vec<(i64, Value)> {
-        let Some(series) = self.devices.get(&device).and_then(|d| d.get(&resource)) else {
+        let Some(series) = self.series.get(&(device, resource)) else {
             return Vec::new();
         };
         if lo >= hi {
@@ -221,13 +249,11 @@ impl Part {
     /// Gives back the room its maps and vectors grew for more points (a part being frozen
     /// takes no more).
     fn shrink_to_fit(&mut self) {
-        for resources in self.devices.values_mut() {
-            for series in resources.values_mut() {
-                series.shrink_to_fit();
-            }
-            resources.shrink_to_fit();
+        for series in self.series.values_mut() {
+            series.shrink_to_fit();
         }
-        self.devices.shrink_to_fit();
+        self.series.shrink_to_fit();
+        self.resources.shrink_to_fit();
     }
 }
 
@@ -360,9 +386,9 @@ impl Tail {
     pub(super) fn times(&self, resource: i64) -> HashMap<i64, BTreeSet<i64>> {
         let mut out: HashMap<i64, BTreeSet<i64>> = HashMap::new();
         for part in self.parts() {
-            for (device, series) in &part.devices {
-                if let Some(s) = series.get(&resource) {
-                    out.entry(*device)
+            for (device, r, s) in part.all() {
+                if r == resource {
+                    out.entry(device)
                         .or_default()
                         .extend(s.iter().map(|(t, _)| *t));
                 }
@@ -376,14 +402,9 @@ impl Tail {
     pub(super) fn newest_times(&self, keep: impl Fn(i64) -> bool) -> HashMap<i64, i64> {
         let mut out: HashMap<i64, i64> = HashMap::new();
         for part in self.parts() {
-            for (device, resources) in &part.devices {
-                let newest = resources
-                    .iter()
-                    .filter(|(r, _)| keep(**r))
-                    .filter_map(|(_, s)| s.last().map(|(t, _)| *t))
-                    .max();
-                if let Some(t) = newest {
-                    let slot = out.entry(*device).or_insert(t);
+            for (device, r, s) in part.all() {
+                if let Some((&t, _)) = s.last().filter(|_| keep(r)) {
+                    let slot = out.entry(device).or_insert(t);
                     *slot = (*slot).max(t);
                 }
             }
@@ -396,11 +417,11 @@ impl Tail {
     pub(super) fn newest(&self, device: i64) -> HashMap<i64, (i64, Value)> {
         let mut out: HashMap<i64, (i64, Value)> = HashMap::new();
         for part in self.parts() {
-            for (r, s) in part.devices.get(&device).into_iter().flatten() {
+            for (r, s) in part.of_device(device) {
                 if let Some((t, v)) = s.last()
-                    && out.get(r).is_none_or(|(old, _)| t >= old)
+                    && out.get(&r).is_none_or(|(old, _)| t >= old)
                 {
-                    out.insert(*r, (*t, v.clone()));
+                    out.insert(r, (*t, v.clone()));
                 }
             }
         }
@@ -918,12 +939,8 @@ pub(super) fn expire_blocks(conn: &Connection, before: i64) -> Result<crate::Poi
 pub(super) fn unfolded_at_commit() -> std::collections::BTreeSet<(i64, i64, i64)> {
     use std::collections::BTreeSet;
     let keys = |part: &Part| -> BTreeSet<(i64, i64, i64)> {
-        part.devices
-            .iter()
-            .flat_map(|(d, rs)| {
-                rs.iter()
-                    .flat_map(move |(r, s)| s.iter().map(move |(t, _)| (*d, *r, *t)))
-            })
+        part.all()
+            .flat_map(|(d, r, s)| s.iter().map(move |(t, _)| (d, r, *t)))
             .collect()
     };
     let (mut frozen, mut active): (Vec<(u64, BTreeSet<_>)>, BTreeSet<_>) =
@@ -1242,12 +1259,8 @@ impl codec::PointView for BlockPoint<'_> {
 pub(super) fn encode(part: &Part) -> Result<Encoded> {
     let op = "folding the point log";
     let mut encoder = codec::Encoder::new();
-    let mut series: Vec<(i64, i64, &Series)> = part
-        .devices
-        .iter()
-        .flat_map(|(d, rs)| rs.iter().map(move |(r, s)| (*d, *r, s)))
-        .filter(|(_, _, s)| !s.is_empty())
-        .collect();
+    let mut series: Vec<(i64, i64, &Series)> =
+        part.all().filter(|(_, _, s)| !s.is_empty()).collect();
     series.sort_by_key(|(d, r, _)| (*d, *r));
     let mut out = Encoded {
         blocks: Vec::new(),
