@@ -1,4 +1,6 @@
-//! The batch payload codec: a run of [`Record`]s in, compact bytes out, and back.
+//! The batch payload codec: a run of [`Record`]s in, compact bytes out, and back. Beside it,
+//! a plain layout for a store's own rows of points ([`encode_plain`], [`decode_plain`]):
+//! unsorted and uncompressed, cheap to write on a commit path.
 //!
 //! Layout of the payload (all integers LEB128 varints; `zz` is zigzag; the whole body is then
 //! compressed as one zstd level-1 frame that records its content size):

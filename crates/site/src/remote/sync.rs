@@ -417,14 +417,12 @@ impl SyncDriver {
             SenderOutput::Read { from, max_records } => {
                 let (read, payload) = match self.prefetched.take() {
                     Some((at, read)) if at == from => match read.chunk {
-                        // The records' own payload goes with all of them only.
-                        OutboxChunk::Records(records) if records.len() <= max_records => {
-                            (Ok(OutboxChunk::Records(records)), read.payload)
-                        }
-                        // Consecutive from `from`: a prefix is what a smaller read gives.
+                        // Consecutive from `from`: a prefix is what a smaller read gives;
+                        // the records' own payload goes with all of them only.
                         OutboxChunk::Records(mut records) => {
+                            let payload = read.payload.filter(|_| records.len() <= max_records);
                             records.truncate(max_records);
-                            (Ok(OutboxChunk::Records(records)), None)
+                            (Ok(OutboxChunk::Records(records)), payload)
                         }
                         lost @ OutboxChunk::Lost(_) => (Ok(lost), None),
                     },

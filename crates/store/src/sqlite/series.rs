@@ -688,7 +688,8 @@ fn write_log(conn: &Connection, points: &[LogPoint]) -> Result<()> {
             .max(1);
         let (row, later) = rest.split_at(n);
         rest = later;
-        let mut data = Vec::with_capacity(16 + row.iter().map(LogPoint::size).sum::<usize>());
+        // `bytes` counted the row's points (and the one after, if the row was cut).
+        let mut data = Vec::with_capacity(16 + bytes);
         codec::encode_plain(
             row.iter().map(|p| (p.device, p.resource, p.t, &p.value)),
             &mut data,
@@ -1165,38 +1166,37 @@ pub(super) fn replay(conn: &Connection) -> Result<Tail> {
             op,
             source: Box::new(e),
         })?;
-        let mut put = |device: i64, resource: i64, t, value| {
+        // A point whose names are row ids of this store; an error names them otherwise.
+        let mut put = |ids: (Option<i64>, Option<i64>),
+                       names: (&dyn std::fmt::Display, &dyn std::fmt::Display),
+                       t,
+                       value| {
+            let (Some(device), Some(resource)) = ids else {
+                return Err(StoreError::Backend {
+                    op,
+                    source: format!("a log row names {} / {}", names.0, names.1).into(),
+                });
+            };
             if resources.contains(&resource) {
                 tail.active.put(device, resource, t, value);
             }
+            Ok(())
         };
         if bytes.first() == Some(&codec::PLAIN_MARK) {
             for p in codec::decode_plain(bytes).map_err(codec_err(op))? {
-                let (Ok(device), Ok(resource)) =
-                    (i64::try_from(p.device), i64::try_from(p.resource))
-                else {
-                    return Err(StoreError::Backend {
-                        op,
-                        source: format!("a log row names {} / {}", p.device, p.resource).into(),
-                    });
-                };
-                put(device, resource, p.t, p.value);
+                let ids = (i64::try_from(p.device).ok(), i64::try_from(p.resource).ok());
+                put(ids, (&p.device, &p.resource), p.t, p.value)?;
             }
             continue;
         }
         // A row of an earlier version: the batch codec, row ids as names.
         for record in decoder.decode(bytes).map_err(codec_err(op))? {
             let Record::Point(p) = record else { continue };
-            let (Ok(device), Ok(resource)) = (
-                p.device.as_str().parse::<i64>(),
-                p.resource.as_str().parse::<i64>(),
-            ) else {
-                return Err(StoreError::Backend {
-                    op,
-                    source: format!("a log row names {} / {}", p.device, p.resource).into(),
-                });
-            };
-            put(device, resource, p.t, p.value);
+            let ids = (
+                p.device.as_str().parse::<i64>().ok(),
+                p.resource.as_str().parse::<i64>().ok(),
+            );
+            put(ids, (&p.device, &p.resource), p.t, p.value)?;
         }
     }
     drop(rows);
