@@ -30,7 +30,8 @@ use serde::{Deserialize, Serialize};
 
 use super::hlc::Stamp;
 use crate::model::{
-    DeviceState, Identity, Permission, ResourceName, Tags, Value, check_permissions, check_tags,
+    DeviceState, Format, Identity, ModelError, Permission, ResourceName, Tags, Value,
+    check_permissions, check_tags,
 };
 
 /// Why two device records cannot be merged, or a received one is not acceptable.
@@ -247,7 +248,8 @@ impl DeviceRecord {
         }
     }
 
-    /// Checks a received record against the domain's limits (tag keys and values, grants).
+    /// Checks a received record against the domain's limits (tag keys and values, grants,
+    /// finite numbers in configured values).
     pub fn check(&self) -> Result<(), DeviceError> {
         let invalid = |source| DeviceError::Invalid {
             identity: self.identity.clone(),
@@ -261,6 +263,19 @@ impl DeviceRecord {
         check_tags(&tags).map_err(invalid)?;
         if let Some(p) = &self.permissions {
             check_permissions(&p.value).map_err(invalid)?;
+        }
+        // A configured value passed its format's check on its own site, which takes only
+        // finite numbers; the codec's decoder promises no other.
+        for (resource, r) in &self.config {
+            if let Some(Value::Number(x)) = &r.value
+                && !x.is_finite()
+            {
+                return Err(invalid(ModelError::Value {
+                    resource: resource.to_string(),
+                    format: Format::Number,
+                    reason: "expected a finite number",
+                }));
+            }
         }
         Ok(())
     }
@@ -349,6 +364,26 @@ pub(crate) mod tests {
             Err(DeviceError::StampAhead { .. })
         ));
         assert_eq!(DeviceRecord::empty(id()).check_received(now), Ok(()));
+    }
+
+    /// A non-finite number in a configured value is refused, as the format's check would
+    /// have refused it where it was set (the sync_codec fuzz target found one that passed).
+    #[test]
+    fn a_configured_value_that_is_not_a_finite_number_is_refused() {
+        let set = |v: f64| {
+            let edit = DeviceEdit {
+                config: [(ResourceName::parse("t").unwrap(), Some(Value::Number(v)))].into(),
+                ..DeviceEdit::default()
+            };
+            DeviceRecord::create(id(), st(1, "a"), edit)
+        };
+        assert_eq!(set(1.5).check(), Ok(()));
+        for x in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            assert!(
+                matches!(set(x).check(), Err(DeviceError::Invalid { .. })),
+                "{x}"
+            );
+        }
     }
 
     #[test]
