@@ -26,13 +26,20 @@ pub(super) fn ingest_points(
     connector_exists(conn, cid)?;
     let resources = resource_rows(conn, cid)?;
     let mut outbox = sync::appender(conn, cid, now, partition_us)?;
-    let mut devices: HashMap<&Identity, i64> = HashMap::new();
+    // The rows of the request's devices from the writer's cache at once (a request for a
+    // thousand devices found each one's entry cold); the others looked up one by one.
+    let known = device_ids::rows_of(conn, cid, batch.iter().map(|p| &p.identity))?;
+    let mut devices: foldhash::HashMap<&Identity, i64> = foldhash::HashMap::default();
     let mut stored = 0;
-    for p in batch {
+    for (i, p) in batch.iter().enumerate() {
         model::check_timestamp(p.t)?;
-        let device = match devices.get(&p.identity) {
-            Some(id) => *id,
-            None => {
+        let device = match (known.get(i).copied().flatten(), devices.get(&p.identity)) {
+            (Some(row), _) if row.locked => {
+                return Err(StoreError::DeviceLocked(p.identity.clone()));
+            }
+            (Some(row), _) => row.id,
+            (None, Some(id)) => *id,
+            (None, None) => {
                 let id = writable_device_id(conn, cid, &p.identity)?;
                 devices.insert(&p.identity, id);
                 id

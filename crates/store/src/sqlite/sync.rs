@@ -802,6 +802,7 @@ impl PointWriter {
         t: i64,
         value: Value,
         now: i64,
+        known: Option<i64>,
     ) -> Result<()> {
         let Some(value) = fit(format, &name, value) else {
             let r = self.refused.entry(name).or_insert(Refused {
@@ -815,8 +816,12 @@ impl PointWriter {
             r.devices.insert(identity);
             return Ok(());
         };
-        let Some(device) = self.device(conn, cid, &identity, now)? else {
-            return Ok(());
+        let device = match known {
+            Some(id) => id,
+            None => match self.device(conn, cid, &identity, now)? {
+                Some(id) => id,
+                None => return Ok(()),
+            },
         };
         let names = (
             cid,
@@ -890,7 +895,22 @@ pub(super) fn apply(
         }
         match item {
             Inbound::Records(a) => {
-                for record in a.records {
+                // The device rows of the batch's points, from the writer's cache at once
+                // (`device_ids::rows_of`); not for a batch that changes devices itself, whose
+                // points must see those changes in order.
+                let known = if a.records.iter().all(|r| matches!(r, Record::Point(_))) {
+                    device_ids::rows_of(
+                        conn,
+                        cid,
+                        a.records.iter().filter_map(|r| match r {
+                            Record::Point(p) => Some(&p.device),
+                            Record::Device(_) => None,
+                        }),
+                    )?
+                } else {
+                    Vec::new()
+                };
+                for (i, record) in a.records.into_iter().enumerate() {
                     match record {
                         Record::Point(p) => {
                             let row = match &last_resource {
@@ -910,6 +930,7 @@ pub(super) fn apply(
                                     p.t,
                                     p.value,
                                     now,
+                                    known.get(i).copied().flatten().map(|row| row.id),
                                 )?,
                                 None => {
                                     // The device exists at once; its points wait for the resource.
@@ -1045,7 +1066,16 @@ pub(super) fn adopt_pending(
     let n = kept.len() as u64;
     let mut writer = PointWriter::new();
     for (device, t, v) in kept {
-        writer.write(conn, cid, (r.id, r.format, name.clone()), device, t, v, now)?;
+        writer.write(
+            conn,
+            cid,
+            (r.id, r.format, name.clone()),
+            device,
+            t,
+            v,
+            now,
+            None,
+        )?;
     }
     writer.finish(conn, cid, now)?;
     conn.prepare_cached("DELETE FROM sync_pending WHERE connector = ?1 AND resource = ?2")
@@ -1777,6 +1807,12 @@ mod tests {
             .unwrap();
         assert!(matches!(
             store.ingest(&cid(), vec![pts("other", 11, 1.0)]).await,
+            Err(StoreError::DeviceLocked(_))
+        ));
+        // Its locked row is cached now, and still refused (the request's rows are looked
+        // up together, `device_ids::rows_of`).
+        assert!(matches!(
+            store.ingest(&cid(), vec![pts("other", 12, 1.0)]).await,
             Err(StoreError::DeviceLocked(_))
         ));
     }
