@@ -46,7 +46,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     }
 }
 
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
     // serde stops at the first byte that does not fit `T` (`{not json` for a list is
     // "invalid type: map"), and a value of the wrong shape can end in what serde calls a
     // syntax error (a struct read from a longer array: "trailing characters"). So any error
