@@ -12,6 +12,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, bail};
 use rustls::pki_types::pem::PemObject;
@@ -141,21 +142,42 @@ impl HubProc {
         })
     }
 
-    /// The flags a site needs to join this hub with `credential`.
-    pub fn site_args(&self, credential: &str) -> Vec<String> {
+    /// The flags a site needs to join this hub with `credential`. The credential goes into
+    /// a file of the hub's temporary directory, readable by its owner alone, never on a
+    /// command line, where any local user's `ps` reads it.
+    pub fn site_args(&self, credential: &str) -> anyhow::Result<Vec<String>> {
         self.site_args_via(&self.url, credential)
     }
 
     /// The same, dialing `url` instead (a proxy in front of the hub).
-    pub fn site_args_via(&self, url: &str, credential: &str) -> Vec<String> {
-        vec![
+    pub fn site_args_via(&self, url: &str, credential: &str) -> anyhow::Result<Vec<String>> {
+        Ok(vec![
             "--hub".into(),
             url.into(),
-            "--site-credential".into(),
-            credential.into(),
+            "--site-credential-file".into(),
+            self.credential_file(credential)?.display().to_string(),
             "--hub-ca".into(),
             self.ca.display().to_string(),
-        ]
+        ])
+    }
+
+    /// A new file (0600) of the hub's temporary directory holding `credential`.
+    fn credential_file(&self, credential: &str) -> anyhow::Result<PathBuf> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let path = self._dir.path().join(format!(
+            "site-credential-{}",
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        writeln!(file, "{credential}").with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
     }
 
     async fn registry_cmd(&self, args: &[&str]) -> anyhow::Result<Vec<String>> {

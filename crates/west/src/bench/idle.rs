@@ -95,7 +95,7 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<Report> {
     let mut sites: Vec<SiteProc> = Vec::new();
     for name in ["site-a", "site-b"] {
         let mut opts = SiteOpts::new(name);
-        opts.extra = hub.site_args(&hub.add_site(name).await?);
+        opts.extra = hub.site_args(&hub.add_site(name).await?)?;
         sites.push(SiteProc::start(&bin, opts).await?);
     }
     let (api_a, api_b) = (sites[0].admin().await?, sites[1].admin().await?);

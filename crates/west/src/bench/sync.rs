@@ -204,7 +204,7 @@ impl Bench {
                 .map(|i| hubs[(first + i) % hubs.len()].url.as_str())
                 .collect();
             let mut opts = SiteOpts::new(name);
-            opts.extra = hubs[0].site_args_via(&order.join(","), &hubs[0].add_site(name).await?);
+            opts.extra = hubs[0].site_args_via(&order.join(","), &hubs[0].add_site(name).await?)?;
             if name == "site-a" {
                 // Sized for its fleet: a connection per device (the devices scenario opens
                 // them all at once) on top of the default cap of 1,024 connections, which

@@ -53,7 +53,7 @@ impl Cluster {
     ) -> anyhow::Result<SiteProc> {
         let urls: Vec<&str> = order.iter().map(|i| self.nodes[*i].url.as_str()).collect();
         let mut opts = SiteOpts::new(name);
-        opts.extra = self.nodes[0].site_args_via(&urls.join(","), credential);
+        opts.extra = self.nodes[0].site_args_via(&urls.join(","), credential)?;
         let site = SiteProc::start(util::bin(), opts).await?;
         util::wait_hub_connected(&site).await?;
         Ok(site)

@@ -17,7 +17,7 @@ use crate::{frames, util};
 async fn site_via(hub: &HubProc, name: &str, url: &str) -> anyhow::Result<SiteProc> {
     let credential = hub.add_site(name).await?;
     let mut opts = SiteOpts::new(name);
-    opts.extra = hub.site_args_via(url, &credential);
+    opts.extra = hub.site_args_via(url, &credential)?;
     SiteProc::start(util::bin(), opts).await
 }
 
@@ -224,12 +224,10 @@ async fn site_with_credential_file(
     std::fs::write(&file, format!("{credential}\n"))?;
     let mut opts = SiteOpts::new(name);
     opts.extra = hub
-        .site_args(credential)
-        .into_iter()
-        .collect::<Vec<_>>()
+        .site_args(credential)?
         .chunks(2)
         .flat_map(|kv| match kv[0].as_str() {
-            "--site-credential" => {
+            "--site-credential-file" => {
                 vec!["--site-credential-file".into(), file.display().to_string()]
             }
             _ => kv.to_vec(),

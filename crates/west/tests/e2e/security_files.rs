@@ -73,3 +73,24 @@ async fn the_hubs_registry_and_key_are_private_and_a_loose_data_dir_is_reported(
     assert_eq!(mode(&hub.data_dir.join("hub-key.pem"))?, 0o600);
     Ok(())
 }
+
+/// The sites the tests and `west bench` start take their hub credential from a private
+/// file, never from the command line, where any local user's `ps` reads it.
+#[tokio::test]
+async fn a_launched_site_takes_its_hub_credential_from_a_private_file() -> anyhow::Result<()> {
+    let hub = HubProc::start(util::bin()).await?;
+    let credential = hub.add_site("site-a").await?;
+    let args = hub.site_args(&credential)?;
+    let at = args
+        .iter()
+        .position(|a| a == "--site-credential-file")
+        .ok_or_else(|| anyhow::anyhow!("no credential file in {args:?}"))?;
+    let file = Path::new(&args[at + 1]);
+    assert_eq!(mode(file)?, 0o600);
+    assert_eq!(std::fs::read_to_string(file)?.trim(), credential);
+    let site = util::join(&hub, "site-a", &credential).await?;
+    let pid = site.proc.pid().ok_or_else(|| anyhow::anyhow!("no pid"))?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))?;
+    assert!(!String::from_utf8_lossy(&cmdline).contains(&credential));
+    Ok(())
+}

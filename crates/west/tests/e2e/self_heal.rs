@@ -34,7 +34,7 @@ async fn sync_heals_by_itself_after_a_link_that_passed_only_heartbeats() -> anyh
     let credential_a = hub.add_site("site-a").await?;
     let credential_b = hub.add_site("site-b").await?;
     let mut opts = SiteOpts::new("site-a");
-    opts.extra = hub.site_args_via(&proxy.url(), &credential_a);
+    opts.extra = hub.site_args_via(&proxy.url(), &credential_a)?;
     let site_a = SiteProc::start(util::bin(), opts).await?;
     let site_b = util::join(&hub, "site-b", &credential_b).await?;
     util::wait_hub_connected(&site_a).await?;

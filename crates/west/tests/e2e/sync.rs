@@ -51,10 +51,10 @@ impl Paired {
         opts.extra = hub.site_args_via(
             &format!("wss://{}", proxy.addr()),
             &hub.add_site("site-a").await?,
-        );
+        )?;
         let a = SiteProc::start(util::bin(), opts).await?;
         let mut opts = SiteOpts::new("site-b");
-        opts.extra = hub.site_args(&hub.add_site("site-b").await?);
+        opts.extra = hub.site_args(&hub.add_site("site-b").await?)?;
         let b = SiteProc::start(util::bin(), opts).await?;
         util::wait_hub_connected(&a).await?;
         util::wait_hub_connected(&b).await?;

@@ -23,7 +23,7 @@ pub async fn hub_and_sites(
     for (name, extra) in names {
         let credential = hub.add_site(name).await?;
         let mut opts = SiteOpts::new(name);
-        opts.extra = hub.site_args(&credential);
+        opts.extra = hub.site_args(&credential)?;
         opts.extra.extend(extra.iter().map(|s| s.to_string()));
         sites.push(SiteProc::start(bin(), opts).await?);
     }
@@ -50,7 +50,7 @@ pub async fn join(
     credential: &str,
 ) -> anyhow::Result<SiteProc> {
     let mut opts = SiteOpts::new(name);
-    opts.extra = hub.site_args(credential);
+    opts.extra = hub.site_args(credential)?;
     let site = SiteProc::start(bin(), opts).await?;
     wait_hub_connected(&site).await?;
     Ok(site)
