@@ -40,9 +40,14 @@ def before(events, t, name, limit=5000):
 def main():
     folder = sys.argv[1] if len(sys.argv) > 1 else "/tmp/stamps"
     files = sorted(glob.glob(os.path.join(folder, "*")), key=lambda p: int(os.path.basename(p)))
-    if len(files) != 2:
-        sys.exit(f"expected the stamps of two sites in {folder}, found {len(files)} files")
-    a, b = load(files[0]), load(files[1])
+    loaded = [load(p) for p in files]
+    # The bench's own process stamps only the chunks of the live stream it reads.
+    clients = [e for e in loaded if any(w.startswith("client chunk") for _, w in e)]
+    sites = [e for e in loaded if not any(w.startswith("client chunk") for _, w in e)]
+    if len(sites) != 2:
+        sys.exit(f"expected the stamps of two sites in {folder}, found {len(sites)}")
+    a, b = sites
+    client = clients[0] if clients else None
     links = any(w.startswith("link feed") for _, w in a)
     target = ["decoded", "apply submit", "begin", "apply looped", "flush start", "encoded",
               "inserted", "pre-commit", "committed", "locked", "announced"]
@@ -65,6 +70,11 @@ def main():
         if not (woke and rendered and sends):
             continue
         row["b sse woke"], row["b sse rendered"] = woke, rendered
+        if client is not None:
+            chunk = after(client, rendered, "client chunk")
+            if chunk is None:
+                continue
+            row["client chunk"] = chunk
         send = sends[-1]
         woken = before(a, send, "on_appended")
         committed = before(a, woken, "committed") if woken else None
