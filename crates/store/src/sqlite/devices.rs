@@ -1122,4 +1122,67 @@ mod tests {
             .unwrap();
         assert_eq!(b.device("dev1").await.unwrap().tags["floor"], "9");
     }
+
+    /// A batch of device records and points together: each point lands on its own device's
+    /// row, after the records before it (an apply looks a batch's device rows up together
+    /// only for a batch of points alone, `device_ids::rows_of`).
+    #[tokio::test]
+    async fn points_after_a_device_record_in_one_batch_land_on_their_own_devices() {
+        let (a, b) = pair().await;
+        a.store
+            .create_device(&cid(), new_device("north", &[]), &admin())
+            .await
+            .unwrap();
+        deliver(&a, &b).await;
+        let (connector, setpoint) = (cid(), ResourceName::parse("setpoint").unwrap());
+        let ingest = |points: &[(&str, i64, f64)]| {
+            let points = points
+                .iter()
+                .map(|(dev, t, v)| PointsIn {
+                    identity: id(dev),
+                    t: *t,
+                    values: vec![(setpoint.clone(), json!(v))],
+                })
+                .collect();
+            a.store.ingest(&connector, points)
+        };
+        // The Target's apply of these puts both rows in its writer's cache.
+        ingest(&[("dev1", 1, 1.0), ("north", 1, 2.0)])
+            .await
+            .unwrap();
+        deliver(&a, &b).await;
+        a.store
+            .create_device(&cid(), new_device("gate-3", &[]), &admin())
+            .await
+            .unwrap();
+        ingest(&[("dev1", 2, 10.0), ("north", 2, 20.0)])
+            .await
+            .unwrap();
+        let records = deliver(&a, &b).await;
+        assert!(matches!(records.first(), Some(Record::Device(_))));
+        assert_eq!(records.len(), 3);
+        let series = |dev: &'static str| {
+            let q = RangeQuery {
+                since: 0,
+                until: i64::MAX,
+                after: None,
+                limit: 10,
+                order: Order::Asc,
+            };
+            let store = &b.store;
+            let setpoint = setpoint.clone();
+            async move {
+                store
+                    .points(&cid(), &id(dev), &setpoint, q)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|p| (p.t, p.v))
+                    .collect::<Vec<_>>()
+            }
+        };
+        let n = |v: f64| Value::Number(v);
+        assert_eq!(series("dev1").await, [(1, n(1.0)), (2, n(10.0))]);
+        assert_eq!(series("north").await, [(1, n(2.0)), (2, n(20.0))]);
+    }
 }

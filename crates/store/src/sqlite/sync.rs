@@ -1809,10 +1809,19 @@ mod tests {
             store.ingest(&cid(), vec![pts("other", 11, 1.0)]).await,
             Err(StoreError::DeviceLocked(_))
         ));
-        // Its locked row is cached now, and still refused (the request's rows are looked
-        // up together, `device_ids::rows_of`).
+        // A replicated point still lands (the Source decides), and its apply leaves the
+        // locked row in the cache; an ingest that finds it there (the request's rows are
+        // looked up together, `device_ids::rows_of`) is still refused.
+        store
+            .sync_apply(
+                &cid(),
+                vec![batch(5, vec![point("other", "temp", 12, 2.0)])],
+                104,
+            )
+            .await
+            .unwrap();
         assert!(matches!(
-            store.ingest(&cid(), vec![pts("other", 12, 1.0)]).await,
+            store.ingest(&cid(), vec![pts("other", 13, 1.0)]).await,
             Err(StoreError::DeviceLocked(_))
         ));
     }
