@@ -1161,28 +1161,14 @@ mod tests {
         let records = deliver(&a, &b).await;
         assert!(matches!(records.first(), Some(Record::Device(_))));
         assert_eq!(records.len(), 3);
-        let series = |dev: &'static str| {
-            let q = RangeQuery {
-                since: 0,
-                until: i64::MAX,
-                after: None,
-                limit: 10,
-                order: Order::Asc,
-            };
-            let store = &b.store;
-            let setpoint = setpoint.clone();
-            async move {
-                store
-                    .points(&cid(), &id(dev), &setpoint, q)
-                    .await
-                    .unwrap()
-                    .into_iter()
-                    .map(|p| (p.t, p.v))
-                    .collect::<Vec<_>>()
-            }
-        };
         let n = |v: f64| Value::Number(v);
-        assert_eq!(series("dev1").await, [(1, n(1.0)), (2, n(10.0))]);
-        assert_eq!(series("north").await, [(1, n(2.0)), (2, n(20.0))]);
+        assert_eq!(
+            series(&b.store, "dev1", "setpoint").await,
+            [(1, n(1.0)), (2, n(10.0))]
+        );
+        assert_eq!(
+            series(&b.store, "north", "setpoint").await,
+            [(1, n(2.0)), (2, n(20.0))]
+        );
     }
 }

@@ -1,9 +1,9 @@
 //! Names and keys the store's unit tests share.
 
-use proto::model::{ConnectorId, DeviceState, Format, Identity, ResourceName};
+use proto::model::{ConnectorId, DeviceState, Format, Identity, ResourceName, Value};
 
 use super::SqliteStore;
-use crate::{ConnectorKeys, NewConnector, NewDevice, NewResource, Peer, Store};
+use crate::{ConnectorKeys, NewConnector, NewDevice, NewResource, Order, Peer, RangeQuery, Store};
 
 pub fn cid() -> ConnectorId {
     ConnectorId::parse("09iolmnn8090ol").unwrap()
@@ -92,4 +92,22 @@ pub async fn source_plant(store: &SqliteStore, paired: bool) {
             .await
             .unwrap();
     }
+}
+
+/// The points of series (`dev`, `res`) of connector [`cid`], in time order (up to 100).
+pub async fn series(store: &SqliteStore, dev: &str, res: &str) -> Vec<(i64, Value)> {
+    let q = RangeQuery {
+        since: 0,
+        until: i64::MAX,
+        after: None,
+        limit: 100,
+        order: Order::Asc,
+    };
+    store
+        .points(&cid(), &id(dev), &name(res), q)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.t, p.v))
+        .collect()
 }

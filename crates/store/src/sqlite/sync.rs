@@ -1600,23 +1600,6 @@ mod tests {
         })
     }
 
-    async fn series(store: &SqliteStore, dev: &str, res: &str) -> Vec<(i64, Value)> {
-        let q = RangeQuery {
-            since: 0,
-            until: i64::MAX,
-            after: None,
-            limit: 100,
-            order: Order::Asc,
-        };
-        store
-            .points(&cid(), &id(dev), &name(res), q)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|p| (p.t, p.v))
-            .collect()
-    }
-
     #[tokio::test]
     async fn the_target_applies_once_creates_devices_and_keeps_early_points() {
         let (_dir, store, _) = fixture(false).await;
